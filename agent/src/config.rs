@@ -1,0 +1,218 @@
+//! Agent configuration: parsed from TOML into a raw struct, then resolved (defaults applied,
+//! values checked) into [`Config`]. See `packaging/agent.toml` for every option.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::system::etc::Snapshot;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/latch/agent.toml";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/latch";
+
+/// Why the configuration is not usable.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("configuration {path} is not valid: {message}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// What is wrong (names the key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("configuration key `{key}`: {reason}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    uid_min: Option<u32>,
+    uid_max: Option<u32>,
+    allowed_groups: Option<Vec<String>>,
+    default_shell: Option<String>,
+    lock_wait_seconds: Option<u64>,
+    kill_grace_seconds: Option<u64>,
+    log_level: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the agent keeps its identity and records.
+    pub state_dir: PathBuf,
+    /// Lowest UID for accounts Latch creates.
+    pub uid_min: u32,
+    /// Highest UID for accounts Latch creates.
+    pub uid_max: u32,
+    /// Groups jobs may add members to; `None` = detect the distribution's sudo group.
+    pub allowed_groups: Option<Vec<String>>,
+    /// Login shell when a job names none.
+    pub default_shell: String,
+    /// How long to retry while the account files are locked by another program.
+    pub lock_wait: Duration,
+    /// Grace period between SIGTERM and SIGKILL when ending a user's processes.
+    pub kill_grace: Duration,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads `path`. A missing file at the default path means "all defaults"; a missing file
+    /// that was named explicitly is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(path) => (path.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => String::new(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path, message },
+            other => other,
+        })
+    }
+
+    /// Parses and resolves TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.message().to_owned(),
+        })?;
+        let uid_min = raw.uid_min.unwrap_or(60000);
+        let uid_max = raw.uid_max.unwrap_or(60999);
+        if uid_min < 1000 {
+            return Err(ConfigError::Value {
+                key: "uid_min",
+                reason: "must be at least 1000 (below are system accounts)".into(),
+            });
+        }
+        if uid_max < uid_min || uid_max >= 65534 {
+            return Err(ConfigError::Value {
+                key: "uid_max",
+                reason: "must be at least uid_min and below 65534".into(),
+            });
+        }
+        if let Some(groups) = &raw.allowed_groups {
+            for group in groups {
+                latch_common::names::validate_group_name(group).map_err(|e| {
+                    ConfigError::Value {
+                        key: "allowed_groups",
+                        reason: format!("{group:?}: {}", e.reason),
+                    }
+                })?;
+                if group == "root" || group == crate::plan::MARKER_GROUP {
+                    return Err(ConfigError::Value {
+                        key: "allowed_groups",
+                        reason: format!("{group:?} may never be granted"),
+                    });
+                }
+            }
+        }
+        let default_shell = raw.default_shell.unwrap_or_else(|| "/bin/bash".to_owned());
+        latch_common::names::validate_shell(&default_shell).map_err(|e| ConfigError::Value {
+            key: "default_shell",
+            reason: e.reason,
+        })?;
+        Ok(Config {
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            uid_min,
+            uid_max,
+            allowed_groups: raw.allowed_groups,
+            default_shell,
+            lock_wait: Duration::from_secs(raw.lock_wait_seconds.unwrap_or(30)),
+            kill_grace: Duration::from_secs(raw.kill_grace_seconds.unwrap_or(5)),
+            log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+
+    /// The groups jobs may grant on this host: the configured list, or the distribution's sudo
+    /// group (`sudo` on Debian/Ubuntu, `wheel` on Fedora/RHEL) when none is configured.
+    pub fn allowed_groups(&self, snapshot: &Snapshot) -> Vec<String> {
+        match &self.allowed_groups {
+            Some(groups) => groups.clone(),
+            None => ["sudo", "wheel"]
+                .into_iter()
+                .find(|g| snapshot.group(g).is_some())
+                .map(|g| vec![g.to_owned()])
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::etc::parse_group;
+
+    #[test]
+    fn defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!((config.uid_min, config.uid_max), (60000, 60999));
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/latch"));
+        assert_eq!(config.default_shell, "/bin/bash");
+    }
+
+    #[test]
+    fn detects_the_sudo_group() {
+        let config = Config::parse("").unwrap();
+        let debian = Snapshot {
+            group: parse_group("sudo:x:27:\n").unwrap(),
+            ..Snapshot::default()
+        };
+        let fedora = Snapshot {
+            group: parse_group("wheel:x:10:\n").unwrap(),
+            ..Snapshot::default()
+        };
+        assert_eq!(config.allowed_groups(&debian), vec!["sudo"]);
+        assert_eq!(config.allowed_groups(&fedora), vec!["wheel"]);
+        let custom = Config::parse("allowed_groups = [\"docker\"]").unwrap();
+        assert_eq!(custom.allowed_groups(&debian), vec!["docker"]);
+    }
+
+    #[test]
+    fn refuses_bad_values_naming_the_key() {
+        for (text, key) in [
+            ("uid_min = 10", "uid_min"),
+            ("uid_min = 5000\nuid_max = 4000", "uid_max"),
+            ("allowed_groups = [\"root\"]", "allowed_groups"),
+            ("allowed_groups = [\"a:b\"]", "allowed_groups"),
+            ("default_shell = \"bash\"", "default_shell"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert!(
+            Config::parse("no_such_key = 1")
+                .unwrap_err()
+                .to_string()
+                .contains("no_such_key")
+        );
+    }
+}

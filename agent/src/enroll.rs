@@ -1,0 +1,68 @@
+//! Enrollment: send the token and this host's facts once, keep the identity that comes back.
+
+use chrono::Utc;
+use latch_common::api::EnrollRequest;
+use thiserror::Error;
+
+use crate::client::{AgentClient, ClientError};
+use crate::facts;
+use crate::state::{Identity, StateDir, StateError};
+
+/// Why enrollment failed. Nothing is written in any of these cases.
+#[derive(Debug, Error)]
+pub enum EnrollError {
+    /// Already enrolled.
+    #[error(
+        "this host is already enrolled as {host_id} with {server} ({path}); to enroll again, stop the agent and remove that file"
+    )]
+    AlreadyEnrolled {
+        /// Existing host id.
+        host_id: String,
+        /// Existing server.
+        server: String,
+        /// Identity file.
+        path: String,
+    },
+    /// Host facts could not be read.
+    #[error("cannot read this host's facts: {0}")]
+    Facts(std::io::Error),
+    /// The control plane refused or failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The identity could not be stored.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Enrolls with `server` using `token`, storing the identity in `state`.
+pub async fn enroll(server: &str, token: &str, state: &StateDir) -> Result<Identity, EnrollError> {
+    if state.is_enrolled() {
+        let existing = state.identity()?;
+        return Err(EnrollError::AlreadyEnrolled {
+            host_id: existing.host_id,
+            server: existing.server,
+            path: state
+                .path()
+                .join(crate::state::IDENTITY_FILE)
+                .display()
+                .to_string(),
+        });
+    }
+    let facts = facts::collect().map_err(EnrollError::Facts)?;
+    let client = AgentClient::new(server, None)?;
+    let response = client
+        .enroll(&EnrollRequest {
+            token: token.to_owned(),
+            facts: facts.clone(),
+        })
+        .await?;
+    let identity = Identity {
+        server: server.trim_end_matches('/').to_owned(),
+        host_id: response.host_id,
+        credential: response.credential,
+        machine_id: facts.machine_id,
+        enrolled_at: Utc::now(),
+    };
+    state.save_identity(&identity)?;
+    Ok(identity)
+}

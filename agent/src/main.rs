@@ -1,0 +1,269 @@
+//! `latch-agent`: the Latch host agent.
+//!
+//! Layout: [`config`] (agent.toml), [`state`] (identity and records), [`enroll`], [`client`]
+//! (the only transport), [`poll`] (the main loop), [`worker`] (applies one job), [`plan`] (pure
+//! decisions), [`system`] (the only code that changes the host), [`facts`].
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod config;
+mod enroll;
+mod facts;
+mod plan;
+mod poll;
+mod state;
+mod system;
+mod worker;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::state::StateDir;
+
+/// Exit status when the host's identity is refused or no longer valid (systemd does not restart
+/// on it: see RestartPreventExitStatus in the unit).
+const EXIT_REENROLL: u8 = 78;
+
+/// The Latch host agent: enrolls this host once, then long-polls the control plane for account
+/// jobs and applies them with the distribution's own tools, one at a time, verifying each.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this host with a control plane (once). Writes the identity to the state directory.
+    Enroll {
+        /// Control plane URL (https://…, or http:// on loopback).
+        #[arg(long)]
+        server: String,
+        /// Enrollment token from `latchctl enroll-token create`. Prefer --token-file or the
+        /// LATCH_ENROLL_TOKEN variable: arguments are visible to other users in /proc.
+        #[arg(
+            long,
+            env = "LATCH_ENROLL_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the enrollment token from this file ("-" for standard input).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// State directory.
+        #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Run the agent: long-poll for jobs and apply them. Normally started by systemd.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// State directory (overrides state_dir in the configuration).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show this host's enrollment, the accounts Latch manages here, and whether the control
+    /// plane is reachable.
+    Status {
+        /// Configuration file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// State directory (overrides state_dir in the configuration).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // reqwest is built without a default TLS provider: install ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path, state_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let explicit = path.as_os_str() != config::DEFAULT_CONFIG_PATH;
+    let mut config = Config::load(explicit.then_some(path))?;
+    if let Some(dir) = state_dir {
+        config.state_dir = dir;
+    }
+    Ok(config)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Enroll {
+            server,
+            token,
+            token_file,
+            state_dir,
+        } => {
+            let token = match (token, token_file) {
+                (Some(token), _) => token,
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    let mut text = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .context("cannot read the token from standard input")?;
+                    text
+                }
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the token file {}", path.display()))?,
+                (None, None) => anyhow::bail!(
+                    "give the enrollment token with --token, --token-file or LATCH_ENROLL_TOKEN"
+                ),
+            };
+            let state = StateDir::open(&state_dir)?;
+            let identity = enroll::enroll(&server, token.trim(), &state).await?;
+            println!(
+                "enrolled as host {} with {}",
+                identity.host_id, identity.server
+            );
+            println!(
+                "identity stored in {} (mode 0600)",
+                state.path().join(state::IDENTITY_FILE).display()
+            );
+            println!(
+                "start the agent: systemctl enable --now latch-agent   (or: latch-agent run --state-dir {})",
+                state.path().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, state_dir } => {
+            let config = load_config(&config, state_dir)?;
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&config.log_level)
+                        .context("invalid log_level in the configuration")?,
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let state = StateDir::open(&config.state_dir)?;
+            let _lock = state.lock()?;
+            let identity = state.identity()?;
+            let machine_id = facts::machine_id().context("cannot read /etc/machine-id")?;
+            if machine_id != identity.machine_id {
+                eprintln!(
+                    "error: /etc/machine-id changed since enrollment (this looks like a cloned image); \
+                     this host must be enrolled on its own: remove {} and run `latch-agent enroll`",
+                    state.path().join(state::IDENTITY_FILE).display()
+                );
+                return Ok(ExitCode::from(EXIT_REENROLL));
+            }
+            tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
+            let client =
+                client::AgentClient::new(&identity.server, Some(identity.credential.clone()))?;
+            let worker = Arc::new(worker::Worker::new(config, state, identity.host_id));
+            tokio::select! {
+                result = poll::run(client, worker) => match result {
+                    Err(poll::PollError::Unauthorized(message)) => {
+                        tracing::error!(%message, "host credential refused; stopping");
+                        eprintln!("error: {}", poll::PollError::Unauthorized(message));
+                        Ok(ExitCode::from(EXIT_REENROLL))
+                    }
+                    Err(error) => Err(error.into()),
+                    Ok(()) => Ok(ExitCode::SUCCESS),
+                },
+                () = shutdown_signal() => {
+                    tracing::info!("stopping");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Status { config, state_dir } => {
+            let config = load_config(&config, state_dir)?;
+            let state = StateDir::open(&config.state_dir)?;
+            let identity = state.identity()?;
+            let reachable = match client::AgentClient::new(&identity.server, None) {
+                Ok(client) => client.health().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            println!("host id:       {}", identity.host_id);
+            println!(
+                "control plane: {} ({})",
+                identity.server,
+                match &reachable {
+                    Ok(()) => "reachable".to_owned(),
+                    Err(e) => format!("NOT reachable: {e}"),
+                }
+            );
+            println!("enrolled:      {}", identity.enrolled_at.to_rfc3339());
+            println!(
+                "agent:         {}",
+                if state.is_locked() {
+                    "running"
+                } else {
+                    "not running"
+                }
+            );
+            let accounts = state.accounts()?;
+            println!(
+                "managed accounts ({}), UID high-water mark {}:",
+                accounts.accounts.len(),
+                accounts.uid_high_water
+            );
+            for (name, account) in &accounts.accounts {
+                let groups: Vec<&str> = account.group_grants.keys().map(String::as_str).collect();
+                println!(
+                    "  {name:<32} uid {:<6} expires {:<25} groups {}",
+                    account.uid,
+                    account
+                        .expires_at
+                        .map_or("never".to_owned(), |t| t.to_rfc3339()),
+                    if groups.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        groups.join(",")
+                    }
+                );
+            }
+            Ok(if reachable.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,283 @@
+//! The agent's state directory (mode 0700, files 0600, written atomically):
+//! - `identity.json`: server URL, host id, host credential, machine-id at enrollment;
+//! - `accounts.json`: the accounts Latch created here (one of the three ownership proofs, with
+//!   the marker group and the GECOS tag), their expiries, and the UID high-water mark that keeps
+//!   ephemeral UIDs from ever being reused;
+//! - `agent.lock`: held while an agent runs, so two agents never share one identity.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Identity file name.
+pub const IDENTITY_FILE: &str = "identity.json";
+/// Account records file name.
+pub const ACCOUNTS_FILE: &str = "accounts.json";
+/// Lock file name.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// Why the state could not be read or written.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// File system error.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A state file is corrupt.
+    #[error("{path} is corrupt ({source}); restore it from backup or re-enroll the host")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// The host is not enrolled.
+    #[error(
+        "this host is not enrolled ({path} does not exist); run `latch-agent enroll --server URL --token TOKEN` first"
+    )]
+    NotEnrolled {
+        /// The identity file.
+        path: PathBuf,
+    },
+    /// Another agent holds the lock.
+    #[error("another latch-agent is already running with state directory {0}; stop it first")]
+    Locked(PathBuf),
+}
+
+/// What enrollment gave this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Control plane URL.
+    pub server: String,
+    /// This host's id.
+    pub host_id: String,
+    /// Bearer credential for the agent endpoints.
+    pub credential: String,
+    /// `/etc/machine-id` at enrollment.
+    pub machine_id: String,
+    /// When the host enrolled.
+    pub enrolled_at: DateTime<Utc>,
+}
+
+/// One account Latch created on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedAccount {
+    /// Its UID.
+    pub uid: u32,
+    /// The job that created it.
+    pub created_by_job: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When the account's access ends (revocation comes with local expiry).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Group memberships granted by jobs, with their end.
+    #[serde(default)]
+    pub group_grants: BTreeMap<String, Option<DateTime<Utc>>>,
+}
+
+/// `accounts.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    /// Highest UID ever handed out; new UIDs are always above it.
+    pub uid_high_water: u32,
+    /// Accounts by name.
+    pub accounts: BTreeMap<String, ManagedAccount>,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `path`, created with mode 0700 if needed.
+    pub fn open(path: &Path) -> Result<StateDir, StateError> {
+        let io = |action, source| StateError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| io("create", e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("secure", e))?;
+        Ok(StateDir {
+            path: path.to_owned(),
+        })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the single-instance lock; held until the returned guard is dropped.
+    pub fn lock(&self) -> Result<Flock<File>, StateError> {
+        let path = self.path.join(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| StateError::Io {
+                action: "open",
+                path: path.clone(),
+                source,
+            })?;
+        Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StateError::Locked(self.path.clone()))
+    }
+
+    /// Whether the lock is held by a running agent.
+    pub fn is_locked(&self) -> bool {
+        match self.lock() {
+            Ok(_guard) => false,
+            Err(StateError::Locked(_)) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// The identity, or [`StateError::NotEnrolled`].
+    pub fn identity(&self) -> Result<Identity, StateError> {
+        let path = self.path.join(IDENTITY_FILE);
+        self.read_json::<Identity>(IDENTITY_FILE)?
+            .ok_or(StateError::NotEnrolled { path })
+    }
+
+    /// Whether an identity exists.
+    pub fn is_enrolled(&self) -> bool {
+        self.path.join(IDENTITY_FILE).exists()
+    }
+
+    /// Writes the identity (atomically, 0600).
+    pub fn save_identity(&self, identity: &Identity) -> Result<(), StateError> {
+        self.write_json(IDENTITY_FILE, identity)
+    }
+
+    /// The account records (empty if none yet).
+    pub fn accounts(&self) -> Result<Accounts, StateError> {
+        Ok(self.read_json(ACCOUNTS_FILE)?.unwrap_or_default())
+    }
+
+    /// Writes the account records (atomically, 0600).
+    pub fn save_accounts(&self, accounts: &Accounts) -> Result<(), StateError> {
+        self.write_json(ACCOUNTS_FILE, accounts)
+    }
+
+    fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        let path = self.path.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes `value` to a temporary file, fsyncs it, renames it over `name` and fsyncs the
+    /// directory, so a crash leaves either the old or the new content.
+    fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
+        let path = self.path.join(name);
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        let io = |action, source| StateError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("write", e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+        File::open(&self.path)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| io("sync directory of", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn files_are_private_and_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("latch")).unwrap();
+        assert!(matches!(
+            state.identity(),
+            Err(StateError::NotEnrolled { .. })
+        ));
+        let identity = Identity {
+            server: "http://127.0.0.1:8443".into(),
+            host_id: "h".into(),
+            credential: "latch_host_x".into(),
+            machine_id: "0".repeat(32),
+            enrolled_at: Utc::now(),
+        };
+        state.save_identity(&identity).unwrap();
+        assert_eq!(state.identity().unwrap(), identity);
+        let meta = std::fs::metadata(state.path().join(IDENTITY_FILE)).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(state.path()).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(state.accounts().unwrap(), Accounts::default());
+    }
+
+    #[test]
+    fn one_agent_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let _held = state.lock().unwrap();
+        assert!(matches!(state.lock(), Err(StateError::Locked(_))));
+        assert!(state.is_locked());
+    }
+
+    #[test]
+    fn corrupt_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join(ACCOUNTS_FILE), b"{not json").unwrap();
+        assert!(matches!(state.accounts(), Err(StateError::Corrupt { .. })));
+    }
+}

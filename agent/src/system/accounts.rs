@@ -1,0 +1,106 @@
+//! Account changes through the distribution's own shadow-utils. Every call goes through
+//! [`cmd::run_shadow_tool`], so a lock held by another program is waited out, and every
+//! argument is a separate argv item. Names reaching this module were validated by
+//! `latch_common::names` and re-checked by the planner.
+
+use std::ffi::OsStr;
+use std::time::Duration;
+
+use super::cmd::{self, CmdError};
+
+/// Shadow-utils, with how long to wait for a locked account file.
+pub struct ShadowUtils {
+    /// Longest time to retry while the account files are locked.
+    pub lock_wait: Duration,
+}
+
+impl ShadowUtils {
+    fn exec(&self, tool: &str, args: &[&OsStr], stdin: Option<&[u8]>) -> Result<(), CmdError> {
+        cmd::run_shadow_tool(&cmd::tool(tool)?, args, stdin, self.lock_wait).map(drop)
+    }
+
+    /// `groupadd --system NAME`.
+    pub fn add_system_group(&self, name: &str) -> Result<(), CmdError> {
+        self.exec(
+            "groupadd",
+            &["--system".as_ref(), "--".as_ref(), name.as_ref()],
+            None,
+        )
+    }
+
+    /// `useradd` with an explicit UID, a private group, a home from `/etc/skel`, the shell, the
+    /// GECOS tag and supplementary groups.
+    pub fn add_user(
+        &self,
+        name: &str,
+        uid: u32,
+        shell: &str,
+        gecos: &str,
+        groups: &[String],
+    ) -> Result<(), CmdError> {
+        let uid = uid.to_string();
+        let groups = groups.join(",");
+        let mut args: Vec<&OsStr> = vec![
+            "--uid".as_ref(),
+            uid.as_ref(),
+            "--user-group".as_ref(),
+            "--create-home".as_ref(),
+            "--skel".as_ref(),
+            "/etc/skel".as_ref(),
+            "--shell".as_ref(),
+            shell.as_ref(),
+            "--comment".as_ref(),
+            gecos.as_ref(),
+        ];
+        if !groups.is_empty() {
+            args.push("--groups".as_ref());
+            args.push(groups.as_ref());
+        }
+        args.push("--".as_ref());
+        args.push(name.as_ref());
+        self.exec("useradd", &args, None)
+    }
+
+    /// `gpasswd --add USER GROUP`.
+    pub fn add_to_group(&self, user: &str, group: &str) -> Result<(), CmdError> {
+        self.exec(
+            "gpasswd",
+            &[
+                "--add".as_ref(),
+                user.as_ref(),
+                "--".as_ref(),
+                group.as_ref(),
+            ],
+            None,
+        )
+    }
+
+    /// `gpasswd --delete USER GROUP`.
+    pub fn remove_from_group(&self, user: &str, group: &str) -> Result<(), CmdError> {
+        self.exec(
+            "gpasswd",
+            &[
+                "--delete".as_ref(),
+                user.as_ref(),
+                "--".as_ref(),
+                group.as_ref(),
+            ],
+            None,
+        )
+    }
+
+    /// `chpasswd --encrypted` with `user:hash` on stdin (never in argv).
+    pub fn set_password_hash(&self, user: &str, hash: &str) -> Result<(), CmdError> {
+        let line = format!("{user}:{hash}\n");
+        self.exec("chpasswd", &["--encrypted".as_ref()], Some(line.as_bytes()))
+    }
+
+    /// `userdel --remove USER` (home and mail spool too).
+    pub fn delete_user(&self, user: &str) -> Result<(), CmdError> {
+        self.exec(
+            "userdel",
+            &["--remove".as_ref(), "--".as_ref(), user.as_ref()],
+            None,
+        )
+    }
+}

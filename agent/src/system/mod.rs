@@ -1,0 +1,8 @@
+//! The only code that touches the host: running shadow-utils, reading account files, writing
+//! `authorized_keys`, ending processes. Everything above this module decides; this module acts.
+
+pub mod accounts;
+pub mod cmd;
+pub mod etc;
+pub mod keys;
+pub mod procs;

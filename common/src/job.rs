@@ -1,0 +1,433 @@
+//! Jobs: what the control plane asks a host to do, how it ends, and why it failed.
+//!
+//! Every kind is a declarative *ensure* operation, so a re-delivered job is harmless: applying
+//! `create-account` to a host where the account already exists (created by Latch for the same
+//! request) confirms without changing anything.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::names::{
+    ValidationError, validate_group_name, validate_password_hash, validate_shell,
+    validate_ssh_public_key, validate_user_name,
+};
+
+/// Most SSH keys one account may carry.
+pub const MAX_SSH_KEYS: usize = 16;
+/// Most extra groups one create-account job may name.
+pub const MAX_GROUPS: usize = 16;
+
+/// The kinds of job, spelled as on the command line and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    /// Ensure an ephemeral account exists (`useradd`).
+    CreateAccount,
+    /// Ensure an account Latch created is gone (`userdel -r`).
+    DeleteAccount,
+    /// Ensure a managed account is a member of an allowed group (`gpasswd -a`).
+    AddGroup,
+    /// Ensure a managed account is not a member of a group (`gpasswd -d`).
+    RemoveGroup,
+    /// Apply a pre-hashed password to a managed account (`chpasswd -e`).
+    SetPassword,
+}
+
+impl JobKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [JobKind; 5] = [
+        JobKind::CreateAccount,
+        JobKind::DeleteAccount,
+        JobKind::AddGroup,
+        JobKind::RemoveGroup,
+        JobKind::SetPassword,
+    ];
+
+    /// The wire and CLI spelling (`create-account`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::CreateAccount => "create-account",
+            JobKind::DeleteAccount => "delete-account",
+            JobKind::AddGroup => "add-group",
+            JobKind::RemoveGroup => "remove-group",
+            JobKind::SetPassword => "set-password",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job's parameters, tagged by kind. This is exactly what the agent receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum JobSpec {
+    /// See [`JobKind::CreateAccount`].
+    CreateAccount {
+        /// The account name.
+        user: String,
+        /// Extra groups (each must be allowed by the host).
+        #[serde(default)]
+        groups: Vec<String>,
+        /// Login shell; the host's configured default when absent.
+        #[serde(default)]
+        shell: Option<String>,
+        /// SSH public keys for `~/.ssh/authorized_keys`.
+        #[serde(default)]
+        ssh_keys: Vec<String>,
+        /// When the access ends.
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// See [`JobKind::DeleteAccount`].
+    DeleteAccount {
+        /// The account name.
+        user: String,
+    },
+    /// See [`JobKind::AddGroup`].
+    AddGroup {
+        /// The account name.
+        user: String,
+        /// The group to join.
+        group: String,
+        /// When the membership ends.
+        #[serde(default)]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// See [`JobKind::RemoveGroup`].
+    RemoveGroup {
+        /// The account name.
+        user: String,
+        /// The group to leave.
+        group: String,
+    },
+    /// See [`JobKind::SetPassword`].
+    SetPassword {
+        /// The account name.
+        user: String,
+        /// SHA-512 crypt hash made by the control plane; never a plaintext password.
+        password_hash: String,
+    },
+}
+
+impl JobSpec {
+    /// The job's kind.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::CreateAccount { .. } => JobKind::CreateAccount,
+            JobSpec::DeleteAccount { .. } => JobKind::DeleteAccount,
+            JobSpec::AddGroup { .. } => JobKind::AddGroup,
+            JobSpec::RemoveGroup { .. } => JobKind::RemoveGroup,
+            JobSpec::SetPassword { .. } => JobKind::SetPassword,
+        }
+    }
+
+    /// The account the job is about.
+    pub fn user(&self) -> &str {
+        match self {
+            JobSpec::CreateAccount { user, .. }
+            | JobSpec::DeleteAccount { user }
+            | JobSpec::AddGroup { user, .. }
+            | JobSpec::RemoveGroup { user, .. }
+            | JobSpec::SetPassword { user, .. } => user,
+        }
+    }
+
+    /// Checks every field against DESIGN.md §3 rule 8. Called by the API before queueing and by
+    /// the agent before acting.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_user_name(self.user())?;
+        match self {
+            JobSpec::CreateAccount {
+                groups,
+                shell,
+                ssh_keys,
+                ..
+            } => {
+                if groups.len() > MAX_GROUPS {
+                    return Err(ValidationError::new(
+                        "groups",
+                        format!("at most {MAX_GROUPS} groups"),
+                    ));
+                }
+                for group in groups {
+                    validate_group_name(group)
+                        .map_err(|e| ValidationError::new("groups", e.reason))?;
+                }
+                if let Some(shell) = shell {
+                    validate_shell(shell)?;
+                }
+                if ssh_keys.len() > MAX_SSH_KEYS {
+                    return Err(ValidationError::new(
+                        "ssh_keys",
+                        format!("at most {MAX_SSH_KEYS} keys"),
+                    ));
+                }
+                for key in ssh_keys {
+                    validate_ssh_public_key(key)?;
+                }
+                Ok(())
+            }
+            JobSpec::DeleteAccount { .. } => Ok(()),
+            JobSpec::AddGroup { group, .. } | JobSpec::RemoveGroup { group, .. } => {
+                validate_group_name(group)
+            }
+            JobSpec::SetPassword { password_hash, .. } => validate_password_hash(password_hash),
+        }
+    }
+
+    /// The parameters as shown to administrators: the password hash is replaced by a marker.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(hash) = value.get_mut("password_hash") {
+            *hash = serde_json::Value::String("<redacted>".to_owned());
+        }
+        value
+    }
+}
+
+/// A job's status as administrators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Queued or delivered, no outcome yet.
+    Pending,
+    /// The host applied the job and verified the result.
+    Confirmed,
+    /// The host refused or could not apply the job, or never answered.
+    Failed,
+}
+
+impl JobStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Confirmed => "confirmed",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        [JobStatus::Pending, JobStatus::Confirmed, JobStatus::Failed]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stable, machine-readable reasons a job failed. Scripts may match on them; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobErrorCode {
+    /// The job failed validation on the host (hostile or malformed parameters).
+    InvalidJob,
+    /// create-account: an account with that name exists and Latch does not manage it.
+    AccountExists,
+    /// create-account: a group with the user's name exists; Latch will not adopt it.
+    GroupExists,
+    /// The account is not one Latch created (marker group, GECOS tag and agent record disagree).
+    AccountNotManaged,
+    /// The account does not exist.
+    NoSuchAccount,
+    /// The group does not exist on the host.
+    NoSuchGroup,
+    /// The host's configuration does not allow granting this group.
+    GroupNotAllowed,
+    /// The shell is not listed in the host's `/etc/shells`.
+    ShellNotAllowed,
+    /// Every UID of the configured range is in use or was used before.
+    UidRangeExhausted,
+    /// The account files stayed locked by another program for too long.
+    HostBusy,
+    /// A shadow-utils tool exited with an error.
+    ToolFailed,
+    /// The tool succeeded but reading the files back did not show the expected state.
+    VerifyFailed,
+    /// The agent could not read or write its own state directory.
+    AgentStateError,
+    /// The job was delivered the maximum number of times without an outcome.
+    AgentUnresponsive,
+}
+
+impl JobErrorCode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobErrorCode::InvalidJob => "invalid_job",
+            JobErrorCode::AccountExists => "account_exists",
+            JobErrorCode::GroupExists => "group_exists",
+            JobErrorCode::AccountNotManaged => "account_not_managed",
+            JobErrorCode::NoSuchAccount => "no_such_account",
+            JobErrorCode::NoSuchGroup => "no_such_group",
+            JobErrorCode::GroupNotAllowed => "group_not_allowed",
+            JobErrorCode::ShellNotAllowed => "shell_not_allowed",
+            JobErrorCode::UidRangeExhausted => "uid_range_exhausted",
+            JobErrorCode::HostBusy => "host_busy",
+            JobErrorCode::ToolFailed => "tool_failed",
+            JobErrorCode::VerifyFailed => "verify_failed",
+            JobErrorCode::AgentStateError => "agent_state_error",
+            JobErrorCode::AgentUnresponsive => "agent_unresponsive",
+        }
+    }
+}
+
+impl fmt::Display for JobErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a job failed: a stable code and a message that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobError {
+    /// Machine-readable reason.
+    pub code: JobErrorCode,
+    /// What went wrong and what to do, for a person.
+    pub message: String,
+}
+
+impl JobError {
+    /// A failure with `code` and `message`.
+    pub fn new(code: JobErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// What the agent reports for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobOutcome {
+    /// Applied and verified.
+    Confirmed,
+    /// Refused or failed.
+    Failed {
+        /// Why.
+        error: JobError,
+    },
+}
+
+impl JobOutcome {
+    /// The status this outcome gives the job.
+    pub fn status(&self) -> JobStatus {
+        match self {
+            JobOutcome::Confirmed => JobStatus::Confirmed,
+            JobOutcome::Failed { .. } => JobStatus::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_with_kebab_case_kind() {
+        let spec = JobSpec::AddGroup {
+            user: "alice".into(),
+            group: "sudo".into(),
+            expires_at: None,
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["kind"], "add-group");
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), spec);
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_refused() {
+        let extra = serde_json::json!({"kind": "delete-account", "user": "alice", "force": true});
+        assert!(serde_json::from_value::<JobSpec>(extra).is_err());
+        let kind = serde_json::json!({"kind": "run-command", "user": "alice"});
+        assert!(serde_json::from_value::<JobSpec>(kind).is_err());
+    }
+
+    #[test]
+    fn validate_refuses_hostile_fields() {
+        let bad = [
+            JobSpec::DeleteAccount {
+                user: "root".into(),
+            },
+            JobSpec::AddGroup {
+                user: "alice".into(),
+                group: "-G".into(),
+                expires_at: None,
+            },
+            JobSpec::SetPassword {
+                user: "alice".into(),
+                password_hash: "$6$x$y\nroot:x".into(),
+            },
+            JobSpec::CreateAccount {
+                user: "alice".into(),
+                groups: vec!["a:b".into()],
+                shell: None,
+                ssh_keys: vec![],
+                expires_at: None,
+            },
+            JobSpec::CreateAccount {
+                user: "alice".into(),
+                groups: vec![],
+                shell: Some("/bin/sh -i".into()),
+                ssh_keys: vec![],
+                expires_at: None,
+            },
+        ];
+        for spec in bad {
+            assert!(spec.validate().is_err(), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn redacted_hides_the_hash() {
+        let spec = JobSpec::SetPassword {
+            user: "alice".into(),
+            password_hash: "$6$s$h".into(),
+        };
+        let shown = spec.redacted().to_string();
+        assert!(!shown.contains("$6$s$h"));
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn outcome_wire_shape() {
+        let failed = JobOutcome::Failed {
+            error: JobError::new(JobErrorCode::GroupNotAllowed, "nope"),
+        };
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["status"], "failed");
+        assert_eq!(json["error"]["code"], "group_not_allowed");
+        assert_eq!(serde_json::from_value::<JobOutcome>(json).unwrap(), failed);
+    }
+
+    #[test]
+    fn kinds_parse_their_own_spelling() {
+        for kind in JobKind::ALL {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(JobKind::parse("create_account"), None);
+    }
+}

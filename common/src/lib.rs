@@ -1,0 +1,14 @@
+//! Wire types and input validation shared by `latch-agent` and `latch-control`.
+//!
+//! Invariant: this crate does no I/O. It defines
+//! - [`names`]: the rules every user name, group name, shell, SSH key and password hash must pass
+//!   before it may reach a colon-separated account file or a shadow-utils tool;
+//! - [`job`]: the job kinds, their parameters ([`job::JobSpec`]), statuses and stable error codes;
+//! - [`api`]: request and response bodies of the HTTP API, agent side and admin side.
+//!
+//! Both the control plane (at the API edge) and the agent (before acting) call
+//! [`job::JobSpec::validate`], so hostile input is refused twice.
+
+pub mod api;
+pub mod job;
+pub mod names;

@@ -1,0 +1,82 @@
+//! API errors: `{"code": "...", "message": "..."}` with the status codes of DESIGN.md §5.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use latch_common::api::ApiErrorBody;
+
+use crate::ControlError;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// `400 invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// `404 resource_does_not_exist`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "resource_does_not_exist", message)
+    }
+
+    /// `401 authentication_error`.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
+    }
+
+    /// Any status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match &error {
+            ControlError::Invalid(e) => ApiError::invalid(e.to_string()),
+            ControlError::Unauthenticated(_) | ControlError::EnrollRefused(_) => {
+                ApiError::unauthenticated(error.to_string())
+            }
+            ControlError::NotFound { .. } => ApiError::not_found(error.to_string()),
+            ControlError::AmbiguousHost(..) => ApiError::invalid(error.to_string()),
+            ControlError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "resource_already_exists",
+                error.to_string(),
+            ),
+            ControlError::Store(_) | ControlError::Internal(_) => {
+                // The cause goes to the server log only; the client gets no internals.
+                tracing::error!(error = %error, "request failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "unknown_error",
+                    "the control plane failed to handle the request; its log has the cause",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ApiErrorBody {
+            code: self.code.to_owned(),
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,186 @@
+//! Request handlers: parse, authenticate, call [`Control`], shape the response. No policy here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::header::LINK;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use latch_common::api::{
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, ListResponse, MAX_POLL_WAIT_SECS,
+    ReportRequest,
+};
+use latch_common::job::JobStatus;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
+use super::pagination::{PageParams, link_header};
+use crate::Control;
+use crate::store::{JobFilter, Page};
+
+type Ctl = State<Arc<Control>>;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn enroll(
+    State(control): Ctl,
+    ApiJson(request): ApiJson<EnrollRequest>,
+) -> Result<Response, ApiError> {
+    let response = control.enroll(&request).await?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollParams {
+    wait: Option<u64>,
+}
+
+pub async fn poll_jobs(
+    State(control): Ctl,
+    Host(host): Host,
+    ApiQuery(params): ApiQuery<PollParams>,
+) -> Result<Response, ApiError> {
+    let wait = params.wait.unwrap_or(MAX_POLL_WAIT_SECS);
+    if wait > MAX_POLL_WAIT_SECS {
+        return Err(ApiError::invalid(format!(
+            "wait must be at most {MAX_POLL_WAIT_SECS} seconds"
+        )));
+    }
+    let job = control.next_job(&host, Duration::from_secs(wait)).await?;
+    Ok(Json(ListResponse {
+        list: job.into_iter().collect(),
+    })
+    .into_response())
+}
+
+pub async fn report_job(
+    State(control): Ctl,
+    Host(host): Host,
+    Path(id): Path<String>,
+    ApiJson(report): ApiJson<ReportRequest>,
+) -> Result<Response, ApiError> {
+    check_path_id("job id", &id)?;
+    control.report(&host, &id, &report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn create_enroll_token(
+    State(control): Ctl,
+    _: Admin,
+    ApiJson(request): ApiJson<CreateEnrollTokenRequest>,
+) -> Result<Response, ApiError> {
+    let token = control.create_enroll_token(&request).await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+pub async fn list_hosts(
+    State(control): Ctl,
+    _: Admin,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    let page = params.page()?;
+    let mut hosts = control
+        .list_hosts(Page {
+            count: page.count + 1,
+            ..page
+        })
+        .await?;
+    let has_next = hosts.len() as u64 > page.count;
+    hosts.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    Ok(with_link(
+        Json(ListResponse { list: hosts }),
+        link_header("/v1/hosts", &[], page, has_next),
+    ))
+}
+
+pub async fn show_host(
+    State(control): Ctl,
+    _: Admin,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("host", &key)?;
+    let host = control.find_host(&key).await?;
+    Ok(Json(control.host_view(host)).into_response())
+}
+
+pub async fn create_job(
+    State(control): Ctl,
+    _: Admin,
+    ApiJson(request): ApiJson<CreateJobRequest>,
+) -> Result<Response, ApiError> {
+    let job = control.create_job(request).await?;
+    Ok((StatusCode::CREATED, Json(job)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobListParams {
+    host: Option<String>,
+    status: Option<String>,
+    count: Option<u64>,
+    offset: Option<u64>,
+}
+
+pub async fn list_jobs(
+    State(control): Ctl,
+    _: Admin,
+    ApiQuery(params): ApiQuery<JobListParams>,
+) -> Result<Response, ApiError> {
+    let page = PageParams {
+        count: params.count,
+        offset: params.offset,
+    }
+    .page()?;
+    let mut filter = JobFilter::default();
+    let mut filters = Vec::new();
+    if let Some(host) = &params.host {
+        check_path_id("host", host)?;
+        filter.host_id = Some(control.find_host(host).await?.id);
+        filters.push(("host", host.clone()));
+    }
+    if let Some(status) = &params.status {
+        filter.status = Some(
+            JobStatus::parse(status)
+                .ok_or_else(|| ApiError::invalid("status must be pending, confirmed or failed"))?,
+        );
+        filters.push(("status", status.clone()));
+    }
+    let mut jobs = control
+        .list_jobs(
+            &filter,
+            Page {
+                count: page.count + 1,
+                ..page
+            },
+        )
+        .await?;
+    let has_next = jobs.len() as u64 > page.count;
+    jobs.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    Ok(with_link(
+        Json(ListResponse { list: jobs }),
+        link_header("/v1/jobs", &filters, page, has_next),
+    ))
+}
+
+pub async fn show_job(
+    State(control): Ctl,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("job id", &id)?;
+    Ok(Json(control.get_job(&id).await?).into_response())
+}
+
+fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(link) = link {
+        headers.insert(LINK, link);
+    }
+    (headers, body).into_response()
+}

@@ -1,0 +1,58 @@
+//! The HTTP API (DESIGN.md §5). Handlers only parse, authenticate and call [`Control`]; every
+//! decision lives in the library modules.
+//!
+//! | method | path | who | what |
+//! |---|---|---|---|
+//! | GET | `/v1/health` | anyone | liveness |
+//! | POST | `/v1/enroll` | enrollment token | enroll a host |
+//! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
+//! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
+//! | POST | `/v1/enroll-tokens` | admin | create an enrollment token |
+//! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
+//! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
+
+pub mod error;
+pub mod extract;
+mod handlers;
+mod pagination;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::Control;
+use error::ApiError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The API's router over `control`.
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/health", get(handlers::health))
+        .route("/v1/enroll", post(handlers::enroll))
+        .route("/v1/agent/jobs", get(handlers::poll_jobs))
+        .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
+        .route("/v1/enroll-tokens", post(handlers::create_enroll_token))
+        .route("/v1/hosts", get(handlers::list_hosts))
+        .route("/v1/hosts/{host}", get(handlers::show_host))
+        .route(
+            "/v1/jobs",
+            post(handlers::create_job).get(handlers::list_jobs),
+        )
+        .route("/v1/jobs/{id}", get(handlers::show_job))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; see the API table in README.md")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "this endpoint does not accept that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(control)
+}

@@ -1,0 +1,67 @@
+//! `count`/`offset` paging with `Link` headers (`rel="next"`, `rel="prev"`).
+
+use axum::http::HeaderValue;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::store::Page;
+
+/// Default page size.
+pub const DEFAULT_COUNT: u64 = 100;
+/// Largest page size.
+pub const MAX_COUNT: u64 = 1000;
+
+/// The paging parameters of a list request.
+#[derive(Debug, Deserialize)]
+pub struct PageParams {
+    pub count: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+impl PageParams {
+    /// The page asked for, one item longer than returned so the handler can tell whether a next
+    /// page exists.
+    pub fn page(&self) -> Result<Page, ApiError> {
+        let count = self.count.unwrap_or(DEFAULT_COUNT);
+        if !(1..=MAX_COUNT).contains(&count) {
+            return Err(ApiError::invalid(format!(
+                "count must be between 1 and {MAX_COUNT}"
+            )));
+        }
+        Ok(Page {
+            offset: self.offset.unwrap_or(0),
+            count,
+        })
+    }
+}
+
+/// Fetches `page.count + 1` items through `fetch`, trims to `page.count`, and builds the `Link`
+/// header for `path` with the extra query `filters` (already URL-safe).
+pub fn link_header(
+    path: &str,
+    filters: &[(&str, String)],
+    page: Page,
+    has_next: bool,
+) -> Option<HeaderValue> {
+    let base: String = filters.iter().map(|(k, v)| format!("{k}={v}&")).collect();
+    let mut links = Vec::new();
+    if has_next {
+        links.push(format!(
+            "<{path}?{base}count={}&offset={}>; rel=\"next\"",
+            page.count,
+            page.offset + page.count
+        ));
+    }
+    if page.offset > 0 {
+        links.push(format!(
+            "<{path}?{base}count={}&offset={}>; rel=\"prev\"",
+            page.count,
+            page.offset.saturating_sub(page.count)
+        ));
+    }
+    if links.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&links.join(", ")).ok()
+    }
+}

@@ -1,0 +1,107 @@
+//! `latch-control`: the Latch control-plane server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use latch_control::{Control, ControlConfig, server};
+
+/// The Latch control plane: enrolls hosts, queues account jobs and hands them to agents.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API. The first start creates the data directory, the SQLite database and an
+    /// admin token in DIR/admin.token (mode 0600).
+    Serve {
+        /// Directory for the database and the admin token.
+        #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on. Plain HTTP is served on loopback addresses only.
+        #[arg(long, default_value = "127.0.0.1:8443", env = "LATCH_LISTEN")]
+        listen: SocketAddr,
+        /// How long a delivered job may stay unreported before it is delivered again.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        lease_timeout: std::time::Duration,
+        /// Deliveries of one job before it fails with agent_unresponsive.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        max_attempts: u32,
+        /// Log filter (error, warn, info, debug, or a tracing directive).
+        #[arg(long, default_value = "info", env = "LATCH_LOG")]
+        log_level: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            lease_timeout,
+            max_attempts,
+            log_level,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_new(&log_level)
+                        .context("invalid --log-level")?,
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let data = server::open_data_dir(&data_dir).await?;
+            println!("Latch control plane");
+            println!(
+                "  data directory: {} (SQLite database {})",
+                data_dir.display(),
+                server::DATABASE_FILE
+            );
+            if data.admin_token_created {
+                println!(
+                    "  admin token:    created {} (mode 0600); latchctl reads it from there or from --token",
+                    data.admin_token_path.display()
+                );
+            } else {
+                println!("  admin token:    {}", data.admin_token_path.display());
+            }
+            let config = ControlConfig {
+                lease_ttl: chrono::Duration::from_std(lease_timeout)
+                    .context("--lease-timeout is too long")?,
+                max_attempts,
+                ..ControlConfig::default()
+            };
+            let control = Arc::new(Control::new(Arc::new(data.store), config));
+            let listener = server::bind(listen).await?;
+            let addr = listener
+                .local_addr()
+                .context("cannot read the listening address")?;
+            println!("  listening on http://{addr}");
+            server::run(control, listener, shutdown_signal()).await?;
+            println!("stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,488 @@
+//! `latchctl`: the Latch admin CLI. A thin layer over the admin API.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, HostView, JobView};
+use latch_common::job::{JobKind, JobStatus};
+use latch_control::client::AdminClient;
+
+/// Administer a Latch control plane: enrollment tokens, hosts and account jobs.
+///
+/// Exit status: 0 on success; 1 when the command failed (the message says why); for `jobs
+/// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// Control plane URL.
+    #[arg(
+        long,
+        global = true,
+        env = "LATCH_SERVER",
+        default_value = "http://127.0.0.1:8443"
+    )]
+    server: String,
+    /// Admin token. Default: the contents of ./latch-data/admin.token.
+    #[arg(long, global = true, env = "LATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format: tables for people, JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrollment tokens (used once by `latch-agent enroll`).
+    #[command(subcommand)]
+    EnrollToken(EnrollTokenCommand),
+    /// Enrolled hosts.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
+    /// Account jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Subcommand)]
+enum EnrollTokenCommand {
+    /// Create an enrollment token; prints it once, with the enroll command to run on the host.
+    Create {
+        /// Lifetime (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many hosts may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsCommand {
+    /// List hosts with their facts and whether their agent is online.
+    List,
+    /// Show one host (HOST = host id or host name).
+    Show {
+        /// Host id or host name.
+        host: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Queue a job for a host.
+    Create(CreateJobArgs),
+    /// List jobs, newest first.
+    List {
+        /// Only jobs of this host (id or name).
+        #[arg(long)]
+        host: Option<String>,
+        /// Only jobs with this status.
+        #[arg(long, value_parser = ["pending", "confirmed", "failed"])]
+        status: Option<String>,
+    },
+    /// Show one job with its history.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// Wait until a job is confirmed (exit 0) or failed (exit 1); exit 2 on timeout.
+    Wait {
+        /// Job id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Args)]
+struct CreateJobArgs {
+    /// Host id or host name.
+    #[arg(long)]
+    host: String,
+    /// What to do.
+    #[arg(long, value_parser = ["create-account", "delete-account", "add-group", "remove-group", "set-password"])]
+    kind: String,
+    /// The account.
+    #[arg(long)]
+    user: String,
+    /// add-group / remove-group: the group; create-account: an extra group (repeatable).
+    #[arg(long)]
+    group: Vec<String>,
+    /// create-account / add-group: end the access after this long (e.g. 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<Duration>,
+    /// create-account: file of SSH public keys, one per line (blank lines and # comments skipped).
+    #[arg(long)]
+    ssh_key_file: Option<PathBuf>,
+    /// create-account: login shell (default: the host's configured default).
+    #[arg(long)]
+    shell: Option<String>,
+    /// set-password: read the new password from the first line of standard input. The control
+    /// plane hashes it; only the hash reaches the host.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn admin_token(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(token) = &cli.token {
+        return Ok(token.trim().to_owned());
+    }
+    let path = PathBuf::from("latch-data").join("admin.token");
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no admin token: pass --token or set LATCH_TOKEN, or run latchctl in the directory that holds {} (cannot read it)",
+            path.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // reqwest is built without a default TLS provider: install ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = AdminClient::new(&cli.server, &admin_token(&cli)?)?;
+    let json = cli.output == Output::Json;
+    match &cli.command {
+        Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses }) => {
+            let token = client
+                .create_enroll_token(&CreateEnrollTokenRequest {
+                    ttl_seconds: Some(ttl.as_secs().max(1)),
+                    uses: Some(*uses),
+                })
+                .await?;
+            if json {
+                print_json(&token)?;
+            } else {
+                print_table(
+                    &["TOKEN", "EXPIRES", "USES"],
+                    vec![vec![
+                        token.token.clone(),
+                        token.expires_at.to_rfc3339(),
+                        token.uses.to_string(),
+                    ]],
+                );
+                println!("\nEnroll a host (as root on that host):");
+                println!(
+                    "  latch-agent enroll --server {} --token {}",
+                    cli.server, token.token
+                );
+            }
+        }
+        Command::Hosts(HostsCommand::List) => {
+            let hosts = client.list_hosts().await?;
+            if json {
+                print_json(&serde_json::json!({ "list": hosts }))?;
+            } else {
+                print_hosts(&hosts);
+            }
+        }
+        Command::Hosts(HostsCommand::Show { host }) => {
+            let host = client.show_host(host).await?;
+            if json {
+                print_json(&host)?;
+            } else {
+                print_hosts(std::slice::from_ref(&host));
+                println!(
+                    "machine-id: {}  enrolled: {}",
+                    host.facts.machine_id,
+                    host.enrolled_at.to_rfc3339()
+                );
+            }
+        }
+        Command::Jobs(JobsCommand::Create(args)) => {
+            let job = client.create_job(&job_request(args)?).await?;
+            if json {
+                print_json(&job)?;
+            } else {
+                print_jobs(std::slice::from_ref(&job));
+                println!("\nFollow it with: latchctl jobs wait {}", job.id);
+            }
+        }
+        Command::Jobs(JobsCommand::List { host, status }) => {
+            let jobs = client.list_jobs(host.as_deref(), status.as_deref()).await?;
+            if json {
+                print_json(&serde_json::json!({ "list": jobs }))?;
+            } else {
+                print_jobs(&jobs);
+            }
+        }
+        Command::Jobs(JobsCommand::Show { id }) => {
+            let job = client.show_job(id).await?;
+            if json {
+                print_json(&job)?;
+            } else {
+                print_job_detail(&job);
+            }
+        }
+        Command::Jobs(JobsCommand::Wait { id, timeout }) => {
+            return Ok(match wait_for_job(&client, id, *timeout, json).await {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(3)
+                }
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job_request(args: &CreateJobArgs) -> anyhow::Result<CreateJobRequest> {
+    let kind = JobKind::parse(&args.kind).context("unknown job kind")?;
+    let mut request = CreateJobRequest {
+        host: args.host.clone(),
+        kind: Some(kind),
+        user: args.user.clone(),
+        shell: args.shell.clone(),
+        ..CreateJobRequest::default()
+    };
+    match kind {
+        JobKind::CreateAccount => request.groups = args.group.clone(),
+        _ => match args.group.as_slice() {
+            [] => {}
+            [group] => request.group = Some(group.clone()),
+            _ => bail!("--group may be given once for {kind}"),
+        },
+    }
+    if let Some(expires_in) = args.expires_in {
+        let expires_in =
+            chrono::Duration::from_std(expires_in).context("--expires-in is too long")?;
+        request.expires_at = Some(chrono::Utc::now() + expires_in);
+    }
+    if let Some(path) = &args.ssh_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the SSH key file {}", path.display()))?;
+        request.ssh_keys = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        if request.ssh_keys.is_empty() {
+            bail!("{} holds no SSH public key", path.display());
+        }
+    }
+    if args.password_stdin {
+        if std::io::stdin().is_terminal() {
+            eprint!("New password (input is not hidden; prefer a pipe): ");
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the password from standard input")?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            bail!("--password-stdin: standard input held no password");
+        }
+        request.password = Some(password);
+    } else if kind == JobKind::SetPassword {
+        bail!(
+            "set-password needs --password-stdin (passwords are never taken from the command line)"
+        );
+    }
+    Ok(request)
+}
+
+async fn wait_for_job(
+    client: &AdminClient,
+    id: &str,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let show_progress = !json && std::io::stderr().is_terminal();
+    loop {
+        let job = client.show_job(id).await?;
+        if job.status != JobStatus::Pending {
+            if json {
+                print_json(&job)?;
+            } else {
+                if show_progress {
+                    eprintln!();
+                }
+                print_job_detail(&job);
+            }
+            return Ok(if job.status == JobStatus::Confirmed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        if started.elapsed() >= timeout {
+            if json {
+                print_json(&job)?;
+            } else {
+                eprintln!(
+                    "timed out after {:?}: job {id} is still pending (attempts: {})",
+                    timeout, job.attempts
+                );
+            }
+            return Ok(ExitCode::from(2));
+        }
+        if show_progress {
+            eprint!(
+                "\rwaiting for job {id}: pending, {} delivery attempt(s), {:.0?} elapsed ",
+                job.attempts,
+                started.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_hosts(hosts: &[HostView]) {
+    let rows = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.clone(),
+                h.facts.hostname.clone(),
+                h.facts.os.clone(),
+                h.facts.kernel.clone(),
+                h.facts.arch.clone(),
+                h.facts.cpus.to_string(),
+                format!("{} MiB", h.facts.memory_bytes / (1024 * 1024)),
+                if h.online { "yes" } else { "no" }.to_owned(),
+                h.last_seen.map_or("never".to_owned(), |t| {
+                    t.format("%Y-%m-%d %H:%M:%S").to_string()
+                }),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "HOSTNAME",
+            "OS",
+            "KERNEL",
+            "ARCH",
+            "CPUS",
+            "MEMORY",
+            "ONLINE",
+            "LAST SEEN",
+        ],
+        rows,
+    );
+}
+
+fn print_jobs(jobs: &[JobView]) {
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                j.host_id.clone(),
+                j.seq.to_string(),
+                j.kind.to_string(),
+                j.params
+                    .get("user")
+                    .and_then(|u| u.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                j.status.to_string(),
+                j.error
+                    .as_ref()
+                    .map_or(String::new(), |e| e.code.to_string()),
+                j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "HOST", "SEQ", "KIND", "USER", "STATUS", "ERROR", "CREATED",
+        ],
+        rows,
+    );
+}
+
+fn print_job_detail(job: &JobView) {
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
+    println!("id:          {}", job.id);
+    println!("host:        {}", job.host_id);
+    println!("kind:        {} (seq {})", job.kind, job.seq);
+    println!("params:      {}", job.params);
+    println!("status:      {}", job.status);
+    if let Some(error) = &job.error {
+        println!("error:       {}: {}", error.code, error.message);
+    }
+    println!("attempts:    {}", job.attempts);
+    println!("created:     {}", job.created_at.to_rfc3339());
+    println!("finished:    {}", time(job.finished_at));
+    if !job.history.is_empty() {
+        println!("history:");
+        for event in &job.history {
+            println!(
+                "  {}  {:<14} {}",
+                event.at.to_rfc3339(),
+                event.event,
+                event.detail.as_deref().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,181 @@
+//! A small client for the admin API, used by `latchctl` and usable by other tools.
+
+use std::time::Duration;
+
+use latch_common::api::{
+    ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, HostView, JobView,
+    ListResponse,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+/// Why an admin API call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The control plane could not be reached.
+    #[error(
+        "cannot reach the control plane at {server}: {source}; is `latch-control serve` running there? (set --server or LATCH_SERVER)"
+    )]
+    Unreachable {
+        /// The server URL.
+        server: String,
+        /// Cause.
+        source: reqwest::Error,
+    },
+    /// The control plane answered with an error.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The answer could not be decoded.
+    #[error("the control plane's answer could not be read: {0}")]
+    Decode(String),
+}
+
+/// Admin API client.
+pub struct AdminClient {
+    http: reqwest::Client,
+    server: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// A client for `server` (e.g. `http://127.0.0.1:8443`) with the admin `token`.
+    pub fn new(server: &str, token: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|source| ClientError::Unreachable {
+                server: server.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                server: self.server.clone(),
+                source,
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        if !status.is_success() {
+            let error: ApiErrorBody = serde_json::from_slice(&bytes).unwrap_or(ApiErrorBody {
+                code: "unknown_error".into(),
+                message: String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+            });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: error.code,
+                message: error.message,
+            });
+        }
+        let bytes = if status == StatusCode::NO_CONTENT {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /v1/enroll-tokens`.
+    pub async fn create_enroll_token(
+        &self,
+        request: &CreateEnrollTokenRequest,
+    ) -> Result<EnrollTokenView, ClientError> {
+        self.call(Method::POST, "/v1/enroll-tokens", &[], Some(request))
+            .await
+    }
+
+    /// `GET /v1/hosts` (all pages).
+    pub async fn list_hosts(&self) -> Result<Vec<HostView>, ClientError> {
+        self.all_pages("/v1/hosts", Vec::new()).await
+    }
+
+    /// `GET /v1/hosts/{host}`.
+    pub async fn show_host(&self, host: &str) -> Result<HostView, ClientError> {
+        self.call(Method::GET, &format!("/v1/hosts/{host}"), &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/jobs`.
+    pub async fn create_job(&self, request: &CreateJobRequest) -> Result<JobView, ClientError> {
+        self.call(Method::POST, "/v1/jobs", &[], Some(request))
+            .await
+    }
+
+    /// `GET /v1/jobs` with filters (all pages).
+    pub async fn list_jobs(
+        &self,
+        host: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<JobView>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(host) = host {
+            query.push(("host", host.to_owned()));
+        }
+        if let Some(status) = status {
+            query.push(("status", status.to_owned()));
+        }
+        self.all_pages("/v1/jobs", query).await
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub async fn show_job(&self, id: &str) -> Result<JobView, ClientError> {
+        self.call(Method::GET, &format!("/v1/jobs/{id}"), &[], None::<&()>)
+            .await
+    }
+
+    async fn all_pages<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: Vec<(&str, String)>,
+    ) -> Result<Vec<T>, ClientError> {
+        const COUNT: usize = 500;
+        let mut all = Vec::new();
+        loop {
+            let mut page_query = query.clone();
+            page_query.push(("count", COUNT.to_string()));
+            page_query.push(("offset", all.len().to_string()));
+            let page: ListResponse<T> = self
+                .call(Method::GET, path, &page_query, None::<&()>)
+                .await?;
+            let done = page.list.len() < COUNT;
+            all.extend(page.list);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Enrollment tokens and host enrollment (DESIGN.md §2 "Host enrollment").
+
+use chrono::{Duration, Utc};
+use latch_common::api::{CreateEnrollTokenRequest, EnrollRequest, EnrollResponse, EnrollTokenView};
+use latch_common::names::ValidationError;
+
+use crate::secret::{hash_token, new_token};
+use crate::store::HostRecord;
+use crate::{Control, ControlError};
+
+/// Default token lifetime.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+/// Longest token lifetime.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+/// Most uses one token may allow.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+
+impl Control {
+    /// Creates an enrollment token. The plaintext is returned once; only its hash is stored.
+    pub async fn create_enroll_token(
+        &self,
+        request: &CreateEnrollTokenRequest,
+    ) -> Result<EnrollTokenView, ControlError> {
+        let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+        if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
+            return Err(ValidationError::new(
+                "ttl_seconds",
+                format!("must be between 1 and {MAX_TOKEN_TTL_SECS} (30 days)"),
+            )
+            .into());
+        }
+        let uses = request.uses.unwrap_or(1);
+        if !(1..=MAX_TOKEN_USES).contains(&uses) {
+            return Err(ValidationError::new(
+                "uses",
+                format!("must be between 1 and {MAX_TOKEN_USES}"),
+            )
+            .into());
+        }
+        let token = new_token("latch_enroll_")?;
+        let now = Utc::now();
+        let expires_at = now + Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
+        self.store
+            .insert_enroll_token(&hash_token(&token), now, expires_at, uses)
+            .await?;
+        Ok(EnrollTokenView {
+            token,
+            expires_at,
+            uses,
+        })
+    }
+
+    /// Enrolls a host: spends one use of the token, records the host's facts and returns a new
+    /// host credential (stored hashed).
+    pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ControlError> {
+        request.facts.validate()?;
+        if request.token.is_empty() || request.token.len() > 256 {
+            return Err(ControlError::EnrollRefused(
+                crate::store::TokenRefusal::Unknown,
+            ));
+        }
+        let host = HostRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            facts: request.facts.clone(),
+            enrolled_at: Utc::now(),
+            last_seen: None,
+        };
+        let credential = new_token("latch_host_")?;
+        self.store
+            .enroll_host(&hash_token(&request.token), &host, &hash_token(&credential))
+            .await?
+            .map_err(ControlError::EnrollRefused)?;
+        tracing::info!(host_id = %host.id, hostname = %host.facts.hostname, "host enrolled");
+        Ok(EnrollResponse {
+            host_id: host.id,
+            credential,
+        })
+    }
+}

@@ -1,0 +1,50 @@
+//! The control plane's error type. Each variant maps to one API error code in `api::error`.
+
+use latch_common::names::ValidationError;
+use thiserror::Error;
+
+use crate::store::{StoreError, TokenRefusal};
+
+/// Why a control-plane operation did not happen.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// The request is malformed or hostile; nothing was changed.
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    /// No valid credential was presented.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The enrollment token cannot be used.
+    #[error("{}", match .0 {
+        TokenRefusal::Expired => "the enrollment token has expired; create a new one with `latchctl enroll-token create`",
+        TokenRefusal::UsedUp => "the enrollment token has no uses left; create a new one with `latchctl enroll-token create`",
+        TokenRefusal::Unknown => "the enrollment token is not valid; check it was copied whole, or create a new one with `latchctl enroll-token create`",
+    })]
+    EnrollRefused(TokenRefusal),
+    /// The named thing does not exist.
+    #[error("{what} '{key}' does not exist")]
+    NotFound {
+        /// What was looked up (`host`, `job`).
+        what: &'static str,
+        /// The key it was looked up by.
+        key: String,
+    },
+    /// A host name matches several hosts.
+    #[error("host name '{0}' matches {1} hosts; use the host id (see `latchctl hosts list`)")]
+    AmbiguousHost(String, usize),
+    /// The change conflicts with the current state (e.g. a report for a lease that is gone).
+    #[error("{0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something that should not fail did (random generator, encoding).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<crate::secret::RandomError> for ControlError {
+    fn from(e: crate::secret::RandomError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}

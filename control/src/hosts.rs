@@ -1,0 +1,64 @@
+//! Hosts: authentication of agents, look-up by id or name, and the `online` rule.
+
+use chrono::Utc;
+use latch_common::api::HostView;
+
+use crate::secret::hash_token;
+use crate::store::{HostRecord, Page};
+use crate::{Control, ControlError};
+
+impl Control {
+    /// The host whose credential this is.
+    pub async fn authenticate_host(&self, credential: &str) -> Result<HostRecord, ControlError> {
+        self.store
+            .host_by_credential(&hash_token(credential))
+            .await?
+            .ok_or(ControlError::Unauthenticated(
+                "the host credential is not valid; re-enroll the host with `latch-agent enroll`",
+            ))
+    }
+
+    /// Checks an admin token.
+    pub async fn authenticate_admin(&self, token: &str) -> Result<(), ControlError> {
+        if self.store.admin_token_exists(&hash_token(token)).await? {
+            Ok(())
+        } else {
+            Err(ControlError::Unauthenticated(
+                "the admin token is not valid; use the token in the server's data directory (admin.token)",
+            ))
+        }
+    }
+
+    /// A page of hosts.
+    pub async fn list_hosts(&self, page: Page) -> Result<Vec<HostView>, ControlError> {
+        let hosts = self.store.list_hosts(page).await?;
+        Ok(hosts.into_iter().map(|h| self.host_view(h)).collect())
+    }
+
+    /// The one host with this id or host name.
+    pub async fn find_host(&self, id_or_hostname: &str) -> Result<HostRecord, ControlError> {
+        let mut hosts = self.store.find_hosts(id_or_hostname).await?;
+        match hosts.len() {
+            0 => Err(ControlError::NotFound {
+                what: "host",
+                key: id_or_hostname.to_owned(),
+            }),
+            1 => Ok(hosts.remove(0)),
+            n => Err(ControlError::AmbiguousHost(id_or_hostname.to_owned(), n)),
+        }
+    }
+
+    /// The administrator's view of a host.
+    pub fn host_view(&self, host: HostRecord) -> HostView {
+        let online = host
+            .last_seen
+            .is_some_and(|seen| Utc::now() - seen < self.config.online_window);
+        HostView {
+            id: host.id,
+            facts: host.facts,
+            enrolled_at: host.enrolled_at,
+            last_seen: host.last_seen,
+            online,
+        }
+    }
+}

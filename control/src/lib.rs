@@ -1,0 +1,92 @@
+//! `latch-control`: the Latch control plane as a library.
+//!
+//! The server binary (`latch-control`) and the admin CLI (`latchctl`) are thin layers over this
+//! crate, so a team can embed enrollment and job queueing in its own portal:
+//!
+//! ```
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use latch_control::{Control, ControlConfig, store::SqliteStore};
+//! use latch_common::api::CreateEnrollTokenRequest;
+//!
+//! let store = SqliteStore::open_in_memory().await?;
+//! let control = Control::new(Arc::new(store), ControlConfig::default());
+//! let token = control
+//!     .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1) })
+//!     .await?;
+//! assert!(token.token.starts_with("latch_enroll_"));
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! Layout:
+//! - [`store`]: persistence behind the [`store::Store`] trait (SQLite now);
+//! - [`enroll`]: enrollment tokens and host enrollment;
+//! - [`hosts`]: host look-up and the `online` rule;
+//! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep;
+//! - [`api`]: the HTTP API (thin handlers over [`Control`]);
+//! - [`server`]: data directory, admin token and the listening loop;
+//! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod enroll;
+pub mod error;
+pub mod hosts;
+pub mod password;
+pub mod queue;
+pub mod secret;
+pub mod server;
+pub mod store;
+
+use std::sync::Arc;
+
+use chrono::Duration;
+
+pub use error::ControlError;
+
+/// Policy knobs of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How long a delivered job may stay unreported before it is delivered again.
+    pub lease_ttl: Duration,
+    /// Deliveries before an unreported job fails with `agent_unresponsive`.
+    pub max_attempts: u32,
+    /// A host is `online` if it polled within this window.
+    pub online_window: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::seconds(120),
+            max_attempts: 5,
+            online_window: Duration::seconds(45),
+        }
+    }
+}
+
+/// The control plane: every operation the API offers, over one [`store::Store`].
+pub struct Control {
+    store: Arc<dyn store::Store>,
+    config: ControlConfig,
+    wakeups: queue::Wakeups,
+}
+
+impl Control {
+    /// A control plane over `store`.
+    pub fn new(store: Arc<dyn store::Store>, config: ControlConfig) -> Self {
+        Self {
+            store,
+            config,
+            wakeups: queue::Wakeups::default(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,226 @@
+//! The job queue: create jobs, deliver them to agents by long-poll with leases, record outcomes,
+//! and fail jobs whose agent never answered.
+//!
+//! State machine of a job (status as administrators see it in brackets):
+//!
+//! ```text
+//! queued [pending] --poll--> delivered [pending] --report confirmed--> [confirmed]
+//!                                 |   \--report failed------------> [failed]
+//!                                 | lease runs out, attempts < max: delivered again
+//!                                 \ lease runs out, attempts = max --> [failed: agent_unresponsive]
+//! ```
+//!
+//! Jobs of one host are delivered strictly in sequence order: while the head job is leased,
+//! nothing behind it is delivered. An outcome is accepted only with the lease token of the
+//! current delivery and only once (compare-and-set), so a rescued delivery can never overwrite
+//! a result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+use latch_common::api::{AgentJob, CreateJobRequest, JobView, ReportRequest};
+use latch_common::names::ValidationError;
+use tokio::sync::Notify;
+
+use crate::password::hash_password;
+use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, Page};
+use crate::{Control, ControlError};
+
+/// Per-host wake-up signals for waiting long-polls.
+#[derive(Default)]
+pub struct Wakeups {
+    hosts: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Wakeups {
+    fn for_host(&self, host_id: &str) -> Arc<Notify> {
+        let mut hosts = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        hosts.entry(host_id.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, host_id: &str) {
+        self.for_host(host_id).notify_waiters();
+    }
+}
+
+/// Turns a stored job into the administrator's view (history left empty).
+pub fn job_view(job: JobRecord) -> JobView {
+    JobView {
+        id: job.id,
+        host_id: job.host_id,
+        seq: job.seq,
+        kind: job.spec.kind(),
+        params: job.spec.redacted(),
+        status: job.status,
+        error: job.error,
+        created_at: job.created_at,
+        finished_at: job.finished_at,
+        attempts: job.attempts,
+        history: Vec::new(),
+    }
+}
+
+impl Control {
+    /// Validates and queues a job; an idle agent of that host is woken at once.
+    pub async fn create_job(&self, request: CreateJobRequest) -> Result<JobView, ControlError> {
+        let host_key = request.host.clone();
+        if host_key.is_empty() || host_key.len() > 253 || host_key.chars().any(char::is_control) {
+            return Err(ValidationError::new("host", "must be a host id or host name").into());
+        }
+        let spec = request.into_spec(hash_password)?;
+        let host = self.find_host(&host_key).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let job = self
+            .store
+            .insert_job(&id, &host.id, &spec, Utc::now())
+            .await?;
+        tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), "job queued");
+        self.wakeups.wake(&host.id);
+        Ok(job_view(job))
+    }
+
+    /// A page of jobs, newest first.
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: Page,
+    ) -> Result<Vec<JobView>, ControlError> {
+        Ok(self
+            .store
+            .list_jobs(filter, page)
+            .await?
+            .into_iter()
+            .map(job_view)
+            .collect())
+    }
+
+    /// One job with its history.
+    pub async fn get_job(&self, id: &str) -> Result<JobView, ControlError> {
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound {
+                what: "job",
+                key: id.to_owned(),
+            })?;
+        let history = self.store.job_history(id).await?;
+        Ok(JobView {
+            history,
+            ..job_view(job)
+        })
+    }
+
+    /// Long-poll: the host's next job, waiting up to `wait` for one to be queued. `None` when the
+    /// wait ends with nothing to do.
+    pub async fn next_job(
+        &self,
+        host: &HostRecord,
+        wait: StdDuration,
+    ) -> Result<Option<AgentJob>, ControlError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.wakeups.for_host(&host.id);
+        self.store.touch_host(&host.id, Utc::now()).await?;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Register interest before looking, so a job queued in between still wakes us.
+            notified.as_mut().enable();
+            let lease = uuid::Uuid::new_v4().to_string();
+            let now = Utc::now();
+            let wake_at = match self
+                .store
+                .lease_next_job(
+                    &host.id,
+                    &lease,
+                    now,
+                    self.config.lease_ttl,
+                    self.config.max_attempts,
+                )
+                .await?
+            {
+                Lease::Delivered(job) => {
+                    tracing::info!(job_id = %job.id, host_id = %host.id, attempt = job.attempts, "job delivered");
+                    return Ok(Some(AgentJob {
+                        id: job.id,
+                        host_id: job.host_id,
+                        seq: job.seq,
+                        lease,
+                        attempt: job.attempts,
+                        spec: job.spec,
+                    }));
+                }
+                Lease::InFlight { until } => {
+                    let left = (until - now).to_std().unwrap_or_default();
+                    deadline.min(tokio::time::Instant::now() + left)
+                }
+                Lease::Idle => deadline,
+            };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.store.touch_host(&host.id, Utc::now()).await?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Records an agent's outcome for the delivery holding `report.lease`. A resent identical
+    /// outcome is accepted without change; anything else for a finished job, or for a lease that
+    /// is no longer current, is a conflict.
+    pub async fn report(
+        &self,
+        host: &HostRecord,
+        job_id: &str,
+        report: &ReportRequest,
+    ) -> Result<(), ControlError> {
+        if let latch_common::job::JobOutcome::Failed { error } = &report.outcome
+            && (error.message.len() > 4096 || error.message.contains('\0'))
+        {
+            return Err(ValidationError::new(
+                "outcome.error.message",
+                "must be at most 4096 bytes without NUL",
+            )
+            .into());
+        }
+        match self
+            .store
+            .finish_job(&host.id, job_id, &report.lease, &report.outcome, Utc::now())
+            .await?
+        {
+            Finish::Recorded => {
+                tracing::info!(job_id, host_id = %host.id, status = %report.outcome.status(), "job finished");
+                self.wakeups.wake(&host.id);
+                Ok(())
+            }
+            Finish::Duplicate => Ok(()),
+            Finish::Conflict => Err(ControlError::Conflict(
+                "this delivery is no longer current: the job already has an outcome or was delivered again".into(),
+            )),
+            Finish::NotFound => Err(ControlError::NotFound {
+                what: "job",
+                key: job_id.to_owned(),
+            }),
+        }
+    }
+
+    /// Fails jobs whose last allowed delivery expired unreported; run periodically.
+    pub async fn sweep_abandoned_jobs(&self) -> Result<(), ControlError> {
+        for host_id in self
+            .store
+            .fail_abandoned_jobs(Utc::now(), self.config.max_attempts)
+            .await?
+        {
+            tracing::warn!(host_id, "job failed: agent_unresponsive");
+            self.wakeups.wake(&host_id);
+        }
+        Ok(())
+    }
+}

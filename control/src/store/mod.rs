@@ -1,0 +1,215 @@
+//! Persistence behind one trait, so the SQLite default and a PostgreSQL store can share every
+//! caller and every test. Each method is one transaction; the store never decides policy (how
+//! long a lease lasts, how many attempts) — callers pass it in.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use latch_common::api::{HostFacts, JobEvent};
+use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use thiserror::Error;
+
+/// A failure of the database itself (not a refusal).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Opening or migrating the database failed.
+    #[error("cannot open the database at {location}: {source}; check the path and its permissions")]
+    Open {
+        /// Path or URL.
+        location: String,
+        /// Cause.
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be decoded (the database was edited by hand or is corrupt).
+    #[error("stored {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// A host as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRecord {
+    /// Host id.
+    pub id: String,
+    /// Facts reported at enrollment.
+    pub facts: HostFacts,
+    /// When it enrolled.
+    pub enrolled_at: DateTime<Utc>,
+    /// Last poll.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// The host it is for.
+    pub host_id: String,
+    /// Per-host sequence number.
+    pub seq: i64,
+    /// What to do.
+    pub spec: JobSpec,
+    /// Current status.
+    pub status: JobStatus,
+    /// Why it failed.
+    pub error: Option<JobError>,
+    /// When it was queued.
+    pub created_at: DateTime<Utc>,
+    /// When it reached its final status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Deliveries so far.
+    pub attempts: u32,
+    /// Token of the current delivery.
+    pub lease: Option<String>,
+    /// When the current delivery's lease runs out.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why an enrollment token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No such token.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// No uses left.
+    UsedUp,
+}
+
+/// Result of asking for the next job of a host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lease {
+    /// This job was leased to the caller.
+    Delivered(Box<JobRecord>),
+    /// The head job is leased to an earlier delivery until `until`; jobs run in order, so nothing
+    /// else is delivered before then.
+    InFlight {
+        /// When the lease runs out.
+        until: DateTime<Utc>,
+    },
+    /// Nothing is pending.
+    Idle,
+}
+
+/// Result of recording an outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// The outcome was recorded.
+    Recorded,
+    /// The job already had this same outcome (a resent report); nothing changed.
+    Duplicate,
+    /// The job is final with a different outcome, or the lease is not the current one.
+    Conflict,
+    /// No such job for this host.
+    NotFound,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this host's.
+    pub host_id: Option<String>,
+    /// Only with this status.
+    pub status: Option<JobStatus>,
+}
+
+/// A page of a list: `count` items starting at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Items to skip.
+    pub offset: u64,
+    /// Items to return.
+    pub count: u64,
+}
+
+/// The control plane's persistence.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Whether any admin token exists.
+    async fn has_admin_token(&self) -> Result<bool, StoreError>;
+    /// Stores the hash of a new admin token.
+    async fn insert_admin_token(&self, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Whether `hash` is the hash of a valid admin token.
+    async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError>;
+
+    /// Stores a new enrollment token.
+    async fn insert_enroll_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        uses: u32,
+    ) -> Result<(), StoreError>;
+    /// Spends one use of the token and creates the host, in one transaction.
+    async fn enroll_host(
+        &self,
+        token_hash: &str,
+        host: &HostRecord,
+        credential_hash: &str,
+    ) -> Result<Result<(), TokenRefusal>, StoreError>;
+
+    /// The host whose credential hashes to `hash`.
+    async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError>;
+    /// Records that the host polled at `now`.
+    async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Hosts, ordered by host name then id.
+    async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError>;
+    /// The host with this id, or every host with this host name.
+    async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Queues a job with the host's next sequence number.
+    async fn insert_job(
+        &self,
+        id: &str,
+        host_id: &str,
+        spec: &JobSpec,
+        now: DateTime<Utc>,
+    ) -> Result<JobRecord, StoreError>;
+    /// Leases the host's oldest pending job if it is not leased already; fails jobs whose lease
+    /// ran out after `max_attempts` deliveries with `agent_unresponsive`.
+    async fn lease_next_job(
+        &self,
+        host_id: &str,
+        lease: &str,
+        now: DateTime<Utc>,
+        lease_ttl: Duration,
+        max_attempts: u32,
+    ) -> Result<Lease, StoreError>;
+    /// Records the outcome of the delivery holding `lease`.
+    async fn finish_job(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        lease: &str,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<Finish, StoreError>;
+    /// Fails, with `agent_unresponsive`, every job whose last allowed delivery's lease ran out.
+    /// Returns the hosts concerned.
+    async fn fail_abandoned_jobs(
+        &self,
+        now: DateTime<Utc>,
+        max_attempts: u32,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Jobs, newest first.
+    async fn list_jobs(&self, filter: &JobFilter, page: Page)
+    -> Result<Vec<JobRecord>, StoreError>;
+    /// One job.
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    /// A job's history, oldest first.
+    async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError>;
+}

@@ -1,0 +1,627 @@
+//! The embedded default store: SQLite in WAL mode. Writes go through one async mutex so that
+//! concurrent transactions never race for SQLite's single write lock; reads run in parallel.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use latch_common::api::{HostFacts, JobEvent};
+use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec, JobStatus};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use tokio::sync::Mutex;
+
+use super::{
+    Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Store, StoreError, TokenRefusal,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write: Mutex<()>,
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+macro_rules! job_columns {
+    () => {
+        "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
+         attempts, lease, lease_expires_at"
+    };
+}
+macro_rules! host_columns {
+    () => {
+        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen"
+    };
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError> {
+    Ok(HostRecord {
+        id: row.try_get("id")?,
+        facts: HostFacts {
+            hostname: row.try_get("hostname")?,
+            os: row.try_get("os")?,
+            kernel: row.try_get("kernel")?,
+            arch: row.try_get("arch")?,
+            cpus: row
+                .try_get::<i64, _>("cpus")?
+                .try_into()
+                .map_err(|e| corrupt("host", e))?,
+            memory_bytes: row
+                .try_get::<i64, _>("memory_bytes")?
+                .try_into()
+                .map_err(|e| corrupt("host", e))?,
+            machine_id: row.try_get("machine_id")?,
+        },
+        enrolled_at: from_millis(row.try_get("enrolled_at")?),
+        last_seen: row.try_get::<Option<i64>, _>("last_seen")?.map(from_millis),
+    })
+}
+
+fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    let status: String = row.try_get("status")?;
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error = match error_code {
+        Some(code) => Some(JobError {
+            code: serde_json::from_value::<JobErrorCode>(serde_json::Value::String(code))
+                .map_err(|e| corrupt("job error code", e))?,
+            message: row
+                .try_get::<Option<String>, _>("error_message")?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        host_id: row.try_get("host_id")?,
+        seq: row.try_get("seq")?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job spec", e))?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", &status))?,
+        error,
+        created_at: from_millis(row.try_get("created_at")?),
+        finished_at: row
+            .try_get::<Option<i64>, _>("finished_at")?
+            .map(from_millis),
+        attempts: row
+            .try_get::<i64, _>("attempts")?
+            .try_into()
+            .map_err(|e| corrupt("job", e))?,
+        lease: row.try_get("lease")?,
+        lease_expires_at: row
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(from_millis),
+    })
+}
+
+async fn add_event(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    at: DateTime<Utc>,
+    event: &str,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)")
+        .bind(job_id)
+        .bind(millis(at))
+        .bind(event)
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn fail_job(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    error: &JobError,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?, \
+         lease = NULL, lease_expires_at = NULL WHERE id = ?",
+    )
+    .bind(error.code.as_str())
+    .bind(&error.message)
+    .bind(millis(now))
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    add_event(conn, job_id, now, "failed", Some(error.code.as_str())).await
+}
+
+fn unresponsive(attempts: u32) -> JobError {
+    JobError::new(
+        JobErrorCode::AgentUnresponsive,
+        format!(
+            "the agent received this job {attempts} times without reporting an outcome; check \
+             `latch-agent status` and the agent's log on the host, then queue the job again"
+        ),
+    )
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` in WAL mode and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        Self::connect(options, &path.display().to_string()).await
+    }
+
+    /// Opens a private in-memory database (for tests and examples).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(|source| StoreError::Open {
+                location: "sqlite::memory:".into(),
+                source,
+            })?
+            .foreign_keys(true);
+        // One connection: every connection to ":memory:" is a database of its own.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                location: "sqlite::memory:".into(),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+        })
+    }
+
+    async fn connect(options: SqliteConnectOptions, location: &str) -> Result<Self, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                location: location.to_owned(),
+                source,
+            })?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn has_admin_token(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM admin_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    async fn insert_admin_token(&self, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        sqlx::query("INSERT INTO admin_tokens (hash, created_at) VALUES (?, ?)")
+            .bind(hash)
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM admin_tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    async fn insert_enroll_token(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        uses: u32,
+    ) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        sqlx::query(
+            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(hash)
+        .bind(millis(now))
+        .bind(millis(expires_at))
+        .bind(i64::from(uses))
+        .bind(i64::from(uses))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn enroll_host(
+        &self,
+        token_hash: &str,
+        host: &HostRecord,
+        credential_hash: &str,
+    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let token = sqlx::query("SELECT expires_at, uses_left FROM enroll_tokens WHERE hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(token) = token else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        if token.try_get::<i64, _>("expires_at")? <= millis(host.enrolled_at) {
+            return Ok(Err(TokenRefusal::Expired));
+        }
+        if token.try_get::<i64, _>("uses_left")? <= 0 {
+            return Ok(Err(TokenRefusal::UsedUp));
+        }
+        sqlx::query("UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?")
+            .bind(token_hash)
+            .execute(&mut *tx)
+            .await?;
+        let facts = &host.facts;
+        sqlx::query(
+            "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
+             credential_hash, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&host.id)
+        .bind(&facts.hostname)
+        .bind(&facts.os)
+        .bind(&facts.kernel)
+        .bind(&facts.arch)
+        .bind(i64::from(facts.cpus))
+        .bind(i64::try_from(facts.memory_bytes).unwrap_or(i64::MAX))
+        .bind(&facts.machine_id)
+        .bind(credential_hash)
+        .bind(millis(host.enrolled_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE credential_hash = ?"
+        );
+        sqlx::query(sql)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(host_from_row)
+            .transpose()
+    }
+
+    async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        sqlx::query("UPDATE hosts SET last_seen = ? WHERE id = ?")
+            .bind(millis(now))
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts ORDER BY hostname, id LIMIT ? OFFSET ?"
+        );
+        sqlx::query(sql)
+            .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
+            .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(host_from_row)
+            .collect()
+    }
+
+    async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            host_columns!(),
+            " FROM hosts WHERE id = ?1 OR (hostname = ?1 AND NOT EXISTS \
+             (SELECT 1 FROM hosts WHERE id = ?1)) ORDER BY id"
+        );
+        sqlx::query(sql)
+            .bind(id_or_hostname)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(host_from_row)
+            .collect()
+    }
+
+    async fn insert_job(
+        &self,
+        id: &str,
+        host_id: &str,
+        spec: &JobSpec,
+        now: DateTime<Utc>,
+    ) -> Result<JobRecord, StoreError> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq",
+        )
+        .bind(host_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let seq: i64 = row.try_get("seq")?;
+        sqlx::query(
+            "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at) \
+             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+        )
+        .bind(id)
+        .bind(host_id)
+        .bind(seq)
+        .bind(spec.kind().as_str())
+        .bind(&spec_json)
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        add_event(&mut tx, id, now, "queued", Some(&format!("seq {seq}"))).await?;
+        tx.commit().await?;
+        Ok(JobRecord {
+            id: id.to_owned(),
+            host_id: host_id.to_owned(),
+            seq,
+            spec: spec.clone(),
+            status: JobStatus::Pending,
+            error: None,
+            created_at: from_millis(millis(now)),
+            finished_at: None,
+            attempts: 0,
+            lease: None,
+            lease_expires_at: None,
+        })
+    }
+
+    async fn lease_next_job(
+        &self,
+        host_id: &str,
+        lease: &str,
+        now: DateTime<Utc>,
+        lease_ttl: Duration,
+        max_attempts: u32,
+    ) -> Result<Lease, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE host_id = ? AND status = 'pending' \
+             ORDER BY seq LIMIT 1"
+        );
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        loop {
+            let Some(row) = sqlx::query(sql)
+                .bind(host_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                tx.commit().await?;
+                return Ok(Lease::Idle);
+            };
+            let job = job_from_row(&row)?;
+            if let Some(until) = job.lease_expires_at {
+                if until > now {
+                    tx.commit().await?;
+                    return Ok(Lease::InFlight { until });
+                }
+                add_event(
+                    &mut tx,
+                    &job.id,
+                    now,
+                    "lease_expired",
+                    Some(&format!("attempt {}", job.attempts)),
+                )
+                .await?;
+                if job.attempts >= max_attempts {
+                    fail_job(&mut tx, &job.id, &unresponsive(job.attempts), now).await?;
+                    continue;
+                }
+            }
+            let attempts = job.attempts + 1;
+            let expires = now + lease_ttl;
+            sqlx::query(
+                "UPDATE jobs SET attempts = ?, lease = ?, lease_expires_at = ? WHERE id = ?",
+            )
+            .bind(i64::from(attempts))
+            .bind(lease)
+            .bind(millis(expires))
+            .bind(&job.id)
+            .execute(&mut *tx)
+            .await?;
+            add_event(
+                &mut tx,
+                &job.id,
+                now,
+                "delivered",
+                Some(&format!("attempt {attempts}")),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Lease::Delivered(Box::new(JobRecord {
+                attempts,
+                lease: Some(lease.to_owned()),
+                lease_expires_at: Some(from_millis(millis(expires))),
+                ..job
+            })));
+        }
+    }
+
+    async fn finish_job(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        lease: &str,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<Finish, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ? AND host_id = ?"
+        );
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(sql)
+            .bind(job_id)
+            .bind(host_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Finish::NotFound);
+        };
+        let job = job_from_row(&row)?;
+        if job.status != JobStatus::Pending {
+            let same = job.status == outcome.status()
+                && match outcome {
+                    JobOutcome::Confirmed => true,
+                    JobOutcome::Failed { error } => job.error.as_ref() == Some(error),
+                };
+            return Ok(if same {
+                Finish::Duplicate
+            } else {
+                Finish::Conflict
+            });
+        }
+        if job.lease.as_deref() != Some(lease) {
+            return Ok(Finish::Conflict);
+        }
+        match outcome {
+            JobOutcome::Confirmed => {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'confirmed', finished_at = ?, lease = NULL, \
+                     lease_expires_at = NULL WHERE id = ?",
+                )
+                .bind(millis(now))
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+                add_event(&mut tx, job_id, now, "confirmed", None).await?;
+            }
+            JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
+        }
+        tx.commit().await?;
+        Ok(Finish::Recorded)
+    }
+
+    async fn fail_abandoned_jobs(
+        &self,
+        now: DateTime<Utc>,
+        max_attempts: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE status = 'pending' AND lease_expires_at <= ? \
+             AND attempts >= ?"
+        );
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(sql)
+            .bind(millis(now))
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut hosts = Vec::new();
+        for row in &rows {
+            let job = job_from_row(row)?;
+            add_event(
+                &mut tx,
+                &job.id,
+                now,
+                "lease_expired",
+                Some(&format!("attempt {}", job.attempts)),
+            )
+            .await?;
+            fail_job(&mut tx, &job.id, &unresponsive(job.attempts), now).await?;
+            hosts.push(job.host_id);
+        }
+        tx.commit().await?;
+        Ok(hosts)
+    }
+
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: Page,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE (?1 IS NULL OR host_id = ?1) \
+             AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC, host_id, seq DESC \
+             LIMIT ?3 OFFSET ?4"
+        );
+        sqlx::query(sql)
+            .bind(filter.host_id.as_deref())
+            .bind(filter.status.map(JobStatus::as_str))
+            .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
+            .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let sql = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?");
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
+    async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        sqlx::query("SELECT at, event, detail FROM job_events WHERE job_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(JobEvent {
+                    at: from_millis(row.try_get("at")?),
+                    event: row.try_get("event")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
