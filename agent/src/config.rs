@@ -180,6 +180,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_is_the_defaults() {
+        let sample = include_str!("../../packaging/agent.toml");
+        assert_eq!(Config::parse(sample).unwrap(), Config::parse("").unwrap());
+        let uncommented: String = sample
+            .lines()
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or("")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            Config::parse(&uncommented).unwrap().allowed_groups,
+            Some(vec!["sudo".to_owned()])
+        );
+    }
+
+    #[test]
     fn detects_the_sudo_group() {
         let config = Config::parse("").unwrap();
         let debian = Snapshot {

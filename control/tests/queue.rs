@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Duration as ChronoDuration;
-use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, HostFacts, ReportRequest};
+use latch_common::api::{
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, HostFacts, ReportRequest,
+};
 use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobStatus};
 use latch_control::store::{HostRecord, SqliteStore, TokenRefusal};
 use latch_control::{Control, ControlConfig, ControlError};
@@ -23,19 +25,31 @@ fn facts(hostname: &str) -> HostFacts {
 }
 
 async fn control(config: ControlConfig) -> Arc<Control> {
-    Arc::new(Control::new(Arc::new(SqliteStore::open_in_memory().await.unwrap()), config))
+    Arc::new(Control::new(
+        Arc::new(SqliteStore::open_in_memory().await.unwrap()),
+        config,
+    ))
 }
 
 async fn enrolled_host(control: &Control, hostname: &str) -> HostRecord {
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(60), uses: Some(1) })
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(60),
+            uses: Some(1),
+        })
         .await
         .unwrap();
     let enrolled = control
-        .enroll(&EnrollRequest { token: token.token, facts: facts(hostname) })
+        .enroll(&EnrollRequest {
+            token: token.token,
+            facts: facts(hostname),
+        })
         .await
         .unwrap();
-    control.authenticate_host(&enrolled.credential).await.unwrap()
+    control
+        .authenticate_host(&enrolled.credential)
+        .await
+        .unwrap()
 }
 
 fn delete(host: &str, user: &str) -> CreateJobRequest {
@@ -48,36 +62,62 @@ fn delete(host: &str, user: &str) -> CreateJobRequest {
 }
 
 fn failed(code: JobErrorCode) -> JobOutcome {
-    JobOutcome::Failed { error: JobError::new(code, "test") }
+    JobOutcome::Failed {
+        error: JobError::new(code, "test"),
+    }
 }
 
 #[tokio::test]
 async fn tokens_are_single_use_and_expire() {
     let control = control(ControlConfig::default()).await;
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(1), uses: Some(1) })
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(1),
+            uses: Some(1),
+        })
         .await
         .unwrap();
-    let request = EnrollRequest { token: token.token.clone(), facts: facts("db1") };
+    let request = EnrollRequest {
+        token: token.token.clone(),
+        facts: facts("db1"),
+    };
     control.enroll(&request).await.unwrap();
     let again = control.enroll(&request).await.unwrap_err();
-    assert!(matches!(again, ControlError::EnrollRefused(TokenRefusal::UsedUp)), "{again}");
+    assert!(
+        matches!(again, ControlError::EnrollRefused(TokenRefusal::UsedUp)),
+        "{again}"
+    );
 
     let short = control
-        .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(1), uses: Some(5) })
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(1),
+            uses: Some(5),
+        })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let expired = control
-        .enroll(&EnrollRequest { token: short.token, facts: facts("db2") })
+        .enroll(&EnrollRequest {
+            token: short.token,
+            facts: facts("db2"),
+        })
         .await
         .unwrap_err();
-    assert!(matches!(expired, ControlError::EnrollRefused(TokenRefusal::Expired)), "{expired}");
+    assert!(
+        matches!(expired, ControlError::EnrollRefused(TokenRefusal::Expired)),
+        "{expired}"
+    );
     let unknown = control
-        .enroll(&EnrollRequest { token: "latch_enroll_guess".into(), facts: facts("db3") })
+        .enroll(&EnrollRequest {
+            token: "latch_enroll_guess".into(),
+            facts: facts("db3"),
+        })
         .await
         .unwrap_err();
-    assert!(matches!(unknown, ControlError::EnrollRefused(TokenRefusal::Unknown)));
+    assert!(matches!(
+        unknown,
+        ControlError::EnrollRefused(TokenRefusal::Unknown)
+    ));
     assert!(control.authenticate_host("latch_host_guess").await.is_err());
 }
 
@@ -89,21 +129,44 @@ async fn jobs_are_delivered_in_order_one_at_a_time() {
     let second = control.create_job(delete(&host.id, "bob")).await.unwrap();
     assert_eq!((first.seq, second.seq), (1, 2));
 
-    let delivered = control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+    let delivered = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(delivered.id, first.id);
     assert_eq!(delivered.attempt, 1);
     // While the first is leased, the second waits.
-    assert!(control.next_job(&host, Duration::ZERO).await.unwrap().is_none());
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
-    let report = ReportRequest { lease: delivered.lease.clone(), outcome: JobOutcome::Confirmed };
+    let report = ReportRequest {
+        lease: delivered.lease.clone(),
+        outcome: JobOutcome::Confirmed,
+    };
     control.report(&host, &first.id, &report).await.unwrap();
     // A resent identical report is accepted and changes nothing.
     control.report(&host, &first.id, &report).await.unwrap();
     // A different outcome for a finished job is a conflict.
-    let other = ReportRequest { lease: delivered.lease, outcome: failed(JobErrorCode::ToolFailed) };
-    assert!(matches!(control.report(&host, &first.id, &other).await, Err(ControlError::Conflict(_))));
+    let other = ReportRequest {
+        lease: delivered.lease,
+        outcome: failed(JobErrorCode::ToolFailed),
+    };
+    assert!(matches!(
+        control.report(&host, &first.id, &other).await,
+        Err(ControlError::Conflict(_))
+    ));
 
-    let next = control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+    let next = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.id, second.id);
     let job = control.get_job(&first.id).await.unwrap();
     assert_eq!(job.status, JobStatus::Confirmed);
@@ -114,20 +177,40 @@ async fn jobs_are_delivered_in_order_one_at_a_time() {
 
 #[tokio::test]
 async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report() {
-    let config = ControlConfig { lease_ttl: ChronoDuration::milliseconds(100), ..ControlConfig::default() };
+    let config = ControlConfig {
+        lease_ttl: ChronoDuration::milliseconds(100),
+        ..ControlConfig::default()
+    };
     let control = control(config).await;
     let host = enrolled_host(&control, "db1").await;
     let job = control.create_job(delete("db1", "alice")).await.unwrap();
-    let first = control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+    let first = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let second = control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+    let second = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(second.id, job.id);
     assert_eq!(second.attempt, 2);
     assert_ne!(second.lease, first.lease);
 
-    let stale = ReportRequest { lease: first.lease, outcome: JobOutcome::Confirmed };
-    assert!(matches!(control.report(&host, &job.id, &stale).await, Err(ControlError::Conflict(_))));
-    let current = ReportRequest { lease: second.lease, outcome: JobOutcome::Confirmed };
+    let stale = ReportRequest {
+        lease: first.lease,
+        outcome: JobOutcome::Confirmed,
+    };
+    assert!(matches!(
+        control.report(&host, &job.id, &stale).await,
+        Err(ControlError::Conflict(_))
+    ));
+    let current = ReportRequest {
+        lease: second.lease,
+        outcome: JobOutcome::Confirmed,
+    };
     control.report(&host, &job.id, &current).await.unwrap();
     let shown = control.get_job(&job.id).await.unwrap();
     assert_eq!((shown.status, shown.attempts), (JobStatus::Confirmed, 2));
@@ -144,14 +227,24 @@ async fn a_job_never_reported_fails_with_agent_unresponsive() {
     let host = enrolled_host(&control, "db1").await;
     let job = control.create_job(delete("db1", "alice")).await.unwrap();
     for _ in 0..2 {
-        control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
     control.sweep_abandoned_jobs().await.unwrap();
     let shown = control.get_job(&job.id).await.unwrap();
     assert_eq!(shown.status, JobStatus::Failed);
     assert_eq!(shown.error.unwrap().code, JobErrorCode::AgentUnresponsive);
-    assert!(control.next_job(&host, Duration::ZERO).await.unwrap().is_none());
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -163,7 +256,10 @@ async fn a_waiting_poll_is_woken_by_a_new_job() {
         let host = host.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let job = control.next_job(&host, Duration::from_secs(10)).await.unwrap();
+            let job = control
+                .next_job(&host, Duration::from_secs(10))
+                .await
+                .unwrap();
             (job, started.elapsed())
         })
     };
@@ -171,7 +267,10 @@ async fn a_waiting_poll_is_woken_by_a_new_job() {
     let created = control.create_job(delete("db1", "alice")).await.unwrap();
     let (job, waited) = poller.await.unwrap();
     assert_eq!(job.unwrap().id, created.id);
-    assert!(waited < Duration::from_secs(2), "long-poll waited {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "long-poll waited {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -183,11 +282,20 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued() {
         assert!(matches!(err, ControlError::Invalid(_)), "{user:?}: {err}");
     }
     let all = control
-        .list_jobs(&Default::default(), latch_control::store::Page { offset: 0, count: 100 })
+        .list_jobs(
+            &Default::default(),
+            latch_control::store::Page {
+                offset: 0,
+                count: 100,
+            },
+        )
         .await
         .unwrap();
     assert!(all.is_empty());
-    let missing = control.create_job(delete("nosuchhost", "alice")).await.unwrap_err();
+    let missing = control
+        .create_job(delete("nosuchhost", "alice"))
+        .await
+        .unwrap_err();
     assert!(matches!(missing, ControlError::NotFound { .. }));
 }
 
@@ -204,7 +312,11 @@ async fn set_password_stores_only_a_hash() {
     };
     let job = control.create_job(request).await.unwrap();
     assert_eq!(job.params["password_hash"], "<redacted>");
-    let delivered = control.next_job(&host, Duration::ZERO).await.unwrap().unwrap();
+    let delivered = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     let wire = serde_json::to_string(&delivered).unwrap();
     assert!(!wire.contains("correct horse"));
     assert!(wire.contains("$6$"));

@@ -1,1 +1,628 @@
+//! The end-to-end harness: a real control plane on loopback, and test hosts built from Linux
+//! namespaces (mount, UTS, PID) with private tmpfs copies of `/etc`, `/home`, `/run`,
+//! `/var/log`, `/var/lib/latch`, `/var/mail` and `/tmp`, running the real `latch-agent`.
+//!
+//! The machine's own `/etc` is never changed: [`RealEtc`] fingerprints its account files when a
+//! test starts and every test asserts they are byte-identical when it ends.
+//!
+//! These tests need root. Without it they skip, unless `LATCH_E2E=required`, which turns a skip
+//! into a failure (CI sets it).
 
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The account files of the real machine that no test may change.
+const GUARDED_FILES: &[&str] = &["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"];
+
+/// Returns `true` when end-to-end tests can run here; otherwise skips (or fails, when
+/// `LATCH_E2E=required`).
+pub fn e2e_enabled(test: &str) -> bool {
+    let required = std::env::var("LATCH_E2E").is_ok_and(|v| v == "required");
+    let why_not = if !nix_is_root() {
+        Some("not running as root")
+    } else if !Path::new("/usr/bin/unshare").exists() || !Path::new("/usr/bin/nsenter").exists() {
+        Some("unshare/nsenter (util-linux) are missing")
+    } else {
+        None
+    };
+    match why_not {
+        None => true,
+        Some(reason) if required => {
+            panic!("{test}: end-to-end test cannot run: {reason} (LATCH_E2E=required)")
+        }
+        Some(reason) => {
+            eprintln!(
+                "SKIPPED {test}: {reason}; run as root, with LATCH_E2E=required to make this a failure"
+            );
+            false
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fingerprint of the real machine's account files.
+pub struct RealEtc(Vec<(String, Vec<u8>)>);
+
+impl RealEtc {
+    /// Reads the guarded files now.
+    pub fn snapshot() -> RealEtc {
+        RealEtc(
+            GUARDED_FILES
+                .iter()
+                .map(|f| (f.to_string(), std::fs::read(f).unwrap_or_default()))
+                .collect(),
+        )
+    }
+
+    /// Panics if any guarded file changed since [`RealEtc::snapshot`].
+    pub fn assert_unchanged(&self) {
+        for (path, before) in &self.0 {
+            let now = std::fs::read(path).unwrap_or_default();
+            assert!(
+                now == *before,
+                "the real {path} changed during the test: tests must only touch test hosts"
+            );
+        }
+    }
+}
+
+/// Paths of the built binaries (`cargo build --workspace --bins` puts them next to `deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, panicking with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Ran {
+    /// Exit code (-1 if killed).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Ran {
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// Panics unless the command succeeded; returns stdout.
+    pub fn ok(self, what: &str) -> String {
+        assert_eq!(
+            self.code, 0,
+            "{what} failed: stdout={} stderr={}",
+            self.stdout, self.stderr
+        );
+        self.stdout
+    }
+}
+
+fn run(command: &mut Command, stdin: Option<&[u8]>) -> Ran {
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait").into()
+}
+
+/// A running `latch-control serve` on 127.0.0.1 with a private data directory.
+pub struct ControlPlane {
+    child: Child,
+    /// Data directory (database, admin token, server log).
+    pub data_dir: tempfile::TempDir,
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+}
+
+impl ControlPlane {
+    /// Starts a control plane; `extra` are additional `serve` flags (e.g. `--lease-timeout 3s`).
+    pub fn start(extra: &[&str]) -> ControlPlane {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(data_dir.path().join("server.log")).expect("server log");
+        let mut child = Command::new(binary("latch-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start latch-control");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+                let log =
+                    std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
+                panic!("latch-control exited before listening: {log}")
+            });
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned();
+        ControlPlane {
+            child,
+            data_dir,
+            url,
+            token,
+        }
+    }
+
+    /// Runs `latchctl` against this control plane (token passed in the environment, not argv).
+    pub fn latchctl(&self, args: &[&str]) -> Ran {
+        self.latchctl_stdin(args, None)
+    }
+
+    /// Runs `latchctl` with `stdin`.
+    pub fn latchctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Ran {
+        run(
+            Command::new(binary("latchctl"))
+                .args(["--server", &self.url])
+                .args(args)
+                .env("LATCH_TOKEN", &self.token),
+            stdin,
+        )
+    }
+
+    /// Runs `latchctl --output json ARGS`, asserts success and parses the output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self
+            .latchctl(&all)
+            .ok(&format!("latchctl {}", args.join(" ")));
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("latchctl printed invalid JSON ({e}): {out}"))
+    }
+
+    /// Creates an enrollment token and returns it.
+    pub fn enroll_token(&self, ttl: &str, uses: u32) -> String {
+        let token = self.json(&[
+            "enroll-token",
+            "create",
+            "--ttl",
+            ttl,
+            "--uses",
+            &uses.to_string(),
+        ]);
+        token["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Queues a job through `latchctl jobs create` and returns its id.
+    pub fn create_job(&self, args: &[&str]) -> String {
+        let mut all = vec!["jobs", "create"];
+        all.extend_from_slice(args);
+        let job = self.json(&all);
+        job["id"].as_str().expect("job id").to_owned()
+    }
+
+    /// `latchctl jobs show ID`.
+    pub fn job(&self, id: &str) -> Value {
+        self.json(&["jobs", "show", id])
+    }
+
+    /// Waits (through `latchctl jobs wait`) until the job is final; returns it.
+    pub fn wait_job(&self, id: &str) -> Value {
+        let out = self.latchctl(&["--output", "json", "jobs", "wait", id, "--timeout", "60s"]);
+        assert!(
+            out.code == 0 || out.code == 1,
+            "jobs wait {id} ended with {}: {} {}",
+            out.code,
+            out.stdout,
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout).expect("job json")
+    }
+
+    /// Waits for the job and asserts it was confirmed.
+    pub fn expect_confirmed(&self, id: &str) -> Value {
+        let job = self.wait_job(id);
+        assert_eq!(
+            job["status"], "confirmed",
+            "job {id} did not confirm: {job:#}"
+        );
+        job
+    }
+
+    /// Waits for the job and asserts it failed with `code`.
+    pub fn expect_failed(&self, id: &str, code: &str) -> Value {
+        let job = self.wait_job(id);
+        assert_eq!(
+            job["status"], "failed",
+            "job {id} should have failed: {job:#}"
+        );
+        assert_eq!(job["error"]["code"], code, "job {id}: {job:#}");
+        job
+    }
+
+    /// A raw API call: `(status, body)`.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::blocking::Client::new();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().expect("API call");
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shell script run as the first process of a test host: private copies of the host's
+/// directories on tmpfs, a host name, a machine-id of its own, the agent binary staged inside.
+const SETUP: &str = r#"
+set -eu
+name="$1"; machine_id="$2"; agent="$3"
+mount -t tmpfs -o mode=0755 latch-test-host /mnt
+mkdir -p /mnt/bin /var/lib/latch /var/mail
+cp "$agent" /mnt/bin/latch-agent
+for dir in /etc /home /run /var/log /var/lib/latch /var/mail /tmp; do
+  mkdir -p "/mnt/root$dir"
+  case "$dir" in
+    /etc|/home|/run) cp -a "$dir/." "/mnt/root$dir/" 2>/dev/null || true ;;
+  esac
+  mount --bind "/mnt/root$dir" "$dir"
+done
+chmod 1777 /tmp
+hostname "$name"
+echo "127.0.1.1 $name" >> /etc/hosts
+echo "$machine_id" > /etc/machine-id
+mkdir -p /run/sshd
+echo ready
+exec sleep infinity
+"#;
+
+/// A running test host.
+pub struct TestHost {
+    /// Its host name.
+    pub name: String,
+    /// Its machine-id.
+    pub machine_id: String,
+    init: Child,
+    /// Host-side PID of the test host's first process (for nsenter).
+    pub pid: u32,
+    pwck_baseline: String,
+}
+
+/// The agent binary as seen inside a test host.
+pub const AGENT: &str = "/mnt/bin/latch-agent";
+
+impl TestHost {
+    /// Starts a test host called `name`.
+    pub fn start(name: &str) -> TestHost {
+        let machine_id = format!("{:032x}", u128::from_le_bytes(rand_bytes()));
+        let mut init = Command::new("/usr/bin/unshare")
+            .args([
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "--",
+            ])
+            .args(["/bin/sh", "-c", SETUP, "setup", name, &machine_id])
+            .arg(binary("latch-agent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare");
+        let stdout = init.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("test host setup output");
+        assert_eq!(line.trim(), "ready", "test host {name} failed to start");
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
+            .expect("children");
+        let pid = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("test host init pid");
+        let mut host = TestHost {
+            name: name.to_owned(),
+            machine_id,
+            init,
+            pid,
+            pwck_baseline: String::new(),
+        };
+        host.pwck_baseline = host.account_checks();
+        host
+    }
+
+    fn nsenter(&self) -> Command {
+        let mut command = Command::new("/usr/bin/nsenter");
+        command.args(["-t", &self.pid.to_string(), "-m", "-u", "-p", "--"]);
+        command
+    }
+
+    /// Runs a command inside the test host.
+    pub fn exec(&self, args: &[&str]) -> Ran {
+        run(self.nsenter().args(args), None)
+    }
+
+    /// Runs a command inside the test host with `stdin`.
+    pub fn exec_stdin(&self, args: &[&str], stdin: &[u8]) -> Ran {
+        run(self.nsenter().args(args), Some(stdin))
+    }
+
+    /// Reads a file inside the test host ("" if missing).
+    pub fn read(&self, path: &str) -> String {
+        self.exec(&["cat", path]).stdout
+    }
+
+    /// Writes a file inside the test host.
+    pub fn write(&self, path: &str, content: &str) {
+        self.exec_stdin(
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"",
+                "sh",
+                path,
+            ],
+            content.as_bytes(),
+        )
+        .ok(&format!("write {path}"));
+    }
+
+    /// The `/etc/passwd` line of `user`, if any.
+    pub fn passwd_line(&self, user: &str) -> Option<String> {
+        self.read("/etc/passwd")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(str::to_owned)
+    }
+
+    /// The `/etc/shadow` line of `user`, if any.
+    pub fn shadow_line(&self, user: &str) -> Option<String> {
+        self.read("/etc/shadow")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(str::to_owned)
+    }
+
+    /// Supplementary members of `group`.
+    pub fn group_members(&self, group: &str) -> Vec<String> {
+        self.read("/etc/group")
+            .lines()
+            .find(|l| l.split(':').next() == Some(group))
+            .map(|l| {
+                l.rsplit(':')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `pwck -r` and `grpck -r` output (their exit codes are not used: a stock Debian `/etc`
+    /// already has complaints about system users' homes).
+    pub fn account_checks(&self) -> String {
+        let pwck = self.exec(&["pwck", "-r"]);
+        let grpck = self.exec(&["grpck", "-r"]);
+        format!(
+            "{}{}{}{}",
+            pwck.stdout, pwck.stderr, grpck.stdout, grpck.stderr
+        )
+    }
+
+    /// Asserts `pwck -r` and `grpck -r` report nothing new since the host started.
+    pub fn assert_account_files_clean(&self) {
+        let now = self.account_checks();
+        assert_eq!(
+            now, self.pwck_baseline,
+            "pwck/grpck on {} report new problems",
+            self.name
+        );
+    }
+
+    /// Enrolls with `control` using a token given on stdin; returns the host id.
+    pub fn enroll(&self, control: &ControlPlane, token: &str) -> Ran {
+        run(
+            self.nsenter().args([
+                AGENT,
+                "enroll",
+                "--server",
+                &control.url,
+                "--token-file",
+                "-",
+            ]),
+            Some(token.as_bytes()),
+        )
+    }
+
+    /// Creates a token, enrolls, asserts success, and returns the host id.
+    pub fn enroll_ok(&self, control: &ControlPlane) -> String {
+        let out = self
+            .enroll(control, &control.enroll_token("10m", 1))
+            .ok("enroll");
+        out.split_whitespace()
+            .nth(3)
+            .expect("host id in enroll output")
+            .to_owned()
+    }
+
+    /// Starts `latch-agent run` inside the host, logging to its `/var/log/latch-agent.log`.
+    pub fn start_agent(&self) -> Agent {
+        let mut child = self
+            .nsenter()
+            .args([
+                "/bin/sh",
+                "-c",
+                "echo $$; exec /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("agent pid");
+        Agent {
+            child,
+            ns_pid: line.trim().parse().expect("agent pid"),
+            host_pid: self.pid,
+        }
+    }
+
+    /// The agent's log inside the host.
+    pub fn agent_log(&self) -> String {
+        self.read("/var/log/latch-agent.log")
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Killing the PID namespace's first process ends every process in the test host and
+        // drops its mounts.
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+        let _ = self.init.kill();
+        let _ = self.init.wait();
+    }
+}
+
+/// A running agent inside a test host.
+pub struct Agent {
+    child: Child,
+    /// Its PID inside the test host.
+    pub ns_pid: u32,
+    host_pid: u32,
+}
+
+impl Agent {
+    /// Sends `signal` to the agent and waits for it to exit.
+    pub fn stop_with(mut self, signal: &str) {
+        Command::new("/usr/bin/nsenter")
+            .args([
+                "-t",
+                &self.host_pid.to_string(),
+                "-m",
+                "-p",
+                "--",
+                "kill",
+                signal,
+                &self.ns_pid.to_string(),
+            ])
+            .status()
+            .expect("kill agent");
+        let _ = self.child.wait();
+    }
+
+    /// `kill -9`.
+    pub fn kill9(self) {
+        self.stop_with("-KILL");
+    }
+
+    /// A graceful stop (SIGTERM).
+    pub fn stop(self) {
+        self.stop_with("-TERM");
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes
+}
