@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! The job state machine and enrollment rules, exercised through the library API on an
 //! in-memory SQLite store.
 
