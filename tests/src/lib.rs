@@ -176,12 +176,31 @@ impl ControlPlane {
     /// Starts a control plane; `extra` are additional `serve` flags (e.g. `--lease-timeout 3s`).
     pub fn start(extra: &[&str]) -> ControlPlane {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let log = std::fs::File::create(data_dir.path().join("server.log")).expect("server log");
+        Self::start_in(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same address and data directory.
+    pub fn restart_after(mut self, down: Duration) -> ControlPlane {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let old = std::mem::replace(&mut self.data_dir, data_dir);
+        Self::start_in(old, &listen, &[])
+    }
+
+    fn start_in(data_dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> ControlPlane {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.path().join("server.log"))
+            .expect("server log");
         let mut child = Command::new(binary("latch-control"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "debug"])
+            .args(["--listen", listen, "--log-level", "debug"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -600,3 +600,43 @@ fn a_killed_agent_gets_the_job_again_and_confirms_once() {
     host.assert_account_files_clean();
     real.assert_unchanged();
 }
+
+/// The agent rides out a control-plane outage: it backs off, reconnects, and applies the next job.
+#[test]
+fn the_agent_reconnects_after_a_control_plane_outage() {
+    if !e2e_enabled("the_agent_reconnects_after_a_control_plane_outage") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-outage1");
+    host.enroll_ok(&cp);
+    let _agent = host.start_agent();
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-outage1",
+        "--kind",
+        "create-account",
+        "--user",
+        "gina",
+    ]));
+    let cp = cp.restart_after(Duration::from_secs(3));
+    let id = cp.create_job(&[
+        "--host",
+        "e2e-outage1",
+        "--kind",
+        "add-group",
+        "--user",
+        "gina",
+        "--group",
+        "sudo",
+    ]);
+    cp.expect_confirmed(&id);
+    assert!(host.group_members("sudo").contains(&"gina".to_owned()));
+    let log = host.agent_log();
+    assert!(
+        log.contains("cannot poll the control plane") && log.contains("reachable again"),
+        "{log}"
+    );
+    real.assert_unchanged();
+}

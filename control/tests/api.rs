@@ -1,0 +1,300 @@
+//! The HTTP API over a real socket: authentication, malformed input, limits and paging. Each bad
+//! request must get a 4xx with the documented code and change nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use latch_control::store::SqliteStore;
+use latch_control::{Control, ControlConfig, server};
+use serde_json::{Value, json};
+
+struct Api {
+    url: String,
+    admin: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let data = server::open_data_dir(dir.path()).await.unwrap();
+        let admin = std::fs::read_to_string(&data.admin_token_path)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let store: SqliteStore = data.store;
+        let control = Arc::new(Control::new(Arc::new(store), ControlConfig::default()));
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(server::run(control, listener, std::future::pending()));
+        Api {
+            url,
+            admin,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
+    }
+
+    async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+        self.call(method, path, Some(&self.admin.clone()), body)
+            .await
+    }
+
+    async fn enroll(&self, hostname: &str) -> String {
+        let (_, token, _) = self
+            .admin("POST", "/v1/enroll-tokens", Some(json!({})))
+            .await;
+        let facts = json!({"hostname": hostname, "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+                           "cpus": 2, "memory_bytes": 1024, "machine_id": "0123456789abcdef0123456789abcdef"});
+        let body = json!({"token": token["token"], "facts": facts});
+        let (status, enrolled, _) = self
+            .call(
+                "POST",
+                "/v1/enroll",
+                None,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        assert_eq!(status, 201, "{enrolled}");
+        enrolled["credential"].as_str().unwrap().to_owned()
+    }
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["code"], want_code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_admin_token_and_hosts_cannot_use_them() {
+    let api = Api::start().await;
+    let host_credential = api.enroll("db1").await;
+    for (method, path) in [
+        ("GET", "/v1/hosts"),
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/enroll-tokens"),
+    ] {
+        let body = Some(("application/json", b"{}".to_vec()));
+        let (status, error, _) = api.call(method, path, None, body.clone()).await;
+        assert_error(status, &error, 401, "authentication_error");
+        let (status, error, _) = api
+            .call(method, path, Some("latch_admin_guess"), body.clone())
+            .await;
+        assert_error(status, &error, 401, "authentication_error");
+        let (status, error, _) = api.call(method, path, Some(&host_credential), body).await;
+        assert_error(status, &error, 401, "authentication_error");
+    }
+    let (status, error, _) = api
+        .call("GET", "/v1/agent/jobs?wait=0", Some(&api.admin), None)
+        .await;
+    assert_error(status, &error, 401, "authentication_error");
+    let (status, _, _) = api
+        .call("GET", "/v1/agent/jobs?wait=0", Some(&host_credential), None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn malformed_bodies_get_clear_codes_and_queue_nothing() {
+    let api = Api::start().await;
+    api.enroll("db1").await;
+    let admin = api.admin.clone();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "text/plain",
+            br#"{"host":"db1"}"#.to_vec(),
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            br#"{"host": 5, "kind": "delete-account", "user": "alice"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            br#"{"host": "db1", "kind": "delete-account", "user": "alice", "force": true}"#
+                .to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            br#"{"host": "db1", "kind": "run-shell", "user": "alice"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            br#"{"host": "db1", "kind": "delete-account", "user": "al\u0000ice"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            br#"{"host": "db1'; DROP TABLE jobs; --", "kind": "delete-account", "user": "alice"}"#
+                .to_vec(),
+            404,
+            "resource_does_not_exist",
+        ),
+        (
+            "application/json",
+            format!(
+                r#"{{"host": "db1", "kind": "delete-account", "user": "{}"}}"#,
+                "a".repeat(100_000)
+            )
+            .into_bytes(),
+            413,
+            "invalid_request",
+        ),
+    ];
+    for (content_type, body, want_status, want_code) in cases {
+        let (status, error, _) = api
+            .call("POST", "/v1/jobs", Some(&admin), Some((content_type, body)))
+            .await;
+        assert_error(status, &error, want_status, want_code);
+    }
+    let (status, jobs, _) = api.admin("GET", "/v1/jobs", None).await;
+    assert_eq!((status, jobs), (200, json!({"list": []})));
+}
+
+#[tokio::test]
+async fn ids_in_paths_and_queries_are_checked() {
+    let api = Api::start().await;
+    for path in [
+        "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
+        "/v1/hosts/a%0Ab",
+        "/v1/jobs?status=done",
+        "/v1/jobs?count=0",
+        "/v1/jobs?count=abc",
+        "/v1/jobs?bogus=1",
+    ] {
+        let (status, error, _) = api.admin("GET", path, None).await;
+        assert_error(status, &error, 400, "invalid_request");
+    }
+    let (status, error, _) = api
+        .admin("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000", None)
+        .await;
+    assert_error(status, &error, 404, "resource_does_not_exist");
+    let (status, error, _) = api.admin("GET", "/v1/nothing-here", None).await;
+    assert_error(status, &error, 404, "resource_does_not_exist");
+    let (status, error, _) = api.admin("DELETE", "/v1/jobs", None).await;
+    assert_error(status, &error, 405, "invalid_request");
+}
+
+#[tokio::test]
+async fn lists_are_paged_with_link_headers() {
+    let api = Api::start().await;
+    api.enroll("db1").await;
+    for user in ["u1", "u2", "u3"] {
+        let (status, _, _) = api
+            .admin(
+                "POST",
+                "/v1/jobs",
+                Some(json!({"host": "db1", "kind": "delete-account", "user": user})),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (_, page, headers) = api.admin("GET", "/v1/jobs?host=db1&count=2", None).await;
+    assert_eq!(page["list"].as_array().unwrap().len(), 2);
+    let link = headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("rel=\"next\"") && link.contains("offset=2") && link.contains("host=db1"),
+        "{link}"
+    );
+    assert!(!link.contains("rel=\"prev\""), "{link}");
+    let (_, page, headers) = api
+        .admin("GET", "/v1/jobs?host=db1&count=2&offset=2", None)
+        .await;
+    assert_eq!(page["list"].as_array().unwrap().len(), 1);
+    let link = headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("rel=\"prev\"") && !link.contains("rel=\"next\""),
+        "{link}"
+    );
+}
+
+#[tokio::test]
+async fn enrollment_refuses_hostile_facts_and_bad_tokens() {
+    let api = Api::start().await;
+    let (_, token, _) = api
+        .admin("POST", "/v1/enroll-tokens", Some(json!({"uses": 5})))
+        .await;
+    let facts = |hostname: &str| {
+        json!({"hostname": hostname, "os": "Debian", "kernel": "6.1", "arch": "x86_64",
+                                         "cpus": 2, "memory_bytes": 1, "machine_id": "0123456789abcdef0123456789abcdef"})
+    };
+    for hostname in ["evil\nhost", "", "a b", "../../x"] {
+        let body = json!({"token": token["token"], "facts": facts(hostname)})
+            .to_string()
+            .into_bytes();
+        let (status, error, _) = api
+            .call("POST", "/v1/enroll", None, Some(("application/json", body)))
+            .await;
+        assert_error(status, &error, 400, "invalid_request");
+    }
+    let body = json!({"token": "latch_enroll_guess", "facts": facts("db1")})
+        .to_string()
+        .into_bytes();
+    let (status, error, _) = api
+        .call("POST", "/v1/enroll", None, Some(("application/json", body)))
+        .await;
+    assert_error(status, &error, 401, "authentication_error");
+    for bad in [
+        json!({"ttl_seconds": 0}),
+        json!({"uses": 0}),
+        json!({"ttl_seconds": 99_999_999}),
+    ] {
+        let (status, error, _) = api.admin("POST", "/v1/enroll-tokens", Some(bad)).await;
+        assert_error(status, &error, 400, "invalid_request");
+    }
+    let (_, hosts, _) = api.admin("GET", "/v1/hosts", None).await;
+    assert_eq!(hosts, json!({"list": []}));
+}
