@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use latch_common::api::{AgentJob, ApiErrorBody, EnrollRequest, EnrollResponse, ReportRequest};
+use latch_common::api::{
+    AgentJob, ApiErrorBody, EnrollRequest, EnrollResponse, ReportRequest, RevocationReport,
+};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -94,7 +96,8 @@ pub fn check_server_url(url: &str) -> Result<Url, ClientError> {
     Ok(parsed)
 }
 
-/// Client of the agent endpoints.
+/// Client of the agent endpoints (cheap to clone: clones share one connection pool).
+#[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
     server: Url,
@@ -210,6 +213,16 @@ impl AgentClient {
         let request = self
             .http
             .post(self.url(&format!("/v1/agent/jobs/{job_id}/report")))
+            .json(report);
+        let response = self.authed(request).send().await?;
+        Self::answer::<serde_json::Value>(response).await.map(drop)
+    }
+
+    /// `POST /v1/agent/revocations`.
+    pub async fn report_revocation(&self, report: &RevocationReport) -> Result<(), ClientError> {
+        let request = self
+            .http
+            .post(self.url("/v1/agent/revocations"))
             .json(report);
         let response = self.authed(request).send().await?;
         Self::answer::<serde_json::Value>(response).await.map(drop)

@@ -54,6 +54,7 @@ struct RawConfig {
     default_shell: Option<String>,
     lock_wait_seconds: Option<u64>,
     kill_grace_seconds: Option<u64>,
+    sudo_dynamic_groups: Option<bool>,
     log_level: Option<String>,
 }
 
@@ -74,6 +75,8 @@ pub struct Config {
     pub lock_wait: Duration,
     /// Grace period between SIGTERM and SIGKILL when ending a user's processes.
     pub kill_grace: Duration,
+    /// Ensure `Set group_source dynamic` in `/etc/sudo.conf`.
+    pub sudo_dynamic_groups: bool,
     /// Log filter.
     pub log_level: String,
 }
@@ -147,7 +150,8 @@ impl Config {
             allowed_groups: raw.allowed_groups,
             default_shell,
             lock_wait: Duration::from_secs(raw.lock_wait_seconds.unwrap_or(30)),
-            kill_grace: Duration::from_secs(raw.kill_grace_seconds.unwrap_or(5)),
+            kill_grace: Duration::from_secs(raw.kill_grace_seconds.unwrap_or(1)),
+            sudo_dynamic_groups: raw.sudo_dynamic_groups.unwrap_or(true),
             log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
         })
     }

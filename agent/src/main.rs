@@ -9,7 +9,9 @@
 mod client;
 mod config;
 mod enroll;
+mod expiry;
 mod facts;
+mod journal;
 mod plan;
 mod poll;
 mod state;
@@ -180,9 +182,45 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
             let client =
                 client::AgentClient::new(&identity.server, Some(identity.credential.clone()))?;
+            let journal = journal::Journal::open(state.path())?;
             let worker = Arc::new(worker::Worker::new(config, state, identity.host_id));
+            worker.prepare_host()?;
+            // Grants that ended while the agent was down are revoked before anything else.
+            {
+                let worker = worker.clone();
+                match tokio::task::spawn_blocking(move || worker.revoke_expired(chrono::Utc::now()))
+                    .await?
+                {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(
+                        count,
+                        "revoked grants that expired while the agent was stopped"
+                    ),
+                    Err(error) => {
+                        tracing::error!(code = %error.code, message = %error.message, "revoking expired grants at start failed; the expiry timer retries")
+                    }
+                }
+            }
+            let grants_changed = Arc::new(tokio::sync::Notify::new());
+            let outbox_ready = Arc::new(tokio::sync::Notify::new());
+            tokio::spawn(expiry::run(
+                worker.clone(),
+                grants_changed.clone(),
+                outbox_ready.clone(),
+            ));
+            tokio::spawn(expiry::flush_loop(
+                client.clone(),
+                worker.clone(),
+                outbox_ready,
+            ));
+            let agent = poll::Agent {
+                client,
+                worker,
+                journal,
+                grants_changed,
+            };
             tokio::select! {
-                result = poll::run(client, worker) => match result {
+                result = agent.run() => match result {
                     Err(poll::PollError::Unauthorized(message)) => {
                         tracing::error!(%message, "host credential refused; stopping");
                         eprintln!("error: {}", poll::PollError::Unauthorized(message));
@@ -230,7 +268,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 accounts.uid_high_water
             );
             for (name, account) in &accounts.accounts {
-                let groups: Vec<&str> = account.group_grants.keys().map(String::as_str).collect();
+                let groups: Vec<String> = account
+                    .group_grants
+                    .iter()
+                    .map(|(group, grant)| match grant.expires_at {
+                        Some(end) => format!("{group} (until {})", end.to_rfc3339()),
+                        None => group.clone(),
+                    })
+                    .collect();
                 println!(
                     "  {name:<32} uid {:<6} expires {:<25} groups {}",
                     account.uid,

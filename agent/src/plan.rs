@@ -51,7 +51,27 @@ pub enum Step {
         shell: String,
         /// Supplementary groups, marker first.
         groups: Vec<String>,
+        /// Shadow account expiry, in days since the epoch (defence in depth: the day after the
+        /// grant ends, rounded up).
+        expire_day: Option<i64>,
     },
+    /// `usermod --lock --expiredate 1`: no password login, account expired.
+    LockAccount {
+        /// Name.
+        user: String,
+    },
+    /// Empty `authorized_keys`.
+    RemoveKeys {
+        /// Name.
+        user: String,
+    },
+    /// Remove sudo's cached credentials of the user (`/run/sudo/ts/USER`).
+    ClearSudoTimestamps {
+        /// Name.
+        user: String,
+    },
+    /// Tell `nscd` / `sssd` to forget cached users and groups, where they run.
+    InvalidateNameCaches,
     /// `gpasswd --add`.
     AddToGroup {
         /// Name.
@@ -66,12 +86,12 @@ pub enum Step {
         /// Group.
         group: String,
     },
-    /// Replace `authorized_keys`.
+    /// Replace `authorized_keys` with these lines (options included).
     WriteKeys {
         /// Name.
         user: String,
-        /// Key lines.
-        keys: Vec<String>,
+        /// Complete `authorized_keys` lines.
+        lines: Vec<String>,
     },
     /// `chpasswd --encrypted`.
     SetPasswordHash {
@@ -86,6 +106,8 @@ pub enum Step {
         user: String,
         /// Group.
         group: String,
+        /// The granting job.
+        job_id: String,
         /// End.
         expires_at: Option<DateTime<Utc>>,
     },
@@ -205,10 +227,152 @@ pub fn choose_uid(
         })
 }
 
+/// The shadow expiry day for access ending at `expires_at`: days since the epoch, rounded up,
+/// so the account is disabled from the first midnight (UTC) after the grant ends.
+pub fn shadow_expire_day(expires_at: DateTime<Utc>) -> i64 {
+    let seconds = expires_at.timestamp();
+    seconds.div_euclid(86_400) + i64::from(seconds.rem_euclid(86_400) != 0)
+}
+
+/// The `authorized_keys` lines for `keys`: with `expiry-time="YYYYMMDDHHMMSSZ"` (UTC, as
+/// OpenSSH reads a trailing `Z`) when the access ends, so sshd refuses the key after its end even
+/// if the agent is gone.
+pub fn authorized_key_lines(keys: &[String], expires_at: Option<DateTime<Utc>>) -> Vec<String> {
+    keys.iter()
+        .map(|key| match expires_at {
+            Some(end) => format!("expiry-time=\"{}\" {key}", end.format("%Y%m%d%H%M%SZ")),
+            None => key.clone(),
+        })
+        .collect()
+}
+
+/// Steps that remove every access of a managed account and then the account itself, in the
+/// order that shrinks access first: lock, sudo groups, keys, sudo's cache, NSS caches, sessions
+/// and processes, `userdel`, the agent's record.
+fn removal_steps(user: &str, uid: u32, snapshot: &Snapshot, policy: &Policy) -> Vec<Step> {
+    let mut steps = vec![Step::LockAccount {
+        user: user.to_owned(),
+    }];
+    for group in &policy.allowed_groups {
+        if snapshot.is_member(user, group) {
+            steps.push(Step::RemoveFromGroup {
+                user: user.to_owned(),
+                group: group.clone(),
+            });
+        }
+    }
+    steps.extend([
+        Step::RemoveKeys {
+            user: user.to_owned(),
+        },
+        Step::ClearSudoTimestamps {
+            user: user.to_owned(),
+        },
+        Step::InvalidateNameCaches,
+        Step::EndProcesses { uid },
+        Step::DeleteUser {
+            user: user.to_owned(),
+        },
+        Step::ForgetAccount {
+            user: user.to_owned(),
+        },
+    ]);
+    steps
+}
+
+/// A grant whose time is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expired {
+    /// An ephemeral account: remove it entirely.
+    Account {
+        /// Name.
+        user: String,
+        /// Every job whose grant ends with it (the creating job and group grants).
+        job_ids: Vec<String>,
+    },
+    /// A group membership.
+    Group {
+        /// Name.
+        user: String,
+        /// Group.
+        group: String,
+        /// The granting job.
+        job_id: String,
+    },
+}
+
+/// The grants in `accounts` that have ended at `now`.
+pub fn expired(accounts: &Accounts, now: DateTime<Utc>) -> Vec<Expired> {
+    let mut due = Vec::new();
+    for (user, account) in &accounts.accounts {
+        if account.expires_at.is_some_and(|end| end <= now) {
+            let mut job_ids = vec![account.created_by_job.clone()];
+            job_ids.extend(account.group_grants.values().map(|g| g.job_id.clone()));
+            job_ids.dedup();
+            due.push(Expired::Account {
+                user: user.clone(),
+                job_ids,
+            });
+            continue;
+        }
+        for (group, grant) in &account.group_grants {
+            if grant.expires_at.is_some_and(|end| end <= now) {
+                due.push(Expired::Group {
+                    user: user.clone(),
+                    group: group.clone(),
+                    job_id: grant.job_id.clone(),
+                });
+            }
+        }
+    }
+    due
+}
+
+/// The earliest end of any grant in `accounts`.
+pub fn next_expiry(accounts: &Accounts) -> Option<DateTime<Utc>> {
+    accounts
+        .accounts
+        .values()
+        .flat_map(|a| {
+            std::iter::once(a.expires_at).chain(a.group_grants.values().map(|g| g.expires_at))
+        })
+        .flatten()
+        .min()
+}
+
+/// The steps that revoke one expired grant.
+pub fn plan_expiry(
+    expired: &Expired,
+    snapshot: &Snapshot,
+    accounts: &Accounts,
+    policy: &Policy,
+) -> Result<Vec<Step>, JobError> {
+    match expired {
+        Expired::Account { user, .. } => plan(
+            &JobSpec::DeleteAccount { user: user.clone() },
+            "",
+            snapshot,
+            accounts,
+            policy,
+        ),
+        Expired::Group { user, group, .. } => plan(
+            &JobSpec::RemoveGroup {
+                user: user.clone(),
+                group: group.clone(),
+            },
+            "",
+            snapshot,
+            accounts,
+            policy,
+        ),
+    }
+}
+
 /// Plans `spec` for `host_id`'s agent. `Ok(vec![])` means the host is already in the requested
 /// state.
 pub fn plan(
     spec: &JobSpec,
+    job_id: &str,
     snapshot: &Snapshot,
     accounts: &Accounts,
     policy: &Policy,
@@ -281,19 +445,21 @@ pub fn plan(
                     uid,
                     shell,
                     groups: all_groups,
+                    expire_day: expires_at.map(shadow_expire_day),
                 });
             }
             for group in groups {
                 steps.push(Step::RecordGroupGrant {
                     user: user.clone(),
                     group: group.clone(),
+                    job_id: job_id.to_owned(),
                     expires_at: *expires_at,
                 });
             }
             if !ssh_keys.is_empty() {
                 steps.push(Step::WriteKeys {
                     user: user.clone(),
-                    keys: ssh_keys.clone(),
+                    lines: authorized_key_lines(ssh_keys, *expires_at),
                 });
             }
         }
@@ -305,9 +471,7 @@ pub fn plan(
                 return Ok(steps);
             }
             let entry = managed_account(user, snapshot, accounts, policy)?;
-            steps.push(Step::EndProcesses { uid: entry.uid });
-            steps.push(Step::DeleteUser { user: user.clone() });
-            steps.push(Step::ForgetAccount { user: user.clone() });
+            steps.extend(removal_steps(user, entry.uid, snapshot, policy));
         }
         JobSpec::AddGroup {
             user,
@@ -325,6 +489,7 @@ pub fn plan(
             steps.push(Step::RecordGroupGrant {
                 user: user.clone(),
                 group: group.clone(),
+                job_id: job_id.to_owned(),
                 expires_at: *expires_at,
             });
         }
@@ -337,6 +502,10 @@ pub fn plan(
                     group: group.clone(),
                 });
             }
+            // With sudo's group_source dynamic (set by the agent), open sessions lose sudo at
+            // once; cached credentials must go too.
+            steps.push(Step::ClearSudoTimestamps { user: user.clone() });
+            steps.push(Step::InvalidateNameCaches);
             steps.push(Step::ForgetGroupGrant {
                 user: user.clone(),
                 group: group.clone(),
@@ -391,8 +560,17 @@ pub fn verify(
                     entry.shell
                 )));
             }
-            if snapshot.shadow(user).is_none() {
+            let Some(shadow) = snapshot.shadow(user) else {
                 return Err(failed("/etc/shadow has no entry for the account".into()));
+            };
+            if let Some(end) = spec.expires_at()
+                && shadow
+                    .expire_days
+                    .is_none_or(|day| day > shadow_expire_day(end))
+            {
+                return Err(failed(format!(
+                    "the shadow expiry of '{user}' is not set to the grant's end"
+                )));
             }
             if let Some(group) = groups.iter().find(|g| !snapshot.is_member(user, g)) {
                 return Err(failed(format!("'{user}' is not a member of '{group}'")));
@@ -498,7 +676,7 @@ mod tests {
     }
 
     fn check(spec: JobSpec, expected: Result<Vec<Step>, Code>) {
-        let got = plan(&spec, &snapshot(), &accounts(), &policy()).map_err(|e| e.code);
+        let got = plan(&spec, "job-1", &snapshot(), &accounts(), &policy()).map_err(|e| e.code);
         assert_eq!(got, expected, "{spec:?}");
     }
 
@@ -527,10 +705,12 @@ mod tests {
                     uid: 60003,
                     shell: "/bin/bash".into(),
                     groups: vec!["latch-managed".into(), "sudo".into()],
+                    expire_day: None,
                 },
                 Step::RecordGroupGrant {
                     user: "alice".into(),
                     group: "sudo".into(),
+                    job_id: "job-1".into(),
                     expires_at: None,
                 },
             ]),
@@ -564,6 +744,7 @@ mod tests {
             Ok(vec![Step::RecordGroupGrant {
                 user: "eph".into(),
                 group: "sudo".into(),
+                job_id: "job-1".into(),
                 expires_at: None,
             }]),
         );
@@ -597,6 +778,8 @@ mod tests {
                     user: "eph".into(),
                     group: "sudo".into(),
                 },
+                Step::ClearSudoTimestamps { user: "eph".into() },
+                Step::InvalidateNameCaches,
                 Step::ForgetGroupGrant {
                     user: "eph".into(),
                     group: "sudo".into(),
@@ -636,6 +819,14 @@ mod tests {
         check(
             JobSpec::DeleteAccount { user: "eph".into() },
             Ok(vec![
+                Step::LockAccount { user: "eph".into() },
+                Step::RemoveFromGroup {
+                    user: "eph".into(),
+                    group: "sudo".into(),
+                },
+                Step::RemoveKeys { user: "eph".into() },
+                Step::ClearSudoTimestamps { user: "eph".into() },
+                Step::InvalidateNameCaches,
                 Step::EndProcesses { uid: 60000 },
                 Step::DeleteUser { user: "eph".into() },
                 Step::ForgetAccount { user: "eph".into() },
@@ -666,8 +857,84 @@ mod tests {
             uid_max: 60001,
             ..policy()
         };
-        let err = plan(&create("alice", &[]), &snapshot(), &accounts(), &tight).unwrap_err();
+        let err = plan(&create("alice", &[]), "j", &snapshot(), &accounts(), &tight).unwrap_err();
         assert_eq!(err.code, Code::UidRangeExhausted);
+    }
+
+    #[test]
+    fn expiry_rounds_up_to_the_next_midnight_and_keys_carry_it() {
+        let end = chrono::DateTime::parse_from_rfc3339("2026-11-23T15:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let midnight = chrono::DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(shadow_expire_day(end), midnight.timestamp() / 86_400);
+        assert_eq!(shadow_expire_day(midnight), midnight.timestamp() / 86_400);
+        let lines = authorized_key_lines(&["ssh-ed25519 AAAA k".into()], Some(end));
+        assert_eq!(
+            lines,
+            vec!["expiry-time=\"20261123150000Z\" ssh-ed25519 AAAA k"]
+        );
+        assert_eq!(
+            authorized_key_lines(&["ssh-ed25519 AAAA k".into()], None),
+            vec!["ssh-ed25519 AAAA k"]
+        );
+    }
+
+    #[test]
+    fn expired_grants_are_found_and_planned() {
+        let now = Utc::now();
+        let mut records = accounts();
+        assert!(expired(&records, now).is_empty());
+        assert_eq!(next_expiry(&records), None);
+        let account = records.accounts.get_mut("eph").unwrap();
+        account.group_grants.insert(
+            "sudo".into(),
+            crate::state::GroupGrant {
+                job_id: "g1".into(),
+                expires_at: Some(now - chrono::Duration::seconds(1)),
+            },
+        );
+        account.expires_at = Some(now + chrono::Duration::hours(1));
+        assert_eq!(
+            next_expiry(&records),
+            Some(now - chrono::Duration::seconds(1))
+        );
+        let due = expired(&records, now);
+        assert_eq!(
+            due,
+            vec![Expired::Group {
+                user: "eph".into(),
+                group: "sudo".into(),
+                job_id: "g1".into()
+            }]
+        );
+        let steps = plan_expiry(&due[0], &snapshot(), &records, &policy()).unwrap();
+        assert_eq!(
+            steps[0],
+            Step::RemoveFromGroup {
+                user: "eph".into(),
+                group: "sudo".into()
+            }
+        );
+
+        let later = now + chrono::Duration::hours(2);
+        let due = expired(&records, later);
+        assert_eq!(
+            due,
+            vec![Expired::Account {
+                user: "eph".into(),
+                job_ids: vec!["j".into(), "g1".into()]
+            }]
+        );
+        let steps = plan_expiry(&due[0], &snapshot(), &records, &policy()).unwrap();
+        assert_eq!(steps[0], Step::LockAccount { user: "eph".into() });
+        assert!(steps.contains(&Step::EndProcesses { uid: 60000 }));
+        assert_eq!(
+            steps.last(),
+            Some(&Step::ForgetAccount { user: "eph".into() })
+        );
     }
 
     #[test]

@@ -1,17 +1,24 @@
-//! The agent's main loop: long-poll for a job, hand it to the worker (one at a time, in order),
-//! report the outcome until the control plane acknowledges it; back off with jitter while the
-//! control plane is away. A refused credential stops the agent: it must be re-enrolled, and
-//! spinning would only fill logs.
+//! The agent's main loop: long-poll for a job, journal it, hand it to the worker (one at a time,
+//! in order), report the outcome until the control plane acknowledges it; back off with jitter
+//! while the control plane is away. A refused credential stops the agent: it must be
+//! re-enrolled, and spinning would only fill logs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use latch_common::api::{AgentJob, MAX_POLL_WAIT_SECS, ReportRequest};
 use latch_common::job::{JobError, JobErrorCode, JobOutcome};
 use thiserror::Error;
+use tokio::sync::Notify;
 
 use crate::client::{AgentClient, ClientError, Delivered};
+use crate::journal::{self, Entry, Journal, Stage};
 use crate::worker::Worker;
+
+/// Environment variable naming a stage at which the agent stops dead (for the crash tests):
+/// `received`, `applying` or `applied`. Unset in production.
+pub const TEST_PAUSE_ENV: &str = "LATCH_AGENT_TEST_PAUSE_AT";
 
 /// Why the loop stopped.
 #[derive(Debug, Error)]
@@ -26,7 +33,7 @@ pub enum PollError {
     Worker(String),
 }
 
-/// Exponential backoff with full jitter, from 500 ms up to 30 s.
+/// Exponential backoff with jitter, from 500 ms up to 30 s.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
@@ -56,116 +63,239 @@ impl Backoff {
     }
 }
 
-/// Runs until the credential is refused or the worker dies.
-pub async fn run(client: AgentClient, worker: Arc<Worker>) -> Result<(), PollError> {
-    let mut backoff = Backoff::default();
-    let mut was_offline = false;
-    loop {
-        match client.poll(Duration::from_secs(MAX_POLL_WAIT_SECS)).await {
-            Ok(delivered) => {
-                if was_offline {
-                    tracing::info!("control plane reachable again");
-                    was_offline = false;
-                }
-                backoff.reset();
-                for item in delivered {
-                    handle(&client, &worker, item).await?;
-                }
-            }
-            Err(ClientError::Unauthorized(message)) => {
-                return Err(PollError::Unauthorized(message));
-            }
-            Err(error) => {
-                let delay = backoff.delay();
-                if !was_offline {
-                    tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
-                    was_offline = true;
-                } else {
-                    tracing::debug!(%error, ?delay, "still cannot poll the control plane");
-                }
-                tokio::time::sleep(delay).await;
-            }
-        }
+/// What the loop works with.
+pub struct Agent {
+    /// The control plane.
+    pub client: AgentClient,
+    /// Applies jobs.
+    pub worker: Arc<Worker>,
+    /// Job journal.
+    pub journal: Journal,
+    /// Signalled after every job (grants may have changed).
+    pub grants_changed: Arc<Notify>,
+}
+
+/// Stops dead at `stage` if the crash tests asked for it (see [`TEST_PAUSE_ENV`]).
+async fn test_pause(stage: &str) {
+    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|v| v == stage) {
+        tracing::warn!(stage, "test pause: waiting to be killed");
+        std::future::pending::<()>().await;
     }
 }
 
-async fn handle(
-    client: &AgentClient,
-    worker: &Arc<Worker>,
-    item: Delivered,
-) -> Result<(), PollError> {
-    match item {
-        Delivered::Job(job) => {
-            tracing::info!(job_id = %job.id, kind = %job.spec.kind(), user = %job.spec.user(), attempt = job.attempt, "job received");
-            let outcome = {
-                let worker = worker.clone();
-                let job: AgentJob = job.clone();
-                tokio::task::spawn_blocking(move || worker.execute(&job))
-                    .await
-                    .map_err(|e| PollError::Worker(e.to_string()))?
+impl Agent {
+    /// Runs until the credential is refused or the worker dies.
+    pub async fn run(&self) -> Result<(), PollError> {
+        self.resend_journaled_outcomes().await?;
+        let mut backoff = Backoff::default();
+        let mut was_offline = false;
+        loop {
+            // Revocations done locally reach the control plane before anything else does, so a
+            // grant that ended during an outage is recorded as revoked by the agent's expiry.
+            let polled = match crate::expiry::flush_outbox(&self.client, &self.worker).await {
+                Ok(()) => {
+                    self.client
+                        .poll(Duration::from_secs(MAX_POLL_WAIT_SECS))
+                        .await
+                }
+                Err(error) => Err(error),
             };
-            match &outcome {
-                JobOutcome::Confirmed => tracing::info!(job_id = %job.id, "job confirmed"),
-                JobOutcome::Failed { error } => {
-                    tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "job failed")
+            match polled {
+                Ok(delivered) => {
+                    if was_offline {
+                        tracing::info!("control plane reachable again");
+                        was_offline = false;
+                    }
+                    backoff.reset();
+                    for item in delivered {
+                        self.handle(item).await?;
+                    }
                 }
-            }
-            report(
-                client,
-                &job.id,
-                ReportRequest {
-                    lease: job.lease.clone(),
-                    outcome,
-                },
-            )
-            .await
-        }
-        Delivered::Malformed { id, lease, reason } => {
-            tracing::warn!(job_id = ?id, %reason, "refused a job that does not decode");
-            match (id, lease) {
-                (Some(id), Some(lease)) if id.len() <= 64 && lease.len() <= 64 => {
-                    let error = JobError::new(
-                        JobErrorCode::InvalidJob,
-                        format!("the agent cannot decode this job: {reason}"),
-                    );
-                    report(
-                        client,
-                        &id,
-                        ReportRequest {
-                            lease,
-                            outcome: JobOutcome::Failed { error },
-                        },
-                    )
-                    .await
+                Err(ClientError::Unauthorized(message)) => {
+                    return Err(PollError::Unauthorized(message));
                 }
-                _ => Ok(()),
+                Err(error) => {
+                    let delay = backoff.delay();
+                    if was_offline {
+                        tracing::debug!(%error, ?delay, "still cannot poll the control plane");
+                    } else {
+                        tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
+                        was_offline = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }
-}
 
-/// Sends the outcome until the control plane takes it (or says it is no longer wanted).
-async fn report(
-    client: &AgentClient,
-    job_id: &str,
-    report: ReportRequest,
-) -> Result<(), PollError> {
-    let mut backoff = Backoff::default();
-    loop {
-        match client.report(job_id, &report).await {
-            Ok(()) => return Ok(()),
-            Err(ClientError::Unauthorized(message)) => {
-                return Err(PollError::Unauthorized(message));
-            }
-            Err(error) if error.is_transient() => {
-                let delay = backoff.delay();
-                tracing::warn!(job_id, %error, ?delay, "cannot report the outcome yet; retrying");
-                tokio::time::sleep(delay).await;
-            }
+    /// Outcomes journaled before a crash are sent again (the control plane takes each once).
+    async fn resend_journaled_outcomes(&self) -> Result<(), PollError> {
+        if let Err(error) = self.journal.prune(chrono::Duration::days(7)) {
+            tracing::warn!(%error, "cannot prune the job journal");
+        }
+        let entries = match self.journal.unacknowledged() {
+            Ok(entries) => entries,
             Err(error) => {
-                // 409: the job was delivered again or already has an outcome; 404: gone.
-                tracing::warn!(job_id, %error, "the control plane did not take the outcome; dropping it");
+                tracing::error!(%error, "cannot read the job journal");
                 return Ok(());
+            }
+        };
+        for entry in entries {
+            if let Some(outcome) = entry.outcome {
+                tracing::info!(job_id = %entry.job_id, "resending a journaled outcome");
+                self.report(
+                    &entry.job_id,
+                    ReportRequest {
+                        lease: entry.lease,
+                        outcome,
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn journal(
+        &self,
+        job: &AgentJob,
+        stage: Stage,
+        outcome: Option<JobOutcome>,
+    ) -> Result<(), JobError> {
+        let entry = Entry {
+            job_id: job.id.clone(),
+            lease: job.lease.clone(),
+            stage,
+            outcome,
+            updated_at: Utc::now(),
+        };
+        self.journal.record(&entry).map_err(|e| {
+            JobError::new(
+                JobErrorCode::AgentStateError,
+                format!("cannot write the job journal: {e}"),
+            )
+        })
+    }
+
+    async fn handle(&self, item: Delivered) -> Result<(), PollError> {
+        match item {
+            Delivered::Job(job) if journal::is_safe_id(&job.id) => {
+                let outcome = self.apply(&job).await?;
+                test_pause("applied").await;
+                self.report(
+                    &job.id,
+                    ReportRequest {
+                        lease: job.lease.clone(),
+                        outcome,
+                    },
+                )
+                .await?;
+                self.grants_changed.notify_one();
+                Ok(())
+            }
+            Delivered::Job(job) => {
+                self.refuse(
+                    Some(job.id),
+                    Some(job.lease),
+                    "the job id is not a plain identifier".into(),
+                )
+                .await
+            }
+            Delivered::Malformed { id, lease, reason } => self.refuse(id, lease, reason).await,
+        }
+    }
+
+    /// Journals and applies a job, or returns the outcome journaled by an earlier delivery.
+    async fn apply(&self, job: &AgentJob) -> Result<JobOutcome, PollError> {
+        if let Ok(Some(Entry {
+            stage: Stage::Done,
+            outcome: Some(outcome),
+            ..
+        })) = self.journal.get(&job.id)
+        {
+            tracing::info!(job_id = %job.id, attempt = job.attempt, "job already applied before a restart; reporting the journaled outcome");
+            return Ok(outcome);
+        }
+        tracing::info!(job_id = %job.id, kind = %job.spec.kind(), user = %job.spec.user(), seq = job.seq, attempt = job.attempt, "job received");
+        if let Err(error) = self.journal(job, Stage::Received, None) {
+            return Ok(JobOutcome::Failed { error });
+        }
+        test_pause("received").await;
+        if let Err(error) = self.journal(job, Stage::Applying, None) {
+            return Ok(JobOutcome::Failed { error });
+        }
+        test_pause("applying").await;
+        let outcome = {
+            let worker = self.worker.clone();
+            let job = job.clone();
+            tokio::task::spawn_blocking(move || worker.execute(&job))
+                .await
+                .map_err(|e| PollError::Worker(e.to_string()))?
+        };
+        match &outcome {
+            JobOutcome::Confirmed => tracing::info!(job_id = %job.id, "job confirmed"),
+            JobOutcome::Failed { error } => {
+                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "job failed")
+            }
+        }
+        if let Err(error) = self.journal(job, Stage::Done, Some(outcome.clone())) {
+            tracing::error!(job_id = %job.id, code = %error.code, message = %error.message, "cannot journal the outcome");
+        }
+        Ok(outcome)
+    }
+
+    /// Reports a job that cannot be decoded or named safely as `invalid_job`.
+    async fn refuse(
+        &self,
+        id: Option<String>,
+        lease: Option<String>,
+        reason: String,
+    ) -> Result<(), PollError> {
+        tracing::warn!(job_id = ?id, %reason, "refused a malformed job");
+        match (id, lease) {
+            (Some(id), Some(lease)) if id.len() <= 64 && lease.len() <= 64 && !id.contains('/') => {
+                let error = JobError::new(
+                    JobErrorCode::InvalidJob,
+                    format!("the agent refused this job: {reason}"),
+                );
+                self.report(
+                    &id,
+                    ReportRequest {
+                        lease,
+                        outcome: JobOutcome::Failed { error },
+                    },
+                )
+                .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends the outcome until the control plane takes it (or says it is no longer wanted).
+    async fn report(&self, job_id: &str, report: ReportRequest) -> Result<(), PollError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.client.report(job_id, &report).await {
+                Ok(()) => {
+                    if let Err(error) = self.journal.remove(job_id) {
+                        tracing::warn!(job_id, %error, "cannot remove the job's journal entry");
+                    }
+                    return Ok(());
+                }
+                Err(ClientError::Unauthorized(message)) => {
+                    return Err(PollError::Unauthorized(message));
+                }
+                Err(error) if error.is_transient() => {
+                    let delay = backoff.delay();
+                    tracing::warn!(job_id, %error, ?delay, "cannot report the outcome yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => {
+                    // 409: delivered again or already final; 404: gone. The journal entry stays, so
+                    // a later delivery of this job gets the same outcome.
+                    tracing::warn!(job_id, %error, "the control plane did not take the outcome");
+                    return Ok(());
+                }
             }
         }
     }

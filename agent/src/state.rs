@@ -1,8 +1,11 @@
 //! The agent's state directory (mode 0700, files 0600, written atomically):
 //! - `identity.json`: server URL, host id, host credential, machine-id at enrollment;
 //! - `accounts.json`: the accounts Latch created here (one of the three ownership proofs, with
-//!   the marker group and the GECOS tag), their expiries, and the UID high-water mark that keeps
-//!   ephemeral UIDs from ever being reused;
+//!   the marker group and the GECOS tag) and their active grants with expiries, the UID
+//!   high-water mark that keeps ephemeral UIDs from ever being reused, the highest job sequence
+//!   applied per account (stale jobs are refused), and the outbox of revocations done locally
+//!   that the control plane has not acknowledged yet;
+//! - `journal/`: one file per job in flight (see `journal`);
 //! - `agent.lock`: held while an agent runs, so two agents never share one identity.
 
 use std::collections::BTreeMap;
@@ -12,6 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use latch_common::api::RevocationReport;
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -86,9 +90,19 @@ pub struct ManagedAccount {
     pub created_at: DateTime<Utc>,
     /// When the account's access ends (revocation comes with local expiry).
     pub expires_at: Option<DateTime<Utc>>,
-    /// Group memberships granted by jobs, with their end.
+    /// Group memberships granted by jobs, by group.
     #[serde(default)]
-    pub group_grants: BTreeMap<String, Option<DateTime<Utc>>>,
+    pub group_grants: BTreeMap<String, GroupGrant>,
+}
+
+/// A group membership Latch granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupGrant {
+    /// The job that granted it.
+    pub job_id: String,
+    /// When it ends.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// `accounts.json`.
@@ -99,6 +113,12 @@ pub struct Accounts {
     pub uid_high_water: u32,
     /// Accounts by name.
     pub accounts: BTreeMap<String, ManagedAccount>,
+    /// Highest job sequence number applied, per account name.
+    #[serde(default)]
+    pub applied_seq: BTreeMap<String, i64>,
+    /// Revocations done locally, not yet acknowledged by the control plane.
+    #[serde(default)]
+    pub outbox: Vec<RevocationReport>,
 }
 
 /// The state directory.

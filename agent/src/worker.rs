@@ -1,27 +1,31 @@
-//! The worker: applies one job at a time. Reads the account files, asks the planner, runs the
-//! steps through `system`, reads everything back and verifies before saying `confirmed`.
+//! The worker: applies one job at a time, and revokes expired grants, under one lock so the two
+//! never interleave. Reads the account files, asks the planner, runs the steps through `system`,
+//! reads everything back and verifies before saying `confirmed`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use chrono::Utc;
-use latch_common::api::AgentJob;
+use chrono::{DateTime, Utc};
+use latch_common::api::{AgentJob, RevocationReport};
 use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec};
 
 use crate::config::Config;
-use crate::plan::{self, GECOS_TAG, MARKER_GROUP, Policy, Step};
-use crate::state::{Accounts, ManagedAccount, StateDir};
+use crate::plan::{self, Expired, GECOS_TAG, MARKER_GROUP, Policy, Step};
+use crate::state::{Accounts, GroupGrant, ManagedAccount, StateDir, StateError};
 use crate::system::accounts::ShadowUtils;
 use crate::system::cmd::CmdError;
 use crate::system::etc::Snapshot;
-use crate::system::{keys, procs};
+use crate::system::{keys, procs, sudo};
 
-/// Applies jobs on this host.
+/// Applies jobs and revokes expired grants on this host.
 pub struct Worker {
     config: Config,
     state: StateDir,
     host_id: String,
     etc: PathBuf,
     tools: ShadowUtils,
+    /// Held while a job or a revocation runs.
+    busy: Mutex<()>,
 }
 
 fn state_error(e: impl std::fmt::Display) -> JobError {
@@ -31,22 +35,29 @@ fn state_error(e: impl std::fmt::Display) -> JobError {
     )
 }
 
+/// Maps a shadow-utils failure to a job error code.
 fn tool_error(e: CmdError) -> JobError {
-    match e {
-        CmdError::Locked { .. } => JobError::new(
-            JobErrorCode::HostBusy,
-            format!(
-                "{e}; another program kept the account files locked — queue the job again when it is done"
-            ),
-        ),
-        CmdError::Failed { status: 8, .. } if e.to_string().contains("userdel") => JobError::new(
-            JobErrorCode::ToolFailed,
-            format!(
-                "{e}; the user still had processes after they were ended — queue the job again"
-            ),
-        ),
-        other => JobError::new(JobErrorCode::ToolFailed, other.to_string()),
-    }
+    let code = match &e {
+        CmdError::Locked { .. } => JobErrorCode::HostBusy,
+        CmdError::Failed {
+            program, status: 8, ..
+        } if program.ends_with("userdel") => JobErrorCode::AccountInUse,
+        CmdError::Failed {
+            program, status: 9, ..
+        } if program.ends_with("useradd") => JobErrorCode::AccountExists,
+        _ => JobErrorCode::ToolFailed,
+    };
+    let hint = match code {
+        JobErrorCode::HostBusy => {
+            "; another program kept the account files locked — queue the job again when it is done"
+        }
+        JobErrorCode::AccountInUse => {
+            "; the user still had processes after they were ended — queue the job again"
+        }
+        JobErrorCode::AccountExists => "; choose another name",
+        _ => "",
+    };
+    JobError::new(code, format!("{e}{hint}"))
 }
 
 impl Worker {
@@ -61,15 +72,109 @@ impl Worker {
             host_id,
             etc: PathBuf::from("/etc"),
             tools,
+            busy: Mutex::new(()),
         }
+    }
+
+    /// Prepares the host: makes sudo read group membership at each use (unless configured off),
+    /// so revoking a sudo membership also ends sudo in sessions that are already open.
+    pub fn prepare_host(&self) -> Result<(), sudo::SudoError> {
+        if self.config.sudo_dynamic_groups
+            && sudo::ensure_dynamic_group_source(&self.etc.join("sudo.conf"))?
+        {
+            tracing::info!("set 'group_source dynamic' in /etc/sudo.conf");
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.busy
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `job` and says how it ended. Never panics; every failure is an outcome.
     pub fn execute(&self, job: &AgentJob) -> JobOutcome {
-        match self.apply(job) {
+        let _busy = self.lock();
+        let outcome = match self.apply(job) {
             Ok(()) => JobOutcome::Confirmed,
             Err(error) => JobOutcome::Failed { error },
+        };
+        let stale = matches!(&outcome, JobOutcome::Failed { error } if error.code == JobErrorCode::StaleJob);
+        if !stale && let Err(error) = self.record_applied_seq(job) {
+            tracing::error!(%error, "cannot record the job's sequence number");
         }
+        outcome
+    }
+
+    fn record_applied_seq(&self, job: &AgentJob) -> Result<(), StateError> {
+        let mut accounts = self.state.accounts()?;
+        let last = accounts
+            .applied_seq
+            .entry(job.spec.user().to_owned())
+            .or_insert(job.seq);
+        *last = (*last).max(job.seq);
+        self.state.save_accounts(&accounts)
+    }
+
+    /// The earliest end of any active grant.
+    pub fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        Ok(plan::next_expiry(&self.state.accounts()?))
+    }
+
+    /// Revokes every grant that has ended by `now` and queues a report for each in the outbox.
+    /// Returns how many grants were revoked; a grant that could not be revoked stays and is
+    /// retried by the caller.
+    pub fn revoke_expired(&self, now: DateTime<Utc>) -> Result<usize, JobError> {
+        let _busy = self.lock();
+        let mut accounts = self.state.accounts().map_err(state_error)?;
+        let mut revoked = 0;
+        for expired in plan::expired(&accounts, now) {
+            let snapshot = self.read_files()?;
+            let policy = self.policy(&snapshot);
+            let result =
+                plan::plan_expiry(&expired, &snapshot, &accounts, &policy).and_then(|steps| {
+                    steps
+                        .into_iter()
+                        .try_for_each(|step| self.run_step(step, "", &mut accounts))
+                });
+            let job_ids = match &expired {
+                Expired::Account { job_ids, .. } => job_ids.clone(),
+                Expired::Group { job_id, .. } => vec![job_id.clone()],
+            };
+            match result {
+                Ok(()) => {
+                    let revoked_at = Utc::now();
+                    tracing::info!(grant = ?expired, "grant expired: access revoked");
+                    accounts.outbox.extend(
+                        job_ids
+                            .into_iter()
+                            .map(|job_id| RevocationReport { job_id, revoked_at }),
+                    );
+                    self.state.save_accounts(&accounts).map_err(state_error)?;
+                    revoked += 1;
+                }
+                Err(error) => {
+                    tracing::error!(grant = ?expired, code = %error.code, message = %error.message, "revoking an expired grant failed; will retry");
+                    // Steps that succeeded may have saved records: start again from the file.
+                    accounts = self.state.accounts().map_err(state_error)?;
+                }
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Revocations done locally that the control plane has not acknowledged.
+    pub fn outbox(&self) -> Result<Vec<RevocationReport>, StateError> {
+        Ok(self.state.accounts()?.outbox)
+    }
+
+    /// Drops an acknowledged revocation report from the outbox.
+    pub fn ack_outbox(&self, report: &RevocationReport) -> Result<(), StateError> {
+        let _busy = self.lock();
+        let mut accounts = self.state.accounts()?;
+        accounts.outbox.retain(|r| r != report);
+        self.state.save_accounts(&accounts)
     }
 
     fn policy(&self, snapshot: &Snapshot) -> Policy {
@@ -102,8 +207,20 @@ impl Worker {
         }
         let snapshot = self.read_files()?;
         let mut accounts = self.state.accounts().map_err(state_error)?;
+        if let Some(last) = accounts.applied_seq.get(job.spec.user())
+            && job.seq < *last
+        {
+            return Err(JobError::new(
+                JobErrorCode::StaleJob,
+                format!(
+                    "job sequence {} is older than sequence {last}, already applied to '{}'; an older job never undoes a newer one",
+                    job.seq,
+                    job.spec.user()
+                ),
+            ));
+        }
         let policy = self.policy(&snapshot);
-        let steps = plan::plan(&job.spec, &snapshot, &accounts, &policy)?;
+        let steps = plan::plan(&job.spec, &job.id, &snapshot, &accounts, &policy)?;
         if steps.iter().any(|s| matches!(s, Step::AddUser { .. })) {
             check_name_service(job.spec.user())?;
         }
@@ -145,14 +262,19 @@ impl Worker {
                 uid,
                 shell,
                 groups,
+                expire_day,
             } => {
-                if let Err(e) = self.tools.add_user(&user, uid, &shell, GECOS_TAG, &groups) {
+                if let Err(e) = self
+                    .tools
+                    .add_user(&user, uid, &shell, GECOS_TAG, &groups, expire_day)
+                {
                     // Do not keep a claim on an account that was never made.
                     accounts.accounts.remove(&user);
                     self.state.save_accounts(accounts).map_err(state_error)?;
                     return Err(tool_error(e));
                 }
             }
+            Step::LockAccount { user } => self.tools.lock_user(&user).map_err(tool_error)?,
             Step::AddToGroup { user, group } => {
                 self.tools.add_to_group(&user, &group).map_err(tool_error)?
             }
@@ -160,17 +282,11 @@ impl Worker {
                 .tools
                 .remove_from_group(&user, &group)
                 .map_err(tool_error)?,
-            Step::WriteKeys { user, keys: lines } => {
-                let snapshot = self.read_files()?;
-                let entry = snapshot.user(&user).ok_or_else(|| {
-                    JobError::new(
-                        JobErrorCode::VerifyFailed,
-                        format!("account '{user}' vanished before its keys were written"),
-                    )
-                })?;
-                keys::write_authorized_keys(Path::new(&entry.home), entry.uid, entry.gid, &lines)
-                    .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?;
-            }
+            Step::WriteKeys { user, lines } => self.write_keys(&user, &lines)?,
+            Step::RemoveKeys { user } => self.write_keys(&user, &[])?,
+            Step::ClearSudoTimestamps { user } => sudo::clear_timestamps(&user)
+                .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?,
+            Step::InvalidateNameCaches => self.tools.invalidate_name_caches(),
             Step::SetPasswordHash { user, hash } => self
                 .tools
                 .set_password_hash(&user, &hash)
@@ -178,10 +294,13 @@ impl Worker {
             Step::RecordGroupGrant {
                 user,
                 group,
+                job_id,
                 expires_at,
             } => {
                 if let Some(account) = accounts.accounts.get_mut(&user) {
-                    account.group_grants.insert(group, expires_at);
+                    account
+                        .group_grants
+                        .insert(group, GroupGrant { job_id, expires_at });
                     self.state.save_accounts(accounts).map_err(state_error)?;
                 }
             }
@@ -196,7 +315,7 @@ impl Worker {
                 let left = procs::terminate_user(uid, self.config.kill_grace);
                 if left > 0 {
                     return Err(JobError::new(
-                        JobErrorCode::ToolFailed,
+                        JobErrorCode::AccountInUse,
                         format!(
                             "{left} process(es) of UID {uid} survived SIGKILL; the account was not deleted"
                         ),
@@ -212,12 +331,29 @@ impl Worker {
         Ok(())
     }
 
-    /// Checks what the account files do not show: the home directory and `authorized_keys`.
+    fn write_keys(&self, user: &str, lines: &[String]) -> Result<(), JobError> {
+        let snapshot = self.read_files()?;
+        let entry = snapshot.user(user).ok_or_else(|| {
+            JobError::new(
+                JobErrorCode::VerifyFailed,
+                format!("account '{user}' vanished before its keys were written"),
+            )
+        })?;
+        match keys::write_authorized_keys(Path::new(&entry.home), entry.uid, entry.gid, lines) {
+            Ok(()) => Ok(()),
+            // No home left means no keys left: nothing to remove.
+            Err(_) if lines.is_empty() && std::fs::symlink_metadata(&entry.home).is_err() => Ok(()),
+            Err(e) => Err(JobError::new(JobErrorCode::ToolFailed, e.to_string())),
+        }
+    }
+
+    /// Checks what the account files do not show: the home directory, `authorized_keys`, and
+    /// that no process of a deleted account is left.
     fn verify_home(
         &self,
         spec: &JobSpec,
         before: &Snapshot,
-        snapshot: &Snapshot,
+        after: &Snapshot,
     ) -> Result<(), JobError> {
         let failed = |what: String| {
             JobError::new(
@@ -226,8 +362,13 @@ impl Worker {
             )
         };
         match spec {
-            JobSpec::CreateAccount { user, ssh_keys, .. } => {
-                let entry = snapshot
+            JobSpec::CreateAccount {
+                user,
+                ssh_keys,
+                expires_at,
+                ..
+            } => {
+                let entry = after
                     .user(user)
                     .ok_or_else(|| failed(format!("'{user}' is missing")))?;
                 let home = Path::new(&entry.home);
@@ -240,19 +381,35 @@ impl Worker {
                     )));
                 }
                 if !ssh_keys.is_empty() {
-                    let expected = format!("{}\n", ssh_keys.join("\n"));
+                    let expected = format!(
+                        "{}\n",
+                        plan::authorized_key_lines(ssh_keys, *expires_at).join("\n")
+                    );
                     match keys::read_authorized_keys(home) {
-                        Ok(Some((text, owner, mode))) if text == expected && owner == entry.uid && mode == 0o600 => {}
-                        Ok(_) => return Err(failed("authorized_keys does not hold exactly the job's keys with owner and mode 0600".into())),
+                        Ok(Some((text, owner, mode)))
+                            if text == expected && owner == entry.uid && mode == 0o600 => {}
+                        Ok(_) => {
+                            return Err(failed(
+                                "authorized_keys does not hold exactly the job's keys with owner and mode 0600".into(),
+                            ));
+                        }
                         Err(e) => return Err(failed(e.to_string())),
                     }
                 }
             }
             JobSpec::DeleteAccount { user } => {
-                if let Some(entry) = before.user(user)
-                    && std::fs::symlink_metadata(&entry.home).is_ok()
-                {
-                    return Err(failed(format!("home {} still exists", entry.home)));
+                if let Some(entry) = before.user(user) {
+                    if std::fs::symlink_metadata(&entry.home).is_ok() {
+                        return Err(failed(format!("home {} still exists", entry.home)));
+                    }
+                    let left = procs::processes_of(entry.uid);
+                    if !left.is_empty() {
+                        return Err(failed(format!(
+                            "{} process(es) of UID {} still run",
+                            left.len(),
+                            entry.uid
+                        )));
+                    }
                 }
             }
             _ => {}

@@ -130,6 +130,36 @@ pub struct ReportRequest {
     pub outcome: JobOutcome,
 }
 
+/// Who ended a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedBy {
+    /// The agent's local timer, at `expires_at` (works without the network).
+    AgentExpiry,
+    /// A revocation job the control plane queued at `expires_at`.
+    ControlPlane,
+}
+
+impl RevokedBy {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokedBy::AgentExpiry => "agent_expiry",
+            RevokedBy::ControlPlane => "control_plane",
+        }
+    }
+}
+
+/// `POST /v1/agent/revocations`: the agent ended a grant on its own, at its expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationReport {
+    /// The job that granted the access (a create-account or add-group job of this host).
+    pub job_id: String,
+    /// When the access was removed on the host.
+    pub revoked_at: DateTime<Utc>,
+}
+
 /// `POST /v1/enroll-tokens`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +349,18 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     /// How many times it was delivered.
     pub attempts: u32,
+    /// When the access it granted ends (create-account and add-group).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When that access was removed, if it was.
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Who removed it: `agent_expiry` or `control_plane`.
+    #[serde(default)]
+    pub revoked_by: Option<RevokedBy>,
+    /// For a revocation job the control plane queued: the grant job it ends.
+    #[serde(default)]
+    pub revokes: Option<String>,
     /// Its history, oldest first (only in `jobs show`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<JobEvent>,

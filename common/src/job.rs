@@ -131,6 +131,24 @@ impl JobSpec {
         }
     }
 
+    /// When the access this job grants ends (create-account and add-group only).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            JobSpec::CreateAccount { expires_at, .. } | JobSpec::AddGroup { expires_at, .. } => {
+                *expires_at
+            }
+            _ => None,
+        }
+    }
+
+    /// The group the job is about (add-group and remove-group only).
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            JobSpec::AddGroup { group, .. } | JobSpec::RemoveGroup { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+
     /// The account the job is about.
     pub fn user(&self) -> &str {
         match self {
@@ -263,6 +281,10 @@ pub enum JobErrorCode {
     AgentStateError,
     /// The job was delivered the maximum number of times without an outcome.
     AgentUnresponsive,
+    /// The job is older (lower sequence) than one already applied to the same account.
+    StaleJob,
+    /// The account still had processes or sessions that could not be ended.
+    AccountInUse,
 }
 
 impl JobErrorCode {
@@ -283,6 +305,8 @@ impl JobErrorCode {
             JobErrorCode::VerifyFailed => "verify_failed",
             JobErrorCode::AgentStateError => "agent_state_error",
             JobErrorCode::AgentUnresponsive => "agent_unresponsive",
+            JobErrorCode::StaleJob => "stale_job",
+            JobErrorCode::AccountInUse => "account_in_use",
         }
     }
 }

@@ -20,12 +20,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::Utc;
-use latch_common::api::{AgentJob, CreateJobRequest, JobView, ReportRequest};
+use latch_common::api::{
+    AgentJob, CreateJobRequest, JobView, ReportRequest, RevocationReport, RevokedBy,
+};
+use latch_common::job::JobSpec;
 use latch_common::names::ValidationError;
 use tokio::sync::Notify;
 
 use crate::password::hash_password;
-use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, Page};
+use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke};
 use crate::{Control, ControlError};
 
 /// Per-host wake-up signals for waiting long-polls.
@@ -61,6 +64,10 @@ pub fn job_view(job: JobRecord) -> JobView {
         created_at: job.created_at,
         finished_at: job.finished_at,
         attempts: job.attempts,
+        expires_at: job.spec.expires_at(),
+        revoked_at: job.revoked_at,
+        revoked_by: job.revoked_by,
+        revokes: job.revokes,
         history: Vec::new(),
     }
 }
@@ -77,7 +84,7 @@ impl Control {
         let id = uuid::Uuid::new_v4().to_string();
         let job = self
             .store
-            .insert_job(&id, &host.id, &spec, Utc::now())
+            .insert_job(&id, &host.id, &spec, None, Utc::now())
             .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), "job queued");
         self.wakeups.wake(&host.id);
@@ -222,5 +229,65 @@ impl Control {
             self.wakeups.wake(&host_id);
         }
         Ok(())
+    }
+
+    /// Queues a revocation job for every grant whose expiry has passed (belt and braces: the
+    /// agent revokes on its own timer too; both are idempotent). Run periodically.
+    pub async fn revoke_expired_grants(&self) -> Result<(), ControlError> {
+        for grant in self.store.due_grants(Utc::now(), 100).await? {
+            let spec = match &grant.spec {
+                JobSpec::CreateAccount { user, .. } => {
+                    JobSpec::DeleteAccount { user: user.clone() }
+                }
+                JobSpec::AddGroup { user, group, .. } => JobSpec::RemoveGroup {
+                    user: user.clone(),
+                    group: group.clone(),
+                },
+                _ => continue,
+            };
+            let id = uuid::Uuid::new_v4().to_string();
+            self.store
+                .insert_job(&id, &grant.host_id, &spec, Some(&grant.id), Utc::now())
+                .await?;
+            tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");
+            self.wakeups.wake(&grant.host_id);
+        }
+        Ok(())
+    }
+
+    /// Records that the host's agent revoked a grant on its own at its expiry.
+    pub async fn record_agent_revocation(
+        &self,
+        host: &HostRecord,
+        report: &RevocationReport,
+    ) -> Result<(), ControlError> {
+        let now = Utc::now();
+        if report.revoked_at > now + chrono::Duration::minutes(5) {
+            return Err(ValidationError::new(
+                "revoked_at",
+                "is in the future; check the host's clock",
+            )
+            .into());
+        }
+        match self
+            .store
+            .record_revocation(
+                &host.id,
+                &report.job_id,
+                report.revoked_at,
+                RevokedBy::AgentExpiry,
+            )
+            .await?
+        {
+            Revoke::Recorded => {
+                tracing::info!(job_id = %report.job_id, host_id = %host.id, "grant revoked by agent expiry");
+                Ok(())
+            }
+            Revoke::AlreadyRevoked => Ok(()),
+            Revoke::NotAGrant => Err(ControlError::NotFound {
+                what: "confirmed grant",
+                key: report.job_id.clone(),
+            }),
+        }
     }
 }

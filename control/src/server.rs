@@ -141,7 +141,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Serves the API on `listener` until `shutdown` completes, sweeping abandoned jobs meanwhile.
+/// Serves the API on `listener` until `shutdown` completes. Once a second, in the background,
+/// it fails abandoned jobs and queues revocations of expired grants.
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
@@ -155,6 +156,9 @@ pub async fn run(
                 tick.tick().await;
                 if let Err(error) = control.sweep_abandoned_jobs().await {
                     tracing::error!(%error, "sweeping abandoned jobs failed");
+                }
+                if let Err(error) = control.revoke_expired_grants().await {
+                    tracing::error!(%error, "queueing revocations of expired grants failed");
                 }
             }
         })

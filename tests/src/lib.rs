@@ -398,6 +398,7 @@ impl TestHost {
     /// Starts a test host called `name`.
     pub fn start(name: &str) -> TestHost {
         let machine_id = format!("{:032x}", u128::from_le_bytes(rand_bytes()));
+        let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
         let mut init = Command::new("/usr/bin/unshare")
             .args([
                 "--mount",
@@ -413,7 +414,7 @@ impl TestHost {
             .arg(binary("latch-agent"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr_file.reopen().expect("stderr file"))
             .spawn()
             .expect("unshare");
         let stdout = init.stdout.take().expect("stdout");
@@ -421,7 +422,10 @@ impl TestHost {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("test host setup output");
-        assert_eq!(line.trim(), "ready", "test host {name} failed to start");
+        if line.trim() != "ready" {
+            let stderr = std::fs::read_to_string(stderr_file.path()).unwrap_or_default();
+            panic!("test host {name} failed to start: {stderr}");
+        }
         let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
             .expect("children");
         let pid = children
@@ -582,6 +586,67 @@ impl TestHost {
         }
     }
 
+    /// Starts this test host's sshd on 127.0.0.1 (the test hosts share
+    /// the machine's network namespace), with a sudoers drop-in granting the `sudo` group
+    /// passwordless sudo. Returns the port.
+    pub fn start_sshd(&self) -> u16 {
+        let port = free_port();
+        self.write(
+            "/etc/sudoers.d/latch-e2e",
+            "%sudo ALL=(ALL:ALL) NOPASSWD: ALL\n",
+        );
+        self.exec(&["chmod", "0440", "/etc/sudoers.d/latch-e2e"])
+            .ok("chmod sudoers");
+        self.exec(&["visudo", "-cf", "/etc/sudoers.d/latch-e2e"])
+            .ok("visudo");
+        self.exec(&["ssh-keygen", "-A"]).ok("host keys");
+        self.exec(&[
+            "/usr/sbin/sshd",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
+            "-o",
+            "PidFile=/run/sshd-e2e.pid",
+            "-E",
+            "/var/log/sshd.log",
+        ])
+        .ok("sshd");
+        wait_for("sshd to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        });
+        port
+    }
+
+    /// Like [`wait_for`], but a timeout panics with the host's agent log attached.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if started.elapsed() >= timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; agent log of {}:\n{}",
+                    self.name,
+                    self.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The agent's log inside the host.
     pub fn agent_log(&self) -> String {
         self.read("/var/log/latch-agent.log")
@@ -636,6 +701,161 @@ impl Agent {
     pub fn stop(self) {
         self.stop_with("-TERM");
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An SSH client for `user@127.0.0.1:port` with a private key, never prompting.
+pub struct Ssh {
+    /// Port.
+    pub port: u16,
+    /// User.
+    pub user: String,
+    /// Private key file.
+    pub key: PathBuf,
+    /// Control socket of the master connection, once opened.
+    control: Option<PathBuf>,
+}
+
+impl Ssh {
+    /// A client for `user` on `port` using `key`.
+    pub fn new(port: u16, user: &str, key: &Path) -> Ssh {
+        Ssh {
+            port,
+            user: user.to_owned(),
+            key: key.to_owned(),
+            control: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("ssh");
+        command
+            .args(["-i"])
+            .arg(&self.key)
+            .args(["-p", &self.port.to_string()])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args([
+                "-o",
+                "ConnectTimeout=5",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "IdentitiesOnly=yes",
+            ]);
+        command
+    }
+
+    /// Runs `remote` in a new login.
+    pub fn run(&self, remote: &str) -> Ran {
+        run(
+            self.command()
+                .args(["-o", "ControlPath=none"])
+                .arg(format!("{}@127.0.0.1", self.user))
+                .arg(remote),
+            None,
+        )
+    }
+
+    /// Opens a long-lived master connection (a session that stays open).
+    pub fn open_session(&mut self, dir: &Path) {
+        let socket = dir.join(format!("mux-{}-{}", self.user, self.port));
+        let ran = run(
+            self.command()
+                .args([
+                    "-o",
+                    "ControlMaster=yes",
+                    "-o",
+                    "ControlPersist=600",
+                    "-N",
+                    "-f",
+                    "-o",
+                ])
+                .arg(format!("ControlPath={}", socket.display()))
+                .arg(format!("{}@127.0.0.1", self.user)),
+            None,
+        );
+        assert_eq!(ran.code, 0, "ssh master connection failed: {}", ran.stderr);
+        self.control = Some(socket);
+    }
+
+    /// Runs `remote` inside the session opened by [`Ssh::open_session`] (its groups are the ones
+    /// it got at login).
+    pub fn in_session(&self, remote: &str) -> Ran {
+        let socket = self.control.as_ref().expect("open_session first");
+        run(
+            self.command()
+                .args(["-o", "ControlMaster=no", "-o"])
+                .arg(format!("ControlPath={}", socket.display()))
+                .arg(format!("{}@127.0.0.1", self.user))
+                .arg(remote),
+            None,
+        )
+    }
+
+    /// Whether the session's master connection is still alive.
+    pub fn session_alive(&self) -> bool {
+        let socket = self.control.as_ref().expect("open_session first");
+        run(
+            Command::new("ssh")
+                .args(["-o"])
+                .arg(format!("ControlPath={}", socket.display()))
+                .args(["-O", "check"])
+                .arg(format!("{}@127.0.0.1", self.user)),
+            None,
+        )
+        .code
+            == 0
+    }
+}
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        if let Some(socket) = &self.control {
+            let _ = Command::new("ssh")
+                .args(["-o"])
+                .arg(format!("ControlPath={}", socket.display()))
+                .args(["-O", "exit"])
+                .arg(format!("{}@127.0.0.1", self.user))
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A fresh ed25519 key pair in `dir`: (private key path, public key line).
+pub fn ssh_keypair(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let status = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("{name}@latch-e2e"),
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    (key, public.trim().to_owned())
 }
 
 fn rand_bytes() -> [u8; 16] {

@@ -161,10 +161,22 @@ fn create_account_on_one_host_only() {
         .exec(&["stat", "-c", "%u %F", "/home/alice"])
         .ok("stat home");
     assert_eq!(home.trim(), format!("{uid} directory"));
-    assert_eq!(
-        h1.read("/home/alice/.ssh/authorized_keys").trim(),
-        public_key
+    // The key carries its end, so sshd refuses it after expiry even without the agent.
+    let key_line = h1.read("/home/alice/.ssh/authorized_keys");
+    assert!(
+        key_line.starts_with("expiry-time=\"") && key_line.trim().ends_with(&public_key),
+        "{key_line}"
     );
+    // And the shadow account expiry is set (day granularity, rounded up).
+    let shadow = h1.shadow_line("alice").expect("shadow");
+    let expire_day: i64 = shadow
+        .split(':')
+        .nth(7)
+        .expect("expire field")
+        .parse()
+        .expect("expiry day set");
+    let today = chrono::Utc::now().timestamp() / 86_400;
+    assert!((today..=today + 1).contains(&expire_day), "{shadow}");
     let modes = h1
         .exec(&[
             "stat",

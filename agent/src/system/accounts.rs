@@ -37,9 +37,11 @@ impl ShadowUtils {
         shell: &str,
         gecos: &str,
         groups: &[String],
+        expire_day: Option<i64>,
     ) -> Result<(), CmdError> {
         let uid = uid.to_string();
         let groups = groups.join(",");
+        let expire_day = expire_day.map(|d| d.to_string());
         let mut args: Vec<&OsStr> = vec![
             "--uid".as_ref(),
             uid.as_ref(),
@@ -55,6 +57,11 @@ impl ShadowUtils {
         if !groups.is_empty() {
             args.push("--groups".as_ref());
             args.push(groups.as_ref());
+        }
+        if let Some(day) = &expire_day {
+            // shadow-utils reads a plain number as days since the epoch (no time-zone guessing).
+            args.push("--expiredate".as_ref());
+            args.push(day.as_ref());
         }
         args.push("--".as_ref());
         args.push(name.as_ref());
@@ -93,6 +100,40 @@ impl ShadowUtils {
     pub fn set_password_hash(&self, user: &str, hash: &str) -> Result<(), CmdError> {
         let line = format!("{user}:{hash}\n");
         self.exec("chpasswd", &["--encrypted".as_ref()], Some(line.as_bytes()))
+    }
+
+    /// `usermod --lock --expiredate 1 USER`: the password can no longer be used and the account
+    /// is expired, so PAM refuses every new login, SSH keys included.
+    pub fn lock_user(&self, user: &str) -> Result<(), CmdError> {
+        self.exec(
+            "usermod",
+            &[
+                "--lock".as_ref(),
+                "--expiredate".as_ref(),
+                "1".as_ref(),
+                "--".as_ref(),
+                user.as_ref(),
+            ],
+            None,
+        )
+    }
+
+    /// Asks `nscd` and `sssd` to drop cached users and groups, where they are installed.
+    /// Failures are logged, not fatal: a cache that is not running holds nothing.
+    pub fn invalidate_name_caches(&self) {
+        let calls: [(&str, &[&str]); 3] = [
+            ("nscd", &["--invalidate", "passwd"]),
+            ("nscd", &["--invalidate", "group"]),
+            ("sss_cache", &["-E"]),
+        ];
+        for (tool, args) in calls {
+            if let Ok(path) = cmd::tool(tool) {
+                let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+                if let Err(error) = cmd::run(&path, &args, None) {
+                    tracing::debug!(%error, "name cache invalidation failed");
+                }
+            }
+        }
     }
 
     /// `userdel --remove USER` (home and mail spool too).

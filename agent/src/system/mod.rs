@@ -6,3 +6,4 @@ pub mod cmd;
 pub mod etc;
 pub mod keys;
 pub mod procs;
+pub mod sudo;

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use latch_common::api::{
     CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, ListResponse, MAX_POLL_WAIT_SECS,
-    ReportRequest,
+    ReportRequest, RevocationReport,
 };
 use latch_common::job::JobStatus;
 use serde::Deserialize;
@@ -67,6 +67,16 @@ pub async fn report_job(
 ) -> Result<Response, ApiError> {
     check_path_id("job id", &id)?;
     control.report(&host, &id, &report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn report_revocation(
+    State(control): Ctl,
+    Host(host): Host,
+    ApiJson(report): ApiJson<RevocationReport>,
+) -> Result<Response, ApiError> {
+    check_path_id("job id", &report.job_id)?;
+    control.record_agent_revocation(&host, &report).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -7,6 +7,7 @@
 //! | POST | `/v1/enroll` | enrollment token | enroll a host |
 //! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
 //! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
+//! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
 //! | POST | `/v1/enroll-tokens` | admin | create an enrollment token |
 //! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
@@ -35,6 +36,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/agent/jobs", get(handlers::poll_jobs))
         .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
+        .route("/v1/agent/revocations", post(handlers::report_revocation))
         .route("/v1/enroll-tokens", post(handlers::create_enroll_token))
         .route("/v1/hosts", get(handlers::list_hosts))
         .route("/v1/hosts/{host}", get(handlers::show_host))

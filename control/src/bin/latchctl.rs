@@ -447,6 +447,16 @@ fn print_job_detail(job: &JobView) {
         println!("error:       {}: {}", error.code, error.message);
     }
     println!("attempts:    {}", job.attempts);
+    if let Some(end) = job.expires_at {
+        println!("expires:     {}", end.to_rfc3339());
+        match (job.revoked_at, job.revoked_by) {
+            (Some(at), Some(by)) => println!("revoked:     {} by {}", at.to_rfc3339(), by.as_str()),
+            _ => println!("revoked:     no"),
+        }
+    }
+    if let Some(grant) = &job.revokes {
+        println!("revokes:     {grant} (expired grant)");
+    }
     println!("created:     {}", job.created_at.to_rfc3339());
     println!("finished:    {}", time(job.finished_at));
     if !job.history.is_empty() {

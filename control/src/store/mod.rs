@@ -8,7 +8,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use latch_common::api::{HostFacts, JobEvent};
+use latch_common::api::{HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use thiserror::Error;
 
@@ -77,6 +77,12 @@ pub struct JobRecord {
     pub lease: Option<String>,
     /// When the current delivery's lease runs out.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Grants: when the access was removed.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Grants: who removed it.
+    pub revoked_by: Option<RevokedBy>,
+    /// Revocation jobs: the grant they end.
+    pub revokes: Option<String>,
 }
 
 /// Why an enrollment token was refused.
@@ -116,6 +122,17 @@ pub enum Finish {
     Conflict,
     /// No such job for this host.
     NotFound,
+}
+
+/// Result of recording that a grant was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// Recorded now.
+    Recorded,
+    /// It was already recorded as revoked; nothing changed.
+    AlreadyRevoked,
+    /// The job is not a confirmed grant of this host.
+    NotAGrant,
 }
 
 /// Which jobs to list.
@@ -171,14 +188,31 @@ pub trait Store: Send + Sync {
     /// The host with this id, or every host with this host name.
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError>;
 
-    /// Queues a job with the host's next sequence number.
+    /// Queues a job with the host's next sequence number. `revokes` names the grant a
+    /// revocation job ends; the grant is marked so it is not revoked twice.
     async fn insert_job(
         &self,
         id: &str,
         host_id: &str,
         spec: &JobSpec,
+        revokes: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<JobRecord, StoreError>;
+    /// Confirmed grants whose expiry has passed, that are not revoked, have no revocation job
+    /// yet and are not superseded by a later grant of the same access.
+    async fn due_grants(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Records that the host revoked grant `job_id` at `at` (first report wins).
+    async fn record_revocation(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+        by: RevokedBy,
+    ) -> Result<Revoke, StoreError>;
     /// Leases the host's oldest pending job if it is not leased already; fails jobs whose lease
     /// ran out after `max_attempts` deliveries with `agent_unresponsive`.
     async fn lease_next_job(

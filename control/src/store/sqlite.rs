@@ -6,14 +6,14 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use latch_common::api::{HostFacts, JobEvent};
+use latch_common::api::{HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec, JobStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
 use super::{
-    Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Store, StoreError, TokenRefusal,
+    Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke, Store, StoreError, TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -35,7 +35,7 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
 macro_rules! job_columns {
     () => {
         "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
-         attempts, lease, lease_expires_at"
+         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id"
     };
 }
 macro_rules! host_columns {
@@ -107,6 +107,16 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> 
         lease_expires_at: row
             .try_get::<Option<i64>, _>("lease_expires_at")?
             .map(from_millis),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(from_millis),
+        revoked_by: match row.try_get::<Option<String>, _>("revoked_by")?.as_deref() {
+            None => None,
+            Some("agent_expiry") => Some(RevokedBy::AgentExpiry),
+            Some("control_plane") => Some(RevokedBy::ControlPlane),
+            Some(other) => return Err(corrupt("job revoked_by", other)),
+        },
+        revokes: row.try_get("revokes_job_id")?,
     })
 }
 
@@ -144,6 +154,37 @@ async fn fail_job(
     .execute(&mut *conn)
     .await?;
     add_event(conn, job_id, now, "failed", Some(error.code.as_str())).await
+}
+
+async fn mark_revoked(
+    conn: &mut SqliteConnection,
+    host_id: &str,
+    job_id: &str,
+    at: DateTime<Utc>,
+    by: RevokedBy,
+) -> Result<Revoke, StoreError> {
+    let row = sqlx::query(
+        "SELECT revoked_at FROM jobs WHERE id = ? AND host_id = ? AND status = 'confirmed' \
+         AND kind IN ('create-account', 'add-group')",
+    )
+    .bind(job_id)
+    .bind(host_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Revoke::NotAGrant);
+    };
+    if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+        return Ok(Revoke::AlreadyRevoked);
+    }
+    sqlx::query("UPDATE jobs SET revoked_at = ?, revoked_by = ? WHERE id = ?")
+        .bind(millis(at))
+        .bind(by.as_str())
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await?;
+    add_event(conn, job_id, at, "revoked", Some(by.as_str())).await?;
+    Ok(Revoke::Recorded)
 }
 
 fn unresponsive(attempts: u32) -> JobError {
@@ -367,6 +408,7 @@ impl Store for SqliteStore {
         id: &str,
         host_id: &str,
         spec: &JobSpec,
+        revokes: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<JobRecord, StoreError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
@@ -380,8 +422,9 @@ impl Store for SqliteStore {
         .await?;
         let seq: i64 = row.try_get("seq")?;
         sqlx::query(
-            "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at) \
-             VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+            "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at, subject_user, \
+             subject_group, expires_at, revokes_job_id) \
+             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(host_id)
@@ -389,9 +432,23 @@ impl Store for SqliteStore {
         .bind(spec.kind().as_str())
         .bind(&spec_json)
         .bind(millis(now))
+        .bind(spec.user())
+        .bind(spec.group())
+        .bind(spec.expires_at().map(millis))
+        .bind(revokes)
         .execute(&mut *tx)
         .await?;
         add_event(&mut tx, id, now, "queued", Some(&format!("seq {seq}"))).await?;
+        if let Some(grant) = revokes {
+            sqlx::query(
+                "UPDATE jobs SET revocation_job_id = ? WHERE id = ? AND revocation_job_id IS NULL",
+            )
+            .bind(id)
+            .bind(grant)
+            .execute(&mut *tx)
+            .await?;
+            add_event(&mut tx, grant, now, "revocation_queued", Some(id)).await?;
+        }
         tx.commit().await?;
         Ok(JobRecord {
             id: id.to_owned(),
@@ -405,7 +462,49 @@ impl Store for SqliteStore {
             attempts: 0,
             lease: None,
             lease_expires_at: None,
+            revoked_at: None,
+            revoked_by: None,
+            revokes: revokes.map(str::to_owned),
         })
+    }
+
+    async fn due_grants(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs g WHERE g.status = 'confirmed' AND g.expires_at IS NOT NULL \
+             AND g.expires_at <= ?1 AND g.revoked_at IS NULL AND g.revocation_job_id IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.host_id = g.host_id \
+                 AND l.subject_user = g.subject_user AND l.kind = g.kind \
+                 AND l.subject_group IS g.subject_group AND l.seq > g.seq AND l.status != 'failed') \
+             ORDER BY g.expires_at LIMIT ?2"
+        );
+        sqlx::query(sql)
+            .bind(millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    async fn record_revocation(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+        by: RevokedBy,
+    ) -> Result<Revoke, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let revoked = mark_revoked(&mut tx, host_id, job_id, at, by).await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn lease_next_job(
@@ -531,6 +630,9 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
                 add_event(&mut tx, job_id, now, "confirmed", None).await?;
+                if let Some(grant) = &job.revokes {
+                    mark_revoked(&mut tx, host_id, grant, now, RevokedBy::ControlPlane).await?;
+                }
             }
             JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
         }

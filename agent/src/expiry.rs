@@ -1,0 +1,104 @@
+//! Local expiry: grants end on the agent's own clock, also when the control plane is
+//! unreachable and across restarts (a grant that ended while the agent was down is revoked as
+//! soon as it starts). What was revoked goes to the outbox, which is sent to the control plane
+//! whenever it is reachable. The agent never extends a grant on its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+
+use crate::client::{AgentClient, ClientError};
+use crate::worker::Worker;
+
+/// Longest sleep between checks, so a changed system clock is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Pause before retrying a revocation that failed.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Revokes grants at their end, forever. `changed` is signalled when a job may have added or
+/// removed a grant; `outbox_ready` is signalled after a revocation.
+pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<Notify>) {
+    loop {
+        let next = match worker.next_expiry() {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the grants; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let wait = match next {
+            Some(at) => (at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_SLEEP),
+            None => MAX_SLEEP,
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = changed.notified() => {}
+            }
+            continue;
+        }
+        let revoking = worker.clone();
+        match tokio::task::spawn_blocking(move || revoking.revoke_expired(Utc::now())).await {
+            Ok(Ok(count)) if count > 0 => outbox_ready.notify_one(),
+            Ok(Ok(_)) => tokio::time::sleep(RETRY).await,
+            Ok(Err(error)) => {
+                tracing::error!(code = %error.code, message = %error.message, "revoking expired grants failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "the revocation task failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Sends the outbox to the control plane; keeps what could not be sent.
+pub async fn flush_outbox(client: &AgentClient, worker: &Worker) -> Result<(), ClientError> {
+    let reports = match worker.outbox() {
+        Ok(reports) => reports,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the revocation outbox");
+            return Ok(());
+        }
+    };
+    for report in reports {
+        match client.report_revocation(&report).await {
+            Ok(()) => {
+                tracing::info!(job_id = %report.job_id, "control plane acknowledged the revocation")
+            }
+            Err(error @ (ClientError::Transport(_) | ClientError::Unauthorized(_))) => {
+                return Err(error);
+            }
+            Err(error) if error.is_transient() => return Err(error),
+            // Refused for good (e.g. the grant was removed): keeping it would resend forever.
+            Err(error) => {
+                tracing::warn!(job_id = %report.job_id, %error, "control plane refused the revocation report; dropping it")
+            }
+        }
+        if let Err(error) = worker.ack_outbox(&report) {
+            tracing::error!(%error, "cannot update the revocation outbox");
+        }
+    }
+    Ok(())
+}
+
+/// Flushes the outbox whenever a revocation happened, and every few seconds while something is
+/// still waiting to be sent.
+pub async fn flush_loop(client: AgentClient, worker: Arc<Worker>, outbox_ready: Arc<Notify>) {
+    loop {
+        if let Err(error) = flush_outbox(&client, &worker).await {
+            tracing::debug!(%error, "cannot send revocations yet");
+        }
+        tokio::select! {
+            () = outbox_ready.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The job journal: one file per job in `STATE_DIR/journal/`, written before each stage
+//! (received → applying → done with its outcome) and removed once the control plane
+//! acknowledged the outcome. After a crash, a job delivered again whose outcome is already
+//! journaled is not applied again: the recorded outcome is reported. So `kill -9` at any point
+//! ends in the same host state and exactly one outcome.
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use latch_common::job::JobOutcome;
+use serde::{Deserialize, Serialize};
+
+use crate::state::StateError;
+
+/// How far a job got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Delivered to the agent.
+    Received,
+    /// Steps are being applied.
+    Applying,
+    /// Applied (or refused); the outcome is final.
+    Done,
+}
+
+/// One journal file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// Job id.
+    pub job_id: String,
+    /// Lease of the delivery that applied it.
+    pub lease: String,
+    /// Stage reached.
+    pub stage: Stage,
+    /// The outcome, once `Done`.
+    pub outcome: Option<JobOutcome>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The journal directory.
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// Whether `id` can name a journal file (the control plane's ids are UUIDs).
+pub fn is_safe_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl Journal {
+    /// Opens (creating) `state_dir/journal`.
+    pub fn open(state_dir: &Path) -> Result<Journal, StateError> {
+        let dir = state_dir.join("journal");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StateError::Io {
+                action: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Journal { dir })
+    }
+
+    fn path(&self, job_id: &str) -> PathBuf {
+        self.dir.join(format!("{job_id}.json"))
+    }
+
+    /// The entry of `job_id`, if any.
+    pub fn get(&self, job_id: &str) -> Result<Option<Entry>, StateError> {
+        let path = self.path(job_id);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Io {
+                action: "read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Writes `entry` atomically (fsynced before it counts).
+    pub fn record(&self, entry: &Entry) -> Result<(), StateError> {
+        let path = self.path(&entry.job_id);
+        let tmp = self.dir.join(format!(".{}.tmp", entry.job_id));
+        let io = |action, source| StateError::Io {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec(entry).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io("write", e))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync directory of", e))
+    }
+
+    /// Removes the entry of an acknowledged job.
+    pub fn remove(&self, job_id: &str) -> Result<(), StateError> {
+        let path = self.path(job_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io {
+                action: "remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Entries with a final outcome that was never acknowledged.
+    pub fn unacknowledged(&self) -> Result<Vec<Entry>, StateError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| StateError::Io {
+            action: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut done = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(job_id) = name.strip_suffix(".json")
+                && is_safe_id(job_id)
+                && let Some(entry) = self.get(job_id)?
+                && entry.stage == Stage::Done
+            {
+                done.push(entry);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Removes entries untouched for `age` (jobs the control plane gave up on).
+    pub fn prune(&self, age: chrono::Duration) -> Result<(), StateError> {
+        for entry in self.unacknowledged()? {
+            if Utc::now() - entry.updated_at > age {
+                self.remove(&entry.job_id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_finds_unacknowledged_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let mut entry = Entry {
+            job_id: "0b7e-1".into(),
+            lease: "l1".into(),
+            stage: Stage::Received,
+            outcome: None,
+            updated_at: Utc::now(),
+        };
+        journal.record(&entry).unwrap();
+        assert!(journal.unacknowledged().unwrap().is_empty());
+        entry.stage = Stage::Done;
+        entry.outcome = Some(JobOutcome::Confirmed);
+        journal.record(&entry).unwrap();
+        assert_eq!(journal.get("0b7e-1").unwrap(), Some(entry.clone()));
+        assert_eq!(journal.unacknowledged().unwrap(), vec![entry]);
+        journal.remove("0b7e-1").unwrap();
+        assert_eq!(journal.get("0b7e-1").unwrap(), None);
+    }
+
+    #[test]
+    fn only_safe_ids_name_files() {
+        assert!(is_safe_id("3f2a0c1e-7b9d-4c2a-9f00-0123456789ab"));
+        for bad in ["", "../x", "a/b", "a.json", &"a".repeat(65)] {
+            assert!(!is_safe_id(bad), "{bad}");
+        }
+    }
+}
