@@ -562,13 +562,18 @@ impl TestHost {
 
     /// Starts `latch-agent run` inside the host, logging to its `/var/log/latch-agent.log`.
     pub fn start_agent(&self) -> Agent {
+        self.start_agent_paused_at("")
+    }
+
+    /// Starts the agent with the crash-test hook set to stop dead at `stage` (`received`,
+    /// `applying`, `applied`); an empty stage starts it normally.
+    pub fn start_agent_paused_at(&self, stage: &str) -> Agent {
+        let script = format!(
+            "echo $$; LATCH_AGENT_TEST_PAUSE_AT='{stage}' exec /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1"
+        );
         let mut child = self
             .nsenter()
-            .args([
-                "/bin/sh",
-                "-c",
-                "echo $$; exec /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1",
-            ])
+            .args(["/bin/sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -102,3 +102,403 @@ fn expiry_ends_logins_sessions_sudo_and_the_account() {
     host.assert_account_files_clean();
     real.assert_unchanged();
 }
+
+/// Test 2a: only the sudo membership is revoked (by a job): inside a session opened before,
+/// `sudo -n true` fails at once; the account and the session stay.
+#[test]
+fn sudo_revoked_by_job_is_refused_in_an_open_session() {
+    if !e2e_enabled("sudo_revoked_by_job_is_refused_in_an_open_session") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-sudo1");
+    let (_agent, port) = ready(&cp, &host);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = ssh_keypair(dir.path(), "bob");
+    let create = cp.create_job(&[
+        "--host",
+        "e2e-sudo1",
+        "--kind",
+        "create-account",
+        "--user",
+        "bob",
+        "--group",
+        "sudo",
+        "--ssh-key-file",
+        &key_file(dir.path(), &public),
+    ]);
+    cp.expect_confirmed(&create);
+    assert!(
+        host.read("/etc/sudo.conf")
+            .lines()
+            .any(|l| l == "Set group_source dynamic")
+    );
+    let mut ssh = Ssh::new(port, "bob", &key);
+    ssh.open_session(dir.path());
+    assert_eq!(
+        ssh.in_session("sudo -n true").code,
+        0,
+        "sudo must work before the revocation"
+    );
+    // The session's login-time groups still list sudo after the revocation ...
+    let remove = cp.create_job(&[
+        "--host",
+        "e2e-sudo1",
+        "--kind",
+        "remove-group",
+        "--user",
+        "bob",
+        "--group",
+        "sudo",
+    ]);
+    cp.expect_confirmed(&remove);
+    assert!(
+        ssh.in_session("id -nG")
+            .stdout
+            .split_whitespace()
+            .any(|g| g == "sudo")
+    );
+    // ... but sudo consults the group database and refuses.
+    let in_session = ssh.in_session("sudo -n true");
+    assert_ne!(
+        in_session.code, 0,
+        "sudo still worked in the session opened before the revocation"
+    );
+    assert_ne!(
+        ssh.run("sudo -n true").code,
+        0,
+        "sudo still worked in a new session"
+    );
+    assert_eq!(
+        ssh.run("echo still-here").stdout.trim(),
+        "still-here",
+        "the account itself must stay"
+    );
+    host.assert_account_files_clean();
+    real.assert_unchanged();
+}
+
+/// Test 2b: the same when the membership ends by local expiry; the control plane records it.
+#[test]
+fn sudo_revoked_by_local_expiry_is_refused_in_an_open_session() {
+    if !e2e_enabled("sudo_revoked_by_local_expiry_is_refused_in_an_open_session") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-sudo2");
+    let (_agent, port) = ready(&cp, &host);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = ssh_keypair(dir.path(), "carol");
+    let create = cp.create_job(&[
+        "--host",
+        "e2e-sudo2",
+        "--kind",
+        "create-account",
+        "--user",
+        "carol",
+        "--ssh-key-file",
+        &key_file(dir.path(), &public),
+    ]);
+    cp.expect_confirmed(&create);
+    let grant = cp.create_job(&[
+        "--host",
+        "e2e-sudo2",
+        "--kind",
+        "add-group",
+        "--user",
+        "carol",
+        "--group",
+        "sudo",
+        "--expires-in",
+        "5s",
+    ]);
+    cp.expect_confirmed(&grant);
+    let mut ssh = Ssh::new(port, "carol", &key);
+    ssh.open_session(dir.path());
+    assert_eq!(ssh.in_session("sudo -n id -u").stdout.trim(), "0");
+    host.wait(
+        "the sudo membership to end",
+        Duration::from_secs(20),
+        || (!host.group_members("sudo").contains(&"carol".to_owned())).then_some(()),
+    );
+    assert_ne!(
+        ssh.in_session("sudo -n true").code,
+        0,
+        "sudo still worked in the open session after expiry"
+    );
+    assert!(
+        ssh.session_alive(),
+        "a group revocation must not end the account's sessions"
+    );
+    let job = wait_revoked(&cp, &grant);
+    assert_eq!(job["revoked_by"], "agent_expiry", "{job:#}");
+    assert!(host.passwd_line("carol").is_some());
+    real.assert_unchanged();
+}
+
+/// Test 4: a grant that expires while the agent is stopped is revoked when it starts.
+#[test]
+fn a_grant_that_expired_while_the_agent_was_down_is_revoked_at_start() {
+    if !e2e_enabled("a_grant_that_expired_while_the_agent_was_down_is_revoked_at_start") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-restart1");
+    host.enroll_ok(&cp);
+    let agent = host.start_agent();
+    let id = cp.create_job(&[
+        "--host",
+        "e2e-restart1",
+        "--kind",
+        "create-account",
+        "--user",
+        "dan",
+        "--group",
+        "sudo",
+        "--expires-in",
+        "3s",
+    ]);
+    cp.expect_confirmed(&id);
+    agent.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        host.passwd_line("dan").is_some(),
+        "nothing can revoke while the agent is stopped"
+    );
+    let started = std::time::Instant::now();
+    let _agent = host.start_agent();
+    host.wait(
+        "the expired account to be removed at start",
+        Duration::from_secs(10),
+        || host.passwd_line("dan").is_none().then_some(()),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "revocation at start took {:?}",
+        started.elapsed()
+    );
+    let job = wait_revoked(&cp, &id);
+    assert_eq!(job["revoked_by"], "agent_expiry", "{job:#}");
+    assert!(!host.group_members("sudo").contains(&"dan".to_owned()));
+    host.assert_account_files_clean();
+    real.assert_unchanged();
+}
+
+/// Test 6: set-password is checked through PAM; the old password stops working; neither the
+/// password nor its hash ever shows in any process's command line or in the logs.
+#[test]
+fn passwords_go_through_pam_and_never_through_argv() {
+    if !e2e_enabled("passwords_go_through_pam_and_never_through_argv") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-pam1");
+    host.enroll_ok(&cp);
+    let _agent = host.start_agent();
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-pam1",
+        "--kind",
+        "create-account",
+        "--user",
+        "erin",
+    ]));
+    // Sample every process's argv inside the host while the password jobs run.
+    host.exec(&["/bin/sh", "-c", "(while :; do cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo; done) >/tmp/cmdlines 2>/dev/null </dev/null & echo $! > /tmp/sampler.pid"])
+        .ok("start argv sampler");
+    let mut hashes = Vec::new();
+    for password in ["first secret password", "second secret password"] {
+        let out = cp.latchctl_stdin(
+            &[
+                "--output",
+                "json",
+                "jobs",
+                "create",
+                "--host",
+                "e2e-pam1",
+                "--user",
+                "erin",
+                "--kind",
+                "set-password",
+                "--password-stdin",
+            ],
+            Some(format!("{password}\n").as_bytes()),
+        );
+        let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+        cp.expect_confirmed(job["id"].as_str().expect("id"));
+        hashes.push(
+            host.shadow_line("erin")
+                .expect("shadow")
+                .split(':')
+                .nth(1)
+                .expect("hash")
+                .to_owned(),
+        );
+    }
+    host.exec(&["/bin/sh", "-c", "kill $(cat /tmp/sampler.pid)"])
+        .ok("stop sampler");
+    let pam = |password: &str| {
+        host.exec_stdin(
+            &["pamtester", "login", "erin", "authenticate"],
+            format!("{password}\n").as_bytes(),
+        )
+        .code
+    };
+    assert_eq!(
+        pam("second secret password"),
+        0,
+        "PAM refused the new password"
+    );
+    assert_ne!(
+        pam("first secret password"),
+        0,
+        "PAM still accepted the old password"
+    );
+    let cmdlines = host.read("/tmp/cmdlines");
+    assert!(cmdlines.lines().count() > 10, "the sampler saw nothing");
+    let agent_log = host.agent_log();
+    for secret in [
+        "first secret password",
+        "second secret password",
+        &hashes[0],
+        &hashes[1],
+    ] {
+        assert!(
+            !cmdlines.contains(secret),
+            "a secret appeared in a command line"
+        );
+        assert!(
+            !agent_log.contains(secret),
+            "a secret appeared in the agent log"
+        );
+        assert!(
+            !cp.log().contains(secret),
+            "a secret appeared in the server log"
+        );
+    }
+    real.assert_unchanged();
+}
+
+/// Test 7: an add-group older (lower sequence) than an applied remove-group is refused.
+#[test]
+fn an_older_job_never_undoes_a_newer_one() {
+    if !e2e_enabled("an_older_job_never_undoes_a_newer_one") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-stale1");
+    host.enroll_ok(&cp);
+    let agent = host.start_agent();
+    let h = ["--host", "e2e-stale1", "--user", "fay"];
+    cp.expect_confirmed(
+        &cp.create_job(&[&h[..], &["--kind", "create-account", "--group", "sudo"]].concat()),
+    );
+    let remove = cp.create_job(&[&h[..], &["--kind", "remove-group", "--group", "sudo"]].concat());
+    let removed = cp.expect_confirmed(&remove);
+    agent.stop();
+    // An add-group that carries a sequence number older than the applied remove-group, as a
+    // replayed or re-ordered delivery would.
+    let add = cp.create_job(&[&h[..], &["--kind", "add-group", "--group", "sudo"]].concat());
+    let db = cp.data_dir.path().join("data/latch.db");
+    let sql = format!("PRAGMA busy_timeout = 5000; UPDATE jobs SET seq = 0 WHERE id = '{add}';");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .expect("sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(removed["seq"].as_i64().expect("seq") > 0);
+    let _agent = host.start_agent();
+    let job = cp.expect_failed(&add, "stale_job");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("older")
+    );
+    assert!(
+        !host.group_members("sudo").contains(&"fay".to_owned()),
+        "the stale add-group was applied"
+    );
+    real.assert_unchanged();
+}
+
+/// Test 5: `kill -9` of the agent at each stage of each job kind — received, applying, and
+/// applied-but-not-reported — ends in the right host state with exactly one outcome per job.
+#[test]
+fn kill_9_at_every_stage_leaves_one_outcome_and_the_right_state() {
+    if !e2e_enabled("kill_9_at_every_stage_leaves_one_outcome_and_the_right_state") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&["--lease-timeout", "2s"]);
+    let host = TestHost::start("e2e-crash2");
+    host.enroll_ok(&cp);
+    for (i, stage) in ["received", "applying", "applied"].into_iter().enumerate() {
+        let user = format!("crash{i}");
+        let h = ["--host", "e2e-crash2", "--user", user.as_str()];
+        let steps: [(&[&str], Option<&[u8]>); 5] = [
+            (&["--kind", "create-account"], None),
+            (&["--kind", "add-group", "--group", "sudo"], None),
+            (&["--kind", "remove-group", "--group", "sudo"], None),
+            (
+                &["--kind", "set-password", "--password-stdin"],
+                Some(b"crash test password\n"),
+            ),
+            (&["--kind", "delete-account"], None),
+        ];
+        for (args, stdin) in steps {
+            let pauses_before = host.agent_log().matches("test pause").count();
+            let agent = host.start_agent_paused_at(stage);
+            let mut all = vec!["--output", "json", "jobs", "create"];
+            all.extend_from_slice(&h);
+            all.extend_from_slice(args);
+            let created: Value =
+                serde_json::from_str(&cp.latchctl_stdin(&all, stdin).ok("jobs create"))
+                    .expect("json");
+            let id = created["id"].as_str().expect("id").to_owned();
+            host.wait(
+                &format!("the agent to stop at {stage}"),
+                Duration::from_secs(20),
+                || (host.agent_log().matches("test pause").count() > pauses_before).then_some(()),
+            );
+            agent.kill9();
+            assert_eq!(cp.job(&id)["status"], "pending", "{stage} {args:?}");
+            let agent = host.start_agent();
+            let job = cp.expect_confirmed(&id);
+            let outcomes = job["history"]
+                .as_array()
+                .expect("history")
+                .iter()
+                .filter(|e| e["event"] == "confirmed" || e["event"] == "failed")
+                .count();
+            assert_eq!(outcomes, 1, "{stage} {args:?}: {job:#}");
+            agent.stop();
+        }
+        // Every job of the sequence took effect once: the account came and went.
+        assert!(
+            host.passwd_line(&user).is_none(),
+            "{stage}: {user} should be deleted"
+        );
+        assert!(!host.group_members("sudo").contains(&user));
+        assert_eq!(host.exec(&["test", "-e", &format!("/home/{user}")]).code, 1);
+    }
+    let journal = host
+        .exec(&["ls", "/var/lib/latch/journal"])
+        .ok("ls journal");
+    assert!(
+        journal.trim().is_empty(),
+        "acknowledged jobs must leave the journal: {journal}"
+    );
+    host.assert_account_files_clean();
+    real.assert_unchanged();
+}
