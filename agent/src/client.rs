@@ -96,6 +96,10 @@ pub fn check_server_url(url: &str) -> Result<Url, ClientError> {
     Ok(parsed)
 }
 
+/// Time limit of a report: short, so a connection that died in a network partition is given up
+/// quickly and the report retried on a fresh one.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Client of the agent endpoints (cheap to clone: clones share one connection pool).
 #[derive(Clone)]
 pub struct AgentClient {
@@ -213,6 +217,7 @@ impl AgentClient {
         let request = self
             .http
             .post(self.url(&format!("/v1/agent/jobs/{job_id}/report")))
+            .timeout(REPORT_TIMEOUT)
             .json(report);
         let response = self.authed(request).send().await?;
         Self::answer::<serde_json::Value>(response).await.map(drop)
@@ -223,6 +228,7 @@ impl AgentClient {
         let request = self
             .http
             .post(self.url("/v1/agent/revocations"))
+            .timeout(REPORT_TIMEOUT)
             .json(report);
         let response = self.authed(request).send().await?;
         Self::answer::<serde_json::Value>(response).await.map(drop)

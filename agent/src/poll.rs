@@ -272,10 +272,16 @@ impl Agent {
     }
 
     /// Sends the outcome until the control plane takes it (or says it is no longer wanted).
+    /// Pending revocation reports always go first: a grant the agent revoked on its own is then
+    /// recorded as such before the outcome of a control-plane revocation job for the same grant.
     async fn report(&self, job_id: &str, report: ReportRequest) -> Result<(), PollError> {
         let mut backoff = Backoff::default();
         loop {
-            match self.client.report(job_id, &report).await {
+            let sent = match crate::expiry::flush_outbox(&self.client, &self.worker).await {
+                Ok(()) => self.client.report(job_id, &report).await,
+                Err(error) => Err(error),
+            };
+            match sent {
                 Ok(()) => {
                     if let Err(error) = self.journal.remove(job_id) {
                         tracing::warn!(job_id, %error, "cannot remove the job's journal entry");

@@ -389,14 +389,176 @@ pub struct TestHost {
     /// Host-side PID of the test host's first process (for nsenter).
     pub pid: u32,
     pwck_baseline: String,
+    /// The veth link to the machine, for hosts with a network of their own.
+    link: Option<Link>,
+    own_network: bool,
 }
+
+/// A veth pair between a relay namespace and a test host, both network namespaces this test
+/// made, addressed from 192.0.2.0/24 — which therefore never appears in the machine's own
+/// namespace (where that range may be the real network). The relay reaches the control plane's
+/// loopback port through a Unix socket on the shared file system:
+///
+/// ```text
+/// agent -> 127.0.0.1:8443 (test host) -veth-> 192.0.2.201 (relay) -> unix socket -> 127.0.0.1:P
+/// ```
+struct Link {
+    /// The relay namespace's process (`unshare --net sleep`).
+    relay: Child,
+    /// Interface name inside the relay namespace.
+    outside: String,
+    forwarders: Vec<Child>,
+    _socket_dir: tempfile::TempDir,
+}
+
+static LINKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// The agent binary as seen inside a test host.
 pub const AGENT: &str = "/mnt/bin/latch-agent";
 
 impl TestHost {
-    /// Starts a test host called `name`.
+    /// Starts a test host called `name`, sharing the machine's network.
     pub fn start(name: &str) -> TestHost {
+        Self::start_inner(name, false)
+    }
+
+    /// Starts a test host with a network namespace of its own, linked by a veth pair to a relay
+    /// namespace that carries the control plane's port; its agent reaches `control` at the URL
+    /// returned, over that link.
+    pub fn start_linked(name: &str, control: &ControlPlane) -> (TestHost, String) {
+        let mut host = Self::start_inner(name, true);
+        let index = LINKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 100;
+        let tag = std::process::id() % 10_000;
+        let (outside, inside) = (format!("lt{tag}o{index}"), format!("lt{tag}i{index}"));
+        let relay = Command::new("/usr/bin/unshare")
+            .args(["--net", "--", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("relay namespace");
+        let relay_pid = relay.id().to_string();
+        let in_relay = |args: &[&str]| {
+            let ran = run(
+                Command::new("/usr/bin/nsenter")
+                    .args(["-t", &relay_pid, "-n", "--"])
+                    .args(args),
+                None,
+            );
+            assert_eq!(ran.code, 0, "in relay: {}: {}", args.join(" "), ran.stderr);
+        };
+        wait_for("the relay namespace", Duration::from_secs(5), || {
+            let own = std::fs::read_link(format!("/proc/{relay_pid}/ns/net")).ok()?;
+            (own != std::fs::read_link("/proc/self/ns/net").ok()?).then_some(())
+        });
+        in_relay(&["ip", "link", "set", "lo", "up"]);
+        in_relay(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inside,
+            "netns",
+            &host.pid.to_string(),
+        ]);
+        in_relay(&["ip", "addr", "add", "192.0.2.201/30", "dev", &outside]);
+        in_relay(&["ip", "link", "set", &outside, "up"]);
+        host.exec(&["ip", "addr", "add", "192.0.2.202/30", "dev", &inside])
+            .ok("address inside");
+        host.exec(&["ip", "link", "set", &inside, "up"])
+            .ok("link up inside");
+
+        let socket_dir = tempfile::tempdir().expect("socket dir");
+        let socket = socket_dir.path().join("control.sock");
+        let server_port = control.url.rsplit(':').next().expect("port").to_owned();
+        let quiet = |command: &mut Command| -> Child {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat (apt install socat)")
+        };
+        let to_control = quiet(
+            Command::new("socat")
+                .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+                .arg(format!("TCP:127.0.0.1:{server_port}")),
+        );
+        wait_for(
+            "the control plane's unix socket",
+            Duration::from_secs(5),
+            || socket.exists().then_some(()),
+        );
+        let in_relay_forwarder = quiet(
+            Command::new("/usr/bin/nsenter")
+                .args(["-t", &relay_pid, "-n", "--", "socat"])
+                .arg("TCP-LISTEN:8443,bind=192.0.2.201,fork,reuseaddr")
+                .arg(format!("UNIX-CONNECT:{}", socket.display())),
+        );
+        let in_host_forwarder = quiet(
+            Command::new("/usr/bin/nsenter")
+                .args(["-t", &host.pid.to_string(), "-n", "--", "socat"])
+                .arg("TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr")
+                .arg("TCP:192.0.2.201:8443"),
+        );
+        host.link = Some(Link {
+            relay,
+            outside,
+            forwarders: vec![to_control, in_relay_forwarder, in_host_forwarder],
+            _socket_dir: socket_dir,
+        });
+        host.wait(
+            "the link to carry the control plane",
+            Duration::from_secs(10),
+            || host.can_reach_control_plane().then_some(()),
+        );
+        (host, "http://127.0.0.1:8443".to_owned())
+    }
+
+    /// Whether `GET /v1/health` through the test host's link answers within 2 s.
+    pub fn can_reach_control_plane(&self) -> bool {
+        let probe = self.exec(&[
+            "timeout",
+            "2",
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/8443 && printf 'GET /v1/health HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+        ]);
+        probe.stdout.contains("\"ok\"")
+    }
+
+    fn relay_ip_link(&self, state: &str) {
+        let link = self.link.as_ref().expect("a linked test host");
+        let ran = run(
+            Command::new("/usr/bin/nsenter").args([
+                "-t",
+                &link.relay.id().to_string(),
+                "-n",
+                "--",
+                "ip",
+                "link",
+                "set",
+                &link.outside,
+                state,
+            ]),
+            None,
+        );
+        assert_eq!(ran.code, 0, "ip link set {state}: {}", ran.stderr);
+    }
+
+    /// Cuts the test host's link (`ip link set … down` on the relay's side).
+    pub fn cut_link(&self) {
+        self.relay_ip_link("down");
+    }
+
+    /// Restores the link.
+    pub fn restore_link(&self) {
+        self.relay_ip_link("up");
+    }
+
+    fn start_inner(name: &str, own_network: bool) -> TestHost {
         let machine_id = format!("{:032x}", u128::from_le_bytes(rand_bytes()));
         let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
         let mut init = Command::new("/usr/bin/unshare")
@@ -408,8 +570,9 @@ impl TestHost {
                 "--mount-proc",
                 "--propagation",
                 "private",
-                "--",
             ])
+            .args(if own_network { &["--net"][..] } else { &[][..] })
+            .arg("--")
             .args(["/bin/sh", "-c", SETUP, "setup", name, &machine_id])
             .arg(binary("latch-agent"))
             .stdin(Stdio::null())
@@ -439,14 +602,24 @@ impl TestHost {
             init,
             pid,
             pwck_baseline: String::new(),
+            link: None,
+            own_network,
         };
+        if own_network {
+            host.exec(&["ip", "link", "set", "lo", "up"])
+                .ok("loopback up");
+        }
         host.pwck_baseline = host.account_checks();
         host
     }
 
     fn nsenter(&self) -> Command {
         let mut command = Command::new("/usr/bin/nsenter");
-        command.args(["-t", &self.pid.to_string(), "-m", "-u", "-p", "--"]);
+        command.args(["-t", &self.pid.to_string(), "-m", "-u", "-p"]);
+        if self.own_network {
+            command.arg("-n");
+        }
+        command.arg("--");
         command
     }
 
@@ -545,6 +718,15 @@ impl TestHost {
                 "--token-file",
                 "-",
             ]),
+            Some(token.as_bytes()),
+        )
+    }
+
+    /// Enrolls with the control plane at `url` (as the test host sees it).
+    pub fn enroll_via(&self, url: &str, token: &str) -> Ran {
+        run(
+            self.nsenter()
+                .args([AGENT, "enroll", "--server", url, "--token-file", "-"]),
             Some(token.as_bytes()),
         )
     }
@@ -660,6 +842,15 @@ impl TestHost {
 
 impl Drop for TestHost {
     fn drop(&mut self) {
+        if let Some(link) = &mut self.link {
+            for forwarder in &mut link.forwarders {
+                let _ = forwarder.kill();
+                let _ = forwarder.wait();
+            }
+            // Ending the relay namespace destroys its end of the veth pair, and so the pair.
+            let _ = link.relay.kill();
+            let _ = link.relay.wait();
+        }
         // Killing the PID namespace's first process ends every process in the test host and
         // drops its mounts.
         let _ = Command::new("kill")

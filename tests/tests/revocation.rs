@@ -502,3 +502,72 @@ fn kill_9_at_every_stage_leaves_one_outcome_and_the_right_state() {
     host.assert_account_files_clean();
     real.assert_unchanged();
 }
+
+/// Test 3: the test host's link to the control plane is cut; a grant expires during the
+/// partition and is revoked on time on the host; once the link is back, the control plane shows
+/// it revoked by `agent_expiry`.
+#[test]
+fn a_grant_expires_on_time_during_a_network_partition() {
+    if !e2e_enabled("a_grant_expires_on_time_during_a_network_partition") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let (host, url) = TestHost::start_linked("e2e-part1", &cp);
+    host.enroll_via(&url, &cp.enroll_token("10m", 1))
+        .ok("enroll over the link");
+    let _agent = host.start_agent();
+    let id = cp.create_job(&[
+        "--host",
+        "e2e-part1",
+        "--kind",
+        "create-account",
+        "--user",
+        "gus",
+        "--group",
+        "sudo",
+        "--expires-in",
+        "6s",
+    ]);
+    let job = cp.expect_confirmed(&id);
+    let expires_at =
+        chrono::DateTime::parse_from_rfc3339(job["expires_at"].as_str().expect("expires_at"))
+            .expect("time");
+    host.cut_link();
+    assert!(!host.can_reach_control_plane(), "the link is not cut");
+    host.wait(
+        "the account to be revoked during the partition",
+        Duration::from_secs(20),
+        || host.passwd_line("gus").is_none().then_some(()),
+    );
+    let late = chrono::Utc::now().signed_duration_since(expires_at);
+    assert!(
+        late < chrono::Duration::seconds(3),
+        "revocation during the partition came {late} after expiry"
+    );
+    assert!(!host.group_members("sudo").contains(&"gus".to_owned()));
+    assert!(
+        cp.job(&id)["revoked_at"].is_null(),
+        "the control plane cannot know yet"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    host.restore_link();
+    let job = host.wait(
+        "the control plane to learn of the revocation",
+        Duration::from_secs(60),
+        || {
+            let job = cp.job(&id);
+            job["revoked_at"].is_string().then_some(job)
+        },
+    );
+    assert_eq!(job["revoked_by"], "agent_expiry", "{job:#}");
+    let revoked_at =
+        chrono::DateTime::parse_from_rfc3339(job["revoked_at"].as_str().expect("revoked_at"))
+            .expect("time");
+    assert!(
+        revoked_at.signed_duration_since(expires_at) < chrono::Duration::seconds(3),
+        "{job:#}"
+    );
+    host.assert_account_files_clean();
+    real.assert_unchanged();
+}
