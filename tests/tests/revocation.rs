@@ -571,3 +571,160 @@ fn a_grant_expires_on_time_during_a_network_partition() {
     host.assert_account_files_clean();
     real.assert_unchanged();
 }
+
+/// Latency of one revocation: from the grant's `expires_at` to the moment the host reported all
+/// access gone (account locked, groups and keys removed, processes ended, account deleted).
+fn revocation_latencies(cp: &ControlPlane, host: &TestHost, ids: &[String]) -> Vec<Duration> {
+    ids.iter()
+        .map(|id| {
+            let job = host.wait(
+                "every grant to be recorded as revoked",
+                Duration::from_secs(90),
+                || {
+                    let job = cp.job(id);
+                    job["revoked_at"].is_string().then_some(job)
+                },
+            );
+            let at = |field: &str| {
+                chrono::DateTime::parse_from_rfc3339(job[field].as_str().expect(field))
+                    .expect("time")
+            };
+            (at("revoked_at") - at("expires_at"))
+                .to_std()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Queues `n` ephemeral accounts with sudo, expiring 150 ms apart from `first` on, each with a
+/// running process that revocation must end. Returns the grant job ids.
+fn staggered_grants(
+    cp: &ControlPlane,
+    host: &TestHost,
+    prefix: &str,
+    n: usize,
+    first: Duration,
+) -> Vec<String> {
+    let start = std::time::Instant::now();
+    (0..n)
+        .map(|i| {
+            let user = format!("{prefix}{i}");
+            let due = first + Duration::from_millis(150 * i as u64);
+            let expires_in = format!("{}ms", due.saturating_sub(start.elapsed()).as_millis());
+            let id = cp.create_job(&[
+                "--host",
+                &host.name,
+                "--kind",
+                "create-account",
+                "--user",
+                &user,
+                "--group",
+                "sudo",
+                "--expires-in",
+                &expires_in,
+            ]);
+            cp.expect_confirmed(&id);
+            host.exec(&[
+                "su",
+                "-s",
+                "/bin/sh",
+                &user,
+                "-c",
+                "nohup sleep 1000 >/dev/null 2>&1 &",
+            ])
+            .ok("start a user process");
+            id
+        })
+        .collect()
+}
+
+/// Test 8: expiry → access gone, over 20 grants online and 20 during a partition. Target p99 <
+/// 2 s. `scripts/bench` runs this with LATCH_BENCH_WRITE=1 to record the numbers in BENCHMARKS.md.
+#[test]
+fn revocation_latency_is_under_two_seconds_at_p99() {
+    if !e2e_enabled("revocation_latency_is_under_two_seconds_at_p99") {
+        return;
+    }
+    const GRANTS: usize = 20;
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+
+    let online = TestHost::start("e2e-lat1");
+    online.enroll_ok(&cp);
+    let _online_agent = online.start_agent();
+    let ids = staggered_grants(&cp, &online, "on", GRANTS, Duration::from_secs(8));
+    let mut online_lat = revocation_latencies(&cp, &online, &ids);
+
+    let (parted, url) = TestHost::start_linked("e2e-lat2", &cp);
+    parted
+        .enroll_via(&url, &cp.enroll_token("10m", 1))
+        .ok("enroll over the link");
+    let _parted_agent = parted.start_agent();
+    let ids = staggered_grants(&cp, &parted, "pa", GRANTS, Duration::from_secs(8));
+    parted.cut_link();
+    parted.wait(
+        "every account to be revoked during the partition",
+        Duration::from_secs(60),
+        || {
+            (0..GRANTS)
+                .all(|i| parted.passwd_line(&format!("pa{i}")).is_none())
+                .then_some(())
+        },
+    );
+    parted.restore_link();
+    let mut parted_lat = revocation_latencies(&cp, &parted, &ids);
+
+    online_lat.sort();
+    parted_lat.sort();
+    let row = |name: &str, lat: &[Duration]| {
+        format!(
+            "| {name} | {} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            lat.len(),
+            percentile(lat, 50.0).as_secs_f64() * 1000.0,
+            percentile(lat, 99.0).as_secs_f64() * 1000.0,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        )
+    };
+    let table = format!(
+        "| host | grants | p50 | p99 | max |\n|---|---|---|---|---|\n{}\n{}\n",
+        row("online", &online_lat),
+        row("partitioned (link cut before expiry)", &parted_lat)
+    );
+    println!("expiry -> access gone:\n{table}");
+    if std::env::var("LATCH_BENCH_WRITE").is_ok_and(|v| v == "1") {
+        write_benchmark_section("revocation-latency", &table);
+    }
+    for (name, lat) in [("online", &online_lat), ("partitioned", &parted_lat)] {
+        assert!(
+            percentile(lat, 99.0) < Duration::from_secs(2),
+            "{name} p99 over 2 s:\n{table}"
+        );
+    }
+    real.assert_unchanged();
+}
+
+/// Replaces the section between `<!-- NAME -->` and `<!-- /NAME -->` in BENCHMARKS.md.
+fn write_benchmark_section(name: &str, table: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).expect("BENCHMARKS.md");
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let start = text.find(&open).expect("section start") + open.len();
+    let end = text.find(&close).expect("section end");
+    let measured = format!(
+        "\nMeasured {} on this machine ({} cores), command: `sudo LATCH_E2E=required scripts/bench`\n\n{table}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    std::fs::write(
+        &path,
+        format!("{}{measured}{}", &text[..start], &text[end..]),
+    )
+    .expect("write BENCHMARKS.md");
+}
