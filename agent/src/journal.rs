@@ -4,8 +4,7 @@
 //! journaled is not applied again: the recorded outcome is reported. So `kill -9` at any point
 //! ends in the same host state and exactly one outcome.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -13,6 +12,7 @@ use latch_common::job::JobOutcome;
 use serde::{Deserialize, Serialize};
 
 use crate::state::StateError;
+use crate::system::files::write_file_atomic;
 
 /// How far a job got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,30 +91,15 @@ impl Journal {
     /// Writes `entry` atomically (fsynced before it counts).
     pub fn record(&self, entry: &Entry) -> Result<(), StateError> {
         let path = self.path(&entry.job_id);
-        let tmp = self.dir.join(format!(".{}.tmp", entry.job_id));
-        let io = |action, source| StateError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
         let bytes = serde_json::to_vec(entry).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
         })?;
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("write", e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync directory of", e))
+        write_file_atomic(&path, &bytes, 0o600).map_err(|source| StateError::Io {
+            action: "write",
+            path,
+            source,
+        })
     }
 
     /// Removes the entry of an acknowledged job.

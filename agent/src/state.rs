@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -225,31 +224,17 @@ impl StateDir {
     /// directory, so a crash leaves either the old or the new content.
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
         let path = self.path.join(name);
-        let tmp = self.path.join(format!(".{name}.tmp"));
-        let io = |action, source| StateError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
         let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
         })?;
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io("write", e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io("write", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("replace", e))?;
-        File::open(&self.path)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| io("sync directory of", e))?;
-        Ok(())
+        crate::system::files::write_file_atomic(&path, &bytes, 0o600).map_err(|source| {
+            StateError::Io {
+                action: "write",
+                path,
+                source,
+            }
+        })
     }
 }
 

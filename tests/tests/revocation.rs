@@ -283,6 +283,21 @@ fn a_grant_that_expired_while_the_agent_was_down_is_revoked_at_start() {
     let job = wait_revoked(&cp, &id);
     assert_eq!(job["revoked_by"], "agent_expiry", "{job:#}");
     assert!(!host.group_members("sudo").contains(&"dan".to_owned()));
+    // Belt and braces: the control plane queued its own revocation while the agent was down;
+    // it is applied after the agent's and finds nothing left to do.
+    let revocation = job["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .find(|e| e["event"] == "revocation_queued")
+        .and_then(|e| e["detail"].as_str())
+        .expect("the control plane queued a revocation job")
+        .to_owned();
+    let revocation = cp.expect_confirmed(&revocation);
+    assert_eq!(
+        (revocation["kind"].as_str(), revocation["revokes"].as_str()),
+        (Some("delete-account"), Some(id.as_str()))
+    );
     host.assert_account_files_clean();
     real.assert_unchanged();
 }

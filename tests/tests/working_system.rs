@@ -295,6 +295,22 @@ fn remove_group_set_password_and_delete() {
     let records: Value =
         serde_json::from_str(&host.read("/var/lib/latch/accounts.json")).expect("accounts.json");
     assert!(records["accounts"].get("bob").is_none());
+    // A new account of the same name never gets the old UID (it could own leftover files).
+    let old_uid = records["uid_high_water"].as_u64().expect("high-water mark");
+    let again = cp.create_job(&[&h[..], &["--kind", "create-account"]].concat());
+    cp.expect_confirmed(&again);
+    let new_uid: u64 = host
+        .passwd_line("bob")
+        .expect("bob again")
+        .split(':')
+        .nth(2)
+        .expect("uid")
+        .parse()
+        .expect("uid");
+    assert!(
+        new_uid > old_uid,
+        "UID {new_uid} reused (high-water mark {old_uid})"
+    );
     host.assert_account_files_clean();
     real.assert_unchanged();
 }

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod cmd;
 pub mod etc;
+pub mod files;
 pub mod keys;
 pub mod procs;
 pub mod sudo;

@@ -6,8 +6,6 @@
 //! machines). `Set group_source dynamic` in `/etc/sudo.conf` makes sudo ask the group database
 //! on every use instead; the agent ensures that line at start (configurable).
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -90,23 +88,11 @@ pub fn ensure_dynamic_group_source(path: &Path) -> Result<bool, SudoError> {
     let Some(new) = with_dynamic_group_source(&text) else {
         return Ok(false);
     };
-    let tmp = path.with_extension("latch-tmp");
-    let io = |action, source| SudoError {
-        action,
+    super::files::write_file_atomic(path, new.as_bytes(), 0o644).map_err(|source| SudoError {
+        action: "write",
         path: path.to_owned(),
         source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(|e| io("write", e))?;
-    file.write_all(new.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
+    })?;
     Ok(true)
 }
 
