@@ -285,6 +285,8 @@ pub enum JobErrorCode {
     StaleJob,
     /// The account still had processes or sessions that could not be ended.
     AccountInUse,
+    /// The host was removed before the job ran.
+    HostRemoved,
 }
 
 impl JobErrorCode {
@@ -307,6 +309,7 @@ impl JobErrorCode {
             JobErrorCode::AgentUnresponsive => "agent_unresponsive",
             JobErrorCode::StaleJob => "stale_job",
             JobErrorCode::AccountInUse => "account_in_use",
+            JobErrorCode::HostRemoved => "host_removed",
         }
     }
 }

@@ -129,6 +129,17 @@ impl AdminClient {
             .await
     }
 
+    /// `DELETE /v1/hosts/{host}`: `{"id", "removed", "cancelled_jobs"}`.
+    pub async fn remove_host(&self, host: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/hosts/{host}"),
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `POST /v1/jobs`.
     pub async fn create_job(&self, request: &CreateJobRequest) -> Result<JobView, ClientError> {
         self.call(Method::POST, "/v1/jobs", &[], Some(request))

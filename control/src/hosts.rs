@@ -48,6 +48,23 @@ impl Control {
         }
     }
 
+    /// Removes a host: its credential stops working at once (also for a long-poll in progress)
+    /// and its pending jobs are cancelled. Returns the host id and how many jobs were cancelled.
+    pub async fn remove_host(&self, id_or_hostname: &str) -> Result<(String, u64), ControlError> {
+        let host = self.find_host(id_or_hostname).await?;
+        let cancelled = self
+            .store
+            .remove_host(&host.id, Utc::now())
+            .await?
+            .ok_or_else(|| ControlError::NotFound {
+                what: "host",
+                key: id_or_hostname.to_owned(),
+            })?;
+        tracing::warn!(host_id = %host.id, hostname = %host.facts.hostname, cancelled, "host removed");
+        self.wakeups.wake(&host.id);
+        Ok((host.id, cancelled))
+    }
+
     /// The administrator's view of a host.
     pub fn host_view(&self, host: HostRecord) -> HostView {
         let online = host

@@ -46,7 +46,7 @@ impl Wakeups {
         hosts.entry(host_id.to_owned()).or_default().clone()
     }
 
-    fn wake(&self, host_id: &str) {
+    pub(crate) fn wake(&self, host_id: &str) {
         self.for_host(host_id).notify_waiters();
     }
 }
@@ -134,6 +134,11 @@ impl Control {
         let notify = self.wakeups.for_host(&host.id);
         self.store.touch_host(&host.id, Utc::now()).await?;
         loop {
+            if !self.store.host_is_active(&host.id).await? {
+                return Err(ControlError::Unauthenticated(
+                    "this host was removed; re-enroll it with `latch-agent enroll` if it should be managed again",
+                ));
+            }
             let notified = notify.notified();
             tokio::pin!(notified);
             // Register interest before looking, so a job queued in between still wakes us.

@@ -342,6 +342,23 @@ impl ControlPlane {
         )
     }
 
+    /// A raw API call with another bearer token (a host credential, a guess): `(status, body)`.
+    pub fn api_as(&self, token: &str, method: &str, path: &str) -> (u16, Value) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = reqwest::blocking::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .expect("API call");
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
@@ -886,6 +903,18 @@ impl Agent {
             .status()
             .expect("kill agent");
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; its exit status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// `kill -9`.

@@ -119,6 +119,19 @@ pub async fn show_host(
     Ok(Json(control.host_view(host)).into_response())
 }
 
+pub async fn remove_host(
+    State(control): Ctl,
+    _: Admin,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("host", &key)?;
+    let (id, cancelled) = control.remove_host(&key).await?;
+    Ok(
+        Json(serde_json::json!({"id": id, "removed": true, "cancelled_jobs": cancelled}))
+            .into_response(),
+    )
+}
+
 pub async fn create_job(
     State(control): Ctl,
     _: Admin,

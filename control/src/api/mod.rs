@@ -10,6 +10,7 @@
 //! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
 //! | POST | `/v1/enroll-tokens` | admin | create an enrollment token |
 //! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
+//! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
 
 pub mod error;
@@ -39,7 +40,10 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/agent/revocations", post(handlers::report_revocation))
         .route("/v1/enroll-tokens", post(handlers::create_enroll_token))
         .route("/v1/hosts", get(handlers::list_hosts))
-        .route("/v1/hosts/{host}", get(handlers::show_host))
+        .route(
+            "/v1/hosts/{host}",
+            get(handlers::show_host).delete(handlers::remove_host),
+        )
         .route(
             "/v1/jobs",
             post(handlers::create_job).get(handlers::list_jobs),

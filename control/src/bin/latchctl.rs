@@ -77,6 +77,13 @@ enum HostsCommand {
         /// Host id or host name.
         host: String,
     },
+    /// Remove a host: its credential stops working at once, its pending jobs are cancelled, and
+    /// its agent stops (it must be enrolled again to be managed). Accounts already on the host
+    /// stay: queue delete-account jobs first if they should go.
+    Remove {
+        /// Host id or host name.
+        host: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +227,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "machine-id: {}  enrolled: {}",
                     host.facts.machine_id,
                     host.enrolled_at.to_rfc3339()
+                );
+            }
+        }
+        Command::Hosts(HostsCommand::Remove { host }) => {
+            let removed = client.remove_host(host).await?;
+            if json {
+                print_json(&removed)?;
+            } else {
+                println!(
+                    "removed host {}; {} pending job(s) cancelled; its agent stops at its next request",
+                    removed["id"].as_str().unwrap_or(host),
+                    removed["cancelled_jobs"]
                 );
             }
         }

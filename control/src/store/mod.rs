@@ -185,6 +185,16 @@ pub trait Store: Send + Sync {
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Hosts, ordered by host name then id.
     async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError>;
+    /// Removes a host: its credential stops working and its pending jobs fail with
+    /// `host_removed`, in one transaction. Returns the number of jobs cancelled, or `None` if
+    /// there is no such (active) host.
+    async fn remove_host(
+        &self,
+        host_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Whether the host exists and was not removed.
+    async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError>;
     /// The host with this id, or every host with this host name.
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError>;
 

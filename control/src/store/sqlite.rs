@@ -350,7 +350,7 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             host_columns!(),
-            " FROM hosts WHERE credential_hash = ?"
+            " FROM hosts WHERE credential_hash = ? AND removed_at IS NULL"
         );
         sqlx::query(sql)
             .bind(hash)
@@ -375,7 +375,7 @@ impl Store for SqliteStore {
         let sql = concat!(
             "SELECT ",
             host_columns!(),
-            " FROM hosts ORDER BY hostname, id LIMIT ? OFFSET ?"
+            " FROM hosts WHERE removed_at IS NULL ORDER BY hostname, id LIMIT ? OFFSET ?"
         );
         sqlx::query(sql)
             .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
@@ -387,12 +387,58 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn remove_host(
+        &self,
+        host_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let removed =
+            sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+                .bind(millis(now))
+                .bind(host_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if removed == 0 {
+            return Ok(None);
+        }
+        let pending: Vec<String> =
+            sqlx::query("SELECT id FROM jobs WHERE host_id = ? AND status = 'pending'")
+                .bind(host_id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, _>>()?;
+        let error = JobError::new(
+            JobErrorCode::HostRemoved,
+            "the host was removed (`latchctl hosts remove`) before this job ran; nothing was applied by Latch after that",
+        );
+        for job_id in &pending {
+            fail_job(&mut tx, job_id, &error, now).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(pending.len() as u64))
+    }
+
+    async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL")
+                .bind(host_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
         let sql = concat!(
             "SELECT ",
             host_columns!(),
-            " FROM hosts WHERE id = ?1 OR (hostname = ?1 AND NOT EXISTS \
-             (SELECT 1 FROM hosts WHERE id = ?1)) ORDER BY id"
+            " FROM hosts WHERE removed_at IS NULL AND (id = ?1 OR (hostname = ?1 AND NOT EXISTS \
+             (SELECT 1 FROM hosts WHERE id = ?1 AND removed_at IS NULL))) ORDER BY id"
         );
         sqlx::query(sql)
             .bind(id_or_hostname)
