@@ -23,6 +23,11 @@ pub enum EnrollError {
         /// Identity file.
         path: String,
     },
+    /// The control plane sent no usable job-signing key.
+    #[error(
+        "the control plane sent no valid job-signing key; is it a Latch control plane of a matching version?"
+    )]
+    BadSigningKey,
     /// Host facts could not be read.
     #[error("cannot read this host's facts: {0}")]
     Facts(std::io::Error),
@@ -56,12 +61,16 @@ pub async fn enroll(server: &str, token: &str, state: &StateDir) -> Result<Ident
             facts: facts.clone(),
         })
         .await?;
+    if latch_common::signing::decode_public_key(&response.signing_key).is_none() {
+        return Err(EnrollError::BadSigningKey);
+    }
     let identity = Identity {
         server: server.trim_end_matches('/').to_owned(),
         host_id: response.host_id,
         credential: response.credential,
         machine_id: facts.machine_id,
         enrolled_at: Utc::now(),
+        signing_key: Some(response.signing_key),
     };
     state.save_identity(&identity)?;
     Ok(identity)

@@ -183,6 +183,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client =
                 client::AgentClient::new(&identity.server, Some(identity.credential.clone()))?;
             let journal = journal::Journal::open(state.path())?;
+            let signing_key = identity
+                .signing_key
+                .as_deref()
+                .and_then(latch_common::signing::decode_public_key)
+                .context("the identity holds no job-signing key (enrolled by an older agent); re-enroll this host")?;
+            let host_id = identity.host_id.clone();
             let worker = Arc::new(worker::Worker::new(config, state, identity.host_id));
             worker.prepare_host()?;
             // Grants that ended while the agent was down are revoked before anything else.
@@ -217,6 +223,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 client,
                 worker,
                 journal,
+                host_id,
+                signing_key,
                 grants_changed,
             };
             tokio::select! {

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::client::{AgentClient, ClientError, Delivered};
 use crate::journal::{self, Entry, Journal, Stage};
 use crate::worker::Worker;
+use latch_common::signing;
 
 /// Environment variable naming a stage at which the agent stops dead (for the crash tests):
 /// `received`, `applying` or `applied`. Unset in production.
@@ -73,6 +74,10 @@ pub struct Agent {
     pub journal: Journal,
     /// Signalled after every job (grants may have changed).
     pub grants_changed: Arc<Notify>,
+    /// This host's id.
+    pub host_id: String,
+    /// The control plane's job-signing public key, pinned at enrollment.
+    pub signing_key: Vec<u8>,
 }
 
 /// Stops dead at `stage` if the crash tests asked for it (see [`TEST_PAUSE_ENV`]).
@@ -205,8 +210,16 @@ impl Agent {
         }
     }
 
-    /// Journals and applies a job, or returns the outcome journaled by an earlier delivery.
+    /// Verifies the job's signature, then journals and applies it, or returns the outcome
+    /// journaled by an earlier delivery.
     async fn apply(&self, job: &AgentJob) -> Result<JobOutcome, PollError> {
+        let signed = match signing::verify(job, &self.signing_key, &self.host_id) {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "refused a job before acting");
+                return Ok(JobOutcome::Failed { error });
+            }
+        };
         if let Ok(Some(Entry {
             stage: Stage::Done,
             outcome: Some(outcome),
@@ -216,7 +229,7 @@ impl Agent {
             tracing::info!(job_id = %job.id, attempt = job.attempt, "job already applied before a restart; reporting the journaled outcome");
             return Ok(outcome);
         }
-        tracing::info!(job_id = %job.id, kind = %job.spec.kind(), user = %job.spec.user(), seq = job.seq, attempt = job.attempt, "job received");
+        tracing::info!(job_id = %job.id, kind = %signed.spec.kind(), user = %signed.spec.user(), seq = signed.seq, attempt = job.attempt, "job received");
         if let Err(error) = self.journal(job, Stage::Received, None) {
             return Ok(JobOutcome::Failed { error });
         }
@@ -227,8 +240,7 @@ impl Agent {
         test_pause("applying").await;
         let outcome = {
             let worker = self.worker.clone();
-            let job = job.clone();
-            tokio::task::spawn_blocking(move || worker.execute(&job))
+            tokio::task::spawn_blocking(move || worker.execute(&signed))
                 .await
                 .map_err(|e| PollError::Worker(e.to_string()))?
         };

@@ -75,6 +75,9 @@ pub struct Identity {
     pub machine_id: String,
     /// When the host enrolled.
     pub enrolled_at: DateTime<Utc>,
+    /// The control plane's job-signing public key (Ed25519, base64), pinned at enrollment.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 /// One account Latch created on this host.
@@ -118,6 +121,36 @@ pub struct Accounts {
     /// Revocations done locally, not yet acknowledged by the control plane.
     #[serde(default)]
     pub outbox: Vec<RevocationReport>,
+    /// Ids of the most recently applied jobs, by sequence number (replays are refused).
+    #[serde(default)]
+    pub applied_jobs: BTreeMap<i64, String>,
+    /// Jobs at or below this sequence fell out of `applied_jobs`: all count as applied.
+    #[serde(default)]
+    pub applied_floor: i64,
+}
+
+/// How many applied job ids are remembered individually.
+pub const APPLIED_JOBS_KEPT: usize = 1000;
+
+impl Accounts {
+    /// Whether the job `id` with sequence `seq` was already applied here.
+    pub fn was_applied(&self, seq: i64, id: &str) -> bool {
+        seq <= self.applied_floor
+            || self
+                .applied_jobs
+                .get(&seq)
+                .is_some_and(|applied| applied == id)
+    }
+
+    /// Records job `id` with sequence `seq` as applied.
+    pub fn mark_applied(&mut self, seq: i64, id: &str) {
+        self.applied_jobs.insert(seq, id.to_owned());
+        while self.applied_jobs.len() > APPLIED_JOBS_KEPT {
+            if let Some((oldest, _)) = self.applied_jobs.pop_first() {
+                self.applied_floor = self.applied_floor.max(oldest);
+            }
+        }
+    }
 }
 
 /// The state directory.
@@ -257,6 +290,7 @@ mod tests {
             credential: "latch_host_x".into(),
             machine_id: "0".repeat(32),
             enrolled_at: Utc::now(),
+            signing_key: Some("AAAA".into()),
         };
         state.save_identity(&identity).unwrap();
         assert_eq!(state.identity().unwrap(), identity);
@@ -267,6 +301,26 @@ mod tests {
             0o700
         );
         assert_eq!(state.accounts().unwrap(), Accounts::default());
+    }
+
+    #[test]
+    fn applied_jobs_are_remembered_and_bounded() {
+        let mut accounts = Accounts::default();
+        assert!(!accounts.was_applied(1, "a"));
+        accounts.mark_applied(1, "a");
+        assert!(accounts.was_applied(1, "a"));
+        assert!(
+            !accounts.was_applied(1, "b"),
+            "another job with that seq is not a replay of this one"
+        );
+        for seq in 2..=(APPLIED_JOBS_KEPT as i64 + 5) {
+            accounts.mark_applied(seq, &format!("j{seq}"));
+        }
+        assert_eq!(accounts.applied_jobs.len(), APPLIED_JOBS_KEPT);
+        assert!(
+            accounts.was_applied(3, "anything"),
+            "below the floor everything counts as applied"
+        );
     }
 
     #[test]

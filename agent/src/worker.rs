@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use latch_common::api::{AgentJob, RevocationReport};
+use latch_common::api::RevocationReport;
 use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec};
+use latch_common::signing::SignedJob;
 
 use crate::config::Config;
 use crate::plan::{self, Expired, GECOS_TAG, MARKER_GROUP, Policy, Step};
@@ -93,27 +94,51 @@ impl Worker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies `job` and says how it ended. Never panics; every failure is an outcome.
-    pub fn execute(&self, job: &AgentJob) -> JobOutcome {
+    /// Applies a verified job and says how it ended. Never panics; every failure is an outcome.
+    /// A job already applied here is refused (`replayed_job`), as is one older than a job
+    /// already applied to the same account (`stale_job`).
+    pub fn execute(&self, job: &SignedJob) -> JobOutcome {
         let _busy = self.lock();
+        let replayed = match self.state.accounts() {
+            Ok(accounts) => accounts.was_applied(job.seq, &job.job_id),
+            Err(error) => {
+                return JobOutcome::Failed {
+                    error: state_error(error),
+                };
+            }
+        };
+        if replayed {
+            let error = JobError::new(
+                JobErrorCode::ReplayedJob,
+                format!(
+                    "job {} (sequence {}) was already applied on this host; a job is never applied twice",
+                    job.job_id, job.seq
+                ),
+            );
+            return JobOutcome::Failed { error };
+        }
+        if let Err(error) = latch_common::signing::check_deadline(job, Utc::now()) {
+            return JobOutcome::Failed { error };
+        }
         let outcome = match self.apply(job) {
             Ok(()) => JobOutcome::Confirmed,
             Err(error) => JobOutcome::Failed { error },
         };
         let stale = matches!(&outcome, JobOutcome::Failed { error } if error.code == JobErrorCode::StaleJob);
-        if !stale && let Err(error) = self.record_applied_seq(job) {
-            tracing::error!(%error, "cannot record the job's sequence number");
+        if !stale && let Err(error) = self.record_applied(job) {
+            tracing::error!(%error, "cannot record the job as applied");
         }
         outcome
     }
 
-    fn record_applied_seq(&self, job: &AgentJob) -> Result<(), StateError> {
+    fn record_applied(&self, job: &SignedJob) -> Result<(), StateError> {
         let mut accounts = self.state.accounts()?;
         let last = accounts
             .applied_seq
             .entry(job.spec.user().to_owned())
             .or_insert(job.seq);
         *last = (*last).max(job.seq);
+        accounts.mark_applied(job.seq, &job.job_id);
         self.state.save_accounts(&accounts)
     }
 
@@ -195,7 +220,7 @@ impl Worker {
         })
     }
 
-    fn apply(&self, job: &AgentJob) -> Result<(), JobError> {
+    fn apply(&self, job: &SignedJob) -> Result<(), JobError> {
         if job.host_id != self.host_id {
             return Err(JobError::new(
                 JobErrorCode::InvalidJob,
@@ -220,12 +245,12 @@ impl Worker {
             ));
         }
         let policy = self.policy(&snapshot);
-        let steps = plan::plan(&job.spec, &job.id, &snapshot, &accounts, &policy)?;
+        let steps = plan::plan(&job.spec, &job.job_id, &snapshot, &accounts, &policy)?;
         if steps.iter().any(|s| matches!(s, Step::AddUser { .. })) {
             check_name_service(job.spec.user())?;
         }
         for step in steps {
-            self.run_step(step, &job.id, &mut accounts)?;
+            self.run_step(step, &job.job_id, &mut accounts)?;
         }
         let after = self.read_files()?;
         let accounts = self.state.accounts().map_err(state_error)?;

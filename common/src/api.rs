@@ -100,24 +100,26 @@ pub struct EnrollResponse {
     pub host_id: String,
     /// Bearer credential for the agent endpoints.
     pub credential: String,
+    /// The control plane's job-signing public key (Ed25519, base64); the agent pins it.
+    pub signing_key: String,
 }
 
-/// A job as delivered to the agent by `GET /v1/agent/jobs`.
+/// A job as delivered to the agent by `GET /v1/agent/jobs`: the delivery (id, lease, attempt)
+/// around the signed payload, exactly as the control plane signed it when the job was created.
+/// Everything the agent acts on comes from the payload, after the signature is verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentJob {
-    /// Job id.
+    /// Job id (must equal the payload's `job_id`).
     pub id: String,
-    /// The host the job is for (the agent refuses others).
-    pub host_id: String,
-    /// Per-host sequence number, increasing in queue order.
-    pub seq: i64,
     /// Lease token; the report must carry it.
     pub lease: String,
     /// Delivery attempt, from 1.
     pub attempt: u32,
-    /// What to do.
-    pub spec: JobSpec,
+    /// The signed payload: a JSON [`crate::signing::SignedJob`], as text.
+    pub payload: String,
+    /// Ed25519 signature of `payload`'s bytes, base64; empty if the job is unsigned.
+    pub signature: String,
 }
 
 /// `POST /v1/agent/jobs/{id}/report`.

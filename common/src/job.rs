@@ -287,6 +287,16 @@ pub enum JobErrorCode {
     AccountInUse,
     /// The host was removed before the job ran.
     HostRemoved,
+    /// The job carries no signature.
+    UnsignedJob,
+    /// The signature does not verify with the key pinned at enrollment (forged or tampered).
+    BadSignature,
+    /// The job is signed for another host.
+    WrongHost,
+    /// The job arrived after its `not_after` deadline.
+    JobExpired,
+    /// The job was already applied on this host.
+    ReplayedJob,
 }
 
 impl JobErrorCode {
@@ -310,6 +320,11 @@ impl JobErrorCode {
             JobErrorCode::StaleJob => "stale_job",
             JobErrorCode::AccountInUse => "account_in_use",
             JobErrorCode::HostRemoved => "host_removed",
+            JobErrorCode::UnsignedJob => "unsigned_job",
+            JobErrorCode::BadSignature => "bad_signature",
+            JobErrorCode::WrongHost => "wrong_host",
+            JobErrorCode::JobExpired => "job_expired",
+            JobErrorCode::ReplayedJob => "replayed_job",
         }
     }
 }

@@ -4,7 +4,8 @@
 //! - [`names`]: the rules every user name, group name, shell, SSH key and password hash must pass
 //!   before it may reach a colon-separated account file or a shadow-utils tool;
 //! - [`job`]: the job kinds, their parameters ([`job::JobSpec`]), statuses and stable error codes;
-//! - [`api`]: request and response bodies of the HTTP API, agent side and admin side.
+//! - [`api`]: request and response bodies of the HTTP API, agent side and admin side;
+//! - [`signing`]: the signed job payload and its verification (Ed25519, ring).
 //!
 //! Both the control plane (at the API edge) and the agent (before acting) call
 //! [`job::JobSpec::validate`], so hostile input is refused twice.
@@ -12,3 +13,4 @@
 pub mod api;
 pub mod job;
 pub mod names;
+pub mod signing;

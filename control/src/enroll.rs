@@ -74,6 +74,7 @@ impl Control {
         Ok(EnrollResponse {
             host_id: host.id,
             credential,
+            signing_key: self.signing_key(),
         })
     }
 }

@@ -6,11 +6,11 @@
 //! ```
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use latch_control::{Control, ControlConfig, store::SqliteStore};
+//! use latch_control::{Control, ControlConfig, signing::JobSigner, store::SqliteStore};
 //! use latch_common::api::CreateEnrollTokenRequest;
 //!
 //! let store = SqliteStore::open_in_memory().await?;
-//! let control = Control::new(Arc::new(store), ControlConfig::default());
+//! let control = Control::new(Arc::new(store), ControlConfig::default(), JobSigner::generate()?);
 //! let token = control
 //!     .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1) })
 //!     .await?;
@@ -39,6 +39,7 @@ pub mod password;
 pub mod queue;
 pub mod secret;
 pub mod server;
+pub mod signing;
 pub mod store;
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub struct ControlConfig {
     pub max_attempts: u32,
     /// A host is `online` if it polled within this window.
     pub online_window: Duration,
+    /// How long after creation a job that grants access may still be applied (`not_after`).
+    /// Revocations never expire.
+    pub job_ttl: Duration,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +68,7 @@ impl Default for ControlConfig {
             lease_ttl: Duration::seconds(120),
             max_attempts: 5,
             online_window: Duration::seconds(45),
+            job_ttl: Duration::hours(24),
         }
     }
 }
@@ -73,16 +78,27 @@ pub struct Control {
     store: Arc<dyn store::Store>,
     config: ControlConfig,
     wakeups: queue::Wakeups,
+    signer: Arc<signing::JobSigner>,
 }
 
 impl Control {
-    /// A control plane over `store`.
-    pub fn new(store: Arc<dyn store::Store>, config: ControlConfig) -> Self {
+    /// A control plane over `store` that signs jobs with `signer`.
+    pub fn new(
+        store: Arc<dyn store::Store>,
+        config: ControlConfig,
+        signer: signing::JobSigner,
+    ) -> Self {
         Self {
             store,
             config,
             wakeups: queue::Wakeups::default(),
+            signer: Arc::new(signer),
         }
+    }
+
+    /// The job-signing public key (base64) agents pin at enrollment.
+    pub fn signing_key(&self) -> String {
+        self.signer.public_key()
     }
 
     /// The policy in force.

@@ -25,6 +25,7 @@ use latch_common::api::{
 };
 use latch_common::job::JobSpec;
 use latch_common::names::ValidationError;
+use latch_common::signing::{PAYLOAD_VERSION, SignedJob};
 use tokio::sync::Notify;
 
 use crate::password::hash_password;
@@ -73,6 +74,42 @@ pub fn job_view(job: JobRecord) -> JobView {
 }
 
 impl Control {
+    /// Stores a job signed for `host_id`: the payload binds host, id, sequence, deadline and
+    /// every parameter. Grants (and password changes) may be applied until `job_ttl` after
+    /// creation, and never after a grant's own end; revocations never expire.
+    async fn queue_signed(
+        &self,
+        host_id: &str,
+        spec: &JobSpec,
+        revokes: Option<&str>,
+    ) -> Result<JobRecord, ControlError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = Utc::now();
+        let not_after = match spec {
+            JobSpec::DeleteAccount { .. } | JobSpec::RemoveGroup { .. } => None,
+            _ => Some(spec.expires_at().map_or(now + self.config.job_ttl, |end| {
+                end.min(now + self.config.job_ttl)
+            })),
+        };
+        let sign = |seq: i64| -> Result<(String, String), String> {
+            let payload = SignedJob {
+                v: PAYLOAD_VERSION,
+                host_id: host_id.to_owned(),
+                job_id: id.clone(),
+                seq,
+                not_after,
+                spec: spec.clone(),
+            };
+            let payload = serde_json::to_string(&payload).map_err(|e| e.to_string())?;
+            let signature = self.signer.sign(payload.as_bytes());
+            Ok((payload, signature))
+        };
+        Ok(self
+            .store
+            .insert_job(&id, host_id, spec, revokes, now, &sign)
+            .await?)
+    }
+
     /// Validates and queues a job; an idle agent of that host is woken at once.
     pub async fn create_job(&self, request: CreateJobRequest) -> Result<JobView, ControlError> {
         let host_key = request.host.clone();
@@ -81,11 +118,7 @@ impl Control {
         }
         let spec = request.into_spec(hash_password)?;
         let host = self.find_host(&host_key).await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let job = self
-            .store
-            .insert_job(&id, &host.id, &spec, None, Utc::now())
-            .await?;
+        let job = self.queue_signed(&host.id, &spec, None).await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), "job queued");
         self.wakeups.wake(&host.id);
         Ok(job_view(job))
@@ -160,11 +193,10 @@ impl Control {
                     tracing::info!(job_id = %job.id, host_id = %host.id, attempt = job.attempts, "job delivered");
                     return Ok(Some(AgentJob {
                         id: job.id,
-                        host_id: job.host_id,
-                        seq: job.seq,
                         lease,
                         attempt: job.attempts,
-                        spec: job.spec,
+                        payload: job.payload,
+                        signature: job.signature,
                     }));
                 }
                 Lease::InFlight { until } => {
@@ -250,10 +282,10 @@ impl Control {
                 },
                 _ => continue,
             };
-            let id = uuid::Uuid::new_v4().to_string();
-            self.store
-                .insert_job(&id, &grant.host_id, &spec, Some(&grant.id), Utc::now())
-                .await?;
+            let id = self
+                .queue_signed(&grant.host_id, &spec, Some(&grant.id))
+                .await?
+                .id;
             tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");
             self.wakeups.wake(&grant.host_id);
         }

@@ -23,6 +23,8 @@ use crate::{Control, ControlError};
 pub const DATABASE_FILE: &str = "latch.db";
 /// Name of the admin token file in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Name of the job-signing key file in the data directory.
+pub const SIGNING_KEY_FILE: &str = "signing.key";
 
 /// Why the server could not start or stopped.
 #[derive(Debug, Error)]
@@ -69,6 +71,9 @@ pub enum ServerError {
     /// The system random generator failed.
     #[error(transparent)]
     Random(#[from] crate::secret::RandomError),
+    /// The job-signing key could not be loaded or created.
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
     /// The server loop failed.
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
@@ -82,6 +87,8 @@ pub struct DataDir {
     pub admin_token_path: PathBuf,
     /// Whether a new admin token was created now.
     pub admin_token_created: bool,
+    /// The job-signing key (`signing.key`, created on first start).
+    pub signer: crate::signing::JobSigner,
 }
 
 /// Creates `dir` (mode 0700) and the SQLite database in it if needed; on first start, creates
@@ -111,10 +118,12 @@ pub async fn open_data_dir(dir: &Path) -> Result<DataDir, ServerError> {
             .await?;
         admin_token_created = true;
     }
+    let signer = crate::signing::JobSigner::load_or_create(&dir.join(SIGNING_KEY_FILE))?;
     Ok(DataDir {
         store,
         admin_token_path,
         admin_token_created,
+        signer,
     })
 }
 

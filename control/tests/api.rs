@@ -25,7 +25,11 @@ impl Api {
             .trim()
             .to_owned();
         let store: SqliteStore = data.store;
-        let control = Arc::new(Control::new(Arc::new(store), ControlConfig::default()));
+        let control = Arc::new(Control::new(
+            Arc::new(store),
+            ControlConfig::default(),
+            data.signer,
+        ));
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(server::run(control, listener, std::future::pending()));

@@ -30,6 +30,7 @@ async fn control(config: ControlConfig) -> Arc<Control> {
     Arc::new(Control::new(
         Arc::new(SqliteStore::open_in_memory().await.unwrap()),
         config,
+        latch_control::signing::JobSigner::generate().unwrap(),
     ))
 }
 

@@ -359,6 +359,21 @@ impl ControlPlane {
         )
     }
 
+    /// Runs SQL against the control plane's database with the `sqlite3` tool, as an attacker
+    /// with write access to the database could; returns its output.
+    pub fn sql(&self, sql: &str) -> String {
+        let db = self.data_dir.path().join("data/latch.db");
+        let ran = run(
+            Command::new("sqlite3")
+                .args(["-cmd", ".timeout 5000"])
+                .arg(&db)
+                .arg(sql),
+            None,
+        );
+        assert_eq!(ran.code, 0, "sqlite3 {sql}: {}", ran.stderr);
+        ran.stdout
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()

@@ -398,7 +398,9 @@ fn passwords_go_through_pam_and_never_through_argv() {
     real.assert_unchanged();
 }
 
-/// Test 7: an add-group older (lower sequence) than an applied remove-group is refused.
+/// Test 7: an add-group older (lower sequence) than an applied remove-group is refused. The
+/// add-group is validly signed; the control plane's queue is tampered with so it arrives after
+/// the newer remove-group, as a re-ordered or replayed delivery would.
 #[test]
 fn an_older_job_never_undoes_a_newer_one() {
     if !e2e_enabled("an_older_job_never_undoes_a_newer_one") {
@@ -410,28 +412,21 @@ fn an_older_job_never_undoes_a_newer_one() {
     host.enroll_ok(&cp);
     let agent = host.start_agent();
     let h = ["--host", "e2e-stale1", "--user", "fay"];
-    cp.expect_confirmed(
-        &cp.create_job(&[&h[..], &["--kind", "create-account", "--group", "sudo"]].concat()),
-    );
-    let remove = cp.create_job(&[&h[..], &["--kind", "remove-group", "--group", "sudo"]].concat());
-    let removed = cp.expect_confirmed(&remove);
+    cp.expect_confirmed(&cp.create_job(&[&h[..], &["--kind", "create-account"]].concat()));
     agent.stop();
-    // An add-group that carries a sequence number older than the applied remove-group, as a
-    // replayed or re-ordered delivery would.
     let add = cp.create_job(&[&h[..], &["--kind", "add-group", "--group", "sudo"]].concat());
-    let db = cp.data_dir.path().join("data/latch.db");
-    let sql = format!("PRAGMA busy_timeout = 5000; UPDATE jobs SET seq = 0 WHERE id = '{add}';");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(&sql)
-        .output()
-        .expect("sqlite3");
-    assert!(
-        out.status.success(),
-        "sqlite3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(removed["seq"].as_i64().expect("seq") > 0);
+    let remove = cp.create_job(&[&h[..], &["--kind", "remove-group", "--group", "sudo"]].concat());
+    // Hold the add-group back so the remove-group is delivered first ...
+    cp.sql(&format!(
+        "UPDATE jobs SET status = 'failed' WHERE id = '{add}'"
+    ));
+    let agent = host.start_agent();
+    cp.expect_confirmed(&remove);
+    agent.stop();
+    // ... then deliver the older add-group.
+    cp.sql(&format!(
+        "UPDATE jobs SET status = 'pending', finished_at = NULL WHERE id = '{add}'"
+    ));
     let _agent = host.start_agent();
     let job = cp.expect_failed(&add, "stale_job");
     assert!(

@@ -108,3 +108,137 @@ fn a_removed_host_is_locked_out_and_its_jobs_cancelled() {
     assert_ne!(missing.code, 0);
     real.assert_unchanged();
 }
+
+/// Adds a job row for `host_id` straight into the database, the way an attacker with write
+/// access to it would, at the end of the host's queue.
+fn insert_forged_job(cp: &ControlPlane, host_id: &str, id: &str, payload: &str, signature: &str) {
+    let seq: i64 = cp
+        .sql(&format!(
+            "SELECT next_seq FROM hosts WHERE id = '{host_id}'"
+        ))
+        .trim()
+        .parse()
+        .expect("next_seq");
+    let spec = serde_json::json!({"kind": "create-account", "user": "mallory", "groups": ["sudo"]})
+        .to_string();
+    cp.sql(&format!(
+        "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = '{host_id}'; \
+         INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at, subject_user, payload, signature) \
+         VALUES ('{id}', '{host_id}', {seq}, 'create-account', '{spec}', 'pending', 0, 'mallory', '{payload}', '{signature}');"
+    ));
+}
+
+fn forged_payload(host_id: &str, id: &str) -> String {
+    serde_json::json!({
+        "v": 1, "host_id": host_id, "job_id": id, "seq": 99, "not_after": null,
+        "spec": {"kind": "create-account", "user": "mallory", "groups": ["sudo"]}
+    })
+    .to_string()
+}
+
+/// Test 3: jobs forged in the database — unsigned, signed with another key, signed for another
+/// host, replayed, past their deadline — are refused by the agent with their codes, and the test
+/// host's account files do not change.
+#[test]
+fn forged_and_replayed_jobs_are_refused() {
+    if !e2e_enabled("forged_and_replayed_jobs_are_refused") {
+        return;
+    }
+    use base64::Engine as _;
+    use ring::signature::Ed25519KeyPair;
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&["--job-ttl", "3s"]);
+    let host = TestHost::start("e2e-forge1");
+    let other = TestHost::start("e2e-forge2");
+    let host_id = host.enroll_ok(&cp);
+    other.enroll_ok(&cp);
+    let agent = host.start_agent();
+    let legit = cp.create_job(&[
+        "--host",
+        "e2e-forge1",
+        "--kind",
+        "create-account",
+        "--user",
+        "legit",
+    ]);
+    cp.expect_confirmed(&legit);
+    agent.stop();
+    let files = || {
+        (
+            host.read("/etc/passwd"),
+            host.read("/etc/group"),
+            host.read("/etc/shadow"),
+        )
+    };
+    let before = files();
+
+    // Unsigned.
+    insert_forged_job(
+        &cp,
+        &host_id,
+        "forged-unsigned",
+        &forged_payload(&host_id, "forged-unsigned"),
+        "",
+    );
+    // Signed, but with a key that is not the control plane's.
+    let rogue = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .expect("key")
+            .as_ref(),
+    )
+    .expect("key");
+    let payload = forged_payload(&host_id, "forged-rogue-key");
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(rogue.sign(payload.as_bytes()).as_ref());
+    insert_forged_job(&cp, &host_id, "forged-rogue-key", &payload, &signature);
+    // A genuine job for the other host, moved into this host's queue.
+    let foreign = cp.create_job(&[
+        "--host",
+        "e2e-forge2",
+        "--kind",
+        "create-account",
+        "--user",
+        "mallory",
+        "--group",
+        "sudo",
+    ]);
+    cp.sql(&format!(
+        "UPDATE jobs SET host_id = '{host_id}', seq = (SELECT next_seq FROM hosts WHERE id = '{host_id}') WHERE id = '{foreign}'; \
+         UPDATE hosts SET next_seq = next_seq + 1 WHERE id = '{host_id}';"
+    ));
+    // The job this host already applied, put back in its queue.
+    cp.sql(&format!(
+        "UPDATE jobs SET status = 'pending', finished_at = NULL, lease = NULL, lease_expires_at = NULL, \
+         seq = (SELECT next_seq FROM hosts WHERE id = '{host_id}') WHERE id = '{legit}'; \
+         UPDATE hosts SET next_seq = next_seq + 1 WHERE id = '{host_id}';"
+    ));
+    // A genuine grant that reaches the host after its deadline (--job-ttl 3s).
+    let late = cp.create_job(&[
+        "--host",
+        "e2e-forge1",
+        "--kind",
+        "create-account",
+        "--user",
+        "late",
+    ]);
+    std::thread::sleep(Duration::from_secs(4));
+
+    let _agent = host.start_agent();
+    for (id, code) in [
+        ("forged-unsigned", "unsigned_job"),
+        ("forged-rogue-key", "bad_signature"),
+        (foreign.as_str(), "wrong_host"),
+        (legit.as_str(), "replayed_job"),
+        (late.as_str(), "job_expired"),
+    ] {
+        cp.expect_failed(id, code);
+    }
+    assert_eq!(
+        files(),
+        before,
+        "a refused job changed the test host's account files"
+    );
+    assert!(host.passwd_line("mallory").is_none() && host.passwd_line("late").is_none());
+    assert!(host.agent_log().contains("refused a job before acting"));
+    real.assert_unchanged();
+}

@@ -30,6 +30,10 @@ enum Command {
         /// How long a delivered job may stay unreported before it is delivered again.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         lease_timeout: std::time::Duration,
+        /// How long after creation a job that grants access may still be applied on the host
+        /// (its signed `not_after`); revocations never expire.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        job_ttl: std::time::Duration,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -47,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             lease_timeout,
+            job_ttl,
             max_attempts,
             log_level,
         } => {
@@ -76,9 +81,14 @@ async fn main() -> anyhow::Result<()> {
                 lease_ttl: chrono::Duration::from_std(lease_timeout)
                     .context("--lease-timeout is too long")?,
                 max_attempts,
+                job_ttl: chrono::Duration::from_std(job_ttl).context("--job-ttl is too long")?,
                 ..ControlConfig::default()
             };
-            let control = Arc::new(Control::new(Arc::new(data.store), config));
+            println!(
+                "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
+                data_dir.join(server::SIGNING_KEY_FILE).display()
+            );
+            let control = Arc::new(Control::new(Arc::new(data.store), config, data.signer));
             let listener = server::bind(listen).await?;
             let addr = listener
                 .local_addr()

@@ -83,7 +83,14 @@ pub struct JobRecord {
     pub revoked_by: Option<RevokedBy>,
     /// Revocation jobs: the grant they end.
     pub revokes: Option<String>,
+    /// The signed payload, as delivered (empty for a row that was never signed).
+    pub payload: String,
+    /// Its signature, base64 (empty if unsigned).
+    pub signature: String,
 }
+
+/// Signs a job once its sequence number is known: `seq` in, `(payload, signature)` out.
+pub type SignJob<'a> = &'a (dyn Fn(i64) -> Result<(String, String), String> + Send + Sync);
 
 /// Why an enrollment token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,8 +205,9 @@ pub trait Store: Send + Sync {
     /// The host with this id, or every host with this host name.
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError>;
 
-    /// Queues a job with the host's next sequence number. `revokes` names the grant a
-    /// revocation job ends; the grant is marked so it is not revoked twice.
+    /// Queues a job with the host's next sequence number, signed by `sign` in the same
+    /// transaction. `revokes` names the grant a revocation job ends; the grant is marked so it
+    /// is not revoked twice.
     async fn insert_job(
         &self,
         id: &str,
@@ -207,6 +215,7 @@ pub trait Store: Send + Sync {
         spec: &JobSpec,
         revokes: Option<&str>,
         now: DateTime<Utc>,
+        sign: SignJob<'_>,
     ) -> Result<JobRecord, StoreError>;
     /// Confirmed grants whose expiry has passed, that are not revoked, have no revocation job
     /// yet and are not superseded by a later grant of the same access.

@@ -35,7 +35,7 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
 macro_rules! job_columns {
     () => {
         "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
-         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id"
+         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id, payload, signature"
     };
 }
 macro_rules! host_columns {
@@ -117,6 +117,12 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> 
             Some(other) => return Err(corrupt("job revoked_by", other)),
         },
         revokes: row.try_get("revokes_job_id")?,
+        payload: row
+            .try_get::<Option<String>, _>("payload")?
+            .unwrap_or_default(),
+        signature: row
+            .try_get::<Option<String>, _>("signature")?
+            .unwrap_or_default(),
     })
 }
 
@@ -456,6 +462,7 @@ impl Store for SqliteStore {
         spec: &JobSpec,
         revokes: Option<&str>,
         now: DateTime<Utc>,
+        sign: super::SignJob<'_>,
     ) -> Result<JobRecord, StoreError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
         let _write = self.write.lock().await;
@@ -467,10 +474,14 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let seq: i64 = row.try_get("seq")?;
+        let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
+            what: "job signature",
+            detail,
+        })?;
         sqlx::query(
             "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at, subject_user, \
-             subject_group, expires_at, revokes_job_id) \
-             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+             subject_group, expires_at, revokes_job_id, payload, signature) \
+             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(host_id)
@@ -482,6 +493,8 @@ impl Store for SqliteStore {
         .bind(spec.group())
         .bind(spec.expires_at().map(millis))
         .bind(revokes)
+        .bind(&payload)
+        .bind(&signature)
         .execute(&mut *tx)
         .await?;
         add_event(&mut tx, id, now, "queued", Some(&format!("seq {seq}"))).await?;
@@ -511,6 +524,8 @@ impl Store for SqliteStore {
             revoked_at: None,
             revoked_by: None,
             revokes: revokes.map(str::to_owned),
+            payload,
+            signature,
         })
     }
 
