@@ -162,6 +162,32 @@ impl AdminClient {
         self.all_pages("/v1/jobs", query).await
     }
 
+    /// `GET /v1/audit` with filters (all pages).
+    pub async fn list_audit(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        actor: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<Vec<crate::audit::AuditEntry>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(since) = since {
+            query.push(("since", since.to_rfc3339()));
+        }
+        if let Some(actor) = actor {
+            query.push(("actor", actor.to_owned()));
+        }
+        if let Some(host) = host {
+            query.push(("host", host.to_owned()));
+        }
+        self.all_pages("/v1/audit", query).await
+    }
+
+    /// `GET /v1/audit/verify`: `{"ok", "entries", "first_bad"}`.
+    pub async fn verify_audit(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, "/v1/audit/verify", &[], None::<&()>)
+            .await
+    }
+
     /// `GET /v1/jobs/{id}`.
     pub async fn show_job(&self, id: &str) -> Result<JobView, ClientError> {
         self.call(Method::GET, &format!("/v1/jobs/{id}"), &[], None::<&()>)

@@ -8,6 +8,9 @@ use crate::secret::{hash_token, new_token};
 use crate::store::HostRecord;
 use crate::{Control, ControlError};
 
+/// The audit actor of admin-API operations (one admin principal until RBAC lands).
+pub(crate) const ADMIN: &str = "admin";
+
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 /// Longest token lifetime.
@@ -41,7 +44,7 @@ impl Control {
         let now = Utc::now();
         let expires_at = now + Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
         self.store
-            .insert_enroll_token(&hash_token(&token), now, expires_at, uses)
+            .insert_enroll_token(&hash_token(&token), now, expires_at, uses, ADMIN)
             .await?;
         Ok(EnrollTokenView {
             token,

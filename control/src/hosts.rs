@@ -3,6 +3,7 @@
 use chrono::Utc;
 use latch_common::api::HostView;
 
+use crate::audit::AuditEvent;
 use crate::secret::hash_token;
 use crate::store::{HostRecord, Page};
 use crate::{Control, ControlError};
@@ -10,12 +11,25 @@ use crate::{Control, ControlError};
 impl Control {
     /// The host whose credential this is.
     pub async fn authenticate_host(&self, credential: &str) -> Result<HostRecord, ControlError> {
-        self.store
+        match self
+            .store
             .host_by_credential(&hash_token(credential))
             .await?
-            .ok_or(ControlError::Unauthenticated(
-                "the host credential is not valid; re-enroll the host with `latch-agent enroll`",
-            ))
+        {
+            Some(host) => Ok(host),
+            None => {
+                self.audit_auth_failure("host").await?;
+                Err(ControlError::Unauthenticated(
+                    "the host credential is not valid; re-enroll the host with `latch-agent enroll`",
+                ))
+            }
+        }
+    }
+
+    async fn audit_auth_failure(&self, credential: &str) -> Result<(), ControlError> {
+        let event = AuditEvent::new("anonymous", "auth.failure")
+            .detail(serde_json::json!({"credential": credential}));
+        Ok(self.store.append_audit(&event, Utc::now()).await?)
     }
 
     /// Checks an admin token.
@@ -23,6 +37,7 @@ impl Control {
         if self.store.admin_token_exists(&hash_token(token)).await? {
             Ok(())
         } else {
+            self.audit_auth_failure("admin").await?;
             Err(ControlError::Unauthenticated(
                 "the admin token is not valid; use the token in the server's data directory (admin.token)",
             ))
@@ -54,7 +69,7 @@ impl Control {
         let host = self.find_host(id_or_hostname).await?;
         let cancelled = self
             .store
-            .remove_host(&host.id, Utc::now())
+            .remove_host(&host.id, Utc::now(), crate::enroll::ADMIN)
             .await?
             .ok_or_else(|| ControlError::NotFound {
                 what: "host",

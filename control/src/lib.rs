@@ -24,6 +24,7 @@
 //! - [`enroll`]: enrollment tokens and host enrollment;
 //! - [`hosts`]: host look-up and the `online` rule;
 //! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep;
+//! - [`audit`]: the hash-chained audit trail (written by the store with each change);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: data directory, admin token and the listening loop;
 //! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
@@ -31,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod enroll;
 pub mod error;
@@ -94,6 +96,20 @@ impl Control {
             wakeups: queue::Wakeups::default(),
             signer: Arc::new(signer),
         }
+    }
+
+    /// Audit entries, oldest first.
+    pub async fn list_audit(
+        &self,
+        filter: &store::AuditFilter,
+        page: store::Page,
+    ) -> Result<Vec<audit::AuditEntry>, ControlError> {
+        Ok(self.store.list_audit(filter, page).await?)
+    }
+
+    /// Verifies the whole audit chain: the number of entries, or the first entry that breaks it.
+    pub async fn verify_audit(&self) -> Result<Result<usize, audit::ChainBreak>, ControlError> {
+        Ok(audit::verify_chain(&self.store.audit_chain().await?))
     }
 
     /// The job-signing public key (base64) agents pin at enrollment.

@@ -82,6 +82,7 @@ impl Control {
         host_id: &str,
         spec: &JobSpec,
         revokes: Option<&str>,
+        actor: &str,
     ) -> Result<JobRecord, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = Utc::now();
@@ -106,7 +107,7 @@ impl Control {
         };
         Ok(self
             .store
-            .insert_job(&id, host_id, spec, revokes, now, &sign)
+            .insert_job(&id, host_id, spec, revokes, now, &sign, actor)
             .await?)
     }
 
@@ -118,7 +119,9 @@ impl Control {
         }
         let spec = request.into_spec(hash_password)?;
         let host = self.find_host(&host_key).await?;
-        let job = self.queue_signed(&host.id, &spec, None).await?;
+        let job = self
+            .queue_signed(&host.id, &spec, None, crate::enroll::ADMIN)
+            .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), "job queued");
         self.wakeups.wake(&host.id);
         Ok(job_view(job))
@@ -283,7 +286,7 @@ impl Control {
                 _ => continue,
             };
             let id = self
-                .queue_signed(&grant.host_id, &spec, Some(&grant.id))
+                .queue_signed(&grant.host_id, &spec, Some(&grant.id), "control_plane")
                 .await?
                 .id;
             tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");

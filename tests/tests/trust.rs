@@ -242,3 +242,158 @@ fn forged_and_replayed_jobs_are_refused() {
     assert!(host.agent_log().contains("refused a job before acting"));
     real.assert_unchanged();
 }
+
+/// Test 9: a real history verifies; the trail holds no secret; the table refuses changes; and
+/// editing any single row (after dropping that guard, as an attacker with the database file
+/// would) makes `latchctl audit verify` exit 1 naming that row.
+#[test]
+fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
+    if !e2e_enabled("the_audit_trail_is_complete_secret_free_and_tamper_evident") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-audit1");
+    let enroll_token = cp.enroll_token("10m", 1);
+    host.enroll(&cp, &enroll_token).ok("enroll");
+    let _agent = host.start_agent();
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-audit1",
+        "--kind",
+        "create-account",
+        "--user",
+        "lena",
+    ]));
+    let password = "audit trail password";
+    let out = cp.latchctl_stdin(
+        &[
+            "--output",
+            "json",
+            "jobs",
+            "create",
+            "--host",
+            "e2e-audit1",
+            "--user",
+            "lena",
+            "--kind",
+            "set-password",
+            "--password-stdin",
+        ],
+        Some(format!("{password}\n").as_bytes()),
+    );
+    let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+    cp.expect_confirmed(job["id"].as_str().expect("id"));
+    cp.expect_failed(
+        &cp.create_job(&[
+            "--host",
+            "e2e-audit1",
+            "--kind",
+            "add-group",
+            "--user",
+            "lena",
+            "--group",
+            "root",
+        ]),
+        "group_not_allowed",
+    );
+    assert_eq!(cp.api_as("latch_admin_guess", "GET", "/v1/hosts").0, 401);
+
+    let verify = cp.latchctl(&["audit", "verify"]);
+    assert_eq!(verify.code, 0, "{} {}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains("intact"));
+    let entries = cp.json(&["audit", "list"]);
+    let actions: Vec<&str> = entries["list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|e| e["action"].as_str().expect("action"))
+        .collect();
+    for action in [
+        "enroll_token.create",
+        "host.enroll",
+        "job.create",
+        "job.deliver",
+        "job.outcome",
+        "auth.failure",
+    ] {
+        assert!(actions.contains(&action), "no {action} in {actions:?}");
+    }
+    let by_host = cp.json(&["audit", "list", "--host", "e2e-audit1", "--actor", "admin"]);
+    assert!(
+        by_host["list"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|e| e["actor"] == "admin")
+    );
+    let hashes = host.shadow_line("lena").expect("shadow");
+    let hash = hashes.split(':').nth(1).expect("hash");
+    let dump = cp.sql("SELECT * FROM audit_log");
+    for secret in [
+        cp.token.as_str(),
+        enroll_token.as_str(),
+        credential(&host).as_str(),
+        password,
+        hash,
+    ] {
+        assert!(!dump.contains(secret), "a secret is in the audit log");
+    }
+
+    // Append-only.
+    let db = cp.data_dir.path().join("data/latch.db");
+    let refused = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE audit_log SET actor = 'x' WHERE id = 1")
+        .output()
+        .expect("sqlite3");
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("append-only")
+    );
+
+    // Any single edited row is found.
+    cp.sql("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;");
+    let last: i64 = cp
+        .sql("SELECT max(id) FROM audit_log")
+        .trim()
+        .parse()
+        .expect("max id");
+    for (id, column) in [(1, "actor"), (last / 2, "detail"), (last, "at")] {
+        let original = cp.sql(&format!(
+            "SELECT quote({column}) FROM audit_log WHERE id = {id}"
+        ));
+        let tampered = if column == "at" {
+            "at + 1".to_owned()
+        } else {
+            "'{}'".to_owned()
+        };
+        cp.sql(&format!(
+            "UPDATE audit_log SET {column} = {tampered} WHERE id = {id}"
+        ));
+        let broken = cp.latchctl(&["audit", "verify"]);
+        assert_eq!(
+            broken.code, 1,
+            "editing {column} of entry {id} went unnoticed: {}",
+            broken.stdout
+        );
+        assert!(
+            broken.stdout.contains(&format!("entry {id}:")),
+            "{}",
+            broken.stdout
+        );
+        cp.sql(&format!(
+            "UPDATE audit_log SET {column} = {} WHERE id = {id}",
+            original.trim()
+        ));
+        assert_eq!(
+            cp.latchctl(&["audit", "verify"]).code,
+            0,
+            "restoring entry {id} must restore the chain"
+        );
+    }
+    cp.sql(&format!("DELETE FROM audit_log WHERE id = {}", last / 2));
+    let removed = cp.latchctl(&["audit", "verify"]);
+    assert_eq!(removed.code, 1, "a deleted entry went unnoticed");
+    real.assert_unchanged();
+}

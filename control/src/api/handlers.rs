@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
 use super::pagination::{PageParams, link_header};
 use crate::Control;
-use crate::store::{JobFilter, Page};
+use crate::store::{AuditFilter, JobFilter, Page};
 
 type Ctl = State<Arc<Control>>;
 
@@ -198,6 +198,84 @@ pub async fn show_job(
 ) -> Result<Response, ApiError> {
     check_path_id("job id", &id)?;
     Ok(Json(control.get_job(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    actor: Option<String>,
+    host: Option<String>,
+    count: Option<u64>,
+    offset: Option<u64>,
+}
+
+pub async fn list_audit(
+    State(control): Ctl,
+    _: Admin,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Response, ApiError> {
+    let page = PageParams {
+        count: params.count,
+        offset: params.offset,
+    }
+    .page()?;
+    let mut filter = AuditFilter {
+        since: params.since,
+        ..AuditFilter::default()
+    };
+    let mut filters = Vec::new();
+    if let Some(since) = params.since {
+        filters.push(("since", since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
+    }
+    if let Some(actor) = &params.actor {
+        if actor.is_empty()
+            || actor.len() > 128
+            || !actor
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'))
+        {
+            return Err(ApiError::invalid(
+                "actor must be 1 to 128 characters of letters, digits, ':', '_' or '-'",
+            ));
+        }
+        filter.actor = Some(actor.clone());
+        filters.push(("actor", actor.clone()));
+    }
+    if let Some(host) = &params.host {
+        check_path_id("host", host)?;
+        filter.host_id = Some(
+            control
+                .find_host(host)
+                .await
+                .map(|h| h.id)
+                .unwrap_or_else(|_| host.clone()),
+        );
+        filters.push(("host", host.clone()));
+    }
+    let mut entries = control
+        .list_audit(
+            &filter,
+            Page {
+                count: page.count + 1,
+                ..page
+            },
+        )
+        .await?;
+    let has_next = entries.len() as u64 > page.count;
+    entries.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    Ok(with_link(
+        Json(ListResponse { list: entries }),
+        link_header("/v1/audit", &filters, page, has_next),
+    ))
+}
+
+pub async fn verify_audit(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
+    let body = match control.verify_audit().await? {
+        Ok(entries) => serde_json::json!({"ok": true, "entries": entries, "first_bad": null}),
+        Err(broken) => serde_json::json!({"ok": false, "first_bad": broken}),
+    };
+    Ok(Json(body).into_response())
 }
 
 fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> Response {

@@ -12,6 +12,7 @@
 //! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
+//! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
 
 pub mod error;
 pub mod extract;
@@ -49,6 +50,8 @@ pub fn router(control: Arc<Control>) -> Router {
             post(handlers::create_job).get(handlers::list_jobs),
         )
         .route("/v1/jobs/{id}", get(handlers::show_job))
+        .route("/v1/audit", get(handlers::list_audit))
+        .route("/v1/audit/verify", get(handlers::verify_audit))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")
         })

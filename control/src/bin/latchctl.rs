@@ -53,6 +53,27 @@ enum Command {
     /// Account jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// The tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List audit entries, oldest first.
+    List {
+        /// Only entries of the last DURATION (e.g. 1h, 7d) or since an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this actor (admin, host:<id>, control_plane, anonymous, enroll_token:<prefix>).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this host (id or name).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Check the hash chain: exit 0 if intact; exit 1 and the first bad entry if not.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -266,6 +287,67 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_job_detail(&job);
             }
+        }
+        Command::Audit(AuditCommand::List { since, actor, host }) => {
+            let since = match since {
+                None => None,
+                Some(text) => Some(match chrono::DateTime::parse_from_rfc3339(text) {
+                    Ok(time) => time.with_timezone(&chrono::Utc),
+                    Err(_) => {
+                        let ago = humantime::parse_duration(text).with_context(|| {
+                            format!(
+                                "--since {text:?}: give a duration (1h, 7d) or an RFC 3339 time"
+                            )
+                        })?;
+                        chrono::Utc::now()
+                            - chrono::Duration::from_std(ago).context("--since is too long")?
+                    }
+                }),
+            };
+            let entries = client
+                .list_audit(since, actor.as_deref(), host.as_deref())
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "list": entries }))?;
+            } else {
+                let rows = entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.id.to_string(),
+                            e.at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.host_id.clone().unwrap_or_default(),
+                            e.job_id.clone().unwrap_or_default(),
+                            e.detail.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["ID", "AT", "ACTOR", "ACTION", "HOST", "JOB", "DETAIL"],
+                    rows,
+                );
+            }
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let result = client.verify_audit().await?;
+            if json {
+                print_json(&result)?;
+            } else if result["ok"] == true {
+                println!("audit chain intact: {} entries", result["entries"]);
+            } else {
+                println!(
+                    "audit chain BROKEN at entry {}: {}",
+                    result["first_bad"]["id"],
+                    result["first_bad"]["reason"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(if result["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Jobs(JobsCommand::Wait { id, timeout }) => {
             return Ok(match wait_for_job(&client, id, *timeout, json).await {

@@ -12,6 +12,8 @@ use latch_common::api::{HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use thiserror::Error;
 
+use crate::audit::{AuditEntry, AuditEvent};
+
 /// A failure of the database itself (not a refusal).
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -142,6 +144,17 @@ pub enum Revoke {
     NotAGrant,
 }
 
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this host.
+    pub host_id: Option<String>,
+}
+
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -177,6 +190,7 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
+        actor: &str,
     ) -> Result<(), StoreError>;
     /// Spends one use of the token and creates the host, in one transaction.
     async fn enroll_host(
@@ -199,6 +213,7 @@ pub trait Store: Send + Sync {
         &self,
         host_id: &str,
         now: DateTime<Utc>,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError>;
     /// Whether the host exists and was not removed.
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError>;
@@ -216,6 +231,7 @@ pub trait Store: Send + Sync {
         revokes: Option<&str>,
         now: DateTime<Utc>,
         sign: SignJob<'_>,
+        actor: &str,
     ) -> Result<JobRecord, StoreError>;
     /// Confirmed grants whose expiry has passed, that are not revoked, have no revocation job
     /// yet and are not superseded by a later grant of the same access.
@@ -265,4 +281,16 @@ pub trait Store: Send + Sync {
     async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// A job's history, oldest first.
     async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError>;
+
+    /// Appends an audit entry on its own (for events that change nothing else, such as a
+    /// refused credential).
+    async fn append_audit(&self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Audit entries, oldest first.
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page: Page,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The whole audit chain, in order (for verification).
+    async fn audit_chain(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -12,8 +12,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
+use crate::audit::{AuditEntry, AuditEvent, GENESIS, entry_hash};
+
 use super::{
-    Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke, Store, StoreError, TokenRefusal,
+    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke, Store, StoreError,
+    TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -143,6 +146,86 @@ async fn add_event(
     Ok(())
 }
 
+/// Appends `event` to the audit chain inside the caller's transaction (the single write mutex
+/// keeps the chain linear).
+async fn audit(
+    conn: &mut SqliteConnection,
+    event: &AuditEvent,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (id, prev_hash) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("id")? + 1,
+            row.try_get::<String, _>("hash")?,
+        ),
+        None => (1, GENESIS.to_owned()),
+    };
+    let detail = event.detail.to_string();
+    let at = millis(now);
+    let hash = entry_hash(
+        id,
+        at,
+        &event.actor,
+        event.action,
+        event.host_id.as_deref(),
+        event.job_id.as_deref(),
+        &detail,
+        &prev_hash,
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, host_id, job_id, detail, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(&event.actor)
+    .bind(event.action)
+    .bind(&event.host_id)
+    .bind(&event.job_id)
+    .bind(&detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        at: from_millis(row.try_get("at")?),
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        host_id: row.try_get("host_id")?,
+        job_id: row.try_get("job_id")?,
+        detail: row.try_get("detail")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// The audit actor of a host.
+fn host_actor(host_id: &str) -> String {
+    format!("host:{host_id}")
+}
+
+/// Job outcomes that mean the agent refused the job as forged, replayed, late or hostile.
+fn is_rejection(code: JobErrorCode) -> bool {
+    matches!(
+        code,
+        JobErrorCode::UnsignedJob
+            | JobErrorCode::BadSignature
+            | JobErrorCode::WrongHost
+            | JobErrorCode::JobExpired
+            | JobErrorCode::ReplayedJob
+            | JobErrorCode::InvalidJob
+            | JobErrorCode::StaleJob
+    )
+}
+
 async fn fail_job(
     conn: &mut SqliteConnection,
     job_id: &str,
@@ -190,6 +273,15 @@ async fn mark_revoked(
         .execute(&mut *conn)
         .await?;
     add_event(conn, job_id, at, "revoked", Some(by.as_str())).await?;
+    let actor = match by {
+        RevokedBy::AgentExpiry => host_actor(host_id),
+        RevokedBy::ControlPlane => "control_plane".to_owned(),
+    };
+    let event = AuditEvent::new(actor, "grant.revoked")
+        .host(host_id)
+        .job(job_id)
+        .detail(serde_json::json!({"by": by.as_str()}));
+    audit(conn, &event, at).await?;
     Ok(Revoke::Recorded)
 }
 
@@ -290,8 +382,10 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
+        actor: &str,
     ) -> Result<(), StoreError> {
         let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
              VALUES (?, ?, ?, ?, ?)",
@@ -301,8 +395,15 @@ impl Store for SqliteStore {
         .bind(millis(expires_at))
         .bind(i64::from(uses))
         .bind(i64::from(uses))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let event = AuditEvent::new(actor, "enroll_token.create").detail(serde_json::json!({
+            "token_hash_prefix": &hash[..hash.len().min(12)],
+            "expires_at": expires_at.to_rfc3339(),
+            "uses": uses,
+        }));
+        audit(&mut tx, &event, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -318,14 +419,23 @@ impl Store for SqliteStore {
             .bind(token_hash)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(token) = token else {
-            return Ok(Err(TokenRefusal::Unknown));
+        let token_actor = format!("enroll_token:{}", &token_hash[..token_hash.len().min(12)]);
+        let refusal = match &token {
+            None => Some(TokenRefusal::Unknown),
+            Some(token) if token.try_get::<i64, _>("expires_at")? <= millis(host.enrolled_at) => {
+                Some(TokenRefusal::Expired)
+            }
+            Some(token) if token.try_get::<i64, _>("uses_left")? <= 0 => Some(TokenRefusal::UsedUp),
+            Some(_) => None,
         };
-        if token.try_get::<i64, _>("expires_at")? <= millis(host.enrolled_at) {
-            return Ok(Err(TokenRefusal::Expired));
-        }
-        if token.try_get::<i64, _>("uses_left")? <= 0 {
-            return Ok(Err(TokenRefusal::UsedUp));
+        if let Some(refusal) = refusal {
+            let event = AuditEvent::new(token_actor, "enroll.refused").detail(serde_json::json!({
+                "reason": format!("{refusal:?}").to_lowercase(),
+                "hostname": host.facts.hostname,
+            }));
+            audit(&mut tx, &event, host.enrolled_at).await?;
+            tx.commit().await?;
+            return Ok(Err(refusal));
         }
         sqlx::query("UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?")
             .bind(token_hash)
@@ -348,6 +458,13 @@ impl Store for SqliteStore {
         .bind(millis(host.enrolled_at))
         .execute(&mut *tx)
         .await?;
+        let event = AuditEvent::new(token_actor, "host.enroll")
+            .host(&host.id)
+            .detail(serde_json::json!({
+                "hostname": facts.hostname,
+                "machine_id": facts.machine_id,
+            }));
+        audit(&mut tx, &event, host.enrolled_at).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -397,6 +514,7 @@ impl Store for SqliteStore {
         &self,
         host_id: &str,
         now: DateTime<Utc>,
+        actor: &str,
     ) -> Result<Option<u64>, StoreError> {
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
@@ -425,6 +543,10 @@ impl Store for SqliteStore {
         for job_id in &pending {
             fail_job(&mut tx, job_id, &error, now).await?;
         }
+        let event = AuditEvent::new(actor, "host.remove")
+            .host(host_id)
+            .detail(serde_json::json!({"cancelled_jobs": pending}));
+        audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(Some(pending.len() as u64))
     }
@@ -463,6 +585,7 @@ impl Store for SqliteStore {
         revokes: Option<&str>,
         now: DateTime<Utc>,
         sign: super::SignJob<'_>,
+        actor: &str,
     ) -> Result<JobRecord, StoreError> {
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
         let _write = self.write.lock().await;
@@ -508,6 +631,17 @@ impl Store for SqliteStore {
             .await?;
             add_event(&mut tx, grant, now, "revocation_queued", Some(id)).await?;
         }
+        let event = AuditEvent::new(actor, "job.create")
+            .host(host_id)
+            .job(id)
+            .detail(serde_json::json!({
+                "kind": spec.kind().as_str(),
+                "user": spec.user(),
+                "group": spec.group(),
+                "seq": seq,
+                "revokes": revokes,
+            }));
+        audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(JobRecord {
             id: id.to_owned(),
@@ -608,7 +742,13 @@ impl Store for SqliteStore {
                 )
                 .await?;
                 if job.attempts >= max_attempts {
-                    fail_job(&mut tx, &job.id, &unresponsive(job.attempts), now).await?;
+                    let error = unresponsive(job.attempts);
+                    fail_job(&mut tx, &job.id, &error, now).await?;
+                    let event = AuditEvent::new("control_plane", "job.fail")
+                        .host(host_id)
+                        .job(&job.id)
+                        .detail(serde_json::json!({"code": error.code.as_str()}));
+                    audit(&mut tx, &event, now).await?;
                     continue;
                 }
             }
@@ -631,6 +771,11 @@ impl Store for SqliteStore {
                 Some(&format!("attempt {attempts}")),
             )
             .await?;
+            let event = AuditEvent::new(host_actor(host_id), "job.deliver")
+                .host(host_id)
+                .job(&job.id)
+                .detail(serde_json::json!({"attempt": attempts}));
+            audit(&mut tx, &event, now).await?;
             tx.commit().await?;
             return Ok(Lease::Delivered(Box::new(JobRecord {
                 attempts,
@@ -697,6 +842,18 @@ impl Store for SqliteStore {
             }
             JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
         }
+        let (action, code) = match outcome {
+            JobOutcome::Confirmed => ("job.outcome", None),
+            JobOutcome::Failed { error } if is_rejection(error.code) => {
+                ("job.rejected", Some(error.code.as_str()))
+            }
+            JobOutcome::Failed { error } => ("job.outcome", Some(error.code.as_str())),
+        };
+        let event = AuditEvent::new(host_actor(host_id), action)
+            .host(host_id)
+            .job(job_id)
+            .detail(serde_json::json!({"status": outcome.status().as_str(), "code": code}));
+        audit(&mut tx, &event, now).await?;
         tx.commit().await?;
         Ok(Finish::Recorded)
     }
@@ -730,7 +887,13 @@ impl Store for SqliteStore {
                 Some(&format!("attempt {}", job.attempts)),
             )
             .await?;
-            fail_job(&mut tx, &job.id, &unresponsive(job.attempts), now).await?;
+            let error = unresponsive(job.attempts);
+            fail_job(&mut tx, &job.id, &error, now).await?;
+            let event = AuditEvent::new("control_plane", "job.fail")
+                .host(&job.host_id)
+                .job(&job.id)
+                .detail(serde_json::json!({"code": error.code.as_str()}));
+            audit(&mut tx, &event, now).await?;
             hosts.push(job.host_id);
         }
         tx.commit().await?;
@@ -770,6 +933,45 @@ impl Store for SqliteStore {
             .as_ref()
             .map(job_from_row)
             .transpose()
+    }
+
+    async fn append_audit(&self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        audit(&mut tx, event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        page: Page,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, actor, action, host_id, job_id, detail, prev_hash, hash FROM audit_log \
+             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR host_id = ?3) \
+             ORDER BY id LIMIT ?4 OFFSET ?5",
+        )
+        .bind(filter.since.map(millis))
+        .bind(filter.actor.as_deref())
+        .bind(filter.host_id.as_deref())
+        .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
+        .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(audit_from_row)
+        .collect()
+    }
+
+    async fn audit_chain(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        sqlx::query("SELECT id, at, actor, action, host_id, job_id, detail, prev_hash, hash FROM audit_log ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_from_row)
+            .collect()
     }
 
     async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
