@@ -29,7 +29,7 @@ use latch_common::signing::{PAYLOAD_VERSION, SignedJob};
 use tokio::sync::Notify;
 
 use crate::password::hash_password;
-use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke};
+use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, Revoke};
 use crate::{Control, ControlError};
 
 /// Per-host wake-up signals for waiting long-polls.
@@ -107,7 +107,17 @@ impl Control {
         };
         Ok(self
             .store
-            .insert_job(&id, host_id, spec, revokes, now, &sign, actor)
+            .insert_job(
+                &NewJob {
+                    id: &id,
+                    host_id,
+                    spec,
+                    revokes,
+                    now,
+                    actor,
+                },
+                &sign,
+            )
             .await?)
     }
 

@@ -91,6 +91,23 @@ pub struct JobRecord {
     pub signature: String,
 }
 
+/// A job to queue.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJob<'a> {
+    /// Job id.
+    pub id: &'a str,
+    /// The host it is for.
+    pub host_id: &'a str,
+    /// What to do.
+    pub spec: &'a JobSpec,
+    /// For a revocation job: the grant it ends.
+    pub revokes: Option<&'a str>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Who queued it (audit actor).
+    pub actor: &'a str,
+}
+
 /// Signs a job once its sequence number is known: `seq` in, `(payload, signature)` out.
 pub type SignJob<'a> = &'a (dyn Fn(i64) -> Result<(String, String), String> + Send + Sync);
 
@@ -225,13 +242,8 @@ pub trait Store: Send + Sync {
     /// is not revoked twice.
     async fn insert_job(
         &self,
-        id: &str,
-        host_id: &str,
-        spec: &JobSpec,
-        revokes: Option<&str>,
-        now: DateTime<Utc>,
+        job: &NewJob<'_>,
         sign: SignJob<'_>,
-        actor: &str,
     ) -> Result<JobRecord, StoreError>;
     /// Confirmed grants whose expiry has passed, that are not revoked, have no revocation job
     /// yet and are not superseded by a later grant of the same access.

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use latch_common::api::{HostFacts, JobEvent, RevokedBy};
-use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec, JobStatus};
+use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use crate::audit::{AuditEntry, AuditEvent, GENESIS, entry_hash};
 
 use super::{
-    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, Page, Revoke, Store, StoreError,
-    TokenRefusal,
+    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, Revoke, Store,
+    StoreError, TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -579,14 +579,17 @@ impl Store for SqliteStore {
 
     async fn insert_job(
         &self,
-        id: &str,
-        host_id: &str,
-        spec: &JobSpec,
-        revokes: Option<&str>,
-        now: DateTime<Utc>,
+        job: &NewJob<'_>,
         sign: super::SignJob<'_>,
-        actor: &str,
     ) -> Result<JobRecord, StoreError> {
+        let NewJob {
+            id,
+            host_id,
+            spec,
+            revokes,
+            now,
+            actor,
+        } = *job;
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
