@@ -397,3 +397,27 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
     assert_eq!(removed.code, 1, "a deleted entry went unnoticed");
     real.assert_unchanged();
 }
+
+/// Test 5: a state directory copied to a host with another machine-id (a cloned image) does
+/// not run with the old identity.
+#[test]
+fn a_cloned_identity_refuses_to_run() {
+    if !e2e_enabled("a_cloned_identity_refuses_to_run") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let original = TestHost::start("e2e-clone1");
+    original.enroll_ok(&cp);
+    let clone = TestHost::start("e2e-clone2");
+    let identity = original.read("/var/lib/latch/identity.json");
+    clone.write("/var/lib/latch/identity.json", &identity);
+    clone.exec(&["chmod", "0600", "/var/lib/latch/identity.json"]).ok("chmod");
+    let mut agent = clone.start_agent();
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(78), "a cloned identity must stop the agent");
+    assert!(clone.agent_log().contains("machine-id changed"), "{}", clone.agent_log());
+    assert_eq!(clone.read("/var/lib/latch/identity.json"), identity, "the identity is left for the operator");
+    let hosts = cp.json(&["hosts", "list"]);
+    assert_eq!(hosts["list"][0]["last_seen"], Value::Null, "the clone never talked to the control plane");
+    real.assert_unchanged();
+}
