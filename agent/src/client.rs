@@ -34,9 +34,134 @@ pub enum ClientError {
         /// Message.
         message: String,
     },
-    /// Network failure.
+    /// Network or TLS failure (the message includes every cause, e.g. a fingerprint mismatch).
     #[error("cannot reach the control plane: {0}")]
-    Transport(#[from] reqwest::Error),
+    Transport(String),
+}
+
+impl From<reqwest::Error> for ClientError {
+    fn from(error: reqwest::Error) -> Self {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ClientError::Transport(message)
+    }
+}
+
+/// How the agent reaches the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS, trusting only the CA whose SHA-256 fingerprint (`sha256:…`) was pinned.
+    Pinned(String),
+    /// Plain HTTP to a loopback address (development only, `--insecure-http`).
+    InsecureHttp,
+}
+
+/// Checks a `sha256:<64 hex>` fingerprint.
+pub fn check_fingerprint(fingerprint: &str) -> Result<String, ClientError> {
+    let hex = fingerprint.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+    } else {
+        Err(ClientError::BadUrl {
+            url: fingerprint.to_owned(),
+            reason: "the CA fingerprint must be sha256: followed by 64 hex digits, as printed by `latchctl enroll-token create`".into(),
+        })
+    }
+}
+
+/// Accepts the server only if its chain holds the CA with the pinned fingerprint and the
+/// server's certificate verifies against that CA (signature, validity, name) like any WebPKI
+/// certificate. No other trust anchor is consulted.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+fn fingerprint_of(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates.iter().find(|cert| fingerprint_of(cert) == self.fingerprint).ok_or_else(|| {
+            rustls::Error::General(format!(
+                "the server's CA does not match the pinned fingerprint {}; refusing the connection (wrong server, or a man in the middle)",
+                self.fingerprint
+            ))
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn pinned_tls_config(fingerprint: &str) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(PinnedCa {
+            fingerprint: fingerprint.to_owned(),
+            provider,
+        }))
+        .with_no_client_auth();
+    Ok(config)
 }
 
 impl ClientError {
@@ -66,16 +191,27 @@ pub enum Delivered {
     },
 }
 
-/// Checks a control-plane URL: `https://…`, or `http://` to a loopback address only.
-pub fn check_server_url(url: &str) -> Result<Url, ClientError> {
+/// Checks a control-plane URL against the transport: `https://…` with a pinned CA, or
+/// `http://` to a loopback address with `--insecure-http` only.
+pub fn check_server_url(url: &str, transport: &Transport) -> Result<Url, ClientError> {
     let bad = |reason: &str| ClientError::BadUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
     let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    match parsed.scheme() {
-        "https" => {}
-        "http" => {
+    match (parsed.scheme(), transport) {
+        ("https", Transport::Pinned(_)) => {}
+        ("https", Transport::InsecureHttp) => {
+            return Err(bad(
+                "--insecure-http is for http:// URLs; for https:// give --ca-fingerprint",
+            ));
+        }
+        ("http", Transport::Pinned(_)) => {
+            return Err(bad(
+                "plain http:// is refused; use https:// (or, for development on loopback, --insecure-http)",
+            ));
+        }
+        ("http", Transport::InsecureHttp) => {
             let loopback = match parsed.host() {
                 Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
                 Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -109,10 +245,19 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// A client for `server`, authenticating with `credential` when given.
-    pub fn new(server: &str, credential: Option<String>) -> Result<AgentClient, ClientError> {
-        let server = check_server_url(server)?;
-        let http = reqwest::Client::builder()
+    /// A client for `server` over `transport`, authenticating with `credential` when given.
+    pub fn new(
+        server: &str,
+        transport: &Transport,
+        credential: Option<String>,
+    ) -> Result<AgentClient, ClientError> {
+        let server = check_server_url(server, transport)?;
+        let mut builder = reqwest::Client::builder();
+        if let Transport::Pinned(fingerprint) = transport {
+            builder = builder
+                .tls_backend_preconfigured(pinned_tls_config(&check_fingerprint(fingerprint)?)?);
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(
                 latch_common::api::MAX_POLL_WAIT_SECS + 20,
@@ -240,18 +385,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plain_http_only_on_loopback() {
-        assert!(check_server_url("http://127.0.0.1:8443").is_ok());
-        assert!(check_server_url("http://localhost:8443").is_ok());
-        assert!(check_server_url("http://[::1]:8443").is_ok());
-        assert!(check_server_url("https://latch.example.com").is_ok());
+    fn transports_and_urls_must_agree() {
+        let pinned = Transport::Pinned(format!("sha256:{}", "a".repeat(64)));
+        assert!(check_server_url("https://latch.example.com", &pinned).is_ok());
+        assert!(check_server_url("http://127.0.0.1:8443", &pinned).is_err());
+        assert!(check_server_url("http://127.0.0.1:8443", &Transport::InsecureHttp).is_ok());
+        assert!(check_server_url("http://[::1]:8443", &Transport::InsecureHttp).is_ok());
+        assert!(check_server_url("https://127.0.0.1", &Transport::InsecureHttp).is_err());
         for url in [
             "http://192.0.2.1:8443",
             "ftp://127.0.0.1",
             "http://user:pw@127.0.0.1",
             "not a url",
         ] {
-            assert!(check_server_url(url).is_err(), "{url}");
+            assert!(
+                check_server_url(url, &Transport::InsecureHttp).is_err(),
+                "{url}"
+            );
         }
+        assert!(check_fingerprint("sha256:00").is_err());
+        assert!(check_fingerprint(&format!("sha1:{}", "a".repeat(64))).is_err());
+        assert_eq!(
+            check_fingerprint(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
     }
 }

@@ -4,7 +4,7 @@ use chrono::Utc;
 use latch_common::api::EnrollRequest;
 use thiserror::Error;
 
-use crate::client::{AgentClient, ClientError};
+use crate::client::{AgentClient, ClientError, Transport};
 use crate::facts;
 use crate::state::{Identity, StateDir, StateError};
 
@@ -40,7 +40,12 @@ pub enum EnrollError {
 }
 
 /// Enrolls with `server` using `token`, storing the identity in `state`.
-pub async fn enroll(server: &str, token: &str, state: &StateDir) -> Result<Identity, EnrollError> {
+pub async fn enroll(
+    server: &str,
+    transport: &Transport,
+    token: &str,
+    state: &StateDir,
+) -> Result<Identity, EnrollError> {
     if state.is_enrolled() {
         let existing = state.identity()?;
         return Err(EnrollError::AlreadyEnrolled {
@@ -54,7 +59,7 @@ pub async fn enroll(server: &str, token: &str, state: &StateDir) -> Result<Ident
         });
     }
     let facts = facts::collect().map_err(EnrollError::Facts)?;
-    let client = AgentClient::new(server, None)?;
+    let client = AgentClient::new(server, transport, None)?;
     let response = client
         .enroll(&EnrollRequest {
             token: token.to_owned(),
@@ -71,6 +76,10 @@ pub async fn enroll(server: &str, token: &str, state: &StateDir) -> Result<Ident
         machine_id: facts.machine_id,
         enrolled_at: Utc::now(),
         signing_key: Some(response.signing_key),
+        ca_fingerprint: match transport {
+            Transport::Pinned(fingerprint) => Some(fingerprint.clone()),
+            Transport::InsecureHttp => None,
+        },
     };
     state.save_identity(&identity)?;
     Ok(identity)

@@ -46,9 +46,22 @@ struct Cli {
 enum Command {
     /// Enroll this host with a control plane (once). Writes the identity to the state directory.
     Enroll {
-        /// Control plane URL (https://…, or http:// on loopback).
+        /// Control plane URL: https://… (give --ca-fingerprint), or http:// on loopback with
+        /// --insecure-http.
         #[arg(long)]
         server: String,
+        /// The control plane's CA fingerprint (sha256:…, printed by `latchctl enroll-token
+        /// create` and at the server's start). The agent trusts only that CA, from now on.
+        #[arg(
+            long,
+            required_unless_present = "insecure_http",
+            conflicts_with = "insecure_http"
+        )]
+        ca_fingerprint: Option<String>,
+        /// Talk plain HTTP to a control plane on loopback (development only; the server must
+        /// run with --insecure-http too).
+        #[arg(long)]
+        insecure_http: bool,
         /// Enrollment token from `latchctl enroll-token create`. Prefer --token-file or the
         /// LATCH_ENROLL_TOKEN variable: arguments are visible to other users in /proc.
         #[arg(
@@ -123,6 +136,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Enroll {
             server,
+            ca_fingerprint,
+            insecure_http,
             token,
             token_file,
             state_dir,
@@ -143,7 +158,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let state = StateDir::open(&state_dir)?;
-            let identity = enroll::enroll(&server, token.trim(), &state).await?;
+            let transport = match (ca_fingerprint, insecure_http) {
+                (Some(fingerprint), _) => {
+                    client::Transport::Pinned(client::check_fingerprint(&fingerprint)?)
+                }
+                (None, true) => client::Transport::InsecureHttp,
+                (None, false) => anyhow::bail!(
+                    "give --ca-fingerprint sha256:… (or --insecure-http for a loopback development server)"
+                ),
+            };
+            let identity = enroll::enroll(&server, &transport, token.trim(), &state).await?;
             println!(
                 "enrolled as host {} with {}",
                 identity.host_id, identity.server
@@ -180,8 +204,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_REENROLL));
             }
             tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
-            let client =
-                client::AgentClient::new(&identity.server, Some(identity.credential.clone()))?;
+            let client = client::AgentClient::new(
+                &identity.server,
+                &identity.transport(),
+                Some(identity.credential.clone()),
+            )?;
             let journal = journal::Journal::open(state.path())?;
             let signing_key = identity
                 .signing_key
@@ -247,10 +274,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(&config, state_dir)?;
             let state = StateDir::open(&config.state_dir)?;
             let identity = state.identity()?;
-            let reachable = match client::AgentClient::new(&identity.server, None) {
-                Ok(client) => client.health().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let reachable =
+                match client::AgentClient::new(&identity.server, &identity.transport(), None) {
+                    Ok(client) => client.health().await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
             println!("host id:       {}", identity.host_id);
             println!(
                 "control plane: {} ({})",

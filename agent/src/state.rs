@@ -78,6 +78,20 @@ pub struct Identity {
     /// The control plane's job-signing public key (Ed25519, base64), pinned at enrollment.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// The control plane's CA fingerprint (`sha256:…`), pinned at enrollment; `None` when
+    /// enrolled over plain HTTP on loopback (`--insecure-http`).
+    #[serde(default)]
+    pub ca_fingerprint: Option<String>,
+}
+
+impl Identity {
+    /// How to reach the control plane.
+    pub fn transport(&self) -> crate::client::Transport {
+        match &self.ca_fingerprint {
+            Some(fingerprint) => crate::client::Transport::Pinned(fingerprint.clone()),
+            None => crate::client::Transport::InsecureHttp,
+        }
+    }
 }
 
 /// One account Latch created on this host.
@@ -291,6 +305,7 @@ mod tests {
             machine_id: "0".repeat(32),
             enrolled_at: Utc::now(),
             signing_key: Some("AAAA".into()),
+            ca_fingerprint: None,
         };
         state.save_identity(&identity).unwrap();
         assert_eq!(state.identity().unwrap(), identity);

@@ -183,6 +183,10 @@ pub struct EnrollTokenView {
     pub expires_at: DateTime<Utc>,
     /// How many enrollments it allows.
     pub uses: u32,
+    /// The control plane's CA fingerprint (`sha256:…`) to pin with `latch-agent enroll
+    /// --ca-fingerprint`; `null` when the control plane serves plain HTTP.
+    #[serde(default)]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// A host as administrators see it.

@@ -47,15 +47,22 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for `server` (e.g. `http://127.0.0.1:8443`) with the admin `token`.
-    pub fn new(server: &str, token: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                server: server.to_owned(),
-                source,
-            })?;
+    /// A client for `server` (e.g. `https://127.0.0.1:8443`) with the admin `token`, trusting
+    /// only the CA in `ca_pem` when given (the control plane's own CA, `ca.crt`).
+    pub fn new(server: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            let ca =
+                reqwest::Certificate::from_pem(pem).map_err(|source| ClientError::Unreachable {
+                    server: server.to_owned(),
+                    source,
+                })?;
+            builder = builder.tls_certs_only([ca]);
+        }
+        let http = builder.build().map_err(|source| ClientError::Unreachable {
+            server: server.to_owned(),
+            source,
+        })?;
         Ok(Self {
             http,
             server: server.trim_end_matches('/').to_owned(),

@@ -50,6 +50,7 @@ impl Control {
             token,
             expires_at,
             uses,
+            ca_fingerprint: self.ca_fingerprint.clone(),
         })
     }
 

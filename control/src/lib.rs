@@ -43,6 +43,7 @@ pub mod secret;
 pub mod server;
 pub mod signing;
 pub mod store;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -81,6 +82,7 @@ pub struct Control {
     config: ControlConfig,
     wakeups: queue::Wakeups,
     signer: Arc<signing::JobSigner>,
+    ca_fingerprint: Option<String>,
 }
 
 impl Control {
@@ -95,7 +97,14 @@ impl Control {
             config,
             wakeups: queue::Wakeups::default(),
             signer: Arc::new(signer),
+            ca_fingerprint: None,
         }
+    }
+
+    /// Records the fingerprint of the CA agents must pin (shown with new enrollment tokens).
+    pub fn with_ca_fingerprint(mut self, fingerprint: String) -> Self {
+        self.ca_fingerprint = Some(fingerprint);
+        self
     }
 
     /// Audit entries, oldest first.

@@ -1,7 +1,8 @@
 //! The server: data directory set-up (database, admin token), the transport, and the
 //! background sweep. `run` takes its listener and a shutdown future so tests can drive it.
 //!
-//! Transport lives here only: today plain HTTP, served on loopback addresses alone.
+//! Transport lives here only: HTTPS (rustls, ring) with the data directory's CA by default;
+//! plain HTTP only with `--insecure-http`, and then only on loopback addresses.
 
 use std::future::Future;
 use std::io::Write as _;
@@ -53,11 +54,14 @@ pub enum ServerError {
     /// A control-plane operation failed during start-up.
     #[error(transparent)]
     Control(#[from] ControlError),
-    /// The address is not a loopback address, and this build serves plain HTTP only.
+    /// Plain HTTP was asked for on an address that is not loopback.
     #[error(
-        "refusing to serve plain HTTP on {0}: without TLS the API is only served on loopback (127.0.0.0/8 or ::1); use --listen 127.0.0.1:PORT"
+        "refusing to serve plain HTTP on {0}: --insecure-http is for development on loopback only (127.0.0.0/8 or ::1); drop --insecure-http to serve HTTPS"
     )]
     NotLoopback(SocketAddr),
+    /// The TLS identity could not be prepared.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Binding the listening socket failed.
     #[error(
         "cannot listen on {addr}: {source}; is another process using the port? choose another with --listen"
@@ -140,9 +144,10 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Binds the API's listening socket. Plain HTTP is refused on anything but loopback.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    if !addr.ip().is_loopback() {
+/// Binds the API's listening socket. Plain HTTP (`tls` false) is refused on anything but
+/// loopback.
+pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, ServerError> {
+    if !tls && !addr.ip().is_loopback() {
         return Err(ServerError::NotLoopback(addr));
     }
     TcpListener::bind(addr)
@@ -150,11 +155,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
-/// Serves the API on `listener` until `shutdown` completes. Once a second, in the background,
-/// it fails abandoned jobs and queues revocations of expired grants.
+/// Serves the API on `listener` — over TLS with `tls`, else plain HTTP — until `shutdown`
+/// completes. Once a second, in the background, it fails abandoned jobs and queues revocations
+/// of expired grants.
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let sweeper = {
@@ -173,10 +180,30 @@ pub async fn run(
         })
     };
     let app = crate::api::router(control);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServerError::Serve);
+    let result = match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Serve),
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(5)));
+            });
+            let listener = listener.into_std().map_err(ServerError::Serve)?;
+            axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .map_err(ServerError::Serve)?
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+            .map_err(ServerError::Serve)
+        }
+    };
     sweeper.abort();
     result
 }

@@ -30,9 +30,11 @@ impl Api {
             ControlConfig::default(),
             data.signer,
         ));
-        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(server::run(control, listener, std::future::pending()));
+        tokio::spawn(server::run(control, listener, None, std::future::pending()));
         Api {
             url,
             admin,

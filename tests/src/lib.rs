@@ -166,10 +166,12 @@ pub struct ControlPlane {
     child: Child,
     /// Data directory (database, admin token, server log).
     pub data_dir: tempfile::TempDir,
-    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    /// Base URL, e.g. `https://127.0.0.1:40123`.
     pub url: String,
     /// The admin token.
     pub token: String,
+    /// The CA fingerprint agents pin (`sha256:…`).
+    pub fingerprint: String,
 }
 
 impl ControlPlane {
@@ -184,7 +186,7 @@ impl ControlPlane {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down);
-        let listen = self.url.trim_start_matches("http://").to_owned();
+        let listen = self.url.trim_start_matches("https://").to_owned();
         let data_dir = tempfile::tempdir().expect("tempdir");
         let old = std::mem::replace(&mut self.data_dir, data_dir);
         Self::start_in(old, &listen, &[])
@@ -209,16 +211,24 @@ impl ControlPlane {
             .expect("start latch-control");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let mut fingerprint = String::new();
         let url = loop {
             let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
                 let log =
                     std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
                 panic!("latch-control exited before listening: {log}")
             });
+            if let Some(found) = line.trim().strip_prefix("CA fingerprint: ") {
+                fingerprint = found.to_owned();
+            }
             if let Some(url) = line.trim().strip_prefix("listening on ") {
                 break url.to_owned();
             }
         };
+        assert!(
+            fingerprint.starts_with("sha256:"),
+            "the control plane printed no CA fingerprint"
+        );
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let token = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
@@ -230,6 +240,7 @@ impl ControlPlane {
             data_dir,
             url,
             token,
+            fingerprint,
         }
     }
 
@@ -244,7 +255,8 @@ impl ControlPlane {
             Command::new(binary("latchctl"))
                 .args(["--server", &self.url])
                 .args(args)
-                .env("LATCH_TOKEN", &self.token),
+                .env("LATCH_TOKEN", &self.token)
+                .env("LATCH_CA_FILE", self.ca_file()),
             stdin,
         )
     }
@@ -322,8 +334,7 @@ impl ControlPlane {
 
     /// A raw API call: `(status, body)`.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::blocking::Client::new();
+        let client = self.http();
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = client
             .request(method, format!("{}{path}", self.url))
@@ -344,9 +355,9 @@ impl ControlPlane {
 
     /// A raw API call with another bearer token (a host credential, a guess): `(status, body)`.
     pub fn api_as(&self, token: &str, method: &str, path: &str) -> (u16, Value) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let response = reqwest::blocking::Client::new()
+        let response = self
+            .http()
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(token)
             .send()
@@ -372,6 +383,22 @@ impl ControlPlane {
         );
         assert_eq!(ran.code, 0, "sqlite3 {sql}: {}", ran.stderr);
         ran.stdout
+    }
+
+    /// The control plane's CA certificate file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.path().join("data/ca.crt")
+    }
+
+    /// A blocking HTTP client that trusts only this control plane's CA.
+    fn http(&self) -> reqwest::blocking::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_file()).expect("ca.crt"))
+            .expect("CA");
+        reqwest::blocking::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .expect("client")
     }
 
     /// The server's log so far.
@@ -546,17 +573,17 @@ impl TestHost {
             Duration::from_secs(10),
             || host.can_reach_control_plane().then_some(()),
         );
-        (host, "http://127.0.0.1:8443".to_owned())
+        (host, "https://127.0.0.1:8443".to_owned())
     }
 
     /// Whether `GET /v1/health` through the test host's link answers within 2 s.
     pub fn can_reach_control_plane(&self) -> bool {
         let probe = self.exec(&[
             "timeout",
-            "2",
+            "3",
             "bash",
             "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/8443 && printf 'GET /v1/health HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+            "curl -sk --max-time 2 https://127.0.0.1:8443/v1/health",
         ]);
         probe.stdout.contains("\"ok\"")
     }
@@ -747,6 +774,8 @@ impl TestHost {
                 "enroll",
                 "--server",
                 &control.url,
+                "--ca-fingerprint",
+                &control.fingerprint,
                 "--token-file",
                 "-",
             ]),
@@ -755,10 +784,18 @@ impl TestHost {
     }
 
     /// Enrolls with the control plane at `url` (as the test host sees it).
-    pub fn enroll_via(&self, url: &str, token: &str) -> Ran {
+    pub fn enroll_via(&self, url: &str, fingerprint: &str, token: &str) -> Ran {
         run(
-            self.nsenter()
-                .args([AGENT, "enroll", "--server", url, "--token-file", "-"]),
+            self.nsenter().args([
+                AGENT,
+                "enroll",
+                "--server",
+                url,
+                "--ca-fingerprint",
+                fingerprint,
+                "--token-file",
+                "-",
+            ]),
             Some(token.as_bytes()),
         )
     }

@@ -524,7 +524,7 @@ fn a_grant_expires_on_time_during_a_network_partition() {
     let real = RealEtc::snapshot();
     let cp = ControlPlane::start(&[]);
     let (host, url) = TestHost::start_linked("e2e-part1", &cp);
-    host.enroll_via(&url, &cp.enroll_token("10m", 1))
+    host.enroll_via(&url, &cp.fingerprint, &cp.enroll_token("10m", 1))
         .ok("enroll over the link");
     let _agent = host.start_agent();
     let id = cp.create_job(&[
@@ -672,7 +672,7 @@ fn revocation_latency_is_under_two_seconds_at_p99() {
 
     let (parted, url) = TestHost::start_linked("e2e-lat2", &cp);
     parted
-        .enroll_via(&url, &cp.enroll_token("10m", 1))
+        .enroll_via(&url, &cp.fingerprint, &cp.enroll_token("10m", 1))
         .ok("enroll over the link");
     let _parted_agent = parted.start_agent();
     let ids = staggered_grants(&cp, &parted, "pa", GRANTS, Duration::from_secs(8));

@@ -412,12 +412,233 @@ fn a_cloned_identity_refuses_to_run() {
     let clone = TestHost::start("e2e-clone2");
     let identity = original.read("/var/lib/latch/identity.json");
     clone.write("/var/lib/latch/identity.json", &identity);
-    clone.exec(&["chmod", "0600", "/var/lib/latch/identity.json"]).ok("chmod");
+    clone
+        .exec(&["chmod", "0600", "/var/lib/latch/identity.json"])
+        .ok("chmod");
     let mut agent = clone.start_agent();
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(78), "a cloned identity must stop the agent");
-    assert!(clone.agent_log().contains("machine-id changed"), "{}", clone.agent_log());
-    assert_eq!(clone.read("/var/lib/latch/identity.json"), identity, "the identity is left for the operator");
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(78),
+        "a cloned identity must stop the agent"
+    );
+    assert!(
+        clone.agent_log().contains("machine-id changed"),
+        "{}",
+        clone.agent_log()
+    );
+    assert_eq!(
+        clone.read("/var/lib/latch/identity.json"),
+        identity,
+        "the identity is left for the operator"
+    );
     let hosts = cp.json(&["hosts", "list"]);
-    assert_eq!(hosts["list"][0]["last_seen"], Value::Null, "the clone never talked to the control plane");
+    assert_eq!(
+        hosts["list"][0]["last_seen"],
+        Value::Null,
+        "the clone never talked to the control plane"
+    );
+    real.assert_unchanged();
+}
+
+/// Test 1: enrollment with a wrong CA fingerprint fails and writes nothing (the token is not
+/// even spent); with the right one it succeeds. Plain HTTP is refused on both sides without
+/// `--insecure-http`, and the server refuses `--insecure-http` off loopback.
+#[test]
+fn enrollment_pins_the_control_plane_ca() {
+    if !e2e_enabled("enrollment_pins_the_control_plane_ca") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-pin1");
+    let token = cp.enroll_token("10m", 1);
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let refused = host.enroll_via(&cp.url, &wrong, &token);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("does not match the pinned fingerprint"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        host.exec(&["test", "-e", "/var/lib/latch/identity.json"])
+            .code,
+        1,
+        "a refused enrollment wrote state"
+    );
+    let plain = host.exec_stdin(
+        &[
+            latch_e2e::AGENT,
+            "enroll",
+            "--server",
+            &cp.url.replace("https://", "http://"),
+            "--ca-fingerprint",
+            &cp.fingerprint,
+            "--token-file",
+            "-",
+        ],
+        token.as_bytes(),
+    );
+    assert_ne!(plain.code, 0);
+    assert!(
+        plain.stderr.contains("plain http:// is refused"),
+        "{}",
+        plain.stderr
+    );
+    host.enroll_via(&cp.url, &cp.fingerprint, &token)
+        .ok("enroll with the right fingerprint and the same token");
+    let identity: Value =
+        serde_json::from_str(&host.read("/var/lib/latch/identity.json")).expect("identity");
+    assert_eq!(identity["ca_fingerprint"], cp.fingerprint.as_str());
+    let listing = cp
+        .latchctl(&["enroll-token", "create"])
+        .ok("enroll-token create");
+    assert!(
+        listing.contains(&format!("--ca-fingerprint {}", cp.fingerprint)),
+        "{listing}"
+    );
+
+    let insecure = std::process::Command::new(latch_e2e::binary("latch-control"))
+        .args([
+            "serve",
+            "--insecure-http",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
+        .arg(cp.data_dir.path().join("other"))
+        .output()
+        .expect("latch-control");
+    assert!(!insecure.status.success());
+    assert!(String::from_utf8_lossy(&insecure.stderr).contains("loopback only"));
+    real.assert_unchanged();
+}
+
+/// Test 2: a man in the middle — a TLS proxy that terminates the connection with a certificate
+/// of its own and forwards to the real control plane — is refused, at enrollment and by a
+/// running agent.
+#[test]
+fn a_tls_man_in_the_middle_is_refused() {
+    if !e2e_enabled("a_tls_man_in_the_middle_is_refused") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, cert, pem) = (
+        dir.path().join("mitm.key"),
+        dir.path().join("mitm.crt"),
+        dir.path().join("mitm.pem"),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    std::fs::write(
+        &pem,
+        [
+            std::fs::read(&cert).expect("cert"),
+            std::fs::read(&key).expect("key"),
+        ]
+        .concat(),
+    )
+    .expect("pem");
+    let port = latch_e2e::free_port();
+    let server_port = cp.url.rsplit(':').next().expect("port");
+    let mut proxy = std::process::Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+            pem.display()
+        ))
+        .arg(format!("OPENSSL:127.0.0.1:{server_port},verify=0"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("socat");
+    latch_e2e::wait_for("the proxy", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(drop)
+    });
+    let proxy_url = format!("https://127.0.0.1:{port}");
+
+    let host = TestHost::start("e2e-mitm1");
+    let token = cp.enroll_token("10m", 1);
+    let refused = host.enroll_via(&proxy_url, &cp.fingerprint, &token);
+    assert_ne!(refused.code, 0, "enrollment through the proxy succeeded");
+    assert!(
+        refused
+            .stderr
+            .contains("does not match the pinned fingerprint"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        host.exec(&["test", "-e", "/var/lib/latch/identity.json"])
+            .code,
+        1
+    );
+
+    // An enrolled agent whose traffic is redirected to the proxy stops talking, and applies nothing.
+    host.enroll_via(&cp.url, &cp.fingerprint, &token)
+        .ok("enroll directly");
+    let mut identity: Value =
+        serde_json::from_str(&host.read("/var/lib/latch/identity.json")).expect("identity");
+    identity["server"] = Value::String(proxy_url);
+    host.write("/var/lib/latch/identity.json", &identity.to_string());
+    let _agent = host.start_agent();
+    let id = cp.create_job(&[
+        "--host",
+        "e2e-mitm1",
+        "--kind",
+        "create-account",
+        "--user",
+        "nina",
+    ]);
+    host.wait(
+        "the agent to refuse the proxy",
+        Duration::from_secs(20),
+        || {
+            host.agent_log()
+                .contains("does not match the pinned fingerprint")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let job = cp.job(&id);
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_u64()),
+        (Some("pending"), Some(0)),
+        "{job:#}"
+    );
+    assert!(host.passwd_line("nina").is_none());
+    let _ = proxy.kill();
+    let _ = proxy.wait();
     real.assert_unchanged();
 }

@@ -24,9 +24,17 @@ enum Command {
         /// Directory for the database and the admin token.
         #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
         data_dir: PathBuf,
-        /// Address to listen on. Plain HTTP is served on loopback addresses only.
+        /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443", env = "LATCH_LISTEN")]
         listen: SocketAddr,
+        /// Serve plain HTTP instead of HTTPS. For development only: refused unless --listen is
+        /// a loopback address; agents must also pass --insecure-http.
+        #[arg(long)]
+        insecure_http: bool,
+        /// Extra host name or IP address for the server certificate (repeatable); localhost,
+        /// 127.0.0.1 and ::1 are always included. Agents connect by one of these names.
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
         /// How long a delivered job may stay unreported before it is delivered again.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         lease_timeout: std::time::Duration,
@@ -50,6 +58,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             data_dir,
             listen,
+            insecure_http,
+            tls_names,
             lease_timeout,
             job_ttl,
             max_attempts,
@@ -88,13 +98,27 @@ async fn main() -> anyhow::Result<()> {
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
                 data_dir.join(server::SIGNING_KEY_FILE).display()
             );
-            let control = Arc::new(Control::new(Arc::new(data.store), config, data.signer));
-            let listener = server::bind(listen).await?;
+            let mut control = Control::new(Arc::new(data.store), config, data.signer);
+            let tls = if insecure_http {
+                println!("  TLS:            OFF (--insecure-http; loopback only, for development)");
+                None
+            } else {
+                let identity = latch_control::tls::load_or_create(&data_dir, &tls_names)?;
+                println!(
+                    "  TLS:            CA {} (latchctl: --ca-file); agents pin its fingerprint",
+                    data_dir.join(latch_control::tls::CA_CERT_FILE).display()
+                );
+                println!("  CA fingerprint: {}", identity.ca_fingerprint);
+                control = control.with_ca_fingerprint(identity.ca_fingerprint);
+                Some(identity.server_config)
+            };
+            let listener = server::bind(listen, tls.is_some()).await?;
             let addr = listener
                 .local_addr()
                 .context("cannot read the listening address")?;
-            println!("  listening on http://{addr}");
-            server::run(control, listener, shutdown_signal()).await?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            println!("  listening on {scheme}://{addr}");
+            server::run(Arc::new(control), listener, tls, shutdown_signal()).await?;
             println!("stopped");
             Ok(())
         }

@@ -23,9 +23,13 @@ struct Cli {
         long,
         global = true,
         env = "LATCH_SERVER",
-        default_value = "http://127.0.0.1:8443"
+        default_value = "https://127.0.0.1:8443"
     )]
     server: String,
+    /// The control plane's CA certificate (PEM) to trust for https://. Default:
+    /// ./latch-data/ca.crt when it exists.
+    #[arg(long, global = true, env = "LATCH_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Admin token. Default: the contents of ./latch-data/admin.token.
     #[arg(long, global = true, env = "LATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -202,7 +206,18 @@ fn admin_token(cli: &Cli) -> anyhow::Result<String> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // reqwest is built without a default TLS provider: install ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = AdminClient::new(&cli.server, &admin_token(&cli)?)?;
+    let ca_file = cli.ca_file.clone().or_else(|| {
+        let default = PathBuf::from("latch-data").join("ca.crt");
+        default.exists().then_some(default)
+    });
+    let ca_pem = match &ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let client = AdminClient::new(&cli.server, &admin_token(&cli)?, ca_pem.as_deref())?;
     let json = cli.output == Output::Json;
     match &cli.command {
         Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses }) => {
@@ -223,11 +238,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         token.uses.to_string(),
                     ]],
                 );
-                println!("\nEnroll a host (as root on that host):");
                 println!(
-                    "  latch-agent enroll --server {} --token {}",
-                    cli.server, token.token
+                    "\nEnroll a host (as root on that host; prefer --token-file over --token on shared machines):"
                 );
+                match &token.ca_fingerprint {
+                    Some(fingerprint) => println!(
+                        "  latch-agent enroll --server {} --ca-fingerprint {fingerprint} --token {}",
+                        cli.server, token.token
+                    ),
+                    None => println!(
+                        "  latch-agent enroll --server {} --insecure-http --token {}",
+                        cli.server, token.token
+                    ),
+                }
             }
         }
         Command::Hosts(HostsCommand::List) => {

@@ -1,0 +1,216 @@
+//! The control plane's TLS identity. Without configured certificate files, the first start
+//! creates a private CA (`ca.crt`, `ca.key`, 0600) in the data directory; every start issues a
+//! fresh server certificate from it for `localhost`, `127.0.0.1`, `::1` and the configured names.
+//! Agents pin the CA by its SHA-256 fingerprint (`sha256:…`) at enrollment.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use ring::digest;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use thiserror::Error;
+
+use crate::secret::hex;
+
+/// CA certificate file (PEM) in the data directory.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// CA key file (PEM, 0600) in the data directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+
+/// Why the TLS identity could not be prepared.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("cannot create the TLS certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A stored file is not what it should be.
+    #[error(
+        "{0} is not a valid PEM key or certificate; restore it from backup (agents pinned this CA) or move it away to start a new CA"
+    )]
+    Invalid(PathBuf),
+    /// rustls refused the configuration.
+    #[error("TLS configuration error: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The server's TLS configuration and what agents pin.
+pub struct TlsIdentity {
+    /// rustls configuration for the listener.
+    pub server_config: Arc<rustls::ServerConfig>,
+    /// `sha256:<hex>` of the CA certificate (DER).
+    pub ca_fingerprint: String,
+    /// The CA certificate, PEM (for `latchctl --ca-file`).
+    pub ca_pem: String,
+}
+
+/// `sha256:<hex>` of a certificate's DER bytes.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        hex(digest::digest(&digest::SHA256, der).as_ref())
+    )
+}
+
+fn ca_params() -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Latch control plane CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    Ok(params)
+}
+
+fn write_private(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
+    let io = |action, source| TlsError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io("create", e))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write", e))
+}
+
+fn read(path: &Path) -> Result<Option<String>, TlsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TlsError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Loads (or on first start creates) the CA in `dir` and issues a server certificate for the
+/// loopback names plus `names` (host names or IP addresses).
+pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsIdentity, TlsError> {
+    let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    let (ca_pem, ca_key) = match (read(&cert_path)?, read(&key_path)?) {
+        (Some(cert), Some(key)) => (
+            cert,
+            KeyPair::from_pem(&key).map_err(|_| TlsError::Invalid(key_path.clone()))?,
+        ),
+        (None, None) => {
+            let key = KeyPair::generate()?;
+            let cert = ca_params()?.self_signed(&key)?;
+            write_private(&key_path, &key.serialize_pem(), 0o600)?;
+            write_private(&cert_path, &cert.pem(), 0o644)?;
+            (cert.pem(), key)
+        }
+        _ => {
+            return Err(TlsError::Invalid(if cert_path.exists() {
+                key_path
+            } else {
+                cert_path
+            }));
+        }
+    };
+    let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
+        .map(|der: CertificateDer<'static>| der)
+        .map_err(|_| TlsError::Invalid(cert_path.clone()))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Latch control plane");
+    let mut sans = vec![
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress(IpAddr::from([127, 0, 0, 1])),
+        SanType::IpAddress(
+            "::1"
+                .parse::<IpAddr>()
+                .map_err(|_| rcgen::Error::InvalidIpAddressOctetLength(0))?,
+        ),
+    ];
+    for name in names {
+        sans.push(match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(name.clone().try_into()?),
+        });
+    }
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server_key = KeyPair::generate()?;
+    let server_cert = params.signed_by(&server_key, &issuer)?;
+
+    let chain = vec![server_cert.der().clone(), ca_der.clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsIdentity {
+        server_config: Arc::new(config),
+        ca_fingerprint: fingerprint(&ca_der),
+        ca_pem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_persists_and_its_fingerprint_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(
+            dir.path(),
+            &["latch.example.com".into(), "192.0.2.201".into()],
+        )
+        .unwrap();
+        let again = load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(first.ca_fingerprint, again.ca_fingerprint);
+        assert!(
+            first.ca_fingerprint.starts_with("sha256:") && first.ca_fingerprint.len() == 7 + 64
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(dir.path().join(CA_KEY_FILE))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
+        assert!(matches!(
+            load_or_create(dir.path(), &[]),
+            Err(TlsError::Invalid(_))
+        ));
+    }
+}
