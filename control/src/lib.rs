@@ -63,6 +63,8 @@ pub struct ControlConfig {
     /// How long after creation a job that grants access may still be applied (`not_after`).
     /// Revocations never expire.
     pub job_ttl: Duration,
+    /// Request limits of the HTTP API.
+    pub rate_limits: api::limits::RateLimits,
 }
 
 impl Default for ControlConfig {
@@ -72,6 +74,7 @@ impl Default for ControlConfig {
             max_attempts: 5,
             online_window: Duration::seconds(45),
             job_ttl: Duration::hours(24),
+            rate_limits: api::limits::RateLimits::default(),
         }
     }
 }

@@ -181,10 +181,13 @@ pub async fn run(
     };
     let app = crate::api::router(control);
     let result = match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve),
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::Serve),
         Some(config) => {
             let handle = axum_server::Handle::new();
             let stopper = handle.clone();
@@ -199,7 +202,7 @@ pub async fn run(
             )
             .map_err(ServerError::Serve)?
             .handle(handle)
-            .serve(app.into_make_service())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
             .await
             .map_err(ServerError::Serve)
         }

@@ -17,6 +17,10 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(ControlConfig::default()).await
+    }
+
+    async fn start_with(config: ControlConfig) -> Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let data = server::open_data_dir(dir.path()).await.unwrap();
@@ -25,11 +29,7 @@ impl Api {
             .trim()
             .to_owned();
         let store: SqliteStore = data.store;
-        let control = Arc::new(Control::new(
-            Arc::new(store),
-            ControlConfig::default(),
-            data.signer,
-        ));
+        let control = Arc::new(Control::new(Arc::new(store), config, data.signer));
         let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
@@ -303,4 +303,129 @@ async fn enrollment_refuses_hostile_facts_and_bad_tokens() {
     }
     let (_, hosts, _) = api.admin("GET", "/v1/hosts", None).await;
     assert_eq!(hosts, json!({"list": []}));
+}
+
+#[tokio::test]
+async fn every_response_carries_rate_limit_headers_and_429_past_the_limit() {
+    let limits = latch_control::api::limits::RateLimits {
+        per_principal: 5,
+        auth_failures: 100,
+    };
+    let api = Api::start_with(ControlConfig {
+        rate_limits: limits,
+        ..ControlConfig::default()
+    })
+    .await;
+    for i in 1..=5u32 {
+        let (status, _, headers) = api.admin("GET", "/v1/hosts", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-ratelimit-limit"], "5");
+        assert_eq!(
+            headers["x-ratelimit-remaining"],
+            (5 - i).to_string().as_str()
+        );
+        assert!(
+            headers.contains_key("x-ratelimit-reset")
+                && headers.contains_key("x-ratelimit-retry-at")
+        );
+    }
+    let (status, error, headers) = api.admin("GET", "/v1/hosts", None).await;
+    assert_error(status, &error, 429, "too_many_requests");
+    assert!(headers.contains_key("retry-after") && headers["x-ratelimit-remaining"] == "0");
+    // Another principal has its own budget.
+    let (status, _, _) = api.call("GET", "/v1/health", None, None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn guessing_credentials_is_throttled_per_address() {
+    let limits = latch_control::api::limits::RateLimits {
+        per_principal: 1000,
+        auth_failures: 3,
+    };
+    let api = Api::start_with(ControlConfig {
+        rate_limits: limits,
+        ..ControlConfig::default()
+    })
+    .await;
+    for guess in 0..3 {
+        let (status, _, _) = api
+            .call(
+                "GET",
+                "/v1/hosts",
+                Some(&format!("latch_admin_guess{guess}")),
+                None,
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    // New guesses — and even enrollment attempts — from the same address now wait.
+    let (status, error, _) = api
+        .call("GET", "/v1/hosts", Some("latch_admin_another"), None)
+        .await;
+    assert_error(status, &error, 429, "too_many_requests");
+    let body = json!({"token": "latch_enroll_guess", "facts": {}})
+        .to_string()
+        .into_bytes();
+    let (status, _, _) = api
+        .call("POST", "/v1/enroll", None, Some(("application/json", body)))
+        .await;
+    assert_eq!(status, 429);
+}
+
+/// Issue 4 test 6: every hostile request in `hostile_inputs.json` gets its 4xx with the right
+/// code — never a 500 — and nothing changes.
+#[tokio::test]
+async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing() {
+    let api = Api::start().await;
+    let host = api.enroll("db1").await;
+    let before = (
+        api.admin("GET", "/v1/hosts", None).await.1,
+        api.admin("GET", "/v1/jobs", None).await.1,
+    );
+    let cases: Value = serde_json::from_str(include_str!("hostile_inputs.json")).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 40);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let token = match case["auth"].as_str().unwrap() {
+            "admin" => Some(api.admin.clone()),
+            "host" => Some(host.clone()),
+            _ => None,
+        };
+        let body = case["body"].as_str().map(|body| {
+            let bytes = match body {
+                "BIG" => format!(
+                    "{{\"host\": \"db1\", \"user\": \"{}\"}}",
+                    "a".repeat(100_000)
+                )
+                .into_bytes(),
+                "NESTED" => format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+                other => other.as_bytes().to_vec(),
+            };
+            (
+                case["content_type"].as_str().unwrap_or("application/json"),
+                bytes,
+            )
+        });
+        let (status, error, _) = api
+            .call(
+                case["method"].as_str().unwrap(),
+                case["path"].as_str().unwrap(),
+                token.as_deref(),
+                body,
+            )
+            .await;
+        assert_eq!(
+            status,
+            case["expect_status"].as_u64().unwrap() as u16,
+            "{name}: {error}"
+        );
+        assert_eq!(error["code"], case["expect_code"], "{name}: {error}");
+    }
+    let after = (
+        api.admin("GET", "/v1/hosts", None).await.1,
+        api.admin("GET", "/v1/jobs", None).await.1,
+    );
+    assert_eq!(before, after, "a hostile request changed something");
 }

@@ -17,6 +17,7 @@
 pub mod error;
 pub mod extract;
 mod handlers;
+pub mod limits;
 mod pagination;
 
 use std::sync::Arc;
@@ -63,5 +64,9 @@ pub fn router(control: Arc<Control>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            limits::Limiter::new(control.config().rate_limits),
+            limits::limit,
+        ))
         .with_state(control)
 }

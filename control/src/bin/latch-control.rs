@@ -42,6 +42,12 @@ enum Command {
         /// (its signed `not_after`); revocations never expire.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         job_ttl: std::time::Duration,
+        /// Requests per minute allowed to one principal (admin token, host, or address).
+        #[arg(long, default_value_t = 3000)]
+        rate_limit: u32,
+        /// Refused credentials per minute from one address before it gets 429.
+        #[arg(long, default_value_t = 30)]
+        auth_failure_limit: u32,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -62,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
             tls_names,
             lease_timeout,
             job_ttl,
+            rate_limit,
+            auth_failure_limit,
             max_attempts,
             log_level,
         } => {
@@ -92,6 +100,10 @@ async fn main() -> anyhow::Result<()> {
                     .context("--lease-timeout is too long")?,
                 max_attempts,
                 job_ttl: chrono::Duration::from_std(job_ttl).context("--job-ttl is too long")?,
+                rate_limits: latch_control::api::limits::RateLimits {
+                    per_principal: rate_limit.max(1),
+                    auth_failures: auth_failure_limit.max(1),
+                },
                 ..ControlConfig::default()
             };
             println!(

@@ -451,7 +451,14 @@ async fn wait_for_job(
     let started = Instant::now();
     let show_progress = !json && std::io::stderr().is_terminal();
     loop {
-        let job = client.show_job(id).await?;
+        let job = match client.show_job(id).await {
+            Ok(job) => job,
+            Err(latch_control::client::ClientError::Api { status: 429, .. }) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         if job.status != JobStatus::Pending {
             if json {
                 print_json(&job)?;
