@@ -819,8 +819,14 @@ impl TestHost {
     /// Starts the agent with the crash-test hook set to stop dead at `stage` (`received`,
     /// `applying`, `applied`); an empty stage starts it normally.
     pub fn start_agent_paused_at(&self, stage: &str) -> Agent {
+        self.start_agent_with(&format!("LATCH_AGENT_TEST_PAUSE_AT='{stage}'"))
+    }
+
+    /// Starts the agent behind `prefix` (environment assignments and/or a wrapper command such
+    /// as `setpriv …`), shell syntax.
+    pub fn start_agent_with(&self, prefix: &str) -> Agent {
         let script = format!(
-            "echo $$; LATCH_AGENT_TEST_PAUSE_AT='{stage}' exec /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1"
+            "echo $$; exec env {prefix} /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1"
         );
         let mut child = self
             .nsenter()

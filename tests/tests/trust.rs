@@ -642,3 +642,129 @@ fn a_tls_man_in_the_middle_is_refused() {
     let _ = proxy.wait();
     real.assert_unchanged();
 }
+
+/// The capability bounding set of the shipped unit, as `setpriv --bounding-set` wants it.
+fn unit_capabilities(except: &str) -> String {
+    let unit = include_str!("../../packaging/systemd/latch-agent.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet");
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|cap| cap.trim_start_matches("CAP_").to_ascii_lowercase())
+        .filter(|cap| cap != except)
+        .map(|cap| format!("+{cap}"))
+        .collect();
+    format!("-all,{}", caps.join(","))
+}
+
+/// Least privilege: every job kind works with only the unit's capabilities and no_new_privs
+/// (applied with setpriv, as the unit would); without CAP_CHOWN the same work fails, which shows
+/// the restriction is in force.
+#[test]
+fn the_agent_works_with_the_units_capabilities_only() {
+    if !e2e_enabled("the_agent_works_with_the_units_capabilities_only") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-caps1");
+    host.enroll_ok(&cp);
+    let agent = host.start_agent_with(&format!(
+        "setpriv --no-new-privs --bounding-set {} --",
+        unit_capabilities("")
+    ));
+    let status = host.read(&format!("/proc/{}/status", agent.ns_pid));
+    let bounding = status
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .expect("CapBnd");
+    assert_ne!(
+        bounding.split_whitespace().nth(1),
+        Some("000001ffffffffff"),
+        "the bounding set was not reduced: {bounding}"
+    );
+    assert!(
+        status.lines().any(|l| l == "NoNewPrivs:\t1"),
+        "no_new_privs is not set"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_key, public) = latch_e2e::ssh_keypair(dir.path(), "olga");
+    let keys = dir.path().join("keys.pub");
+    std::fs::write(&keys, &public).expect("keys");
+    let h = ["--host", "e2e-caps1", "--user", "olga"];
+    cp.expect_confirmed(
+        &cp.create_job(
+            &[
+                &h[..],
+                &[
+                    "--kind",
+                    "create-account",
+                    "--group",
+                    "sudo",
+                    "--ssh-key-file",
+                    keys.to_str().expect("path"),
+                ],
+            ]
+            .concat(),
+        ),
+    );
+    cp.expect_confirmed(
+        &cp.create_job(&[&h[..], &["--kind", "remove-group", "--group", "sudo"]].concat()),
+    );
+    cp.expect_confirmed(
+        &cp.create_job(&[&h[..], &["--kind", "add-group", "--group", "sudo"]].concat()),
+    );
+    let out = cp.latchctl_stdin(
+        &[
+            "--output",
+            "json",
+            "jobs",
+            "create",
+            "--host",
+            "e2e-caps1",
+            "--user",
+            "olga",
+            "--kind",
+            "set-password",
+            "--password-stdin",
+        ],
+        Some(b"least privilege password\n"),
+    );
+    let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+    cp.expect_confirmed(job["id"].as_str().expect("id"));
+    host.exec(&[
+        "su",
+        "-s",
+        "/bin/sh",
+        "olga",
+        "-c",
+        "nohup sleep 1000 >/dev/null 2>&1 &",
+    ])
+    .ok("a user process");
+    cp.expect_confirmed(&cp.create_job(&[&h[..], &["--kind", "delete-account"]].concat()));
+    assert!(host.passwd_line("olga").is_none());
+    agent.stop();
+
+    let _weak = host.start_agent_with(&format!(
+        "setpriv --no-new-privs --bounding-set {} --",
+        unit_capabilities("chown")
+    ));
+    let id = cp.create_job(&[
+        "--host",
+        "e2e-caps1",
+        "--kind",
+        "create-account",
+        "--user",
+        "pete",
+        "--ssh-key-file",
+        keys.to_str().expect("path"),
+    ]);
+    let job = cp.wait_job(&id);
+    assert_eq!(
+        job["status"], "failed",
+        "without CAP_CHOWN the account's home and keys cannot be handed over: {job:#}"
+    );
+    real.assert_unchanged();
+}
