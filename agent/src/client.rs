@@ -368,6 +368,29 @@ impl AgentClient {
         Self::answer::<serde_json::Value>(response).await.map(drop)
     }
 
+    /// `GET /v1/agent/self`: whether the credential is accepted (no side effect).
+    pub async fn check_credential(&self) -> Result<(), ClientError> {
+        let request = self.http.get(self.url("/v1/agent/self"));
+        Self::answer::<serde_json::Value>(self.authed(request).send().await?)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/agent/credential`: switch this host to `new_credential`.
+    pub async fn rotate_credential(&self, new_credential: &str) -> Result<(), ClientError> {
+        let body = latch_common::api::RotateCredentialRequest {
+            new_credential: new_credential.to_owned(),
+        };
+        let request = self
+            .http
+            .post(self.url("/v1/agent/credential"))
+            .timeout(REPORT_TIMEOUT)
+            .json(&body);
+        Self::answer::<serde_json::Value>(self.authed(request).send().await?)
+            .await
+            .map(drop)
+    }
+
     /// `POST /v1/agent/revocations`.
     pub async fn report_revocation(&self, report: &RevocationReport) -> Result<(), ClientError> {
         let request = self

@@ -76,6 +76,7 @@ pub async fn enroll(
         machine_id: facts.machine_id,
         enrolled_at: Utc::now(),
         signing_key: Some(response.signing_key),
+        pending_credential: None,
         ca_fingerprint: match transport {
             Transport::Pinned(fingerprint) => Some(fingerprint.clone()),
             Transport::InsecureHttp => None,

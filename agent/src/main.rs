@@ -8,6 +8,7 @@
 
 mod client;
 mod config;
+mod credential;
 mod enroll;
 mod expiry;
 mod facts;
@@ -80,6 +81,17 @@ enum Command {
     },
     /// Run the agent: long-poll for jobs and apply them. Normally started by systemd.
     Run {
+        /// Configuration file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// State directory (overrides state_dir in the configuration).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Replace this host's credential with a new one (the old one stops working). Stop the
+    /// agent first: `systemctl stop latch-agent; latch-agent rotate-credential; systemctl start
+    /// latch-agent`.
+    RotateCredential {
         /// Configuration file.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
@@ -193,7 +205,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .init();
             let state = StateDir::open(&config.state_dir)?;
             let _lock = state.lock()?;
-            let identity = state.identity()?;
+            // Finish a credential rotation a crash interrupted, if any.
+            let identity = match credential::settle_pending(&state).await {
+                Ok(identity) => identity,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot settle a pending credential rotation yet");
+                    state.identity()?
+                }
+            };
             let machine_id = facts::machine_id().context("cannot read /etc/machine-id")?;
             if machine_id != identity.machine_id {
                 eprintln!(
@@ -269,6 +288,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::RotateCredential { config, state_dir } => {
+            let config = load_config(&config, state_dir)?;
+            let state = StateDir::open(&config.state_dir)?;
+            let _lock = state.lock().context(
+                "stop the agent before rotating its credential (systemctl stop latch-agent)",
+            )?;
+            let identity = credential::rotate(&state).await?;
+            println!(
+                "host {} now uses a new credential; the old one no longer works",
+                identity.host_id
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, state_dir } => {
             let config = load_config(&config, state_dir)?;

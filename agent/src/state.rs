@@ -82,6 +82,9 @@ pub struct Identity {
     /// enrolled over plain HTTP on loopback (`--insecure-http`).
     #[serde(default)]
     pub ca_fingerprint: Option<String>,
+    /// A new credential being rotated in, kept until the control plane confirmed the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_credential: Option<String>,
 }
 
 impl Identity {
@@ -306,6 +309,7 @@ mod tests {
             enrolled_at: Utc::now(),
             signing_key: Some("AAAA".into()),
             ca_fingerprint: None,
+            pending_credential: None,
         };
         state.save_identity(&identity).unwrap();
         assert_eq!(state.identity().unwrap(), identity);

@@ -132,6 +132,38 @@ pub struct ReportRequest {
     pub outcome: JobOutcome,
 }
 
+/// `POST /v1/agent/credential`: replace this host's credential (authenticated with the current
+/// one). The agent makes the new secret itself and keeps it as pending until the control plane
+/// has switched, so a crash in between never locks the host out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateCredentialRequest {
+    /// The new credential: `latch_host_` followed by 64 lowercase hex digits.
+    pub new_credential: String,
+}
+
+impl RotateCredentialRequest {
+    /// Refuses anything but a well-formed credential.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let hex = self
+            .new_credential
+            .strip_prefix("latch_host_")
+            .unwrap_or("");
+        if hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            Ok(())
+        } else {
+            Err(ValidationError::new(
+                "new_credential",
+                "must be latch_host_ followed by 64 lowercase hex digits",
+            ))
+        }
+    }
+}
+
 /// Who ended a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -80,6 +80,28 @@ impl Control {
         Ok((host.id, cancelled))
     }
 
+    /// Replaces `host`'s credential with the one its agent made; the old one stops working.
+    pub async fn rotate_host_credential(
+        &self,
+        host: &HostRecord,
+        request: &latch_common::api::RotateCredentialRequest,
+    ) -> Result<(), ControlError> {
+        request.validate()?;
+        if self
+            .store
+            .rotate_host_credential(&host.id, &hash_token(&request.new_credential), Utc::now())
+            .await?
+        {
+            tracing::info!(host_id = %host.id, "host credential rotated");
+            Ok(())
+        } else {
+            Err(ControlError::NotFound {
+                what: "host",
+                key: host.id.clone(),
+            })
+        }
+    }
+
     /// The administrator's view of a host.
     pub fn host_view(&self, host: HostRecord) -> HostView {
         let online = host

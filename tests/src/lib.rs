@@ -385,6 +385,23 @@ impl ControlPlane {
         ran.stdout
     }
 
+    /// A raw JSON `POST` with another bearer token: `(status, body)`.
+    pub fn post_as(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .expect("API call");
+        let status = response.status().as_u16();
+        let text = response.text().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     /// The control plane's CA certificate file.
     pub fn ca_file(&self) -> PathBuf {
         self.data_dir.path().join("data/ca.crt")

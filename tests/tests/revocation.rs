@@ -402,15 +402,44 @@ fn passwords_go_through_pam_and_never_through_argv() {
     let audit = cp.sql("SELECT * FROM audit_log");
     host.exec(&["useradd", "outsider"]).ok("useradd outsider");
     let refused = cp.latchctl_stdin(
-        &["--output", "json", "jobs", "create", "--host", "e2e-pam1", "--user", "outsider", "--kind", "set-password", "--password-stdin"],
+        &[
+            "--output",
+            "json",
+            "jobs",
+            "create",
+            "--host",
+            "e2e-pam1",
+            "--user",
+            "outsider",
+            "--kind",
+            "set-password",
+            "--password-stdin",
+        ],
         Some(b"third secret password\n"),
     );
     let refused: Value = serde_json::from_str(&refused.ok("set-password outsider")).expect("json");
-    let failed = cp.expect_failed(refused["id"].as_str().expect("id"), "account_not_managed").to_string();
-    assert!(agent_log.contains("DEBUG"), "the agent did not log at debug level");
-    for secret in ["first secret password", "second secret password", "third secret password", &hashes[0], &hashes[1]] {
-        assert!(!audit.contains(secret), "a secret appeared in the audit log");
-        assert!(!failed.contains(secret), "a secret appeared in an error body");
+    let failed = cp
+        .expect_failed(refused["id"].as_str().expect("id"), "account_not_managed")
+        .to_string();
+    assert!(
+        agent_log.contains("DEBUG"),
+        "the agent did not log at debug level"
+    );
+    for secret in [
+        "first secret password",
+        "second secret password",
+        "third secret password",
+        &hashes[0],
+        &hashes[1],
+    ] {
+        assert!(
+            !audit.contains(secret),
+            "a secret appeared in the audit log"
+        );
+        assert!(
+            !failed.contains(secret),
+            "a secret appeared in an error body"
+        );
     }
     real.assert_unchanged();
 }

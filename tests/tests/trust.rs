@@ -768,3 +768,87 @@ fn the_agent_works_with_the_units_capabilities_only() {
     );
     real.assert_unchanged();
 }
+
+/// Host credential rotation: the old credential stops working, the agent goes on with the new
+/// one, and a rotation interrupted after the control plane switched is completed at start.
+#[test]
+fn host_credentials_rotate_without_locking_the_host_out() {
+    if !e2e_enabled("host_credentials_rotate_without_locking_the_host_out") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-rot1");
+    host.enroll_ok(&cp);
+    let old = credential(&host);
+    host.exec(&[
+        latch_e2e::AGENT,
+        "rotate-credential",
+        "--state-dir",
+        "/var/lib/latch",
+    ])
+    .ok("rotate-credential");
+    let new = credential(&host);
+    assert_ne!(old, new);
+    assert_eq!(
+        cp.api_as(&old, "GET", "/v1/agent/self").0,
+        401,
+        "the old credential still works"
+    );
+    assert_eq!(cp.api_as(&new, "GET", "/v1/agent/self").0, 200);
+    let agent = host.start_agent();
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-rot1",
+        "--kind",
+        "create-account",
+        "--user",
+        "quinn",
+    ]));
+    agent.stop();
+
+    // Interrupted: the control plane switched to the pending credential, the agent never
+    // promoted it. The next start settles it.
+    let pending = format!("latch_host_{}", "5a".repeat(32));
+    let mut identity: Value =
+        serde_json::from_str(&host.read("/var/lib/latch/identity.json")).expect("identity");
+    identity["pending_credential"] = Value::String(pending.clone());
+    host.write("/var/lib/latch/identity.json", &identity.to_string());
+    let (status, _) = cp.post_as(
+        &new,
+        "/v1/agent/credential",
+        &serde_json::json!({"new_credential": pending}),
+    );
+    assert_eq!(status, 204);
+    let _agent = host.start_agent();
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-rot1",
+        "--kind",
+        "add-group",
+        "--user",
+        "quinn",
+        "--group",
+        "sudo",
+    ]));
+    assert_eq!(
+        credential(&host),
+        pending,
+        "the pending credential was not promoted"
+    );
+    let audit = cp.json(&["audit", "list", "--host", "e2e-rot1"]);
+    let rotations = audit["list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["action"] == "host.credential_rotated")
+        .count();
+    assert_eq!(rotations, 2);
+    let (status, _) = cp.post_as(
+        &pending,
+        "/v1/agent/credential",
+        &serde_json::json!({"new_credential": "latch_host_short"}),
+    );
+    assert_eq!(status, 400, "a malformed new credential must be refused");
+    real.assert_unchanged();
+}

@@ -80,6 +80,19 @@ pub async fn report_revocation(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+pub async fn agent_self(Host(host): Host) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"host_id": host.id}))
+}
+
+pub async fn rotate_credential(
+    State(control): Ctl,
+    Host(host): Host,
+    ApiJson(request): ApiJson<latch_common::api::RotateCredentialRequest>,
+) -> Result<Response, ApiError> {
+    control.rotate_host_credential(&host, &request).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 pub async fn create_enroll_token(
     State(control): Ctl,
     _: Admin,

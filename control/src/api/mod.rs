@@ -8,6 +8,7 @@
 //! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
 //! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
 //! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
+//! | POST | `/v1/agent/credential` | host | replace the host credential |
 //! | POST | `/v1/enroll-tokens` | admin | create an enrollment token |
 //! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
@@ -40,6 +41,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/agent/jobs", get(handlers::poll_jobs))
         .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
         .route("/v1/agent/revocations", post(handlers::report_revocation))
+        .route("/v1/agent/credential", post(handlers::rotate_credential))
+        .route("/v1/agent/self", get(handlers::agent_self))
         .route("/v1/enroll-tokens", post(handlers::create_enroll_token))
         .route("/v1/hosts", get(handlers::list_hosts))
         .route(

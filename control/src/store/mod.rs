@@ -232,6 +232,13 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
         actor: &str,
     ) -> Result<Option<u64>, StoreError>;
+    /// Replaces the credential hash of an active host (audited). `false` if there is no such host.
+    async fn rotate_host_credential(
+        &self,
+        host_id: &str,
+        credential_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Whether the host exists and was not removed.
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError>;
     /// The host with this id, or every host with this host name.

@@ -551,6 +551,30 @@ impl Store for SqliteStore {
         Ok(Some(pending.len() as u64))
     }
 
+    async fn rotate_host_credential(
+        &self,
+        host_id: &str,
+        credential_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let changed =
+            sqlx::query("UPDATE hosts SET credential_hash = ? WHERE id = ? AND removed_at IS NULL")
+                .bind(credential_hash)
+                .bind(host_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if changed == 1 {
+            let event =
+                AuditEvent::new(host_actor(host_id), "host.credential_rotated").host(host_id);
+            audit(&mut tx, &event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed == 1)
+    }
+
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
         Ok(
             sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL")
