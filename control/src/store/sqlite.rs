@@ -849,7 +849,11 @@ impl Store for SqliteStore {
                 Finish::Conflict
             });
         }
-        if job.lease.as_deref() != Some(lease) {
+        if !job
+            .lease
+            .as_deref()
+            .is_some_and(|current| crate::secret::same_secret(current, lease))
+        {
             return Ok(Finish::Conflict);
         }
         match outcome {
