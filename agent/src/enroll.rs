@@ -77,6 +77,9 @@ pub async fn enroll(
         enrolled_at: Utc::now(),
         signing_key: Some(response.signing_key),
         pending_credential: None,
+        next_signing_key: response
+            .next_signing_key
+            .filter(|key| latch_common::signing::decode_public_key(key).is_some()),
         ca_fingerprint: match transport {
             Transport::Pinned(fingerprint) => Some(fingerprint.clone()),
             Transport::InsecureHttp => None,

@@ -229,7 +229,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(identity.credential.clone()),
             )?;
             let journal = journal::Journal::open(state.path())?;
-            let signing_key = identity
+            // Refuse to start without a pinned job-signing key.
+            identity
                 .signing_key
                 .as_deref()
                 .and_then(latch_common::signing::decode_public_key)
@@ -270,7 +271,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 worker,
                 journal,
                 host_id,
-                signing_key,
                 grants_changed,
             };
             tokio::select! {

@@ -511,6 +511,8 @@ pub fn plan(
                 group: group.clone(),
             });
         }
+        // Handled by the worker: it changes the agent's identity, not the host.
+        JobSpec::RotateSigningKey { .. } => {}
         JobSpec::SetPassword {
             user,
             password_hash,
@@ -619,6 +621,7 @@ pub fn verify(
                 )));
             }
         }
+        JobSpec::RotateSigningKey { .. } => {}
     }
     Ok(())
 }

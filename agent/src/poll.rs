@@ -76,8 +76,6 @@ pub struct Agent {
     pub grants_changed: Arc<Notify>,
     /// This host's id.
     pub host_id: String,
-    /// The control plane's job-signing public key, pinned at enrollment.
-    pub signing_key: Vec<u8>,
 }
 
 /// Stops dead at `stage` if the crash tests asked for it (see [`TEST_PAUSE_ENV`]).
@@ -213,7 +211,7 @@ impl Agent {
     /// Verifies the job's signature, then journals and applies it, or returns the outcome
     /// journaled by an earlier delivery.
     async fn apply(&self, job: &AgentJob) -> Result<JobOutcome, PollError> {
-        let signed = match signing::verify(job, &self.signing_key, &self.host_id) {
+        let signed = match self.verify(job) {
             Ok(signed) => signed,
             Err(error) => {
                 tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "refused a job before acting");
@@ -254,6 +252,21 @@ impl Agent {
             tracing::error!(job_id = %job.id, code = %error.code, message = %error.message, "cannot journal the outcome");
         }
         Ok(outcome)
+    }
+
+    /// Verifies with the pinned key; during a key rotation, a job that verifies with the next
+    /// key promotes it (the control plane has switched).
+    fn verify(&self, job: &AgentJob) -> Result<signing::SignedJob, JobError> {
+        let (current, next) = self.worker.signing_keys()?;
+        match signing::verify(job, &current, &self.host_id) {
+            Err(error) if error.code == JobErrorCode::BadSignature => {
+                let Some(next) = next else { return Err(error) };
+                let signed = signing::verify(job, &next, &self.host_id).map_err(|_| error)?;
+                self.worker.promote_next_signing_key()?;
+                Ok(signed)
+            }
+            other => other,
+        }
     }
 
     /// Reports a job that cannot be decoded or named safely as `invalid_job`.

@@ -82,6 +82,10 @@ pub struct Identity {
     /// enrolled over plain HTTP on loopback (`--insecure-http`).
     #[serde(default)]
     pub ca_fingerprint: Option<String>,
+    /// The control plane's next signing key during a rotation; promoted (replacing
+    /// `signing_key`) on the first job that verifies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_signing_key: Option<String>,
     /// A new credential being rotated in, kept until the control plane confirmed the switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_credential: Option<String>,
@@ -310,6 +314,7 @@ mod tests {
             signing_key: Some("AAAA".into()),
             ca_fingerprint: None,
             pending_credential: None,
+            next_signing_key: None,
         };
         state.save_identity(&identity).unwrap();
         assert_eq!(state.identity().unwrap(), identity);

@@ -220,7 +220,41 @@ impl Worker {
         })
     }
 
+    /// The pinned signing key and, during a rotation, the next one (decoded).
+    pub fn signing_keys(&self) -> Result<(Vec<u8>, Option<Vec<u8>>), JobError> {
+        let identity = self.state.identity().map_err(state_error)?;
+        let current = identity
+            .signing_key
+            .as_deref()
+            .and_then(latch_common::signing::decode_public_key)
+            .ok_or_else(|| {
+                state_error("the identity holds no valid job-signing key; re-enroll this host")
+            })?;
+        let next = identity
+            .next_signing_key
+            .as_deref()
+            .and_then(latch_common::signing::decode_public_key);
+        Ok((current, next))
+    }
+
+    /// Makes the next signing key the pinned one (the control plane switched to it).
+    pub fn promote_next_signing_key(&self) -> Result<(), JobError> {
+        let _busy = self.lock();
+        let mut identity = self.state.identity().map_err(state_error)?;
+        if let Some(next) = identity.next_signing_key.take() {
+            identity.signing_key = Some(next);
+            self.state.save_identity(&identity).map_err(state_error)?;
+            tracing::info!(
+                "the control plane's new job-signing key is now pinned; the old one is no longer accepted"
+            );
+        }
+        Ok(())
+    }
+
     fn apply(&self, job: &SignedJob) -> Result<(), JobError> {
+        if let JobSpec::RotateSigningKey { next_key } = &job.spec {
+            return self.record_next_signing_key(job, next_key);
+        }
         if job.host_id != self.host_id {
             return Err(JobError::new(
                 JobErrorCode::InvalidJob,
@@ -256,6 +290,30 @@ impl Worker {
         let accounts = self.state.accounts().map_err(state_error)?;
         plan::verify(&job.spec, &after, &accounts, &policy)?;
         self.verify_home(&job.spec, &snapshot, &after)
+    }
+
+    /// Records the control plane's next signing key (the job itself was verified with the
+    /// current one).
+    fn record_next_signing_key(&self, job: &SignedJob, next_key: &str) -> Result<(), JobError> {
+        if job.host_id != self.host_id {
+            return Err(JobError::new(
+                JobErrorCode::InvalidJob,
+                "the job is for another host",
+            ));
+        }
+        job.spec.validate().map_err(|e| {
+            JobError::new(
+                JobErrorCode::InvalidJob,
+                format!("the job is not valid: {e}"),
+            )
+        })?;
+        let mut identity = self.state.identity().map_err(state_error)?;
+        if identity.signing_key.as_deref() != Some(next_key) {
+            identity.next_signing_key = Some(next_key.to_owned());
+            self.state.save_identity(&identity).map_err(state_error)?;
+        }
+        tracing::info!("learned the control plane's next job-signing key");
+        Ok(())
     }
 
     fn run_step(&self, step: Step, job_id: &str, accounts: &mut Accounts) -> Result<(), JobError> {

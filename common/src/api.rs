@@ -102,6 +102,10 @@ pub struct EnrollResponse {
     pub credential: String,
     /// The control plane's job-signing public key (Ed25519, base64); the agent pins it.
     pub signing_key: String,
+    /// The next signing key while a rotation is under way (the agent accepts it from the first
+    /// job that carries it on).
+    #[serde(default)]
+    pub next_signing_key: Option<String>,
 }
 
 /// A job as delivered to the agent by `GET /v1/agent/jobs`: the delivery (id, lease, attempt)
@@ -275,6 +279,12 @@ impl CreateJobRequest {
         self,
         hash_password: impl FnOnce(&str) -> Result<String, ValidationError>,
     ) -> Result<JobSpec, ValidationError> {
+        if self.kind == Some(JobKind::RotateSigningKey) {
+            return Err(ValidationError::new(
+                "kind",
+                "rotate-signing-key jobs are queued by `latchctl signing-key rotate`, not through the jobs API",
+            ));
+        }
         let kind = self.kind.ok_or_else(|| {
             ValidationError::new("kind", "is required: create-account, delete-account, add-group, remove-group or set-password")
         })?;
@@ -333,6 +343,7 @@ impl CreateJobRequest {
                     user: self.user,
                 }
             }
+            JobKind::RotateSigningKey => unreachable_kind()?,
             JobKind::SetPassword => {
                 not_account_fields(&self)?;
                 refuse("group", self.group.is_some())?;
@@ -351,6 +362,13 @@ impl CreateJobRequest {
         spec.validate()?;
         Ok(spec)
     }
+}
+
+fn unreachable_kind() -> Result<JobSpec, ValidationError> {
+    Err(ValidationError::new(
+        "kind",
+        "rotate-signing-key jobs are not created through the jobs API",
+    ))
 }
 
 /// One step in a job's history.

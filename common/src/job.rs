@@ -32,6 +32,9 @@ pub enum JobKind {
     RemoveGroup,
     /// Apply a pre-hashed password to a managed account (`chpasswd -e`).
     SetPassword,
+    /// Tell the agent the control plane's next job-signing key (queued by `latchctl signing-key
+    /// rotate`, never through the jobs API).
+    RotateSigningKey,
 }
 
 impl JobKind {
@@ -52,10 +55,11 @@ impl JobKind {
             JobKind::AddGroup => "add-group",
             JobKind::RemoveGroup => "remove-group",
             JobKind::SetPassword => "set-password",
+            JobKind::RotateSigningKey => "rotate-signing-key",
         }
     }
 
-    /// Parses the wire spelling.
+    /// Parses the wire spelling of an account job kind.
     pub fn parse(s: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -117,6 +121,11 @@ pub enum JobSpec {
         /// SHA-512 crypt hash made by the control plane; never a plaintext password.
         password_hash: String,
     },
+    /// See [`JobKind::RotateSigningKey`].
+    RotateSigningKey {
+        /// The next Ed25519 public key, base64.
+        next_key: String,
+    },
 }
 
 impl JobSpec {
@@ -128,6 +137,7 @@ impl JobSpec {
             JobSpec::AddGroup { .. } => JobKind::AddGroup,
             JobSpec::RemoveGroup { .. } => JobKind::RemoveGroup,
             JobSpec::SetPassword { .. } => JobKind::SetPassword,
+            JobSpec::RotateSigningKey { .. } => JobKind::RotateSigningKey,
         }
     }
 
@@ -149,7 +159,7 @@ impl JobSpec {
         }
     }
 
-    /// The account the job is about.
+    /// The account the job is about (empty for a signing-key rotation, which concerns none).
     pub fn user(&self) -> &str {
         match self {
             JobSpec::CreateAccount { user, .. }
@@ -157,12 +167,22 @@ impl JobSpec {
             | JobSpec::AddGroup { user, .. }
             | JobSpec::RemoveGroup { user, .. }
             | JobSpec::SetPassword { user, .. } => user,
+            JobSpec::RotateSigningKey { .. } => "",
         }
     }
 
     /// Checks every field against DESIGN.md §3 rule 8. Called by the API before queueing and by
     /// the agent before acting.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        if let JobSpec::RotateSigningKey { next_key } = self {
+            return match crate::signing::decode_public_key(next_key) {
+                Some(_) => Ok(()),
+                None => Err(ValidationError::new(
+                    "next_key",
+                    "must be a base64 Ed25519 public key (32 bytes)",
+                )),
+            };
+        }
         validate_user_name(self.user())?;
         match self {
             JobSpec::CreateAccount {
@@ -200,6 +220,7 @@ impl JobSpec {
                 validate_group_name(group)
             }
             JobSpec::SetPassword { password_hash, .. } => validate_password_hash(password_hash),
+            JobSpec::RotateSigningKey { .. } => Ok(()),
         }
     }
 

@@ -189,6 +189,23 @@ impl AdminClient {
         self.all_pages("/v1/audit", query).await
     }
 
+    /// `POST /v1/signing-key/rotate`: `{"next_key", "jobs"}`.
+    pub async fn rotate_signing_key(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/signing-key/rotate", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/signing-key/promote`.
+    pub async fn promote_signing_key(&self, force: bool) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/signing-key/promote",
+            &[("force", force.to_string())],
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `GET /v1/audit/verify`: `{"ok", "entries", "first_bad"}`.
     pub async fn verify_audit(&self) -> Result<serde_json::Value, ClientError> {
         self.call(Method::GET, "/v1/audit/verify", &[], None::<&()>)

@@ -79,6 +79,7 @@ impl Control {
             host_id: host.id,
             credential,
             signing_key: self.signing_key(),
+            next_signing_key: self.keys.next().map(|next| next.public_key()),
         })
     }
 }

@@ -37,6 +37,7 @@ pub mod client;
 pub mod enroll;
 pub mod error;
 pub mod hosts;
+pub mod keys;
 pub mod password;
 pub mod queue;
 pub mod secret;
@@ -84,7 +85,7 @@ pub struct Control {
     store: Arc<dyn store::Store>,
     config: ControlConfig,
     wakeups: queue::Wakeups,
-    signer: Arc<signing::JobSigner>,
+    keys: keys::SigningKeys,
     ca_fingerprint: Option<String>,
 }
 
@@ -99,7 +100,7 @@ impl Control {
             store,
             config,
             wakeups: queue::Wakeups::default(),
-            signer: Arc::new(signer),
+            keys: keys::SigningKeys::in_memory(signer),
             ca_fingerprint: None,
         }
     }
@@ -124,9 +125,20 @@ impl Control {
         Ok(audit::verify_chain(&self.store.audit_chain().await?))
     }
 
+    /// Keeps the signing keys in `dir` (`signing.key`, and `signing.next.key` during a
+    /// rotation), so rotation survives restarts.
+    pub fn with_key_dir(
+        mut self,
+        dir: std::path::PathBuf,
+        next: Option<signing::JobSigner>,
+    ) -> Self {
+        self.keys = self.keys.persisted_in(dir, next);
+        self
+    }
+
     /// The job-signing public key (base64) agents pin at enrollment.
     pub fn signing_key(&self) -> String {
-        self.signer.public_key()
+        self.keys.current().public_key()
     }
 
     /// The policy in force.

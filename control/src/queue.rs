@@ -87,11 +87,14 @@ impl Control {
         let id = uuid::Uuid::new_v4().to_string();
         let now = Utc::now();
         let not_after = match spec {
-            JobSpec::DeleteAccount { .. } | JobSpec::RemoveGroup { .. } => None,
+            JobSpec::DeleteAccount { .. }
+            | JobSpec::RemoveGroup { .. }
+            | JobSpec::RotateSigningKey { .. } => None,
             _ => Some(spec.expires_at().map_or(now + self.config.job_ttl, |end| {
                 end.min(now + self.config.job_ttl)
             })),
         };
+        let signer = self.keys.current();
         let sign = |seq: i64| -> Result<(String, String), String> {
             let payload = SignedJob {
                 v: PAYLOAD_VERSION,
@@ -102,7 +105,7 @@ impl Control {
                 spec: spec.clone(),
             };
             let payload = serde_json::to_string(&payload).map_err(|e| e.to_string())?;
-            let signature = self.signer.sign(payload.as_bytes());
+            let signature = signer.sign(payload.as_bytes());
             Ok((payload, signature))
         };
         Ok(self
@@ -119,6 +122,19 @@ impl Control {
                 &sign,
             )
             .await?)
+    }
+
+    /// Queues an internal job (not from the jobs API) for `host_id`; returns its id.
+    pub(crate) async fn queue_job_for(
+        &self,
+        host_id: &str,
+        spec: &JobSpec,
+    ) -> Result<String, ControlError> {
+        let job = self
+            .queue_signed(host_id, spec, None, crate::enroll::ADMIN)
+            .await?;
+        self.wakeups.wake(host_id);
+        Ok(job.id)
     }
 
     /// Validates and queues a job; an idle agent of that host is woken at once.

@@ -93,6 +93,8 @@ pub struct DataDir {
     pub admin_token_created: bool,
     /// The job-signing key (`signing.key`, created on first start).
     pub signer: crate::signing::JobSigner,
+    /// The next signing key, while a rotation is under way (`signing.next.key`).
+    pub next_signer: Option<crate::signing::JobSigner>,
 }
 
 /// Creates `dir` (mode 0700) and the SQLite database in it if needed; on first start, creates
@@ -123,11 +125,18 @@ pub async fn open_data_dir(dir: &Path) -> Result<DataDir, ServerError> {
         admin_token_created = true;
     }
     let signer = crate::signing::JobSigner::load_or_create(&dir.join(SIGNING_KEY_FILE))?;
+    let next_path = dir.join(crate::keys::NEXT_KEY_FILE);
+    let next_signer = if next_path.exists() {
+        Some(crate::signing::JobSigner::load_or_create(&next_path)?)
+    } else {
+        None
+    };
     Ok(DataDir {
         store,
         admin_token_path,
         admin_token_created,
         signer,
+        next_signer,
     })
 }
 

@@ -675,6 +675,14 @@ fn the_agent_works_with_the_units_capabilities_only() {
         "setpriv --no-new-privs --bounding-set {} --",
         unit_capabilities("")
     ));
+    host.wait(
+        "the agent to run under setpriv",
+        Duration::from_secs(10),
+        || {
+            (host.read(&format!("/proc/{}/comm", agent.ns_pid)).trim() == "latch-agent")
+                .then_some(())
+        },
+    );
     let status = host.read(&format!("/proc/{}/status", agent.ns_pid));
     let bounding = status
         .lines()
@@ -850,5 +858,100 @@ fn host_credentials_rotate_without_locking_the_host_out() {
         &serde_json::json!({"new_credential": "latch_host_short"}),
     );
     assert_eq!(status, 400, "a malformed new credential must be refused");
+    real.assert_unchanged();
+}
+
+/// Signing-key rotation: every host learns the next key through a job signed with the current
+/// one; promotion waits for all of them; after it, jobs signed with the old key are refused.
+#[test]
+fn the_signing_key_rotates_and_the_old_key_stops_working() {
+    if !e2e_enabled("the_signing_key_rotates_and_the_old_key_stops_working") {
+        return;
+    }
+    use base64::Engine as _;
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let online = TestHost::start("e2e-key1");
+    let offline = TestHost::start("e2e-key2");
+    let online_id = online.enroll_ok(&cp);
+    offline.enroll_ok(&cp);
+    let online_agent = online.start_agent();
+
+    let rotation = cp.json(&["signing-key", "rotate"]);
+    let next_key = rotation["next_key"].as_str().expect("next_key").to_owned();
+    let jobs = rotation["jobs"].as_array().expect("jobs").clone();
+    assert_eq!(jobs.len(), 2);
+    let job_of = |host_id: &str| {
+        jobs.iter()
+            .find(|j| j["host_id"] == host_id)
+            .and_then(|j| j["job_id"].as_str())
+            .expect("job")
+            .to_owned()
+    };
+    cp.expect_confirmed(&job_of(&online_id));
+    let identity: Value =
+        serde_json::from_str(&online.read("/var/lib/latch/identity.json")).expect("identity");
+    assert_eq!(identity["next_signing_key"], next_key.as_str());
+
+    let early = cp.latchctl(&["signing-key", "promote"]);
+    assert_ne!(early.code, 0, "promotion must wait for every host");
+    assert!(
+        early.stderr.contains("have not confirmed"),
+        "{}",
+        early.stderr
+    );
+    let _offline_agent = offline.start_agent();
+    let offline_job = jobs
+        .iter()
+        .find(|j| j["host_id"] != online_id.as_str())
+        .and_then(|j| j["job_id"].as_str())
+        .expect("job")
+        .to_owned();
+    cp.expect_confirmed(&offline_job);
+    let promoted = cp.json(&["signing-key", "promote"]);
+    assert_eq!(promoted["signing_key"], next_key.as_str());
+
+    // Jobs signed with the new key are applied, and each agent switches to it.
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-key1",
+        "--kind",
+        "create-account",
+        "--user",
+        "rita",
+    ]));
+    cp.expect_confirmed(&cp.create_job(&[
+        "--host",
+        "e2e-key2",
+        "--kind",
+        "create-account",
+        "--user",
+        "sam",
+    ]));
+    let identity: Value =
+        serde_json::from_str(&online.read("/var/lib/latch/identity.json")).expect("identity");
+    assert_eq!(identity["signing_key"], next_key.as_str());
+    assert!(identity.get("next_signing_key").is_none_or(Value::is_null));
+
+    // The old key no longer makes a job the agent accepts.
+    online_agent.stop();
+    let old =
+        std::fs::read(cp.data_dir.path().join("data/signing.key.old")).expect("signing.key.old");
+    let old = ring::signature::Ed25519KeyPair::from_pkcs8(&old).expect("old key");
+    let payload = forged_payload(&online_id, "signed-with-old-key");
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(old.sign(payload.as_bytes()).as_ref());
+    insert_forged_job(&cp, &online_id, "signed-with-old-key", &payload, &signature);
+    let _online_agent = online.start_agent();
+    cp.expect_failed("signed-with-old-key", "bad_signature");
+    assert!(online.passwd_line("mallory").is_none());
+    let audit = cp.json(&["audit", "list", "--actor", "admin"]);
+    assert!(
+        audit["list"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|e| e["action"] == "signing_key.promoted")
+    );
     real.assert_unchanged();
 }

@@ -291,6 +291,27 @@ pub async fn verify_audit(State(control): Ctl, _: Admin) -> Result<Response, Api
     Ok(Json(body).into_response())
 }
 
+pub async fn rotate_signing_key(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
+    Ok(Json(control.start_key_rotation().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteParams {
+    force: Option<bool>,
+}
+
+pub async fn promote_signing_key(
+    State(control): Ctl,
+    _: Admin,
+    ApiQuery(params): ApiQuery<PromoteParams>,
+) -> Result<Response, ApiError> {
+    let behind = control
+        .promote_signing_key(params.force.unwrap_or(false))
+        .await?;
+    Ok(Json(serde_json::json!({"promoted": true, "signing_key": control.signing_key(), "hosts_left_behind": behind})).into_response())
+}
+
 fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> Response {
     let mut headers = HeaderMap::new();
     if let Some(link) = link {

@@ -14,6 +14,7 @@
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
+//! | POST | `/v1/signing-key/rotate`, `/v1/signing-key/promote?force=` | admin | job-signing key rotation |
 
 pub mod error;
 pub mod extract;
@@ -54,6 +55,11 @@ pub fn router(control: Arc<Control>) -> Router {
             post(handlers::create_job).get(handlers::list_jobs),
         )
         .route("/v1/jobs/{id}", get(handlers::show_job))
+        .route("/v1/signing-key/rotate", post(handlers::rotate_signing_key))
+        .route(
+            "/v1/signing-key/promote",
+            post(handlers::promote_signing_key),
+        )
         .route("/v1/audit", get(handlers::list_audit))
         .route("/v1/audit/verify", get(handlers::verify_audit))
         .fallback(|| async {

@@ -110,7 +110,8 @@ async fn main() -> anyhow::Result<()> {
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
                 data_dir.join(server::SIGNING_KEY_FILE).display()
             );
-            let mut control = Control::new(Arc::new(data.store), config, data.signer);
+            let mut control = Control::new(Arc::new(data.store), config, data.signer)
+                .with_key_dir(data_dir.clone(), data.next_signer);
             let tls = if insecure_http {
                 println!("  TLS:            OFF (--insecure-http; loopback only, for development)");
                 None

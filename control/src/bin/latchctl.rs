@@ -60,6 +60,21 @@ enum Command {
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rotation of the job-signing key agents pinned.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum SigningKeyCommand {
+    /// Make the next key and send it to every host (in a job signed with the current key).
+    Rotate,
+    /// Switch to the next key once every host confirmed it.
+    Promote {
+        /// Switch even if some hosts have not confirmed; they must then be enrolled again.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -351,6 +366,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &["ID", "AT", "ACTOR", "ACTION", "HOST", "JOB", "DETAIL"],
                     rows,
                 );
+            }
+        }
+        Command::SigningKey(SigningKeyCommand::Rotate) => {
+            let rotation = client.rotate_signing_key().await?;
+            if json {
+                print_json(&rotation)?;
+            } else {
+                let jobs = rotation["jobs"].as_array().map_or(0, Vec::len);
+                println!(
+                    "next signing key: {}",
+                    rotation["next_key"].as_str().unwrap_or("")
+                );
+                println!(
+                    "queued a rotate-signing-key job for {jobs} host(s); when all are confirmed: latchctl signing-key promote"
+                );
+            }
+        }
+        Command::SigningKey(SigningKeyCommand::Promote { force }) => {
+            let promoted = client.promote_signing_key(*force).await?;
+            if json {
+                print_json(&promoted)?;
+            } else {
+                println!(
+                    "new jobs are now signed with {}",
+                    promoted["signing_key"].as_str().unwrap_or("")
+                );
+                if let Some(behind) = promoted["hosts_left_behind"]
+                    .as_array()
+                    .filter(|b| !b.is_empty())
+                {
+                    println!(
+                        "{} host(s) never confirmed the key and must be enrolled again",
+                        behind.len()
+                    );
+                }
             }
         }
         Command::Audit(AuditCommand::Verify) => {

@@ -1,0 +1,186 @@
+//! Rotation of the job-signing key. `start_key_rotation` makes the next key and queues, for every
+//! host, a `rotate-signing-key` job carrying its public key — signed with the current key, so
+//! agents can trust it. Once every host confirmed, `promote_signing_key` switches: new jobs are
+//! signed with the new key, and an agent promotes it (dropping the old one) on the first job it
+//! verifies with it. Hosts that never learned the new key must be enrolled again.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use chrono::Utc;
+use latch_common::job::{JobKind, JobSpec, JobStatus};
+use serde::Serialize;
+
+use crate::audit::AuditEvent;
+use crate::signing::{JobSigner, SigningError};
+use crate::store::{JobFilter, Page};
+use crate::{Control, ControlError};
+
+/// The current signing key and, during a rotation, the next one.
+pub struct SigningKeys {
+    current: RwLock<Arc<JobSigner>>,
+    next: RwLock<Option<Arc<JobSigner>>>,
+    dir: Option<PathBuf>,
+}
+
+/// File of the next key during a rotation.
+pub const NEXT_KEY_FILE: &str = "signing.next.key";
+/// Where the previous key is kept after a promotion.
+pub const OLD_KEY_FILE: &str = "signing.key.old";
+
+impl SigningKeys {
+    /// Keys kept in memory only.
+    pub fn in_memory(current: JobSigner) -> Self {
+        SigningKeys {
+            current: RwLock::new(Arc::new(current)),
+            next: RwLock::new(None),
+            dir: None,
+        }
+    }
+
+    /// The same keys, persisted in `dir`.
+    pub fn persisted_in(self, dir: PathBuf, next: Option<JobSigner>) -> Self {
+        SigningKeys {
+            current: self.current,
+            next: RwLock::new(next.map(Arc::new)),
+            dir: Some(dir),
+        }
+    }
+
+    /// The key new jobs are signed with.
+    pub fn current(&self) -> Arc<JobSigner> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The next key, during a rotation.
+    pub fn next(&self) -> Option<Arc<JobSigner>> {
+        self.next.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A rotation under way.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotation {
+    /// The next public key.
+    pub next_key: String,
+    /// The rotation job queued for each host.
+    pub jobs: Vec<serde_json::Value>,
+}
+
+fn key_error(e: SigningError) -> ControlError {
+    ControlError::Internal(e.to_string())
+}
+
+impl Control {
+    async fn active_hosts(&self) -> Result<Vec<String>, ControlError> {
+        let hosts = self
+            .list_hosts(Page {
+                offset: 0,
+                count: 1_000_000,
+            })
+            .await?;
+        Ok(hosts.into_iter().map(|h| h.id).collect())
+    }
+
+    /// Starts (or continues) a rotation: makes the next key if there is none and queues a
+    /// `rotate-signing-key` job for every host.
+    pub async fn start_key_rotation(&self) -> Result<Rotation, ControlError> {
+        let next = match self.keys.next() {
+            Some(next) => next,
+            None => {
+                let next = match &self.keys.dir {
+                    Some(dir) => {
+                        JobSigner::load_or_create(&dir.join(NEXT_KEY_FILE)).map_err(key_error)?
+                    }
+                    None => JobSigner::generate().map_err(key_error)?,
+                };
+                let next = Arc::new(next);
+                *self.keys.next.write().unwrap_or_else(|p| p.into_inner()) = Some(next.clone());
+                next
+            }
+        };
+        let next_key = next.public_key();
+        let spec = JobSpec::RotateSigningKey {
+            next_key: next_key.clone(),
+        };
+        let mut jobs = Vec::new();
+        for host_id in self.active_hosts().await? {
+            let job = self.queue_job_for(&host_id, &spec).await?;
+            jobs.push(serde_json::json!({"host_id": host_id, "job_id": job}));
+        }
+        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.rotation_started")
+            .detail(serde_json::json!({"next_key": next_key, "hosts": jobs.len()}));
+        self.store.append_audit(&event, Utc::now()).await?;
+        Ok(Rotation { next_key, jobs })
+    }
+
+    /// Switches to the next key. Refused while a host has not confirmed it, unless `force`
+    /// (those hosts then refuse every new job and must be enrolled again). Returns the hosts
+    /// left behind.
+    pub async fn promote_signing_key(&self, force: bool) -> Result<Vec<String>, ControlError> {
+        let next = self
+            .keys
+            .next()
+            .ok_or_else(|| ControlError::Conflict("no signing-key rotation is under way; start one with `latchctl signing-key rotate`".into()))?;
+        let next_key = next.public_key();
+        let mut behind = Vec::new();
+        for host_id in self.active_hosts().await? {
+            let filter = JobFilter {
+                host_id: Some(host_id.clone()),
+                status: Some(JobStatus::Confirmed),
+            };
+            let confirmed = self
+                .store
+                .list_jobs(
+                    &filter,
+                    Page {
+                        offset: 0,
+                        count: 1_000_000,
+                    },
+                )
+                .await?;
+            let knows = confirmed.iter().any(|job| {
+                job.spec.kind() == JobKind::RotateSigningKey
+                    && matches!(&job.spec, JobSpec::RotateSigningKey { next_key: key } if *key == next_key)
+            });
+            if !knows {
+                behind.push(host_id);
+            }
+        }
+        if !behind.is_empty() && !force {
+            return Err(ControlError::Conflict(format!(
+                "{} host(s) have not confirmed the next key yet ({}); wait for their rotate-signing-key jobs, or pass --force (they will have to be enrolled again)",
+                behind.len(),
+                behind.join(", ")
+            )));
+        }
+        if let Some(dir) = &self.keys.dir {
+            let io = |e: std::io::Error| {
+                ControlError::Internal(format!(
+                    "cannot switch the signing key files in {}: {e}",
+                    dir.display()
+                ))
+            };
+            std::fs::rename(
+                dir.join(crate::server::SIGNING_KEY_FILE),
+                dir.join(OLD_KEY_FILE),
+            )
+            .map_err(io)?;
+            std::fs::rename(
+                dir.join(NEXT_KEY_FILE),
+                dir.join(crate::server::SIGNING_KEY_FILE),
+            )
+            .map_err(io)?;
+        }
+        *self.keys.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.keys.next.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.promoted")
+            .detail(serde_json::json!({"key": next_key, "hosts_left_behind": behind}));
+        self.store.append_audit(&event, Utc::now()).await?;
+        tracing::warn!(left_behind = behind.len(), "job-signing key promoted");
+        Ok(behind)
+    }
+}
