@@ -345,12 +345,7 @@ impl ControlPlane {
                 .body(body.to_owned());
         }
         let response = request.send().expect("API call");
-        let status = response.status().as_u16();
-        let text = response.text().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        status_and_json(response)
     }
 
     /// A raw API call with another bearer token (a host credential, a guess): `(status, body)`.
@@ -362,12 +357,7 @@ impl ControlPlane {
             .bearer_auth(token)
             .send()
             .expect("API call");
-        let status = response.status().as_u16();
-        let text = response.text().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        status_and_json(response)
     }
 
     /// Runs SQL against the control plane's database with the `sqlite3` tool, as an attacker
@@ -394,12 +384,7 @@ impl ControlPlane {
             .json(body)
             .send()
             .expect("API call");
-        let status = response.status().as_u16();
-        let text = response.text().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        status_and_json(response)
     }
 
     /// The control plane's CA certificate file.
@@ -1001,6 +986,16 @@ impl Agent {
     pub fn stop(self) {
         self.stop_with("-TERM");
     }
+}
+
+/// An API answer as `(status, JSON body)`; a body that is not JSON comes back as a string.
+fn status_and_json(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
