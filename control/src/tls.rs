@@ -182,6 +182,39 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsIdentity, TlsEr
     })
 }
 
+/// Uses the operator's certificate chain (PEM: server certificate first, issuing CA last) and
+/// key. Agents pin the last certificate of the chain — the CA that issued the server's.
+pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<TlsIdentity, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|_| TlsError::Invalid(cert_path.to_owned()))?
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Invalid(cert_path.to_owned()))?;
+    let (Some(ca), true) = (chain.last().cloned(), chain.len() >= 2) else {
+        return Err(TlsError::Invalid(cert_path.to_owned()));
+    };
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|_| TlsError::Invalid(key_path.to_owned()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let ca_pem = read(cert_path)?
+        .and_then(|text| {
+            text.rfind("-----BEGIN CERTIFICATE-----")
+                .map(|at| text[at..].to_owned())
+        })
+        .ok_or_else(|| TlsError::Invalid(cert_path.to_owned()))?;
+    Ok(TlsIdentity {
+        server_config: Arc::new(config),
+        ca_fingerprint: fingerprint(&ca),
+        ca_pem,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +239,30 @@ mod tests {
                 .mode()
                 & 0o777,
             0o600
+        );
+        // The generated pair also works as operator-supplied files (server certificate + CA).
+        let ca = std::fs::read_to_string(dir.path().join(CA_CERT_FILE)).unwrap();
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.path().join(CA_KEY_FILE)).unwrap())
+                .unwrap();
+        let issuer = Issuer::new(ca_params().unwrap(), ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["latch.example.com".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let (chain_path, key_path) = (dir.path().join("chain.pem"), dir.path().join("server.key"));
+        std::fs::write(&chain_path, format!("{}{ca}", server.pem())).unwrap();
+        std::fs::write(&key_path, server_key.serialize_pem()).unwrap();
+        let supplied = from_files(&chain_path, &key_path).unwrap();
+        assert_eq!(
+            supplied.ca_fingerprint, first.ca_fingerprint,
+            "agents pin the issuing CA"
+        );
+        std::fs::write(&chain_path, server.pem()).unwrap();
+        assert!(
+            from_files(&chain_path, &key_path).is_err(),
+            "a chain without its CA cannot be pinned"
         );
         std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
         assert!(matches!(

@@ -35,6 +35,13 @@ enum Command {
         /// 127.0.0.1 and ::1 are always included. Agents connect by one of these names.
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// Your own certificate chain (PEM: server certificate first, its issuing CA last)
+        /// instead of the data directory's CA; agents pin the last certificate.
+        #[arg(long, requires = "tls_key", conflicts_with_all = ["insecure_http", "tls_names"])]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// How long a delivered job may stay unreported before it is delivered again.
         #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
         lease_timeout: std::time::Duration,
@@ -66,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             insecure_http,
             tls_names,
+            tls_cert,
+            tls_key,
             lease_timeout,
             job_ttl,
             rate_limit,
@@ -116,11 +125,22 @@ async fn main() -> anyhow::Result<()> {
                 println!("  TLS:            OFF (--insecure-http; loopback only, for development)");
                 None
             } else {
-                let identity = latch_control::tls::load_or_create(&data_dir, &tls_names)?;
-                println!(
-                    "  TLS:            CA {} (latchctl: --ca-file); agents pin its fingerprint",
-                    data_dir.join(latch_control::tls::CA_CERT_FILE).display()
-                );
+                let identity = match (&tls_cert, &tls_key) {
+                    (Some(cert), Some(key)) => {
+                        println!(
+                            "  TLS:            certificate {} (agents pin its issuing CA)",
+                            cert.display()
+                        );
+                        latch_control::tls::from_files(cert, key)?
+                    }
+                    _ => {
+                        println!(
+                            "  TLS:            CA {} (latchctl: --ca-file); agents pin its fingerprint",
+                            data_dir.join(latch_control::tls::CA_CERT_FILE).display()
+                        );
+                        latch_control::tls::load_or_create(&data_dir, &tls_names)?
+                    }
+                };
                 println!("  CA fingerprint: {}", identity.ca_fingerprint);
                 control = control.with_ca_fingerprint(identity.ca_fingerprint);
                 Some(identity.server_config)
