@@ -11,7 +11,8 @@ use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, HostView, Jo
 use latch_common::job::{JobKind, JobStatus};
 use latch_control::client::AdminClient;
 
-/// Administer a Latch control plane: enrollment tokens, hosts and account jobs.
+/// Administer a Latch control plane: enrollment tokens, hosts, account jobs, the audit trail and
+/// the job-signing key.
 ///
 /// Exit status: 0 on success; 1 when the command failed (the message says why); for `jobs
 /// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed.
