@@ -11,8 +11,7 @@ use chrono::{DateTime, Utc};
 use latch_common::job::JobOutcome;
 use serde::{Deserialize, Serialize};
 
-use crate::state::StateError;
-use crate::system::files::write_file_atomic;
+use crate::state::{StateError, read_json_file, write_json_file};
 
 /// How far a job got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,32 +73,12 @@ impl Journal {
 
     /// The entry of `job_id`, if any.
     pub fn get(&self, job_id: &str) -> Result<Option<Entry>, StateError> {
-        let path = self.path(job_id);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
+        read_json_file(&self.path(job_id))
     }
 
     /// Writes `entry` atomically (fsynced before it counts).
     pub fn record(&self, entry: &Entry) -> Result<(), StateError> {
-        let path = self.path(&entry.job_id);
-        let bytes = serde_json::to_vec(entry).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        write_file_atomic(&path, &bytes, 0o600).map_err(|source| StateError::Io {
-            action: "write",
-            path,
-            source,
-        })
+        write_json_file(&self.path(&entry.job_id), entry)
     }
 
     /// Removes the entry of an acknowledged job.

@@ -260,36 +260,45 @@ impl StateDir {
     }
 
     fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
-        let path = self.path.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Corrupt { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(StateError::Io {
-                action: "read",
-                path,
-                source,
-            }),
-        }
+        read_json_file(&self.path.join(name))
     }
 
-    /// Writes `value` to a temporary file, fsyncs it, renames it over `name` and fsyncs the
-    /// directory, so a crash leaves either the old or the new content.
     fn write_json(&self, name: &str, value: &impl Serialize) -> Result<(), StateError> {
-        let path = self.path.join(name);
-        let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        crate::system::files::write_file_atomic(&path, &bytes, 0o600).map_err(|source| {
-            StateError::Io {
-                action: "write",
-                path,
-                source,
-            }
-        })
+        write_json_file(&self.path.join(name), value)
     }
+}
+
+/// Reads a JSON state file; `None` if it does not exist.
+pub fn read_json_file<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Writes a JSON state file atomically with mode 0600 (see `system::files::write_file_atomic`).
+pub fn write_json_file(path: &Path, value: &impl Serialize) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    crate::system::files::write_file_atomic(path, &bytes, 0o600).map_err(|source| StateError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
