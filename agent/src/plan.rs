@@ -307,8 +307,11 @@ pub fn expired(accounts: &Accounts, now: DateTime<Utc>) -> Vec<Expired> {
     for (user, account) in &accounts.accounts {
         if account.expires_at.is_some_and(|end| end <= now) {
             let mut job_ids = vec![account.created_by_job.clone()];
-            job_ids.extend(account.group_grants.values().map(|g| g.job_id.clone()));
-            job_ids.dedup();
+            for grant in account.group_grants.values() {
+                if !job_ids.contains(&grant.job_id) {
+                    job_ids.push(grant.job_id.clone());
+                }
+            }
             due.push(Expired::Account {
                 user: user.clone(),
                 job_ids,
@@ -937,6 +940,36 @@ mod tests {
         assert_eq!(
             steps.last(),
             Some(&Step::ForgetAccount { user: "eph".into() })
+        );
+    }
+
+    #[test]
+    fn an_expired_account_reports_each_granting_job_once() {
+        let mut records = accounts();
+        let account = records.accounts.get_mut("eph").unwrap();
+        account.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        // "adm" sorts before "sudo": the creating job's own grant is not next to it.
+        account.group_grants.insert(
+            "adm".into(),
+            crate::state::GroupGrant {
+                job_id: "g1".into(),
+                expires_at: None,
+            },
+        );
+        account.group_grants.insert(
+            "sudo".into(),
+            crate::state::GroupGrant {
+                job_id: "j".into(),
+                expires_at: None,
+            },
+        );
+        let due = expired(&records, Utc::now());
+        assert_eq!(
+            due,
+            vec![Expired::Account {
+                user: "eph".into(),
+                job_ids: vec!["j".into(), "g1".into()]
+            }]
         );
     }
 
