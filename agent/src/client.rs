@@ -311,12 +311,6 @@ impl AgentClient {
         })
     }
 
-    /// `GET /v1/health`.
-    pub async fn health(&self) -> Result<(), ClientError> {
-        let response = self.http.get(self.url("/v1/health")).send().await?;
-        Self::answer::<serde_json::Value>(response).await.map(drop)
-    }
-
     /// `POST /v1/enroll`.
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
         let response = self

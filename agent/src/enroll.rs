@@ -13,7 +13,7 @@ use crate::state::{Identity, StateDir, StateError};
 pub enum EnrollError {
     /// Already enrolled.
     #[error(
-        "this host is already enrolled as {host_id} with {server} ({path}); to enroll again, stop the agent and remove that file"
+        "this host is already enrolled as {host_id} with {server} ({path}); to enroll it again (e.g. after `latchctl hosts remove`), stop the agent and add --replace"
     )]
     AlreadyEnrolled {
         /// Existing host id.
@@ -39,14 +39,18 @@ pub enum EnrollError {
     State(#[from] StateError),
 }
 
-/// Enrolls with `server` using `token`, storing the identity in `state`.
+/// Enrolls with `server` using `token`, storing the identity in `state`. With `replace`, an
+/// existing identity is replaced once the new enrollment succeeded: the accounts Latch created
+/// and their grants stay (they still end on time); what belonged to the old enrollment (job
+/// sequence numbers, the job journal, unsent revocation reports, revoke-only mode) goes.
 pub async fn enroll(
     server: &str,
     transport: &Transport,
     token: &str,
     state: &StateDir,
+    replace: bool,
 ) -> Result<Identity, EnrollError> {
-    if state.is_enrolled() {
+    if state.is_enrolled() && !replace {
         let existing = state.identity()?;
         return Err(EnrollError::AlreadyEnrolled {
             host_id: existing.host_id,
@@ -85,6 +89,13 @@ pub async fn enroll(
             Transport::InsecureHttp => None,
         },
     };
+    if replace {
+        let mut accounts = state.accounts()?;
+        accounts.forget_enrollment();
+        state.save_accounts(&accounts)?;
+        crate::journal::Journal::open(state.path())?.clear()?;
+        state.clear_revoke_only()?;
+    }
     state.save_identity(&identity)?;
     Ok(identity)
 }

@@ -9,23 +9,25 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
+use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
 use crate::worker::Worker;
 
 /// Longest sleep between checks, so a changed system clock is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
-/// Pause before retrying a revocation that failed.
-const RETRY: Duration = Duration::from_secs(2);
 
 /// Revokes grants at their end, forever. `changed` is signalled when a job may have added or
 /// removed a grant; `outbox_ready` is signalled after a revocation.
+/// A revocation that could not be completed is retried after 1 s, then less and less often
+/// (up to every 30 s) until it is; a new or changed grant wakes the timer at once.
 pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<Notify>) {
+    let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let next = match worker.next_expiry() {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(%error, "cannot read the grants; retrying");
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(retry.delay()).await;
                 continue;
             }
         };
@@ -44,16 +46,32 @@ pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<No
             continue;
         }
         let revoking = worker.clone();
-        match tokio::task::spawn_blocking(move || revoking.revoke_expired(Utc::now())).await {
-            Ok(Ok(count)) if count > 0 => outbox_ready.notify_one(),
-            Ok(Ok(_)) => tokio::time::sleep(RETRY).await,
+        let progress = match tokio::task::spawn_blocking(move || {
+            revoking.revoke_expired(Utc::now())
+        })
+        .await
+        {
+            Ok(Ok(count)) if count > 0 => {
+                outbox_ready.notify_one();
+                true
+            }
+            Ok(Ok(_)) => false,
             Ok(Err(error)) => {
                 tracing::error!(code = %error.code, message = %error.message, "revoking expired grants failed; retrying");
-                tokio::time::sleep(RETRY).await;
+                false
             }
             Err(error) => {
                 tracing::error!(%error, "the revocation task failed; retrying");
-                tokio::time::sleep(RETRY).await;
+                false
+            }
+        };
+        if progress {
+            retry.reset();
+        } else {
+            // Something that ended could not be revoked completely yet: try again, less often.
+            tokio::select! {
+                () = tokio::time::sleep(retry.delay()) => {}
+                () = changed.notified() => {}
             }
         }
     }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use latch_common::job::JobOutcome;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{StateError, read_json_file, write_json_file};
+use crate::state::{StateError, read_json_file, remove_state_file, write_json_file};
 
 /// How far a job got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,16 +83,7 @@ impl Journal {
 
     /// Removes the entry of an acknowledged job.
     pub fn remove(&self, job_id: &str) -> Result<(), StateError> {
-        let path = self.path(job_id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Io {
-                action: "remove",
-                path,
-                source,
-            }),
-        }
+        remove_state_file(&self.path(job_id))
     }
 
     /// Entries with a final outcome that was never acknowledged.
@@ -114,6 +105,19 @@ impl Journal {
             }
         }
         Ok(done)
+    }
+
+    /// Removes every entry (the host enrolls again: the old jobs are gone).
+    pub fn clear(&self) -> Result<(), StateError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| StateError::Io {
+            action: "list",
+            path: self.dir.clone(),
+            source,
+        })?;
+        for entry in entries.filter_map(Result::ok) {
+            remove_state_file(&entry.path())?;
+        }
+        Ok(())
     }
 
     /// Removes entries untouched for `age` (jobs the control plane gave up on).
@@ -145,7 +149,7 @@ mod tests {
         journal.record(&entry).unwrap();
         assert!(journal.unacknowledged().unwrap().is_empty());
         entry.stage = Stage::Done;
-        entry.outcome = Some(JobOutcome::Confirmed);
+        entry.outcome = Some(JobOutcome::confirmed());
         journal.record(&entry).unwrap();
         assert_eq!(journal.get("0b7e-1").unwrap(), Some(entry.clone()));
         assert_eq!(journal.unacknowledged().unwrap(), vec![entry]);

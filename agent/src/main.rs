@@ -1,14 +1,19 @@
 //! `latch-agent`: the Latch host agent.
 //!
 //! Layout: [`config`] (agent.toml), [`state`] (identity and records), [`enroll`], [`client`]
-//! (the only transport), [`poll`] (the main loop), [`worker`] (applies one job), [`plan`] (pure
-//! decisions), [`system`] (the only code that changes the host), [`facts`].
+//! (the only transport), [`daemon`] (`run`: tasks and the revoke-only mode), [`poll`] (the
+//! polling loop), [`expiry`] (the local expiry timer), [`worker`] (applies one job, revokes
+//! expired grants), [`plan`] (pure decisions), [`journal`] (crash journal), [`system`] (the only
+//! code that changes the host), [`facts`], [`backoff`], [`crash_hook`] (crash-test hook).
 
 #![forbid(unsafe_code)]
 
+mod backoff;
 mod client;
 mod config;
+mod crash_hook;
 mod credential;
+mod daemon;
 mod enroll;
 mod expiry;
 mod facts;
@@ -19,20 +24,15 @@ mod state;
 mod system;
 mod worker;
 
-use std::io::Read as _;
+use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::state::StateDir;
-
-/// Exit status when the host's identity is refused or no longer valid (systemd does not restart
-/// on it: see RestartPreventExitStatus in the unit).
-const EXIT_REENROLL: u8 = 78;
 
 /// The Latch host agent: enrolls this host once, then long-polls the control plane for account
 /// jobs and applies them with the distribution's own tools, one at a time, verifying each.
@@ -63,8 +63,8 @@ enum Command {
         /// run with --insecure-http too).
         #[arg(long)]
         insecure_http: bool,
-        /// Enrollment token from `latchctl enroll-token create`. Prefer --token-file or the
-        /// LATCH_ENROLL_TOKEN variable: arguments are visible to other users in /proc.
+        /// Enrollment token from `latchctl enroll-token create`. Prefer --token-file (or the
+        /// LATCH_ENROLL_TOKEN variable): arguments are visible to other users in /proc.
         #[arg(
             long,
             env = "LATCH_ENROLL_TOKEN",
@@ -78,6 +78,11 @@ enum Command {
         /// State directory.
         #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Enroll again although this host is enrolled (after `latchctl hosts remove`, a restored
+        /// control-plane database, or a cloned image). Stop the agent first. The accounts Latch
+        /// created here stay recorded and still end on time.
+        #[arg(long)]
+        replace: bool,
     },
     /// Run the agent: long-poll for jobs and apply them. Normally started by systemd.
     Run {
@@ -99,8 +104,9 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Show this host's enrollment, the accounts Latch manages here, and whether the control
-    /// plane is reachable.
+    /// Show this host's enrollment, whether the control plane accepts its credential, the
+    /// agent's mode (polling or revoke-only), and the accounts Latch manages here. Exit status 1
+    /// when the control plane cannot be used.
     Status {
         /// Configuration file.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
@@ -153,6 +159,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             token_file,
             state_dir,
+            replace,
         } => {
             let token = match (token, token_file) {
                 (Some(token), _) => token,
@@ -170,6 +177,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let state = StateDir::open(&state_dir)?;
+            let _lock = state
+                .lock()
+                .context("stop the agent before enrolling (systemctl stop latch-agent)")?;
             let transport = match (ca_fingerprint, insecure_http) {
                 (Some(fingerprint), _) => {
                     client::Transport::Pinned(client::check_fingerprint(&fingerprint)?)
@@ -179,7 +189,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "give --ca-fingerprint sha256:… (or --insecure-http for a loopback development server)"
                 ),
             };
-            let identity = enroll::enroll(&server, &transport, token.trim(), &state).await?;
+            let identity =
+                enroll::enroll(&server, &transport, token.trim(), &state, replace).await?;
             println!(
                 "enrolled as host {} with {}",
                 identity.host_id, identity.server
@@ -201,93 +212,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing_subscriber::EnvFilter::try_new(&config.log_level)
                         .context("invalid log_level in the configuration")?,
                 )
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .init();
-            let state = StateDir::open(&config.state_dir)?;
-            let _lock = state.lock()?;
-            // Finish a credential rotation a crash interrupted, if any.
-            let identity = match credential::settle_pending(&state).await {
-                Ok(identity) => identity,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot settle a pending credential rotation yet");
-                    state.identity()?
-                }
-            };
-            let machine_id = facts::machine_id().context("cannot read /etc/machine-id")?;
-            if machine_id != identity.machine_id {
-                eprintln!(
-                    "error: /etc/machine-id changed since enrollment (this looks like a cloned image); \
-                     this host must be enrolled on its own: remove {} and run `latch-agent enroll`",
-                    state.path().join(state::IDENTITY_FILE).display()
-                );
-                return Ok(ExitCode::from(EXIT_REENROLL));
-            }
-            tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
-            let client = client::AgentClient::new(
-                &identity.server,
-                &identity.transport(),
-                Some(identity.credential.clone()),
-            )?;
-            let journal = journal::Journal::open(state.path())?;
-            // Refuse to start without a pinned job-signing key.
-            identity
-                .signing_key
-                .as_deref()
-                .and_then(latch_common::signing::decode_public_key)
-                .context("the identity holds no job-signing key (enrolled by an older agent); re-enroll this host")?;
-            let host_id = identity.host_id.clone();
-            let worker = Arc::new(worker::Worker::new(config, state, identity.host_id));
-            worker.prepare_host()?;
-            // Grants that ended while the agent was down are revoked before anything else.
-            {
-                let worker = worker.clone();
-                match tokio::task::spawn_blocking(move || worker.revoke_expired(chrono::Utc::now()))
-                    .await?
-                {
-                    Ok(0) => {}
-                    Ok(count) => tracing::info!(
-                        count,
-                        "revoked grants that expired while the agent was stopped"
-                    ),
-                    Err(error) => {
-                        tracing::error!(code = %error.code, message = %error.message, "revoking expired grants at start failed; the expiry timer retries")
-                    }
-                }
-            }
-            let grants_changed = Arc::new(tokio::sync::Notify::new());
-            let outbox_ready = Arc::new(tokio::sync::Notify::new());
-            tokio::spawn(expiry::run(
-                worker.clone(),
-                grants_changed.clone(),
-                outbox_ready.clone(),
-            ));
-            tokio::spawn(expiry::flush_loop(
-                client.clone(),
-                worker.clone(),
-                outbox_ready,
-            ));
-            let agent = poll::Agent {
-                client,
-                worker,
-                journal,
-                host_id,
-                grants_changed,
-            };
-            tokio::select! {
-                result = agent.run() => match result {
-                    Err(poll::PollError::Unauthorized(message)) => {
-                        tracing::error!(%message, "host credential refused; stopping");
-                        eprintln!("error: {}", poll::PollError::Unauthorized(message));
-                        Ok(ExitCode::from(EXIT_REENROLL))
-                    }
-                    Err(error) => Err(error.into()),
-                    Ok(()) => Ok(ExitCode::SUCCESS),
-                },
-                () = shutdown_signal() => {
-                    tracing::info!("stopping");
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
+            daemon::run(config, shutdown_signal()).await
         }
         Command::RotateCredential { config, state_dir } => {
             let config = load_config(&config, state_dir)?;
@@ -304,64 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { config, state_dir } => {
             let config = load_config(&config, state_dir)?;
-            let state = StateDir::open(&config.state_dir)?;
-            let identity = state.identity()?;
-            let reachable =
-                match client::AgentClient::new(&identity.server, &identity.transport(), None) {
-                    Ok(client) => client.health().await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-            println!("host id:       {}", identity.host_id);
-            println!(
-                "control plane: {} ({})",
-                identity.server,
-                match &reachable {
-                    Ok(()) => "reachable".to_owned(),
-                    Err(e) => format!("NOT reachable: {e}"),
-                }
-            );
-            println!("enrolled:      {}", identity.enrolled_at.to_rfc3339());
-            println!(
-                "agent:         {}",
-                if state.is_locked() {
-                    "running"
-                } else {
-                    "not running"
-                }
-            );
-            let accounts = state.accounts()?;
-            println!(
-                "managed accounts ({}), UID high-water mark {}:",
-                accounts.accounts.len(),
-                accounts.uid_high_water
-            );
-            for (name, account) in &accounts.accounts {
-                let groups: Vec<String> = account
-                    .group_grants
-                    .iter()
-                    .map(|(group, grant)| match grant.expires_at {
-                        Some(end) => format!("{group} (until {})", end.to_rfc3339()),
-                        None => group.clone(),
-                    })
-                    .collect();
-                println!(
-                    "  {name:<32} uid {:<6} expires {:<25} groups {}",
-                    account.uid,
-                    account
-                        .expires_at
-                        .map_or("never".to_owned(), |t| t.to_rfc3339()),
-                    if groups.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        groups.join(",")
-                    }
-                );
-            }
-            Ok(if reachable.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            daemon::status(&StateDir::open(&config.state_dir)?).await
         }
     }
 }

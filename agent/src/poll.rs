@@ -1,7 +1,7 @@
 //! The agent's main loop: long-poll for a job, journal it, hand it to the worker (one at a time,
 //! in order), report the outcome until the control plane acknowledges it; back off with jitter
-//! while the control plane is away. A refused credential stops the agent: it must be
-//! re-enrolled, and spinning would only fill logs.
+//! while the control plane is away. A refused credential ends the loop: the caller switches to
+//! revoke-only mode (local expiry goes on, polling stops).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,56 +12,24 @@ use latch_common::job::{JobError, JobErrorCode, JobOutcome};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError, Delivered};
+use crate::crash_hook;
 use crate::journal::{self, Entry, Journal, Stage};
 use crate::worker::Worker;
 use latch_common::signing;
-
-/// Environment variable naming a stage at which the agent stops dead (for the crash tests):
-/// `received`, `applying` or `applied`. Unset in production.
-pub const TEST_PAUSE_ENV: &str = "LATCH_AGENT_TEST_PAUSE_AT";
 
 /// Why the loop stopped.
 #[derive(Debug, Error)]
 pub enum PollError {
     /// The control plane refused the credential.
     #[error(
-        "{0}; this host must be re-enrolled (`latch-agent enroll`) — the agent stops instead of retrying"
+        "{0}; the agent stops polling and only revokes expiring grants until the host is enrolled again (`latch-agent enroll --replace …`)"
     )]
     Unauthorized(String),
     /// The worker thread failed to run.
     #[error("the job worker stopped unexpectedly: {0}")]
     Worker(String),
-}
-
-/// Exponential backoff with jitter, from 500 ms up to 30 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(30);
-
-    /// The delay to wait now: uniformly random in [next/2, next]; doubles `next`.
-    pub fn delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    /// Back to the first delay after a success.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
 }
 
 /// What the loop works with.
@@ -76,14 +44,6 @@ pub struct Agent {
     pub grants_changed: Arc<Notify>,
     /// This host's id.
     pub host_id: String,
-}
-
-/// Stops dead at `stage` if the crash tests asked for it (see [`TEST_PAUSE_ENV`]).
-async fn test_pause(stage: &str) {
-    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|v| v == stage) {
-        tracing::warn!(stage, "test pause: waiting to be killed");
-        std::future::pending::<()>().await;
-    }
 }
 
 impl Agent {
@@ -184,7 +144,10 @@ impl Agent {
         match item {
             Delivered::Job(job) if journal::is_safe_id(&job.id) => {
                 let outcome = self.apply(&job).await?;
-                test_pause("applied").await;
+                // The expiry timer learns of a new grant now, not once the report is through:
+                // a link that drops right after applying must not delay the grant's end.
+                self.grants_changed.notify_one();
+                crash_hook::pause("applied").await;
                 self.report(
                     &job.id,
                     ReportRequest {
@@ -192,9 +155,7 @@ impl Agent {
                         outcome,
                     },
                 )
-                .await?;
-                self.grants_changed.notify_one();
-                Ok(())
+                .await
             }
             Delivered::Job(job) => {
                 self.refuse(
@@ -218,32 +179,43 @@ impl Agent {
                 return Ok(JobOutcome::Failed { error });
             }
         };
-        if let Ok(Some(Entry {
+        let earlier = self.journal.get(&job.id).ok().flatten();
+        if let Some(Entry {
             stage: Stage::Done,
             outcome: Some(outcome),
             ..
-        })) = self.journal.get(&job.id)
+        }) = earlier
         {
             tracing::info!(job_id = %job.id, attempt = job.attempt, "job already applied before a restart; reporting the journaled outcome");
             return Ok(outcome);
         }
-        tracing::info!(job_id = %job.id, kind = %signed.spec.kind(), user = %signed.spec.user(), seq = signed.seq, attempt = job.attempt, "job received");
-        if let Err(error) = self.journal(job, Stage::Received, None) {
-            return Ok(JobOutcome::Failed { error });
+        // A job an earlier delivery started applying (then the agent died) is finished now,
+        // whatever its deadline: its changes may be half made.
+        let started = earlier.is_some_and(|entry| entry.stage == Stage::Applying);
+        tracing::info!(job_id = %job.id, kind = %signed.spec.kind(), user = %signed.spec.user(), seq = signed.seq, attempt = job.attempt, started, "job received");
+        if !started {
+            if let Err(error) = self.journal(job, Stage::Received, None) {
+                return Ok(JobOutcome::Failed { error });
+            }
+            crash_hook::pause("received").await;
         }
-        test_pause("received").await;
         if let Err(error) = self.journal(job, Stage::Applying, None) {
             return Ok(JobOutcome::Failed { error });
         }
-        test_pause("applying").await;
+        crash_hook::pause("applying").await;
         let outcome = {
             let worker = self.worker.clone();
-            tokio::task::spawn_blocking(move || worker.execute(&signed))
+            tokio::task::spawn_blocking(move || worker.execute(&signed, started))
                 .await
                 .map_err(|e| PollError::Worker(e.to_string()))?
         };
         match &outcome {
-            JobOutcome::Confirmed => tracing::info!(job_id = %job.id, "job confirmed"),
+            JobOutcome::Confirmed { notes } if notes.is_empty() => {
+                tracing::info!(job_id = %job.id, "job confirmed")
+            }
+            JobOutcome::Confirmed { notes } => {
+                tracing::info!(job_id = %job.id, notes = %notes.join("; "), "job confirmed")
+            }
             JobOutcome::Failed { error } => {
                 tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "job failed")
             }
@@ -329,24 +301,5 @@ impl Agent {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut backoff = Backoff::default();
-        let first = backoff.delay();
-        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(500));
-        for _ in 0..20 {
-            let delay = backoff.delay();
-            assert!(delay <= Duration::from_secs(30));
-        }
-        assert!(backoff.delay() >= Duration::from_secs(15));
-        backoff.reset();
-        assert!(backoff.delay() <= Duration::from_millis(500));
     }
 }

@@ -6,6 +6,8 @@
 //!   applied per account (stale jobs are refused), and the outbox of revocations done locally
 //!   that the control plane has not acknowledged yet;
 //! - `journal/`: one file per job in flight (see `journal`);
+//! - `revoke-only.json`: present while the agent runs in revoke-only mode (its credential was
+//!   refused, or the machine-id changed): polling is stopped, local expiry goes on;
 //! - `agent.lock`: held while an agent runs, so two agents never share one identity.
 
 use std::collections::BTreeMap;
@@ -26,6 +28,8 @@ pub const IDENTITY_FILE: &str = "identity.json";
 pub const ACCOUNTS_FILE: &str = "accounts.json";
 /// Lock file name.
 pub const LOCK_FILE: &str = "agent.lock";
+/// Revoke-only marker file name.
+pub const REVOKE_ONLY_FILE: &str = "revoke-only.json";
 
 /// Why the state could not be read or written.
 #[derive(Debug, Error)]
@@ -50,7 +54,7 @@ pub enum StateError {
     },
     /// The host is not enrolled.
     #[error(
-        "this host is not enrolled ({path} does not exist); run `latch-agent enroll --server URL --token TOKEN` first"
+        "this host is not enrolled ({path} does not exist); run `latch-agent enroll --server URL --ca-fingerprint sha256:… --token-file FILE` first (both printed by `latchctl enroll-token create`)"
     )]
     NotEnrolled {
         /// The identity file.
@@ -150,6 +154,16 @@ pub struct Accounts {
     pub applied_floor: i64,
 }
 
+/// Why the agent stopped polling and only revokes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeOnly {
+    /// What happened, for `latch-agent status` and the log.
+    pub reason: String,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
 /// How many applied job ids are remembered individually.
 pub const APPLIED_JOBS_KEPT: usize = 1000;
 
@@ -161,6 +175,17 @@ impl Accounts {
                 .applied_jobs
                 .get(&seq)
                 .is_some_and(|applied| applied == id)
+    }
+
+    /// Forgets everything tied to the previous enrollment (job sequence numbers, applied job
+    /// ids, unsent revocation reports) before the host enrolls again. The accounts Latch
+    /// created, their grants and the UID high-water mark stay: they are still revoked at their
+    /// end.
+    pub fn forget_enrollment(&mut self) {
+        self.applied_seq.clear();
+        self.applied_jobs.clear();
+        self.applied_floor = 0;
+        self.outbox.clear();
     }
 
     /// Records job `id` with sequence `seq` as applied.
@@ -259,6 +284,21 @@ impl StateDir {
         self.write_json(ACCOUNTS_FILE, accounts)
     }
 
+    /// Why the agent is in revoke-only mode, if it is.
+    pub fn revoke_only(&self) -> Result<Option<RevokeOnly>, StateError> {
+        self.read_json(REVOKE_ONLY_FILE)
+    }
+
+    /// Enters revoke-only mode (persisted, so `status` and a restart see it).
+    pub fn set_revoke_only(&self, mode: &RevokeOnly) -> Result<(), StateError> {
+        self.write_json(REVOKE_ONLY_FILE, mode)
+    }
+
+    /// Leaves revoke-only mode.
+    pub fn clear_revoke_only(&self) -> Result<(), StateError> {
+        remove_state_file(&self.path.join(REVOKE_ONLY_FILE))
+    }
+
     fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         read_json_file(&self.path.join(name))
     }
@@ -282,6 +322,19 @@ pub fn read_json_file<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Sta
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StateError::Io {
             action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes a state file; one that does not exist is already removed.
+pub fn remove_state_file(path: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            action: "remove",
             path: path.to_owned(),
             source,
         }),

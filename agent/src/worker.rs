@@ -1,6 +1,11 @@
 //! The worker: applies one job at a time, and revokes expired grants, under one lock so the two
 //! never interleave. Reads the account files, asks the planner, runs the steps through `system`,
 //! reads everything back and verifies before saying `confirmed`.
+//!
+//! Granting is strict: the first step that fails fails the job, and an account the job was
+//! creating is removed again. Revoking is best-effort per step: every step is tried whatever
+//! happened to the one before, then the result is verified as a whole; steps that could not be
+//! done are named in the outcome.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -11,11 +16,13 @@ use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec};
 use latch_common::signing::SignedJob;
 
 use crate::config::Config;
-use crate::plan::{self, Expired, GECOS_TAG, MARKER_GROUP, Policy, Step};
+use crate::crash_hook;
+use crate::plan::{self, Facts, GECOS_TAG, MARKER_GROUP, Ownership, Policy, Step};
 use crate::state::{Accounts, GroupGrant, ManagedAccount, StateDir, StateError};
 use crate::system::accounts::ShadowUtils;
 use crate::system::cmd::CmdError;
 use crate::system::etc::Snapshot;
+use crate::system::nss::Nss;
 use crate::system::{keys, procs, sudo};
 
 /// Applies jobs and revokes expired grants on this host.
@@ -61,6 +68,15 @@ fn tool_error(e: CmdError) -> JobError {
     JobError::new(code, format!("{e}{hint}"))
 }
 
+/// Joins the notes of steps that could not be done into one sentence.
+fn failed_steps(failures: &[String]) -> String {
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!("; steps that could not be done: {}", failures.join("; "))
+    }
+}
+
 impl Worker {
     /// A worker for host `host_id` with `config`, keeping records in `state`.
     pub fn new(config: Config, state: StateDir, host_id: String) -> Worker {
@@ -95,9 +111,13 @@ impl Worker {
     }
 
     /// Applies a verified job and says how it ended. Never panics; every failure is an outcome.
-    /// A job already applied here is refused (`replayed_job`), as is one older than a job
-    /// already applied to the same account (`stale_job`).
-    pub fn execute(&self, job: &SignedJob) -> JobOutcome {
+    ///
+    /// A job already applied here is not applied again. If this host had `started` it (the
+    /// agent died after applying, before journaling the outcome), its result is verified again
+    /// and reported `confirmed` if it holds; otherwise it is refused as `replayed_job`. One older than a job already applied to the same
+    /// account is refused (`stale_job`). The deadline (`not_after`) applies only to a job that
+    /// has not `started` on this host: a job a crash interrupted is finished whatever the time.
+    pub fn execute(&self, job: &SignedJob, started: bool) -> JobOutcome {
         let _busy = self.lock();
         let replayed = match self.state.accounts() {
             Ok(accounts) => accounts.was_applied(job.seq, &job.job_id),
@@ -108,27 +128,67 @@ impl Worker {
             }
         };
         if replayed {
-            let error = JobError::new(
-                JobErrorCode::ReplayedJob,
-                format!(
-                    "job {} (sequence {}) was already applied on this host; a job is never applied twice",
-                    job.job_id, job.seq
-                ),
-            );
-            return JobOutcome::Failed { error };
+            return if started {
+                self.verify_again(job)
+            } else {
+                JobOutcome::Failed {
+                    error: JobError::new(
+                        JobErrorCode::ReplayedJob,
+                        format!(
+                            "job {} (sequence {}) was already applied on this host; a job is never applied twice",
+                            job.job_id, job.seq
+                        ),
+                    ),
+                }
+            };
         }
-        if let Err(error) = latch_common::signing::check_deadline(job, Utc::now()) {
+        if !started && let Err(error) = latch_common::signing::check_deadline(job, Utc::now()) {
             return JobOutcome::Failed { error };
         }
         let outcome = match self.apply(job) {
-            Ok(()) => JobOutcome::Confirmed,
+            Ok(notes) => JobOutcome::Confirmed { notes },
             Err(error) => JobOutcome::Failed { error },
         };
         let stale = matches!(&outcome, JobOutcome::Failed { error } if error.code == JobErrorCode::StaleJob);
         if !stale && let Err(error) = self.record_applied(job) {
             tracing::error!(%error, "cannot record the job as applied");
         }
+        crash_hook::pause_blocking("recorded");
         outcome
+    }
+
+    /// The outcome of a job that was already applied: `confirmed` if its result still holds.
+    fn verify_again(&self, job: &SignedJob) -> JobOutcome {
+        let replayed = || JobOutcome::Failed {
+            error: JobError::new(
+                JobErrorCode::ReplayedJob,
+                format!(
+                    "job {} (sequence {}) was already applied on this host and its result no longer holds; a job is never applied twice",
+                    job.job_id, job.seq
+                ),
+            ),
+        };
+        if matches!(job.spec, JobSpec::RotateSigningKey { .. }) {
+            return replayed();
+        }
+        let verified = self.read_files().and_then(|snapshot| {
+            let accounts = self.state.accounts().map_err(state_error)?;
+            let policy = self.policy(&snapshot);
+            let facts = self.facts(&snapshot, &accounts, &policy);
+            plan::verify(&job.spec, &facts)?;
+            self.verify_host(&job.spec, &snapshot, &snapshot)
+        });
+        match verified {
+            Ok(_) => {
+                tracing::info!(job_id = %job.job_id, "job was applied before a restart; its result verified again");
+                JobOutcome::Confirmed {
+                    notes: vec![
+                        "applied before the agent restarted; the result was verified again".into(),
+                    ],
+                }
+            }
+            Err(_) => replayed(),
+        }
     }
 
     fn record_applied(&self, job: &SignedJob) -> Result<(), StateError> {
@@ -148,8 +208,8 @@ impl Worker {
     }
 
     /// Revokes every grant that has ended by `now` and queues a report for each in the outbox.
-    /// Returns how many grants were revoked; a grant that could not be revoked stays and is
-    /// retried by the caller.
+    /// Returns how many grants were revoked; a grant whose revocation could not be verified
+    /// stays recorded and is retried by the caller.
     pub fn revoke_expired(&self, now: DateTime<Utc>) -> Result<usize, JobError> {
         let _busy = self.lock();
         let mut accounts = self.state.accounts().map_err(state_error)?;
@@ -157,22 +217,34 @@ impl Worker {
         for expired in plan::expired(&accounts, now) {
             let snapshot = self.read_files()?;
             let policy = self.policy(&snapshot);
-            let result =
-                plan::plan_expiry(&expired, &snapshot, &accounts, &policy).and_then(|steps| {
-                    steps
-                        .into_iter()
-                        .try_for_each(|step| self.run_step(step, "", &mut accounts))
-                });
-            let job_ids = match &expired {
-                Expired::Account { job_ids, .. } => job_ids.clone(),
-                Expired::Group { job_id, .. } => vec![job_id.clone()],
+            let planned = plan::plan_expiry(&expired, &self.facts(&snapshot, &accounts, &policy));
+            let (user, group, jobs) = (
+                expired.user().to_owned(),
+                expired.group().unwrap_or("-").to_owned(),
+                expired.job_ids().join(","),
+            );
+            let plan = match planned {
+                Ok(plan) => plan,
+                Err(error) => {
+                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %error.message, "cannot plan the revocation of an expired grant; will retry");
+                    continue;
+                }
             };
-            match result {
-                Ok(()) => {
+            let failures = self.revoke(&plan.steps, &mut accounts);
+            match self.verify_revoked(&expired.spec(), &snapshot) {
+                Ok(notes) => {
                     let revoked_at = Utc::now();
-                    tracing::info!(grant = ?expired, "grant expired: access revoked");
+                    let notes: Vec<String> = plan
+                        .notes
+                        .into_iter()
+                        .chain(failures)
+                        .chain(notes)
+                        .collect();
+                    tracing::info!(%user, %group, %jobs, notes = %notes.join("; "), "grant expired: access revoked");
+                    accounts = self.state.accounts().map_err(state_error)?;
                     accounts.outbox.extend(
-                        job_ids
+                        expired
+                            .job_ids()
                             .into_iter()
                             .map(|job_id| RevocationReport { job_id, revoked_at }),
                     );
@@ -180,8 +252,7 @@ impl Worker {
                     revoked += 1;
                 }
                 Err(error) => {
-                    tracing::error!(grant = ?expired, code = %error.code, message = %error.message, "revoking an expired grant failed; will retry");
-                    // Steps that succeeded may have saved records: start again from the file.
+                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %format!("{}{}", error.message, failed_steps(&failures)), "revoking an expired grant is not complete; will retry");
                     accounts = self.state.accounts().map_err(state_error)?;
                 }
             }
@@ -211,11 +282,26 @@ impl Worker {
         }
     }
 
+    fn facts<'a>(
+        &self,
+        snapshot: &'a Snapshot,
+        accounts: &'a Accounts,
+        policy: &'a Policy,
+    ) -> Facts<'a> {
+        Facts {
+            snapshot,
+            accounts,
+            policy,
+            names: &Nss,
+        }
+    }
+
+    /// The account files. A malformed line does not fail the read (see [`Snapshot::read`]).
     fn read_files(&self) -> Result<Snapshot, JobError> {
         Snapshot::read(&self.etc).map_err(|e| {
             JobError::new(
                 JobErrorCode::ToolFailed,
-                format!("{e}; run `pwck -r` and `grpck -r` on the host"),
+                format!("{e}; check that /etc/passwd, /etc/group and /etc/shadow are readable"),
             )
         })
     }
@@ -251,9 +337,11 @@ impl Worker {
         Ok(())
     }
 
-    fn apply(&self, job: &SignedJob) -> Result<(), JobError> {
+    /// Applies `job`; returns the notes of a confirmed outcome.
+    fn apply(&self, job: &SignedJob) -> Result<Vec<String>, JobError> {
         if let JobSpec::RotateSigningKey { next_key } = &job.spec {
-            return self.record_next_signing_key(job, next_key);
+            self.record_next_signing_key(job, next_key)?;
+            return Ok(Vec::new());
         }
         if job.host_id != self.host_id {
             return Err(JobError::new(
@@ -279,17 +367,193 @@ impl Worker {
             ));
         }
         let policy = self.policy(&snapshot);
-        let steps = plan::plan(&job.spec, &job.job_id, &snapshot, &accounts, &policy)?;
-        if steps.iter().any(|s| matches!(s, Step::AddUser { .. })) {
-            check_name_service(job.spec.user())?;
+        let plan = plan::plan(
+            &job.spec,
+            &job.job_id,
+            &self.facts(&snapshot, &accounts, &policy),
+        )?;
+        if plan::is_revocation(&job.spec) {
+            let failures = self.revoke(&plan.steps, &mut accounts);
+            return match self.verify_revoked(&job.spec, &snapshot) {
+                Ok(notes) => Ok(plan
+                    .notes
+                    .into_iter()
+                    .chain(failures)
+                    .chain(notes)
+                    .collect()),
+                Err(error) => Err(JobError::new(
+                    error.code,
+                    format!("{}{}", error.message, failed_steps(&failures)),
+                )),
+            };
         }
-        for step in steps {
-            self.run_step(step, &job.job_id, &mut accounts)?;
-        }
+        self.grant(&plan.steps, &job.job_id, &mut accounts)?;
         let after = self.read_files()?;
         let accounts = self.state.accounts().map_err(state_error)?;
-        plan::verify(&job.spec, &after, &accounts, &policy)?;
-        self.verify_home(&job.spec, &snapshot, &after)
+        plan::verify(&job.spec, &self.facts(&after, &accounts, &policy))?;
+        let notes = self.verify_host(&job.spec, &snapshot, &after)?;
+        Ok(plan.notes.into_iter().chain(notes).collect())
+    }
+
+    /// Runs a grant's steps; the first failure stops it. An account this job was creating is
+    /// removed again (or, failing that, left recorded and expired so local expiry removes it).
+    fn grant(&self, steps: &[Step], job_id: &str, accounts: &mut Accounts) -> Result<(), JobError> {
+        let creating = steps.iter().find_map(|s| match s {
+            Step::AddUser { user, uid, .. } => Some((user.clone(), *uid)),
+            _ => None,
+        });
+        for step in steps {
+            if let Err(error) = self.run_step(step.clone(), job_id, accounts) {
+                return Err(match &creating {
+                    Some((user, uid)) if accounts.accounts.contains_key(user) => {
+                        let undone = self.undo_create(user, *uid, accounts);
+                        JobError::new(error.code, format!("{}; {undone}", error.message))
+                    }
+                    _ => error,
+                });
+            }
+            if matches!(step, Step::AddUser { .. }) {
+                crash_hook::pause_blocking("half-applied");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes whatever a failed create-account left (a `useradd` can commit the passwd and
+    /// group entries, `--groups sudo` included, before creating the home fails). Says what
+    /// happened, for the job's error.
+    fn undo_create(&self, user: &str, uid: u32, accounts: &mut Accounts) -> String {
+        let keep_for_expiry = |accounts: &mut Accounts| {
+            if let Some(record) = accounts.accounts.get_mut(user) {
+                record.expires_at = Some(Utc::now());
+                record.group_grants.clear();
+            }
+            if let Err(error) = self.state.save_accounts(accounts) {
+                tracing::error!(%error, "cannot keep the record of a half-created account");
+            }
+        };
+        let snapshot = match self.read_files() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                keep_for_expiry(accounts);
+                return format!(
+                    "the account files could not be read back ({}); the agent keeps '{user}' recorded and removes whatever was created at its expiry timer",
+                    error.message
+                );
+            }
+        };
+        let leftover = snapshot.user(user).is_some_and(|u| u.uid == uid)
+            || snapshot.group(user).is_some_and(|g| g.gid == uid);
+        if !leftover {
+            accounts.accounts.remove(user);
+            if let Err(error) = self.state.save_accounts(accounts) {
+                tracing::error!(%error, "cannot drop the record of an account that was never made");
+            }
+            return "nothing was left behind".to_owned();
+        }
+        // Keep the claim, expired now: if removing fails here, local expiry finishes it.
+        keep_for_expiry(accounts);
+        let spec = JobSpec::DeleteAccount {
+            user: user.to_owned(),
+        };
+        let policy = self.policy(&snapshot);
+        let steps = match plan::plan(&spec, "", &self.facts(&snapshot, accounts, &policy)) {
+            Ok(plan) => plan.steps,
+            Err(error) => {
+                return format!(
+                    "what was created could not be removed yet ({}); the agent retries at its expiry timer",
+                    error.message
+                );
+            }
+        };
+        let failures = self.revoke(&steps, accounts);
+        match self.verify_revoked(&spec, &snapshot) {
+            Ok(_) => "what was created was removed again; nothing is left behind".to_owned(),
+            Err(error) => format!(
+                "what was created could not all be removed yet ({}{}); the agent retries at its expiry timer",
+                error.message,
+                failed_steps(&failures)
+            ),
+        }
+    }
+
+    /// Runs every step of a revocation whatever happens to the others; returns what could not
+    /// be done.
+    fn revoke(&self, steps: &[Step], accounts: &mut Accounts) -> Vec<String> {
+        let mut failures = Vec::new();
+        for step in steps {
+            let result = match step {
+                Step::RemoveKeys { user } => self.remove_keys(user),
+                Step::DeleteUser { user } => self.delete_user(user),
+                Step::ForgetAccount { user } => self.forget_if_gone(user, accounts),
+                other => self.run_step(other.clone(), "", accounts),
+            };
+            if let Err(error) = result {
+                tracing::warn!(step = %step.describe(), code = %error.code, message = %error.message, "a revocation step failed; going on with the others");
+                failures.push(format!("could not {}: {}", step.describe(), error.message));
+            }
+        }
+        failures
+    }
+
+    fn remove_keys(&self, user: &str) -> Result<(), JobError> {
+        let snapshot = self.read_files()?;
+        let Some(entry) = snapshot.user(user) else {
+            return Ok(());
+        };
+        keys::revoke_authorized_keys(Path::new(&entry.home))
+            .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))
+    }
+
+    /// `userdel --remove`, again with `--force` if the user still had processes. An account
+    /// that is gone from `/etc/passwd` counts as deleted even if its home could not be removed.
+    fn delete_user(&self, user: &str) -> Result<(), JobError> {
+        let first = self.tools.delete_user(user, false).map_err(tool_error);
+        let result = match first {
+            Err(error) if error.code == JobErrorCode::AccountInUse => {
+                self.tools.delete_user(user, true).map_err(tool_error)
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let gone = self
+                    .read_files()
+                    .is_ok_and(|snapshot| snapshot.user(user).is_none());
+                if gone {
+                    tracing::warn!(user, message = %error.message, "userdel reported an error but the account is gone");
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Drops the record of `user` once its account is gone; keeps it (so revocation is retried)
+    /// while it is not.
+    fn forget_if_gone(&self, user: &str, accounts: &mut Accounts) -> Result<(), JobError> {
+        let snapshot = self.read_files()?;
+        if let Ownership::Ours(_) = plan::owned_account(user, &snapshot, accounts) {
+            return Err(JobError::new(
+                JobErrorCode::VerifyFailed,
+                format!("'{user}' is still in /etc/passwd; the agent keeps its record and retries"),
+            ));
+        }
+        accounts.accounts.remove(user);
+        self.state.save_accounts(accounts).map_err(state_error)
+    }
+
+    /// Checks a revocation's result on the files read back, and that no process it had to end
+    /// is left. `before` is the snapshot the plan was made from. Returns notes (e.g. a home
+    /// directory that could not be removed).
+    fn verify_revoked(&self, spec: &JobSpec, before: &Snapshot) -> Result<Vec<String>, JobError> {
+        let after = self.read_files()?;
+        let accounts = self.state.accounts().map_err(state_error)?;
+        let policy = self.policy(&after);
+        plan::verify(spec, &self.facts(&after, &accounts, &policy))?;
+        self.verify_host(spec, before, &after)
     }
 
     /// Records the control plane's next signing key (the job itself was verified with the
@@ -346,15 +610,17 @@ impl Worker {
                 shell,
                 groups,
                 expire_day,
-            } => {
-                if let Err(e) = self
-                    .tools
-                    .add_user(&user, uid, &shell, GECOS_TAG, &groups, expire_day)
-                {
-                    // Do not keep a claim on an account that was never made.
-                    accounts.accounts.remove(&user);
+            } => self
+                .tools
+                .add_user(&user, uid, &shell, GECOS_TAG, &groups, expire_day)
+                .map_err(tool_error)?,
+            Step::SetAccountExpiry { user, expires_at } => {
+                self.tools
+                    .set_expiry(&user, expires_at.map(plan::shadow_expire_day))
+                    .map_err(tool_error)?;
+                if let Some(account) = accounts.accounts.get_mut(&user) {
+                    account.expires_at = expires_at;
                     self.state.save_accounts(accounts).map_err(state_error)?;
-                    return Err(tool_error(e));
                 }
             }
             Step::LockAccount { user } => self.tools.lock_user(&user).map_err(tool_error)?,
@@ -366,7 +632,7 @@ impl Worker {
                 .remove_from_group(&user, &group)
                 .map_err(tool_error)?,
             Step::WriteKeys { user, lines } => self.write_keys(&user, &lines)?,
-            Step::RemoveKeys { user } => self.write_keys(&user, &[])?,
+            Step::RemoveKeys { user } => self.remove_keys(&user)?,
             Step::ClearSudoTimestamps { user } => sudo::clear_timestamps(&user)
                 .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?,
             Step::InvalidateNameCaches => self.tools.invalidate_name_caches(),
@@ -394,22 +660,21 @@ impl Worker {
                     self.state.save_accounts(accounts).map_err(state_error)?;
                 }
             }
-            Step::EndProcesses { uid } => {
-                let left = procs::terminate_user(uid, self.config.kill_grace);
-                if left > 0 {
-                    return Err(JobError::new(
-                        JobErrorCode::AccountInUse,
-                        format!(
-                            "{left} process(es) of UID {uid} survived SIGKILL; the account was not deleted"
-                        ),
-                    ));
+            Step::EndProcesses { uid, gid } => {
+                let left = procs::end_all(uid, gid, self.config.kill_grace);
+                if !left.is_empty() {
+                    return Err(still_running(uid, &left));
                 }
             }
-            Step::DeleteUser { user } => self.tools.delete_user(&user).map_err(tool_error)?,
-            Step::ForgetAccount { user } => {
-                accounts.accounts.remove(&user);
-                self.state.save_accounts(accounts).map_err(state_error)?;
+            Step::EndElevatedProcesses { uid } => {
+                let left = procs::end_elevated(uid, self.config.kill_grace);
+                if !left.is_empty() {
+                    return Err(still_running(uid, &left));
+                }
             }
+            Step::DeleteUser { user } => self.delete_user(&user)?,
+            Step::DeleteGroup { group } => self.tools.delete_group(&group).map_err(tool_error)?,
+            Step::ForgetAccount { user } => self.forget_if_gone(&user, accounts)?,
         }
         Ok(())
     }
@@ -422,28 +687,26 @@ impl Worker {
                 format!("account '{user}' vanished before its keys were written"),
             )
         })?;
-        match keys::write_authorized_keys(Path::new(&entry.home), entry.uid, entry.gid, lines) {
-            Ok(()) => Ok(()),
-            // No home left means no keys left: nothing to remove.
-            Err(_) if lines.is_empty() && std::fs::symlink_metadata(&entry.home).is_err() => Ok(()),
-            Err(e) => Err(JobError::new(JobErrorCode::ToolFailed, e.to_string())),
-        }
+        keys::write_authorized_keys(Path::new(&entry.home), entry.uid, entry.gid, lines)
+            .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))
     }
 
-    /// Checks what the account files do not show: the home directory, `authorized_keys`, and
-    /// that no process of a deleted account is left.
-    fn verify_home(
+    /// Checks what the account files do not show: the home directory and `authorized_keys` of a
+    /// new account; that no process of a deleted account, and nothing a revoked member started
+    /// through sudo, is left. Returns notes.
+    fn verify_host(
         &self,
         spec: &JobSpec,
         before: &Snapshot,
         after: &Snapshot,
-    ) -> Result<(), JobError> {
+    ) -> Result<Vec<String>, JobError> {
         let failed = |what: String| {
             JobError::new(
                 JobErrorCode::VerifyFailed,
                 format!("after applying, {what}"),
             )
         };
+        let mut notes = Vec::new();
         match spec {
             JobSpec::CreateAccount {
                 user,
@@ -482,43 +745,41 @@ impl Worker {
             }
             JobSpec::DeleteAccount { user } => {
                 if let Some(entry) = before.user(user) {
-                    if std::fs::symlink_metadata(&entry.home).is_ok() {
-                        return Err(failed(format!("home {} still exists", entry.home)));
-                    }
                     let left = procs::processes_of(entry.uid);
                     if !left.is_empty() {
-                        return Err(failed(format!(
-                            "{} process(es) of UID {} still run",
-                            left.len(),
-                            entry.uid
-                        )));
+                        return Err(still_running(entry.uid, &left));
+                    }
+                    if after.user(user).is_none() && std::fs::symlink_metadata(&entry.home).is_ok()
+                    {
+                        notes.push(format!(
+                            "the home directory {} could not be removed; remove it by hand",
+                            entry.home
+                        ));
+                    }
+                }
+            }
+            JobSpec::RemoveGroup { user, .. } => {
+                if let Some(entry) = before.user(user) {
+                    let left = procs::elevated_of(entry.uid);
+                    if !left.is_empty() {
+                        return Err(still_running(entry.uid, &left));
                     }
                 }
             }
             _ => {}
         }
-        Ok(())
+        Ok(notes)
     }
 }
 
-/// Refuses a new account whose name already resolves through NSS (LDAP, SSSD, …) even though the
-/// local files do not list it.
-fn check_name_service(user: &str) -> Result<(), JobError> {
-    if let Ok(Some(_)) = nix::unistd::User::from_name(user) {
-        return Err(JobError::new(
-            JobErrorCode::AccountExists,
-            format!(
-                "'{user}' already resolves as a user through the name service (NSS); choose another name"
-            ),
-        ));
-    }
-    if let Ok(Some(_)) = nix::unistd::Group::from_name(user) {
-        return Err(JobError::new(
-            JobErrorCode::GroupExists,
-            format!(
-                "'{user}' already resolves as a group through the name service (NSS); choose another name"
-            ),
-        ));
-    }
-    Ok(())
+fn still_running(uid: u32, left: &[procs::ProcessInfo]) -> JobError {
+    let pids: Vec<String> = left.iter().take(10).map(|p| p.pid.to_string()).collect();
+    JobError::new(
+        JobErrorCode::AccountInUse,
+        format!(
+            "{} process(es) of UID {uid} or started from its logins could not be ended (PIDs {}); check them with `ps -o pid,user,cmd -p PID`",
+            left.len(),
+            pids.join(" ")
+        ),
+    )
 }

@@ -120,7 +120,7 @@ pub struct AgentJob {
     pub lease: String,
     /// Delivery attempt, from 1.
     pub attempt: u32,
-    /// The signed payload: a JSON [`crate::signing::SignedJob`], as text.
+    /// The signed payload: a JSON `signing::SignedJob`, as text.
     pub payload: String,
     /// Ed25519 signature of `payload`'s bytes, base64; empty if the job is unsigned.
     pub signature: String,
@@ -399,6 +399,10 @@ pub struct JobView {
     pub status: JobStatus,
     /// Why it failed, or `null`.
     pub error: Option<JobError>,
+    /// For a confirmed job: what the agent noted (a removal step it could not do although the
+    /// result holds, or that there was nothing to do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// When it was queued.
     pub created_at: DateTime<Utc>,
     /// When it reached its final status.

@@ -175,7 +175,7 @@ impl JobSpec {
     /// the agent before acting.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let JobSpec::RotateSigningKey { next_key } = self {
-            return match crate::signing::decode_public_key(next_key) {
+            return match crate::names::decode_public_key(next_key) {
                 Some(_) => Ok(()),
                 None => Err(ValidationError::new(
                     "next_key",
@@ -318,6 +318,9 @@ pub enum JobErrorCode {
     JobExpired,
     /// The job was already applied on this host.
     ReplayedJob,
+    /// A line of `/etc/passwd`, `/etc/group` or `/etc/shadow` does not parse: nothing is granted
+    /// until the file is repaired (revocations still proceed).
+    AccountFilesMalformed,
 }
 
 impl JobErrorCode {
@@ -346,6 +349,7 @@ impl JobErrorCode {
             JobErrorCode::WrongHost => "wrong_host",
             JobErrorCode::JobExpired => "job_expired",
             JobErrorCode::ReplayedJob => "replayed_job",
+            JobErrorCode::AccountFilesMalformed => "account_files_malformed",
         }
     }
 }
@@ -387,7 +391,13 @@ impl fmt::Display for JobError {
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobOutcome {
     /// Applied and verified.
-    Confirmed,
+    Confirmed {
+        /// What a person should know although the post-condition holds: a removal step that
+        /// could not be done (revocation is best-effort per step and verified as a whole), or
+        /// that there was nothing to do.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
+    },
     /// Refused or failed.
     Failed {
         /// Why.
@@ -395,11 +405,51 @@ pub enum JobOutcome {
     },
 }
 
+/// Most notes one outcome may carry, and the longest note.
+pub const MAX_OUTCOME_NOTES: usize = 16;
+/// Longest note, in bytes.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
 impl JobOutcome {
+    /// Confirmed, with nothing to note.
+    pub fn confirmed() -> Self {
+        JobOutcome::Confirmed { notes: Vec::new() }
+    }
+
+    /// Refuses outcomes a well-behaved agent never sends: too many or too long notes, an error
+    /// message over 4096 bytes, NUL bytes.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            JobOutcome::Confirmed { notes } => {
+                if notes.len() > MAX_OUTCOME_NOTES
+                    || notes
+                        .iter()
+                        .any(|n| n.len() > MAX_NOTE_BYTES || n.contains('\0'))
+                {
+                    return Err(ValidationError::new(
+                        "outcome.notes",
+                        format!(
+                            "at most {MAX_OUTCOME_NOTES} notes of at most {MAX_NOTE_BYTES} bytes without NUL"
+                        ),
+                    ));
+                }
+            }
+            JobOutcome::Failed { error } => {
+                if error.message.len() > 4096 || error.message.contains('\0') {
+                    return Err(ValidationError::new(
+                        "outcome.error.message",
+                        "must be at most 4096 bytes without NUL",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The status this outcome gives the job.
     pub fn status(&self) -> JobStatus {
         match self {
-            JobOutcome::Confirmed => JobStatus::Confirmed,
+            JobOutcome::Confirmed { .. } => JobStatus::Confirmed,
             JobOutcome::Failed { .. } => JobStatus::Failed,
         }
     }
@@ -484,6 +534,25 @@ mod tests {
         assert_eq!(json["status"], "failed");
         assert_eq!(json["error"]["code"], "group_not_allowed");
         assert_eq!(serde_json::from_value::<JobOutcome>(json).unwrap(), failed);
+    }
+
+    #[test]
+    fn confirmed_outcomes_carry_notes_only_when_there_are_some() {
+        let plain = serde_json::to_value(JobOutcome::confirmed()).unwrap();
+        assert_eq!(plain, serde_json::json!({"status": "confirmed"}));
+        let old: JobOutcome = serde_json::from_value(plain).unwrap();
+        assert_eq!(old, JobOutcome::confirmed());
+        let noted = JobOutcome::Confirmed {
+            notes: vec!["home directory kept".into()],
+        };
+        let json = serde_json::to_value(&noted).unwrap();
+        assert_eq!(json["notes"][0], "home directory kept");
+        assert_eq!(serde_json::from_value::<JobOutcome>(json).unwrap(), noted);
+        let flood = JobOutcome::Confirmed {
+            notes: vec!["x".into(); MAX_OUTCOME_NOTES + 1],
+        };
+        assert!(flood.validate().is_err());
+        assert!(noted.validate().is_ok());
     }
 
     #[test]

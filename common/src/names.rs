@@ -230,6 +230,14 @@ pub fn validate_password_hash(hash: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Decodes a base64 Ed25519 public key (32 bytes); `None` if it is not one.
+pub fn decode_public_key(key: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .ok()
+        .filter(|k| k.len() == 32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,13 +37,7 @@ fn refuse(code: JobErrorCode, message: impl Into<String>) -> JobError {
     JobError::new(code, message)
 }
 
-/// Decodes a base64 Ed25519 public key.
-pub fn decode_public_key(key: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .ok()
-        .filter(|k| k.len() == 32)
-}
+pub use crate::names::decode_public_key;
 
 /// Verifies a delivered job for `host_id` with the pinned `public_key`: signed, by that key, for
 /// this job id and this host. Returns the payload it may act on (see also [`check_deadline`]).

@@ -62,6 +62,7 @@ pub fn job_view(job: JobRecord) -> JobView {
         params: job.spec.redacted(),
         status: job.status,
         error: job.error,
+        notes: job.notes,
         created_at: job.created_at,
         finished_at: job.finished_at,
         attempts: job.attempts,
@@ -254,15 +255,7 @@ impl Control {
         job_id: &str,
         report: &ReportRequest,
     ) -> Result<(), ControlError> {
-        if let latch_common::job::JobOutcome::Failed { error } = &report.outcome
-            && (error.message.len() > 4096 || error.message.contains('\0'))
-        {
-            return Err(ValidationError::new(
-                "outcome.error.message",
-                "must be at most 4096 bytes without NUL",
-            )
-            .into());
-        }
+        report.outcome.validate()?;
         match self
             .store
             .finish_job(&host.id, job_id, &report.lease, &report.outcome, Utc::now())

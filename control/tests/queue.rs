@@ -150,7 +150,7 @@ async fn jobs_are_delivered_in_order_one_at_a_time() {
 
     let report = ReportRequest {
         lease: delivered.lease.clone(),
-        outcome: JobOutcome::Confirmed,
+        outcome: JobOutcome::confirmed(),
     };
     control.report(&host, &first.id, &report).await.unwrap();
     // A resent identical report is accepted and changes nothing.
@@ -204,7 +204,7 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report() {
 
     let stale = ReportRequest {
         lease: first.lease,
-        outcome: JobOutcome::Confirmed,
+        outcome: JobOutcome::confirmed(),
     };
     assert!(matches!(
         control.report(&host, &job.id, &stale).await,
@@ -212,7 +212,7 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report() {
     ));
     let current = ReportRequest {
         lease: second.lease,
-        outcome: JobOutcome::Confirmed,
+        outcome: JobOutcome::confirmed(),
     };
     control.report(&host, &job.id, &current).await.unwrap();
     let shown = control.get_job(&job.id).await.unwrap();

@@ -422,9 +422,9 @@ const SETUP: &str = r#"
 set -eu
 name="$1"; machine_id="$2"; agent="$3"
 mount -t tmpfs -o mode=0755 latch-test-host /mnt
-mkdir -p /mnt/bin /var/lib/latch /var/mail
+mkdir -p /mnt/bin /var/lib/latch /var/mail /var/lib/extrausers
 cp "$agent" /mnt/bin/latch-agent
-for dir in /etc /home /run /var/log /var/lib/latch /var/mail /tmp; do
+for dir in /etc /home /run /var/log /var/lib/latch /var/mail /var/lib/extrausers /tmp; do
   mkdir -p "/mnt/root$dir"
   case "$dir" in
     /etc|/home|/run) cp -a "$dir/." "/mnt/root$dir/" 2>/dev/null || true ;;
@@ -914,6 +914,60 @@ impl TestHost {
     /// The agent's log inside the host.
     pub fn agent_log(&self) -> String {
         self.read("/var/log/latch-agent.log")
+    }
+
+    /// Runs `script` with `/bin/sh` as `user` (its UID and GID, no supplementary groups, no
+    /// login: the audit login UID stays the caller's), as the account's own user would.
+    pub fn run_as(&self, user: &str, script: &str) -> Ran {
+        self.exec(&[
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--clear-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Writes the agent's configuration file (`/etc/latch/agent.toml`, read at agent start).
+    pub fn write_agent_config(&self, toml: &str) {
+        self.write("/etc/latch/agent.toml", toml);
+    }
+
+    /// The UID of `user` in the test host's `/etc/passwd`.
+    pub fn uid_of(&self, user: &str) -> Option<u32> {
+        self.passwd_line(user)
+            .and_then(|line| line.split(':').nth(2).and_then(|uid| uid.parse().ok()))
+    }
+
+    /// PIDs (in the test host) of live processes whose command line contains `pattern`, with
+    /// their real UID and audit login UID: `(pid, uid, loginuid)`.
+    pub fn processes_matching(&self, pattern: &str) -> Vec<(u32, u32, u32)> {
+        let out = self.exec(&["pgrep", "-f", pattern]).stdout;
+        out.split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let status = self.read(&format!("/proc/{pid}/status"));
+                if status.lines().any(|l| l.starts_with("State:\tZ")) || status.is_empty() {
+                    return None;
+                }
+                let uid = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let loginuid = self
+                    .read(&format!("/proc/{pid}/loginuid"))
+                    .trim()
+                    .parse()
+                    .unwrap_or(u32::MAX);
+                Some((pid, uid, loginuid))
+            })
+            .collect()
     }
 }
 

@@ -26,12 +26,15 @@ fn sample_agent_config_documents_every_key() {
 #[test]
 fn the_unit_runs_the_agent_and_restarts_on_failure() {
     let unit = include_str!("../../packaging/systemd/latch-agent.service");
+    assert!(
+        !unit.contains("RestartPreventExitStatus"),
+        "a refused credential must not stop the agent (revoke-only mode)"
+    );
     for line in [
         "ExecStart=/usr/bin/latch-agent run",
         "Restart=on-failure",
         "After=network-online.target",
         "Wants=network-online.target",
-        "RestartPreventExitStatus=78",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "PrivateTmp=yes",

@@ -16,7 +16,8 @@ fn credential(host: &TestHost) -> String {
 }
 
 /// Test 4: removing a host stops its credential within one request, cancels its queued jobs,
-/// and stops its agent — also one that is in the middle of a long-poll.
+/// and puts its agent in revoke-only mode (polling stopped) — also one that is in the middle
+/// of a long-poll.
 #[test]
 fn a_removed_host_is_locked_out_and_its_jobs_cancelled() {
     if !e2e_enabled("a_removed_host_is_locked_out_and_its_jobs_cancelled") {
@@ -71,15 +72,20 @@ fn a_removed_host_is_locked_out_and_its_jobs_cancelled() {
         "{error}"
     );
     let mut agent = stopped.start_agent();
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(78),
-        "the agent of a removed host must stop with status 78"
+    stopped.wait(
+        "the agent of a removed host to enter revoke-only mode",
+        Duration::from_secs(10),
+        || {
+            stopped
+                .agent_log()
+                .contains("revoke-only mode")
+                .then_some(())
+        },
     );
-    assert!(
-        stopped.agent_log().contains("re-enrolled"),
-        "{}",
-        stopped.agent_log()
+    assert_eq!(
+        agent.wait_exit(Duration::from_millis(500)),
+        None,
+        "the agent keeps running to revoke expiring grants"
     );
     assert!(stopped.passwd_line("jo").is_none() && stopped.passwd_line("kim").is_none());
 
@@ -88,12 +94,17 @@ fn a_removed_host_is_locked_out_and_its_jobs_cancelled() {
     let started = std::time::Instant::now();
     cp.latchctl(&["hosts", "remove", "e2e-rm1"])
         .ok("hosts remove");
-    assert_eq!(idle_agent.wait_exit(Duration::from_secs(10)), Some(78));
+    idle.wait(
+        "the long-polling agent to stop polling",
+        Duration::from_secs(10),
+        || idle.agent_log().contains("revoke-only mode").then_some(()),
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "the long-polling agent took {:?} to stop",
+        "the long-polling agent took {:?} to stop polling",
         started.elapsed()
     );
+    assert_eq!(idle_agent.wait_exit(Duration::from_millis(200)), None);
     let hosts = cp.json(&["hosts", "list"]);
     assert_eq!(
         hosts["list"],
@@ -398,8 +409,8 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
     real.assert_unchanged();
 }
 
-/// Test 5: a state directory copied to a host with another machine-id (a cloned image) does
-/// not run with the old identity.
+/// Test 5: a state directory copied to a host with another machine-id (a cloned image) never
+/// talks to the control plane with the old identity (the agent stays in revoke-only mode).
 #[test]
 fn a_cloned_identity_refuses_to_run() {
     if !e2e_enabled("a_cloned_identity_refuses_to_run") {
@@ -416,16 +427,19 @@ fn a_cloned_identity_refuses_to_run() {
         .exec(&["chmod", "0600", "/var/lib/latch/identity.json"])
         .ok("chmod");
     let mut agent = clone.start_agent();
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(78),
-        "a cloned identity must stop the agent"
+    clone.wait(
+        "the clone to enter revoke-only mode",
+        Duration::from_secs(10),
+        || {
+            clone
+                .agent_log()
+                .contains("machine-id changed")
+                .then_some(())
+        },
     );
-    assert!(
-        clone.agent_log().contains("machine-id changed"),
-        "{}",
-        clone.agent_log()
-    );
+    assert_eq!(agent.wait_exit(Duration::from_secs(1)), None);
+    let status = clone.exec(&["/mnt/bin/latch-agent", "status"]);
+    assert!(status.stdout.contains("REVOKE-ONLY"), "{}", status.stdout);
     assert_eq!(
         clone.read("/var/lib/latch/identity.json"),
         identity,

@@ -28,8 +28,10 @@ impl ShadowUtils {
         )
     }
 
-    /// `useradd` with an explicit UID, a private group, a home from `/etc/skel`, the shell, the
-    /// GECOS tag and supplementary groups.
+    /// `useradd` with an explicit UID, a private group whose GID is the same number (forced
+    /// with `-K GID_MIN=UID -K GID_MAX=UID`: shadow-utils otherwise takes the next free GID
+    /// when the UID is above `GID_MAX` in `login.defs`), a home from `/etc/skel`, the shell,
+    /// the GECOS tag and supplementary groups.
     pub fn add_user(
         &self,
         name: &str,
@@ -39,6 +41,12 @@ impl ShadowUtils {
         groups: &[String],
         expire_day: Option<i64>,
     ) -> Result<(), CmdError> {
+        let same_gid = [
+            format!("GID_MIN={uid}"),
+            format!("GID_MAX={uid}"),
+            format!("UID_MIN={uid}"),
+            format!("UID_MAX={uid}"),
+        ];
         let uid = uid.to_string();
         let groups = groups.join(",");
         let expire_day = expire_day.map(|d| d.to_string());
@@ -54,6 +62,10 @@ impl ShadowUtils {
             "--comment".as_ref(),
             gecos.as_ref(),
         ];
+        for key in &same_gid {
+            args.push("--key".as_ref());
+            args.push(key.as_ref());
+        }
         if !groups.is_empty() {
             args.push("--groups".as_ref());
             args.push(groups.as_ref());
@@ -136,11 +148,34 @@ impl ShadowUtils {
         }
     }
 
-    /// `userdel --remove USER` (home and mail spool too).
-    pub fn delete_user(&self, user: &str) -> Result<(), CmdError> {
+    /// `userdel --remove USER` (home and mail spool too); with `force`, also while the user
+    /// is still logged in (`--force`).
+    pub fn delete_user(&self, user: &str, force: bool) -> Result<(), CmdError> {
+        let mut args: Vec<&OsStr> = vec!["--remove".as_ref()];
+        if force {
+            args.push("--force".as_ref());
+        }
+        args.push("--".as_ref());
+        args.push(user.as_ref());
+        self.exec("userdel", &args, None)
+    }
+
+    /// `groupdel NAME` (a private group left behind by a `useradd` that failed half-way).
+    pub fn delete_group(&self, name: &str) -> Result<(), CmdError> {
+        self.exec("groupdel", &["--".as_ref(), name.as_ref()], None)
+    }
+
+    /// `usermod --expiredate DAY USER` (days since the epoch), or no expiry with `None`.
+    pub fn set_expiry(&self, user: &str, day: Option<i64>) -> Result<(), CmdError> {
+        let day = day.map_or_else(String::new, |d| d.to_string());
         self.exec(
-            "userdel",
-            &["--remove".as_ref(), "--".as_ref(), user.as_ref()],
+            "usermod",
+            &[
+                "--expiredate".as_ref(),
+                day.as_ref(),
+                "--".as_ref(),
+                user.as_ref(),
+            ],
             None,
         )
     }

@@ -121,7 +121,8 @@ pub fn run_shadow_tool(
     max_wait: Duration,
 ) -> Result<Vec<u8>, CmdError> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(50);
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         match run(program, args, stdin) {
             Err(error) if is_lock_contention(&error) => {
@@ -137,9 +138,9 @@ pub fn run_shadow_tool(
                         stderr,
                     });
                 }
+                let delay = backoff.delay();
                 tracing::warn!(program = %program.display(), ?delay, "account files are locked; retrying");
                 std::thread::sleep(delay.min(max_wait.saturating_sub(waited)));
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
             other => return other,
         }

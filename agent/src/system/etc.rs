@@ -108,62 +108,85 @@ fn id(file: &'static str, line: usize, text: &str) -> Result<u32, EtcError> {
     })
 }
 
-/// Parses `/etc/passwd` text.
+fn passwd_line(n: usize, line: &str) -> Result<PasswdEntry, EtcError> {
+    let f = fields("passwd", n, line, 7)?;
+    Ok(PasswdEntry {
+        name: f[0].to_owned(),
+        uid: id("passwd", n, f[2])?,
+        gid: id("passwd", n, f[3])?,
+        gecos: f[4].to_owned(),
+        home: f[5].to_owned(),
+        shell: f[6].to_owned(),
+    })
+}
+
+fn group_line(n: usize, line: &str) -> Result<GroupEntry, EtcError> {
+    let f = fields("group", n, line, 4)?;
+    Ok(GroupEntry {
+        name: f[0].to_owned(),
+        gid: id("group", n, f[2])?,
+        members: f[3]
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+fn shadow_line(n: usize, line: &str) -> Result<ShadowEntry, EtcError> {
+    let f = fields("shadow", n, line, 9)?;
+    let expire_days = if f[7].is_empty() {
+        None
+    } else {
+        Some(f[7].parse().map_err(|_| EtcError::Parse {
+            file: "shadow",
+            line: n,
+            reason: format!("expiry {:?} is not a number", f[7]),
+        })?)
+    };
+    Ok(ShadowEntry {
+        name: f[0].to_owned(),
+        hash: f[1].to_owned(),
+        expire_days,
+    })
+}
+
+/// Parses every line with `parse`: the entries that parse, and an error for each line that
+/// does not (revocation works from what parses; granting refuses while any error is left).
+fn parse_lenient<T>(
+    text: &str,
+    parse: fn(usize, &str) -> Result<T, EtcError>,
+) -> (Vec<T>, Vec<EtcError>) {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for (n, line) in lines(text) {
+        match parse(n, line) {
+            Ok(entry) => entries.push(entry),
+            Err(error) => errors.push(error),
+        }
+    }
+    (entries, errors)
+}
+
+/// Parses `/etc/passwd` text; the first malformed line is an error (tests and fuzzing; the
+/// agent reads through [`Snapshot::read`]).
+#[cfg(any(test, fuzzing))]
 pub fn parse_passwd(text: &str) -> Result<Vec<PasswdEntry>, EtcError> {
-    lines(text)
-        .map(|(n, line)| {
-            let f = fields("passwd", n, line, 7)?;
-            Ok(PasswdEntry {
-                name: f[0].to_owned(),
-                uid: id("passwd", n, f[2])?,
-                gid: id("passwd", n, f[3])?,
-                gecos: f[4].to_owned(),
-                home: f[5].to_owned(),
-                shell: f[6].to_owned(),
-            })
-        })
-        .collect()
+    lines(text).map(|(n, line)| passwd_line(n, line)).collect()
 }
 
-/// Parses `/etc/group` text.
+/// Parses `/etc/group` text; the first malformed line is an error (tests and fuzzing; the
+/// agent reads through [`Snapshot::read`]).
+#[cfg(any(test, fuzzing))]
 pub fn parse_group(text: &str) -> Result<Vec<GroupEntry>, EtcError> {
-    lines(text)
-        .map(|(n, line)| {
-            let f = fields("group", n, line, 4)?;
-            Ok(GroupEntry {
-                name: f[0].to_owned(),
-                gid: id("group", n, f[2])?,
-                members: f[3]
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-            })
-        })
-        .collect()
+    lines(text).map(|(n, line)| group_line(n, line)).collect()
 }
 
-/// Parses `/etc/shadow` text.
+/// Parses `/etc/shadow` text; the first malformed line is an error (tests and fuzzing; the
+/// agent reads through [`Snapshot::read`]).
+#[cfg(any(test, fuzzing))]
 pub fn parse_shadow(text: &str) -> Result<Vec<ShadowEntry>, EtcError> {
-    lines(text)
-        .map(|(n, line)| {
-            let f = fields("shadow", n, line, 9)?;
-            let expire_days = if f[7].is_empty() {
-                None
-            } else {
-                Some(f[7].parse().map_err(|_| EtcError::Parse {
-                    file: "shadow",
-                    line: n,
-                    reason: format!("expiry {:?} is not a number", f[7]),
-                })?)
-            };
-            Ok(ShadowEntry {
-                name: f[0].to_owned(),
-                hash: f[1].to_owned(),
-                expire_days,
-            })
-        })
-        .collect()
+    lines(text).map(|(n, line)| shadow_line(n, line)).collect()
 }
 
 /// Parses `/etc/shells`: one absolute path per line.
@@ -178,28 +201,46 @@ pub fn parse_shells(text: &str) -> Vec<String> {
 /// The account files as read at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `/etc/passwd`.
+    /// `/etc/passwd` (the lines that parse).
     pub passwd: Vec<PasswdEntry>,
-    /// `/etc/group`.
+    /// `/etc/group` (the lines that parse).
     pub group: Vec<GroupEntry>,
-    /// `/etc/shadow`.
+    /// `/etc/shadow` (the lines that parse).
     pub shadow: Vec<ShadowEntry>,
     /// `/etc/shells`.
     pub shells: Vec<String>,
+    /// Lines of passwd, group or shadow that do not parse, as `/etc/FILE line N: why`.
+    pub malformed: Vec<String>,
 }
 
 impl Snapshot {
-    /// Reads the files under `etc` (normally `/etc`).
+    /// Reads the files under `etc` (normally `/etc`). A malformed line does not fail the read: it
+    /// is left out and listed in `malformed`, so revocation can go on while granting refuses.
     pub fn read(etc: &Path) -> Result<Snapshot, EtcError> {
         let read = |name: &str| {
             let path = etc.join(name);
             std::fs::read_to_string(&path).map_err(|source| EtcError::Read { path, source })
         };
+        let (passwd, passwd_errors) = parse_lenient(&read("passwd")?, passwd_line);
+        let (group, group_errors) = parse_lenient(&read("group")?, group_line);
+        let (shadow, shadow_errors) = parse_lenient(&read("shadow")?, shadow_line);
+        let malformed = passwd_errors
+            .into_iter()
+            .chain(group_errors)
+            .chain(shadow_errors)
+            .map(|error| match error {
+                EtcError::Parse { file, line, reason } => {
+                    format!("{} line {line}: {reason}", etc.join(file).display())
+                }
+                other => other.to_string(),
+            })
+            .collect();
         Ok(Snapshot {
-            passwd: parse_passwd(&read("passwd")?)?,
-            group: parse_group(&read("group")?)?,
-            shadow: parse_shadow(&read("shadow")?)?,
+            passwd,
+            group,
+            shadow,
             shells: read("shells").map(|t| parse_shells(&t)).unwrap_or_default(),
+            malformed,
         })
     }
 
@@ -278,6 +319,29 @@ mod tests {
         assert!(parse_passwd("a:x:notanumber:0:::/bin/sh\n").is_err());
         assert!(parse_group(":x:1:\n").is_err());
         assert!(parse_shadow("a:b:c\n").is_err());
+    }
+
+    #[test]
+    fn a_malformed_line_is_listed_and_the_rest_still_read() {
+        let dir = std::env::temp_dir().join(format!("latch-etc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("passwd"),
+            "root:x:0:0:root:/root:/bin/bash\ngarbage without fields\neph:x:60000:60000::/home/eph:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("group"), "sudo:x:27:eph\n").unwrap();
+        std::fs::write(dir.join("shadow"), "eph:!:1::::::\n").unwrap();
+        let snapshot = Snapshot::read(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(snapshot.passwd.len(), 2);
+        assert!(snapshot.user("eph").is_some());
+        assert_eq!(snapshot.malformed.len(), 1);
+        assert!(
+            snapshot.malformed[0].ends_with("passwd line 2: expected 7 fields, found 1"),
+            "{:?}",
+            snapshot.malformed
+        );
     }
 
     #[test]

@@ -112,6 +112,61 @@ pub fn write_authorized_keys(
     Ok(())
 }
 
+/// Files sshd reads keys from by default (`AuthorizedKeysFile`).
+const KEY_FILES: [&str; 2] = ["authorized_keys", "authorized_keys2"];
+
+/// Moves `name` (whatever it is: file, link, directory) out of sshd's way inside `dir`.
+fn move_aside(dir: &OwnedFd, name: &str, shown: &Path) -> Result<(), KeysError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let aside = format!(".latch-revoked-{name}-{stamp}");
+    renameat(dir, Path::new(name), dir, Path::new(&aside)).map_err(|source| KeysError {
+        action: "move aside",
+        path: shown.join(name),
+        source,
+    })
+}
+
+/// Removes every key sshd could read for the account — `.ssh/authorized_keys` and
+/// `.ssh/authorized_keys2` — whatever the account's user turned them into (a directory, a
+/// link, a `.ssh` that is a file or a link): files and links are unlinked, anything else is
+/// moved aside. Never follows a link. A missing home or `.ssh` means there is nothing to
+/// remove.
+pub fn revoke_authorized_keys(home: &Path) -> Result<(), KeysError> {
+    let home_fd = match open_dir(None, home, "open home directory") {
+        Ok(fd) => fd,
+        Err(KeysError {
+            source: Errno::ENOENT,
+            ..
+        }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let ssh_fd = match open_dir(Some(&home_fd), Path::new(".ssh"), "open") {
+        Ok(fd) => fd,
+        Err(KeysError {
+            source: Errno::ENOENT,
+            ..
+        }) => return Ok(()),
+        // A file or a link where `.ssh` should be: move it out of the way as a whole.
+        Err(KeysError {
+            source: Errno::ENOTDIR | Errno::ELOOP,
+            ..
+        }) => return move_aside(&home_fd, ".ssh", home),
+        Err(e) => return Err(e),
+    };
+    let ssh_path = home.join(".ssh");
+    for name in KEY_FILES {
+        match unlinkat(&ssh_fd, Path::new(name), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            // A directory (or anything unlink refuses): out of sshd's way.
+            Err(_) => move_aside(&ssh_fd, name, &ssh_path)?,
+        }
+    }
+    Ok(())
+}
+
 /// Reads `home/.ssh/authorized_keys` without following links; `None` if it does not exist.
 pub fn read_authorized_keys(home: &Path) -> Result<Option<(String, u32, u32)>, KeysError> {
     let home_fd = open_dir(None, home, "open home directory")?;
@@ -179,6 +234,52 @@ mod tests {
         std::os::unix::fs::symlink(other.path(), evil_home.path().join(".ssh")).unwrap();
         assert!(write_authorized_keys(evil_home.path(), me, my_gid, &keys).is_err());
         assert!(!other.path().join("authorized_keys").exists());
+    }
+
+    #[test]
+    fn revocation_removes_keys_whatever_the_user_made_of_them() {
+        let me = nix::unistd::geteuid().as_raw();
+        let my_gid = nix::unistd::getegid().as_raw();
+        let keys = vec!["ssh-ed25519 AAAA one".to_owned()];
+        let readable = |home: &Path| {
+            std::fs::read_to_string(home.join(".ssh/authorized_keys")).is_ok()
+                || std::fs::read_to_string(home.join(".ssh/authorized_keys2")).is_ok()
+        };
+
+        // A plain file, plus an authorized_keys2 the user added.
+        let home = tempfile::tempdir().unwrap();
+        write_authorized_keys(home.path(), me, my_gid, &keys).unwrap();
+        std::fs::write(
+            home.path().join(".ssh/authorized_keys2"),
+            "ssh-ed25519 AAAA two\n",
+        )
+        .unwrap();
+        revoke_authorized_keys(home.path()).unwrap();
+        assert!(!readable(home.path()));
+
+        // authorized_keys turned into a directory (writing an empty file would fail).
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join(".ssh/authorized_keys/inner")).unwrap();
+        assert!(write_authorized_keys(home.path(), me, my_gid, &[]).is_err());
+        revoke_authorized_keys(home.path()).unwrap();
+        assert!(!home.path().join(".ssh/authorized_keys").exists());
+
+        // .ssh is a link to a directory elsewhere: the link goes, the target is untouched.
+        let home = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(
+            elsewhere.path().join("authorized_keys"),
+            "ssh-ed25519 AAAA x\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), home.path().join(".ssh")).unwrap();
+        revoke_authorized_keys(home.path()).unwrap();
+        assert!(std::fs::symlink_metadata(home.path().join(".ssh")).is_err());
+        assert!(elsewhere.path().join("authorized_keys").exists());
+
+        // Nothing there at all: nothing to do.
+        let gone = home.path().join("no-such-home");
+        revoke_authorized_keys(&gone).unwrap();
     }
 
     #[test]

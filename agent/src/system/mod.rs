@@ -6,5 +6,6 @@ pub mod cmd;
 pub mod etc;
 pub mod files;
 pub mod keys;
+pub mod nss;
 pub mod procs;
 pub mod sudo;

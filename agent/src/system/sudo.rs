@@ -72,7 +72,8 @@ pub fn with_dynamic_group_source(text: &str) -> Option<String> {
 }
 
 /// Ensures `path` (normally `/etc/sudo.conf`) sets `group_source dynamic`, writing atomically
-/// with mode 0644. Returns whether the file changed.
+/// and keeping the file's mode and owner (0644 for a new file). Returns whether the file
+/// changed.
 pub fn ensure_dynamic_group_source(path: &Path) -> Result<bool, SudoError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -88,7 +89,7 @@ pub fn ensure_dynamic_group_source(path: &Path) -> Result<bool, SudoError> {
     let Some(new) = with_dynamic_group_source(&text) else {
         return Ok(false);
     };
-    super::files::write_file_atomic(path, new.as_bytes(), 0o644).map_err(|source| SudoError {
+    super::files::rewrite_file_atomic(path, new.as_bytes(), 0o644).map_err(|source| SudoError {
         action: "write",
         path: path.to_owned(),
         source,
@@ -128,6 +129,24 @@ mod tests {
         let path = dir.path().join("sudo.conf");
         assert!(ensure_dynamic_group_source(&path).unwrap());
         assert!(!ensure_dynamic_group_source(&path).unwrap());
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(DYNAMIC_LINE)
+        );
+    }
+
+    /// Finding 17: `/etc/sudo.conf` was rewritten with the agent's own mode and owner.
+    #[test]
+    fn finding_17_sudo_conf_keeps_its_mode_and_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sudo.conf");
+        std::fs::write(&path, "Set disable_coredump true\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(ensure_dynamic_group_source(&path).unwrap());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640, "mode changed");
         assert!(
             std::fs::read_to_string(&path)
                 .unwrap()

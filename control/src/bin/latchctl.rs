@@ -628,6 +628,9 @@ fn print_job_detail(job: &JobView) {
     if let Some(error) = &job.error {
         println!("error:       {}: {}", error.code, error.message);
     }
+    for note in &job.notes {
+        println!("note:        {note}");
+    }
     println!("attempts:    {}", job.attempts);
     if let Some(end) = job.expires_at {
         println!("expires:     {}", end.to_rfc3339());

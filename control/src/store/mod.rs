@@ -69,6 +69,8 @@ pub struct JobRecord {
     pub status: JobStatus,
     /// Why it failed.
     pub error: Option<JobError>,
+    /// Notes of a confirmed outcome.
+    pub notes: Vec<String>,
     /// When it was queued.
     pub created_at: DateTime<Utc>,
     /// When it reached its final status.

@@ -38,7 +38,8 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
 macro_rules! job_columns {
     () => {
         "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
-         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id, payload, signature"
+         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id, payload, signature, \
+         outcome_notes"
     };
 }
 macro_rules! host_columns {
@@ -98,6 +99,10 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> 
         spec: serde_json::from_str(&spec).map_err(|e| corrupt("job spec", e))?,
         status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", &status))?,
         error,
+        notes: match row.try_get::<Option<String>, _>("outcome_notes")? {
+            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("job notes", e))?,
+            None => Vec::new(),
+        },
         created_at: from_millis(row.try_get("created_at")?),
         finished_at: row
             .try_get::<Option<i64>, _>("finished_at")?
@@ -677,6 +682,7 @@ impl Store for SqliteStore {
             spec: spec.clone(),
             status: JobStatus::Pending,
             error: None,
+            notes: Vec::new(),
             created_at: from_millis(millis(now)),
             finished_at: None,
             attempts: 0,
@@ -840,7 +846,7 @@ impl Store for SqliteStore {
         if job.status != JobStatus::Pending {
             let same = job.status == outcome.status()
                 && match outcome {
-                    JobOutcome::Confirmed => true,
+                    JobOutcome::Confirmed { .. } => true,
                     JobOutcome::Failed { error } => job.error.as_ref() == Some(error),
                 };
             return Ok(if same {
@@ -857,12 +863,17 @@ impl Store for SqliteStore {
             return Ok(Finish::Conflict);
         }
         match outcome {
-            JobOutcome::Confirmed => {
+            JobOutcome::Confirmed { notes } => {
+                let notes = (!notes.is_empty())
+                    .then(|| serde_json::to_string(notes))
+                    .transpose()
+                    .map_err(|e| corrupt("job notes", e))?;
                 sqlx::query(
                     "UPDATE jobs SET status = 'confirmed', finished_at = ?, lease = NULL, \
-                     lease_expires_at = NULL WHERE id = ?",
+                     lease_expires_at = NULL, outcome_notes = ? WHERE id = ?",
                 )
                 .bind(millis(now))
+                .bind(notes)
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await?;
@@ -874,7 +885,7 @@ impl Store for SqliteStore {
             JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
         }
         let (action, code) = match outcome {
-            JobOutcome::Confirmed => ("job.outcome", None),
+            JobOutcome::Confirmed { .. } => ("job.outcome", None),
             JobOutcome::Failed { error } if is_rejection(error.code) => {
                 ("job.rejected", Some(error.code.as_str()))
             }

@@ -1,0 +1,303 @@
+//! `latch-agent run`: the daemon's tasks and its two modes.
+//!
+//! - **Polling**: long-poll for jobs and apply them ([`poll`]), send local revocations
+//!   ([`expiry::flush_loop`]).
+//! - **Revoke-only**: the control plane refused this host's credential (host removed, database
+//!   restored, credential mix-up) or `/etc/machine-id` changed (a cloned image). Polling stops,
+//!   but local expiry goes on, so every grant still ends on time. The reason is kept in
+//!   `revoke-only.json` and shown by `latch-agent status`. A refused credential is checked
+//!   again every [`RECHECK`] (a cloned identity never is); `latch-agent enroll --replace`
+//!   enrolls the host again.
+//!
+//! In both modes the expiry timer ([`expiry::run`]) runs from start to stop: nothing the network
+//! or the control plane does can stop a grant from ending.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tokio::task::JoinHandle;
+
+use crate::client::{AgentClient, ClientError};
+use crate::config::Config;
+use crate::state::{Identity, RevokeOnly, StateDir};
+use crate::{credential, expiry, facts, journal, poll, worker};
+
+/// How often a refused credential is tried again in revoke-only mode.
+const RECHECK: Duration = Duration::from_secs(600);
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<ExitCode> {
+    let state = StateDir::open(&config.state_dir)?;
+    let _lock = state.lock()?;
+    // Finish a credential rotation a crash interrupted, if any.
+    let identity = match credential::settle_pending(&state).await {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(%error, "cannot settle a pending credential rotation yet");
+            state.identity()?
+        }
+    };
+    tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
+    let worker = Arc::new(worker::Worker::new(
+        config,
+        state.clone(),
+        identity.host_id.clone(),
+    ));
+    if let Err(error) = worker.prepare_host() {
+        // Not fatal: revocation must run whatever sudo.conf looks like.
+        tracing::error!(%error, "cannot set 'group_source dynamic' in /etc/sudo.conf; sudo in sessions opened before a revocation may keep working until they end");
+    }
+    // Grants that ended while the agent was down are revoked before anything else.
+    {
+        let worker = worker.clone();
+        match tokio::task::spawn_blocking(move || worker.revoke_expired(Utc::now())).await? {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(
+                count,
+                "revoked grants that expired while the agent was stopped"
+            ),
+            Err(error) => {
+                tracing::error!(code = %error.code, message = %error.message, "revoking expired grants at start failed; the expiry timer retries")
+            }
+        }
+    }
+    let grants_changed = Arc::new(tokio::sync::Notify::new());
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    let expiry = tokio::spawn(expiry::run(
+        worker.clone(),
+        grants_changed.clone(),
+        outbox_ready.clone(),
+    ));
+
+    let mut mode = first_mode(&state, &identity);
+    tokio::pin!(shutdown);
+    let result = loop {
+        match mode.take() {
+            None => {
+                let client = AgentClient::new(
+                    &identity.server,
+                    &identity.transport(),
+                    Some(identity.credential.clone()),
+                )?;
+                let flush: JoinHandle<()> = tokio::spawn(expiry::flush_loop(
+                    client.clone(),
+                    worker.clone(),
+                    outbox_ready.clone(),
+                ));
+                let agent = poll::Agent {
+                    client,
+                    worker: worker.clone(),
+                    journal: journal::Journal::open(state.path())?,
+                    host_id: identity.host_id.clone(),
+                    grants_changed: grants_changed.clone(),
+                };
+                let polled = tokio::select! {
+                    result = agent.run() => Some(result),
+                    () = &mut shutdown => None,
+                };
+                flush.abort();
+                match polled {
+                    None => break Ok(ExitCode::SUCCESS),
+                    Some(Err(poll::PollError::Unauthorized(message))) => {
+                        mode = Some(enter_revoke_only(
+                            &state,
+                            format!("the control plane refused this host's credential: {message}"),
+                            true,
+                        ));
+                    }
+                    Some(Err(error)) => break Err(error.into()),
+                    Some(Ok(())) => break Ok(ExitCode::SUCCESS),
+                }
+            }
+            Some(Mode::RevokeOnly { recheck }) => {
+                tokio::select! {
+                    () = &mut shutdown => break Ok(ExitCode::SUCCESS),
+                    () = tokio::time::sleep(RECHECK), if recheck => {
+                        if credential_accepted(&identity).await {
+                            tracing::warn!("the control plane accepts this host's credential again; leaving revoke-only mode");
+                            if let Err(error) = state.clear_revoke_only() {
+                                tracing::error!(%error, "cannot clear the revoke-only marker");
+                            }
+                        } else {
+                            mode = Some(Mode::RevokeOnly { recheck });
+                        }
+                    }
+                }
+            }
+        }
+    };
+    expiry.abort();
+    tracing::info!("stopping");
+    result
+}
+
+/// The agent's mode.
+enum Mode {
+    /// Local expiry only; `recheck`: whether the credential is tried again now and then.
+    RevokeOnly { recheck: bool },
+}
+
+/// Revoke-only from the start when the machine-id changed (never polls with a cloned
+/// identity), when the identity holds no usable signing key, or when an earlier run found the
+/// credential refused (checked again right away).
+fn first_mode(state: &StateDir, identity: &Identity) -> Option<Mode> {
+    match facts::machine_id() {
+        Ok(machine_id) if machine_id != identity.machine_id => {
+            return Some(enter_revoke_only(
+                state,
+                "/etc/machine-id changed since enrollment (a cloned image?); this host must be enrolled on its own: `latch-agent enroll --replace --server URL --ca-fingerprint sha256:… --token-file FILE`".to_owned(),
+                false,
+            ));
+        }
+        Ok(_) => {}
+        Err(error) => {
+            return Some(enter_revoke_only(
+                state,
+                format!(
+                    "cannot read /etc/machine-id ({error}); the agent does not poll without knowing it is the enrolled machine"
+                ),
+                false,
+            ));
+        }
+    }
+    let pinned = identity
+        .signing_key
+        .as_deref()
+        .and_then(latch_common::signing::decode_public_key);
+    if pinned.is_none() {
+        return Some(enter_revoke_only(
+            state,
+            "the identity holds no job-signing key (enrolled by an older agent); enroll this host again with `latch-agent enroll --replace`".to_owned(),
+            false,
+        ));
+    }
+    match state.revoke_only() {
+        Ok(Some(earlier)) => {
+            tracing::warn!(reason = %earlier.reason, since = %earlier.since, "the previous run was in revoke-only mode; trying the credential again");
+            None
+        }
+        _ => None,
+    }
+}
+
+fn enter_revoke_only(state: &StateDir, reason: String, recheck: bool) -> Mode {
+    tracing::error!(%reason, "revoke-only mode: polling stopped; expiring grants are still revoked on time");
+    let marker = RevokeOnly {
+        reason,
+        since: Utc::now(),
+    };
+    if let Err(error) = state.set_revoke_only(&marker) {
+        tracing::error!(%error, "cannot record revoke-only mode");
+    }
+    Mode::RevokeOnly { recheck }
+}
+
+async fn credential_accepted(identity: &Identity) -> bool {
+    match AgentClient::new(
+        &identity.server,
+        &identity.transport(),
+        Some(identity.credential.clone()),
+    ) {
+        Ok(client) => match client.check_credential().await {
+            Ok(()) => true,
+            Err(ClientError::Unauthorized(_)) => false,
+            Err(error) => {
+                tracing::debug!(%error, "cannot check the credential yet");
+                false
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+/// Reads the configuration-independent parts `status` shows.
+pub async fn status(state: &StateDir) -> anyhow::Result<ExitCode> {
+    let identity = state.identity()?;
+    let probe = match AgentClient::new(
+        &identity.server,
+        &identity.transport(),
+        Some(identity.credential.clone()),
+    ) {
+        Ok(client) => match client.check_credential().await {
+            Ok(()) => Ok("reachable, credential accepted".to_owned()),
+            Err(ClientError::Unauthorized(message)) => Err(format!(
+                "reachable, but this host's credential is REFUSED ({message}); the host was removed or the control plane's database restored: enroll again with `latch-agent enroll --replace`"
+            )),
+            Err(error) => Err(format!("NOT reachable: {error}")),
+        },
+        Err(error) => Err(format!("NOT usable: {error}")),
+    };
+    println!("host id:       {}", identity.host_id);
+    println!(
+        "control plane: {} ({})",
+        identity.server,
+        match &probe {
+            Ok(text) | Err(text) => text,
+        }
+    );
+    println!("enrolled:      {}", identity.enrolled_at.to_rfc3339());
+    println!(
+        "agent:         {}",
+        if state.is_locked() {
+            "running"
+        } else {
+            "not running"
+        }
+    );
+    let revoke_only = state
+        .revoke_only()
+        .context("cannot read the agent's mode")?;
+    match &revoke_only {
+        Some(mode) => println!(
+            "mode:          REVOKE-ONLY since {} — polling stopped, grants still end on time: {}",
+            mode.since.to_rfc3339(),
+            mode.reason
+        ),
+        None => println!("mode:          polling"),
+    }
+    let accounts = state.accounts()?;
+    println!(
+        "managed accounts ({}), UID high-water mark {}:",
+        accounts.accounts.len(),
+        accounts.uid_high_water
+    );
+    for (name, account) in &accounts.accounts {
+        let groups: Vec<String> = account
+            .group_grants
+            .iter()
+            .map(|(group, grant)| match grant.expires_at {
+                Some(end) => format!("{group} (until {})", end.to_rfc3339()),
+                None => group.clone(),
+            })
+            .collect();
+        println!(
+            "  {name:<32} uid {:<6} expires {:<25} groups {}",
+            account.uid,
+            account
+                .expires_at
+                .map_or("never".to_owned(), |t| t.to_rfc3339()),
+            if groups.is_empty() {
+                "-".to_owned()
+            } else {
+                groups.join(",")
+            }
+        );
+    }
+    if !accounts.outbox.is_empty() {
+        println!(
+            "revocations not yet reported to the control plane: {}",
+            accounts.outbox.len()
+        );
+    }
+    Ok(if probe.is_ok() && revoke_only.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,1220 @@
+//! The planner: a job, a snapshot of the account files, the agent's own records and the host's
+//! policy go in; the steps to take (or a refusal with a stable error code) come out. Pure: no
+//! I/O, so every rule of DESIGN.md §3 is tested here from data.
+//!
+//! - [`ownership`]: which accounts are Latch's (to revoke, to grant more), free UIDs;
+//! - [`expiry`]: which grants have ended and how an end is written into the files;
+//! - [`verify`]: the post-condition of each job on the files read back.
+//!
+//! Granting is strict: policy (allowed groups, UID range, well-formed account files) is checked
+//! and any failure refuses the job. Revoking (`delete-account`, `remove-group`, local expiry)
+//! never consults policy, and its steps are run best-effort by the worker: each is tried, the
+//! result is verified as a whole.
+
+mod expiry;
+mod ownership;
+mod verify;
+
+use chrono::{DateTime, Utc};
+use latch_common::job::{JobError, JobErrorCode, JobSpec};
+
+#[cfg(test)]
+pub use expiry::Expired;
+pub use expiry::{authorized_key_lines, expired, next_expiry, plan_expiry, shadow_expire_day};
+#[cfg(test)]
+pub use ownership::FilesOnly;
+pub use ownership::{
+    GECOS_TAG, MARKER_GROUP, NameService, Ownership, choose_uid, managed_account, owned_account,
+};
+pub use verify::verify;
+
+use crate::state::Accounts;
+use crate::system::etc::Snapshot;
+
+/// What the host allows, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Groups jobs may grant.
+    pub allowed_groups: Vec<String>,
+    /// UID range for new accounts.
+    pub uid_min: u32,
+    /// UID range for new accounts.
+    pub uid_max: u32,
+    /// Shell when the job names none.
+    pub default_shell: String,
+}
+
+/// Everything the planner decides from.
+pub struct Facts<'a> {
+    /// The account files.
+    pub snapshot: &'a Snapshot,
+    /// The agent's records.
+    pub accounts: &'a Accounts,
+    /// The host's policy.
+    pub policy: &'a Policy,
+    /// Users and groups known beyond the files (LDAP, SSSD, …).
+    pub names: &'a dyn NameService,
+}
+
+/// One thing to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `groupadd --system latch-managed`.
+    CreateMarkerGroup,
+    /// Record the account in `accounts.json` (before `useradd`, so a crash in between still
+    /// leaves our claim on it) and raise the UID high-water mark.
+    RecordAccount {
+        /// Name.
+        user: String,
+        /// UID chosen.
+        uid: u32,
+        /// Access end.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// `useradd`, with a private group of the same number.
+    AddUser {
+        /// Name.
+        user: String,
+        /// UID (and GID of the private group).
+        uid: u32,
+        /// Shell.
+        shell: String,
+        /// Supplementary groups, marker first.
+        groups: Vec<String>,
+        /// Shadow account expiry, in days since the epoch (defence in depth: the day after the
+        /// grant ends, rounded up).
+        expire_day: Option<i64>,
+    },
+    /// A grant re-created with another end: the record and the shadow expiry follow it.
+    SetAccountExpiry {
+        /// Name.
+        user: String,
+        /// The new end.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// `usermod --lock --expiredate 1`: no password login, account expired.
+    LockAccount {
+        /// Name.
+        user: String,
+    },
+    /// Remove every key sshd could read (`authorized_keys`, `authorized_keys2`), whatever the
+    /// user turned them into.
+    RemoveKeys {
+        /// Name.
+        user: String,
+    },
+    /// Remove sudo's cached credentials of the user (`/run/sudo/ts/USER`).
+    ClearSudoTimestamps {
+        /// Name.
+        user: String,
+    },
+    /// Tell `nscd` / `sssd` to forget cached users and groups, where they run.
+    InvalidateNameCaches,
+    /// `gpasswd --add`.
+    AddToGroup {
+        /// Name.
+        user: String,
+        /// Group.
+        group: String,
+    },
+    /// `gpasswd --delete`.
+    RemoveFromGroup {
+        /// Name.
+        user: String,
+        /// Group.
+        group: String,
+    },
+    /// Replace `authorized_keys` with these lines (options included).
+    WriteKeys {
+        /// Name.
+        user: String,
+        /// Complete `authorized_keys` lines.
+        lines: Vec<String>,
+    },
+    /// `chpasswd --encrypted`.
+    SetPasswordHash {
+        /// Name.
+        user: String,
+        /// The hash.
+        hash: String,
+    },
+    /// Record a group grant and its end.
+    RecordGroupGrant {
+        /// Name.
+        user: String,
+        /// Group.
+        group: String,
+        /// The granting job.
+        job_id: String,
+        /// End.
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Forget a group grant.
+    ForgetGroupGrant {
+        /// Name.
+        user: String,
+        /// Group.
+        group: String,
+    },
+    /// End every process of the UID and every process descending from its logins, root shells
+    /// from sudo included.
+    EndProcesses {
+        /// UID.
+        uid: u32,
+        /// Primary GID (the signalling helper runs as UID:GID).
+        gid: u32,
+    },
+    /// End the processes descending from the UID's logins that run as someone else (what the
+    /// user started through sudo), keeping the user's own session.
+    EndElevatedProcesses {
+        /// UID.
+        uid: u32,
+    },
+    /// `userdel --remove` (again with `--force` if the user still had processes).
+    DeleteUser {
+        /// Name.
+        user: String,
+    },
+    /// `groupdel` of the account's private group left without its account.
+    DeleteGroup {
+        /// Group (the account's name).
+        group: String,
+    },
+    /// Drop the account from `accounts.json` once it is gone (the UID high-water mark stays).
+    ForgetAccount {
+        /// Name.
+        user: String,
+    },
+}
+
+impl Step {
+    /// A short description for outcome notes and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::CreateMarkerGroup => format!("create the {MARKER_GROUP} group"),
+            Step::RecordAccount { user, .. } => format!("record '{user}'"),
+            Step::AddUser { user, .. } => format!("create '{user}'"),
+            Step::SetAccountExpiry { user, .. } => format!("set the expiry of '{user}'"),
+            Step::LockAccount { user } => format!("lock '{user}'"),
+            Step::RemoveKeys { user } => format!("remove the SSH keys of '{user}'"),
+            Step::ClearSudoTimestamps { user } => {
+                format!("clear sudo's cached credentials of '{user}'")
+            }
+            Step::InvalidateNameCaches => "invalidate the nscd/sssd caches".to_owned(),
+            Step::AddToGroup { user, group } => format!("add '{user}' to '{group}'"),
+            Step::RemoveFromGroup { user, group } => format!("remove '{user}' from '{group}'"),
+            Step::WriteKeys { user, .. } => format!("write the SSH keys of '{user}'"),
+            Step::SetPasswordHash { user, .. } => format!("set the password of '{user}'"),
+            Step::RecordGroupGrant { user, group, .. } => {
+                format!("record the '{group}' grant of '{user}'")
+            }
+            Step::ForgetGroupGrant { user, group } => {
+                format!("forget the '{group}' grant of '{user}'")
+            }
+            Step::EndProcesses { uid, .. } => format!("end the processes of UID {uid}"),
+            Step::EndElevatedProcesses { uid } => {
+                format!("end the processes UID {uid} started through sudo")
+            }
+            Step::DeleteUser { user } => format!("delete '{user}'"),
+            Step::DeleteGroup { group } => format!("delete the group '{group}'"),
+            Step::ForgetAccount { user } => format!("forget '{user}'"),
+        }
+    }
+}
+
+/// What to do for a job, and what a person should know about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps, in order.
+    pub steps: Vec<Step>,
+    /// Notes for the outcome (e.g. "nothing to do").
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    fn steps(steps: Vec<Step>) -> Plan {
+        Plan {
+            steps,
+            notes: Vec::new(),
+        }
+    }
+
+    fn note(note: String) -> Plan {
+        Plan {
+            steps: Vec::new(),
+            notes: vec![note],
+        }
+    }
+}
+
+/// Whether `spec` takes access away (run best-effort, never refused by policy).
+pub fn is_revocation(spec: &JobSpec) -> bool {
+    matches!(
+        spec,
+        JobSpec::DeleteAccount { .. } | JobSpec::RemoveGroup { .. }
+    )
+}
+
+pub(crate) fn refuse(code: JobErrorCode, message: impl Into<String>) -> JobError {
+    JobError::new(code, message)
+}
+
+/// Groups no job may ever grant, whatever the configuration says.
+fn never_granted(group: &str) -> bool {
+    group == "root" || group == MARKER_GROUP
+}
+
+fn allowed_group(group: &str, facts: &Facts<'_>) -> Result<(), JobError> {
+    if never_granted(group) {
+        return Err(refuse(
+            JobErrorCode::GroupNotAllowed,
+            format!("group '{group}' may never be granted by Latch"),
+        ));
+    }
+    let allowed = &facts.policy.allowed_groups;
+    if !allowed.iter().any(|g| g == group) {
+        return Err(refuse(
+            JobErrorCode::GroupNotAllowed,
+            format!(
+                "group '{group}' may not be granted on this host (allowed: {}); if it should be, add it to allowed_groups in the agent's configuration",
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            ),
+        ));
+    }
+    if facts.snapshot.group(group).is_none() {
+        return Err(refuse(
+            JobErrorCode::NoSuchGroup,
+            format!("group '{group}' does not exist on this host"),
+        ));
+    }
+    Ok(())
+}
+
+/// Granting refuses while an account file has a line that does not parse: shadow-utils would
+/// work around it, but the agent could not check what it changes.
+fn files_well_formed(snapshot: &Snapshot) -> Result<(), JobError> {
+    match snapshot.malformed.as_slice() {
+        [] => Ok(()),
+        lines => Err(refuse(
+            JobErrorCode::AccountFilesMalformed,
+            format!(
+                "{}; nothing is granted until the file is repaired (`pwck` / `grpck`), revocations still run",
+                lines.join("; ")
+            ),
+        )),
+    }
+}
+
+/// Steps that remove every access of account `user` (UID `uid`, primary GID `gid`) and then
+/// the account itself, shrinking access first: lock, every supplementary group but the marker,
+/// keys, sudo's cache, NSS caches, sessions and processes (root shells from sudo included),
+/// `userdel`, the agent's record. Each step is independent: the worker tries them all.
+fn removal_steps(user: &str, uid: u32, gid: u32, snapshot: &Snapshot) -> Vec<Step> {
+    let mut steps = vec![Step::LockAccount {
+        user: user.to_owned(),
+    }];
+    for group in &snapshot.group {
+        if group.name != MARKER_GROUP && group.members.iter().any(|m| m == user) {
+            steps.push(Step::RemoveFromGroup {
+                user: user.to_owned(),
+                group: group.name.clone(),
+            });
+        }
+    }
+    steps.extend([
+        Step::RemoveKeys {
+            user: user.to_owned(),
+        },
+        Step::ClearSudoTimestamps {
+            user: user.to_owned(),
+        },
+        Step::InvalidateNameCaches,
+        Step::EndProcesses { uid, gid },
+        Step::DeleteUser {
+            user: user.to_owned(),
+        },
+        Step::ForgetAccount {
+            user: user.to_owned(),
+        },
+    ]);
+    steps
+}
+
+/// What is left of an account Latch created that is no longer in `/etc/passwd` (a private
+/// group from a `useradd` that failed half-way), then the record.
+fn leftover_steps(user: &str, uid: u32, snapshot: &Snapshot) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if snapshot.group(user).is_some_and(|g| g.gid == uid) {
+        steps.push(Step::DeleteGroup {
+            group: user.to_owned(),
+        });
+    }
+    steps.push(Step::ForgetAccount {
+        user: user.to_owned(),
+    });
+    steps
+}
+
+/// Plans `spec`. An empty plan means the host is already in the requested state.
+pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, JobError> {
+    spec.validate().map_err(|e| {
+        refuse(
+            JobErrorCode::InvalidJob,
+            format!("the job is not valid: {e}"),
+        )
+    })?;
+    let snapshot = facts.snapshot;
+    match spec {
+        JobSpec::CreateAccount {
+            user,
+            groups,
+            shell,
+            ssh_keys,
+            expires_at,
+        } => {
+            files_well_formed(snapshot)?;
+            for group in groups {
+                allowed_group(group, facts)?;
+            }
+            let shell = shell
+                .clone()
+                .unwrap_or_else(|| facts.policy.default_shell.clone());
+            if !snapshot.shells.contains(&shell) {
+                return Err(refuse(
+                    JobErrorCode::ShellNotAllowed,
+                    format!("shell '{shell}' is not listed in /etc/shells on this host"),
+                ));
+            }
+            let mut steps = Vec::new();
+            if snapshot.user(user).is_some() {
+                // Re-delivery of our own create converges; anything else is someone else's account.
+                managed_account(user, facts).map_err(|e| match e.code {
+                    JobErrorCode::AccountNotManaged
+                        if !matches!(
+                            owned_account(user, snapshot, facts.accounts),
+                            Ownership::Ours(_)
+                        ) =>
+                    {
+                        refuse(
+                            JobErrorCode::AccountExists,
+                            format!("account '{user}' already exists and Latch did not create it; choose another name"),
+                        )
+                    }
+                    _ => e,
+                })?;
+                for group in groups {
+                    if !snapshot.is_member(user, group) {
+                        steps.push(Step::AddToGroup {
+                            user: user.clone(),
+                            group: group.clone(),
+                        });
+                    }
+                }
+                let recorded = facts.accounts.accounts.get(user).and_then(|a| a.expires_at);
+                let shadow_day = snapshot.shadow(user).and_then(|s| s.expire_days);
+                if recorded != *expires_at || shadow_day != expires_at.map(shadow_expire_day) {
+                    steps.push(Step::SetAccountExpiry {
+                        user: user.clone(),
+                        expires_at: *expires_at,
+                    });
+                }
+            } else {
+                if snapshot.group(user).is_some() || facts.names.group_exists(user) {
+                    return Err(refuse(
+                        JobErrorCode::GroupExists,
+                        format!(
+                            "a group named '{user}' already exists; Latch will not adopt it as the account's private group. Choose another name or remove the group"
+                        ),
+                    ));
+                }
+                if facts.names.user_exists(user) {
+                    return Err(refuse(
+                        JobErrorCode::AccountExists,
+                        format!(
+                            "'{user}' already resolves as a user through the name service (NSS: LDAP, SSSD, …); choose another name"
+                        ),
+                    ));
+                }
+                let uid = choose_uid(snapshot, facts.accounts, facts.policy, facts.names)?;
+                if snapshot.group(MARKER_GROUP).is_none() {
+                    steps.push(Step::CreateMarkerGroup);
+                }
+                steps.push(Step::RecordAccount {
+                    user: user.clone(),
+                    uid,
+                    expires_at: *expires_at,
+                });
+                let mut all_groups = vec![MARKER_GROUP.to_owned()];
+                all_groups.extend(groups.iter().cloned());
+                steps.push(Step::AddUser {
+                    user: user.clone(),
+                    uid,
+                    shell,
+                    groups: all_groups,
+                    expire_day: expires_at.map(shadow_expire_day),
+                });
+            }
+            for group in groups {
+                steps.push(Step::RecordGroupGrant {
+                    user: user.clone(),
+                    group: group.clone(),
+                    job_id: job_id.to_owned(),
+                    expires_at: *expires_at,
+                });
+            }
+            if !ssh_keys.is_empty() {
+                steps.push(Step::WriteKeys {
+                    user: user.clone(),
+                    lines: authorized_key_lines(ssh_keys, *expires_at),
+                });
+            }
+            Ok(Plan::steps(steps))
+        }
+        JobSpec::DeleteAccount { user } => match owned_account(user, snapshot, facts.accounts) {
+            Ownership::Ours(entry) => Ok(Plan::steps(removal_steps(
+                user, entry.uid, entry.gid, snapshot,
+            ))),
+            Ownership::Gone { uid } => Ok(Plan {
+                steps: leftover_steps(user, uid, snapshot),
+                notes: vec![format!(
+                    "account '{user}' was already gone from /etc/passwd; the agent's record was dropped"
+                )],
+            }),
+            Ownership::Replaced { ours, now } => Ok(Plan {
+                steps: vec![Step::ForgetAccount { user: user.clone() }],
+                notes: vec![format!(
+                    "the account Latch created as '{user}' (UID {ours}) is gone; the name now has UID {now} and belongs to someone else, who was left alone"
+                )],
+            }),
+            Ownership::NotOurs if snapshot.user(user).is_some() => Err(refuse(
+                JobErrorCode::AccountNotManaged,
+                format!(
+                    "account '{user}' was not created by Latch on this host; Latch deletes only accounts it created"
+                ),
+            )),
+            Ownership::NotOurs => Ok(Plan::note(format!(
+                "account '{user}' does not exist on this host; nothing to do"
+            ))),
+        },
+        JobSpec::AddGroup {
+            user,
+            group,
+            expires_at,
+        } => {
+            files_well_formed(snapshot)?;
+            allowed_group(group, facts)?;
+            managed_account(user, facts)?;
+            let mut steps = Vec::new();
+            if !snapshot.is_member(user, group) {
+                steps.push(Step::AddToGroup {
+                    user: user.clone(),
+                    group: group.clone(),
+                });
+            }
+            steps.push(Step::RecordGroupGrant {
+                user: user.clone(),
+                group: group.clone(),
+                job_id: job_id.to_owned(),
+                expires_at: *expires_at,
+            });
+            Ok(Plan::steps(steps))
+        }
+        JobSpec::RemoveGroup { user, group } => {
+            if group == MARKER_GROUP {
+                return Err(refuse(
+                    JobErrorCode::InvalidJob,
+                    format!(
+                        "the {MARKER_GROUP} group is removed only with the account (delete-account)"
+                    ),
+                ));
+            }
+            let forget = Step::ForgetGroupGrant {
+                user: user.clone(),
+                group: group.clone(),
+            };
+            match owned_account(user, snapshot, facts.accounts) {
+                Ownership::Ours(entry) => {
+                    let mut steps = Vec::new();
+                    if snapshot.is_member(user, group) {
+                        steps.push(Step::RemoveFromGroup {
+                            user: user.clone(),
+                            group: group.clone(),
+                        });
+                    }
+                    // With sudo's group_source dynamic (set by the agent), open sessions lose
+                    // sudo at once; cached credentials and what was started through sudo go too.
+                    steps.extend([
+                        Step::ClearSudoTimestamps { user: user.clone() },
+                        Step::InvalidateNameCaches,
+                        Step::EndElevatedProcesses { uid: entry.uid },
+                        forget,
+                    ]);
+                    Ok(Plan::steps(steps))
+                }
+                Ownership::Gone { .. } | Ownership::Replaced { .. } => Ok(Plan {
+                    steps: vec![forget],
+                    notes: vec![format!(
+                        "the account Latch created as '{user}' is gone; nothing to remove"
+                    )],
+                }),
+                Ownership::NotOurs if snapshot.user(user).is_some() => Err(refuse(
+                    JobErrorCode::AccountNotManaged,
+                    format!(
+                        "account '{user}' was not created by Latch on this host; Latch changes only accounts it created"
+                    ),
+                )),
+                Ownership::NotOurs => Ok(Plan::note(format!(
+                    "account '{user}' does not exist on this host; nothing to do"
+                ))),
+            }
+        }
+        // Handled by the worker: it changes the agent's identity, not the host.
+        JobSpec::RotateSigningKey { .. } => Ok(Plan::default()),
+        JobSpec::SetPassword {
+            user,
+            password_hash,
+        } => {
+            files_well_formed(snapshot)?;
+            managed_account(user, facts)?;
+            let mut steps = Vec::new();
+            if snapshot
+                .shadow(user)
+                .is_none_or(|s| s.hash != *password_hash)
+            {
+                steps.push(Step::SetPasswordHash {
+                    user: user.clone(),
+                    hash: password_hash.clone(),
+                });
+            }
+            Ok(Plan::steps(steps))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{GroupGrant, ManagedAccount};
+    use crate::system::etc::{parse_group, parse_passwd, parse_shadow};
+    use latch_common::job::JobErrorCode as Code;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          legacy:x:1001:1001:Legacy:/home/legacy:/bin/bash\n\
+                          eph:x:60000:60000:latch-managed account:/home/eph:/bin/bash\n\
+                          fake:x:60001:60001:latch-managed account:/home/fake:/bin/bash\n";
+    const GROUP: &str = "root:x:0:\nsudo:x:27:eph\nadm:x:4:eph\nlatch-managed:x:999:eph,fake\n\
+                         legacy:x:1001:\neph:x:60000:\nfake:x:60001:\ntaken:x:60002:\n";
+    const SHADOW: &str = "root:*:1::::::\nlegacy:$6$a$b:1::::::\neph:!:1::::::\nfake:!:1::::::\n";
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            passwd: parse_passwd(PASSWD).unwrap(),
+            group: parse_group(GROUP).unwrap(),
+            shadow: parse_shadow(SHADOW).unwrap(),
+            shells: vec!["/bin/bash".into(), "/bin/sh".into()],
+            malformed: Vec::new(),
+        }
+    }
+
+    fn accounts() -> Accounts {
+        let mut accounts = Accounts {
+            uid_high_water: 60001,
+            ..Accounts::default()
+        };
+        // "fake" carries the marker and tag but the agent never recorded it.
+        accounts.accounts.insert(
+            "eph".into(),
+            ManagedAccount {
+                uid: 60000,
+                created_by_job: "j".into(),
+                created_at: Utc::now(),
+                expires_at: None,
+                group_grants: Default::default(),
+            },
+        );
+        accounts
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            allowed_groups: vec!["sudo".into()],
+            uid_min: 60000,
+            uid_max: 60999,
+            default_shell: "/bin/bash".into(),
+        }
+    }
+
+    fn plan_with(
+        spec: &JobSpec,
+        snapshot: &Snapshot,
+        accounts: &Accounts,
+        policy: &Policy,
+    ) -> Result<Plan, JobError> {
+        let facts = Facts {
+            snapshot,
+            accounts,
+            policy,
+            names: &FilesOnly,
+        };
+        plan(spec, "job-1", &facts)
+    }
+
+    fn check(spec: JobSpec, expected: Result<Vec<Step>, Code>) {
+        let got = plan_with(&spec, &snapshot(), &accounts(), &policy())
+            .map(|p| p.steps)
+            .map_err(|e| e.code);
+        assert_eq!(got, expected, "{spec:?}");
+    }
+
+    fn create(user: &str, groups: &[&str]) -> JobSpec {
+        JobSpec::CreateAccount {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            shell: None,
+            ssh_keys: vec![],
+            expires_at: None,
+        }
+    }
+
+    fn delete(user: &str) -> JobSpec {
+        JobSpec::DeleteAccount { user: user.into() }
+    }
+
+    fn remove_sudo(user: &str) -> JobSpec {
+        JobSpec::RemoveGroup {
+            user: user.into(),
+            group: "sudo".into(),
+        }
+    }
+
+    fn eph_removal() -> Vec<Step> {
+        vec![
+            Step::LockAccount { user: "eph".into() },
+            Step::RemoveFromGroup {
+                user: "eph".into(),
+                group: "sudo".into(),
+            },
+            Step::RemoveFromGroup {
+                user: "eph".into(),
+                group: "adm".into(),
+            },
+            Step::RemoveKeys { user: "eph".into() },
+            Step::ClearSudoTimestamps { user: "eph".into() },
+            Step::InvalidateNameCaches,
+            Step::EndProcesses {
+                uid: 60000,
+                gid: 60000,
+            },
+            Step::DeleteUser { user: "eph".into() },
+            Step::ForgetAccount { user: "eph".into() },
+        ]
+    }
+
+    #[test]
+    fn create_picks_an_unused_uid_above_the_high_water_mark() {
+        check(
+            create("alice", &["sudo"]),
+            Ok(vec![
+                Step::RecordAccount {
+                    user: "alice".into(),
+                    uid: 60003,
+                    expires_at: None,
+                },
+                Step::AddUser {
+                    user: "alice".into(),
+                    uid: 60003,
+                    shell: "/bin/bash".into(),
+                    groups: vec!["latch-managed".into(), "sudo".into()],
+                    expire_day: None,
+                },
+                Step::RecordGroupGrant {
+                    user: "alice".into(),
+                    group: "sudo".into(),
+                    job_id: "job-1".into(),
+                    expires_at: None,
+                },
+            ]),
+        );
+    }
+
+    /// Finding 13 (second half): a UID or name known only to the name service (LDAP, SSSD,
+    /// extrausers) is never handed out.
+    #[test]
+    fn finding_13_uids_and_names_known_to_nss_are_skipped() {
+        struct Directory;
+        impl NameService for Directory {
+            fn user_exists(&self, name: &str) -> bool {
+                name == "ldapuser"
+            }
+            fn group_exists(&self, name: &str) -> bool {
+                name == "ldapgroup"
+            }
+            fn uid_taken(&self, uid: u32) -> bool {
+                uid == 60003
+            }
+            fn gid_taken(&self, gid: u32) -> bool {
+                gid == 60004
+            }
+        }
+        let (snapshot, accounts, policy) = (snapshot(), accounts(), policy());
+        let facts = Facts {
+            snapshot: &snapshot,
+            accounts: &accounts,
+            policy: &policy,
+            names: &Directory,
+        };
+        let steps = plan(&create("alice", &[]), "j", &facts).unwrap().steps;
+        assert!(
+            steps.contains(&Step::RecordAccount {
+                user: "alice".into(),
+                uid: 60005,
+                expires_at: None
+            }),
+            "{steps:?}"
+        );
+        let refused = |user: &str| plan(&create(user, &[]), "j", &facts).unwrap_err().code;
+        assert_eq!(refused("ldapuser"), Code::AccountExists);
+        assert_eq!(refused("ldapgroup"), Code::GroupExists);
+    }
+
+    #[test]
+    fn create_refusals() {
+        check(create("legacy", &[]), Err(Code::AccountExists));
+        check(create("fake", &[]), Err(Code::AccountExists));
+        check(create("taken", &[]), Err(Code::GroupExists));
+        check(create("alice", &["root"]), Err(Code::GroupNotAllowed));
+        check(create("alice", &["adm"]), Err(Code::GroupNotAllowed));
+        check(
+            JobSpec::CreateAccount {
+                user: "alice".into(),
+                groups: vec![],
+                shell: Some("/usr/bin/evil".into()),
+                ssh_keys: vec![],
+                expires_at: None,
+            },
+            Err(Code::ShellNotAllowed),
+        );
+        check(create("root", &[]), Err(Code::InvalidJob));
+        check(create("-oops", &[]), Err(Code::InvalidJob));
+    }
+
+    #[test]
+    fn root_and_the_marker_are_never_granted_whatever_the_configuration() {
+        let generous = Policy {
+            allowed_groups: vec!["root".into(), MARKER_GROUP.into(), "sudo".into()],
+            ..policy()
+        };
+        for group in ["root", MARKER_GROUP] {
+            let err = plan_with(
+                &JobSpec::AddGroup {
+                    user: "eph".into(),
+                    group: group.into(),
+                    expires_at: None,
+                },
+                &snapshot(),
+                &accounts(),
+                &generous,
+            )
+            .unwrap_err();
+            assert_eq!(err.code, Code::GroupNotAllowed);
+            assert!(err.message.contains("may never be granted"), "{err}");
+        }
+    }
+
+    #[test]
+    fn create_redelivered_converges() {
+        check(
+            create("eph", &["sudo"]),
+            Ok(vec![Step::RecordGroupGrant {
+                user: "eph".into(),
+                group: "sudo".into(),
+                job_id: "job-1".into(),
+                expires_at: None,
+            }]),
+        );
+    }
+
+    /// Finding 10: re-creating a managed account with another end applies the new end.
+    #[test]
+    fn finding_10_recreating_an_account_applies_the_new_expiry() {
+        let end = Utc::now() + chrono::Duration::minutes(5);
+        let spec = JobSpec::CreateAccount {
+            user: "eph".into(),
+            groups: vec![],
+            shell: None,
+            ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBu2K6/pB0pY+4p2eGZq1jWbA5i6RzkmVfO2hXmLHqXh k".into()],
+            expires_at: Some(end),
+        };
+        let steps = plan_with(&spec, &snapshot(), &accounts(), &policy())
+            .unwrap()
+            .steps;
+        assert!(
+            steps.contains(&Step::SetAccountExpiry {
+                user: "eph".into(),
+                expires_at: Some(end)
+            }),
+            "{steps:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::WriteKeys { lines, .. } if lines[0].starts_with("expiry-time="))),
+            "{steps:?}"
+        );
+    }
+
+    #[test]
+    fn group_changes() {
+        check(
+            JobSpec::AddGroup {
+                user: "eph".into(),
+                group: "root".into(),
+                expires_at: None,
+            },
+            Err(Code::GroupNotAllowed),
+        );
+        check(
+            JobSpec::AddGroup {
+                user: "legacy".into(),
+                group: "sudo".into(),
+                expires_at: None,
+            },
+            Err(Code::AccountNotManaged),
+        );
+        check(
+            remove_sudo("eph"),
+            Ok(vec![
+                Step::RemoveFromGroup {
+                    user: "eph".into(),
+                    group: "sudo".into(),
+                },
+                Step::ClearSudoTimestamps { user: "eph".into() },
+                Step::InvalidateNameCaches,
+                Step::EndElevatedProcesses { uid: 60000 },
+                Step::ForgetGroupGrant {
+                    user: "eph".into(),
+                    group: "sudo".into(),
+                },
+            ]),
+        );
+        check(
+            JobSpec::RemoveGroup {
+                user: "eph".into(),
+                group: "latch-managed".into(),
+            },
+            Err(Code::InvalidJob),
+        );
+        check(remove_sudo("legacy"), Err(Code::AccountNotManaged));
+    }
+
+    /// Finding 2: tightening `allowed_groups` must not stop the revocation of memberships
+    /// granted before: only granting checks policy.
+    #[test]
+    fn finding_2_tightened_allowed_groups_still_revoke() {
+        let tightened = Policy {
+            allowed_groups: vec![],
+            uid_min: 61000,
+            uid_max: 61999,
+            ..policy()
+        };
+        let steps = plan_with(&remove_sudo("eph"), &snapshot(), &accounts(), &tightened)
+            .unwrap()
+            .steps;
+        assert_eq!(
+            steps[0],
+            Step::RemoveFromGroup {
+                user: "eph".into(),
+                group: "sudo".into()
+            }
+        );
+        // Deletion removes every supplementary group (adm was never in allowed_groups).
+        let steps = plan_with(&delete("eph"), &snapshot(), &accounts(), &tightened)
+            .unwrap()
+            .steps;
+        assert_eq!(steps, eph_removal());
+        // Granting does check it.
+        let err = plan_with(
+            &JobSpec::AddGroup {
+                user: "eph".into(),
+                group: "sudo".into(),
+                expires_at: None,
+            },
+            &snapshot(),
+            &accounts(),
+            &tightened,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, Code::GroupNotAllowed);
+    }
+
+    /// Finding 5: ownership must not hang on GECOS, which the user can rewrite with `chfn`.
+    #[test]
+    fn finding_5_a_rewritten_gecos_does_not_stop_revocation() {
+        let mut snapshot = snapshot();
+        for entry in &mut snapshot.passwd {
+            if entry.name == "eph" {
+                entry.gecos = "Eve,Room 1,555,555".into();
+            }
+        }
+        let steps = plan_with(&delete("eph"), &snapshot, &accounts(), &policy())
+            .unwrap()
+            .steps;
+        assert_eq!(steps, eph_removal());
+        // ... and an operator's `usermod -G` that dropped the marker group does not either.
+        for group in &mut snapshot.group {
+            group.members.retain(|m| m != "eph");
+        }
+        let plan = plan_with(&delete("eph"), &snapshot, &accounts(), &policy()).unwrap();
+        assert!(
+            plan.steps
+                .contains(&Step::DeleteUser { user: "eph".into() })
+        );
+    }
+
+    #[test]
+    fn only_accounts_latch_created_are_deleted_or_changed() {
+        check(delete("legacy"), Err(Code::AccountNotManaged));
+        check(delete("fake"), Err(Code::AccountNotManaged));
+        check(
+            JobSpec::SetPassword {
+                user: "legacy".into(),
+                password_hash: "$6$x$y".into(),
+            },
+            Err(Code::AccountNotManaged),
+        );
+        check(delete("eph"), Ok(eph_removal()));
+        check(
+            JobSpec::SetPassword {
+                user: "eph".into(),
+                password_hash: "$6$x$y".into(),
+            },
+            Ok(vec![Step::SetPasswordHash {
+                user: "eph".into(),
+                hash: "$6$x$y".into(),
+            }]),
+        );
+    }
+
+    #[test]
+    fn deleting_what_is_not_there_says_so() {
+        let plan = plan_with(&delete("gone"), &snapshot(), &accounts(), &policy()).unwrap();
+        assert!(plan.steps.is_empty());
+        assert_eq!(
+            plan.notes,
+            vec!["account 'gone' does not exist on this host; nothing to do"]
+        );
+        // Recorded but gone, with its private group left behind by a failed useradd.
+        let mut records = accounts();
+        records.accounts.insert(
+            "half".into(),
+            ManagedAccount {
+                uid: 60002,
+                created_by_job: "j2".into(),
+                created_at: Utc::now(),
+                expires_at: None,
+                group_grants: Default::default(),
+            },
+        );
+        let mut files = snapshot();
+        files
+            .group
+            .push(parse_group("half:x:60002:\n").unwrap().remove(0));
+        let plan = plan_with(&delete("half"), &files, &records, &policy()).unwrap();
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::DeleteGroup {
+                    group: "half".into()
+                },
+                Step::ForgetAccount {
+                    user: "half".into()
+                }
+            ]
+        );
+        // The name now belongs to another UID: left alone, record dropped.
+        records.accounts.get_mut("half").unwrap().uid = 60005;
+        let mut files = snapshot();
+        files.passwd.push(
+            parse_passwd("half:x:1500:1500::/home/half:/bin/sh\n")
+                .unwrap()
+                .remove(0),
+        );
+        let plan = plan_with(&delete("half"), &files, &records, &policy()).unwrap();
+        assert_eq!(
+            plan.steps,
+            vec![Step::ForgetAccount {
+                user: "half".into()
+            }]
+        );
+        assert!(plan.notes[0].contains("belongs to someone else"));
+    }
+
+    /// Finding 16: a malformed account-file line refuses granting, not revoking.
+    #[test]
+    fn finding_16_malformed_files_refuse_grants_only() {
+        let mut files = snapshot();
+        files.malformed = vec!["/etc/passwd line 9: expected 7 fields, found 1".into()];
+        let err = plan_with(&create("alice", &[]), &files, &accounts(), &policy()).unwrap_err();
+        assert_eq!(err.code, Code::AccountFilesMalformed);
+        assert!(err.message.contains("/etc/passwd line 9"), "{err}");
+        let plan = plan_with(&delete("eph"), &files, &accounts(), &policy()).unwrap();
+        assert_eq!(plan.steps, eph_removal());
+    }
+
+    #[test]
+    fn uid_range_exhaustion() {
+        let tight = Policy {
+            uid_min: 60000,
+            uid_max: 60001,
+            ..policy()
+        };
+        let err = plan_with(&create("alice", &[]), &snapshot(), &accounts(), &tight).unwrap_err();
+        assert_eq!(err.code, Code::UidRangeExhausted);
+    }
+
+    #[test]
+    fn expiry_rounds_up_to_the_next_midnight_and_keys_carry_it() {
+        let end = chrono::DateTime::parse_from_rfc3339("2026-11-23T15:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let midnight = chrono::DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(shadow_expire_day(end), midnight.timestamp() / 86_400);
+        assert_eq!(shadow_expire_day(midnight), midnight.timestamp() / 86_400);
+        let lines = authorized_key_lines(&["ssh-ed25519 AAAA k".into()], Some(end));
+        assert_eq!(
+            lines,
+            vec!["expiry-time=\"20261123150000Z\" ssh-ed25519 AAAA k"]
+        );
+        assert_eq!(
+            authorized_key_lines(&["ssh-ed25519 AAAA k".into()], None),
+            vec!["ssh-ed25519 AAAA k"]
+        );
+    }
+
+    #[test]
+    fn expired_grants_are_found_and_planned() {
+        let now = Utc::now();
+        let mut records = accounts();
+        assert!(expired(&records, now).is_empty());
+        assert_eq!(next_expiry(&records), None);
+        let account = records.accounts.get_mut("eph").unwrap();
+        account.group_grants.insert(
+            "sudo".into(),
+            GroupGrant {
+                job_id: "g1".into(),
+                expires_at: Some(now - chrono::Duration::seconds(1)),
+            },
+        );
+        account.expires_at = Some(now + chrono::Duration::hours(1));
+        assert_eq!(
+            next_expiry(&records),
+            Some(now - chrono::Duration::seconds(1))
+        );
+        let due = expired(&records, now);
+        assert_eq!(
+            due,
+            vec![Expired::Group {
+                user: "eph".into(),
+                group: "sudo".into(),
+                job_id: "g1".into()
+            }]
+        );
+        let (files, policy) = (snapshot(), policy());
+        let facts = Facts {
+            snapshot: &files,
+            accounts: &records,
+            policy: &policy,
+            names: &FilesOnly,
+        };
+        let steps = plan_expiry(&due[0], &facts).unwrap().steps;
+        assert_eq!(
+            steps[0],
+            Step::RemoveFromGroup {
+                user: "eph".into(),
+                group: "sudo".into()
+            }
+        );
+
+        let later = now + chrono::Duration::hours(2);
+        let due = expired(&records, later);
+        assert_eq!(
+            due,
+            vec![Expired::Account {
+                user: "eph".into(),
+                job_ids: vec!["j".into(), "g1".into()]
+            }]
+        );
+        let steps = plan_expiry(&due[0], &facts).unwrap().steps;
+        assert_eq!(steps[0], Step::LockAccount { user: "eph".into() });
+        assert!(steps.contains(&Step::EndProcesses {
+            uid: 60000,
+            gid: 60000
+        }));
+        assert_eq!(
+            steps.last(),
+            Some(&Step::ForgetAccount { user: "eph".into() })
+        );
+    }
+
+    #[test]
+    fn an_expired_account_reports_each_granting_job_once() {
+        let mut records = accounts();
+        let account = records.accounts.get_mut("eph").unwrap();
+        account.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        // "adm" sorts before "sudo": the creating job's own grant is not next to it.
+        account.group_grants.insert(
+            "adm".into(),
+            GroupGrant {
+                job_id: "g1".into(),
+                expires_at: None,
+            },
+        );
+        account.group_grants.insert(
+            "sudo".into(),
+            GroupGrant {
+                job_id: "j".into(),
+                expires_at: None,
+            },
+        );
+        let due = expired(&records, Utc::now());
+        assert_eq!(
+            due,
+            vec![Expired::Account {
+                user: "eph".into(),
+                job_ids: vec!["j".into(), "g1".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn verify_reads_the_post_condition() {
+        let (files, records, policy) = (snapshot(), accounts(), policy());
+        let facts = Facts {
+            snapshot: &files,
+            accounts: &records,
+            policy: &policy,
+            names: &FilesOnly,
+        };
+        assert_eq!(
+            verify(&remove_sudo("eph"), &facts).unwrap_err().code,
+            Code::VerifyFailed
+        );
+        let spec = JobSpec::AddGroup {
+            user: "eph".into(),
+            group: "sudo".into(),
+            expires_at: None,
+        };
+        assert_eq!(verify(&spec, &facts), Ok(()));
+        assert_eq!(
+            verify(&delete("eph"), &facts).unwrap_err().code,
+            Code::VerifyFailed
+        );
+        assert_eq!(verify(&delete("nobody-here"), &facts), Ok(()));
+    }
+}
