@@ -202,6 +202,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context("invalid log_level in the configuration")?,
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let state = StateDir::open(&config.state_dir)?;
             let _lock = state.lock()?;

@@ -101,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
                         .context("invalid --log-level")?,
                 )
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal: a log file or the journal gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let data = server::open_data_dir(&data_dir).await?;
             println!("Latch control plane");
