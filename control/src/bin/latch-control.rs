@@ -35,8 +35,9 @@ enum Command {
         /// 127.0.0.1 and ::1 are always included. Agents connect by one of these names.
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
-        /// Your own certificate chain (PEM: server certificate first, its issuing CA last)
-        /// instead of the data directory's CA; agents pin the last certificate.
+        /// Your own certificate chain (PEM: server certificate first, then any intermediate
+        /// CAs, the root CA last) instead of the data directory's CA; agents pin the last
+        /// certificate.
         #[arg(long, requires = "tls_key", conflicts_with_all = ["insecure_http", "tls_names"])]
         tls_cert: Option<PathBuf>,
         /// The private key (PEM) of --tls-cert.
