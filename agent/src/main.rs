@@ -214,6 +214,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             daemon::run(config, shutdown_signal()).await
         }

@@ -37,6 +37,66 @@ pub enum ClientError {
     /// The answer could not be decoded.
     #[error("the control plane's answer could not be read: {0}")]
     Decode(String),
+    /// The server URL is plain `http://` to a host that is not loopback: the admin token would
+    /// cross the network in clear text. Nothing was sent.
+    #[error(
+        "refusing to send the admin token over plain http:// to {server}: use https:// (the control plane serves plain HTTP only on loopback, with --insecure-http, anyway)"
+    )]
+    InsecureServer {
+        /// The server URL.
+        server: String,
+    },
+    /// The server URL cannot be used.
+    #[error(
+        "the server URL {server:?} {reason}; give e.g. https://latch.example.com:8443 (--server or LATCH_SERVER)"
+    )]
+    BadServerUrl {
+        /// The server URL.
+        server: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks an admin API URL before anything is sent to it: `https://` to any host, plain
+/// `http://` only to a loopback address (127.0.0.0/8, ::1, localhost), no credentials, query or
+/// fragment in it.
+pub fn check_server_url(server: &str) -> Result<reqwest::Url, ClientError> {
+    let bad = |reason: String| ClientError::BadServerUrl {
+        server: server.to_owned(),
+        reason,
+    };
+    let url = reqwest::Url::parse(server).map_err(|e| bad(format!("is not a URL ({e})")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            "carries a user name or password; the admin token is given with --token".to_owned(),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not have a query or fragment".to_owned()));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback_host(url.host_str().unwrap_or("")) => Ok(url),
+        "http" => Err(ClientError::InsecureServer {
+            server: server.to_owned(),
+        }),
+        other => Err(bad(format!(
+            "has the scheme {other}:, not https:// (or http:// to a loopback address)"
+        ))),
+    }
+}
+
+/// Whether `host` (as in a URL: IPv6 in brackets) is a loopback address or `localhost`.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// Admin API client.
@@ -48,8 +108,11 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// A client for `server` (e.g. `https://127.0.0.1:8443`) with the admin `token`, trusting
-    /// only the CA in `ca_pem` when given (the control plane's own CA, `ca.crt`).
+    /// only the CA in `ca_pem` when given (the control plane's own CA, `ca.crt`). Plain
+    /// `http://` is refused unless the server is on loopback ([`check_server_url`]), so the token
+    /// never crosses a network in clear text.
     pub fn new(server: &str, token: &str, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
+        check_server_url(server)?;
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
         if let Some(pem) = ca_pem {
             let ca =
@@ -238,5 +301,58 @@ impl AdminClient {
                 return Ok(all);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_unless_the_server_is_on_loopback() {
+        for ok in [
+            "https://latch.example.com:8443",
+            "https://192.0.2.1",
+            "http://127.0.0.1:8443",
+            "http://127.1.2.3",
+            "http://[::1]:8443/",
+            "http://localhost:8443",
+            "http://LOCALHOST",
+        ] {
+            assert!(check_server_url(ok).is_ok(), "{ok}");
+        }
+        for insecure in [
+            "http://192.0.2.1:9",
+            "http://latch.example.com",
+            "http://[2001:db8::1]",
+            "http://localhost.example.com",
+            "http://10.0.0.1",
+        ] {
+            assert!(
+                matches!(
+                    check_server_url(insecure),
+                    Err(ClientError::InsecureServer { .. })
+                ),
+                "{insecure}"
+            );
+        }
+        for bad in [
+            "ftp://127.0.0.1",
+            "127.0.0.1:8443",
+            "https://admin:pw@latch.example.com",
+            "https://latch.example.com/?token=x",
+        ] {
+            assert!(
+                matches!(check_server_url(bad), Err(ClientError::BadServerUrl { .. })),
+                "{bad}"
+            );
+        }
+        let message = check_server_url("http://192.0.2.1:9")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("https://") && message.contains("loopback"),
+            "{message}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use latch_control::api::limits::RateLimits;
+use latch_control::client::{AdminClient, ClientError};
 use latch_control::store::SqliteStore;
 use latch_control::{Control, ControlConfig, server};
 use serde_json::{Value, json};
@@ -50,9 +52,24 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
+        self.call_forwarded(method, path, token, body, None).await
+    }
+
+    /// `call` with an `X-Forwarded-For` header, as a reverse proxy (or a liar) would send.
+    async fn call_forwarded(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+        forwarded_for: Option<&str>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let mut request = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(forwarded_for) = forwarded_for {
+            request = request.header("x-forwarded-for", forwarded_for);
+        }
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -309,7 +326,7 @@ async fn enrollment_refuses_hostile_facts_and_bad_tokens() {
 async fn every_response_carries_rate_limit_headers_and_429_past_the_limit() {
     let limits = latch_control::api::limits::RateLimits {
         per_principal: 5,
-        auth_failures: 100,
+        ..Default::default()
     };
     let api = Api::start_with(ControlConfig {
         rate_limits: limits,
@@ -337,17 +354,32 @@ async fn every_response_carries_rate_limit_headers_and_429_past_the_limit() {
     assert_eq!(status, 200);
 }
 
+fn limits(auth_failures: u32, address_auth_failures: u32) -> ControlConfig {
+    ControlConfig {
+        rate_limits: RateLimits {
+            per_principal: 10_000,
+            auth_failures,
+            address_auth_failures,
+            trusted_proxies: Vec::new(),
+        },
+        ..ControlConfig::default()
+    }
+}
+
+fn enroll_body(token: &str) -> Option<(&'static str, Vec<u8>)> {
+    let facts = json!({"hostname": "db9", "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+                       "cpus": 2, "memory_bytes": 1024, "machine_id": "0123456789abcdef0123456789abcdef"});
+    Some((
+        "application/json",
+        json!({"token": token, "facts": facts})
+            .to_string()
+            .into_bytes(),
+    ))
+}
+
 #[tokio::test]
 async fn guessing_credentials_is_throttled_per_address() {
-    let limits = latch_control::api::limits::RateLimits {
-        per_principal: 1000,
-        auth_failures: 3,
-    };
-    let api = Api::start_with(ControlConfig {
-        rate_limits: limits,
-        ..ControlConfig::default()
-    })
-    .await;
+    let api = Api::start_with(limits(100, 3)).await;
     for guess in 0..3 {
         let (status, _, _) = api
             .call(
@@ -364,13 +396,385 @@ async fn guessing_credentials_is_throttled_per_address() {
         .call("GET", "/v1/hosts", Some("latch_admin_another"), None)
         .await;
     assert_error(status, &error, 429, "too_many_requests");
-    let body = json!({"token": "latch_enroll_guess", "facts": {}})
-        .to_string()
-        .into_bytes();
     let (status, _, _) = api
-        .call("POST", "/v1/enroll", None, Some(("application/json", body)))
+        .call(
+            "POST",
+            "/v1/enroll",
+            None,
+            enroll_body("latch_enroll_guess"),
+        )
         .await;
     assert_eq!(status, 429);
+}
+
+/// Finding 18: one agent retrying a dead credential from behind a NAT used to lock every agent
+/// (and the admin) behind that NAT out. Now the credential is throttled, not the address.
+#[tokio::test]
+async fn finding_18_a_refused_credential_throttles_itself_not_its_address() {
+    let api = Api::start_with(limits(30, 300)).await;
+    let host = api.enroll("db1").await;
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let (status, body, _) = api
+            .call("GET", "/v1/agent/self", Some("latch_host_removed0"), None)
+            .await;
+        if status == 429 {
+            assert_error(status, &body, 429, "too_many_requests");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("with this credential"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses[..30], [401; 30], "{statuses:?}");
+    assert_eq!(statuses[30..], [429; 10], "{statuses:?}");
+    // Everyone else at the same address carries on: a host, the admin, a new enrollment, and
+    // even a different wrong token is told it is wrong (401), not to wait.
+    let (status, _, _) = api.call("GET", "/v1/agent/self", Some(&host), None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = api.admin("GET", "/v1/hosts", None).await;
+    assert_eq!(status, 200);
+    api.enroll("db2").await;
+    let (status, _, _) = api
+        .call("GET", "/v1/agent/self", Some("latch_host_other"), None)
+        .await;
+    assert_eq!(status, 401);
+
+    // The same holds for an enrollment token, which travels in the body.
+    let mut statuses = Vec::new();
+    for _ in 0..31 {
+        let (status, _, _) = api
+            .call(
+                "POST",
+                "/v1/enroll",
+                None,
+                enroll_body("latch_enroll_expired"),
+            )
+            .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses[..30], [401; 30], "{statuses:?}");
+    assert_eq!(statuses[30], 429, "{statuses:?}");
+    api.enroll("db3").await;
+}
+
+/// Finding 18: spraying many different guesses is bounded by a separate, much higher budget per
+/// address; past it the address waits — but credentials that authenticated recently do not.
+#[tokio::test]
+async fn finding_18_many_distinct_bad_tokens_stay_under_the_address_budget() {
+    let api = Api::start_with(limits(30, 60)).await;
+    let host = api.enroll("db1").await;
+    let (status, _, _) = api.call("GET", "/v1/agent/self", Some(&host), None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = api.admin("GET", "/v1/hosts", None).await;
+    assert_eq!(status, 200);
+    for guess in 0..60 {
+        let (status, _, _) = api
+            .call(
+                "GET",
+                "/v1/hosts",
+                Some(&format!("latch_admin_guess{guess}")),
+                None,
+            )
+            .await;
+        assert_eq!(status, 401, "guess {guess}");
+    }
+    let (status, body, headers) = api
+        .call("GET", "/v1/hosts", Some("latch_admin_guess60"), None)
+        .await;
+    assert_error(status, &body, 429, "too_many_requests");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("from this address"),
+        "{body}"
+    );
+    assert_eq!(headers["x-ratelimit-limit"], "60");
+    assert!(headers.contains_key("retry-after"));
+    // Unknown credentials and enrollments from this address wait…
+    let (status, _, _) = api
+        .call(
+            "POST",
+            "/v1/enroll",
+            None,
+            enroll_body("latch_enroll_guess"),
+        )
+        .await;
+    assert_eq!(status, 429);
+    // …the host and the admin, who authenticated before, do not.
+    let (status, _, _) = api.call("GET", "/v1/agent/self", Some(&host), None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = api.admin("GET", "/v1/hosts", None).await;
+    assert_eq!(status, 200);
+}
+
+/// Finding 18: `X-Forwarded-For` names the client only when the peer is a trusted proxy, and
+/// then its rightmost untrusted entry; from anyone else it is ignored.
+#[tokio::test]
+async fn finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
+    // No trusted proxy: every guess counts against the peer, whatever the header claims.
+    let api = Api::start_with(limits(30, 3)).await;
+    for guess in 0..3 {
+        let (status, _, _) = api
+            .call_forwarded(
+                "GET",
+                "/v1/hosts",
+                Some(&format!("latch_admin_guess{guess}")),
+                None,
+                Some(&format!("203.0.113.{guess}")),
+            )
+            .await;
+        assert_eq!(status, 401);
+    }
+    let (status, _, _) = api
+        .call_forwarded(
+            "GET",
+            "/v1/hosts",
+            Some("latch_admin_guess3"),
+            None,
+            Some("203.0.113.99"),
+        )
+        .await;
+    assert_eq!(
+        status, 429,
+        "X-Forwarded-For from an untrusted peer was believed"
+    );
+
+    // The peer (loopback) is a trusted proxy: each forwarded client has its own budget.
+    let mut config = limits(30, 3);
+    config.rate_limits.trusted_proxies =
+        vec![latch_control::api::limits::parse_trusted_proxy("127.0.0.0/8").unwrap()];
+    let api = Api::start_with(config).await;
+    let mut guess = 0;
+    let mut try_from = async |forwarded: Option<&str>| {
+        guess += 1;
+        api.call_forwarded(
+            "GET",
+            "/v1/hosts",
+            Some(&format!("latch_admin_guess{guess}")),
+            None,
+            forwarded,
+        )
+        .await
+        .0
+    };
+    for _ in 0..3 {
+        assert_eq!(try_from(Some("203.0.113.7")).await, 401);
+    }
+    assert_eq!(try_from(Some("203.0.113.7")).await, 429);
+    // A client cannot escape by prepending addresses: the rightmost untrusted entry counts.
+    assert_eq!(try_from(Some("198.51.100.1, 203.0.113.7")).await, 429);
+    assert_eq!(try_from(Some("203.0.113.7, 127.0.0.1")).await, 429);
+    // Another client behind the same proxy, and the proxy itself, are not affected.
+    assert_eq!(try_from(Some("203.0.113.8")).await, 401);
+    assert_eq!(try_from(None).await, 401);
+}
+
+fn latchctl() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchctl"));
+    command
+        .env_remove("LATCH_SERVER")
+        .env_remove("LATCH_TOKEN")
+        .env_remove("LATCH_CA_FILE")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+async fn run_latchctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = latchctl().args(args).output().await.unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Finding 12: `latchctl` refuses plain `http://` to anything but loopback before it connects,
+/// so the admin token is never sent in clear text. (192.0.2.1 is a documentation address; it is
+/// never contacted.)
+#[tokio::test]
+async fn finding_12_latchctl_refuses_plain_http_to_a_remote_server_before_sending_anything() {
+    let remote = "http://192.0.2.1:9";
+    let error = match AdminClient::new(remote, "latch_admin_secret", None) {
+        Err(error) => error,
+        Ok(_) => panic!("a client for plain http:// to a remote host was built"),
+    };
+    assert!(
+        matches!(error, ClientError::InsecureServer { .. }),
+        "{error:?}"
+    );
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run_latchctl(&[
+        "--server",
+        remote,
+        "--token",
+        "latch_admin_secret",
+        "hosts",
+        "list",
+    ])
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused only after {:?}: it tried to connect",
+        started.elapsed()
+    );
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refusing to send the admin token over plain http://")
+            && stderr.contains("use https://")
+            && stderr.contains("--insecure-http"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("latch_admin_secret"), "{stderr}");
+    // Loopback over plain HTTP (the development setup) still works.
+    let api = Api::start().await;
+    let (code, stdout, stderr) =
+        run_latchctl(&["--server", &api.url, "--token", &api.admin, "hosts", "list"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+#[tokio::test]
+async fn latchctl_prints_errors_as_json_in_json_mode() {
+    let api = Api::start().await;
+    // An API error keeps its code; it goes to stdout, nothing to stderr, exit status 1.
+    let (code, stdout, stderr) = run_latchctl(&[
+        "--output",
+        "json",
+        "--server",
+        &api.url,
+        "--token",
+        &api.admin,
+        "hosts",
+        "show",
+        "no-such-host",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let error: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(error["code"], "resource_does_not_exist", "{error}");
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let (code, stdout, _) = run_latchctl(&[
+        "--output",
+        "json",
+        "--server",
+        &api.url,
+        "--token",
+        "latch_admin_wrong",
+        "hosts",
+        "list",
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["code"],
+        "authentication_error"
+    );
+    // Local errors get a code too: refused input, and flags that do not parse.
+    for (args, want) in [
+        (
+            vec!["--server", "http://192.0.2.1:9", "hosts", "list"],
+            "invalid_request",
+        ),
+        (
+            vec!["enroll-token", "create", "--ttl", "0s"],
+            "invalid_request",
+        ),
+    ] {
+        let mut all = vec!["--output", "json", "--token", "x"];
+        all.extend(args);
+        let (code, stdout, stderr) = run_latchctl(&all).await;
+        assert_ne!(code, Some(0), "{all:?}");
+        assert!(stderr.is_empty(), "{all:?}: {stderr}");
+        let error: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{all:?}: not JSON ({e}): {stdout}"));
+        assert_eq!(error["code"], want, "{error}");
+    }
+    // The server cannot be reached.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, stdout, _) = run_latchctl(&[
+        "--output", "json", "--server", &url, "--token", "x", "hosts", "list",
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap()["code"],
+        "service_offline"
+    );
+    // Table mode keeps `error: …` on stderr.
+    let (code, stdout, stderr) = run_latchctl(&[
+        "--server",
+        &api.url,
+        "--token",
+        &api.admin,
+        "hosts",
+        "show",
+        "no-such-host",
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
+
+#[tokio::test]
+async fn latchctl_exits_quietly_when_its_output_is_closed() {
+    let api = Api::start().await;
+    for output in ["table", "json"] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // like `| head` that already exited
+        // (`output()` would replace the closed pipe with one of its own.)
+        let result = latchctl()
+            .args([
+                "--output", output, "--server", &api.url, "--token", &api.admin, "hosts", "list",
+            ])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            !stderr.contains("panicked") && stderr.is_empty(),
+            "{output}: {stderr}"
+        );
+        assert_eq!(result.status.code(), Some(141), "{output}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn latchctl_refuses_a_zero_negative_or_garbage_ttl_in_plain_words() {
+    for (ttl, want) in [
+        ("0s", "at least 1s"),
+        ("0", "at least 1s"),
+        ("500ms", "at least 1s"),
+        ("-5m", "cannot be negative"),
+        ("soon", "is not a duration"),
+    ] {
+        let (code, _, stderr) = run_latchctl(&[
+            "--server",
+            "https://127.0.0.1:1",
+            "--token",
+            "x",
+            "enroll-token",
+            "create",
+            "--ttl",
+            ttl,
+        ])
+        .await;
+        assert_eq!(code, Some(2), "{ttl}: {stderr}");
+        assert!(stderr.contains(want), "{ttl}: {stderr}");
+    }
 }
 
 /// Issue 4 test 6: every hostile request in `hostile_inputs.json` gets its 4xx with the right

@@ -84,6 +84,7 @@ impl FromRequestParts<Arc<Control>> for Admin {
         control: &Arc<Control>,
     ) -> Result<Self, Self::Rejection> {
         control.authenticate_admin(bearer(parts)?).await?;
+        super::limits::credential_accepted(&parts.extensions);
         Ok(Admin)
     }
 }
@@ -98,7 +99,9 @@ impl FromRequestParts<Arc<Control>> for Host {
         parts: &mut Parts,
         control: &Arc<Control>,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Host(control.authenticate_host(bearer(parts)?).await?))
+        let host = control.authenticate_host(bearer(parts)?).await?;
+        super::limits::credential_accepted(&parts.extensions);
+        Ok(Host(host))
     }
 }
 

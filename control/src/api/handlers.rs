@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
+use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::store::{AuditFilter, JobFilter, Page};
@@ -29,8 +30,11 @@ pub async fn health() -> Json<serde_json::Value> {
 
 pub async fn enroll(
     State(control): Ctl,
+    attempt: AuthAttempt,
     ApiJson(request): ApiJson<EnrollRequest>,
 ) -> Result<Response, ApiError> {
+    // The token is in the body: the limiter charges a refusal to it, not to the address.
+    attempt.present(&request.token)?;
     let response = control.enroll(&request).await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())
 }

@@ -74,7 +74,7 @@ pub fn router(control: Arc<Control>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
-            limits::Limiter::new(control.config().rate_limits),
+            limits::Limiter::new(control.config().rate_limits.clone()),
             limits::limit,
         ))
         .with_state(control)

@@ -35,8 +35,9 @@ enum Command {
         /// 127.0.0.1 and ::1 are always included. Agents connect by one of these names.
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
-        /// Your own certificate chain (PEM: server certificate first, its issuing CA last)
-        /// instead of the data directory's CA; agents pin the last certificate.
+        /// Your own certificate chain (PEM: server certificate first, then any intermediate
+        /// CAs, the root CA last) instead of the data directory's CA; agents pin the last
+        /// certificate.
         #[arg(long, requires = "tls_key", conflicts_with_all = ["insecure_http", "tls_names"])]
         tls_cert: Option<PathBuf>,
         /// The private key (PEM) of --tls-cert.
@@ -52,9 +53,20 @@ enum Command {
         /// Requests per minute allowed to one principal (admin token, host, or address).
         #[arg(long, default_value_t = 3000)]
         rate_limit: u32,
-        /// Refused credentials per minute from one address before it gets 429.
+        /// Refused attempts per minute with one credential (admin token, host credential or
+        /// enrollment token) before that credential gets 429; other clients are not affected.
         #[arg(long, default_value_t = 30)]
         auth_failure_limit: u32,
+        /// Refused credentials per minute from one client address (IPv6: one /64) before the
+        /// address gets 429 — except for credentials that authenticated in the last 24 h. Bounds
+        /// spraying many different guesses.
+        #[arg(long, default_value_t = 300)]
+        address_auth_failure_limit: u32,
+        /// A reverse proxy (CIDR block or address, repeatable) whose X-Forwarded-For names the
+        /// client: the rightmost entry that is not a trusted proxy. Without it, or from any
+        /// other peer, X-Forwarded-For is ignored and the TCP peer is the client.
+        #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = latch_control::api::limits::parse_trusted_proxy)]
+        trusted_proxies: Vec<ipnet::IpNet>,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -79,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
             job_ttl,
             rate_limit,
             auth_failure_limit,
+            address_auth_failure_limit,
+            trusted_proxies,
             max_attempts,
             log_level,
         } => {
@@ -88,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
                         .context("invalid --log-level")?,
                 )
                 .with_writer(std::io::stderr)
+                // Colours only on a terminal: a log file or the journal gets plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let data = server::open_data_dir(&data_dir).await?;
             println!("Latch control plane");
@@ -112,6 +128,8 @@ async fn main() -> anyhow::Result<()> {
                 rate_limits: latch_control::api::limits::RateLimits {
                     per_principal: rate_limit.max(1),
                     auth_failures: auth_failure_limit.max(1),
+                    address_auth_failures: address_auth_failure_limit.max(1),
+                    trusted_proxies,
                 },
                 ..ControlConfig::default()
             };

@@ -100,8 +100,8 @@ enum AuditCommand {
 enum EnrollTokenCommand {
     /// Create an enrollment token; prints it once, with the enroll command to run on the host.
     Create {
-        /// Lifetime (e.g. 30m, 1h, 7d).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        /// Lifetime (e.g. 30m, 1h, 7d); at least 1s.
+        #[arg(long, default_value = "1h", value_parser = positive_duration, allow_hyphen_values = true)]
         ttl: Duration,
         /// How many hosts may enroll with it.
         #[arg(long, default_value_t = 1)]
@@ -185,24 +185,134 @@ struct CreateJobArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    exit_quietly_when_stdout_closes();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() && json_output_requested() => {
+            // A usage error in JSON mode: the same {"code", "message"} as every other error.
+            let rendered = error.to_string();
+            let message = rendered.lines().next().unwrap_or_default();
+            print_error_json(
+                "invalid_request",
+                message.strip_prefix("error: ").unwrap_or(message),
+            );
+            return ExitCode::from(2);
+        }
+        Err(error) => error.exit(),
+    };
+    let json = cli.output == Output::Json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start: {error}");
-            return ExitCode::from(1);
+            return report_error(json, &anyhow::Error::new(error).context("cannot start"), 1);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(1)
-        }
+        Err(error) => report_error(json, &error, 1),
     }
+}
+
+/// Exit status when standard output was closed early (`latchctl … | head`): that of a program
+/// ended by SIGPIPE, so a pipeline under `set -o pipefail` does not mistake a cut-short
+/// `audit verify` or `jobs wait` for success.
+const CLOSED_STDOUT_EXIT: i32 = 128 + 13;
+
+/// `println!` panics when standard output is a closed pipe (Rust ignores SIGPIPE, so the write
+/// fails with EPIPE). Output written through [`print_json`] returns that error instead; for the
+/// rest, this hook turns exactly that panic into a quiet exit, and leaves every other panic to
+/// the default hook.
+fn exit_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout")
+            && (message.contains("Broken pipe") || message.contains("os error 32"))
+        {
+            std::process::exit(CLOSED_STDOUT_EXIT);
+        }
+        default(info);
+    }));
+}
+
+/// Whether the raw arguments ask for `--output json` (used before they could be parsed).
+fn json_output_requested() -> bool {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter().any(|a| a == "--output=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--output" && w[1] == "json")
+}
+
+/// The API error code for `error`: the control plane's own code when it answered with one;
+/// `service_offline` when it could not be reached; `unknown_error` for an unreadable answer;
+/// `invalid_request` for anything refused here before a request was sent.
+fn error_code(error: &anyhow::Error) -> String {
+    use latch_control::client::ClientError;
+    match error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ClientError>())
+    {
+        Some(ClientError::Api { code, .. }) => code.clone(),
+        Some(ClientError::Unreachable { .. }) => "service_offline".to_owned(),
+        Some(ClientError::Decode(_)) => "unknown_error".to_owned(),
+        Some(_) | None => "invalid_request".to_owned(),
+    }
+}
+
+fn print_error_json(code: &str, message: &str) {
+    use std::io::Write as _;
+    let body = serde_json::json!({ "code": code, "message": message });
+    // Nothing more can be said if standard output itself is gone.
+    let _ = writeln!(std::io::stdout().lock(), "{body:#}");
+}
+
+/// Prints `error` — in JSON mode as `{"code", "message"}` on standard output, else as
+/// `error: …` on standard error — and returns `status`. A closed standard output ends the
+/// program quietly instead.
+fn report_error(json: bool, error: &anyhow::Error, status: u8) -> ExitCode {
+    let stdout_closed = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if stdout_closed {
+        std::process::exit(CLOSED_STDOUT_EXIT);
+    }
+    if json {
+        print_error_json(&error_code(error), &format!("{error:#}"));
+    } else {
+        eprintln!("error: {error:#}");
+    }
+    ExitCode::from(status)
+}
+
+/// `--ttl`: a positive duration, with plain-language errors.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err("a lifetime cannot be negative; give e.g. 30m, 1h or 7d".to_owned());
+    }
+    let duration = humantime::parse_duration(text).map_err(|_| {
+        format!("{text:?} is not a duration; give a number with a unit, e.g. 90s, 30m, 1h or 7d")
+    })?;
+    if duration < Duration::from_secs(1) {
+        return Err(
+            "must be at least 1s (e.g. 30m, 1h); a token that expires at once could never be used"
+                .to_owned(),
+        );
+    }
+    Ok(duration)
 }
 
 fn admin_token(cli: &Cli) -> anyhow::Result<String> {
@@ -220,6 +330,9 @@ fn admin_token(cli: &Cli) -> anyhow::Result<String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Before anything is read or sent: the admin token never goes over plain http:// to a host
+    // that is not loopback.
+    latch_control::client::check_server_url(&cli.server)?;
     // reqwest is built without a default TLS provider: install ring's.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca_file = cli.ca_file.clone().or_else(|| {
@@ -239,7 +352,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses }) => {
             let token = client
                 .create_enroll_token(&CreateEnrollTokenRequest {
-                    ttl_seconds: Some(ttl.as_secs().max(1)),
+                    // Whole seconds, rounded up: 1.5s is 2s, never 1s.
+                    ttl_seconds: Some(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
                     uses: Some(*uses),
                 })
                 .await?;
@@ -426,10 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(JobsCommand::Wait { id, timeout }) => {
             return Ok(match wait_for_job(&client, id, *timeout, json).await {
                 Ok(code) => code,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(3)
-                }
+                Err(error) => report_error(json, &error, 3),
             });
         }
     }
@@ -547,8 +658,14 @@ async fn wait_for_job(
     }
 }
 
+/// Writes `value` as pretty JSON to standard output; a closed pipe comes back as an error
+/// (see [`report_error`]) rather than a panic.
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(value)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
     Ok(())
 }
 
