@@ -23,16 +23,15 @@
 //! did not exist then and is made on that first start (the existing entries are keyed after
 //! their hash chain is checked).
 //!
-//! Every file is written through [`write_file`]: a temporary file (mode set at creation,
-//! fsynced), then an atomic rename (replace) or hard link (never replace), then an fsync of the
-//! directory — a crash leaves the old file or the whole new one, never a partial one.
+//! Every file is written through [`write_file`] ([`crate::files`]): a temporary file (mode set at
+//! creation, fsynced), then an atomic rename (replace) or hard link (never replace), then an
+//! fsync of the directory — a crash leaves the old file or the whole new one, never a partial one.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::audit::key::AuditKeyError;
@@ -42,111 +41,11 @@ use crate::signing::{JobSigner, SigningError};
 use crate::store::{Page, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
 
-/// Name of the database file in the data directory.
-pub const DATABASE_FILE: &str = "latch.db";
-/// Name of the admin token file in the data directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-/// Name of the job-signing key file in the data directory.
-pub const SIGNING_KEY_FILE: &str = "signing.key";
-/// File of the next signing key during a rotation.
-pub const NEXT_KEY_FILE: &str = "signing.next.key";
-/// Where the previous signing key is kept after a promotion.
-pub const OLD_KEY_FILE: &str = "signing.key.old";
-/// The audit key (seed) file.
-pub const AUDIT_KEY_FILE: &str = "audit.key";
-/// An audit key being introduced: renamed to [`AUDIT_KEY_FILE`] once the chain is keyed.
-pub const AUDIT_KEY_PENDING_FILE: &str = "audit.key.new";
-/// The latest signed checkpoint of the audit chain, kept by the server.
-pub const AUDIT_HEAD_FILE: &str = "audit.head";
-/// CA certificate file (PEM).
-pub const CA_CERT_FILE: &str = "ca.crt";
-/// CA key file (PEM, 0600).
-pub const CA_KEY_FILE: &str = "ca.key";
-
-/// What [`write_file`] does when the file exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
-    /// Replace it atomically.
-    Replace,
-    /// Fail with `AlreadyExists` and leave it as it is (keys are never overwritten).
-    Refuse,
-}
-
-fn temporary(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
-/// Fsyncs the directory holding `path` so a rename or link in it is durable.
-pub fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => std::fs::File::open(".")?.sync_all(),
-    }
-}
-
-/// Writes `contents` to `path` with `mode`, atomically and durably: a temporary file beside it
-/// (created with `mode`, fsynced), then a rename over `path` ([`Existing::Replace`]) or a hard
-/// link to it that fails if `path` exists ([`Existing::Refuse`]), then an fsync of the
-/// directory.
-pub fn write_file(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    existing: Existing,
-) -> std::io::Result<()> {
-    let tmp = temporary(path);
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    drop(file);
-    let placed = match existing {
-        Existing::Replace => std::fs::rename(&tmp, path),
-        Existing::Refuse => {
-            std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp))
-        }
-    };
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    sync_parent(path)
-}
-
-/// Switches the signing-key files after a promotion was recorded: the current key is kept as
-/// `signing.key.old` (hard link, then rename over any older one), then `signing.next.key` is
-/// renamed over `signing.key` (atomic). Every step can be repeated, so a restart after a crash
-/// anywhere in between finishes the switch. Nothing to do if there is no next key.
-pub(crate) fn switch_signing_key_files(dir: &Path) -> std::io::Result<()> {
-    let (current, next, old) = (
-        dir.join(SIGNING_KEY_FILE),
-        dir.join(NEXT_KEY_FILE),
-        dir.join(OLD_KEY_FILE),
-    );
-    if !next.exists() {
-        return Ok(());
-    }
-    let old_tmp = temporary(&old);
-    match std::fs::remove_file(&old_tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    if current.exists() {
-        std::fs::hard_link(&current, &old_tmp)?;
-        std::fs::rename(&old_tmp, &old)?;
-    }
-    std::fs::rename(&next, &current)?;
-    sync_parent(&current)
-}
+pub use crate::files::{
+    ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
+    CA_KEY_FILE, DATABASE_FILE, Existing, NEXT_KEY_FILE, OLD_KEY_FILE, SIGNING_KEY_FILE,
+    sync_parent, write_file,
+};
 
 /// Why the data directory could not be opened.
 #[derive(Debug, Error)]
@@ -378,7 +277,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
             if !pending_path.exists() {
                 audit_key.write_new(&pending_path)?;
             }
-            crate::audit::key_existing_entries(&store, &reason, now).await?;
+            key_existing_entries(&store, &reason, now).await?;
             finish_audit_key(&pending_path, &audit_path)?;
         }
     }
@@ -395,7 +294,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
                 .is_some_and(|next| next.public_key() == pin)
             {
                 // A promotion was recorded, then the server stopped before switching files.
-                switch_signing_key_files(dir).map_err(|source| DataDirError::Io {
+                crate::keys::switch_signing_key_files(dir).map_err(|source| DataDirError::Io {
                     action: "finish the signing-key promotion in",
                     path: dir.to_owned(),
                     source,
@@ -405,6 +304,25 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
                     (Some(promoted), _) => promoted,
                     (None, _) => return Err(SIGNING_TEXT.missing(signing_path, Some(pin))),
                 }
+            } else if JobSigner::load(&dir.join(OLD_KEY_FILE))?
+                .is_some_and(|old| old.public_key() == pin)
+            {
+                // The database is older than the last promotion (restored from a backup): the
+                // files are newer and agents follow them, so record the current key again.
+                tracing::warn!(
+                    "the database records the signing key used before the last promotion (restored from a backup?); recording the current key"
+                );
+                let event = AuditEvent::new("control_plane", "signing_key.recorded").detail(
+                    serde_json::json!({
+                        "key": current.public_key(),
+                        "previous": pin,
+                        "reason": "the database was older than the last promotion",
+                    }),
+                );
+                store
+                    .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
+                    .await?;
+                current
             } else {
                 return Err(SIGNING_TEXT.mismatch(signing_path, pin, &current.public_key()));
             }
@@ -488,6 +406,40 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         initialised_before_pins,
         new_ca: options.new_ca,
     })
+}
+
+/// Keys the entries already in the chain (on the first start after an upgrade from unkeyed
+/// entries, or with a replaced audit key): their hash chain is checked first, and only the
+/// intact prefix is keyed, so keying never vouches for an earlier edit. Appends an
+/// `audit.keyed` entry saying up to which entry keys were added afterwards. Returns that entry
+/// number (0 for an empty chain).
+async fn key_existing_entries(
+    store: &dyn Store,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let entries = store.audit_chain().await?;
+    let key = store.audit_key();
+    let (through, broken) = match crate::audit::verify_unkeyed_chain(&entries) {
+        Ok(n) => (i64::try_from(n).unwrap_or(i64::MAX), None),
+        Err(broken) => (broken.id - 1, Some(broken)),
+    };
+    if let Some(broken) = &broken {
+        tracing::error!(
+            entry = broken.id,
+            reason = %broken.reason,
+            "the audit chain was already broken before it was keyed; entries from there on stay unkeyed and `latchctl audit verify` keeps reporting the break"
+        );
+    }
+    let event = AuditEvent::new("control_plane", "audit.keyed").detail(serde_json::json!({
+        "reason": reason,
+        "key_id": key.key_id(),
+        "public_key": key.public_key(),
+        "keyed_afterwards_through": through,
+        "unkeyed_chain_break": broken,
+    }));
+    store.key_audit_entries(through, &event, now).await?;
+    Ok(through)
 }
 
 fn finish_audit_key(pending: &Path, path: &Path) -> Result<(), DataDirError> {

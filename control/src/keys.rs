@@ -10,7 +10,7 @@
 //! after a crash anywhere in between finds `signing.key` ≠ the recorded key = `signing.next.key`
 //! and finishes the switch ([`crate::datadir`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
@@ -18,7 +18,8 @@ use latch_common::job::{JobKind, JobSpec, JobStatus};
 use serde::Serialize;
 
 use crate::audit::AuditEvent;
-pub use crate::datadir::{NEXT_KEY_FILE, OLD_KEY_FILE};
+pub use crate::files::{NEXT_KEY_FILE, OLD_KEY_FILE};
+use crate::files::{SIGNING_KEY_FILE, sync_parent, temporary};
 use crate::signing::{JobSigner, SigningError};
 use crate::store::{JobFilter, Page, PinnedKey};
 use crate::{Control, ControlError};
@@ -70,6 +71,32 @@ pub struct Rotation {
     pub next_key: String,
     /// The rotation job queued for each host.
     pub jobs: Vec<serde_json::Value>,
+}
+
+/// Switches the signing-key files after a promotion was recorded: the current key is kept as
+/// `signing.key.old` (hard link, then rename over any older one), then `signing.next.key` is
+/// renamed over `signing.key` (atomic). Every step can be repeated, so a restart after a crash
+/// anywhere in between finishes the switch. Nothing to do if there is no next key.
+pub(crate) fn switch_signing_key_files(dir: &Path) -> std::io::Result<()> {
+    let (current, next, old) = (
+        dir.join(SIGNING_KEY_FILE),
+        dir.join(NEXT_KEY_FILE),
+        dir.join(OLD_KEY_FILE),
+    );
+    if !next.exists() {
+        return Ok(());
+    }
+    let old_tmp = temporary(&old);
+    match std::fs::remove_file(&old_tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if current.exists() {
+        std::fs::hard_link(&current, &old_tmp)?;
+        std::fs::rename(&old_tmp, &old)?;
+    }
+    std::fs::rename(&next, &current)?;
+    sync_parent(&current)
 }
 
 fn key_error(e: SigningError) -> ControlError {
@@ -170,7 +197,7 @@ impl Control {
             .set_key_pin(PinnedKey::Signing, &next_key, &event, Utc::now())
             .await?;
         if let Some(dir) = &self.keys.dir {
-            crate::datadir::switch_signing_key_files(dir).map_err(|e| {
+            switch_signing_key_files(dir).map_err(|e| {
                 ControlError::Internal(format!(
                     "the new signing key is recorded but its files in {} could not be switched ({e}); restart the server to finish the promotion",
                     dir.display()

@@ -40,6 +40,7 @@ pub mod client;
 pub mod datadir;
 pub mod enroll;
 pub mod error;
+pub mod files;
 pub mod hosts;
 pub mod keys;
 pub mod password;
@@ -134,7 +135,7 @@ impl Control {
         dir: std::path::PathBuf,
         next: Option<signing::JobSigner>,
     ) -> Self {
-        self.audit_head = audit::head::AuditHead::in_file(dir.join(datadir::AUDIT_HEAD_FILE));
+        self.audit_head = audit::head::AuditHead::in_file(dir.join(files::AUDIT_HEAD_FILE));
         self.keys = self.keys.persisted_in(dir, next);
         self
     }

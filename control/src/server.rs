@@ -14,7 +14,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-pub use crate::datadir::{ADMIN_TOKEN_FILE, DATABASE_FILE, DataDir, SIGNING_KEY_FILE};
+pub use crate::datadir::DataDir;
+pub use crate::files::{ADMIN_TOKEN_FILE, DATABASE_FILE, SIGNING_KEY_FILE};
 use crate::store::StoreError;
 use crate::{Control, ControlError};
 

@@ -68,17 +68,12 @@ impl JobSigner {
     pub fn create(path: &Path) -> Result<JobSigner, SigningError> {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| SigningError::Random)?;
-        crate::datadir::write_file(
-            path,
-            pkcs8.as_ref(),
-            0o600,
-            crate::datadir::Existing::Refuse,
-        )
-        .map_err(|source| SigningError::Io {
-            action: "create",
-            path: path.display().to_string(),
-            source,
-        })?;
+        crate::files::write_file(path, pkcs8.as_ref(), 0o600, crate::files::Existing::Refuse)
+            .map_err(|source| SigningError::Io {
+                action: "create",
+                path: path.display().to_string(),
+                source,
+            })?;
         let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| SigningError::Random)?;
         Ok(JobSigner { key })
     }

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 use crate::secret::hex;
 
-pub use crate::datadir::{CA_CERT_FILE, CA_KEY_FILE};
+pub use crate::files::{CA_CERT_FILE, CA_KEY_FILE};
 
 /// Why the TLS identity could not be prepared.
 #[derive(Debug, Error)]
@@ -80,11 +80,11 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
 }
 
 fn write_private(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
-    crate::datadir::write_file(
+    crate::files::write_file(
         path,
         content.as_bytes(),
         mode,
-        crate::datadir::Existing::Refuse,
+        crate::files::Existing::Refuse,
     )
     .map_err(|source| TlsError::Io {
         action: "create",

@@ -593,6 +593,25 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
         assert!(!path("signing.key.old.tmp").exists(), "{step}");
     }
 
+    // A database restored from before the promotion records the old key: the files are newer
+    // (the old key is the kept one), so the server follows them instead of refusing to start.
+    let pool = attacker(dir.path()).await;
+    sqlx::query("UPDATE key_pins SET public = ? WHERE name = 'signing'")
+        .bind(&old)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let control = open(dir.path()).await;
+    assert_eq!(control.signing_key(), next);
+    assert!(
+        entries(&control)
+            .await
+            .iter()
+            .any(|e| e.action == "signing_key.recorded" && e.detail.contains(&old))
+    );
+    drop(control);
+
     // A crash before the record: the rotation is simply still under way.
     let control = open(dir.path()).await;
     let third = control.start_key_rotation().await.unwrap().next_key;

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::Mutex;
 
 use super::{Checkpoint, GENESIS, Verification};
-use crate::datadir::{Existing, write_file};
+use crate::files::{Existing, write_file};
 use crate::{Control, ControlError};
 
 /// Where the recorded head is kept.
@@ -167,7 +167,7 @@ impl Control {
                     "the audit chain (now ending at entry {id}) no longer holds entry {} recorded in the head of {}: entries were removed or rewritten. The recorded head is kept; run `latchctl audit verify`. After restoring the database from a backup this is expected: review, then move {} away",
                     head.id,
                     head.at,
-                    crate::datadir::AUDIT_HEAD_FILE
+                    crate::files::AUDIT_HEAD_FILE
                 )));
             }
         }

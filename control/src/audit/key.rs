@@ -121,12 +121,13 @@ impl AuditKey {
 
     /// Writes the seed to `path` (mode 0600, atomically); refuses to replace an existing file.
     pub fn write_new(&self, path: &Path) -> Result<(), AuditKeyError> {
-        crate::datadir::write_file(path, &self.seed, 0o600, crate::datadir::Existing::Refuse)
-            .map_err(|source| AuditKeyError::Io {
+        crate::files::write_file(path, &self.seed, 0o600, crate::files::Existing::Refuse).map_err(
+            |source| AuditKeyError::Io {
                 action: "create",
                 path: path.display().to_string(),
                 source,
-            })
+            },
+        )
     }
 
     /// The checkpoint-signing public key, base64 (recorded in the database and in every

@@ -17,7 +17,6 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 
 use crate::secret::hex;
-use crate::store::{Store, StoreError};
 
 pub use checkpoint::Checkpoint;
 pub use key::AuditKey;
@@ -320,40 +319,6 @@ pub fn verify(
         key_id: key.key_id().to_owned(),
         public_key: key.public_key().to_owned(),
     }
-}
-
-/// Keys the entries already in the chain (on the first start after an upgrade from unkeyed
-/// entries, or with a replaced audit key): their hash chain is checked first, and only the
-/// intact prefix is keyed, so keying never vouches for an earlier edit. Appends an
-/// `audit.keyed` entry saying up to which entry keys were added afterwards. Returns that entry
-/// number (0 for an empty chain).
-pub async fn key_existing_entries(
-    store: &dyn Store,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, StoreError> {
-    let entries = store.audit_chain().await?;
-    let key = store.audit_key();
-    let (through, broken) = match verify_unkeyed_chain(&entries) {
-        Ok(n) => (i64::try_from(n).unwrap_or(i64::MAX), None),
-        Err(broken) => (broken.id - 1, Some(broken)),
-    };
-    if let Some(broken) = &broken {
-        tracing::error!(
-            entry = broken.id,
-            reason = %broken.reason,
-            "the audit chain was already broken before it was keyed; entries from there on stay unkeyed and `latchctl audit verify` keeps reporting the break"
-        );
-    }
-    let event = AuditEvent::new("control_plane", "audit.keyed").detail(serde_json::json!({
-        "reason": reason,
-        "key_id": key.key_id(),
-        "public_key": key.public_key(),
-        "keyed_afterwards_through": through,
-        "unkeyed_chain_break": broken,
-    }));
-    store.key_audit_entries(through, &event, now).await?;
-    Ok(through)
 }
 
 #[cfg(test)]
