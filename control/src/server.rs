@@ -72,9 +72,9 @@ pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, ServerErro
 }
 
 /// Serves the API on `listener` — over TLS with `tls`, else plain HTTP — until `shutdown`
-/// completes. Once a second, in the background, it fails abandoned jobs, queues revocations
-/// of expired grants and records the audit chain's head outside the database
-/// ([`Control::refresh_audit_head`]).
+/// completes. Once a second, in the background, it fails abandoned jobs and queues revocations
+/// of expired grants; a separate task records the audit chain's head outside the database
+/// ([`Control::refresh_audit_head`]), so audit work never delays a revocation.
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
@@ -93,6 +93,16 @@ pub async fn run(
                 if let Err(error) = control.revoke_expired_grants().await {
                     tracing::error!(%error, "queueing revocations of expired grants failed");
                 }
+            }
+        })
+    };
+    // Its own task: nothing the audit head does can delay the sweep (revocations above all).
+    let head_keeper = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
                 if let Err(error) = control.refresh_audit_head().await {
                     tracing::error!(%error, "recording the audit chain's head failed");
                 }
@@ -128,5 +138,6 @@ pub async fn run(
         }
     };
     sweeper.abort();
+    head_keeper.abort();
     result
 }

@@ -623,3 +623,35 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
         Some(third.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_control_plane_without_a_data_directory_keeps_its_head_in_memory() {
+    let control = Control::new(
+        Arc::new(
+            latch_control::store::SqliteStore::open_in_memory()
+                .await
+                .unwrap(),
+        ),
+        ControlConfig::default(),
+        JobSigner::generate().unwrap(),
+    );
+    let within = std::time::Duration::from_secs(5);
+    activity(&control, 3).await;
+    let head = tokio::time::timeout(within, control.refresh_audit_head())
+        .await
+        .expect("refresh must not block")
+        .unwrap()
+        .unwrap();
+    activity(&control, 1).await;
+    let checkpoint = tokio::time::timeout(within, control.audit_checkpoint())
+        .await
+        .expect("a checkpoint must not block")
+        .unwrap();
+    assert_eq!(checkpoint.id, head.id + 1);
+    let report = control.verify_audit().await.unwrap();
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(
+        report.checkpoints[0].id, checkpoint.id,
+        "the head in memory"
+    );
+}

@@ -49,8 +49,14 @@ impl AuditHead {
 
     /// The recorded head: the file when there is one (it survives restarts), else memory.
     async fn recorded(&self) -> Result<Option<Checkpoint>, ControlError> {
+        let state = self.state.lock().await;
+        self.recorded_in(&state)
+    }
+
+    /// [`AuditHead::recorded`] for a caller that already holds the state.
+    fn recorded_in(&self, state: &HeadState) -> Result<Option<Checkpoint>, ControlError> {
         let Some(path) = &self.path else {
-            return Ok(self.state.lock().await.last.clone());
+            return Ok(state.last.clone());
         };
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -110,7 +116,7 @@ impl Control {
     /// chain. It also becomes the recorded head.
     pub async fn audit_checkpoint(&self) -> Result<Checkpoint, ControlError> {
         let mut state = self.audit_head.state.lock().await;
-        let recorded = self.audit_head.recorded().await?;
+        let recorded = self.audit_head.recorded_in(&state)?;
         let entries = self.store.audit_chain().await?;
         let key = self.store.audit_key();
         let checks: Vec<(&str, &Checkpoint)> =
@@ -147,7 +153,7 @@ impl Control {
         if state.reported.is_none() && state.last.as_ref().is_some_and(unchanged) {
             return Ok(None);
         }
-        let recorded = self.audit_head.recorded().await?;
+        let recorded = self.audit_head.recorded_in(&state)?;
         if let Some(head) = &recorded {
             if unchanged(head) {
                 state.last = recorded;
