@@ -225,11 +225,9 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
 
     // The audit key comes first: the store authenticates every entry it writes with it.
-    let audit_path = dir.join(AUDIT_KEY_FILE);
-    let pending_path = dir.join(AUDIT_KEY_PENDING_FILE);
-    let (audit_key, audit_key_is_new) = match AuditKey::load(&audit_path)? {
+    let (audit_key, audit_key_is_new) = match AuditKey::load(&dir.join(AUDIT_KEY_FILE))? {
         Some(key) => (key, false),
-        None => match AuditKey::load(&pending_path)? {
+        None => match AuditKey::load(&dir.join(AUDIT_KEY_PENDING_FILE))? {
             Some(key) => (key, true),
             None => (AuditKey::generate()?, true),
         },
@@ -242,128 +240,18 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         && store.key_pin(PinnedKey::Ca).await?.is_none();
     let now = Utc::now();
 
-    let audit_pin = store.key_pin(PinnedKey::Audit).await?;
-    match (audit_key_is_new, audit_pin.as_deref()) {
-        (false, Some(pin)) if pin == audit_key.public_key() => {}
-        (false, Some(pin)) => {
-            return Err(AUDIT_TEXT.mismatch(audit_path, pin, audit_key.public_key()));
-        }
-        (false, None) => {
-            // The key file exists but the database has no record of it (the row was deleted,
-            // or the database restored from before it was written): record it. Entries are
-            // not keyed again, so a chain stripped of its MACs stays broken.
-            let event = AuditEvent::new("control_plane", "audit.key_recorded")
-                .detail(serde_json::json!({"public_key": audit_key.public_key()}));
-            store
-                .set_key_pin(PinnedKey::Audit, audit_key.public_key(), &event, now)
-                .await?;
-        }
-        (true, Some(pin)) if pin == audit_key.public_key() => {
-            // An earlier start keyed the chain with the pending key and stopped before
-            // renaming it into place.
-            finish_audit_key(&pending_path, &audit_path)?;
-        }
-        (true, pin) => {
-            let reason = match pin {
-                Some(pin) if options.new_audit_key => {
-                    format!("--new-audit-key: the audit key {pin} was lost")
-                }
-                Some(pin) => return Err(AUDIT_TEXT.missing(audit_path, Some(pin))),
-                None if initialised_before_pins => {
-                    "upgrade: entries written before they were keyed".to_owned()
-                }
-                None => "new data directory".to_owned(),
-            };
-            if !pending_path.exists() {
-                audit_key.write_new(&pending_path)?;
-            }
-            key_existing_entries(&store, &reason, now).await?;
-            finish_audit_key(&pending_path, &audit_path)?;
-        }
-    }
-
-    let signing_path = dir.join(SIGNING_KEY_FILE);
-    let next_path = dir.join(NEXT_KEY_FILE);
-    let mut next_signer = JobSigner::load(&next_path)?;
-    let signing_pin = store.key_pin(PinnedKey::Signing).await?;
-    let signer = match (JobSigner::load(&signing_path)?, signing_pin.as_deref()) {
-        (Some(current), Some(pin)) if current.public_key() == pin => current,
-        (Some(current), Some(pin)) => {
-            if next_signer
-                .as_ref()
-                .is_some_and(|next| next.public_key() == pin)
-            {
-                // A promotion was recorded, then the server stopped before switching files.
-                crate::keys::switch_signing_key_files(dir).map_err(|source| DataDirError::Io {
-                    action: "finish the signing-key promotion in",
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                tracing::warn!("finished a job-signing key promotion interrupted by a restart");
-                match (JobSigner::load(&signing_path)?, next_signer.take()) {
-                    (Some(promoted), _) => promoted,
-                    (None, _) => return Err(SIGNING_TEXT.missing(signing_path, Some(pin))),
-                }
-            } else if JobSigner::load(&dir.join(OLD_KEY_FILE))?
-                .is_some_and(|old| old.public_key() == pin)
-            {
-                // The database is older than the last promotion (restored from a backup): the
-                // files are newer and agents follow them, so record the current key again.
-                tracing::warn!(
-                    "the database records the signing key used before the last promotion (restored from a backup?); recording the current key"
-                );
-                let event = AuditEvent::new("control_plane", "signing_key.recorded").detail(
-                    serde_json::json!({
-                        "key": current.public_key(),
-                        "previous": pin,
-                        "reason": "the database was older than the last promotion",
-                    }),
-                );
-                store
-                    .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
-                    .await?;
-                current
-            } else {
-                return Err(SIGNING_TEXT.mismatch(signing_path, pin, &current.public_key()));
-            }
-        }
-        (Some(current), None) => {
-            let event = AuditEvent::new("control_plane", "signing_key.recorded")
-                .detail(serde_json::json!({"key": current.public_key()}));
-            store
-                .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
-                .await?;
-            current
-        }
-        (None, pin) => {
-            let event = match pin {
-                None if !initialised_before_pins => {
-                    AuditEvent::new("control_plane", "signing_key.created")
-                }
-                _ if options.new_signing_key => {
-                    let hosts = host_count(&store).await?;
-                    tracing::warn!(
-                        hosts,
-                        "made a new job-signing key (--new-signing-key): every enrolled host must be enrolled again"
-                    );
-                    AuditEvent::new(crate::enroll::ADMIN, "signing_key.replaced").detail(
-                        serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}),
-                    )
-                }
-                _ => return Err(SIGNING_TEXT.missing(signing_path, pin)),
-            };
-            let signer = JobSigner::create(&signing_path)?;
-            let key = signer.public_key();
-            let mut detail = event.detail.clone();
-            if let Some(object) = detail.as_object_mut() {
-                object.insert("key".into(), serde_json::json!(key));
-            }
-            store
-                .set_key_pin(PinnedKey::Signing, &key, &event.detail(detail), now)
-                .await?;
-            signer
-        }
-    };
+    settle_audit_key(
+        dir,
+        &store,
+        &audit_key,
+        audit_key_is_new,
+        initialised_before_pins,
+        options,
+        now,
+    )
+    .await?;
+    let (signer, next_signer) =
+        settle_signing_key(dir, &store, initialised_before_pins, options, now).await?;
 
     // Record the CA as soon as it exists, also when this start does not serve TLS with it.
     if store.key_pin(PinnedKey::Ca).await?.is_none()
@@ -406,6 +294,160 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         initialised_before_pins,
         new_ca: options.new_ca,
     })
+}
+
+/// Checks the audit key against its record; introduces a new one (`is_new`: no `audit.key`)
+/// only in a new data directory, on the first start after an upgrade, or with
+/// `--new-audit-key` — keying the existing entries, then renaming `audit.key.new` into place.
+async fn settle_audit_key(
+    dir: &Path,
+    store: &SqliteStore,
+    audit_key: &AuditKey,
+    is_new: bool,
+    initialised_before_pins: bool,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Result<(), DataDirError> {
+    let audit_path = dir.join(AUDIT_KEY_FILE);
+    let pending_path = dir.join(AUDIT_KEY_PENDING_FILE);
+    let audit_pin = store.key_pin(PinnedKey::Audit).await?;
+    match (is_new, audit_pin.as_deref()) {
+        (false, Some(pin)) if pin == audit_key.public_key() => {}
+        (false, Some(pin)) => {
+            return Err(AUDIT_TEXT.mismatch(audit_path, pin, audit_key.public_key()));
+        }
+        (false, None) => {
+            // The key file exists but the database has no record of it (the row was deleted,
+            // or the database restored from before it was written): record it. Entries are
+            // not keyed again, so a chain stripped of its MACs stays broken.
+            let event = AuditEvent::new("control_plane", "audit.key_recorded")
+                .detail(serde_json::json!({"public_key": audit_key.public_key()}));
+            store
+                .set_key_pin(PinnedKey::Audit, audit_key.public_key(), &event, now)
+                .await?;
+        }
+        (true, Some(pin)) if pin == audit_key.public_key() => {
+            // An earlier start keyed the chain with the pending key and stopped before
+            // renaming it into place.
+            finish_audit_key(&pending_path, &audit_path)?;
+        }
+        (true, pin) => {
+            let reason = match pin {
+                Some(pin) if options.new_audit_key => {
+                    format!("--new-audit-key: the audit key {pin} was lost")
+                }
+                Some(pin) => return Err(AUDIT_TEXT.missing(audit_path, Some(pin))),
+                None if initialised_before_pins => {
+                    "upgrade: entries written before they were keyed".to_owned()
+                }
+                None => "new data directory".to_owned(),
+            };
+            if !pending_path.exists() {
+                audit_key.write_new(&pending_path)?;
+            }
+            key_existing_entries(store, &reason, now).await?;
+            finish_audit_key(&pending_path, &audit_path)?;
+        }
+    }
+
+    Ok(())
+}
+
+/// Loads the signing key (and the next one) and checks it against its record: finishes an
+/// interrupted promotion, follows a database restored from before the last promotion, makes
+/// the key only in a new data directory or with `--new-signing-key`, refuses otherwise.
+async fn settle_signing_key(
+    dir: &Path,
+    store: &SqliteStore,
+    initialised_before_pins: bool,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Result<(JobSigner, Option<JobSigner>), DataDirError> {
+    let signing_path = dir.join(SIGNING_KEY_FILE);
+    let next_path = dir.join(NEXT_KEY_FILE);
+    let mut next_signer = JobSigner::load(&next_path)?;
+    let signing_pin = store.key_pin(PinnedKey::Signing).await?;
+    let signer = match (JobSigner::load(&signing_path)?, signing_pin.as_deref()) {
+        (Some(current), Some(pin)) if current.public_key() == pin => current,
+        (Some(current), Some(pin)) => {
+            if next_signer
+                .as_ref()
+                .is_some_and(|next| next.public_key() == pin)
+            {
+                // A promotion was recorded, then the server stopped before switching files.
+                crate::keys::switch_signing_key_files(dir).map_err(|source| DataDirError::Io {
+                    action: "finish the signing-key promotion in",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                tracing::warn!("finished a job-signing key promotion interrupted by a restart");
+                next_signer = None;
+                match JobSigner::load(&signing_path)? {
+                    Some(promoted) => promoted,
+                    None => return Err(SIGNING_TEXT.missing(signing_path, Some(pin))),
+                }
+            } else if JobSigner::load(&dir.join(OLD_KEY_FILE))?
+                .is_some_and(|old| old.public_key() == pin)
+            {
+                // The database is older than the last promotion (restored from a backup): the
+                // files are newer and agents follow them, so record the current key again.
+                tracing::warn!(
+                    "the database records the signing key used before the last promotion (restored from a backup?); recording the current key"
+                );
+                let event = AuditEvent::new("control_plane", "signing_key.recorded").detail(
+                    serde_json::json!({
+                        "key": current.public_key(),
+                        "previous": pin,
+                        "reason": "the database was older than the last promotion",
+                    }),
+                );
+                store
+                    .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
+                    .await?;
+                current
+            } else {
+                return Err(SIGNING_TEXT.mismatch(signing_path, pin, &current.public_key()));
+            }
+        }
+        (Some(current), None) => {
+            let event = AuditEvent::new("control_plane", "signing_key.recorded")
+                .detail(serde_json::json!({"key": current.public_key()}));
+            store
+                .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
+                .await?;
+            current
+        }
+        (None, pin) => {
+            let event = match pin {
+                None if !initialised_before_pins => {
+                    AuditEvent::new("control_plane", "signing_key.created")
+                }
+                _ if options.new_signing_key => {
+                    let hosts = host_count(store).await?;
+                    tracing::warn!(
+                        hosts,
+                        "made a new job-signing key (--new-signing-key): every enrolled host must be enrolled again"
+                    );
+                    AuditEvent::new(crate::enroll::ADMIN, "signing_key.replaced").detail(
+                        serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}),
+                    )
+                }
+                _ => return Err(SIGNING_TEXT.missing(signing_path, pin)),
+            };
+            let signer = JobSigner::create(&signing_path)?;
+            let key = signer.public_key();
+            let mut detail = event.detail.clone();
+            if let Some(object) = detail.as_object_mut() {
+                object.insert("key".into(), serde_json::json!(key));
+            }
+            store
+                .set_key_pin(PinnedKey::Signing, &key, &event.detail(detail), now)
+                .await?;
+            signer
+        }
+    };
+
+    Ok((signer, next_signer))
 }
 
 /// Keys the entries already in the chain (on the first start after an upgrade from unkeyed
