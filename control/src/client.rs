@@ -269,9 +269,29 @@ impl AdminClient {
         .await
     }
 
-    /// `GET /v1/audit/verify`: `{"ok", "entries", "first_bad"}`.
+    /// `GET /v1/audit/verify`: `{"ok", "entries", "first_bad", "checkpoints", …}`.
     pub async fn verify_audit(&self) -> Result<serde_json::Value, ClientError> {
         self.call(Method::GET, "/v1/audit/verify", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/audit/verify` with checkpoints exported earlier (JSON documents).
+    pub async fn verify_audit_with(
+        &self,
+        checkpoints: &[serde_json::Value],
+    ) -> Result<serde_json::Value, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/audit/verify",
+            &[],
+            Some(&serde_json::json!({ "checkpoints": checkpoints })),
+        )
+        .await
+    }
+
+    /// `POST /v1/audit/checkpoints`: a signed checkpoint of the audit chain's head.
+    pub async fn audit_checkpoint(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/audit/checkpoints", &[], None::<&()>)
             .await
     }
 

@@ -3,8 +3,14 @@
 //! agents can trust it. Once every host confirmed, `promote_signing_key` switches: new jobs are
 //! signed with the new key, and an agent promotes it (dropping the old one) on the first job it
 //! verifies with it. Hosts that never learned the new key must be enrolled again.
+//!
+//! Promotion is crash-safe: the database first records the new key as the one in use (with the
+//! audit entry, one transaction), then the files switch — the current key is hard-linked to
+//! `signing.key.old`, and `signing.next.key` renamed over `signing.key` (atomic). A restart
+//! after a crash anywhere in between finds `signing.key` ≠ the recorded key = `signing.next.key`
+//! and finishes the switch ([`crate::datadir`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
@@ -12,8 +18,10 @@ use latch_common::job::{JobKind, JobSpec, JobStatus};
 use serde::Serialize;
 
 use crate::audit::AuditEvent;
+pub use crate::files::{NEXT_KEY_FILE, OLD_KEY_FILE};
+use crate::files::{SIGNING_KEY_FILE, sync_parent, temporary};
 use crate::signing::{JobSigner, SigningError};
-use crate::store::{JobFilter, Page};
+use crate::store::{JobFilter, Page, PinnedKey};
 use crate::{Control, ControlError};
 
 /// The current signing key and, during a rotation, the next one.
@@ -22,11 +30,6 @@ pub struct SigningKeys {
     next: RwLock<Option<Arc<JobSigner>>>,
     dir: Option<PathBuf>,
 }
-
-/// File of the next key during a rotation.
-pub const NEXT_KEY_FILE: &str = "signing.next.key";
-/// Where the previous key is kept after a promotion.
-pub const OLD_KEY_FILE: &str = "signing.key.old";
 
 impl SigningKeys {
     /// Keys kept in memory only.
@@ -70,6 +73,32 @@ pub struct Rotation {
     pub jobs: Vec<serde_json::Value>,
 }
 
+/// Switches the signing-key files after a promotion was recorded: the current key is kept as
+/// `signing.key.old` (hard link, then rename over any older one), then `signing.next.key` is
+/// renamed over `signing.key` (atomic). Every step can be repeated, so a restart after a crash
+/// anywhere in between finishes the switch. Nothing to do if there is no next key.
+pub(crate) fn switch_signing_key_files(dir: &Path) -> std::io::Result<()> {
+    let (current, next, old) = (
+        dir.join(SIGNING_KEY_FILE),
+        dir.join(NEXT_KEY_FILE),
+        dir.join(OLD_KEY_FILE),
+    );
+    if !next.exists() {
+        return Ok(());
+    }
+    let old_tmp = temporary(&old);
+    match std::fs::remove_file(&old_tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if current.exists() {
+        std::fs::hard_link(&current, &old_tmp)?;
+        std::fs::rename(&old_tmp, &old)?;
+    }
+    std::fs::rename(&next, &current)?;
+    sync_parent(&current)
+}
+
 fn key_error(e: SigningError) -> ControlError {
     ControlError::Internal(e.to_string())
 }
@@ -93,7 +122,11 @@ impl Control {
             None => {
                 let next = match &self.keys.dir {
                     Some(dir) => {
-                        JobSigner::load_or_create(&dir.join(NEXT_KEY_FILE)).map_err(key_error)?
+                        let path = dir.join(NEXT_KEY_FILE);
+                        match JobSigner::load(&path).map_err(key_error)? {
+                            Some(next) => next,
+                            None => JobSigner::create(&path).map_err(key_error)?,
+                        }
                     }
                     None => JobSigner::generate().map_err(key_error)?,
                 };
@@ -157,29 +190,22 @@ impl Control {
                 behind.join(", ")
             )));
         }
+        // Record first, then switch the files: see the module docs for the crash cases.
+        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.promoted")
+            .detail(serde_json::json!({"key": next_key, "hosts_left_behind": behind}));
+        self.store
+            .set_key_pin(PinnedKey::Signing, &next_key, &event, Utc::now())
+            .await?;
         if let Some(dir) = &self.keys.dir {
-            let io = |e: std::io::Error| {
+            switch_signing_key_files(dir).map_err(|e| {
                 ControlError::Internal(format!(
-                    "cannot switch the signing key files in {}: {e}",
+                    "the new signing key is recorded but its files in {} could not be switched ({e}); restart the server to finish the promotion",
                     dir.display()
                 ))
-            };
-            std::fs::rename(
-                dir.join(crate::server::SIGNING_KEY_FILE),
-                dir.join(OLD_KEY_FILE),
-            )
-            .map_err(io)?;
-            std::fs::rename(
-                dir.join(NEXT_KEY_FILE),
-                dir.join(crate::server::SIGNING_KEY_FILE),
-            )
-            .map_err(io)?;
+            })?;
         }
         *self.keys.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         *self.keys.next.write().unwrap_or_else(|p| p.into_inner()) = None;
-        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.promoted")
-            .detail(serde_json::json!({"key": next_key, "hosts_left_behind": behind}));
-        self.store.append_audit(&event, Utc::now()).await?;
         tracing::warn!(left_behind = behind.len(), "job-signing key promoted");
         Ok(behind)
     }

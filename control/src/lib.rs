@@ -24,9 +24,12 @@
 //! - [`enroll`]: enrollment tokens and host enrollment;
 //! - [`hosts`]: host look-up and the `online` rule;
 //! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep;
-//! - [`audit`]: the hash-chained audit trail (written by the store with each change);
+//! - [`audit`]: the hash-chained, keyed audit trail (written by the store with each change),
+//!   checkpoints of its head and their verification;
+//! - [`signing`], [`keys`], [`tls`]: the job-signing key and its rotation, the private CA;
+//! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
-//! - [`server`]: data directory, admin token and the listening loop;
+//! - [`server`]: the listening loop and the periodic sweep;
 //! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
 
 #![forbid(unsafe_code)]
@@ -34,8 +37,10 @@
 pub mod api;
 pub mod audit;
 pub mod client;
+pub mod datadir;
 pub mod enroll;
 pub mod error;
+pub mod files;
 pub mod hosts;
 pub mod keys;
 pub mod password;
@@ -87,6 +92,7 @@ pub struct Control {
     wakeups: queue::Wakeups,
     keys: keys::SigningKeys,
     ca_fingerprint: Option<String>,
+    audit_head: audit::head::AuditHead,
 }
 
 impl Control {
@@ -102,6 +108,7 @@ impl Control {
             wakeups: queue::Wakeups::default(),
             keys: keys::SigningKeys::in_memory(signer),
             ca_fingerprint: None,
+            audit_head: audit::head::AuditHead::in_memory(),
         }
     }
 
@@ -120,18 +127,15 @@ impl Control {
         Ok(self.store.list_audit(filter, page).await?)
     }
 
-    /// Verifies the whole audit chain: the number of entries, or the first entry that breaks it.
-    pub async fn verify_audit(&self) -> Result<Result<usize, audit::ChainBreak>, ControlError> {
-        Ok(audit::verify_chain(&self.store.audit_chain().await?))
-    }
-
-    /// Keeps the signing keys in `dir` (`signing.key`, and `signing.next.key` during a
-    /// rotation), so rotation survives restarts.
+    /// Keeps the signing keys in the data directory `dir` (`signing.key`, and
+    /// `signing.next.key` during a rotation), so rotation survives restarts, and the audit
+    /// chain's recorded head in `dir/audit.head`.
     pub fn with_key_dir(
         mut self,
         dir: std::path::PathBuf,
         next: Option<signing::JobSigner>,
     ) -> Self {
+        self.audit_head = audit::head::AuditHead::in_file(dir.join(files::AUDIT_HEAD_FILE));
         self.keys = self.keys.persisted_in(dir, next);
         self
     }

@@ -1,53 +1,30 @@
-//! The server: data directory set-up (database, admin token), the transport, and the
-//! background sweep. `run` takes its listener and a shutdown future so tests can drive it.
+//! The server: the transport and the background sweep. `run` takes its listener and a shutdown
+//! future so tests can drive it. The data directory (database, keys, admin token) is
+//! [`crate::datadir`]; [`open_data_dir`] opens it with the default options.
 //!
 //! Transport lives here only: HTTPS (rustls, ring) with the data directory's CA by default;
 //! plain HTTP only with `--insecure-http`, and then only on loopback addresses.
 
 use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use thiserror::Error;
 use tokio::net::TcpListener;
 
-use crate::secret::{hash_token, new_token};
-use crate::store::{SqliteStore, Store, StoreError};
+pub use crate::datadir::DataDir;
+pub use crate::files::{ADMIN_TOKEN_FILE, DATABASE_FILE, SIGNING_KEY_FILE};
+use crate::store::StoreError;
 use crate::{Control, ControlError};
-
-/// Name of the database file in the data directory.
-pub const DATABASE_FILE: &str = "latch.db";
-/// Name of the admin token file in the data directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-/// Name of the job-signing key file in the data directory.
-pub const SIGNING_KEY_FILE: &str = "signing.key";
 
 /// Why the server could not start or stopped.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// The data directory could not be created or secured.
-    #[error(
-        "cannot prepare data directory {path}: {source}; choose another with --data-dir or fix its permissions"
-    )]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The admin token file could not be written.
-    #[error("cannot write the admin token to {path}: {source}")]
-    AdminToken {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// The data directory could not be opened, or a key in it is missing or wrong.
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::DataDirError),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,85 +49,15 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
-    /// The system random generator failed.
-    #[error(transparent)]
-    Random(#[from] crate::secret::RandomError),
-    /// The job-signing key could not be loaded or created.
-    #[error(transparent)]
-    Signing(#[from] crate::signing::SigningError),
     /// The server loop failed.
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
 }
 
-/// What [`open_data_dir`] found or created.
-pub struct DataDir {
-    /// The opened store.
-    pub store: SqliteStore,
-    /// Where the admin token is.
-    pub admin_token_path: PathBuf,
-    /// Whether a new admin token was created now.
-    pub admin_token_created: bool,
-    /// The job-signing key (`signing.key`, created on first start).
-    pub signer: crate::signing::JobSigner,
-    /// The next signing key, while a rotation is under way (`signing.next.key`).
-    pub next_signer: Option<crate::signing::JobSigner>,
-}
-
-/// Creates `dir` (mode 0700) and the SQLite database in it if needed; on first start, creates
-/// an admin token, stores its hash and writes it to `dir/admin.token` (mode 0600).
+/// Opens the data directory `dir` with the default [`crate::datadir::Options`]: creates it and
+/// its keys on first start, refuses a missing or different key afterwards.
 pub async fn open_data_dir(dir: &Path) -> Result<DataDir, ServerError> {
-    let dir_error = |source| ServerError::DataDir {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(dir_error)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
-    let admin_token_path = dir.join(ADMIN_TOKEN_FILE);
-    let mut admin_token_created = false;
-    if !store.has_admin_token().await? {
-        let token = new_token("latch_admin_")?;
-        write_secret_file(&admin_token_path, &token).map_err(|source| ServerError::AdminToken {
-            path: admin_token_path.clone(),
-            source,
-        })?;
-        store
-            .insert_admin_token(&hash_token(&token), Utc::now())
-            .await?;
-        admin_token_created = true;
-    }
-    let signer = crate::signing::JobSigner::load_or_create(&dir.join(SIGNING_KEY_FILE))?;
-    let next_path = dir.join(crate::keys::NEXT_KEY_FILE);
-    let next_signer = if next_path.exists() {
-        Some(crate::signing::JobSigner::load_or_create(&next_path)?)
-    } else {
-        None
-    };
-    Ok(DataDir {
-        store,
-        admin_token_path,
-        admin_token_created,
-        signer,
-        next_signer,
-    })
-}
-
-fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    writeln!(file, "{secret}")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    Ok(crate::datadir::open(dir, &crate::datadir::Options::default()).await?)
 }
 
 /// Binds the API's listening socket. Plain HTTP (`tls` false) is refused on anything but
@@ -166,7 +73,8 @@ pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, ServerErro
 
 /// Serves the API on `listener` — over TLS with `tls`, else plain HTTP — until `shutdown`
 /// completes. Once a second, in the background, it fails abandoned jobs and queues revocations
-/// of expired grants.
+/// of expired grants; a separate task records the audit chain's head outside the database
+/// ([`Control::refresh_audit_head`]), so audit work never delays a revocation.
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
@@ -184,6 +92,19 @@ pub async fn run(
                 }
                 if let Err(error) = control.revoke_expired_grants().await {
                     tracing::error!(%error, "queueing revocations of expired grants failed");
+                }
+            }
+        })
+    };
+    // Its own task: nothing the audit head does can delay the sweep (revocations above all).
+    let head_keeper = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(error) = control.refresh_audit_head().await {
+                    tracing::error!(%error, "recording the audit chain's head failed");
                 }
             }
         })
@@ -217,5 +138,6 @@ pub async fn run(
         }
     };
     sweeper.abort();
+    head_keeper.abort();
     result
 }

@@ -1,8 +1,8 @@
 //! The control plane's job-signing key (Ed25519, ring). Kept in the data directory as PKCS#8
-//! (`signing.key`, mode 0600). Agents pin its public key at enrollment.
+//! (`signing.key`, mode 0600). Agents pin its public key at enrollment, so the key is made once
+//! ([`JobSigner::create`], never over an existing file) and afterwards only loaded
+//! ([`JobSigner::load`]); [`crate::datadir`] decides when making one is allowed.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine as _;
@@ -47,40 +47,35 @@ impl JobSigner {
         Ok(JobSigner { key })
     }
 
-    /// Loads the key at `path`, creating it (mode 0600) if it does not exist.
-    pub fn load_or_create(path: &Path) -> Result<JobSigner, SigningError> {
+    /// Loads the key at `path`; `Ok(None)` if there is no such file.
+    pub fn load(path: &Path) -> Result<Option<JobSigner>, SigningError> {
         let shown = path.display().to_string();
         match std::fs::read(path) {
             Ok(pkcs8) => Ed25519KeyPair::from_pkcs8(&pkcs8)
-                .map(|key| JobSigner { key })
+                .map(|key| Some(JobSigner { key }))
                 .map_err(|_| SigningError::Invalid(shown)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-                    .map_err(|_| SigningError::Random)?;
-                let io = |action, source| SigningError::Io {
-                    action,
-                    path: shown.clone(),
-                    source,
-                };
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| io("create", e))?;
-                file.write_all(pkcs8.as_ref())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| io("write", e))?;
-                let key =
-                    Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| SigningError::Random)?;
-                Ok(JobSigner { key })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SigningError::Io {
                 action: "read",
                 path: shown,
                 source,
             }),
         }
+    }
+
+    /// Makes a new key and writes it to `path` (mode 0600, atomically); refuses to replace an
+    /// existing file.
+    pub fn create(path: &Path) -> Result<JobSigner, SigningError> {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| SigningError::Random)?;
+        crate::files::write_file(path, pkcs8.as_ref(), 0o600, crate::files::Existing::Refuse)
+            .map_err(|source| SigningError::Io {
+                action: "create",
+                path: path.display().to_string(),
+                source,
+            })?;
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| SigningError::Random)?;
+        Ok(JobSigner { key })
     }
 
     /// The public key, base64 (what agents pin).
@@ -103,13 +98,22 @@ mod tests {
     fn the_key_persists_privately() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("signing.key");
-        let first = JobSigner::load_or_create(&path).unwrap();
-        let again = JobSigner::load_or_create(&path).unwrap();
+        assert!(JobSigner::load(&path).unwrap().is_none());
+        let first = JobSigner::create(&path).unwrap();
+        let again = JobSigner::load(&path).unwrap().unwrap();
         assert_eq!(first.public_key(), again.public_key());
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(
+            JobSigner::create(&path).is_err(),
+            "an existing key is never replaced"
+        );
+        assert_eq!(
+            JobSigner::load(&path).unwrap().unwrap().public_key(),
+            first.public_key()
+        );
         std::fs::write(&path, b"garbage").unwrap();
         assert!(matches!(
-            JobSigner::load_or_create(&path),
+            JobSigner::load(&path),
             Err(SigningError::Invalid(_))
         ));
     }

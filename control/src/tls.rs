@@ -1,11 +1,10 @@
 //! The control plane's TLS identity. Without configured certificate files, the first start
-//! creates a private CA (`ca.crt`, `ca.key`, 0600) in the data directory; every start issues a
-//! fresh server certificate from it for `localhost`, `127.0.0.1`, `::1` and the configured names.
+//! creates a private CA (`ca.crt`, `ca.key`, 0600) in the data directory ([`create_ca`], called
+//! only by [`crate::datadir`] when the data directory is new); every start issues a fresh server
+//! certificate from it for `localhost`, `127.0.0.1`, `::1` and the configured names ([`load`]).
 //! Agents pin the CA by its SHA-256 fingerprint (`sha256:…`) at enrollment.
 
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,10 +17,7 @@ use thiserror::Error;
 
 use crate::secret::hex;
 
-/// CA certificate file (PEM) in the data directory.
-pub const CA_CERT_FILE: &str = "ca.crt";
-/// CA key file (PEM, 0600) in the data directory.
-pub const CA_KEY_FILE: &str = "ca.key";
+pub use crate::files::{CA_CERT_FILE, CA_KEY_FILE};
 
 /// Why the TLS identity could not be prepared.
 #[derive(Debug, Error)]
@@ -41,7 +37,7 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     /// A stored file is not what it should be.
     #[error(
-        "{0} is not a valid PEM key or certificate; restore it from backup (agents pinned this CA) or move it away to start a new CA"
+        "{0} is not a valid PEM key or certificate, or its pair is missing; restore ca.crt and ca.key from a backup of the data directory (agents pinned this CA)"
     )]
     Invalid(PathBuf),
     /// rustls refused the configuration.
@@ -84,20 +80,17 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
 }
 
 fn write_private(path: &Path, content: &str, mode: u32) -> Result<(), TlsError> {
-    let io = |action, source| TlsError::Io {
-        action,
+    crate::files::write_file(
+        path,
+        content.as_bytes(),
+        mode,
+        crate::files::Existing::Refuse,
+    )
+    .map_err(|source| TlsError::Io {
+        action: "create",
         path: path.to_owned(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| io("create", e))?;
-    file.write_all(content.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))
+    })
 }
 
 fn read(path: &Path) -> Result<Option<String>, TlsError> {
@@ -112,33 +105,44 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
     }
 }
 
-/// Loads (or on first start creates) the CA in `dir` and issues a server certificate for the
-/// loopback names plus `names` (host names or IP addresses).
-pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsIdentity, TlsError> {
+fn ca_der(cert_path: &Path, pem: &str) -> Result<CertificateDer<'static>, TlsError> {
+    rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|der: CertificateDer<'static>| der)
+        .map_err(|_| TlsError::Invalid(cert_path.to_owned()))
+}
+
+/// Creates a new private CA in `dir` (`ca.key` 0600, then `ca.crt`); refuses to replace
+/// existing files.
+pub fn create_ca(dir: &Path) -> Result<(), TlsError> {
+    let key = KeyPair::generate()?;
+    let cert = ca_params()?.self_signed(&key)?;
+    write_private(&dir.join(CA_KEY_FILE), &key.serialize_pem(), 0o600)?;
+    write_private(&dir.join(CA_CERT_FILE), &cert.pem(), 0o644)
+}
+
+/// The fingerprint of the CA in `dir`, if `ca.crt` exists.
+pub fn ca_fingerprint(dir: &Path) -> Result<Option<String>, TlsError> {
+    let cert_path = dir.join(CA_CERT_FILE);
+    read(&cert_path)?
+        .map(|pem| ca_der(&cert_path, &pem).map(|der| fingerprint(&der)))
+        .transpose()
+}
+
+/// Loads the CA in `dir` and issues a server certificate for the loopback names plus `names`
+/// (host names or IP addresses). `Ok(None)` if neither CA file exists; an error if only one
+/// does.
+pub fn load(dir: &Path, names: &[String]) -> Result<Option<TlsIdentity>, TlsError> {
     let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     let (ca_pem, ca_key) = match (read(&cert_path)?, read(&key_path)?) {
         (Some(cert), Some(key)) => (
             cert,
             KeyPair::from_pem(&key).map_err(|_| TlsError::Invalid(key_path.clone()))?,
         ),
-        (None, None) => {
-            let key = KeyPair::generate()?;
-            let cert = ca_params()?.self_signed(&key)?;
-            write_private(&key_path, &key.serialize_pem(), 0o600)?;
-            write_private(&cert_path, &cert.pem(), 0o644)?;
-            (cert.pem(), key)
-        }
-        _ => {
-            return Err(TlsError::Invalid(if cert_path.exists() {
-                key_path
-            } else {
-                cert_path
-            }));
-        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(TlsError::Invalid(key_path)),
+        (None, Some(_)) => return Err(TlsError::Invalid(cert_path)),
     };
-    let ca_der = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes())
-        .map(|der: CertificateDer<'static>| der)
-        .map_err(|_| TlsError::Invalid(cert_path.clone()))?;
+    let ca_der = ca_der(&cert_path, &ca_pem)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
 
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -175,11 +179,11 @@ pub fn load_or_create(dir: &Path, names: &[String]) -> Result<TlsIdentity, TlsEr
     .with_no_client_auth()
     .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsIdentity {
+    Ok(Some(TlsIdentity {
         server_config: Arc::new(config),
         ca_fingerprint: fingerprint(&ca_der),
         ca_pem,
-    })
+    }))
 }
 
 /// Uses the operator's certificate chain (PEM: server certificate first, issuing CA last) and
@@ -222,12 +226,23 @@ mod tests {
     #[test]
     fn the_ca_persists_and_its_fingerprint_is_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_create(
+        assert!(load(dir.path(), &[]).unwrap().is_none());
+        create_ca(dir.path()).unwrap();
+        assert!(
+            create_ca(dir.path()).is_err(),
+            "an existing CA is never replaced"
+        );
+        let first = load(
             dir.path(),
             &["latch.example.com".into(), "192.0.2.201".into()],
         )
+        .unwrap()
         .unwrap();
-        let again = load_or_create(dir.path(), &[]).unwrap();
+        let again = load(dir.path(), &[]).unwrap().unwrap();
+        assert_eq!(
+            ca_fingerprint(dir.path()).unwrap().as_deref(),
+            Some(first.ca_fingerprint.as_str())
+        );
         assert_eq!(first.ca_fingerprint, again.ca_fingerprint);
         assert!(
             first.ca_fingerprint.starts_with("sha256:") && first.ca_fingerprint.len() == 7 + 64
@@ -265,9 +280,6 @@ mod tests {
             "a chain without its CA cannot be pinned"
         );
         std::fs::remove_file(dir.path().join(CA_KEY_FILE)).unwrap();
-        assert!(matches!(
-            load_or_create(dir.path(), &[]),
-            Err(TlsError::Invalid(_))
-        ));
+        assert!(matches!(load(dir.path(), &[]), Err(TlsError::Invalid(_))));
     }
 }

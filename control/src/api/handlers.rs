@@ -20,6 +20,7 @@ use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
 use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
+use crate::audit::Checkpoint;
 use crate::store::{AuditFilter, JobFilter, Page};
 
 type Ctl = State<Arc<Control>>;
@@ -288,11 +289,25 @@ pub async fn list_audit(
 }
 
 pub async fn verify_audit(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
-    let body = match control.verify_audit().await? {
-        Ok(entries) => serde_json::json!({"ok": true, "entries": entries, "first_bad": null}),
-        Err(broken) => serde_json::json!({"ok": false, "first_bad": broken}),
-    };
-    Ok(Json(body).into_response())
+    Ok(Json(control.verify_audit().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    checkpoints: Vec<Checkpoint>,
+}
+
+pub async fn verify_audit_with(
+    State(control): Ctl,
+    _: Admin,
+    ApiJson(request): ApiJson<VerifyRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(control.verify_audit_with(&request.checkpoints).await?).into_response())
+}
+
+pub async fn audit_checkpoint(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
+    Ok((StatusCode::CREATED, Json(control.audit_checkpoint().await?)).into_response())
 }
 
 pub async fn rotate_signing_key(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {

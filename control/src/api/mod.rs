@@ -14,6 +14,7 @@
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
+//! | POST | `/v1/audit/verify` (`{"checkpoints": […]}`), `/v1/audit/checkpoints` | admin | check exported checkpoints; sign one |
 //! | POST | `/v1/signing-key/rotate`, `/v1/signing-key/promote?force=` | admin | job-signing key rotation |
 
 pub mod error;
@@ -61,7 +62,11 @@ pub fn router(control: Arc<Control>) -> Router {
             post(handlers::promote_signing_key),
         )
         .route("/v1/audit", get(handlers::list_audit))
-        .route("/v1/audit/verify", get(handlers::verify_audit))
+        .route(
+            "/v1/audit/verify",
+            get(handlers::verify_audit).post(handlers::verify_audit_with),
+        )
+        .route("/v1/audit/checkpoints", post(handlers::audit_checkpoint))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")
         })

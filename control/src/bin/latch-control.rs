@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use latch_control::{Control, ControlConfig, server};
+use latch_control::{Control, ControlConfig, datadir, server};
 
 /// The Latch control plane: enrolls hosts, queues account jobs and hands them to agents.
 #[derive(Parser)]
@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API. The first start creates the data directory, the SQLite database and an
-    /// admin token in DIR/admin.token (mode 0600).
+    /// Serve the API. The first start creates the data directory, the SQLite database, the keys
+    /// (job signing, audit, private CA) and an admin token in DIR/admin.token (mode 0600).
+    /// Later starts refuse to run if a key is missing or differs from the one recorded then.
     Serve {
         /// Directory for the database and the admin token.
         #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
@@ -70,6 +71,19 @@ enum Command {
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
+        /// Recovery only: make a new job-signing key because signing.key is lost for good (not
+        /// restorable from a backup). Every enrolled host must then be enrolled again. Audited.
+        #[arg(long)]
+        new_signing_key: bool,
+        /// Recovery only: make a new audit key because audit.key is lost for good. The chain's
+        /// hash links are checked and its entries keyed again under the new key (audited);
+        /// earlier edits and checkpoints exported before can no longer be checked.
+        #[arg(long)]
+        new_audit_key: bool,
+        /// Recovery only: make a new private CA because ca.crt/ca.key are lost for good. Every
+        /// enrolled host must then be enrolled again. Audited.
+        #[arg(long, conflicts_with_all = ["insecure_http", "tls_cert"])]
+        new_ca: bool,
         /// Log filter (error, warn, info, debug, or a tracing directive).
         #[arg(long, default_value = "info", env = "LATCH_LOG")]
         log_level: String,
@@ -94,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
             address_auth_failure_limit,
             trusted_proxies,
             max_attempts,
+            new_signing_key,
+            new_audit_key,
+            new_ca,
             log_level,
         } => {
             tracing_subscriber::fmt()
@@ -105,7 +122,12 @@ async fn main() -> anyhow::Result<()> {
                 // Colours only on a terminal: a log file or the journal gets plain text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            let data = server::open_data_dir(&data_dir).await?;
+            let options = datadir::Options {
+                new_signing_key,
+                new_audit_key,
+                new_ca,
+            };
+            let data = datadir::open(&data_dir, &options).await?;
             println!("Latch control plane");
             println!(
                 "  data directory: {} (SQLite database {})",
@@ -137,8 +159,10 @@ async fn main() -> anyhow::Result<()> {
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
                 data_dir.join(server::SIGNING_KEY_FILE).display()
             );
-            let mut control = Control::new(Arc::new(data.store), config, data.signer)
-                .with_key_dir(data_dir.clone(), data.next_signer);
+            println!(
+                "  audit key:      {} (keep a backup; checkpoints: latchctl audit checkpoint)",
+                data_dir.join(datadir::AUDIT_KEY_FILE).display()
+            );
             let tls = if insecure_http {
                 println!("  TLS:            OFF (--insecure-http; loopback only, for development)");
                 None
@@ -154,14 +178,22 @@ async fn main() -> anyhow::Result<()> {
                     _ => {
                         println!(
                             "  TLS:            CA {} (latchctl: --ca-file); agents pin its fingerprint",
-                            data_dir.join(latch_control::tls::CA_CERT_FILE).display()
+                            data_dir.join(datadir::CA_CERT_FILE).display()
                         );
-                        latch_control::tls::load_or_create(&data_dir, &tls_names)?
+                        data.private_ca(&tls_names).await?
                     }
                 };
                 println!("  CA fingerprint: {}", identity.ca_fingerprint);
-                control = control.with_ca_fingerprint(identity.ca_fingerprint);
-                Some(identity.server_config)
+                Some(identity)
+            };
+            let mut control = Control::new(Arc::new(data.store), config, data.signer)
+                .with_key_dir(data_dir.clone(), data.next_signer);
+            let tls = match tls {
+                Some(identity) => {
+                    control = control.with_ca_fingerprint(identity.ca_fingerprint);
+                    Some(identity.server_config)
+                }
+                None => None,
             };
             let listener = server::bind(listen, tls.is_some()).await?;
             let addr = listener

@@ -92,8 +92,23 @@ enum AuditCommand {
         #[arg(long)]
         host: Option<String>,
     },
-    /// Check the hash chain: exit 0 if intact; exit 1 and the first bad entry if not.
-    Verify,
+    /// Check the chain — ids, links, hashes and each entry's MAC under the audit key — and that
+    /// it still holds the head the server recorded (audit.head) and every --checkpoint: exit 0
+    /// if intact; exit 1 and the first bad entry if not.
+    Verify {
+        /// A checkpoint exported earlier with `latchctl audit checkpoint` (repeatable): the
+        /// chain must still hold its entry with its hash (a removed tail or rewritten history
+        /// is reported), and it must be signed by this control plane's audit key.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+    },
+    /// Sign a checkpoint of the chain's head (refused if the chain does not verify). Keep it
+    /// outside the control plane; `audit verify --checkpoint FILE` checks against it later.
+    Checkpoint {
+        /// Write the checkpoint to this new file (never overwritten) instead of stdout.
+        #[arg(long)]
+        output_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -518,24 +533,103 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Audit(AuditCommand::Verify) => {
-            let result = client.verify_audit().await?;
+        Command::Audit(AuditCommand::Verify { checkpoint }) => {
+            let mut checkpoints = Vec::new();
+            for path in checkpoint {
+                let text = std::fs::read(path)
+                    .with_context(|| format!("cannot read the checkpoint {}", path.display()))?;
+                let parsed: latch_control::audit::Checkpoint = serde_json::from_slice(&text)
+                    .with_context(|| {
+                        format!(
+                            "{} is not a checkpoint written by `latchctl audit checkpoint`",
+                            path.display()
+                        )
+                    })?;
+                checkpoints.push(serde_json::to_value(parsed)?);
+            }
+            let result = if checkpoints.is_empty() {
+                client.verify_audit().await?
+            } else {
+                client.verify_audit_with(&checkpoints).await?
+            };
             if json {
                 print_json(&result)?;
-            } else if result["ok"] == true {
-                println!("audit chain intact: {} entries", result["entries"]);
             } else {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    result["first_bad"]["id"],
-                    result["first_bad"]["reason"].as_str().unwrap_or("")
-                );
+                if result["ok"] == true {
+                    println!(
+                        "audit chain intact: {} entries, each with a valid MAC under audit key {}",
+                        result["entries"],
+                        result["key_id"].as_str().unwrap_or("")
+                    );
+                } else {
+                    println!(
+                        "audit chain BROKEN at entry {}: {}",
+                        result["first_bad"]["id"],
+                        result["first_bad"]["reason"].as_str().unwrap_or("")
+                    );
+                }
+                for check in result["checkpoints"].as_array().into_iter().flatten() {
+                    let source = check["source"].as_str().unwrap_or("");
+                    let at = check["at"].as_str().unwrap_or("");
+                    if check["ok"] == true {
+                        println!(
+                            "  holds the checkpoint of {at} ({source}, entry {})",
+                            check["id"]
+                        );
+                    } else {
+                        println!(
+                            "  does NOT hold the checkpoint of {at} ({source}, entry {}): {}",
+                            check["id"],
+                            check["problem"]["reason"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                if !result["checkpoints"]
+                    .as_array()
+                    .is_some_and(|checks| checks.iter().any(|c| c["source"] == "audit.head"))
+                {
+                    println!(
+                        "  (no head recorded by the server yet: a removed tail shows only against an exported --checkpoint)"
+                    );
+                }
             }
             return Ok(if result["ok"] == true {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             });
+        }
+        Command::Audit(AuditCommand::Checkpoint { output_file }) => {
+            let checkpoint = client.audit_checkpoint().await?;
+            match output_file {
+                None => print_json(&checkpoint)?,
+                Some(path) => {
+                    let mut text = serde_json::to_vec_pretty(&checkpoint)?;
+                    text.push(b'\n');
+                    latch_control::datadir::write_file(
+                        path,
+                        &text,
+                        0o644,
+                        latch_control::datadir::Existing::Refuse,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "cannot write the checkpoint to {} (an existing file is never overwritten: checkpoints are evidence; choose a new name)",
+                            path.display()
+                        )
+                    })?;
+                    if json {
+                        print_json(&checkpoint)?;
+                    } else {
+                        println!(
+                            "checkpoint of entry {} written to {}; keep it outside the control plane and check it later with `latchctl audit verify --checkpoint {}`",
+                            checkpoint["id"],
+                            path.display(),
+                            path.display()
+                        );
+                    }
+                }
+            }
         }
         Command::Jobs(JobsCommand::Wait { id, timeout }) => {
             return Ok(match wait_for_job(&client, id, *timeout, json).await {

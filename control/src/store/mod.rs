@@ -12,7 +12,7 @@ use latch_common::api::{HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use thiserror::Error;
 
-use crate::audit::{AuditEntry, AuditEvent};
+use crate::audit::{AuditEntry, AuditEvent, AuditKey};
 
 /// A failure of the database itself (not a refusal).
 #[derive(Debug, Error)]
@@ -31,6 +31,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The audit key could not be made.
+    #[error(transparent)]
+    AuditKey(#[from] crate::audit::key::AuditKeyError),
     /// A stored row could not be decoded (the database was edited by hand or is corrupt).
     #[error("stored {what} is corrupt: {detail}")]
     Corrupt {
@@ -161,6 +164,29 @@ pub enum Revoke {
     AlreadyRevoked,
     /// The job is not a confirmed grant of this host.
     NotAGrant,
+}
+
+/// A key of the data directory whose public half the database records when the key is made,
+/// so a missing or replaced key file is refused instead of silently made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedKey {
+    /// The job-signing key (its public key, base64).
+    Signing,
+    /// The audit key (its checkpoint-signing public key, base64).
+    Audit,
+    /// The private CA (its fingerprint, `sha256:…`).
+    Ca,
+}
+
+impl PinnedKey {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinnedKey::Signing => "signing",
+            PinnedKey::Audit => "audit",
+            PinnedKey::Ca => "ca",
+        }
+    }
 }
 
 /// Which audit entries to list.
@@ -303,6 +329,9 @@ pub trait Store: Send + Sync {
     /// A job's history, oldest first.
     async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError>;
 
+    /// The key the store authenticates audit entries with (each entry's MAC is written in the
+    /// same transaction as the entry).
+    fn audit_key(&self) -> std::sync::Arc<AuditKey>;
     /// Appends an audit entry on its own (for events that change nothing else, such as a
     /// refused credential).
     async fn append_audit(&self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError>;
@@ -312,6 +341,31 @@ pub trait Store: Send + Sync {
         filter: &AuditFilter,
         page: Page,
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    /// The whole audit chain, in order (for verification).
+    /// The whole audit chain, in order, with each entry's MAC under the current audit key (for
+    /// verification).
     async fn audit_chain(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The id and hash of the chain's last entry.
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// The hash of entry `id`.
+    async fn audit_hash(&self, id: i64) -> Result<Option<String>, StoreError>;
+    /// Keys entries `1..=through` that have no MAC under the current audit key, records that
+    /// key as the audit key ([`PinnedKey::Audit`]) and appends `event`, in one transaction.
+    /// The caller checks the hash chain up to `through` first.
+    async fn key_audit_entries(
+        &self,
+        through: i64,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// What the database records for `key`.
+    async fn key_pin(&self, key: PinnedKey) -> Result<Option<String>, StoreError>;
+    /// Records `public` for `key` and appends `event`, in one transaction.
+    async fn set_key_pin(
+        &self,
+        key: PinnedKey,
+        public: &str,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }

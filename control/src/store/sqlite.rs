@@ -12,11 +12,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
 
-use crate::audit::{AuditEntry, AuditEvent, GENESIS, entry_hash};
+use std::sync::Arc;
+
+use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
 use super::{
-    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, Revoke, Store,
-    StoreError, TokenRefusal,
+    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, PinnedKey, Revoke,
+    Store, StoreError, TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -25,6 +27,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     write: Mutex<()>,
+    key: Arc<AuditKey>,
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {
@@ -151,10 +154,11 @@ async fn add_event(
     Ok(())
 }
 
-/// Appends `event` to the audit chain inside the caller's transaction (the single write mutex
-/// keeps the chain linear).
+/// Appends `event` to the audit chain, with its MAC under `key`, inside the caller's transaction
+/// (the single write mutex keeps the chain linear).
 async fn audit(
     conn: &mut SqliteConnection,
+    key: &AuditKey,
     event: &AuditEvent,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -195,7 +199,21 @@ async fn audit(
     .bind(&hash)
     .execute(&mut *conn)
     .await?;
+    sqlx::query("INSERT INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)")
+        .bind(key.key_id())
+        .bind(id)
+        .bind(key.entry_mac(&hash))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// The columns of an audit entry with its MAC under the key bound as `?1`.
+macro_rules! audit_select {
+    () => {
+        "SELECT a.id, a.at, a.actor, a.action, a.host_id, a.job_id, a.detail, a.prev_hash, a.hash, \
+         m.mac FROM audit_log a LEFT JOIN audit_macs m ON m.entry_id = a.id AND m.key_id = ?1 "
+    };
 }
 
 fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
@@ -209,6 +227,7 @@ fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreErro
         detail: row.try_get("detail")?,
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
+        mac: row.try_get("mac")?,
     })
 }
 
@@ -252,6 +271,7 @@ async fn fail_job(
 
 async fn mark_revoked(
     conn: &mut SqliteConnection,
+    key: &AuditKey,
     host_id: &str,
     job_id: &str,
     at: DateTime<Utc>,
@@ -286,8 +306,26 @@ async fn mark_revoked(
         .host(host_id)
         .job(job_id)
         .detail(serde_json::json!({"by": by.as_str()}));
-    audit(conn, &event, at).await?;
+    audit(conn, key, &event, at).await?;
     Ok(Revoke::Recorded)
+}
+
+async fn pin(
+    conn: &mut SqliteConnection,
+    key: PinnedKey,
+    public: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO key_pins (name, public, updated_at) VALUES (?, ?, ?) \
+         ON CONFLICT (name) DO UPDATE SET public = excluded.public, updated_at = excluded.updated_at",
+    )
+    .bind(key.as_str())
+    .bind(public)
+    .bind(millis(now))
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn unresponsive(attempts: u32) -> JobError {
@@ -302,7 +340,9 @@ fn unresponsive(attempts: u32) -> JobError {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` in WAL mode and migrates it.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Audit entries are authenticated with `key` (the data directory's `audit.key`, see
+    /// [`crate::datadir`]).
+    pub async fn open(path: &Path, key: Arc<AuditKey>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -310,10 +350,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(10))
             .foreign_keys(true);
-        Self::connect(options, &path.display().to_string()).await
+        Self::connect(options, &path.display().to_string(), key).await
     }
 
-    /// Opens a private in-memory database (for tests and examples).
+    /// Opens a private in-memory database (for tests and examples), with a random audit key.
     pub async fn open_in_memory() -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")
             .map_err(|source| StoreError::Open {
@@ -334,10 +374,15 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write: Mutex::new(()),
+            key: Arc::new(AuditKey::generate()?),
         })
     }
 
-    async fn connect(options: SqliteConnectOptions, location: &str) -> Result<Self, StoreError> {
+    async fn connect(
+        options: SqliteConnectOptions,
+        location: &str,
+        key: Arc<AuditKey>,
+    ) -> Result<Self, StoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -350,6 +395,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             write: Mutex::new(()),
+            key,
         })
     }
 }
@@ -407,7 +453,7 @@ impl Store for SqliteStore {
             "expires_at": expires_at.to_rfc3339(),
             "uses": uses,
         }));
-        audit(&mut tx, &event, now).await?;
+        audit(&mut tx, &self.key, &event, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -438,7 +484,7 @@ impl Store for SqliteStore {
                 "reason": format!("{refusal:?}").to_lowercase(),
                 "hostname": host.facts.hostname,
             }));
-            audit(&mut tx, &event, host.enrolled_at).await?;
+            audit(&mut tx, &self.key, &event, host.enrolled_at).await?;
             tx.commit().await?;
             return Ok(Err(refusal));
         }
@@ -469,7 +515,7 @@ impl Store for SqliteStore {
                 "hostname": facts.hostname,
                 "machine_id": facts.machine_id,
             }));
-        audit(&mut tx, &event, host.enrolled_at).await?;
+        audit(&mut tx, &self.key, &event, host.enrolled_at).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -551,7 +597,7 @@ impl Store for SqliteStore {
         let event = AuditEvent::new(actor, "host.remove")
             .host(host_id)
             .detail(serde_json::json!({"cancelled_jobs": pending}));
-        audit(&mut tx, &event, now).await?;
+        audit(&mut tx, &self.key, &event, now).await?;
         tx.commit().await?;
         Ok(Some(pending.len() as u64))
     }
@@ -574,7 +620,7 @@ impl Store for SqliteStore {
         if changed == 1 {
             let event =
                 AuditEvent::new(host_actor(host_id), "host.credential_rotated").host(host_id);
-            audit(&mut tx, &event, now).await?;
+            audit(&mut tx, &self.key, &event, now).await?;
         }
         tx.commit().await?;
         Ok(changed == 1)
@@ -673,7 +719,7 @@ impl Store for SqliteStore {
                 "seq": seq,
                 "revokes": revokes,
             }));
-        audit(&mut tx, &event, now).await?;
+        audit(&mut tx, &self.key, &event, now).await?;
         tx.commit().await?;
         Ok(JobRecord {
             id: id.to_owned(),
@@ -730,7 +776,7 @@ impl Store for SqliteStore {
     ) -> Result<Revoke, StoreError> {
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        let revoked = mark_revoked(&mut tx, host_id, job_id, at, by).await?;
+        let revoked = mark_revoked(&mut tx, &self.key, host_id, job_id, at, by).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -781,7 +827,7 @@ impl Store for SqliteStore {
                         .host(host_id)
                         .job(&job.id)
                         .detail(serde_json::json!({"code": error.code.as_str()}));
-                    audit(&mut tx, &event, now).await?;
+                    audit(&mut tx, &self.key, &event, now).await?;
                     continue;
                 }
             }
@@ -808,7 +854,7 @@ impl Store for SqliteStore {
                 .host(host_id)
                 .job(&job.id)
                 .detail(serde_json::json!({"attempt": attempts}));
-            audit(&mut tx, &event, now).await?;
+            audit(&mut tx, &self.key, &event, now).await?;
             tx.commit().await?;
             return Ok(Lease::Delivered(Box::new(JobRecord {
                 attempts,
@@ -879,7 +925,15 @@ impl Store for SqliteStore {
                 .await?;
                 add_event(&mut tx, job_id, now, "confirmed", None).await?;
                 if let Some(grant) = &job.revokes {
-                    mark_revoked(&mut tx, host_id, grant, now, RevokedBy::ControlPlane).await?;
+                    mark_revoked(
+                        &mut tx,
+                        &self.key,
+                        host_id,
+                        grant,
+                        now,
+                        RevokedBy::ControlPlane,
+                    )
+                    .await?;
                 }
             }
             JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
@@ -895,7 +949,7 @@ impl Store for SqliteStore {
             .host(host_id)
             .job(job_id)
             .detail(serde_json::json!({"status": outcome.status().as_str(), "code": code}));
-        audit(&mut tx, &event, now).await?;
+        audit(&mut tx, &self.key, &event, now).await?;
         tx.commit().await?;
         Ok(Finish::Recorded)
     }
@@ -935,7 +989,7 @@ impl Store for SqliteStore {
                 .host(&job.host_id)
                 .job(&job.id)
                 .detail(serde_json::json!({"code": error.code.as_str()}));
-            audit(&mut tx, &event, now).await?;
+            audit(&mut tx, &self.key, &event, now).await?;
             hosts.push(job.host_id);
         }
         tx.commit().await?;
@@ -977,10 +1031,14 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    fn audit_key(&self) -> Arc<AuditKey> {
+        self.key.clone()
+    }
+
     async fn append_audit(&self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        audit(&mut tx, event, now).await?;
+        audit(&mut tx, &self.key, event, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -990,11 +1048,12 @@ impl Store for SqliteStore {
         filter: &AuditFilter,
         page: Page,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        sqlx::query(
-            "SELECT id, at, actor, action, host_id, job_id, detail, prev_hash, hash FROM audit_log \
-             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR host_id = ?3) \
-             ORDER BY id LIMIT ?4 OFFSET ?5",
-        )
+        sqlx::query(concat!(
+            audit_select!(),
+            "WHERE (?2 IS NULL OR a.at >= ?2) AND (?3 IS NULL OR a.actor = ?3) \
+             AND (?4 IS NULL OR a.host_id = ?4) ORDER BY a.id LIMIT ?5 OFFSET ?6"
+        ))
+        .bind(self.key.key_id())
         .bind(filter.since.map(millis))
         .bind(filter.actor.as_deref())
         .bind(filter.host_id.as_deref())
@@ -1008,12 +1067,83 @@ impl Store for SqliteStore {
     }
 
     async fn audit_chain(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        sqlx::query("SELECT id, at, actor, action, host_id, job_id, detail, prev_hash, hash FROM audit_log ORDER BY id")
+        sqlx::query(concat!(audit_select!(), "ORDER BY a.id"))
+            .bind(self.key.key_id())
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(audit_from_row)
             .collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| Ok((row.try_get("id")?, row.try_get("hash")?)))
+            .transpose()
+    }
+
+    async fn audit_hash(&self, id: i64) -> Result<Option<String>, StoreError> {
+        sqlx::query("SELECT hash FROM audit_log WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| Ok(row.try_get("hash")?))
+            .transpose()
+    }
+
+    async fn key_audit_entries(
+        &self,
+        through: i64,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT id, hash FROM audit_log WHERE id <= ? ORDER BY id")
+            .bind(through)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            let (id, hash): (i64, String) = (row.try_get("id")?, row.try_get("hash")?);
+            sqlx::query(
+                "INSERT OR IGNORE INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)",
+            )
+            .bind(self.key.key_id())
+            .bind(id)
+            .bind(self.key.entry_mac(&hash))
+            .execute(&mut *tx)
+            .await?;
+        }
+        pin(&mut tx, PinnedKey::Audit, self.key.public_key(), now).await?;
+        audit(&mut tx, &self.key, event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key_pin(&self, key: PinnedKey) -> Result<Option<String>, StoreError> {
+        sqlx::query("SELECT public FROM key_pins WHERE name = ?")
+            .bind(key.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| Ok(row.try_get("public")?))
+            .transpose()
+    }
+
+    async fn set_key_pin(
+        &self,
+        key: PinnedKey,
+        public: &str,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        pin(&mut tx, key, public, now).await?;
+        audit(&mut tx, &self.key, event, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {

@@ -1,0 +1,563 @@
+//! The server's data directory: what lives in it, how it is written, and how it is opened.
+//!
+//! ```text
+//! latch-data/            0700
+//!   latch.db             SQLite (WAL): everything else, including the *public* halves of the
+//!                        keys below (table key_pins), recorded when each key is made
+//!   admin.token          0600  the first admin token (its hash is in the database)
+//!   audit.key            0600  32-byte seed: HMAC key of audit entries + checkpoint-signing key
+//!   audit.head           latest signed checkpoint of the audit chain (refreshed by the server)
+//!   signing.key          0600  Ed25519 job-signing key (PKCS#8); agents pin its public key
+//!   signing.next.key     0600  the next signing key, during a rotation
+//!   signing.key.old      0600  the previous signing key, after a promotion
+//!   ca.crt  ca.key       private CA (ca.key 0600); agents pin the CA's fingerprint
+//! ```
+//!
+//! **Keys are made once, at initialisation, and never silently again.** Each key's public half
+//! is recorded in the database when the key is made (`key_pins`). A later start that finds the
+//! file missing, or holding another key, refuses with the cause and the fix (restore the file
+//! from a backup; or, if it is lost for good, start once with `--new-signing-key`,
+//! `--new-audit-key` or `--new-ca`, which is audited). A database initialised before keys were
+//! recorded (it has an admin token but no key record) counts as initialised: its keys are
+//! recorded as found, and a missing one is refused the same way — except the audit key, which
+//! did not exist then and is made on that first start (the existing entries are keyed after
+//! their hash chain is checked).
+//!
+//! Every file is written through [`write_file`] ([`crate::files`]): a temporary file (mode set at
+//! creation, fsynced), then an atomic rename (replace) or hard link (never replace), then an
+//! fsync of the directory — a crash leaves the old file or the whole new one, never a partial one.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::audit::key::AuditKeyError;
+use crate::audit::{AuditEvent, AuditKey};
+use crate::secret::{RandomError, hash_token, new_token};
+use crate::signing::{JobSigner, SigningError};
+use crate::store::{Page, PinnedKey, SqliteStore, Store, StoreError};
+use crate::tls::{TlsError, TlsIdentity};
+
+pub use crate::files::{
+    ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
+    CA_KEY_FILE, DATABASE_FILE, Existing, NEXT_KEY_FILE, OLD_KEY_FILE, SIGNING_KEY_FILE,
+    sync_parent, write_file,
+};
+
+/// Why the data directory could not be opened.
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    /// The directory could not be created or secured.
+    #[error(
+        "cannot prepare data directory {path}: {source}; choose another with --data-dir or fix its permissions"
+    )]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file in it could not be written or renamed.
+    #[error(
+        "cannot {action} {path}: {source}; check the data directory's permissions and free space"
+    )]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The job-signing key could not be read or made.
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    /// The audit key could not be read or made.
+    #[error(transparent)]
+    AuditKey(#[from] AuditKeyError),
+    /// The private CA could not be read or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The system random generator failed.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// A key the data directory was initialised with is gone.
+    #[error(
+        "{what} {path} is missing, but this data directory was initialised with it ({pinned}); refusing to make a new one, because {why}. Restore {path} from a backup of the data directory. Only if it is lost for good, start once with {flag}: {consequence}",
+        what = .0.text.what, path = .0.path.display(), pinned = .0.pinned, why = .0.text.why,
+        flag = .0.text.flag, consequence = .0.text.consequence
+    )]
+    KeyMissing(Box<KeyProblem>),
+    /// A key file holds another key than the one the data directory was initialised with.
+    #[error(
+        "{what} {path} is not the key this data directory was initialised with: it holds {found}, the database records {pinned}; refusing to use it, because {why}. Put the original file back from a backup of the data directory. Only if that is lost for good, move this file away and start once with {flag}: {consequence}",
+        what = .0.text.what, path = .0.path.display(), found = .0.found, pinned = .0.pinned,
+        why = .0.text.why, flag = .0.text.flag, consequence = .0.text.consequence
+    )]
+    KeyMismatch(Box<KeyProblem>),
+}
+
+/// A missing or different key file.
+#[derive(Debug)]
+pub struct KeyProblem {
+    /// Which key, why it matters, and the way out.
+    pub text: &'static KeyText,
+    /// Its file.
+    pub path: PathBuf,
+    /// What the database records for it.
+    pub pinned: String,
+    /// What the file holds (a different key), if it exists.
+    pub found: String,
+}
+
+/// How a key is named in errors, why it must not change, and the flag that replaces it.
+#[derive(Debug)]
+pub struct KeyText {
+    /// Which key.
+    pub what: &'static str,
+    /// Why a new or different one is wrong.
+    pub why: &'static str,
+    /// The start-up flag that makes a new one anyway.
+    pub flag: &'static str,
+    /// What that flag costs.
+    pub consequence: &'static str,
+}
+
+static SIGNING_TEXT: KeyText = KeyText {
+    what: "the job-signing key",
+    why: "every enrolled agent pinned its public key and refuses jobs signed with another",
+    flag: "--new-signing-key",
+    consequence: "a new key is made and recorded in the audit log; every enrolled host must then be enrolled again (jobs queued before keep their old signatures and are still delivered)",
+};
+static AUDIT_TEXT: KeyText = KeyText {
+    what: "the audit key",
+    why: "every audit entry is authenticated with it and a new key cannot check them",
+    flag: "--new-audit-key",
+    consequence: "the chain's hash links are checked and its entries keyed again under a new key, recorded in the audit log; edits made before that are then no longer detectable, and checkpoints exported before can no longer be checked",
+};
+static CA_TEXT: KeyText = KeyText {
+    what: "the private CA",
+    why: "every enrolled agent pinned its fingerprint and refuses any other certificate",
+    flag: "--new-ca",
+    consequence: "a new CA is made and recorded in the audit log; every enrolled host must then be enrolled again",
+};
+
+impl KeyText {
+    fn missing(&'static self, path: PathBuf, pinned: Option<&str>) -> DataDirError {
+        DataDirError::KeyMissing(Box::new(KeyProblem {
+            text: self,
+            path,
+            pinned: match pinned {
+                Some(pin) => format!("recorded {pin}"),
+                None => "the database predates key records but was already initialised".into(),
+            },
+            found: String::new(),
+        }))
+    }
+
+    fn mismatch(&'static self, path: PathBuf, pinned: &str, found: &str) -> DataDirError {
+        DataDirError::KeyMismatch(Box::new(KeyProblem {
+            text: self,
+            path,
+            pinned: pinned.to_owned(),
+            found: found.to_owned(),
+        }))
+    }
+}
+
+/// Start-up choices that replace a lost key (each audited; see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Make a new job-signing key if `signing.key` is missing (hosts must enroll again).
+    pub new_signing_key: bool,
+    /// Make a new audit key if `audit.key` is missing (the chain is re-keyed).
+    pub new_audit_key: bool,
+    /// Make a new private CA if `ca.crt`/`ca.key` are missing (hosts must enroll again).
+    pub new_ca: bool,
+}
+
+/// What [`open`] found or created.
+pub struct DataDir {
+    /// The opened store.
+    pub store: SqliteStore,
+    /// Where the admin token is.
+    pub admin_token_path: PathBuf,
+    /// Whether a new admin token was created now.
+    pub admin_token_created: bool,
+    /// The job-signing key (`signing.key`, made at initialisation).
+    pub signer: JobSigner,
+    /// The next signing key, while a rotation is under way (`signing.next.key`).
+    pub next_signer: Option<JobSigner>,
+    dir: PathBuf,
+    initialised_before_pins: bool,
+    new_ca: bool,
+}
+
+async fn host_count(store: &SqliteStore) -> Result<usize, StoreError> {
+    Ok(store
+        .list_hosts(Page {
+            offset: 0,
+            count: 1_000_000,
+        })
+        .await?
+        .len())
+}
+
+/// Creates `dir` (mode 0700) and the SQLite database in it if needed; makes the keys on first
+/// start (and only then); refuses a missing or different key afterwards; on first start
+/// creates an admin token, stores its hash and writes it to `dir/admin.token` (mode 0600).
+pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError> {
+    let dir_error = |source| DataDirError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(dir_error)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+
+    // The audit key comes first: the store authenticates every entry it writes with it.
+    let (audit_key, audit_key_is_new) = match AuditKey::load(&dir.join(AUDIT_KEY_FILE))? {
+        Some(key) => (key, false),
+        None => match AuditKey::load(&dir.join(AUDIT_KEY_PENDING_FILE))? {
+            Some(key) => (key, true),
+            None => (AuditKey::generate()?, true),
+        },
+    };
+    let audit_key = Arc::new(audit_key);
+    let store = SqliteStore::open(&dir.join(DATABASE_FILE), audit_key.clone()).await?;
+    let initialised_before_pins = store.has_admin_token().await?
+        && store.key_pin(PinnedKey::Signing).await?.is_none()
+        && store.key_pin(PinnedKey::Audit).await?.is_none()
+        && store.key_pin(PinnedKey::Ca).await?.is_none();
+    let now = Utc::now();
+
+    settle_audit_key(
+        dir,
+        &store,
+        &audit_key,
+        audit_key_is_new,
+        initialised_before_pins,
+        options,
+        now,
+    )
+    .await?;
+    let (signer, next_signer) =
+        settle_signing_key(dir, &store, initialised_before_pins, options, now).await?;
+
+    // Record the CA as soon as it exists, also when this start does not serve TLS with it.
+    if store.key_pin(PinnedKey::Ca).await?.is_none()
+        && let Some(fingerprint) = crate::tls::ca_fingerprint(dir)?
+    {
+        let event = AuditEvent::new("control_plane", "tls.ca_recorded")
+            .detail(serde_json::json!({"fingerprint": fingerprint}));
+        store
+            .set_key_pin(PinnedKey::Ca, &fingerprint, &event, now)
+            .await?;
+    }
+
+    let admin_token_path = dir.join(ADMIN_TOKEN_FILE);
+    let mut admin_token_created = false;
+    if !store.has_admin_token().await? {
+        let token = new_token("latch_admin_")?;
+        write_file(
+            &admin_token_path,
+            format!("{token}\n").as_bytes(),
+            0o600,
+            Existing::Replace,
+        )
+        .map_err(|source| DataDirError::Io {
+            action: "write the admin token to",
+            path: admin_token_path.clone(),
+            source,
+        })?;
+        store
+            .insert_admin_token(&hash_token(&token), Utc::now())
+            .await?;
+        admin_token_created = true;
+    }
+    Ok(DataDir {
+        store,
+        admin_token_path,
+        admin_token_created,
+        signer,
+        next_signer,
+        dir: dir.to_owned(),
+        initialised_before_pins,
+        new_ca: options.new_ca,
+    })
+}
+
+/// Checks the audit key against its record; introduces a new one (`is_new`: no `audit.key`)
+/// only in a new data directory, on the first start after an upgrade, or with
+/// `--new-audit-key` — keying the existing entries, then renaming `audit.key.new` into place.
+async fn settle_audit_key(
+    dir: &Path,
+    store: &SqliteStore,
+    audit_key: &AuditKey,
+    is_new: bool,
+    initialised_before_pins: bool,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Result<(), DataDirError> {
+    let audit_path = dir.join(AUDIT_KEY_FILE);
+    let pending_path = dir.join(AUDIT_KEY_PENDING_FILE);
+    let audit_pin = store.key_pin(PinnedKey::Audit).await?;
+    match (is_new, audit_pin.as_deref()) {
+        (false, Some(pin)) if pin == audit_key.public_key() => {}
+        (false, Some(pin)) => {
+            return Err(AUDIT_TEXT.mismatch(audit_path, pin, audit_key.public_key()));
+        }
+        (false, None) => {
+            // The key file exists but the database has no record of it (the row was deleted,
+            // or the database restored from before it was written): record it. Entries are
+            // not keyed again, so a chain stripped of its MACs stays broken.
+            let event = AuditEvent::new("control_plane", "audit.key_recorded")
+                .detail(serde_json::json!({"public_key": audit_key.public_key()}));
+            store
+                .set_key_pin(PinnedKey::Audit, audit_key.public_key(), &event, now)
+                .await?;
+        }
+        (true, Some(pin)) if pin == audit_key.public_key() => {
+            // An earlier start keyed the chain with the pending key and stopped before
+            // renaming it into place.
+            finish_audit_key(&pending_path, &audit_path)?;
+        }
+        (true, pin) => {
+            let reason = match pin {
+                Some(pin) if options.new_audit_key => {
+                    format!("--new-audit-key: the audit key {pin} was lost")
+                }
+                Some(pin) => return Err(AUDIT_TEXT.missing(audit_path, Some(pin))),
+                None if initialised_before_pins => {
+                    "upgrade: entries written before they were keyed".to_owned()
+                }
+                None => "new data directory".to_owned(),
+            };
+            if !pending_path.exists() {
+                audit_key.write_new(&pending_path)?;
+            }
+            key_existing_entries(store, &reason, now).await?;
+            finish_audit_key(&pending_path, &audit_path)?;
+        }
+    }
+
+    Ok(())
+}
+
+/// Loads the signing key (and the next one) and checks it against its record: finishes an
+/// interrupted promotion, follows a database restored from before the last promotion, makes
+/// the key only in a new data directory or with `--new-signing-key`, refuses otherwise.
+async fn settle_signing_key(
+    dir: &Path,
+    store: &SqliteStore,
+    initialised_before_pins: bool,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Result<(JobSigner, Option<JobSigner>), DataDirError> {
+    let signing_path = dir.join(SIGNING_KEY_FILE);
+    let next_path = dir.join(NEXT_KEY_FILE);
+    let mut next_signer = JobSigner::load(&next_path)?;
+    let signing_pin = store.key_pin(PinnedKey::Signing).await?;
+    let signer = match (JobSigner::load(&signing_path)?, signing_pin.as_deref()) {
+        (Some(current), Some(pin)) if current.public_key() == pin => current,
+        (Some(current), Some(pin)) => {
+            if next_signer
+                .as_ref()
+                .is_some_and(|next| next.public_key() == pin)
+            {
+                // A promotion was recorded, then the server stopped before switching files.
+                crate::keys::switch_signing_key_files(dir).map_err(|source| DataDirError::Io {
+                    action: "finish the signing-key promotion in",
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                tracing::warn!("finished a job-signing key promotion interrupted by a restart");
+                next_signer = None;
+                match JobSigner::load(&signing_path)? {
+                    Some(promoted) => promoted,
+                    None => return Err(SIGNING_TEXT.missing(signing_path, Some(pin))),
+                }
+            } else if JobSigner::load(&dir.join(OLD_KEY_FILE))?
+                .is_some_and(|old| old.public_key() == pin)
+            {
+                // The database is older than the last promotion (restored from a backup): the
+                // files are newer and agents follow them, so record the current key again.
+                tracing::warn!(
+                    "the database records the signing key used before the last promotion (restored from a backup?); recording the current key"
+                );
+                let event = AuditEvent::new("control_plane", "signing_key.recorded").detail(
+                    serde_json::json!({
+                        "key": current.public_key(),
+                        "previous": pin,
+                        "reason": "the database was older than the last promotion",
+                    }),
+                );
+                store
+                    .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
+                    .await?;
+                current
+            } else {
+                return Err(SIGNING_TEXT.mismatch(signing_path, pin, &current.public_key()));
+            }
+        }
+        (Some(current), None) => {
+            let event = AuditEvent::new("control_plane", "signing_key.recorded")
+                .detail(serde_json::json!({"key": current.public_key()}));
+            store
+                .set_key_pin(PinnedKey::Signing, &current.public_key(), &event, now)
+                .await?;
+            current
+        }
+        (None, pin) => {
+            let event = match pin {
+                None if !initialised_before_pins => {
+                    AuditEvent::new("control_plane", "signing_key.created")
+                }
+                _ if options.new_signing_key => {
+                    let hosts = host_count(store).await?;
+                    tracing::warn!(
+                        hosts,
+                        "made a new job-signing key (--new-signing-key): every enrolled host must be enrolled again"
+                    );
+                    AuditEvent::new(crate::enroll::ADMIN, "signing_key.replaced").detail(
+                        serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}),
+                    )
+                }
+                _ => return Err(SIGNING_TEXT.missing(signing_path, pin)),
+            };
+            let signer = JobSigner::create(&signing_path)?;
+            let key = signer.public_key();
+            let mut detail = event.detail.clone();
+            if let Some(object) = detail.as_object_mut() {
+                object.insert("key".into(), serde_json::json!(key));
+            }
+            store
+                .set_key_pin(PinnedKey::Signing, &key, &event.detail(detail), now)
+                .await?;
+            signer
+        }
+    };
+
+    Ok((signer, next_signer))
+}
+
+/// Keys the entries already in the chain (on the first start after an upgrade from unkeyed
+/// entries, or with a replaced audit key): their hash chain is checked first, and only the
+/// intact prefix is keyed, so keying never vouches for an earlier edit. Appends an
+/// `audit.keyed` entry saying up to which entry keys were added afterwards. Returns that entry
+/// number (0 for an empty chain).
+async fn key_existing_entries(
+    store: &dyn Store,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let entries = store.audit_chain().await?;
+    let key = store.audit_key();
+    let (through, broken) = match crate::audit::verify_unkeyed_chain(&entries) {
+        Ok(n) => (i64::try_from(n).unwrap_or(i64::MAX), None),
+        Err(broken) => (broken.id - 1, Some(broken)),
+    };
+    if let Some(broken) = &broken {
+        tracing::error!(
+            entry = broken.id,
+            reason = %broken.reason,
+            "the audit chain was already broken before it was keyed; entries from there on stay unkeyed and `latchctl audit verify` keeps reporting the break"
+        );
+    }
+    let event = AuditEvent::new("control_plane", "audit.keyed").detail(serde_json::json!({
+        "reason": reason,
+        "key_id": key.key_id(),
+        "public_key": key.public_key(),
+        "keyed_afterwards_through": through,
+        "unkeyed_chain_break": broken,
+    }));
+    store.key_audit_entries(through, &event, now).await?;
+    Ok(through)
+}
+
+fn finish_audit_key(pending: &Path, path: &Path) -> Result<(), DataDirError> {
+    std::fs::rename(pending, path)
+        .and_then(|()| sync_parent(path))
+        .map_err(|source| DataDirError::Io {
+            action: "rename the new audit key to",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl DataDir {
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The private CA's TLS identity, with a server certificate for the loopback names plus
+    /// `names`. The CA is made on first use in a new data directory only; a missing or
+    /// different CA afterwards is refused unless [`Options::new_ca`] (agents pinned it).
+    pub async fn private_ca(&self, names: &[String]) -> Result<TlsIdentity, DataDirError> {
+        let pin = self.store.key_pin(PinnedKey::Ca).await?;
+        let cert_path = self.dir.join(CA_CERT_FILE);
+        if let Some(identity) = crate::tls::load(&self.dir, names)? {
+            match pin.as_deref() {
+                Some(pin) if pin == identity.ca_fingerprint => {}
+                Some(pin) => {
+                    return Err(CA_TEXT.mismatch(cert_path, pin, &identity.ca_fingerprint));
+                }
+                None => {
+                    let event = AuditEvent::new("control_plane", "tls.ca_recorded")
+                        .detail(serde_json::json!({"fingerprint": identity.ca_fingerprint}));
+                    self.store
+                        .set_key_pin(PinnedKey::Ca, &identity.ca_fingerprint, &event, Utc::now())
+                        .await?;
+                }
+            }
+            return Ok(identity);
+        }
+        let event = match pin.as_deref() {
+            None if !self.initialised_before_pins => {
+                AuditEvent::new("control_plane", "tls.ca_created")
+            }
+            _ if self.new_ca => {
+                let hosts = host_count(&self.store).await?;
+                tracing::warn!(
+                    hosts,
+                    "made a new private CA (--new-ca): every enrolled host must be enrolled again"
+                );
+                AuditEvent::new(crate::enroll::ADMIN, "tls.ca_replaced")
+                    .detail(serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}))
+            }
+            _ => return Err(CA_TEXT.missing(cert_path, pin.as_deref())),
+        };
+        crate::tls::create_ca(&self.dir)?;
+        let identity = crate::tls::load(&self.dir, names)?.ok_or_else(|| DataDirError::Io {
+            action: "read back the new CA",
+            path: cert_path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let mut detail = event.detail.clone();
+        if let Some(object) = detail.as_object_mut() {
+            object.insert(
+                "fingerprint".into(),
+                serde_json::json!(identity.ca_fingerprint),
+            );
+        }
+        self.store
+            .set_key_pin(
+                PinnedKey::Ca,
+                &identity.ca_fingerprint,
+                &event.detail(detail),
+                Utc::now(),
+            )
+            .await?;
+        Ok(identity)
+    }
+}
