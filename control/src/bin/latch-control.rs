@@ -55,6 +55,13 @@ enum Command {
         /// Refused credentials per minute from one address before it gets 429.
         #[arg(long, default_value_t = 30)]
         auth_failure_limit: u32,
+        /// The longest window a grant (create-account, add-group) may ask for; longer ones, and
+        /// ends not in the future, are refused with invalid_request.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        max_grant_duration: std::time::Duration,
+        /// The window of a grant that names no end (no --expires-in) and is not --permanent.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        default_grant_duration: std::time::Duration,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -80,8 +87,22 @@ async fn main() -> anyhow::Result<()> {
             rate_limit,
             auth_failure_limit,
             max_attempts,
+            max_grant_duration,
+            default_grant_duration,
             log_level,
         } => {
+            if max_grant_duration.is_zero() || default_grant_duration.is_zero() {
+                anyhow::bail!(
+                    "--max-grant-duration and --default-grant-duration must be more than 0 (e.g. 24h and 1h)"
+                );
+            }
+            if default_grant_duration > max_grant_duration {
+                anyhow::bail!(
+                    "--default-grant-duration ({}) is longer than --max-grant-duration ({}); lower the default or raise the maximum",
+                    humantime::format_duration(default_grant_duration),
+                    humantime::format_duration(max_grant_duration)
+                );
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -113,8 +134,17 @@ async fn main() -> anyhow::Result<()> {
                     per_principal: rate_limit.max(1),
                     auth_failures: auth_failure_limit.max(1),
                 },
+                max_grant_duration: chrono::Duration::from_std(max_grant_duration)
+                    .context("--max-grant-duration is too long")?,
+                default_grant_duration: chrono::Duration::from_std(default_grant_duration)
+                    .context("--default-grant-duration is too long")?,
                 ..ControlConfig::default()
             };
+            println!(
+                "  grants:         at most {}; {} when no end is given (--max-grant-duration, --default-grant-duration)",
+                humantime::format_duration(max_grant_duration),
+                humantime::format_duration(default_grant_duration)
+            );
             println!(
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
                 data_dir.join(server::SIGNING_KEY_FILE).display()
