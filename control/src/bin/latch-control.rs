@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use latch_common::api::format_window;
 use latch_control::{Control, ControlConfig, server};
 
 /// The Latch control plane: enrolls hosts, queues account jobs and hands them to agents.
@@ -99,8 +100,8 @@ async fn main() -> anyhow::Result<()> {
             if default_grant_duration > max_grant_duration {
                 anyhow::bail!(
                     "--default-grant-duration ({}) is longer than --max-grant-duration ({}); lower the default or raise the maximum",
-                    humantime::format_duration(default_grant_duration),
-                    humantime::format_duration(max_grant_duration)
+                    std_window(default_grant_duration),
+                    std_window(max_grant_duration)
                 );
             }
             tracing_subscriber::fmt()
@@ -142,8 +143,8 @@ async fn main() -> anyhow::Result<()> {
             };
             println!(
                 "  grants:         at most {}; {} when no end is given (--max-grant-duration, --default-grant-duration)",
-                humantime::format_duration(max_grant_duration),
-                humantime::format_duration(default_grant_duration)
+                format_window(config.max_grant_duration),
+                format_window(config.default_grant_duration)
             );
             println!(
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
@@ -186,6 +187,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A flag's duration the way people type it (`24h`, `90m`).
+fn std_window(duration: std::time::Duration) -> String {
+    chrono::Duration::from_std(duration).map_or_else(|_| format!("{duration:?}"), format_window)
 }
 
 async fn shutdown_signal() {

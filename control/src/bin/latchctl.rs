@@ -334,7 +334,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Jobs(JobsCommand::Create(args)) => {
-            let job = client.create_job(&job_request(args)?).await?;
+            let job = client
+                .create_job(&job_request(args)?)
+                .await
+                .map_err(in_cli_words)?;
             if json {
                 print_json(&job)?;
             } else {
@@ -541,6 +544,35 @@ fn job_request(args: &CreateJobArgs) -> anyhow::Result<CreateJobRequest> {
         );
     }
     Ok(request)
+}
+
+/// Names the command-line flag where the control plane names the API field it came from.
+fn in_cli_words(error: latch_control::client::ClientError) -> latch_control::client::ClientError {
+    match error {
+        latch_control::client::ClientError::Api {
+            status,
+            code,
+            message,
+        } => {
+            let message = [
+                ("expires_in_ms:", "--expires-in:"),
+                ("permanent:", "--permanent:"),
+            ]
+            .iter()
+            .find_map(|(field, flag)| {
+                message
+                    .strip_prefix(field)
+                    .map(|rest| format!("{flag}{rest}"))
+            })
+            .unwrap_or(message);
+            latch_control::client::ClientError::Api {
+                status,
+                code,
+                message,
+            }
+        }
+        other => other,
+    }
 }
 
 /// `--expires-in`: a positive duration, in milliseconds (the control plane checks the maximum).

@@ -383,7 +383,10 @@ pub trait Store: Send + Sync {
         lease_ttl: Duration,
         max_attempts: u32,
     ) -> Result<Lease, StoreError>;
-    /// Records the outcome of the delivery holding `lease`.
+    /// Records the outcome of the delivery holding `lease`. A confirmed revocation job marks
+    /// its grant revoked (`control_plane`); a confirmed delete-account marks every earlier
+    /// unrevoked grant of that account on the host revoked (`job`), a confirmed remove-group
+    /// the earlier add-group grants of that account and group.
     async fn finish_job(
         &self,
         host_id: &str,
