@@ -176,6 +176,9 @@ pub enum RevokedBy {
     AgentExpiry,
     /// A revocation job the control plane queued at `expires_at`.
     ControlPlane,
+    /// A later delete-account (or remove-group, for a membership) queued by an administrator;
+    /// the job's id is in `revoked_by_job`.
+    Job,
 }
 
 impl RevokedBy {
@@ -184,8 +187,144 @@ impl RevokedBy {
         match self {
             RevokedBy::AgentExpiry => "agent_expiry",
             RevokedBy::ControlPlane => "control_plane",
+            RevokedBy::Job => "job",
         }
     }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<RevokedBy> {
+        [
+            RevokedBy::AgentExpiry,
+            RevokedBy::ControlPlane,
+            RevokedBy::Job,
+        ]
+        .into_iter()
+        .find(|by| by.as_str() == s)
+    }
+}
+
+/// Where a grant (a confirmed create-account or add-group job) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantState {
+    /// In force: before its end, or permanent.
+    Active,
+    /// Past its end; its revocation is queued or on its way and nothing has failed yet.
+    Revoking,
+    /// Past its end and at least one revocation job failed; retried with backoff until the host
+    /// confirms.
+    RevocationStuck,
+    /// Ended; `revoked_by` says how.
+    Revoked,
+    /// A later confirmed grant of the same access (same user, and group for a membership)
+    /// replaced it; that grant decides when the access ends.
+    Superseded,
+    /// Its host was removed while it was not revoked: the control plane can no longer revoke
+    /// it. Remove the account on the host by hand if the host still runs.
+    HostRemoved,
+}
+
+impl GrantState {
+    /// Every state, in documentation order.
+    pub const ALL: [GrantState; 6] = [
+        GrantState::Active,
+        GrantState::Revoking,
+        GrantState::RevocationStuck,
+        GrantState::Revoked,
+        GrantState::Superseded,
+        GrantState::HostRemoved,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Revoking => "revoking",
+            GrantState::RevocationStuck => "revocation_stuck",
+            GrantState::Revoked => "revoked",
+            GrantState::Superseded => "superseded",
+            GrantState::HostRemoved => "host_removed",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<GrantState> {
+        GrantState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the grant is over as far as the control plane can tell (revoked or replaced).
+    pub fn is_over(self) -> bool {
+        matches!(self, GrantState::Revoked | GrantState::Superseded)
+    }
+}
+
+impl std::fmt::Display for GrantState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the revocation of a grant past its end is going.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationView {
+    /// The revocation job now queued or delivered, if any.
+    pub job_id: Option<String>,
+    /// Revocation jobs that failed so far.
+    pub failed_attempts: u32,
+    /// The last failure, `code: message`.
+    pub last_error: Option<String>,
+    /// When the last one failed.
+    pub last_failed_at: Option<DateTime<Utc>>,
+    /// When the next revocation job will be queued (only while none is queued).
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+/// A grant as administrators see it: who has (or had) which access on which host, and how it
+/// ended. `GET /v1/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantView {
+    /// The job that granted the access.
+    pub job_id: String,
+    /// The host.
+    pub host_id: String,
+    /// The host's name.
+    pub host_name: String,
+    /// `create-account` (an account) or `add-group` (a membership).
+    pub kind: JobKind,
+    /// The account.
+    pub user: String,
+    /// add-group: the group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// create-account: the extra groups it came with.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Where it stands.
+    pub state: GrantState,
+    /// When the host confirmed it.
+    pub granted_at: Option<DateTime<Utc>>,
+    /// When it ends (`null`: permanent).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Seconds left while active with an end.
+    #[serde(default)]
+    pub seconds_left: Option<i64>,
+    /// When it was revoked.
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// How: `agent_expiry`, `control_plane` or `job`.
+    #[serde(default)]
+    pub revoked_by: Option<RevokedBy>,
+    /// For `revoked_by: job`: the delete-account or remove-group job.
+    #[serde(default)]
+    pub revoked_by_job: Option<String>,
+    /// For `superseded`: the later grant.
+    #[serde(default)]
+    pub superseded_by: Option<String>,
+    /// Past its end and not revoked: how the revocation is going.
+    #[serde(default)]
+    pub revocation: Option<RevocationView>,
+    /// The state in words, for people.
+    pub summary: String,
 }
 
 /// `POST /v1/agent/revocations`: the agent ended a grant on its own, at its expiry.
@@ -263,22 +402,102 @@ pub struct CreateJobRequest {
     /// create-account: SSH public keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
-    /// create-account / add-group: when the access ends.
+    /// create-account / add-group: when the access ends (at most the control plane's maximum
+    /// grant duration ahead). Without it, and without `expires_in_ms` or `permanent`, the
+    /// control plane's default window applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// create-account / add-group: end the access this many milliseconds after the control
+    /// plane receives the request (immune to the caller's clock; `latchctl --expires-in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    /// create-account / add-group: no end at all (audited). Conflicts with `expires_at` and
+    /// `expires_in_ms`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permanent: bool,
     /// set-password: the new password. The control plane hashes it (SHA-512 crypt); only the hash
     /// is stored and sent to the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
 
+/// How long grants may last, from the control plane's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantLimits {
+    /// The longest window a grant may ask for (`latch-control serve --max-grant-duration`).
+    pub max: chrono::Duration,
+    /// The window of a grant that names no end and is not permanent
+    /// (`--default-grant-duration`).
+    pub default: chrono::Duration,
+}
+
+/// How a grant's end was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantWindow {
+    /// The job grants nothing (delete-account, remove-group, set-password).
+    NotAGrant,
+    /// The caller named the end (`expires_at` or `expires_in_ms`).
+    Requested,
+    /// The caller named none: the default window applies.
+    Default,
+    /// The caller asked for no end (`permanent`).
+    Permanent,
+}
+
+impl GrantWindow {
+    /// The spelling in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantWindow::NotAGrant => "none",
+            GrantWindow::Requested => "requested",
+            GrantWindow::Default => "default",
+            GrantWindow::Permanent => "permanent",
+        }
+    }
+}
+
+/// Clock difference tolerated on an absolute `expires_at` beyond the maximum grant duration
+/// (a caller computing "now + maximum" must not be refused for a few milliseconds).
+pub const EXPIRES_AT_SLACK_SECS: i64 = 60;
+
+/// A duration the way people type it: `45s`, `30m`, `2h30m`, `24h`, `7d`, `250ms` (days only
+/// from two days on, so the default maximum reads `24h`).
+pub fn format_window(duration: chrono::Duration) -> String {
+    let ms = u64::try_from(duration.num_milliseconds()).unwrap_or(0);
+    format_ms(ms)
+}
+
+fn format_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    let days = if secs >= 2 * 86_400 { secs / 86_400 } else { 0 };
+    let parts = [
+        (days, "d"),
+        ((secs - days * 86_400) / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect()
+}
+
 impl CreateJobRequest {
-    /// Turns the request into a validated spec. `hash_password` turns the plaintext into the hash
-    /// that travels to the host; it is called only for set-password.
+    /// Turns the request into a validated spec and says how a grant's end was decided. `now` is
+    /// the control plane's clock; `limits` bound grant windows: a create-account or add-group
+    /// must end in the future and at most `limits.max` ahead, gets `limits.default` when it
+    /// names no end, and has none only with `permanent`. `hash_password` turns the plaintext
+    /// into the hash that travels to the host; it is called only for set-password.
     pub fn into_spec(
         self,
+        now: DateTime<Utc>,
+        limits: &GrantLimits,
         hash_password: impl FnOnce(&str) -> Result<String, ValidationError>,
-    ) -> Result<JobSpec, ValidationError> {
+    ) -> Result<(JobSpec, GrantWindow), ValidationError> {
         if self.kind == Some(JobKind::RotateSigningKey) {
             return Err(ValidationError::new(
                 "kind",
@@ -306,61 +525,147 @@ impl CreateJobRequest {
             refuse("shell", r.shell.is_some())?;
             refuse("ssh_keys", !r.ssh_keys.is_empty())
         };
-        let spec = match kind {
+        let no_window = |r: &CreateJobRequest| -> Result<(), ValidationError> {
+            refuse("expires_at", r.expires_at.is_some())?;
+            refuse("expires_in_ms", r.expires_in_ms.is_some())?;
+            refuse("permanent", r.permanent)
+        };
+        let (spec, window) = match kind {
             JobKind::CreateAccount => {
                 refuse("group", self.group.is_some())?;
                 refuse("password", self.password.is_some())?;
-                JobSpec::CreateAccount {
+                let (expires_at, window) = self.grant_end(now, limits)?;
+                let spec = JobSpec::CreateAccount {
                     user: self.user,
                     groups: self.groups,
                     shell: self.shell,
                     ssh_keys: self.ssh_keys,
-                    expires_at: self.expires_at,
-                }
+                    expires_at,
+                };
+                (spec, window)
             }
             JobKind::DeleteAccount => {
                 not_account_fields(&self)?;
+                no_window(&self)?;
                 refuse("group", self.group.is_some())?;
-                refuse("expires_at", self.expires_at.is_some())?;
                 refuse("password", self.password.is_some())?;
-                JobSpec::DeleteAccount { user: self.user }
+                let spec = JobSpec::DeleteAccount { user: self.user };
+                (spec, GrantWindow::NotAGrant)
             }
             JobKind::AddGroup => {
                 not_account_fields(&self)?;
                 refuse("password", self.password.is_some())?;
-                JobSpec::AddGroup {
+                let (expires_at, window) = self.grant_end(now, limits)?;
+                let spec = JobSpec::AddGroup {
                     group: need_group(self.group)?,
                     user: self.user,
-                    expires_at: self.expires_at,
-                }
+                    expires_at,
+                };
+                (spec, window)
             }
             JobKind::RemoveGroup => {
                 not_account_fields(&self)?;
-                refuse("expires_at", self.expires_at.is_some())?;
+                no_window(&self)?;
                 refuse("password", self.password.is_some())?;
-                JobSpec::RemoveGroup {
+                let spec = JobSpec::RemoveGroup {
                     group: need_group(self.group)?,
                     user: self.user,
-                }
+                };
+                (spec, GrantWindow::NotAGrant)
             }
-            JobKind::RotateSigningKey => unreachable_kind()?,
+            JobKind::RotateSigningKey => (unreachable_kind()?, GrantWindow::NotAGrant),
             JobKind::SetPassword => {
                 not_account_fields(&self)?;
+                no_window(&self)?;
                 refuse("group", self.group.is_some())?;
-                refuse("expires_at", self.expires_at.is_some())?;
                 let password = self.password.ok_or_else(|| {
                     ValidationError::new("password", "is required for set-password")
                 })?;
                 // Name first: a hostile name must be refused before any hashing work.
                 crate::names::validate_user_name(&self.user)?;
-                JobSpec::SetPassword {
+                let spec = JobSpec::SetPassword {
                     password_hash: hash_password(&password)?,
                     user: self.user,
-                }
+                };
+                (spec, GrantWindow::NotAGrant)
             }
         };
         spec.validate()?;
-        Ok(spec)
+        Ok((spec, window))
+    }
+
+    /// The end of a grant: requested (in the future, within the maximum), the default window,
+    /// or none when permanent.
+    fn grant_end(
+        &self,
+        now: DateTime<Utc>,
+        limits: &GrantLimits,
+    ) -> Result<(Option<DateTime<Utc>>, GrantWindow), ValidationError> {
+        let max = format_window(limits.max);
+        let how = format!(
+            "give a positive duration such as 30m or 2h, at most {max} (this control plane's --max-grant-duration)"
+        );
+        if self.permanent {
+            let other = if self.expires_at.is_some() {
+                Some("expires_at")
+            } else if self.expires_in_ms.is_some() {
+                Some("expires_in_ms")
+            } else {
+                None
+            };
+            return match other {
+                Some(other) => Err(ValidationError::new(
+                    "permanent",
+                    format!("conflicts with {other}: a grant either has an end or is permanent"),
+                )),
+                None => Ok((None, GrantWindow::Permanent)),
+            };
+        }
+        match (self.expires_at, self.expires_in_ms) {
+            (Some(_), Some(_)) => Err(ValidationError::new(
+                "expires_in_ms",
+                "give either expires_at or expires_in_ms, not both",
+            )),
+            (None, Some(0)) => Err(ValidationError::new(
+                "expires_in_ms",
+                format!("must be more than 0: {how}"),
+            )),
+            (None, Some(ms)) => {
+                let within = i64::try_from(ms)
+                    .ok()
+                    .filter(|ms| *ms <= limits.max.num_milliseconds())
+                    .and_then(chrono::Duration::try_milliseconds);
+                match within {
+                    Some(window) => Ok((Some(now + window), GrantWindow::Requested)),
+                    None => Err(ValidationError::new(
+                        "expires_in_ms",
+                        format!(
+                            "asks for {} but a grant may last at most {max} (this control plane's --max-grant-duration); ask for a shorter window",
+                            format_ms(ms)
+                        ),
+                    )),
+                }
+            }
+            (Some(end), None) if end <= now => Err(ValidationError::new(
+                "expires_at",
+                format!(
+                    "is not in the future (compare the clocks of the caller and the control plane): {how}"
+                ),
+            )),
+            (Some(end), None)
+                if end - now > limits.max + chrono::Duration::seconds(EXPIRES_AT_SLACK_SECS) =>
+            {
+                Err(ValidationError::new(
+                    "expires_at",
+                    format!(
+                        "is {} ahead but a grant may last at most {max} (this control plane's --max-grant-duration); ask for a shorter window",
+                        format_window(end - now)
+                    ),
+                ))
+            }
+            (Some(end), None) => Ok((Some(end), GrantWindow::Requested)),
+            (None, None) => Ok((Some(now + limits.default), GrantWindow::Default)),
+        }
     }
 }
 
@@ -389,6 +694,9 @@ pub struct JobView {
     pub id: String,
     /// The host it is for.
     pub host_id: String,
+    /// That host's name.
+    #[serde(default)]
+    pub host_name: String,
     /// Per-host sequence number.
     pub seq: i64,
     /// What it does.
@@ -415,9 +723,21 @@ pub struct JobView {
     /// When that access was removed, if it was.
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
-    /// Who removed it: `agent_expiry` or `control_plane`.
+    /// Who removed it: `agent_expiry`, `control_plane` or `job`.
     #[serde(default)]
     pub revoked_by: Option<RevokedBy>,
+    /// For `revoked_by: job`: the delete-account or remove-group job that ended it.
+    #[serde(default)]
+    pub revoked_by_job: Option<String>,
+    /// For a grant the host confirmed (create-account, add-group): where it stands.
+    #[serde(default)]
+    pub grant_state: Option<GrantState>,
+    /// For a superseded grant: the later grant that replaced it.
+    #[serde(default)]
+    pub superseded_by: Option<String>,
+    /// For a grant past its end and not revoked: how its revocation is going.
+    #[serde(default)]
+    pub revocation: Option<RevocationView>,
     /// For a revocation job the control plane queued: the grant job it ends.
     #[serde(default)]
     pub revokes: Option<String>,
@@ -434,6 +754,34 @@ mod tests {
         Ok("$6$salt$hash".to_owned())
     }
 
+    const LIMITS: GrantLimits = GrantLimits {
+        max: chrono::Duration::hours(24),
+        default: chrono::Duration::hours(1),
+    };
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn spec(request: CreateJobRequest) -> Result<(JobSpec, GrantWindow), ValidationError> {
+        request.into_spec(now(), &LIMITS, hash)
+    }
+
+    fn grant(
+        f: impl FnOnce(&mut CreateJobRequest),
+    ) -> Result<(JobSpec, GrantWindow), ValidationError> {
+        let mut request = CreateJobRequest {
+            host: "h".into(),
+            kind: Some(JobKind::CreateAccount),
+            user: "alice".into(),
+            ..Default::default()
+        };
+        f(&mut request);
+        spec(request)
+    }
+
     #[test]
     fn set_password_request_hashes_and_drops_the_plaintext() {
         let request = CreateJobRequest {
@@ -443,7 +791,8 @@ mod tests {
             password: Some("correct horse".into()),
             ..Default::default()
         };
-        let spec = request.into_spec(hash).unwrap();
+        let (spec, window) = spec(request).unwrap();
+        assert_eq!(window, GrantWindow::NotAGrant);
         assert_eq!(
             spec,
             JobSpec::SetPassword {
@@ -462,14 +811,103 @@ mod tests {
             group: Some("sudo".into()),
             ..Default::default()
         };
-        assert_eq!(request.into_spec(hash).unwrap_err().field, "group");
+        assert_eq!(spec(request).unwrap_err().field, "group");
         let request = CreateJobRequest {
             host: "h".into(),
             kind: Some(JobKind::AddGroup),
             user: "alice".into(),
             ..Default::default()
         };
-        assert_eq!(request.into_spec(hash).unwrap_err().field, "group");
+        assert_eq!(spec(request).unwrap_err().field, "group");
+        let request = CreateJobRequest {
+            host: "h".into(),
+            kind: Some(JobKind::DeleteAccount),
+            user: "alice".into(),
+            permanent: true,
+            ..Default::default()
+        };
+        assert_eq!(spec(request).unwrap_err().field, "permanent");
+    }
+
+    #[test]
+    fn finding_20_grant_windows_are_bounded_defaulted_or_explicitly_permanent() {
+        let end = |r: Result<(JobSpec, GrantWindow), ValidationError>| {
+            let (spec, window) = r.unwrap();
+            (spec.expires_at(), window)
+        };
+        // No end named: the default window.
+        assert_eq!(
+            end(grant(|_| {})),
+            (
+                Some(now() + chrono::Duration::hours(1)),
+                GrantWindow::Default
+            )
+        );
+        // Relative and absolute ends within the maximum.
+        assert_eq!(
+            end(grant(|r| r.expires_in_ms = Some(30 * 60 * 1000))),
+            (
+                Some(now() + chrono::Duration::minutes(30)),
+                GrantWindow::Requested
+            )
+        );
+        let at = now() + chrono::Duration::hours(24);
+        assert_eq!(
+            end(grant(|r| r.expires_at = Some(at))),
+            (Some(at), GrantWindow::Requested)
+        );
+        // Permanent only when asked, and never together with an end.
+        assert_eq!(
+            end(grant(|r| r.permanent = true)),
+            (None, GrantWindow::Permanent)
+        );
+        let both = grant(|r| {
+            r.permanent = true;
+            r.expires_in_ms = Some(1000);
+        })
+        .unwrap_err();
+        assert_eq!(both.field, "permanent");
+        // Zero, the past, and beyond the maximum are refused, naming the limit.
+        for (refused, field) in [
+            (grant(|r| r.expires_in_ms = Some(0)), "expires_in_ms"),
+            (grant(|r| r.expires_at = Some(now())), "expires_at"),
+            (
+                grant(|r| r.expires_at = Some(now() - chrono::Duration::minutes(5))),
+                "expires_at",
+            ),
+            (
+                grant(|r| r.expires_in_ms = Some(24 * 3600 * 1000 + 1)),
+                "expires_in_ms",
+            ),
+            (
+                grant(|r| r.expires_in_ms = Some(100_000 * 86_400 * 1000)),
+                "expires_in_ms",
+            ),
+            (grant(|r| r.expires_in_ms = Some(u64::MAX)), "expires_in_ms"),
+            (
+                grant(|r| r.expires_at = Some(now() + chrono::Duration::days(2))),
+                "expires_at",
+            ),
+        ] {
+            let error = refused.unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+            assert!(error.reason.contains("at most 24h"), "{error}");
+            assert!(error.reason.contains("--max-grant-duration"), "{error}");
+        }
+    }
+
+    #[test]
+    fn windows_are_written_as_people_type_them() {
+        assert_eq!(format_window(chrono::Duration::hours(24)), "24h");
+        assert_eq!(format_window(chrono::Duration::hours(36)), "36h");
+        assert_eq!(format_window(chrono::Duration::days(7)), "7d");
+        assert_eq!(
+            format_window(chrono::Duration::days(2) + chrono::Duration::minutes(1)),
+            "2d1m"
+        );
+        assert_eq!(format_window(chrono::Duration::minutes(150)), "2h30m");
+        assert_eq!(format_window(chrono::Duration::seconds(45)), "45s");
+        assert_eq!(format_window(chrono::Duration::milliseconds(250)), "250ms");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use latch_common::api::{
-    ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, HostView, JobView,
-    ListResponse,
+    ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, GrantView, HostView,
+    JobView, ListResponse,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -230,6 +230,31 @@ impl AdminClient {
             query.push(("status", status.to_owned()));
         }
         self.all_pages("/v1/jobs", query).await
+    }
+
+    /// `GET /v1/grants` with filters (all pages): `host` (id or name), `user`, `state`, and
+    /// `since` (grants created or revoked since then, plus every grant not over yet).
+    pub async fn list_grants(
+        &self,
+        host: Option<&str>,
+        user: Option<&str>,
+        state: Option<&str>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<GrantView>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(host) = host {
+            query.push(("host", host.to_owned()));
+        }
+        if let Some(user) = user {
+            query.push(("user", user.to_owned()));
+        }
+        if let Some(state) = state {
+            query.push(("state", state.to_owned()));
+        }
+        if let Some(since) = since {
+            query.push(("since", since.to_rfc3339()));
+        }
+        self.all_pages("/v1/grants", query).await
     }
 
     /// `GET /v1/audit` with filters (all pages).

@@ -29,6 +29,11 @@ pub enum ControlError {
         /// The key it was looked up by.
         key: String,
     },
+    /// The host was removed: nothing can be queued for it any more.
+    #[error(
+        "host '{0}' was removed (`latchctl hosts remove`); no job can be queued for it any more — enroll it again with `latch-agent enroll` to manage it"
+    )]
+    HostRemoved(String),
     /// A host name matches several hosts.
     #[error("host name '{0}' matches {1} hosts; use the host id (see `latchctl hosts list`)")]
     AmbiguousHost(String, usize),

@@ -23,7 +23,8 @@
 //! - [`store`]: persistence behind the [`store::Store`] trait (SQLite now);
 //! - [`enroll`]: enrollment tokens and host enrollment;
 //! - [`hosts`]: host look-up and the `online` rule;
-//! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep;
+//! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep,
+//!   grants (windows, revocation at expiry with retries, the grants view);
 //! - [`audit`]: the hash-chained, keyed audit trail (written by the store with each change),
 //!   checkpoints of its head and their verification;
 //! - [`signing`], [`keys`], [`tls`]: the job-signing key and its rotation, the private CA;
@@ -71,6 +72,14 @@ pub struct ControlConfig {
     pub job_ttl: Duration,
     /// Request limits of the HTTP API.
     pub rate_limits: api::limits::RateLimits,
+    /// The longest window a grant (create-account, add-group) may ask for; longer ones, and
+    /// ends not in the future, are refused.
+    pub max_grant_duration: Duration,
+    /// The window of a grant that names no end and is not explicitly `permanent`.
+    pub default_grant_duration: Duration,
+    /// The wait before a grant whose revocation job failed gets another one: doubling from
+    /// `first` with each failure, at most `max`. Revocations are retried until confirmed.
+    pub revocation_retry: store::RetryBackoff,
 }
 
 impl Default for ControlConfig {
@@ -81,6 +90,12 @@ impl Default for ControlConfig {
             online_window: Duration::seconds(45),
             job_ttl: Duration::hours(24),
             rate_limits: api::limits::RateLimits::default(),
+            max_grant_duration: Duration::hours(24),
+            default_grant_duration: Duration::hours(1),
+            revocation_retry: store::RetryBackoff {
+                first: Duration::seconds(10),
+                max: Duration::minutes(5),
+            },
         }
     }
 }

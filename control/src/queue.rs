@@ -14,14 +14,29 @@
 //! nothing behind it is delivered. An outcome is accepted only with the lease token of the
 //! current delivery and only once (compare-and-set), so a rescued delivery can never overwrite
 //! a result.
+//!
+//! Grants (confirmed create-account and add-group jobs) have a window: requested (in the future,
+//! at most `max_grant_duration`), the default one, or none when explicitly `permanent`. Past its
+//! end a grant gets a revocation job; if that job fails in any way, the grant gets another one
+//! after a backoff, until a host confirms (or the host is removed):
+//!
+//! ```text
+//! active --end--> revoking --revocation confirmed / agent report--> revoked
+//!                    |  ^ backoff over: new revocation job
+//!                    v  |
+//!              revocation_stuck (failed attempts, last error, next retry)
+//! active|revoking --later confirmed grant of the same access--> superseded
+//! any not revoked --host removed--> host_removed      any --delete-account / remove-group--> revoked (job)
+//! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use latch_common::api::{
-    AgentJob, CreateJobRequest, JobView, ReportRequest, RevocationReport, RevokedBy,
+    AgentJob, CreateJobRequest, GrantLimits, GrantState, GrantView, GrantWindow, JobView,
+    ReportRequest, RevocationReport, RevocationView, RevokedBy, format_window,
 };
 use latch_common::job::JobSpec;
 use latch_common::names::ValidationError;
@@ -29,7 +44,10 @@ use latch_common::signing::{PAYLOAD_VERSION, SignedJob};
 use tokio::sync::Notify;
 
 use crate::password::hash_password;
-use crate::store::{Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, Revoke};
+use crate::store::{
+    Finish, GrantFilter, GrantRecord, HostRecord, JobContext, JobFilter, JobRecord, JobRefusal,
+    Lease, NewJob, Page, RetryBackoff, Revoke,
+};
 use crate::{Control, ControlError};
 
 /// Per-host wake-up signals for waiting long-polls.
@@ -52,9 +70,155 @@ impl Wakeups {
     }
 }
 
-/// Turns a stored job into the administrator's view (history left empty).
-pub fn job_view(job: JobRecord) -> JobView {
+/// How a grant's revocation is going, when it is past its end and not revoked (or when
+/// revocation jobs for it failed).
+fn revocation_view(
+    job: &JobRecord,
+    state: GrantState,
+    retry: RetryBackoff,
+) -> Option<RevocationView> {
+    let revocation = &job.revocation;
+    let unfinished = matches!(
+        state,
+        GrantState::Revoking | GrantState::RevocationStuck | GrantState::HostRemoved
+    );
+    if !unfinished && revocation.attempts == 0 {
+        return None;
+    }
+    let next_retry_at = match (&revocation.job_id, revocation.failed_at) {
+        (None, Some(failed_at)) if unfinished && state != GrantState::HostRemoved => {
+            Some(failed_at + retry.delay(revocation.attempts))
+        }
+        _ => None,
+    };
+    Some(RevocationView {
+        job_id: revocation.job_id.clone(),
+        failed_attempts: revocation.attempts,
+        last_error: revocation.last_error.clone(),
+        last_failed_at: revocation.failed_at,
+        next_retry_at,
+    })
+}
+
+/// The grant's state in words.
+fn grant_summary(
+    job: &JobRecord,
+    state: GrantState,
+    superseded_by: Option<&str>,
+    revocation: Option<&RevocationView>,
+    now: DateTime<Utc>,
+) -> String {
+    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    match state {
+        GrantState::Active => match job.spec.expires_at() {
+            Some(end) => format!(
+                "active, {} left (ends {})",
+                format_window((end - now).max(chrono::Duration::zero())),
+                time(end)
+            ),
+            None => "active, permanent (no end)".to_owned(),
+        },
+        GrantState::Revoking => match revocation.and_then(|r| r.job_id.as_deref()) {
+            Some(id) => format!("past its end; revocation job {id} is on its way to the host"),
+            None => "past its end; its revocation job is being queued".to_owned(),
+        },
+        GrantState::RevocationStuck => {
+            let (attempts, last, next) = revocation.map_or((0, "", None), |r| {
+                (
+                    r.failed_attempts,
+                    r.last_error.as_deref().unwrap_or(""),
+                    r.next_retry_at,
+                )
+            });
+            let next = match (revocation.and_then(|r| r.job_id.as_deref()), next) {
+                (Some(id), _) => format!("retrying now (job {id})"),
+                (None, Some(at)) if at > now => format!("next attempt {}", time(at)),
+                (None, _) => "next attempt now".to_owned(),
+            };
+            format!(
+                "past its end and NOT revoked: {attempts} revocation job(s) failed (last: {last}); {next}"
+            )
+        }
+        GrantState::Revoked => {
+            let at = job.revoked_at.map(time).unwrap_or_default();
+            match job.revoked_by {
+                Some(RevokedBy::AgentExpiry) => {
+                    format!("expired; revoked by the host's agent at its end ({at})")
+                }
+                Some(RevokedBy::ControlPlane) => format!(
+                    "expired; revoked by the control plane's revocation job {} ({at})",
+                    job.revocation.job_id.as_deref().unwrap_or("?")
+                ),
+                Some(RevokedBy::Job) => format!(
+                    "revoked by job {} ({at})",
+                    job.revoked_by_job.as_deref().unwrap_or("?")
+                ),
+                None => format!("revoked ({at})"),
+            }
+        }
+        GrantState::Superseded => format!(
+            "superseded by grant {}, which decides when this access ends",
+            superseded_by.unwrap_or("?")
+        ),
+        GrantState::HostRemoved => "host removed — revocation impossible from here; if the \
+             host still runs, remove the access on it by hand"
+            .to_owned(),
+    }
+}
+
+/// Turns a stored grant into the administrator's view.
+pub fn grant_view(grant: GrantRecord, now: DateTime<Utc>, retry: RetryBackoff) -> GrantView {
+    let GrantRecord { job, context } = grant;
+    let state = context.grant_state.unwrap_or(GrantState::Active);
+    let revocation = revocation_view(&job, state, retry);
+    let summary = grant_summary(
+        &job,
+        state,
+        context.superseded_by.as_deref(),
+        revocation.as_ref(),
+        now,
+    );
+    let expires_at = job.spec.expires_at();
+    let (group, groups) = match &job.spec {
+        JobSpec::AddGroup { group, .. } => (Some(group.clone()), Vec::new()),
+        JobSpec::CreateAccount { groups, .. } => (None, groups.clone()),
+        _ => (None, Vec::new()),
+    };
+    GrantView {
+        host_id: job.host_id.clone(),
+        host_name: context.host_name,
+        kind: job.spec.kind(),
+        user: job.spec.user().to_owned(),
+        group,
+        groups,
+        state,
+        granted_at: job.finished_at,
+        expires_at,
+        seconds_left: match (state, expires_at) {
+            (GrantState::Active, Some(end)) => Some((end - now).num_seconds().max(0)),
+            _ => None,
+        },
+        revoked_at: job.revoked_at,
+        revoked_by: job.revoked_by,
+        revoked_by_job: job.revoked_by_job.clone(),
+        superseded_by: context.superseded_by,
+        revocation,
+        summary,
+        job_id: job.id,
+    }
+}
+
+/// Turns a stored job into the administrator's view (history left empty). `context` adds the
+/// host's name and, for a grant, where it stands.
+pub fn job_view(job: JobRecord, context: Option<&JobContext>, retry: RetryBackoff) -> JobView {
+    let grant_state = context.and_then(|c| c.grant_state);
+    let revocation = grant_state.and_then(|state| revocation_view(&job, state, retry));
     JobView {
+        host_name: context.map(|c| c.host_name.clone()).unwrap_or_default(),
+        grant_state,
+        superseded_by: context.and_then(|c| c.superseded_by.clone()),
+        revocation,
+        revoked_by_job: job.revoked_by_job,
         id: job.id,
         host_id: job.host_id,
         seq: job.seq,
@@ -84,6 +248,7 @@ impl Control {
         spec: &JobSpec,
         revokes: Option<&str>,
         actor: &str,
+        window: GrantWindow,
     ) -> Result<JobRecord, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now = Utc::now();
@@ -109,7 +274,7 @@ impl Control {
             let signature = signer.sign(payload.as_bytes());
             Ok((payload, signature))
         };
-        Ok(self
+        match self
             .store
             .insert_job(
                 &NewJob {
@@ -119,10 +284,19 @@ impl Control {
                     revokes,
                     now,
                     actor,
+                    window,
                 },
                 &sign,
             )
-            .await?)
+            .await?
+        {
+            Ok(job) => Ok(job),
+            Err(JobRefusal::HostRemoved) => Err(ControlError::HostRemoved(host_id.to_owned())),
+            Err(JobRefusal::NoSuchHost) => Err(ControlError::NotFound {
+                what: "host",
+                key: host_id.to_owned(),
+            }),
+        }
     }
 
     /// Queues an internal job (not from the jobs API) for `host_id`; returns its id.
@@ -132,26 +306,52 @@ impl Control {
         spec: &JobSpec,
     ) -> Result<String, ControlError> {
         let job = self
-            .queue_signed(host_id, spec, None, crate::enroll::ADMIN)
+            .queue_signed(
+                host_id,
+                spec,
+                None,
+                crate::enroll::ADMIN,
+                GrantWindow::NotAGrant,
+            )
             .await?;
         self.wakeups.wake(host_id);
         Ok(job.id)
     }
 
-    /// Validates and queues a job; an idle agent of that host is woken at once.
+    /// The grant windows this control plane allows.
+    pub fn grant_limits(&self) -> GrantLimits {
+        GrantLimits {
+            max: self.config.max_grant_duration,
+            default: self.config.default_grant_duration,
+        }
+    }
+
+    /// Validates and queues a job; an idle agent of that host is woken at once. A grant's end
+    /// must be in the future and within `max_grant_duration`; without one it gets
+    /// `default_grant_duration`, unless the request says `permanent` (audited).
     pub async fn create_job(&self, request: CreateJobRequest) -> Result<JobView, ControlError> {
         let host_key = request.host.clone();
         if host_key.is_empty() || host_key.len() > 253 || host_key.chars().any(char::is_control) {
             return Err(ValidationError::new("host", "must be a host id or host name").into());
         }
-        let spec = request.into_spec(hash_password)?;
+        let (spec, window) = request.into_spec(Utc::now(), &self.grant_limits(), hash_password)?;
         let host = self.find_host(&host_key).await?;
         let job = self
-            .queue_signed(&host.id, &spec, None, crate::enroll::ADMIN)
+            .queue_signed(&host.id, &spec, None, crate::enroll::ADMIN, window)
             .await?;
-        tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), "job queued");
+        tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), window = window.as_str(), "job queued");
         self.wakeups.wake(&host.id);
-        Ok(job_view(job))
+        let context = self
+            .store
+            .job_context(std::slice::from_ref(&job.id), Utc::now())
+            .await?;
+        let view = self.view(job, &context);
+        Ok(view)
+    }
+
+    fn view(&self, job: JobRecord, context: &HashMap<String, JobContext>) -> JobView {
+        let found = context.get(&job.id);
+        job_view(job, found, self.config.revocation_retry)
     }
 
     /// A page of jobs, newest first.
@@ -160,12 +360,29 @@ impl Control {
         filter: &JobFilter,
         page: Page,
     ) -> Result<Vec<JobView>, ControlError> {
+        let jobs = self.store.list_jobs(filter, page).await?;
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let context = self.store.job_context(&ids, Utc::now()).await?;
+        Ok(jobs
+            .into_iter()
+            .map(|job| self.view(job, &context))
+            .collect())
+    }
+
+    /// A page of grants (confirmed create-account and add-group jobs), newest first, with
+    /// where each stands.
+    pub async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        page: Page,
+    ) -> Result<Vec<GrantView>, ControlError> {
+        let now = Utc::now();
         Ok(self
             .store
-            .list_jobs(filter, page)
+            .list_grants(filter, now, page)
             .await?
             .into_iter()
-            .map(job_view)
+            .map(|grant| grant_view(grant, now, self.config.revocation_retry))
             .collect())
     }
 
@@ -180,9 +397,13 @@ impl Control {
                 key: id.to_owned(),
             })?;
         let history = self.store.job_history(id).await?;
+        let context = self
+            .store
+            .job_context(std::slice::from_ref(&job.id), Utc::now())
+            .await?;
         Ok(JobView {
             history,
-            ..job_view(job)
+            ..self.view(job, &context)
         })
     }
 
@@ -291,9 +512,14 @@ impl Control {
     }
 
     /// Queues a revocation job for every grant whose expiry has passed (belt and braces: the
-    /// agent revokes on its own timer too; both are idempotent). Run periodically.
+    /// agent revokes on its own timer too; both are idempotent), and again, after a backoff,
+    /// for every grant whose revocation job failed. Run periodically.
     pub async fn revoke_expired_grants(&self) -> Result<(), ControlError> {
-        for grant in self.store.due_grants(Utc::now(), 100).await? {
+        let due = self
+            .store
+            .due_grants(Utc::now(), self.config.revocation_retry, 100)
+            .await?;
+        for grant in due {
             let spec = match &grant.spec {
                 JobSpec::CreateAccount { user, .. } => {
                     JobSpec::DeleteAccount { user: user.clone() }
@@ -304,11 +530,33 @@ impl Control {
                 },
                 _ => continue,
             };
-            let id = self
-                .queue_signed(&grant.host_id, &spec, Some(&grant.id), "control_plane")
-                .await?
-                .id;
-            tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");
+            let queued = self
+                .queue_signed(
+                    &grant.host_id,
+                    &spec,
+                    Some(&grant.id),
+                    "control_plane",
+                    GrantWindow::NotAGrant,
+                )
+                .await;
+            let id = match queued {
+                Ok(job) => job.id,
+                // Removed since `due_grants` looked: nothing can reach it any more.
+                Err(ControlError::HostRemoved(_)) => continue,
+                Err(error) => return Err(error),
+            };
+            if grant.revocation.attempts == 0 {
+                tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");
+            } else {
+                tracing::warn!(
+                    grant = %grant.id,
+                    job_id = %id,
+                    host_id = %grant.host_id,
+                    failed_attempts = grant.revocation.attempts,
+                    last_error = grant.revocation.last_error.as_deref().unwrap_or(""),
+                    "revocation failed before: queued again"
+                );
+            }
             self.wakeups.wake(&grant.host_id);
         }
         Ok(())

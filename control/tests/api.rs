@@ -833,3 +833,157 @@ async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing() {
     );
     assert_eq!(before, after, "a hostile request changed something");
 }
+
+impl Api {
+    /// Queues a job as admin and has the host (`credential`) confirm it; returns the job.
+    async fn confirmed(&self, credential: &str, body: Value) -> Value {
+        let (status, job, _) = self.admin("POST", "/v1/jobs", Some(body)).await;
+        assert_eq!(status, 201, "{job}");
+        let (status, polled, _) = self
+            .call("GET", "/v1/agent/jobs?wait=0", Some(credential), None)
+            .await;
+        assert_eq!(status, 200, "{polled}");
+        let delivered = &polled["list"][0];
+        assert_eq!(delivered["id"], job["id"]);
+        let report = json!({"lease": delivered["lease"], "outcome": {"status": "confirmed"}});
+        let (status, _, _) = self
+            .call(
+                "POST",
+                &format!("/v1/agent/jobs/{}/report", job["id"].as_str().unwrap()),
+                Some(credential),
+                Some(("application/json", report.to_string().into_bytes())),
+            )
+            .await;
+        assert_eq!(status, 204);
+        job
+    }
+}
+
+#[tokio::test]
+async fn grants_are_listed_with_filters_states_and_link_headers() {
+    let api = Api::start().await;
+    let host = api.enroll("db1").await;
+    for user in ["u1", "u2", "u3"] {
+        api.confirmed(
+            &host,
+            json!({"host": "db1", "kind": "create-account", "user": user, "expires_in_ms": 3_600_000}),
+        )
+        .await;
+    }
+    api.confirmed(
+        &host,
+        json!({"host": "db1", "kind": "delete-account", "user": "u1"}),
+    )
+    .await;
+    let (status, page, headers) = api.admin("GET", "/v1/grants?count=2", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["list"].as_array().unwrap().len(), 2);
+    let link = headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("rel=\"next\"") && link.contains("offset=2"),
+        "{link}"
+    );
+    let (_, page, _) = api
+        .admin("GET", "/v1/grants?host=db1&state=active", None)
+        .await;
+    let active: Vec<&str> = page["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(active, ["u3", "u2"]);
+    let (_, page, _) = api.admin("GET", "/v1/grants?user=u1", None).await;
+    let grant = &page["list"][0];
+    assert_eq!(grant["state"], "revoked", "{grant}");
+    assert_eq!(grant["revoked_by"], "job", "{grant}");
+    assert_eq!(grant["host_name"], "db1", "{grant}");
+    assert!(grant["revoked_by_job"].is_string(), "{grant}");
+    let (_, page, _) = api.admin("GET", "/v1/grants?host=nohost", None).await;
+    assert_eq!(page, json!({"list": []}));
+    // Jobs show the host's name and the grant state.
+    let (_, jobs, _) = api.admin("GET", "/v1/jobs?host=db1", None).await;
+    let jobs = jobs["list"].as_array().unwrap();
+    assert!(jobs.iter().all(|j| j["host_name"] == "db1"), "{jobs:?}");
+    assert_eq!(
+        jobs.iter()
+            .filter(|j| j["grant_state"] == "revoked")
+            .count(),
+        1
+    );
+    for path in [
+        "/v1/grants?state=gone",
+        "/v1/grants?user=a%0Ab",
+        "/v1/grants?user=-x",
+        "/v1/grants?host=..%2Fetc",
+        "/v1/grants?since=yesterday",
+        "/v1/grants?count=0",
+        "/v1/grants?all_hosts=1",
+    ] {
+        let (status, error, _) = api.admin("GET", path, None).await;
+        assert_error(status, &error, 400, "invalid_request");
+    }
+    let (status, error, _) = api.call("GET", "/v1/grants", Some(&host), None).await;
+    assert_error(status, &error, 401, "authentication_error");
+}
+
+/// Finding 20 at the API: windows that are not positive or beyond the maximum are refused with
+/// `invalid_request` naming the limit; no end means the default window; `permanent` has none.
+#[tokio::test]
+async fn finding_20_the_api_refuses_grant_windows_outside_the_limit() {
+    let api = Api::start().await;
+    api.enroll("db1").await;
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let far = (chrono::Utc::now() + chrono::Duration::days(100_000)).to_rfc3339();
+    for body in [
+        json!({"host": "db1", "kind": "create-account", "user": "alice", "expires_in_ms": 0}),
+        json!({"host": "db1", "kind": "create-account", "user": "alice", "expires_at": past}),
+        json!({"host": "db1", "kind": "add-group", "user": "alice", "group": "sudo", "expires_at": far}),
+        json!({"host": "db1", "kind": "add-group", "user": "alice", "group": "sudo", "expires_in_ms": 8_640_000_000_000_u64}),
+    ] {
+        let (status, error, _) = api.admin("POST", "/v1/jobs", Some(body.clone())).await;
+        assert_error(status, &error, 400, "invalid_request");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("at most 24h") && message.contains("--max-grant-duration"),
+            "{body}: {message}"
+        );
+    }
+    for body in [
+        json!({"host": "db1", "kind": "create-account", "user": "alice", "expires_in_ms": -300000}),
+        json!({"host": "db1", "kind": "create-account", "user": "alice", "permanent": true, "expires_in_ms": 60000}),
+        json!({"host": "db1", "kind": "delete-account", "user": "alice", "permanent": true}),
+        json!({"host": "db1", "kind": "delete-account", "user": "alice", "expires_in_ms": 60000}),
+    ] {
+        let (status, error, _) = api.admin("POST", "/v1/jobs", Some(body.clone())).await;
+        assert_error(status, &error, 400, "invalid_request");
+    }
+    let (_, jobs, _) = api.admin("GET", "/v1/jobs", None).await;
+    assert_eq!(jobs, json!({"list": []}));
+    let (status, job, _) = api
+        .admin(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(job[field].as_str().unwrap()).unwrap();
+    let window = at("expires_at") - at("created_at");
+    assert!(
+        (window - chrono::Duration::hours(1)).abs() < chrono::Duration::seconds(5),
+        "{job}"
+    );
+    let (status, job, _) = api
+        .admin(
+            "POST",
+            "/v1/jobs",
+            Some(
+                json!({"host": "db1", "kind": "create-account", "user": "bob", "permanent": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+    assert!(job["expires_at"].is_null(), "{job}");
+}

@@ -8,10 +8,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Duration as ChronoDuration;
 use latch_common::api::{
-    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, HostFacts, ReportRequest,
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantState, GrantView, GrantWindow,
+    HostFacts, ReportRequest, RevokedBy,
 };
-use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobStatus};
-use latch_control::store::{HostRecord, SqliteStore, TokenRefusal};
+use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
+use latch_control::store::{
+    GrantFilter, HostRecord, JobRefusal, NewJob, Page, RetryBackoff, SqliteStore, Store as _,
+    TokenRefusal,
+};
 use latch_control::{Control, ControlConfig, ControlError};
 
 fn facts(hostname: &str) -> HostFacts {
@@ -287,7 +291,7 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued() {
     let all = control
         .list_jobs(
             &Default::default(),
-            latch_control::store::Page {
+            Page {
                 offset: 0,
                 count: 100,
             },
@@ -323,4 +327,605 @@ async fn set_password_stores_only_a_hash() {
     let wire = serde_json::to_string(&delivered).unwrap();
     assert!(!wire.contains("correct horse"));
     assert!(wire.contains("$6$"));
+}
+
+fn account(host: &str, user: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        host: host.into(),
+        kind: Some(JobKind::CreateAccount),
+        user: user.into(),
+        ..CreateJobRequest::default()
+    }
+}
+
+fn membership(host: &str, user: &str, group: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        host: host.into(),
+        kind: Some(JobKind::AddGroup),
+        user: user.into(),
+        group: Some(group.into()),
+        ..CreateJobRequest::default()
+    }
+}
+
+/// Delivers the host's next job, checks it is `want`, and reports `outcome` with its lease.
+async fn apply(control: &Control, host: &HostRecord, want: &str, outcome: JobOutcome) {
+    let delivered = control
+        .next_job(host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("job {want} was not delivered"));
+    assert_eq!(delivered.id, want);
+    control
+        .report(
+            host,
+            &delivered.id,
+            &ReportRequest {
+                lease: delivered.lease,
+                outcome,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Queues `request` and has the host confirm it; returns the job id.
+async fn confirmed(control: &Control, host: &HostRecord, request: CreateJobRequest) -> String {
+    let job = control.create_job(request).await.unwrap();
+    apply(control, host, &job.id, JobOutcome::confirmed()).await;
+    job.id
+}
+
+async fn grants(control: &Control, filter: GrantFilter) -> Vec<GrantView> {
+    control
+        .list_grants(
+            &filter,
+            Page {
+                offset: 0,
+                count: 100,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+async fn all_jobs(control: &Control) -> Vec<latch_common::api::JobView> {
+    control
+        .list_jobs(
+            &Default::default(),
+            Page {
+                offset: 0,
+                count: 1000,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Finding 7: a revocation job that fails — reported failed, or abandoned and failed by the
+/// lease sweep — left the grant "revocation queued" for ever, so the access was never taken
+/// away by the control plane. Now the grant gets another revocation job after a backoff that
+/// doubles up to a cap, until a host confirms, and the grants view shows it stuck meanwhile.
+#[tokio::test]
+async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirmed() {
+    let retry = RetryBackoff {
+        first: ChronoDuration::milliseconds(400),
+        max: ChronoDuration::milliseconds(800),
+    };
+    let control = control(ControlConfig {
+        revocation_retry: retry,
+        lease_ttl: ChronoDuration::milliseconds(300),
+        max_attempts: 1,
+        ..ControlConfig::default()
+    })
+    .await;
+    let host = enrolled_host(&control, "db1").await;
+    let grant = confirmed(
+        &control,
+        &host,
+        CreateJobRequest {
+            expires_in_ms: Some(300),
+            ..account("db1", "alice")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+
+    // The first revocation fails on the host.
+    control.revoke_expired_grants().await.unwrap();
+    let first = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        control.get_job(&first.id).await.unwrap().revokes.as_deref(),
+        Some(grant.as_str())
+    );
+    control
+        .report(
+            &host,
+            &first.id,
+            &ReportRequest {
+                lease: first.lease,
+                outcome: JobOutcome::Failed {
+                    error: JobError::new(JobErrorCode::AccountInUse, "processes left"),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let shown = control.get_job(&grant).await.unwrap();
+    assert_eq!(shown.grant_state, Some(GrantState::RevocationStuck));
+    let revocation = shown.revocation.unwrap();
+    assert_eq!(revocation.failed_attempts, 1);
+    assert!(
+        revocation
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("account_in_use: processes left"),
+        "{revocation:?}"
+    );
+    assert_eq!(
+        revocation.next_retry_at.unwrap() - revocation.last_failed_at.unwrap(),
+        retry.first
+    );
+    let listed = grants(
+        &control,
+        GrantFilter {
+            state: Some(GrantState::RevocationStuck),
+            ..GrantFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].summary.contains("NOT revoked"),
+        "{}",
+        listed[0].summary
+    );
+    assert_eq!(listed[0].revocation.as_ref().unwrap().failed_attempts, 1);
+
+    // Not before the backoff is over…
+    control.revoke_expired_grants().await.unwrap();
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // …then a second revocation job, which the agent never reports: the lease sweep fails it.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    control.revoke_expired_grants().await.unwrap();
+    let second = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("a failed revocation must be queued again after the backoff");
+    assert_ne!(second.id, first.id);
+    assert_eq!(
+        control
+            .get_job(&second.id)
+            .await
+            .unwrap()
+            .revokes
+            .as_deref(),
+        Some(grant.as_str())
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    control.sweep_abandoned_jobs().await.unwrap();
+    let shown = control.get_job(&second.id).await.unwrap();
+    assert_eq!(shown.error.unwrap().code, JobErrorCode::AgentUnresponsive);
+    let revocation = control.get_job(&grant).await.unwrap().revocation.unwrap();
+    assert_eq!(revocation.failed_attempts, 2);
+    assert!(
+        revocation
+            .last_error
+            .unwrap()
+            .starts_with("agent_unresponsive")
+    );
+    // The wait doubled, up to the cap.
+    assert_eq!(
+        revocation.next_retry_at.unwrap() - revocation.last_failed_at.unwrap(),
+        retry.max
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    control.revoke_expired_grants().await.unwrap();
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "queued again before the doubled wait was over"
+    );
+
+    // The third one is confirmed: the grant is revoked and nothing more is queued.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    control.revoke_expired_grants().await.unwrap();
+    let third = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(third.id, second.id);
+    control
+        .report(
+            &host,
+            &third.id,
+            &ReportRequest {
+                lease: third.lease,
+                outcome: JobOutcome::confirmed(),
+            },
+        )
+        .await
+        .unwrap();
+    let shown = control.get_job(&grant).await.unwrap();
+    assert_eq!(shown.grant_state, Some(GrantState::Revoked));
+    assert_eq!(shown.revoked_by, Some(RevokedBy::ControlPlane));
+    let events: Vec<&str> = shown.history.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "revocation_failed").count(),
+        2,
+        "{events:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    control.revoke_expired_grants().await.unwrap();
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Finding 14: `insert_job` did not look at `removed_at`, so a job — even an internal
+/// revocation or key-rotation job — could be queued for a host being removed and stay pending
+/// for ever. The store now refuses it in the insert transaction.
+#[tokio::test]
+async fn finding_14_the_store_refuses_jobs_for_removed_hosts() {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let control = Control::new(
+        store.clone(),
+        ControlConfig::default(),
+        latch_control::signing::JobSigner::generate().unwrap(),
+    );
+    let host = enrolled_host(&control, "db1").await;
+    control.remove_host("db1").await.unwrap();
+    let spec = JobSpec::DeleteAccount {
+        user: "alice".into(),
+    };
+    let sign =
+        |_seq: i64| -> Result<(String, String), String> { Ok((String::new(), String::new())) };
+    for (host_id, refusal) in [
+        (host.id.as_str(), JobRefusal::HostRemoved),
+        ("no-such-host", JobRefusal::NoSuchHost),
+    ] {
+        let refused = store
+            .insert_job(
+                &NewJob {
+                    id: &uuid_like(host_id),
+                    host_id,
+                    spec: &spec,
+                    revokes: None,
+                    now: chrono::Utc::now(),
+                    actor: "admin",
+                    window: GrantWindow::NotAGrant,
+                },
+                &sign,
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.unwrap_err(), refusal);
+    }
+    assert!(all_jobs(&control).await.is_empty());
+}
+
+fn uuid_like(seed: &str) -> String {
+    format!("00000000-0000-0000-0000-{:0>12}", seed.len())
+}
+
+/// Finding 14: `due_grants` included removed hosts, so every expired grant of a removed host
+/// got a revocation job that could never be delivered. Now none is queued, and the grants view
+/// says why the access may remain.
+#[tokio::test]
+async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_removed() {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let config = ControlConfig::default();
+    let retry = config.revocation_retry;
+    let control = Control::new(
+        store.clone(),
+        config,
+        latch_control::signing::JobSigner::generate().unwrap(),
+    );
+    let host = enrolled_host(&control, "db1").await;
+    let grant = confirmed(
+        &control,
+        &host,
+        CreateJobRequest {
+            expires_in_ms: Some(200),
+            ..account("db1", "alice")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let due = store
+        .due_grants(chrono::Utc::now(), retry, 100)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    control.remove_host("db1").await.unwrap();
+    let due = store
+        .due_grants(chrono::Utc::now(), retry, 100)
+        .await
+        .unwrap();
+    assert!(
+        due.is_empty(),
+        "a removed host's grant is still due: {due:?}"
+    );
+    control.revoke_expired_grants().await.unwrap();
+    let jobs = all_jobs(&control).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "a job was queued for a removed host: {jobs:?}"
+    );
+    let listed = grants(
+        &control,
+        GrantFilter {
+            host: Some("db1".into()),
+            ..GrantFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].job_id, grant);
+    assert_eq!(listed[0].state, GrantState::HostRemoved);
+    assert!(
+        listed[0]
+            .summary
+            .contains("host removed — revocation impossible from here"),
+        "{}",
+        listed[0].summary
+    );
+    assert_eq!(
+        control.get_job(&grant).await.unwrap().grant_state,
+        Some(GrantState::HostRemoved)
+    );
+    // And nothing can be queued for it through the jobs API either.
+    let refused = control
+        .create_job(delete(&host.id, "alice"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ControlError::NotFound { .. }),
+        "{refused}"
+    );
+}
+
+/// Finding 20: any duration was accepted — 0s (then failed on the host), 100000 days — and a
+/// grant without an end was permanent. Now the end must be in the future and within the
+/// maximum, refused with a message naming the limit, and nothing is queued.
+#[tokio::test]
+async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it() {
+    let control = control(ControlConfig {
+        max_grant_duration: ChronoDuration::hours(8),
+        ..ControlConfig::default()
+    })
+    .await;
+    enrolled_host(&control, "db1").await;
+    let now = chrono::Utc::now();
+    let refused = [
+        CreateJobRequest {
+            expires_in_ms: Some(0),
+            ..account("db1", "alice")
+        },
+        CreateJobRequest {
+            expires_at: Some(now),
+            ..account("db1", "alice")
+        },
+        CreateJobRequest {
+            expires_at: Some(now - ChronoDuration::minutes(5)),
+            ..membership("db1", "alice", "sudo")
+        },
+        CreateJobRequest {
+            expires_in_ms: Some(100_000 * 86_400 * 1000),
+            ..account("db1", "alice")
+        },
+        CreateJobRequest {
+            expires_in_ms: Some(8 * 3600 * 1000 + 1),
+            ..membership("db1", "alice", "sudo")
+        },
+        CreateJobRequest {
+            expires_at: Some(now + ChronoDuration::hours(9)),
+            ..account("db1", "alice")
+        },
+    ];
+    for request in refused {
+        let error = control.create_job(request.clone()).await.unwrap_err();
+        let ControlError::Invalid(invalid) = &error else {
+            panic!("{request:?}: {error}");
+        };
+        assert!(
+            invalid.reason.contains("at most 8h")
+                && invalid.reason.contains("--max-grant-duration"),
+            "{error}"
+        );
+    }
+    let both = control
+        .create_job(CreateJobRequest {
+            permanent: true,
+            expires_in_ms: Some(60_000),
+            ..account("db1", "alice")
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&both, ControlError::Invalid(e) if e.field == "permanent"),
+        "{both}"
+    );
+    assert!(all_jobs(&control).await.is_empty());
+    // The maximum itself is fine.
+    let job = control
+        .create_job(CreateJobRequest {
+            expires_in_ms: Some(8 * 3600 * 1000),
+            ..account("db1", "alice")
+        })
+        .await
+        .unwrap();
+    let window = job.expires_at.unwrap() - job.created_at;
+    assert!((window - ChronoDuration::hours(8)).abs() < ChronoDuration::seconds(5));
+}
+
+/// Finding 20: an account or membership without an end gets the default window; only an
+/// explicit `permanent` has none, and that choice is in the audit trail.
+#[tokio::test]
+async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited() {
+    let control = control(ControlConfig {
+        default_grant_duration: ChronoDuration::minutes(90),
+        ..ControlConfig::default()
+    })
+    .await;
+    enrolled_host(&control, "db1").await;
+    for request in [account("db1", "alice"), membership("db1", "alice", "sudo")] {
+        let job = control.create_job(request).await.unwrap();
+        let window = job.expires_at.expect("the default window") - job.created_at;
+        assert!(
+            (window - ChronoDuration::minutes(90)).abs() < ChronoDuration::seconds(5),
+            "{window}"
+        );
+    }
+    let permanent = control
+        .create_job(CreateJobRequest {
+            permanent: true,
+            ..account("db1", "bob")
+        })
+        .await
+        .unwrap();
+    assert_eq!(permanent.expires_at, None);
+    let audit = control
+        .list_audit(
+            &latch_control::store::AuditFilter::default(),
+            Page {
+                offset: 0,
+                count: 100,
+            },
+        )
+        .await
+        .unwrap();
+    let created: Vec<serde_json::Value> = audit
+        .iter()
+        .filter(|e| e.action == "job.create")
+        .map(|e| serde_json::from_str(&e.detail).unwrap())
+        .collect();
+    assert_eq!(created.len(), 3);
+    assert_eq!(
+        (
+            created[0]["window"].as_str(),
+            created[0]["permanent"].as_bool()
+        ),
+        (Some("default"), Some(false))
+    );
+    assert!(created[0]["expires_at"].is_string());
+    assert_eq!(
+        (
+            created[2]["window"].as_str(),
+            created[2]["permanent"].as_bool()
+        ),
+        (Some("permanent"), Some(true))
+    );
+    assert!(created[2]["expires_at"].is_null());
+}
+
+/// Grant visibility: after `delete-account`, the earlier grants of that account said
+/// `revoked: no`; after `remove-group`, the earlier membership did. Now they are revoked by
+/// that job, and a later grant of the same access supersedes the earlier one.
+#[tokio::test]
+async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job() {
+    let control = control(ControlConfig::default()).await;
+    let host = enrolled_host(&control, "db1").await;
+    let account_grant = confirmed(&control, &host, account("db1", "alice")).await;
+    let sudo_grant = confirmed(&control, &host, membership("db1", "alice", "sudo")).await;
+    let bob = confirmed(&control, &host, account("db1", "bob")).await;
+    let bob_sudo = confirmed(&control, &host, membership("db1", "bob", "sudo")).await;
+    let bob_again = confirmed(
+        &control,
+        &host,
+        CreateJobRequest {
+            expires_in_ms: Some(7_200_000),
+            ..account("db1", "bob")
+        },
+    )
+    .await;
+    let active = grants(
+        &control,
+        GrantFilter {
+            state: Some(GrantState::Active),
+            ..GrantFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(active.len(), 4, "{active:?}");
+    assert!(
+        active
+            .iter()
+            .all(|g| g.host_name == "db1" && g.seconds_left.is_some())
+    );
+    let bob_first = control.get_job(&bob).await.unwrap();
+    assert_eq!(bob_first.grant_state, Some(GrantState::Superseded));
+    assert_eq!(bob_first.superseded_by.as_deref(), Some(bob_again.as_str()));
+
+    let delete = confirmed(&control, &host, delete("db1", "alice")).await;
+    for grant in [&account_grant, &sudo_grant] {
+        let shown = control.get_job(grant).await.unwrap();
+        assert_eq!(shown.grant_state, Some(GrantState::Revoked), "{grant}");
+        assert_eq!(shown.revoked_by, Some(RevokedBy::Job));
+        assert_eq!(shown.revoked_by_job.as_deref(), Some(delete.as_str()));
+    }
+    let remove = confirmed(
+        &control,
+        &host,
+        CreateJobRequest {
+            kind: Some(JobKind::RemoveGroup),
+            ..membership("db1", "bob", "sudo")
+        },
+    )
+    .await;
+    let shown = control.get_job(&bob_sudo).await.unwrap();
+    assert_eq!(
+        (shown.grant_state, shown.revoked_by, shown.revoked_by_job),
+        (
+            Some(GrantState::Revoked),
+            Some(RevokedBy::Job),
+            Some(remove.clone())
+        )
+    );
+    // The account grant is untouched by a membership's removal.
+    assert_eq!(
+        control.get_job(&bob_again).await.unwrap().grant_state,
+        Some(GrantState::Active)
+    );
+    let alice = grants(
+        &control,
+        GrantFilter {
+            user: Some("alice".into()),
+            ..GrantFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(alice.len(), 2);
+    assert!(
+        alice
+            .iter()
+            .all(|g| g.state == GrantState::Revoked && g.summary.contains(&delete)),
+        "{alice:?}"
+    );
+    // Jobs carry the host's name and the grant state; non-grants have none.
+    let jobs = all_jobs(&control).await;
+    assert!(jobs.iter().all(|j| j.host_name == "db1"));
+    let delete_view = jobs.iter().find(|j| j.id == delete).unwrap();
+    assert_eq!(delete_view.grant_state, None);
 }

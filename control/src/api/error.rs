@@ -51,7 +51,9 @@ impl From<ControlError> for ApiError {
             ControlError::Unauthenticated(_) | ControlError::EnrollRefused(_) => {
                 ApiError::unauthenticated(error.to_string())
             }
-            ControlError::NotFound { .. } => ApiError::not_found(error.to_string()),
+            ControlError::NotFound { .. } | ControlError::HostRemoved(_) => {
+                ApiError::not_found(error.to_string())
+            }
             ControlError::AmbiguousHost(..) => ApiError::invalid(error.to_string()),
             ControlError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,

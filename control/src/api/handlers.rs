@@ -9,8 +9,8 @@ use axum::http::header::LINK;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use latch_common::api::{
-    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, ListResponse, MAX_POLL_WAIT_SECS,
-    ReportRequest, RevocationReport,
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantState, ListResponse,
+    MAX_POLL_WAIT_SECS, ReportRequest, RevocationReport,
 };
 use latch_common::job::JobStatus;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::audit::Checkpoint;
-use crate::store::{AuditFilter, JobFilter, Page};
+use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
 
 type Ctl = State<Arc<Control>>;
 
@@ -216,6 +216,70 @@ pub async fn show_job(
 ) -> Result<Response, ApiError> {
     check_path_id("job id", &id)?;
     Ok(Json(control.get_job(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantListParams {
+    host: Option<String>,
+    user: Option<String>,
+    state: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    count: Option<u64>,
+    offset: Option<u64>,
+}
+
+pub async fn list_grants(
+    State(control): Ctl,
+    _: Admin,
+    ApiQuery(params): ApiQuery<GrantListParams>,
+) -> Result<Response, ApiError> {
+    let page = PageParams {
+        count: params.count,
+        offset: params.offset,
+    }
+    .page()?;
+    let mut filter = GrantFilter {
+        since: params.since,
+        ..GrantFilter::default()
+    };
+    let mut filters = Vec::new();
+    if let Some(host) = &params.host {
+        check_path_id("host", host)?;
+        filter.host = Some(host.clone());
+        filters.push(("host", host.clone()));
+    }
+    if let Some(user) = &params.user {
+        latch_common::names::validate_user_name(user)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        filter.user = Some(user.clone());
+        filters.push(("user", user.clone()));
+    }
+    if let Some(state) = &params.state {
+        filter.state = Some(GrantState::parse(state).ok_or_else(|| {
+            let all: Vec<&str> = GrantState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(format!("state must be one of {}", all.join(", ")))
+        })?);
+        filters.push(("state", state.clone()));
+    }
+    if let Some(since) = params.since {
+        filters.push(("since", since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
+    }
+    let mut grants = control
+        .list_grants(
+            &filter,
+            Page {
+                count: page.count + 1,
+                ..page
+            },
+        )
+        .await?;
+    let has_next = grants.len() as u64 > page.count;
+    grants.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    Ok(with_link(
+        Json(ListResponse { list: grants }),
+        link_header("/v1/grants", &filters, page, has_next),
+    ))
 }
 
 #[derive(Deserialize)]

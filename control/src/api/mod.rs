@@ -13,6 +13,7 @@
 //! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
 //! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
+//! | GET | `/v1/grants?host=&user=&state=&since=` | admin | grants: who has which access, how each ended |
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
 //! | POST | `/v1/audit/verify` (`{"checkpoints": […]}`), `/v1/audit/checkpoints` | admin | check exported checkpoints; sign one |
 //! | POST | `/v1/signing-key/rotate`, `/v1/signing-key/promote?force=` | admin | job-signing key rotation |
@@ -56,6 +57,7 @@ pub fn router(control: Arc<Control>) -> Router {
             post(handlers::create_job).get(handlers::list_jobs),
         )
         .route("/v1/jobs/{id}", get(handlers::show_job))
+        .route("/v1/grants", get(handlers::list_grants))
         .route("/v1/signing-key/rotate", post(handlers::rotate_signing_key))
         .route(
             "/v1/signing-key/promote",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use latch_common::api::format_window;
 use latch_control::{Control, ControlConfig, datadir, server};
 
 /// The Latch control plane: enrolls hosts, queues account jobs and hands them to agents.
@@ -68,6 +69,13 @@ enum Command {
         /// other peer, X-Forwarded-For is ignored and the TCP peer is the client.
         #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = latch_control::api::limits::parse_trusted_proxy)]
         trusted_proxies: Vec<ipnet::IpNet>,
+        /// The longest window a grant (create-account, add-group) may ask for; longer ones, and
+        /// ends not in the future, are refused with invalid_request.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        max_grant_duration: std::time::Duration,
+        /// The window of a grant that names no end (no --expires-in) and is not --permanent.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        default_grant_duration: std::time::Duration,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -111,8 +119,22 @@ async fn main() -> anyhow::Result<()> {
             new_signing_key,
             new_audit_key,
             new_ca,
+            max_grant_duration,
+            default_grant_duration,
             log_level,
         } => {
+            if max_grant_duration.is_zero() || default_grant_duration.is_zero() {
+                anyhow::bail!(
+                    "--max-grant-duration and --default-grant-duration must be more than 0 (e.g. 24h and 1h)"
+                );
+            }
+            if default_grant_duration > max_grant_duration {
+                anyhow::bail!(
+                    "--default-grant-duration ({}) is longer than --max-grant-duration ({}); lower the default or raise the maximum",
+                    std_window(default_grant_duration),
+                    std_window(max_grant_duration)
+                );
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_new(&log_level)
@@ -153,8 +175,17 @@ async fn main() -> anyhow::Result<()> {
                     address_auth_failures: address_auth_failure_limit.max(1),
                     trusted_proxies,
                 },
+                max_grant_duration: chrono::Duration::from_std(max_grant_duration)
+                    .context("--max-grant-duration is too long")?,
+                default_grant_duration: chrono::Duration::from_std(default_grant_duration)
+                    .context("--default-grant-duration is too long")?,
                 ..ControlConfig::default()
             };
+            println!(
+                "  grants:         at most {}; {} when no end is given (--max-grant-duration, --default-grant-duration)",
+                format_window(config.max_grant_duration),
+                format_window(config.default_grant_duration)
+            );
             println!(
                 "  signing key:    {} (Ed25519; agents pin its public key at enrollment)",
                 data_dir.join(server::SIGNING_KEY_FILE).display()
@@ -206,6 +237,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A flag's duration the way people type it (`24h`, `90m`).
+fn std_window(duration: std::time::Duration) -> String {
+    chrono::Duration::from_std(duration).map_or_else(|_| format!("{duration:?}"), format_window)
 }
 
 async fn shutdown_signal() {

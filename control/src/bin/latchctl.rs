@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, HostView, JobView};
+use latch_common::api::{
+    CreateEnrollTokenRequest, CreateJobRequest, GrantState, GrantView, HostView, JobView,
+};
 use latch_common::job::{JobKind, JobStatus};
 use latch_control::client::AdminClient;
 
-/// Administer a Latch control plane: enrollment tokens, hosts, account jobs, the audit trail and
-/// the job-signing key.
+/// Administer a Latch control plane: enrollment tokens, hosts, account jobs, grants (who has
+/// which access), the audit trail and the job-signing key.
 ///
 /// Exit status: 0 on success; 1 when the command failed (the message says why); for `jobs
 /// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed.
@@ -58,6 +60,9 @@ enum Command {
     /// Account jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Who has which access now, and how recent grants ended (expired and revoked, revoked by a
+    /// job, superseded, host removed, revocation stuck).
+    Grants(GrantsArgs),
     /// The tamper-evident audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -171,6 +176,26 @@ enum JobsCommand {
 }
 
 #[derive(Args)]
+struct GrantsArgs {
+    /// Only grants on this host (id or name; removed hosts too).
+    #[arg(long)]
+    host: Option<String>,
+    /// Only grants of this account.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only grants in this state.
+    #[arg(long, value_parser = ["active", "revoking", "revocation_stuck", "revoked", "superseded", "host_removed"])]
+    state: Option<String>,
+    /// Besides every grant not over yet, show those created or revoked within DURATION (e.g.
+    /// 1h, 7d) or since an RFC 3339 time.
+    #[arg(long, default_value = "24h", conflicts_with = "all")]
+    since: String,
+    /// Show every grant ever made, however old.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
 struct CreateJobArgs {
     /// Host id or host name.
     #[arg(long)]
@@ -184,9 +209,15 @@ struct CreateJobArgs {
     /// add-group / remove-group: the group; create-account: an extra group (repeatable).
     #[arg(long)]
     group: Vec<String>,
-    /// create-account / add-group: end the access after this long (e.g. 2h).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    expires_in: Option<Duration>,
+    /// create-account / add-group: end the access after this long (e.g. 30m, 2h, 1d), counted
+    /// from when the control plane receives the job. At most the control plane's
+    /// --max-grant-duration (default 24h); without it the default window applies (default 1h).
+    #[arg(long, allow_hyphen_values = true)]
+    expires_in: Option<String>,
+    /// create-account / add-group: no end at all (recorded in the audit trail). Use sparingly:
+    /// only a delete-account or remove-group job ends such access.
+    #[arg(long, conflicts_with = "expires_in")]
+    permanent: bool,
     /// create-account: file of SSH public keys, one per line (blank lines and # comments skipped).
     #[arg(long)]
     ssh_key_file: Option<PathBuf>,
@@ -432,7 +463,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Jobs(JobsCommand::Create(args)) => {
-            let job = client.create_job(&job_request(args)?).await?;
+            let job = client
+                .create_job(&job_request(args)?)
+                .await
+                .map_err(in_cli_words)?;
             if json {
                 print_json(&job)?;
             } else {
@@ -446,6 +480,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&serde_json::json!({ "list": jobs }))?;
             } else {
                 print_jobs(&jobs);
+            }
+        }
+        Command::Grants(args) => {
+            let since = if args.all {
+                None
+            } else {
+                Some(parse_since(&args.since)?)
+            };
+            let grants = client
+                .list_grants(
+                    args.host.as_deref(),
+                    args.user.as_deref(),
+                    args.state.as_deref(),
+                    since,
+                )
+                .await?;
+            if json {
+                print_json(&serde_json::json!({ "list": grants }))?;
+            } else {
+                print_grants(&grants);
             }
         }
         Command::Jobs(JobsCommand::Show { id }) => {
@@ -658,11 +712,10 @@ fn job_request(args: &CreateJobArgs) -> anyhow::Result<CreateJobRequest> {
             _ => bail!("--group may be given once for {kind}"),
         },
     }
-    if let Some(expires_in) = args.expires_in {
-        let expires_in =
-            chrono::Duration::from_std(expires_in).context("--expires-in is too long")?;
-        request.expires_at = Some(chrono::Utc::now() + expires_in);
+    if let Some(text) = &args.expires_in {
+        request.expires_in_ms = Some(parse_expires_in(text)?);
     }
+    request.permanent = args.permanent;
     if let Some(path) = &args.ssh_key_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the SSH key file {}", path.display()))?;
@@ -696,6 +749,64 @@ fn job_request(args: &CreateJobArgs) -> anyhow::Result<CreateJobRequest> {
         );
     }
     Ok(request)
+}
+
+/// Names the command-line flag where the control plane names the API field it came from.
+fn in_cli_words(error: latch_control::client::ClientError) -> latch_control::client::ClientError {
+    match error {
+        latch_control::client::ClientError::Api {
+            status,
+            code,
+            message,
+        } => {
+            let message = [
+                ("expires_in_ms:", "--expires-in:"),
+                ("permanent:", "--permanent:"),
+            ]
+            .iter()
+            .find_map(|(field, flag)| {
+                message
+                    .strip_prefix(field)
+                    .map(|rest| format!("{flag}{rest}"))
+            })
+            .unwrap_or(message);
+            latch_control::client::ClientError::Api {
+                status,
+                code,
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
+/// `--expires-in`: a positive duration, in milliseconds (the control plane checks the maximum).
+fn parse_expires_in(text: &str) -> anyhow::Result<u64> {
+    let plain = || {
+        anyhow::anyhow!(
+            "--expires-in {text:?}: give a positive duration such as 30m, 2h or 1d (units: s, m, h, d)"
+        )
+    };
+    let duration = humantime::parse_duration(text.trim()).map_err(|_| plain())?;
+    match u64::try_from(duration.as_millis()) {
+        Ok(0) => Err(plain()),
+        Ok(ms) => Ok(ms),
+        // Longer than any control plane allows; let it name its limit.
+        Err(_) => Ok(u64::MAX),
+    }
+}
+
+/// `--since`: a duration back from now (1h, 7d) or an RFC 3339 time.
+fn parse_since(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&chrono::Utc));
+    }
+    let plain = || {
+        anyhow::anyhow!("--since {text:?}: give a duration such as 1h or 7d, or an RFC 3339 time")
+    };
+    let ago = humantime::parse_duration(text).map_err(|_| plain())?;
+    let ago = chrono::Duration::from_std(ago).map_err(|_| plain())?;
+    chrono::Utc::now().checked_sub_signed(ago).ok_or_else(plain)
 }
 
 async fn wait_for_job(
@@ -798,13 +909,21 @@ fn print_hosts(hosts: &[HostView]) {
     );
 }
 
+fn host_label(name: &str, id: &str) -> String {
+    if name.is_empty() {
+        id.to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 fn print_jobs(jobs: &[JobView]) {
     let rows = jobs
         .iter()
         .map(|j| {
             vec![
                 j.id.clone(),
-                j.host_id.clone(),
+                host_label(&j.host_name, &j.host_id),
                 j.seq.to_string(),
                 j.kind.to_string(),
                 j.params
@@ -816,23 +935,64 @@ fn print_jobs(jobs: &[JobView]) {
                 j.error
                     .as_ref()
                     .map_or(String::new(), |e| e.code.to_string()),
+                j.grant_state.map_or(String::new(), |s| s.to_string()),
                 j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             ]
         })
         .collect();
     print_table(
         &[
-            "ID", "HOST", "SEQ", "KIND", "USER", "STATUS", "ERROR", "CREATED",
+            "ID", "HOST", "SEQ", "KIND", "USER", "STATUS", "ERROR", "GRANT", "CREATED",
         ],
         rows,
     );
+}
+
+fn print_grants(grants: &[GrantView]) {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let rows = grants
+        .iter()
+        .map(|g| {
+            let access = match (&g.group, g.groups.as_slice()) {
+                (Some(group), _) => format!("group {group}"),
+                (None, []) => "account".to_owned(),
+                (None, groups) => format!("account +{}", groups.join(",")),
+            };
+            vec![
+                g.job_id.clone(),
+                host_label(&g.host_name, &g.host_id),
+                g.user.clone(),
+                access,
+                g.state.to_string(),
+                g.expires_at.map_or("never".to_owned(), time),
+                g.summary.clone(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["GRANT", "HOST", "USER", "ACCESS", "STATE", "ENDS", "DETAIL"],
+        rows,
+    );
+    let stuck = grants
+        .iter()
+        .filter(|g| g.state == GrantState::RevocationStuck)
+        .count();
+    if stuck > 0 {
+        println!(
+            "\n{stuck} grant(s) past their end are NOT revoked: their revocation jobs failed. The control plane keeps retrying; check the host's agent (`latch-agent status`, its log) and `latchctl jobs show` of the failed revocation jobs."
+        );
+    }
 }
 
 fn print_job_detail(job: &JobView) {
     let time =
         |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
     println!("id:          {}", job.id);
-    println!("host:        {}", job.host_id);
+    if job.host_name.is_empty() {
+        println!("host:        {}", job.host_id);
+    } else {
+        println!("host:        {} ({})", job.host_name, job.host_id);
+    }
     println!("kind:        {} (seq {})", job.kind, job.seq);
     println!("params:      {}", job.params);
     println!("status:      {}", job.status);
@@ -843,11 +1003,52 @@ fn print_job_detail(job: &JobView) {
         println!("note:        {note}");
     }
     println!("attempts:    {}", job.attempts);
-    if let Some(end) = job.expires_at {
-        println!("expires:     {}", end.to_rfc3339());
-        match (job.revoked_at, job.revoked_by) {
-            (Some(at), Some(by)) => println!("revoked:     {} by {}", at.to_rfc3339(), by.as_str()),
+    let is_grant = matches!(job.kind, JobKind::CreateAccount | JobKind::AddGroup);
+    if is_grant {
+        match job.expires_at {
+            Some(end) => println!("expires:     {}", end.to_rfc3339()),
+            None => println!("expires:     never (permanent)"),
+        }
+    }
+    if let Some(state) = job.grant_state {
+        println!("grant:       {state}");
+        match (job.revoked_at, job.revoked_by, &job.revoked_by_job) {
+            (Some(at), Some(by), Some(by_job)) => {
+                println!(
+                    "revoked:     {} by {} {by_job}",
+                    at.to_rfc3339(),
+                    by.as_str()
+                );
+            }
+            (Some(at), Some(by), None) => {
+                println!("revoked:     {} by {}", at.to_rfc3339(), by.as_str());
+            }
             _ => println!("revoked:     no"),
+        }
+        if let Some(later) = &job.superseded_by {
+            println!("superseded:  by grant {later}");
+        }
+        if state == GrantState::HostRemoved {
+            println!("             host removed — revocation impossible from here");
+        }
+        if let Some(revocation) = &job.revocation {
+            let mut parts = Vec::new();
+            if let Some(id) = &revocation.job_id {
+                parts.push(format!("job {id} in flight"));
+            }
+            if revocation.failed_attempts > 0 {
+                parts.push(format!(
+                    "{} failed attempt(s), last: {}",
+                    revocation.failed_attempts,
+                    revocation.last_error.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(next) = revocation.next_retry_at {
+                parts.push(format!("next attempt {}", next.to_rfc3339()));
+            }
+            if !parts.is_empty() {
+                println!("revocation:  {}", parts.join("; "));
+            }
         }
     }
     if let Some(grant) = &job.revokes {

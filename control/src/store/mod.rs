@@ -6,9 +6,11 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
-use latch_common::api::{HostFacts, JobEvent, RevokedBy};
+use latch_common::api::{GrantState, GrantWindow, HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use thiserror::Error;
 
@@ -88,12 +90,98 @@ pub struct JobRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// Grants: who removed it.
     pub revoked_by: Option<RevokedBy>,
+    /// Grants revoked by an explicit job: that job.
+    pub revoked_by_job: Option<String>,
+    /// Grants: how their revocation is going.
+    pub revocation: GrantRevocation,
     /// Revocation jobs: the grant they end.
     pub revokes: Option<String>,
     /// The signed payload, as delivered (empty for a row that was never signed).
     pub payload: String,
     /// Its signature, base64 (empty if unsigned).
     pub signature: String,
+}
+
+/// The revocation of a grant past its end, as stored on the grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantRevocation {
+    /// The revocation job now queued or delivered, if any.
+    pub job_id: Option<String>,
+    /// Revocation jobs that failed.
+    pub attempts: u32,
+    /// When the last one failed.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Its error, `code: message`.
+    pub last_error: Option<String>,
+}
+
+/// How long to wait before queueing a grant's revocation again after a revocation job failed:
+/// `first`, doubling with each failure, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    /// The wait after the first failure.
+    pub first: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl RetryBackoff {
+    /// The wait after `failures` failed revocation jobs (none for 0).
+    pub fn delay(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::zero();
+        }
+        let doublings = (failures - 1).min(30);
+        let first = self.first.num_milliseconds().max(0);
+        let wait = first.saturating_mul(1_i64 << doublings);
+        Duration::milliseconds(wait.min(self.max.num_milliseconds().max(0)))
+    }
+}
+
+/// What the store knows about a job beyond its own row: its host's name, and for a grant where
+/// it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobContext {
+    /// The host's name.
+    pub host_name: String,
+    /// When the host was removed, if it was.
+    pub host_removed_at: Option<DateTime<Utc>>,
+    /// For a confirmed grant: its state.
+    pub grant_state: Option<GrantState>,
+    /// For a confirmed grant: the later confirmed grant of the same access, if any.
+    pub superseded_by: Option<String>,
+}
+
+/// A grant with its context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRecord {
+    /// The job that granted the access.
+    pub job: JobRecord,
+    /// Its host and state.
+    pub context: JobContext,
+}
+
+/// Which grants to list.
+#[derive(Debug, Clone, Default)]
+pub struct GrantFilter {
+    /// Only this host's: a host id or host name, removed hosts included.
+    pub host: Option<String>,
+    /// Only this account's.
+    pub user: Option<String>,
+    /// Only in this state.
+    pub state: Option<GrantState>,
+    /// Only grants created or revoked at or after this time, plus every grant not over yet
+    /// (neither revoked nor superseded).
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobRefusal {
+    /// No host has this id.
+    NoSuchHost,
+    /// The host was removed; nothing is queued for it any more.
+    HostRemoved,
 }
 
 /// A job to queue.
@@ -111,6 +199,8 @@ pub struct NewJob<'a> {
     pub now: DateTime<Utc>,
     /// Who queued it (audit actor).
     pub actor: &'a str,
+    /// For a grant: how its end was decided (audited).
+    pub window: GrantWindow,
 }
 
 /// Signs a job once its sequence number is known: `seq` in, `(payload, signature)` out.
@@ -273,21 +363,37 @@ pub trait Store: Send + Sync {
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError>;
 
     /// Queues a job with the host's next sequence number, signed by `sign` in the same
-    /// transaction. `revokes` names the grant a revocation job ends; the grant is marked so it
-    /// is not revoked twice.
+    /// transaction. Refused, in that transaction, for a removed or unknown host. `revokes`
+    /// names the grant a revocation job ends; the grant is marked so it is not revoked twice.
     async fn insert_job(
         &self,
         job: &NewJob<'_>,
         sign: SignJob<'_>,
-    ) -> Result<JobRecord, StoreError>;
-    /// Confirmed grants whose expiry has passed, that are not revoked, have no revocation job
-    /// yet and are not superseded by a later grant of the same access.
+    ) -> Result<Result<JobRecord, JobRefusal>, StoreError>;
+    /// Confirmed grants of active hosts whose expiry has passed, that are not revoked, have no
+    /// revocation job in flight, are not superseded by a later grant of the same access, and —
+    /// if revocation jobs for them failed — whose `retry` wait since the last failure is over.
     async fn due_grants(
         &self,
         now: DateTime<Utc>,
+        retry: RetryBackoff,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
-    /// Records that the host revoked grant `job_id` at `at` (first report wins).
+    /// Host names and grant states of the jobs `ids` (missing ids are left out).
+    async fn job_context(
+        &self,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, JobContext>, StoreError>;
+    /// Confirmed grants (create-account, add-group), newest first.
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        now: DateTime<Utc>,
+        page: Page,
+    ) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Records that the host revoked grant `job_id` at `at` (first report wins). A revocation
+    /// job that fails, by report or by the lease sweep, frees its grant for another one.
     async fn record_revocation(
         &self,
         host_id: &str,
@@ -305,7 +411,10 @@ pub trait Store: Send + Sync {
         lease_ttl: Duration,
         max_attempts: u32,
     ) -> Result<Lease, StoreError>;
-    /// Records the outcome of the delivery holding `lease`.
+    /// Records the outcome of the delivery holding `lease`. A confirmed revocation job marks
+    /// its grant revoked (`control_plane`); a confirmed delete-account marks every earlier
+    /// unrevoked grant of that account on the host revoked (`job`), a confirmed remove-group
+    /// the earlier add-group grants of that account and group.
     async fn finish_job(
         &self,
         host_id: &str,

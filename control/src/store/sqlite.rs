@@ -1,13 +1,14 @@
 //! The embedded default store: SQLite in WAL mode. Writes go through one async mutex so that
 //! concurrent transactions never race for SQLite's single write lock; reads run in parallel.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use latch_common::api::{HostFacts, JobEvent, RevokedBy};
-use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobStatus};
+use latch_common::api::{GrantState, GrantWindow, HostFacts, JobEvent, RevokedBy};
+use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec, JobStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
@@ -17,8 +18,9 @@ use std::sync::Arc;
 use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
 use super::{
-    AuditFilter, Finish, HostRecord, JobFilter, JobRecord, Lease, NewJob, Page, PinnedKey, Revoke,
-    Store, StoreError, TokenRefusal,
+    AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostRecord, JobContext,
+    JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke, Store,
+    StoreError, TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -42,7 +44,36 @@ macro_rules! job_columns {
     () => {
         "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
          attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id, payload, signature, \
-         outcome_notes"
+         revoked_by_job_id, revocation_job_id, revocation_attempts, revocation_failed_at, \
+         revocation_error, outcome_notes"
+    };
+}
+/// Columns describing a job `g`'s host and, for a grant, the later confirmed grant of the same
+/// access that supersedes it.
+macro_rules! context_columns {
+    () => {
+        "(SELECT h.hostname FROM hosts h WHERE h.id = g.host_id) AS host_name, \
+         (SELECT h.removed_at FROM hosts h WHERE h.id = g.host_id) AS host_removed_at, \
+         (SELECT l.id FROM jobs l WHERE l.host_id = g.host_id AND l.subject_user = g.subject_user \
+             AND l.kind = g.kind AND l.subject_group IS g.subject_group AND l.seq > g.seq \
+             AND l.status = 'confirmed' ORDER BY l.seq LIMIT 1) AS superseded_by, \
+         g.kind AS grant_kind, g.expires_at AS grant_expires_at"
+    };
+}
+/// The state of a grant (NULL for any other job) over a row with `job_columns!` and
+/// `context_columns!`; `$now` is the parameter holding the current time.
+macro_rules! grant_state_case {
+    ($now:literal) => {
+        concat!(
+            "CASE WHEN grant_kind NOT IN ('create-account', 'add-group') OR status != 'confirmed' THEN NULL \
+             WHEN revoked_at IS NOT NULL THEN 'revoked' \
+             WHEN host_removed_at IS NOT NULL THEN 'host_removed' \
+             WHEN superseded_by IS NOT NULL THEN 'superseded' \
+             WHEN grant_expires_at IS NOT NULL AND grant_expires_at <= ",
+            $now,
+            " THEN CASE WHEN revocation_attempts > 0 THEN 'revocation_stuck' ELSE 'revoking' END \
+             ELSE 'active' END AS grant_state"
+        )
     };
 }
 macro_rules! host_columns {
@@ -123,9 +154,19 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> 
             .map(from_millis),
         revoked_by: match row.try_get::<Option<String>, _>("revoked_by")?.as_deref() {
             None => None,
-            Some("agent_expiry") => Some(RevokedBy::AgentExpiry),
-            Some("control_plane") => Some(RevokedBy::ControlPlane),
-            Some(other) => return Err(corrupt("job revoked_by", other)),
+            Some(by) => Some(RevokedBy::parse(by).ok_or_else(|| corrupt("job revoked_by", by))?),
+        },
+        revoked_by_job: row.try_get("revoked_by_job_id")?,
+        revocation: GrantRevocation {
+            job_id: row.try_get("revocation_job_id")?,
+            attempts: row
+                .try_get::<i64, _>("revocation_attempts")?
+                .try_into()
+                .map_err(|e| corrupt("job revocation_attempts", e))?,
+            failed_at: row
+                .try_get::<Option<i64>, _>("revocation_failed_at")?
+                .map(from_millis),
+            last_error: row.try_get("revocation_error")?,
         },
         revokes: row.try_get("revokes_job_id")?,
         payload: row
@@ -266,7 +307,39 @@ async fn fail_job(
     .bind(job_id)
     .execute(&mut *conn)
     .await?;
-    add_event(conn, job_id, now, "failed", Some(error.code.as_str())).await
+    add_event(conn, job_id, now, "failed", Some(error.code.as_str())).await?;
+    release_grant(conn, job_id, error, now).await
+}
+
+/// When `job_id` is the revocation job of a grant that is still not revoked, records the failure
+/// on the grant and frees it, so `due_grants` offers it again once the retry wait is over.
+/// Every way a job fails goes through here (a failed report, the lease sweep, host removal).
+async fn release_grant(
+    conn: &mut SqliteConnection,
+    job_id: &str,
+    error: &JobError,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let released = sqlx::query(
+        "UPDATE jobs SET revocation_job_id = NULL, revocation_attempts = revocation_attempts + 1, \
+         revocation_failed_at = ?, revocation_error = ? \
+         WHERE revocation_job_id = ? AND revoked_at IS NULL RETURNING id, revocation_attempts",
+    )
+    .bind(millis(now))
+    .bind(format!("{}: {}", error.code.as_str(), error.message))
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &released {
+        let grant: String = row.try_get("id")?;
+        let attempts: i64 = row.try_get("revocation_attempts")?;
+        let detail = format!(
+            "{job_id} failed ({}), attempt {attempts}",
+            error.code.as_str()
+        );
+        add_event(conn, &grant, now, "revocation_failed", Some(&detail)).await?;
+    }
+    Ok(())
 }
 
 async fn mark_revoked(
@@ -276,6 +349,7 @@ async fn mark_revoked(
     job_id: &str,
     at: DateTime<Utc>,
     by: RevokedBy,
+    by_job: Option<&str>,
 ) -> Result<Revoke, StoreError> {
     let row = sqlx::query(
         "SELECT revoked_at FROM jobs WHERE id = ? AND host_id = ? AND status = 'confirmed' \
@@ -291,21 +365,31 @@ async fn mark_revoked(
     if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
         return Ok(Revoke::AlreadyRevoked);
     }
-    sqlx::query("UPDATE jobs SET revoked_at = ?, revoked_by = ? WHERE id = ?")
-        .bind(millis(at))
-        .bind(by.as_str())
-        .bind(job_id)
-        .execute(&mut *conn)
-        .await?;
-    add_event(conn, job_id, at, "revoked", Some(by.as_str())).await?;
+    sqlx::query(
+        "UPDATE jobs SET revoked_at = ?, revoked_by = ?, revoked_by_job_id = ? WHERE id = ?",
+    )
+    .bind(millis(at))
+    .bind(by.as_str())
+    .bind(by_job)
+    .bind(job_id)
+    .execute(&mut *conn)
+    .await?;
+    let detail = match by_job {
+        Some(by_job) => format!("{} {by_job}", by.as_str()),
+        None => by.as_str().to_owned(),
+    };
+    add_event(conn, job_id, at, "revoked", Some(&detail)).await?;
     let actor = match by {
         RevokedBy::AgentExpiry => host_actor(host_id),
-        RevokedBy::ControlPlane => "control_plane".to_owned(),
+        RevokedBy::ControlPlane | RevokedBy::Job => "control_plane".to_owned(),
     };
     let event = AuditEvent::new(actor, "grant.revoked")
         .host(host_id)
         .job(job_id)
-        .detail(serde_json::json!({"by": by.as_str()}));
+        .detail(match by_job {
+            Some(by_job) => serde_json::json!({"by": by.as_str(), "revoking_job": by_job}),
+            None => serde_json::json!({"by": by.as_str()}),
+        });
     audit(conn, key, &event, at).await?;
     Ok(Revoke::Recorded)
 }
@@ -326,6 +410,67 @@ async fn pin(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// A confirmed delete-account ends every earlier grant of that account on the host (the account
+/// and its memberships are gone); a confirmed remove-group ends the earlier add-group grants of
+/// that account and group. They are recorded as revoked by `job`.
+async fn revoke_earlier_grants(
+    conn: &mut SqliteConnection,
+    key: &AuditKey,
+    job: &JobRecord,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (kinds, group) = match &job.spec {
+        JobSpec::DeleteAccount { .. } => (&["create-account", "add-group"][..], None),
+        JobSpec::RemoveGroup { group, .. } => (&["add-group"][..], Some(group.as_str())),
+        _ => return Ok(()),
+    };
+    let grants: Vec<String> = sqlx::query(
+        "SELECT id FROM jobs WHERE host_id = ?1 AND subject_user = ?2 \
+         AND kind IN (SELECT value FROM json_each(?3)) AND (?4 IS NULL OR subject_group = ?4) \
+         AND status = 'confirmed' AND revoked_at IS NULL AND seq < ?5 ORDER BY seq",
+    )
+    .bind(&job.host_id)
+    .bind(job.spec.user())
+    .bind(serde_json::to_string(kinds).map_err(|e| corrupt("job kinds", e))?)
+    .bind(group)
+    .bind(job.seq)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| row.try_get("id"))
+    .collect::<Result<_, _>>()?;
+    for grant in &grants {
+        mark_revoked(
+            conn,
+            key,
+            &job.host_id,
+            grant,
+            now,
+            RevokedBy::Job,
+            Some(job.id.as_str()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn context_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobContext, StoreError> {
+    let state: Option<String> = row.try_get("grant_state")?;
+    Ok(JobContext {
+        host_name: row
+            .try_get::<Option<String>, _>("host_name")?
+            .unwrap_or_default(),
+        host_removed_at: row
+            .try_get::<Option<i64>, _>("host_removed_at")?
+            .map(from_millis),
+        grant_state: match state.as_deref() {
+            None => None,
+            Some(s) => Some(GrantState::parse(s).ok_or_else(|| corrupt("grant state", s))?),
+        },
+        superseded_by: row.try_get("superseded_by")?,
+    })
 }
 
 fn unresponsive(attempts: u32) -> JobError {
@@ -656,7 +801,7 @@ impl Store for SqliteStore {
         &self,
         job: &NewJob<'_>,
         sign: super::SignJob<'_>,
-    ) -> Result<JobRecord, StoreError> {
+    ) -> Result<Result<JobRecord, JobRefusal>, StoreError> {
         let NewJob {
             id,
             host_id,
@@ -664,16 +809,32 @@ impl Store for SqliteStore {
             revokes,
             now,
             actor,
+            window,
         } = *job;
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
+        // Only an active host gets a sequence number: a host removed a moment ago gets nothing,
+        // not even an internal revocation or key-rotation job.
         let row = sqlx::query(
-            "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1 AS seq",
+            "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = ? AND removed_at IS NULL \
+             RETURNING next_seq - 1 AS seq",
         )
         .bind(host_id)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(row) = row else {
+            let exists = sqlx::query("SELECT 1 FROM hosts WHERE id = ?")
+                .bind(host_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Ok(Err(if exists {
+                JobRefusal::HostRemoved
+            } else {
+                JobRefusal::NoSuchHost
+            }));
+        };
         let seq: i64 = row.try_get("seq")?;
         let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
             what: "job signature",
@@ -709,19 +870,25 @@ impl Store for SqliteStore {
             .await?;
             add_event(&mut tx, grant, now, "revocation_queued", Some(id)).await?;
         }
+        let mut detail = serde_json::json!({
+            "kind": spec.kind().as_str(),
+            "user": spec.user(),
+            "group": spec.group(),
+            "seq": seq,
+            "revokes": revokes,
+        });
+        if window != GrantWindow::NotAGrant {
+            detail["window"] = window.as_str().into();
+            detail["permanent"] = (window == GrantWindow::Permanent).into();
+            detail["expires_at"] = spec.expires_at().map(|t| t.to_rfc3339()).into();
+        }
         let event = AuditEvent::new(actor, "job.create")
             .host(host_id)
             .job(id)
-            .detail(serde_json::json!({
-                "kind": spec.kind().as_str(),
-                "user": spec.user(),
-                "group": spec.group(),
-                "seq": seq,
-                "revokes": revokes,
-            }));
+            .detail(detail);
         audit(&mut tx, &self.key, &event, now).await?;
         tx.commit().await?;
-        Ok(JobRecord {
+        Ok(Ok(JobRecord {
             id: id.to_owned(),
             host_id: host_id.to_owned(),
             seq,
@@ -736,22 +903,29 @@ impl Store for SqliteStore {
             lease_expires_at: None,
             revoked_at: None,
             revoked_by: None,
+            revoked_by_job: None,
+            revocation: GrantRevocation::default(),
             revokes: revokes.map(str::to_owned),
             payload,
             signature,
-        })
+        }))
     }
 
     async fn due_grants(
         &self,
         now: DateTime<Utc>,
+        retry: RetryBackoff,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        // The retry wait is `first << (failures - 1)`, at most `max` (RetryBackoff::delay).
         let sql = concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs g WHERE g.status = 'confirmed' AND g.expires_at IS NOT NULL \
              AND g.expires_at <= ?1 AND g.revoked_at IS NULL AND g.revocation_job_id IS NULL \
+             AND (g.revocation_attempts = 0 OR g.revocation_failed_at \
+                 + MIN(?3 << MIN(g.revocation_attempts - 1, 30), ?4) <= ?1) \
+             AND EXISTS (SELECT 1 FROM hosts h WHERE h.id = g.host_id AND h.removed_at IS NULL) \
              AND NOT EXISTS (SELECT 1 FROM jobs l WHERE l.host_id = g.host_id \
                  AND l.subject_user = g.subject_user AND l.kind = g.kind \
                  AND l.subject_group IS g.subject_group AND l.seq > g.seq AND l.status != 'failed') \
@@ -760,10 +934,81 @@ impl Store for SqliteStore {
         sqlx::query(sql)
             .bind(millis(now))
             .bind(i64::from(limit))
+            .bind(retry.first.num_milliseconds().max(0))
+            .bind(retry.max.num_milliseconds().max(0))
             .fetch_all(&self.pool)
             .await?
             .iter()
             .map(job_from_row)
+            .collect()
+    }
+
+    async fn job_context(
+        &self,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<String, JobContext>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = concat!(
+            "SELECT *, ",
+            grant_state_case!("?2"),
+            " FROM (SELECT ",
+            job_columns!(),
+            ", ",
+            context_columns!(),
+            " FROM jobs g WHERE g.id IN (SELECT value FROM json_each(?1)))"
+        );
+        let ids_json = serde_json::to_string(ids).map_err(|e| corrupt("job ids", e))?;
+        let rows = sqlx::query(sql)
+            .bind(ids_json)
+            .bind(millis(now))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, context_from_row(row)?)))
+            .collect()
+    }
+
+    async fn list_grants(
+        &self,
+        filter: &GrantFilter,
+        now: DateTime<Utc>,
+        page: Page,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let sql = concat!(
+            "SELECT * FROM (SELECT *, ",
+            grant_state_case!("?1"),
+            " FROM (SELECT ",
+            job_columns!(),
+            ", ",
+            context_columns!(),
+            " FROM jobs g WHERE g.status = 'confirmed' AND g.kind IN ('create-account', 'add-group') \
+                 AND (?2 IS NULL OR g.host_id IN (SELECT id FROM hosts WHERE id = ?2 OR hostname = ?2)) \
+                 AND (?3 IS NULL OR g.subject_user = ?3))) \
+             WHERE (?4 IS NULL OR grant_state = ?4) \
+               AND (?5 IS NULL OR created_at >= ?5 OR revoked_at >= ?5 \
+                    OR grant_state NOT IN ('revoked', 'superseded')) \
+             ORDER BY created_at DESC, host_id, seq DESC LIMIT ?6 OFFSET ?7"
+        );
+        sqlx::query(sql)
+            .bind(millis(now))
+            .bind(filter.host.as_deref())
+            .bind(filter.user.as_deref())
+            .bind(filter.state.map(GrantState::as_str))
+            .bind(filter.since.map(millis))
+            .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
+            .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(GrantRecord {
+                    job: job_from_row(row)?,
+                    context: context_from_row(row)?,
+                })
+            })
             .collect()
     }
 
@@ -776,7 +1021,7 @@ impl Store for SqliteStore {
     ) -> Result<Revoke, StoreError> {
         let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        let revoked = mark_revoked(&mut tx, &self.key, host_id, job_id, at, by).await?;
+        let revoked = mark_revoked(&mut tx, &self.key, host_id, job_id, at, by, None).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -932,9 +1177,11 @@ impl Store for SqliteStore {
                         grant,
                         now,
                         RevokedBy::ControlPlane,
+                        None,
                     )
                     .await?;
                 }
+                revoke_earlier_grants(&mut tx, &self.key, &job, now).await?;
             }
             JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
         }
