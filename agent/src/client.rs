@@ -105,7 +105,7 @@ struct PinnedCa {
 
 fn fingerprint_of(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(digest.as_ref());
     format!("sha256:{hex}")
 }
 

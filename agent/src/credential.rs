@@ -29,10 +29,7 @@ fn new_credential() -> Result<String, RotateError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| RotateError::Random)?;
-    Ok(format!(
-        "latch_host_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("latch_host_{}", hex::encode(bytes)))
 }
 
 fn client(identity: &Identity, credential: &str) -> Result<AgentClient, ClientError> {

@@ -31,7 +31,7 @@ pub enum ControlError {
     },
     /// The host was removed: nothing can be queued for it any more.
     #[error(
-        "host '{0}' was removed (`latchctl hosts remove`); no job can be queued for it any more — enroll it again with `latch-agent enroll` to manage it"
+        "host '{0}' was removed (`latchctl hosts remove`); no job can be queued for it any more — enroll it again with `latch-agent enroll --replace` to manage it"
     )]
     HostRemoved(String),
     /// A host name matches several hosts.

@@ -20,7 +20,7 @@ impl Control {
             None => {
                 self.audit_auth_failure("host").await?;
                 Err(ControlError::Unauthenticated(
-                    "the host credential is not valid; re-enroll the host with `latch-agent enroll`",
+                    "the host credential is not valid (the host was removed, or the database restored); enroll it again with `latch-agent enroll --replace`",
                 ))
             }
         }

@@ -420,7 +420,7 @@ impl Control {
         loop {
             if !self.store.host_is_active(&host.id).await? {
                 return Err(ControlError::Unauthenticated(
-                    "this host was removed; re-enroll it with `latch-agent enroll` if it should be managed again",
+                    "this host was removed; enroll it again with `latch-agent enroll --replace` if it should be managed again",
                 ));
             }
             let notified = notify.notified();

@@ -414,19 +414,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         token.uses.to_string(),
                     ]],
                 );
+                let trust = match &token.ca_fingerprint {
+                    Some(fingerprint) => format!("--ca-fingerprint {fingerprint}"),
+                    None => "--insecure-http".to_owned(),
+                };
                 println!(
-                    "\nEnroll a host (as root on that host; prefer --token-file over --token on shared machines):"
+                    "\nEnroll a host: as root on that host, with the URL by which it reaches this control plane\n\
+                     (the token goes on standard input, not on the command line, where other users could see it):\n\n  \
+                     echo '{}' | latch-agent enroll --server {} {trust} --token-file -\n\n\
+                     A host enrolled before (removed, restored database, cloned image): stop its agent and add --replace.",
+                    token.token, cli.server
                 );
-                match &token.ca_fingerprint {
-                    Some(fingerprint) => println!(
-                        "  latch-agent enroll --server {} --ca-fingerprint {fingerprint} --token {}",
-                        cli.server, token.token
-                    ),
-                    None => println!(
-                        "  latch-agent enroll --server {} --insecure-http --token {}",
-                        cli.server, token.token
-                    ),
-                }
             }
         }
         Command::Hosts(HostsCommand::List) => {

@@ -1,0 +1,275 @@
+//! A real control plane on loopback, driven through `latchctl` and raw API calls.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{Ran, binary, run};
+
+/// A running `latch-control serve` on 127.0.0.1 with a private data directory.
+pub struct ControlPlane {
+    child: Child,
+    /// Data directory (database, admin token, server log).
+    pub data_dir: tempfile::TempDir,
+    /// Base URL, e.g. `https://127.0.0.1:40123`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    /// The CA fingerprint agents pin (`sha256:…`).
+    pub fingerprint: String,
+}
+
+impl ControlPlane {
+    /// Starts a control plane; `extra` are additional `serve` flags (e.g. `--lease-timeout 3s`).
+    pub fn start(extra: &[&str]) -> ControlPlane {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Kills the server (`kill -9`) and starts it again on the same address and data directory.
+    pub fn restart_after(mut self, down: Duration) -> ControlPlane {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let listen = self.url.trim_start_matches("https://").to_owned();
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let old = std::mem::replace(&mut self.data_dir, data_dir);
+        Self::start_in(old, &listen, &[])
+    }
+
+    fn start_in(data_dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> ControlPlane {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.path().join("server.log"))
+            .expect("server log");
+        let mut child = Command::new(binary("latch-control"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path().join("data"))
+            .args(["--listen", listen, "--log-level", "debug"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start latch-control");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut fingerprint = String::new();
+        let url = loop {
+            let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+                let log =
+                    std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
+                panic!("latch-control exited before listening: {log}")
+            });
+            if let Some(found) = line.trim().strip_prefix("CA fingerprint: ") {
+                fingerprint = found.to_owned();
+            }
+            if let Some(url) = line.trim().strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        assert!(
+            fingerprint.starts_with("sha256:"),
+            "the control plane printed no CA fingerprint"
+        );
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned();
+        ControlPlane {
+            child,
+            data_dir,
+            url,
+            token,
+            fingerprint,
+        }
+    }
+
+    /// Runs `latchctl` against this control plane (token passed in the environment, not argv).
+    pub fn latchctl(&self, args: &[&str]) -> Ran {
+        self.latchctl_stdin(args, None)
+    }
+
+    /// Runs `latchctl` with `stdin`.
+    pub fn latchctl_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Ran {
+        run(
+            Command::new(binary("latchctl"))
+                .args(["--server", &self.url])
+                .args(args)
+                .env("LATCH_TOKEN", &self.token)
+                .env("LATCH_CA_FILE", self.ca_file()),
+            stdin,
+        )
+    }
+
+    /// Runs `latchctl --output json ARGS`, asserts success and parses the output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self
+            .latchctl(&all)
+            .ok(&format!("latchctl {}", args.join(" ")));
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("latchctl printed invalid JSON ({e}): {out}"))
+    }
+
+    /// Creates an enrollment token and returns it.
+    pub fn enroll_token(&self, ttl: &str, uses: u32) -> String {
+        let token = self.json(&[
+            "enroll-token",
+            "create",
+            "--ttl",
+            ttl,
+            "--uses",
+            &uses.to_string(),
+        ]);
+        token["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Queues a job through `latchctl jobs create` and returns its id.
+    pub fn create_job(&self, args: &[&str]) -> String {
+        let mut all = vec!["jobs", "create"];
+        all.extend_from_slice(args);
+        let job = self.json(&all);
+        job["id"].as_str().expect("job id").to_owned()
+    }
+
+    /// `latchctl jobs show ID`.
+    pub fn job(&self, id: &str) -> Value {
+        self.json(&["jobs", "show", id])
+    }
+
+    /// Waits (through `latchctl jobs wait`) until the job is final; returns it.
+    pub fn wait_job(&self, id: &str) -> Value {
+        let out = self.latchctl(&["--output", "json", "jobs", "wait", id, "--timeout", "60s"]);
+        assert!(
+            out.code == 0 || out.code == 1,
+            "jobs wait {id} ended with {}: {} {}",
+            out.code,
+            out.stdout,
+            out.stderr
+        );
+        serde_json::from_str(&out.stdout).expect("job json")
+    }
+
+    /// Waits for the job and asserts it was confirmed.
+    pub fn expect_confirmed(&self, id: &str) -> Value {
+        let job = self.wait_job(id);
+        assert_eq!(
+            job["status"], "confirmed",
+            "job {id} did not confirm: {job:#}"
+        );
+        job
+    }
+
+    /// Waits for the job and asserts it failed with `code`.
+    pub fn expect_failed(&self, id: &str, code: &str) -> Value {
+        let job = self.wait_job(id);
+        assert_eq!(
+            job["status"], "failed",
+            "job {id} should have failed: {job:#}"
+        );
+        assert_eq!(job["error"]["code"], code, "job {id}: {job:#}");
+        job
+    }
+
+    /// A raw API call: `(status, body)`.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let client = self.http();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let response = request.send().expect("API call");
+        status_and_json(response)
+    }
+
+    /// A raw API call with another bearer token (a host credential, a guess): `(status, body)`.
+    pub fn api_as(&self, token: &str, method: &str, path: &str) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = self
+            .http()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .expect("API call");
+        status_and_json(response)
+    }
+
+    /// Runs SQL against the control plane's database with the `sqlite3` tool, as an attacker
+    /// with write access to the database could; returns its output.
+    pub fn sql(&self, sql: &str) -> String {
+        let db = self.data_dir.path().join("data/latch.db");
+        let ran = run(
+            Command::new("sqlite3")
+                .args(["-cmd", ".timeout 5000"])
+                .arg(&db)
+                .arg(sql),
+            None,
+        );
+        assert_eq!(ran.code, 0, "sqlite3 {sql}: {}", ran.stderr);
+        ran.stdout
+    }
+
+    /// A raw JSON `POST` with another bearer token: `(status, body)`.
+    pub fn post_as(&self, token: &str, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .expect("API call");
+        status_and_json(response)
+    }
+
+    /// The control plane's CA certificate file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.path().join("data/ca.crt")
+    }
+
+    /// A blocking HTTP client that trusts only this control plane's CA.
+    fn http(&self) -> reqwest::blocking::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_file()).expect("ca.crt"))
+            .expect("CA");
+        reqwest::blocking::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .expect("client")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An API answer as `(status, JSON body)`; a body that is not JSON comes back as a string.
+fn status_and_json(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}

@@ -1,0 +1,642 @@
+//! Test hosts: Linux namespaces with private copies of the host's directories, running the real
+//! agent; optionally linked to the control plane over a veth pair.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{ControlPlane, Ran, binary, free_port, run, wait_for};
+
+/// The shell script run as the first process of a test host: private copies of the host's
+/// directories on tmpfs, a host name, a machine-id of its own, the agent binary staged inside.
+const SETUP: &str = r#"
+set -eu
+name="$1"; machine_id="$2"; agent="$3"
+mount -t tmpfs -o mode=0755 latch-test-host /mnt
+mkdir -p /mnt/bin /var/lib/latch /var/mail /var/lib/extrausers
+cp "$agent" /mnt/bin/latch-agent
+for dir in /etc /home /run /var/log /var/lib/latch /var/mail /var/lib/extrausers /tmp; do
+  mkdir -p "/mnt/root$dir"
+  case "$dir" in
+    /etc|/home|/run) cp -a "$dir/." "/mnt/root$dir/" 2>/dev/null || true ;;
+  esac
+  mount --bind "/mnt/root$dir" "$dir"
+done
+chmod 1777 /tmp
+hostname "$name"
+echo "127.0.1.1 $name" >> /etc/hosts
+echo "$machine_id" > /etc/machine-id
+mkdir -p /run/sshd
+echo ready
+exec sleep infinity
+"#;
+
+/// A running test host.
+pub struct TestHost {
+    /// Its host name.
+    pub name: String,
+    /// Its machine-id.
+    pub machine_id: String,
+    init: Child,
+    /// Host-side PID of the test host's first process (for nsenter).
+    pub pid: u32,
+    pwck_baseline: String,
+    /// The veth link to the machine, for hosts with a network of their own.
+    link: Option<Link>,
+    own_network: bool,
+}
+
+/// A veth pair between a relay namespace and a test host, both network namespaces this test
+/// made, addressed from 192.0.2.0/24 — which therefore never appears in the machine's own
+/// namespace (where that range may be the real network). The relay reaches the control plane's
+/// loopback port through a Unix socket on the shared file system:
+///
+/// ```text
+/// agent -> 127.0.0.1:8443 (test host) -veth-> 192.0.2.201 (relay) -> unix socket -> 127.0.0.1:P
+/// ```
+struct Link {
+    /// The relay namespace's process (`unshare --net sleep`).
+    relay: Child,
+    /// Interface name inside the relay namespace.
+    outside: String,
+    forwarders: Vec<Child>,
+    _socket_dir: tempfile::TempDir,
+}
+
+static LINKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The agent binary as seen inside a test host.
+pub const AGENT: &str = "/mnt/bin/latch-agent";
+
+impl TestHost {
+    /// Starts a test host called `name`, sharing the machine's network.
+    pub fn start(name: &str) -> TestHost {
+        Self::start_inner(name, false)
+    }
+
+    /// Starts a test host with a network namespace of its own, linked by a veth pair to a relay
+    /// namespace that carries the control plane's port; its agent reaches `control` at the URL
+    /// returned, over that link.
+    pub fn start_linked(name: &str, control: &ControlPlane) -> (TestHost, String) {
+        let mut host = Self::start_inner(name, true);
+        let index = LINKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 100;
+        let tag = std::process::id() % 10_000;
+        let (outside, inside) = (format!("lt{tag}o{index}"), format!("lt{tag}i{index}"));
+        let relay = Command::new("/usr/bin/unshare")
+            .args(["--net", "--", "sleep", "infinity"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("relay namespace");
+        let relay_pid = relay.id().to_string();
+        let in_relay = |args: &[&str]| {
+            let ran = run(
+                Command::new("/usr/bin/nsenter")
+                    .args(["-t", &relay_pid, "-n", "--"])
+                    .args(args),
+                None,
+            );
+            assert_eq!(ran.code, 0, "in relay: {}: {}", args.join(" "), ran.stderr);
+        };
+        wait_for("the relay namespace", Duration::from_secs(5), || {
+            let own = std::fs::read_link(format!("/proc/{relay_pid}/ns/net")).ok()?;
+            (own != std::fs::read_link("/proc/self/ns/net").ok()?).then_some(())
+        });
+        in_relay(&["ip", "link", "set", "lo", "up"]);
+        in_relay(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inside,
+            "netns",
+            &host.pid.to_string(),
+        ]);
+        in_relay(&["ip", "addr", "add", "192.0.2.201/30", "dev", &outside]);
+        in_relay(&["ip", "link", "set", &outside, "up"]);
+        host.exec(&["ip", "addr", "add", "192.0.2.202/30", "dev", &inside])
+            .ok("address inside");
+        host.exec(&["ip", "link", "set", &inside, "up"])
+            .ok("link up inside");
+
+        let socket_dir = tempfile::tempdir().expect("socket dir");
+        let socket = socket_dir.path().join("control.sock");
+        let server_port = control.url.rsplit(':').next().expect("port").to_owned();
+        let quiet = |command: &mut Command| -> Child {
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("socat (apt install socat)")
+        };
+        let to_control = quiet(
+            Command::new("socat")
+                .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
+                .arg(format!("TCP:127.0.0.1:{server_port}")),
+        );
+        wait_for(
+            "the control plane's unix socket",
+            Duration::from_secs(5),
+            || socket.exists().then_some(()),
+        );
+        let in_relay_forwarder = quiet(
+            Command::new("/usr/bin/nsenter")
+                .args(["-t", &relay_pid, "-n", "--", "socat"])
+                .arg("TCP-LISTEN:8443,bind=192.0.2.201,fork,reuseaddr")
+                .arg(format!("UNIX-CONNECT:{}", socket.display())),
+        );
+        let in_host_forwarder = quiet(
+            Command::new("/usr/bin/nsenter")
+                .args(["-t", &host.pid.to_string(), "-n", "--", "socat"])
+                .arg("TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr")
+                .arg("TCP:192.0.2.201:8443"),
+        );
+        host.link = Some(Link {
+            relay,
+            outside,
+            forwarders: vec![to_control, in_relay_forwarder, in_host_forwarder],
+            _socket_dir: socket_dir,
+        });
+        host.wait(
+            "the link to carry the control plane",
+            Duration::from_secs(10),
+            || host.can_reach_control_plane().then_some(()),
+        );
+        (host, "https://127.0.0.1:8443".to_owned())
+    }
+
+    /// Whether `GET /v1/health` through the test host's link answers within 2 s.
+    pub fn can_reach_control_plane(&self) -> bool {
+        let probe = self.exec(&[
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            "curl -sk --max-time 2 https://127.0.0.1:8443/v1/health",
+        ]);
+        probe.stdout.contains("\"ok\"")
+    }
+
+    fn relay_ip_link(&self, state: &str) {
+        let link = self.link.as_ref().expect("a linked test host");
+        let ran = run(
+            Command::new("/usr/bin/nsenter").args([
+                "-t",
+                &link.relay.id().to_string(),
+                "-n",
+                "--",
+                "ip",
+                "link",
+                "set",
+                &link.outside,
+                state,
+            ]),
+            None,
+        );
+        assert_eq!(ran.code, 0, "ip link set {state}: {}", ran.stderr);
+    }
+
+    /// Cuts the test host's link (`ip link set … down` on the relay's side).
+    pub fn cut_link(&self) {
+        self.relay_ip_link("down");
+    }
+
+    /// Restores the link.
+    pub fn restore_link(&self) {
+        self.relay_ip_link("up");
+    }
+
+    fn start_inner(name: &str, own_network: bool) -> TestHost {
+        let machine_id = format!("{:032x}", u128::from_le_bytes(rand_bytes()));
+        let stderr_file = tempfile::NamedTempFile::new().expect("stderr file");
+        let mut init = Command::new("/usr/bin/unshare")
+            .args([
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--propagation",
+                "private",
+            ])
+            .args(if own_network { &["--net"][..] } else { &[][..] })
+            .arg("--")
+            .args(["/bin/sh", "-c", SETUP, "setup", name, &machine_id])
+            .arg(binary("latch-agent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr_file.reopen().expect("stderr file"))
+            .spawn()
+            .expect("unshare");
+        let stdout = init.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("test host setup output");
+        if line.trim() != "ready" {
+            let stderr = std::fs::read_to_string(stderr_file.path()).unwrap_or_default();
+            panic!("test host {name} failed to start: {stderr}");
+        }
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", init.id()))
+            .expect("children");
+        let pid = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("test host init pid");
+        let mut host = TestHost {
+            name: name.to_owned(),
+            machine_id,
+            init,
+            pid,
+            pwck_baseline: String::new(),
+            link: None,
+            own_network,
+        };
+        if own_network {
+            host.exec(&["ip", "link", "set", "lo", "up"])
+                .ok("loopback up");
+        }
+        host.pwck_baseline = host.account_checks();
+        host
+    }
+
+    fn nsenter(&self) -> Command {
+        let mut command = Command::new("/usr/bin/nsenter");
+        command.args(["-t", &self.pid.to_string(), "-m", "-u", "-p"]);
+        if self.own_network {
+            command.arg("-n");
+        }
+        command.arg("--");
+        command
+    }
+
+    /// Runs a command inside the test host.
+    pub fn exec(&self, args: &[&str]) -> Ran {
+        run(self.nsenter().args(args), None)
+    }
+
+    /// Runs a command inside the test host with `stdin`.
+    pub fn exec_stdin(&self, args: &[&str], stdin: &[u8]) -> Ran {
+        run(self.nsenter().args(args), Some(stdin))
+    }
+
+    /// Reads a file inside the test host ("" if missing).
+    pub fn read(&self, path: &str) -> String {
+        self.exec(&["cat", path]).stdout
+    }
+
+    /// Writes a file inside the test host.
+    pub fn write(&self, path: &str, content: &str) {
+        self.exec_stdin(
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"",
+                "sh",
+                path,
+            ],
+            content.as_bytes(),
+        )
+        .ok(&format!("write {path}"));
+    }
+
+    /// The `/etc/passwd` line of `user`, if any.
+    pub fn passwd_line(&self, user: &str) -> Option<String> {
+        self.read("/etc/passwd")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(str::to_owned)
+    }
+
+    /// The `/etc/shadow` line of `user`, if any.
+    pub fn shadow_line(&self, user: &str) -> Option<String> {
+        self.read("/etc/shadow")
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .map(str::to_owned)
+    }
+
+    /// Supplementary members of `group`.
+    pub fn group_members(&self, group: &str) -> Vec<String> {
+        self.read("/etc/group")
+            .lines()
+            .find(|l| l.split(':').next() == Some(group))
+            .map(|l| {
+                l.rsplit(':')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `pwck -r` and `grpck -r` output (their exit codes are not used: a stock Debian `/etc`
+    /// already has complaints about system users' homes).
+    pub fn account_checks(&self) -> String {
+        let pwck = self.exec(&["pwck", "-r"]);
+        let grpck = self.exec(&["grpck", "-r"]);
+        format!(
+            "{}{}{}{}",
+            pwck.stdout, pwck.stderr, grpck.stdout, grpck.stderr
+        )
+    }
+
+    /// Asserts `pwck -r` and `grpck -r` report nothing new since the host started.
+    pub fn assert_account_files_clean(&self) {
+        let now = self.account_checks();
+        assert_eq!(
+            now, self.pwck_baseline,
+            "pwck/grpck on {} report new problems",
+            self.name
+        );
+    }
+
+    /// Enrolls with `control` using a token given on stdin; returns the host id.
+    pub fn enroll(&self, control: &ControlPlane, token: &str) -> Ran {
+        run(
+            self.nsenter().args([
+                AGENT,
+                "enroll",
+                "--server",
+                &control.url,
+                "--ca-fingerprint",
+                &control.fingerprint,
+                "--token-file",
+                "-",
+            ]),
+            Some(token.as_bytes()),
+        )
+    }
+
+    /// Enrolls with the control plane at `url` (as the test host sees it).
+    pub fn enroll_via(&self, url: &str, fingerprint: &str, token: &str) -> Ran {
+        run(
+            self.nsenter().args([
+                AGENT,
+                "enroll",
+                "--server",
+                url,
+                "--ca-fingerprint",
+                fingerprint,
+                "--token-file",
+                "-",
+            ]),
+            Some(token.as_bytes()),
+        )
+    }
+
+    /// Creates a token, enrolls, asserts success, and returns the host id.
+    pub fn enroll_ok(&self, control: &ControlPlane) -> String {
+        let out = self
+            .enroll(control, &control.enroll_token("10m", 1))
+            .ok("enroll");
+        out.split_whitespace()
+            .nth(3)
+            .expect("host id in enroll output")
+            .to_owned()
+    }
+
+    /// Starts `latch-agent run` inside the host, logging to its `/var/log/latch-agent.log`.
+    pub fn start_agent(&self) -> Agent {
+        self.start_agent_paused_at("")
+    }
+
+    /// Starts the agent with the crash-test hook set to stop dead at `stage` (`received`,
+    /// `applying`, `applied`); an empty stage starts it normally.
+    pub fn start_agent_paused_at(&self, stage: &str) -> Agent {
+        self.start_agent_with(&format!("LATCH_AGENT_TEST_PAUSE_AT='{stage}'"))
+    }
+
+    /// Starts the agent behind `prefix` (environment assignments and/or a wrapper command such
+    /// as `setpriv …`), shell syntax.
+    pub fn start_agent_with(&self, prefix: &str) -> Agent {
+        let script = format!(
+            "echo $$; exec env {prefix} /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1"
+        );
+        let mut child = self
+            .nsenter()
+            .args(["/bin/sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("agent pid");
+        Agent {
+            child,
+            ns_pid: line.trim().parse().expect("agent pid"),
+            host_pid: self.pid,
+        }
+    }
+
+    /// Starts this test host's sshd on 127.0.0.1 (the test hosts share
+    /// the machine's network namespace), with a sudoers drop-in granting the `sudo` group
+    /// passwordless sudo. Returns the port.
+    pub fn start_sshd(&self) -> u16 {
+        let port = free_port();
+        self.write(
+            "/etc/sudoers.d/latch-e2e",
+            "%sudo ALL=(ALL:ALL) NOPASSWD: ALL\n",
+        );
+        self.exec(&["chmod", "0440", "/etc/sudoers.d/latch-e2e"])
+            .ok("chmod sudoers");
+        self.exec(&["visudo", "-cf", "/etc/sudoers.d/latch-e2e"])
+            .ok("visudo");
+        self.exec(&["ssh-keygen", "-A"]).ok("host keys");
+        self.exec(&[
+            "/usr/sbin/sshd",
+            "-p",
+            &port.to_string(),
+            "-o",
+            "ListenAddress=127.0.0.1",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "KbdInteractiveAuthentication=no",
+            "-o",
+            "PidFile=/run/sshd-e2e.pid",
+            "-E",
+            "/var/log/sshd.log",
+        ])
+        .ok("sshd");
+        wait_for("sshd to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        });
+        port
+    }
+
+    /// Like [`wait_for`], but a timeout panics with the host's agent log attached.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if started.elapsed() >= timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; agent log of {}:\n{}",
+                    self.name,
+                    self.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The agent's log inside the host.
+    pub fn agent_log(&self) -> String {
+        self.read("/var/log/latch-agent.log")
+    }
+
+    /// Runs `script` with `/bin/sh` as `user` (its UID and GID, no supplementary groups, no
+    /// login: the audit login UID stays the caller's), as the account's own user would.
+    pub fn run_as(&self, user: &str, script: &str) -> Ran {
+        self.exec(&[
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--clear-groups",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Writes the agent's configuration file (`/etc/latch/agent.toml`, read at agent start).
+    pub fn write_agent_config(&self, toml: &str) {
+        self.write("/etc/latch/agent.toml", toml);
+    }
+
+    /// The UID of `user` in the test host's `/etc/passwd`.
+    pub fn uid_of(&self, user: &str) -> Option<u32> {
+        self.passwd_line(user)
+            .and_then(|line| line.split(':').nth(2).and_then(|uid| uid.parse().ok()))
+    }
+
+    /// PIDs (in the test host) of live processes whose command line contains `pattern`, with
+    /// their real UID and audit login UID: `(pid, uid, loginuid)`.
+    pub fn processes_matching(&self, pattern: &str) -> Vec<(u32, u32, u32)> {
+        let out = self.exec(&["pgrep", "-f", pattern]).stdout;
+        out.split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .filter_map(|pid| {
+                let status = self.read(&format!("/proc/{pid}/status"));
+                if status.lines().any(|l| l.starts_with("State:\tZ")) || status.is_empty() {
+                    return None;
+                }
+                let uid = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let loginuid = self
+                    .read(&format!("/proc/{pid}/loginuid"))
+                    .trim()
+                    .parse()
+                    .unwrap_or(u32::MAX);
+                Some((pid, uid, loginuid))
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(link) = &mut self.link {
+            for forwarder in &mut link.forwarders {
+                let _ = forwarder.kill();
+                let _ = forwarder.wait();
+            }
+            // Ending the relay namespace destroys its end of the veth pair, and so the pair.
+            let _ = link.relay.kill();
+            let _ = link.relay.wait();
+        }
+        // Killing the PID namespace's first process ends every process in the test host and
+        // drops its mounts.
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+        let _ = self.init.kill();
+        let _ = self.init.wait();
+    }
+}
+
+/// A running agent inside a test host.
+pub struct Agent {
+    child: Child,
+    /// Its PID inside the test host.
+    pub ns_pid: u32,
+    host_pid: u32,
+}
+
+impl Agent {
+    /// Sends `signal` to the agent and waits for it to exit.
+    pub fn stop_with(mut self, signal: &str) {
+        Command::new("/usr/bin/nsenter")
+            .args([
+                "-t",
+                &self.host_pid.to_string(),
+                "-m",
+                "-p",
+                "--",
+                "kill",
+                signal,
+                &self.ns_pid.to_string(),
+            ])
+            .status()
+            .expect("kill agent");
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; its exit status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `kill -9`.
+    pub fn kill9(self) {
+        self.stop_with("-KILL");
+    }
+
+    /// A graceful stop (SIGTERM).
+    pub fn stop(self) {
+        self.stop_with("-TERM");
+    }
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut bytes);
+    }
+    bytes
+}
