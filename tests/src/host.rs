@@ -28,7 +28,9 @@ echo "127.0.1.1 $name" >> /etc/hosts
 echo "$machine_id" > /etc/machine-id
 mkdir -p /run/sshd
 echo ready
-exec sleep infinity
+# PID 1 of the test host must reap orphans (a shell waiting on a foreground child reaps every
+# child that exits), or processes that fork and exit would pile up as zombies.
+exec /bin/sh -c 'while :; do sleep 3600; done'
 "#;
 
 /// A running test host.

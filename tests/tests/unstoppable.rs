@@ -499,17 +499,19 @@ fn finding_13_respawning_and_signal_ignoring_processes_are_ended() {
     host.enroll_ok(&cp);
     let _agent = host.start_agent();
     create_account(&cp, "e2e-f13a", "kai", &[], "1h");
-    // A script that re-executes itself in the background and exits: always a new PID.
+    // A script that re-executes itself in the background and exits: always a new PID (bounded
+    // to 3,000 generations, so a broken agent cannot turn it into a fork storm).
     host.write(
         "/tmp/hop.sh",
-        "#!/bin/sh\ntrap '' TERM HUP INT\nsleep 0.01\n/bin/sh /tmp/hop.sh hop-chain &\n",
+        "#!/bin/sh\ntrap '' TERM HUP INT\nsleep 0.01\nleft=$(($2 - 1))\n\
+         [ \"$left\" -gt 0 ] && /bin/sh /tmp/hop.sh hop-chain \"$left\" &\n",
     );
     host.exec(&["chmod", "0755", "/tmp/hop.sh"]).ok("chmod");
     host.run_as(
         "kai",
         "(trap '' TERM HUP; setsid sh -c 'trap \"\" TERM HUP; while :; do sleep 1; done' stubborn \
            </dev/null >/dev/null 2>&1 &); \
-         (setsid /bin/sh /tmp/hop.sh hop-chain </dev/null >/dev/null 2>&1 &); \
+         (setsid /bin/sh /tmp/hop.sh hop-chain 3000 </dev/null >/dev/null 2>&1 &); \
          (setsid sh -c 'while :; do sleep 7777 & wait; done' respawner </dev/null >/dev/null 2>&1 &)",
     )
     .ok("start the user's processes");
