@@ -3,7 +3,7 @@
 //! panic, and a spec that validates must hold no name or key that could forge an account record.
 #![no_main]
 
-use latch_common::api::{AgentJob, CreateJobRequest};
+use latch_common::api::{AgentJob, CreateJobRequest, GrantLimits};
 use latch_common::job::JobSpec;
 use latch_common::signing::{SignedJob, check_deadline, verify};
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +13,10 @@ const KEY: [u8; 32] = [7; 32];
 fn assert_safe(spec: &JobSpec) {
     let user = spec.user();
     assert!(!user.is_empty() && !user.starts_with('-'));
-    assert!(!user.contains([':', '\n', '\r', '\0', '/', ',']), "validated name {user:?}");
+    assert!(
+        !user.contains([':', '\n', '\r', '\0', '/', ',']),
+        "validated name {user:?}"
+    );
     if let Some(group) = spec.group() {
         assert!(!group.contains([':', '\n', '\0', ',']) && !group.starts_with('-'));
     }
@@ -44,9 +47,19 @@ fuzz_target!(|data: &[u8]| {
         assert_safe(&spec);
         let _ = spec.redacted();
     }
+    let limits = GrantLimits {
+        max: chrono::Duration::hours(24),
+        default: chrono::Duration::hours(1),
+    };
+    let now = chrono::Utc::now();
     if let Ok(request) = serde_json::from_slice::<CreateJobRequest>(data)
-        && let Ok(spec) = request.into_spec(|_| Ok("$6$salt$hash".to_owned()))
+        && let Ok((spec, _window)) =
+            request.into_spec(now, &limits, |_| Ok("$6$salt$hash".to_owned()))
     {
         assert_safe(&spec);
+        // A grant window is always bounded unless explicitly permanent.
+        if let Some(end) = spec.expires_at() {
+            assert!(end > now && end <= now + limits.max + chrono::Duration::seconds(60));
+        }
     }
 });
