@@ -168,8 +168,20 @@ impl Worker {
                 ),
             ),
         };
-        if matches!(job.spec, JobSpec::RotateSigningKey { .. }) {
-            return replayed();
+        if let JobSpec::RotateSigningKey { next_key } = &job.spec {
+            let known = self.state.identity().is_ok_and(|identity| {
+                identity.signing_key.as_deref() == Some(next_key)
+                    || identity.next_signing_key.as_deref() == Some(next_key)
+            });
+            return if known {
+                JobOutcome::Confirmed {
+                    notes: vec![
+                        "applied before the agent restarted; the next key is recorded".into(),
+                    ],
+                }
+            } else {
+                replayed()
+            };
         }
         let verified = self.read_files().and_then(|snapshot| {
             let accounts = self.state.accounts().map_err(state_error)?;

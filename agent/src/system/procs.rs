@@ -22,6 +22,8 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 
 /// `loginuid` of a process that never logged in.
 const NO_LOGINUID: u32 = u32::MAX;
+/// Below this UID are root and system accounts, whose processes Latch never signals.
+const MIN_USER_UID: u32 = 1000;
 /// How long to keep killing before giving up.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -189,6 +191,10 @@ fn end_matching(
     wanted: impl Fn(&ProcessInfo) -> bool + Copy,
 ) -> Vec<ProcessInfo> {
     let left = || -> Vec<ProcessInfo> { scan().into_iter().filter(wanted).collect() };
+    if as_user.is_some_and(|(uid, _)| uid < MIN_USER_UID) {
+        // Never for root or a system account: Latch only ends processes of accounts it made.
+        return left();
+    }
     if left().is_empty() {
         return Vec::new();
     }
