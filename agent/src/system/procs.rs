@@ -180,6 +180,10 @@ pub fn elevated_of(uid: u32) -> Vec<ProcessInfo> {
 /// started through sudo — leaving the user's own processes and sessions alone: for a revoked
 /// group membership. Returns what is still alive at the end.
 pub fn end_elevated(uid: u32, grace: Duration) -> Vec<ProcessInfo> {
+    if uid < MIN_USER_UID {
+        // Never for root or a system account: Latch only ends what accounts it made started.
+        return elevated_of(uid);
+    }
     end_matching(None, grace, |p| elevated(p, uid))
 }
 
