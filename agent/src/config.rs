@@ -100,14 +100,31 @@ impl Config {
         })
     }
 
+    /// Every option at its default (what an empty file gives). The agent falls back to it when
+    /// its configuration file is not usable, and then only revokes.
+    pub fn defaults() -> Config {
+        Config {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            uid_min: 60000,
+            uid_max: 60999,
+            allowed_groups: None,
+            default_shell: "/bin/bash".to_owned(),
+            lock_wait: Duration::from_secs(30),
+            kill_grace: Duration::from_secs(1),
+            sudo_dynamic_groups: true,
+            log_level: "info".to_owned(),
+        }
+    }
+
     /// Parses and resolves TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::new(),
             message: e.message().to_owned(),
         })?;
-        let uid_min = raw.uid_min.unwrap_or(60000);
-        let uid_max = raw.uid_max.unwrap_or(60999);
+        let defaults = Config::defaults();
+        let uid_min = raw.uid_min.unwrap_or(defaults.uid_min);
+        let uid_max = raw.uid_max.unwrap_or(defaults.uid_max);
         if uid_min < 1000 {
             return Err(ConfigError::Value {
                 key: "uid_min",
@@ -136,23 +153,42 @@ impl Config {
                 }
             }
         }
-        let default_shell = raw.default_shell.unwrap_or_else(|| "/bin/bash".to_owned());
+        let default_shell = raw.default_shell.unwrap_or(defaults.default_shell);
         latch_common::names::validate_shell(&default_shell).map_err(|e| ConfigError::Value {
             key: "default_shell",
             reason: e.reason,
         })?;
+        let seconds =
+            |key: &'static str, value: Option<u64>, default: Duration, max: u64| match value {
+                None => Ok(default),
+                Some(value) if value <= max => Ok(Duration::from_secs(value)),
+                Some(_) => Err(ConfigError::Value {
+                    key,
+                    reason: format!("must be at most {max} seconds"),
+                }),
+            };
         Ok(Config {
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir: raw.state_dir.unwrap_or(defaults.state_dir),
             uid_min,
             uid_max,
             allowed_groups: raw.allowed_groups,
             default_shell,
-            lock_wait: Duration::from_secs(raw.lock_wait_seconds.unwrap_or(30)),
-            kill_grace: Duration::from_secs(raw.kill_grace_seconds.unwrap_or(1)),
-            sudo_dynamic_groups: raw.sudo_dynamic_groups.unwrap_or(true),
-            log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+            lock_wait: seconds(
+                "lock_wait_seconds",
+                raw.lock_wait_seconds,
+                defaults.lock_wait,
+                300,
+            )?,
+            kill_grace: seconds(
+                "kill_grace_seconds",
+                raw.kill_grace_seconds,
+                defaults.kill_grace,
+                60,
+            )?,
+            sudo_dynamic_groups: raw
+                .sudo_dynamic_groups
+                .unwrap_or(defaults.sudo_dynamic_groups),
+            log_level: raw.log_level.unwrap_or(defaults.log_level),
         })
     }
 
@@ -178,6 +214,7 @@ mod tests {
     #[test]
     fn defaults() {
         let config = Config::parse("").unwrap();
+        assert_eq!(config, Config::defaults());
         assert_eq!((config.uid_min, config.uid_max), (60000, 60999));
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/latch"));
         assert_eq!(config.default_shell, "/bin/bash");
@@ -227,6 +264,8 @@ mod tests {
             ("allowed_groups = [\"root\"]", "allowed_groups"),
             ("allowed_groups = [\"a:b\"]", "allowed_groups"),
             ("default_shell = \"bash\"", "default_shell"),
+            ("lock_wait_seconds = 100000", "lock_wait_seconds"),
+            ("kill_grace_seconds = 3600", "kill_grace_seconds"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

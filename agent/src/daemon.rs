@@ -28,32 +28,39 @@ use crate::{credential, expiry, facts, journal, poll, worker};
 /// How often a refused credential is tried again in revoke-only mode.
 const RECHECK: Duration = Duration::from_secs(600);
 
-/// Runs the agent until SIGTERM/SIGINT.
+/// Runs the agent until SIGTERM/SIGINT. `problem` (a configuration that could not be used)
+/// puts it in revoke-only mode from the start.
 pub async fn run(
     config: Config,
+    mut problem: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let state = StateDir::open(&config.state_dir)?;
     let _lock = state.lock()?;
-    // Finish a credential rotation a crash interrupted, if any.
-    let identity = match credential::settle_pending(&state).await {
-        Ok(identity) => identity,
+    let identity = match state.identity() {
+        Ok(identity) => Some(identity),
         Err(error) => {
-            tracing::warn!(%error, "cannot settle a pending credential rotation yet");
-            state.identity()?
+            problem.get_or_insert(format!(
+                "the host's identity cannot be used ({error}); enroll it again with `latch-agent enroll --replace`"
+            ));
+            None
         }
     };
-    tracing::info!(host_id = %identity.host_id, server = %identity.server, state_dir = %state.path().display(), "latch-agent started");
+    tracing::info!(host_id = identity.as_ref().map_or("-", |i| i.host_id.as_str()), state_dir = %state.path().display(), "latch-agent started");
     let worker = Arc::new(worker::Worker::new(
         config,
         state.clone(),
-        identity.host_id.clone(),
+        identity
+            .as_ref()
+            .map(|i| i.host_id.clone())
+            .unwrap_or_default(),
     ));
     if let Err(error) = worker.prepare_host() {
         // Not fatal: revocation must run whatever sudo.conf looks like.
         tracing::error!(%error, "cannot set 'group_source dynamic' in /etc/sudo.conf; sudo in sessions opened before a revocation may keep working until they end");
     }
-    // Grants that ended while the agent was down are revoked before anything else.
+    // Grants that ended while the agent was down are revoked before anything else (before any
+    // network call).
     {
         let worker = worker.clone();
         match tokio::task::spawn_blocking(move || worker.revoke_expired(Utc::now())).await? {
@@ -67,6 +74,19 @@ pub async fn run(
             }
         }
     }
+    // Finish a credential rotation a crash interrupted, if any.
+    let identity = match identity {
+        Some(identity) if identity.pending_credential.is_some() && problem.is_none() => {
+            match credential::settle_pending(&state).await {
+                Ok(settled) => Some(settled),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot settle a pending credential rotation yet");
+                    Some(identity)
+                }
+            }
+        }
+        other => other,
+    };
     let grants_changed = Arc::new(tokio::sync::Notify::new());
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
     let expiry = tokio::spawn(expiry::run(
@@ -75,11 +95,19 @@ pub async fn run(
         outbox_ready.clone(),
     ));
 
-    let mut mode = first_mode(&state, &identity);
+    let mut mode = match (&problem, &identity) {
+        (Some(reason), _) => Some(enter_revoke_only(&state, reason.clone(), false)),
+        (None, Some(identity)) => first_mode(&state, identity),
+        (None, None) => Some(Mode::RevokeOnly { recheck: false }),
+    };
     tokio::pin!(shutdown);
     let result = loop {
         match mode.take() {
             None => {
+                let Some(identity) = &identity else {
+                    mode = Some(Mode::RevokeOnly { recheck: false });
+                    continue;
+                };
                 let client = AgentClient::new(
                     &identity.server,
                     &identity.transport(),
@@ -119,7 +147,7 @@ pub async fn run(
                 tokio::select! {
                     () = &mut shutdown => break Ok(ExitCode::SUCCESS),
                     () = tokio::time::sleep(RECHECK), if recheck => {
-                        if credential_accepted(&identity).await {
+                        if let Some(identity) = &identity && credential_accepted(identity).await {
                             tracing::warn!("the control plane accepts this host's credential again; leaving revoke-only mode");
                             if let Err(error) = state.clear_revoke_only() {
                                 tracing::error!(%error, "cannot clear the revoke-only marker");

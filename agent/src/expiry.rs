@@ -100,7 +100,8 @@ pub async fn flush_outbox(client: &AgentClient, worker: &Worker) -> Result<(), C
                 tracing::warn!(job_id = %report.job_id, %error, "control plane refused the revocation report; dropping it")
             }
         }
-        if let Err(error) = worker.ack_outbox(&report) {
+        // The worker's lock may be held by a revocation for seconds: never on the async thread.
+        if let Err(error) = tokio::task::block_in_place(|| worker.ack_outbox(&report)) {
             tracing::error!(%error, "cannot update the revocation outbox");
         }
     }

@@ -206,17 +206,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { config, state_dir } => {
-            let config = load_config(&config, state_dir)?;
+            // A configuration that cannot be used must not stop revocation: the agent then runs
+            // on the defaults, only revoking, and says why (here, in its log and in `status`).
+            let (config, problem) = match load_config(&config, state_dir.clone()) {
+                Ok(config) => (config, None),
+                Err(error) => {
+                    let mut defaults = Config::defaults();
+                    if let Some(dir) = state_dir {
+                        defaults.state_dir = dir;
+                    }
+                    let problem = format!(
+                        "the configuration is not usable ({error:#}); fix it and restart the agent"
+                    );
+                    eprintln!("error: {problem}; until then the agent only revokes");
+                    (defaults, Some(problem))
+                }
+            };
+            let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_new(&config.log_level)
-                        .context("invalid log_level in the configuration")?,
-                )
+                .with_env_filter(filter)
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            daemon::run(config, shutdown_signal()).await
+            daemon::run(config, problem, shutdown_signal()).await
         }
         Command::RotateCredential { config, state_dir } => {
             let config = load_config(&config, state_dir)?;
@@ -232,7 +245,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, state_dir } => {
-            let config = load_config(&config, state_dir)?;
+            let config = match load_config(&config, state_dir.clone()) {
+                Ok(config) => config,
+                Err(error) => {
+                    println!(
+                        "configuration: NOT USABLE ({error:#}); the agent runs on the defaults, only revoking"
+                    );
+                    let mut defaults = Config::defaults();
+                    if let Some(dir) = state_dir {
+                        defaults.state_dir = dir;
+                    }
+                    defaults
+                }
+            };
             daemon::status(&StateDir::open(&config.state_dir)?).await
         }
     }

@@ -234,7 +234,7 @@ impl Agent {
             Err(error) if error.code == JobErrorCode::BadSignature => {
                 let Some(next) = next else { return Err(error) };
                 let signed = signing::verify(job, &next, &self.host_id).map_err(|_| error)?;
-                self.worker.promote_next_signing_key()?;
+                tokio::task::block_in_place(|| self.worker.promote_next_signing_key())?;
                 Ok(signed)
             }
             other => other,

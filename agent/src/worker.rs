@@ -154,7 +154,7 @@ impl Worker {
             tracing::error!(%error, "cannot record the job as applied");
         }
         crash_hook::pause_blocking("recorded");
-        outcome
+        outcome.bounded()
     }
 
     /// The outcome of a job that was already applied: `confirmed` if its result still holds.
@@ -188,7 +188,7 @@ impl Worker {
             let policy = self.policy(&snapshot);
             let facts = self.facts(&snapshot, &accounts, &policy);
             plan::verify(&job.spec, &facts)?;
-            self.verify_host(&job.spec, &snapshot, &snapshot)
+            self.verify_host(&job.spec, &snapshot)
         });
         match verified {
             Ok(_) => {
@@ -242,32 +242,22 @@ impl Worker {
                     continue;
                 }
             };
-            let failures = self.revoke(&plan.steps, &mut accounts);
-            match self.verify_revoked(&expired.spec(), &snapshot) {
+            let revoked_at = Utc::now();
+            let reports: Vec<RevocationReport> = expired
+                .job_ids()
+                .into_iter()
+                .map(|job_id| RevocationReport { job_id, revoked_at })
+                .collect();
+            match self.revoke_verified(&expired.spec(), plan, &snapshot, &mut accounts, reports) {
                 Ok(notes) => {
-                    let revoked_at = Utc::now();
-                    let notes: Vec<String> = plan
-                        .notes
-                        .into_iter()
-                        .chain(failures)
-                        .chain(notes)
-                        .collect();
                     tracing::info!(%user, %group, %jobs, notes = %notes.join("; "), "grant expired: access revoked");
-                    accounts = self.state.accounts().map_err(state_error)?;
-                    accounts.outbox.extend(
-                        expired
-                            .job_ids()
-                            .into_iter()
-                            .map(|job_id| RevocationReport { job_id, revoked_at }),
-                    );
-                    self.state.save_accounts(&accounts).map_err(state_error)?;
                     revoked += 1;
                 }
                 Err(error) => {
-                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %format!("{}{}", error.message, failed_steps(&failures)), "revoking an expired grant is not complete; will retry");
-                    accounts = self.state.accounts().map_err(state_error)?;
+                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %error.message, "revoking an expired grant is not complete; will retry");
                 }
             }
+            accounts = self.state.accounts().map_err(state_error)?;
         }
         Ok(revoked)
     }
@@ -291,6 +281,11 @@ impl Worker {
             uid_min: self.config.uid_min,
             uid_max: self.config.uid_max,
             default_shell: self.config.default_shell.clone(),
+            sudo_checked_groups: if self.config.sudo_dynamic_groups {
+                vec!["sudo".to_owned(), "wheel".to_owned()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -385,26 +380,14 @@ impl Worker {
             &self.facts(&snapshot, &accounts, &policy),
         )?;
         if plan::is_revocation(&job.spec) {
-            let failures = self.revoke(&plan.steps, &mut accounts);
-            return match self.verify_revoked(&job.spec, &snapshot) {
-                Ok(notes) => Ok(plan
-                    .notes
-                    .into_iter()
-                    .chain(failures)
-                    .chain(notes)
-                    .collect()),
-                Err(error) => Err(JobError::new(
-                    error.code,
-                    format!("{}{}", error.message, failed_steps(&failures)),
-                )),
-            };
+            return self.revoke_verified(&job.spec, plan, &snapshot, &mut accounts, Vec::new());
         }
         self.grant(&plan.steps, &job.job_id, &mut accounts)?;
         let after = self.read_files()?;
         let accounts = self.state.accounts().map_err(state_error)?;
         plan::verify(&job.spec, &self.facts(&after, &accounts, &policy))?;
-        let notes = self.verify_host(&job.spec, &snapshot, &after)?;
-        Ok(plan.notes.into_iter().chain(notes).collect())
+        self.verify_host(&job.spec, &after)?;
+        Ok(plan.notes)
     }
 
     /// Runs a grant's steps; the first failure stops it. An account this job was creating is
@@ -469,8 +452,8 @@ impl Worker {
             user: user.to_owned(),
         };
         let policy = self.policy(&snapshot);
-        let steps = match plan::plan(&spec, "", &self.facts(&snapshot, accounts, &policy)) {
-            Ok(plan) => plan.steps,
+        let plan = match plan::plan(&spec, "", &self.facts(&snapshot, accounts, &policy)) {
+            Ok(plan) => plan,
             Err(error) => {
                 return format!(
                     "what was created could not be removed yet ({}); the agent retries at its expiry timer",
@@ -478,29 +461,106 @@ impl Worker {
                 );
             }
         };
-        let failures = self.revoke(&steps, accounts);
-        match self.verify_revoked(&spec, &snapshot) {
+        match self.revoke_verified(&spec, plan, &snapshot, accounts, Vec::new()) {
             Ok(_) => "what was created was removed again; nothing is left behind".to_owned(),
             Err(error) => format!(
-                "what was created could not all be removed yet ({}{}); the agent retries at its expiry timer",
-                error.message,
-                failed_steps(&failures)
+                "what was created could not all be removed yet ({}); the agent retries at its expiry timer",
+                error.message
             ),
         }
     }
 
-    /// Runs every step of a revocation whatever happens to the others; returns what could not
-    /// be done.
+    /// Runs a revocation to its end and checks it: every step but the records is tried whatever
+    /// happens to the others; then the account files are read back, and no process that any
+    /// process-ending step had to end may be left. Only then are the agent's records dropped
+    /// (and, for local expiry, `reports` queued) in one write, so a revocation that is not
+    /// complete stays recorded and is retried. Returns the notes of a confirmed outcome; the
+    /// error names what could not be done.
+    fn revoke_verified(
+        &self,
+        spec: &JobSpec,
+        plan: plan::Plan,
+        before: &Snapshot,
+        accounts: &mut Accounts,
+        reports: Vec<RevocationReport>,
+    ) -> Result<Vec<String>, JobError> {
+        let (forget, act): (Vec<Step>, Vec<Step>) =
+            plan.steps.into_iter().partition(Step::is_forget);
+        let failures = self.revoke(&act, accounts);
+        let incomplete = |error: JobError| {
+            JobError::new(
+                error.code,
+                format!("{}{}", error.message, failed_steps(&failures)),
+            )
+        };
+        let after = self.read_files()?;
+        let mut records = self.state.accounts().map_err(state_error)?;
+        for step in &forget {
+            match step {
+                Step::ForgetAccount { user } => {
+                    records.accounts.remove(user);
+                }
+                Step::ForgetGroupGrant { user, group } => {
+                    if let Some(account) = records.accounts.get_mut(user) {
+                        account.group_grants.remove(group);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let policy = self.policy(&after);
+        plan::verify(spec, &self.facts(&after, &records, &policy)).map_err(incomplete)?;
+        for step in &act {
+            let (uid, left) = match step {
+                Step::EndProcesses { uid, .. } => (*uid, procs::processes_of(*uid)),
+                Step::EndPrivilegedProcesses { uid, holding } => {
+                    (*uid, procs::privileged_of(*uid, *holding))
+                }
+                _ => continue,
+            };
+            if !left.is_empty() {
+                return Err(incomplete(still_running(uid, &left)));
+            }
+        }
+        let mut notes = plan.notes;
+        notes.extend(failures);
+        if let JobSpec::DeleteAccount { user } = spec
+            && let Some(entry) = before.user(user)
+            && after.user(user).is_none()
+            && std::fs::symlink_metadata(&entry.home).is_ok()
+        {
+            notes.push(format!(
+                "the home directory {} could not be removed; remove it by hand",
+                entry.home
+            ));
+        }
+        records.outbox.extend(reports);
+        self.state.save_accounts(&records).map_err(state_error)?;
+        *accounts = records;
+        Ok(notes)
+    }
+
+    /// Runs every step whatever happens to the others; returns what could not be done. Once the
+    /// account files turn out to be locked by another program, the steps that need that lock
+    /// are skipped for this attempt (each would wait again); the revocation is then retried.
     fn revoke(&self, steps: &[Step], accounts: &mut Accounts) -> Vec<String> {
         let mut failures = Vec::new();
+        let mut files_locked = false;
         for step in steps {
+            if files_locked && step.needs_file_lock() {
+                failures.push(format!(
+                    "skipped: {} (the account files are locked by another program)",
+                    step.describe()
+                ));
+                continue;
+            }
             let result = match step {
                 Step::RemoveKeys { user } => self.remove_keys(user),
                 Step::DeleteUser { user } => self.delete_user(user),
-                Step::ForgetAccount { user } => self.forget_if_gone(user, accounts),
                 other => self.run_step(other.clone(), "", accounts),
             };
             if let Err(error) = result {
+                files_locked |= error.code == JobErrorCode::HostBusy;
                 tracing::warn!(step = %step.describe(), code = %error.code, message = %error.message, "a revocation step failed; going on with the others");
                 failures.push(format!("could not {}: {}", step.describe(), error.message));
             }
@@ -513,7 +573,9 @@ impl Worker {
         let Some(entry) = snapshot.user(user) else {
             return Ok(());
         };
-        keys::revoke_authorized_keys(Path::new(&entry.home))
+        let home = Path::new(&entry.home);
+        refuse_mounts_under(home)?;
+        keys::revoke_authorized_keys(home)
             .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))
     }
 
@@ -522,7 +584,8 @@ impl Worker {
     fn delete_user(&self, user: &str) -> Result<(), JobError> {
         let first = self.tools.delete_user(user, false).map_err(tool_error);
         let result = match first {
-            Err(error) if error.code == JobErrorCode::AccountInUse => {
+            // `--force` also removes a home the user does not own: only for the account's own.
+            Err(error) if error.code == JobErrorCode::AccountInUse && self.owns_home(user) => {
                 self.tools.delete_user(user, true).map_err(tool_error)
             }
             other => other,
@@ -543,6 +606,17 @@ impl Worker {
         }
     }
 
+    /// Whether `user`'s home directory is a directory owned by `user` (not a link).
+    fn owns_home(&self, user: &str) -> bool {
+        self.read_files().is_ok_and(|snapshot| {
+            snapshot.user(user).is_some_and(|entry| {
+                std::fs::symlink_metadata(&entry.home).is_ok_and(|meta| {
+                    meta.is_dir() && std::os::unix::fs::MetadataExt::uid(&meta) == entry.uid
+                })
+            })
+        })
+    }
+
     /// Drops the record of `user` once its account is gone; keeps it (so revocation is retried)
     /// while it is not.
     fn forget_if_gone(&self, user: &str, accounts: &mut Accounts) -> Result<(), JobError> {
@@ -555,17 +629,6 @@ impl Worker {
         }
         accounts.accounts.remove(user);
         self.state.save_accounts(accounts).map_err(state_error)
-    }
-
-    /// Checks a revocation's result on the files read back, and that no process it had to end
-    /// is left. `before` is the snapshot the plan was made from. Returns notes (e.g. a home
-    /// directory that could not be removed).
-    fn verify_revoked(&self, spec: &JobSpec, before: &Snapshot) -> Result<Vec<String>, JobError> {
-        let after = self.read_files()?;
-        let accounts = self.state.accounts().map_err(state_error)?;
-        let policy = self.policy(&after);
-        plan::verify(spec, &self.facts(&after, &accounts, &policy))?;
-        self.verify_host(spec, before, &after)
     }
 
     /// Records the control plane's next signing key (the job itself was verified with the
@@ -678,8 +741,8 @@ impl Worker {
                     return Err(still_running(uid, &left));
                 }
             }
-            Step::EndElevatedProcesses { uid } => {
-                let left = procs::end_elevated(uid, self.config.kill_grace);
+            Step::EndPrivilegedProcesses { uid, holding } => {
+                let left = procs::end_privileged(uid, holding, self.config.kill_grace);
                 if !left.is_empty() {
                     return Err(still_running(uid, &left));
                 }
@@ -699,89 +762,78 @@ impl Worker {
                 format!("account '{user}' vanished before its keys were written"),
             )
         })?;
+        refuse_mounts_under(Path::new(&entry.home))?;
         keys::write_authorized_keys(Path::new(&entry.home), entry.uid, entry.gid, lines)
             .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))
     }
 
-    /// Checks what the account files do not show: the home directory and `authorized_keys` of a
-    /// new account; that no process of a deleted account, and nothing a revoked member started
-    /// through sudo, is left. Returns notes.
-    fn verify_host(
-        &self,
-        spec: &JobSpec,
-        before: &Snapshot,
-        after: &Snapshot,
-    ) -> Result<Vec<String>, JobError> {
+    /// Checks what the account files do not show for a grant: the home directory and
+    /// `authorized_keys` of a new account. (A revocation's processes and home are checked by
+    /// `revoke_verified`.)
+    fn verify_host(&self, spec: &JobSpec, after: &Snapshot) -> Result<(), JobError> {
         let failed = |what: String| {
             JobError::new(
                 JobErrorCode::VerifyFailed,
                 format!("after applying, {what}"),
             )
         };
-        let mut notes = Vec::new();
-        match spec {
-            JobSpec::CreateAccount {
-                user,
-                ssh_keys,
-                expires_at,
-                ..
-            } => {
-                let entry = after
-                    .user(user)
-                    .ok_or_else(|| failed(format!("'{user}' is missing")))?;
-                let home = Path::new(&entry.home);
-                let meta = std::fs::symlink_metadata(home)
-                    .map_err(|e| failed(format!("home {} is missing: {e}", entry.home)))?;
-                if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != entry.uid {
-                    return Err(failed(format!(
-                        "home {} is not a directory owned by '{user}'",
-                        entry.home
-                    )));
-                }
-                if !ssh_keys.is_empty() {
-                    let expected = format!(
-                        "{}\n",
-                        plan::authorized_key_lines(ssh_keys, *expires_at).join("\n")
-                    );
-                    match keys::read_authorized_keys(home) {
-                        Ok(Some((text, owner, mode)))
-                            if text == expected && owner == entry.uid && mode == 0o600 => {}
-                        Ok(_) => {
-                            return Err(failed(
+        if let JobSpec::CreateAccount {
+            user,
+            ssh_keys,
+            expires_at,
+            ..
+        } = spec
+        {
+            let entry = after
+                .user(user)
+                .ok_or_else(|| failed(format!("'{user}' is missing")))?;
+            let home = Path::new(&entry.home);
+            let meta = std::fs::symlink_metadata(home)
+                .map_err(|e| failed(format!("home {} is missing: {e}", entry.home)))?;
+            if !meta.is_dir() || std::os::unix::fs::MetadataExt::uid(&meta) != entry.uid {
+                return Err(failed(format!(
+                    "home {} is not a directory owned by '{user}'",
+                    entry.home
+                )));
+            }
+            if !ssh_keys.is_empty() {
+                let expected = format!(
+                    "{}\n",
+                    plan::authorized_key_lines(ssh_keys, *expires_at).join("\n")
+                );
+                match keys::read_authorized_keys(home) {
+                    Ok(Some((text, owner, mode)))
+                        if text == expected && owner == entry.uid && mode == 0o600 => {}
+                    Ok(_) => {
+                        return Err(failed(
                                 "authorized_keys does not hold exactly the job's keys with owner and mode 0600".into(),
                             ));
-                        }
-                        Err(e) => return Err(failed(e.to_string())),
                     }
+                    Err(e) => return Err(failed(e.to_string())),
                 }
             }
-            JobSpec::DeleteAccount { user } => {
-                if let Some(entry) = before.user(user) {
-                    let left = procs::processes_of(entry.uid);
-                    if !left.is_empty() {
-                        return Err(still_running(entry.uid, &left));
-                    }
-                    if after.user(user).is_none() && std::fs::symlink_metadata(&entry.home).is_ok()
-                    {
-                        notes.push(format!(
-                            "the home directory {} could not be removed; remove it by hand",
-                            entry.home
-                        ));
-                    }
-                }
-            }
-            JobSpec::RemoveGroup { user, .. } => {
-                if let Some(entry) = before.user(user) {
-                    let left = procs::elevated_of(entry.uid);
-                    if !left.is_empty() {
-                        return Err(still_running(entry.uid, &left));
-                    }
-                }
-            }
-            _ => {}
         }
-        Ok(notes)
+        Ok(())
     }
+}
+
+/// Refuses to work under `home` when a file system is mounted at or below it: a user's FUSE
+/// mount could block every access for ever (and the agent would stop revoking). Read from
+/// mountinfo, without touching the mount.
+fn refuse_mounts_under(home: &Path) -> Result<(), JobError> {
+    let mounts = crate::system::mounts::mounts_under(home);
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
+    Err(JobError::new(
+        JobErrorCode::ToolFailed,
+        format!(
+            "a file system is mounted under {} ({}); Latch does not touch files under a mount point — unmount it",
+            home.display(),
+            shown.join(", ")
+        ),
+    ))
 }
 
 fn still_running(uid: u32, left: &[procs::ProcessInfo]) -> JobError {

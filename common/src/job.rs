@@ -411,6 +411,47 @@ pub const MAX_OUTCOME_NOTES: usize = 16;
 pub const MAX_NOTE_BYTES: usize = 1024;
 
 impl JobOutcome {
+    /// The outcome cut to what [`JobOutcome::validate`] accepts (at most [`MAX_OUTCOME_NOTES`]
+    /// notes of [`MAX_NOTE_BYTES`], an error message of 4096 bytes, no NUL), so a long tool
+    /// error or many failed steps never make an outcome the control plane refuses.
+    pub fn bounded(self) -> Self {
+        fn cut(text: &str, max: usize) -> String {
+            let clean = text.replace('\0', " ");
+            if clean.len() <= max {
+                return clean;
+            }
+            let mut end = max.saturating_sub(3);
+            while !clean.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &clean[..end])
+        }
+        match self {
+            JobOutcome::Confirmed { notes } => {
+                let total = notes.len();
+                let mut kept: Vec<String> = notes
+                    .iter()
+                    .take(MAX_OUTCOME_NOTES)
+                    .map(|n| cut(n, MAX_NOTE_BYTES))
+                    .collect();
+                if total > MAX_OUTCOME_NOTES {
+                    kept.pop();
+                    kept.push(format!(
+                        "… and {} more note(s); see the agent's log",
+                        total - MAX_OUTCOME_NOTES + 1
+                    ));
+                }
+                JobOutcome::Confirmed { notes: kept }
+            }
+            JobOutcome::Failed { error } => JobOutcome::Failed {
+                error: JobError {
+                    code: error.code,
+                    message: cut(&error.message, 4096),
+                },
+            },
+        }
+    }
+
     /// Confirmed, with nothing to note.
     pub fn confirmed() -> Self {
         JobOutcome::Confirmed { notes: Vec::new() }
@@ -552,7 +593,13 @@ mod tests {
             notes: vec!["x".into(); MAX_OUTCOME_NOTES + 1],
         };
         assert!(flood.validate().is_err());
+        assert!(flood.bounded().validate().is_ok());
         assert!(noted.validate().is_ok());
+        let long = JobOutcome::Failed {
+            error: JobError::new(JobErrorCode::ToolFailed, "é".repeat(5000)),
+        };
+        assert!(long.validate().is_err());
+        assert!(long.bounded().validate().is_ok());
     }
 
     #[test]

@@ -796,3 +796,154 @@ fn finding_21_root_processes_started_through_sudo_end_with_the_grant() {
     assert!(host.passwd_line("quin").is_some());
     real.assert_unchanged();
 }
+
+/// Review of issue 8, 1: the user keeps calling `kill(-1, SIGSTOP)`, which also stops the
+/// helper that takes the user's UID to kill their processes. The agent must not wait on it for
+/// ever: the account is still deleted, and the agent goes on revoking other grants.
+#[test]
+fn review_a_user_stopping_the_kill_helper_does_not_freeze_the_agent() {
+    if !e2e_enabled("review_a_user_stopping_the_kill_helper_does_not_freeze_the_agent") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-r1");
+    host.enroll_ok(&cp);
+    let _agent = host.start_agent();
+    create_account(&cp, "e2e-r1", "rex", &[], "1h");
+    let other = create_account(&cp, "e2e-r1", "ria", &["sudo"], "20s");
+    // A bounded busy loop (dash's builtin kill: no fork) stopping every other process of rex.
+    host.run_as(
+        "rex",
+        "(setsid sleep 9191 </dev/null >/dev/null 2>&1 &); \
+         (trap '' TERM HUP; setsid sh -c 'trap \"\" TERM HUP; sleep 1; i=0; \
+           while [ $i -lt 3000000 ]; do kill -STOP -1 2>/dev/null; i=$((i+1)); done' stopper \
+           </dev/null >/dev/null 2>&1 &)",
+    )
+    .ok("start the stopper");
+    // It starts stopping once the shell that launched it is gone.
+    std::thread::sleep(Duration::from_millis(1500));
+    let delete = cp.create_job(&[
+        "--host",
+        "e2e-r1",
+        "--kind",
+        "delete-account",
+        "--user",
+        "rex",
+    ]);
+    cp.expect_confirmed(&delete);
+    assert!(host.passwd_line("rex").is_none());
+    let uid_left: Vec<(u32, u32, u32)> = ["stopper", "sleep 9191"]
+        .iter()
+        .flat_map(|p| host.processes_matching(p))
+        .collect();
+    assert!(uid_left.is_empty(), "{uid_left:?}");
+    // The agent was not frozen: the other grant still ends on time.
+    wait_gone(&host, "ria", expires_at(&other), 4);
+    real.assert_unchanged();
+}
+
+/// Review of issue 8, 4: an operator's typo in the agent's configuration must not stop expiry:
+/// the agent runs on the defaults, only revoking, and says why.
+#[test]
+fn review_a_broken_configuration_still_revokes() {
+    if !e2e_enabled("review_a_broken_configuration_still_revokes") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-r4");
+    host.enroll_ok(&cp);
+    let agent = host.start_agent();
+    let job = create_account(&cp, "e2e-r4", "sam", &["sudo"], "10s");
+    agent.stop();
+    host.write_agent_config("allowed_groupz = [\"sudo\"]\n");
+    let mut agent = host.start_agent();
+    host.wait("revoke-only mode", Duration::from_secs(10), || {
+        host.agent_log().contains("revoke-only mode").then_some(())
+    });
+    let status = host.exec(&["/mnt/bin/latch-agent", "status"]);
+    assert!(status.stdout.contains("NOT USABLE"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("allowed_groupz"),
+        "{}",
+        status.stdout
+    );
+    wait_gone(&host, "sam", expires_at(&job), 4);
+    assert_eq!(
+        agent.wait_exit(Duration::from_millis(100)),
+        None,
+        "still running"
+    );
+    real.assert_unchanged();
+}
+
+/// Review of issue 8, 5: a revoked membership of a group whose power is holding it (here `adm`,
+/// like `docker`) is dropped from running processes too: a process started while a member
+/// keeps the group until it exits, so the processes holding it end; the account stays.
+#[test]
+fn review_a_revoked_group_leaves_no_process_holding_it() {
+    if !e2e_enabled("review_a_revoked_group_leaves_no_process_holding_it") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-r5");
+    host.write_agent_config("allowed_groups = [\"sudo\", \"adm\"]\n");
+    host.enroll_ok(&cp);
+    let _agent = host.start_agent();
+    create_account(&cp, "e2e-r5", "tia", &[], "1h");
+    let add = cp.create_job(&[
+        "--host",
+        "e2e-r5",
+        "--kind",
+        "add-group",
+        "--user",
+        "tia",
+        "--group",
+        "adm",
+        "--expires-in",
+        "10s",
+    ]);
+    let grant = cp.expect_confirmed(&add);
+    // One process started while a member (holds adm), one without it.
+    host.exec(&[
+        "setpriv",
+        "--reuid=tia",
+        "--regid=tia",
+        "--init-groups",
+        "--",
+        "/bin/sh",
+        "-c",
+        "(setsid sleep 8181 </dev/null >/dev/null 2>&1 &)",
+    ])
+    .ok("start a holder");
+    host.run_as("tia", "(setsid sleep 8282 </dev/null >/dev/null 2>&1 &)")
+        .ok("start a non-holder");
+    let holder = host.processes_matching("sleep 8181");
+    assert_eq!(holder.len(), 1);
+    let groups = host.read(&format!("/proc/{}/status", holder[0].0));
+    assert!(
+        groups
+            .lines()
+            .any(|l| l.starts_with("Groups:") && l.split_whitespace().any(|g| g == "4")),
+        "{groups}"
+    );
+    host.wait("the membership to end", Duration::from_secs(60), || {
+        (!host.group_members("adm").contains(&"tia".to_owned())).then_some(())
+    });
+    let late = chrono::Utc::now() - expires_at(&grant);
+    assert!(late < chrono::Duration::seconds(4), "{late}");
+    wait_for("the holder to end", Duration::from_secs(10), || {
+        host.processes_matching("sleep 8181")
+            .is_empty()
+            .then_some(())
+    });
+    assert_eq!(
+        host.processes_matching("sleep 8282").len(),
+        1,
+        "processes that do not hold the group stay"
+    );
+    assert!(host.passwd_line("tia").is_some());
+    real.assert_unchanged();
+}

@@ -42,6 +42,10 @@ pub struct Policy {
     pub uid_max: u32,
     /// Shell when the job names none.
     pub default_shell: String,
+    /// Groups whose only power is sudo, which checks membership at each use (`group_source
+    /// dynamic`): revoking one leaves the user's sessions alone. Revoking any other group ends
+    /// the user's processes that still hold it (a process keeps its groups until it exits).
+    pub sudo_checked_groups: Vec<String>,
 }
 
 /// Everything the planner decides from.
@@ -165,10 +169,13 @@ pub enum Step {
         gid: u32,
     },
     /// End the processes descending from the UID's logins that run as someone else (what the
-    /// user started through sudo), keeping the user's own session.
-    EndElevatedProcesses {
+    /// user started through sudo) and, with `holding`, the user's own processes that still
+    /// carry that GID among their groups; the user's other processes stay.
+    EndPrivilegedProcesses {
         /// UID.
         uid: u32,
+        /// The revoked group's GID, when holding it is itself the power.
+        holding: Option<u32>,
     },
     /// `userdel --remove` (again with `--force` if the user still had processes).
     DeleteUser {
@@ -212,9 +219,15 @@ impl Step {
                 format!("forget the '{group}' grant of '{user}'")
             }
             Step::EndProcesses { uid, .. } => format!("end the processes of UID {uid}"),
-            Step::EndElevatedProcesses { uid } => {
+            Step::EndPrivilegedProcesses { uid, holding: None } => {
                 format!("end the processes UID {uid} started through sudo")
             }
+            Step::EndPrivilegedProcesses {
+                uid,
+                holding: Some(gid),
+            } => format!(
+                "end the processes UID {uid} started through sudo or that still hold GID {gid}"
+            ),
             Step::DeleteUser { user } => format!("delete '{user}'"),
             Step::DeleteGroup { group } => format!("delete the group '{group}'"),
             Step::ForgetAccount { user } => format!("forget '{user}'"),
@@ -244,6 +257,33 @@ impl Plan {
             steps: Vec::new(),
             notes: vec![note],
         }
+    }
+}
+
+impl Step {
+    /// Whether the step changes the account files (and so waits for their lock).
+    pub fn needs_file_lock(&self) -> bool {
+        matches!(
+            self,
+            Step::CreateMarkerGroup
+                | Step::AddUser { .. }
+                | Step::SetAccountExpiry { .. }
+                | Step::LockAccount { .. }
+                | Step::AddToGroup { .. }
+                | Step::RemoveFromGroup { .. }
+                | Step::SetPasswordHash { .. }
+                | Step::DeleteUser { .. }
+                | Step::DeleteGroup { .. }
+        )
+    }
+
+    /// Whether the step only drops the agent's own record: in a revocation it runs after the
+    /// result was verified, so a revocation that is not complete is retried.
+    pub fn is_forget(&self) -> bool {
+        matches!(
+            self,
+            Step::ForgetAccount { .. } | Step::ForgetGroupGrant { .. }
+        )
     }
 }
 
@@ -310,13 +350,34 @@ fn files_well_formed(snapshot: &Snapshot) -> Result<(), JobError> {
 }
 
 /// Steps that remove every access of account `user` (UID `uid`, primary GID `gid`) and then
-/// the account itself, shrinking access first: lock, every supplementary group but the marker,
-/// keys, sudo's cache, NSS caches, sessions and processes (root shells from sudo included),
-/// `userdel`, the agent's record. Each step is independent: the worker tries them all.
-fn removal_steps(user: &str, uid: u32, gid: u32, snapshot: &Snapshot) -> Vec<Step> {
-    let mut steps = vec![Step::LockAccount {
+/// the account itself. Each step is independent: the worker tries them all. Steps that need no
+/// account-file lock come first, so a lock held by another program (`vipw`) delays nothing that
+/// ends access: sudo's cache, then every process (sessions, a FUSE daemon under the home, root
+/// shells from sudo) before anything under the home is touched, then the keys; then the files:
+/// lock, every supplementary group but the marker, NSS caches; then processes again (a login in
+/// between) and `userdel`; the record goes last, once the result is verified. `home` is `None`
+/// when the passwd line cannot be read (keys are then left to `userdel`).
+fn removal_steps(
+    user: &str,
+    uid: u32,
+    gid: u32,
+    home: Option<&str>,
+    snapshot: &Snapshot,
+) -> Vec<Step> {
+    let mut steps = vec![
+        Step::ClearSudoTimestamps {
+            user: user.to_owned(),
+        },
+        Step::EndProcesses { uid, gid },
+    ];
+    if home.is_some() {
+        steps.push(Step::RemoveKeys {
+            user: user.to_owned(),
+        });
+    }
+    steps.push(Step::LockAccount {
         user: user.to_owned(),
-    }];
+    });
     for group in &snapshot.group {
         if group.name != MARKER_GROUP && group.members.iter().any(|m| m == user) {
             steps.push(Step::RemoveFromGroup {
@@ -326,12 +387,6 @@ fn removal_steps(user: &str, uid: u32, gid: u32, snapshot: &Snapshot) -> Vec<Ste
         }
     }
     steps.extend([
-        Step::RemoveKeys {
-            user: user.to_owned(),
-        },
-        Step::ClearSudoTimestamps {
-            user: user.to_owned(),
-        },
         Step::InvalidateNameCaches,
         Step::EndProcesses { uid, gid },
         Step::DeleteUser {
@@ -344,10 +399,14 @@ fn removal_steps(user: &str, uid: u32, gid: u32, snapshot: &Snapshot) -> Vec<Ste
     steps
 }
 
-/// What is left of an account Latch created that is no longer in `/etc/passwd` (a private
-/// group from a `useradd` that failed half-way), then the record.
+/// What is left of an account Latch created that is no longer in `/etc/passwd` (deleted by
+/// hand, or a `useradd` that failed half-way): its processes (unless another account now has
+/// its UID), a private group, then the record.
 fn leftover_steps(user: &str, uid: u32, snapshot: &Snapshot) -> Vec<Step> {
     let mut steps = Vec::new();
+    if !snapshot.passwd.iter().any(|u| u.uid == uid) {
+        steps.push(Step::EndProcesses { uid, gid: uid });
+    }
     if snapshot.group(user).is_some_and(|g| g.gid == uid) {
         steps.push(Step::DeleteGroup {
             group: user.to_owned(),
@@ -476,8 +535,18 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
         }
         JobSpec::DeleteAccount { user } => match owned_account(user, snapshot, facts.accounts) {
             Ownership::Ours(entry) => Ok(Plan::steps(removal_steps(
-                user, entry.uid, entry.gid, snapshot,
+                user,
+                entry.uid,
+                entry.gid,
+                Some(&entry.home),
+                snapshot,
             ))),
+            Ownership::Unreadable { uid } => Ok(Plan {
+                steps: removal_steps(user, uid, uid, None, snapshot),
+                notes: vec![format!(
+                    "the /etc/passwd line of '{user}' does not parse; its SSH keys were left for userdel to remove with the home"
+                )],
+            }),
             Ownership::Gone { uid } => Ok(Plan {
                 steps: leftover_steps(user, uid, snapshot),
                 notes: vec![format!(
@@ -547,14 +616,39 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
                     }
                     // With sudo's group_source dynamic (set by the agent), open sessions lose
                     // sudo at once; cached credentials and what was started through sudo go too.
+                    // Any other group is held by every process started while a member: those
+                    // end.
+                    let holding = if facts.policy.sudo_checked_groups.contains(group) {
+                        None
+                    } else {
+                        snapshot.group(group).map(|g| g.gid)
+                    };
                     steps.extend([
                         Step::ClearSudoTimestamps { user: user.clone() },
                         Step::InvalidateNameCaches,
-                        Step::EndElevatedProcesses { uid: entry.uid },
+                        Step::EndPrivilegedProcesses {
+                            uid: entry.uid,
+                            holding,
+                        },
                         forget,
                     ]);
                     Ok(Plan::steps(steps))
                 }
+                Ownership::Unreadable { uid } => Ok(Plan {
+                    steps: vec![
+                        Step::RemoveFromGroup {
+                            user: user.clone(),
+                            group: group.clone(),
+                        },
+                        Step::ClearSudoTimestamps { user: user.clone() },
+                        Step::EndPrivilegedProcesses {
+                            uid,
+                            holding: snapshot.group(group).map(|g| g.gid),
+                        },
+                        forget,
+                    ],
+                    notes: vec![format!("the /etc/passwd line of '{user}' does not parse")],
+                }),
                 Ownership::Gone { .. } | Ownership::Replaced { .. } => Ok(Plan {
                     steps: vec![forget],
                     notes: vec![format!(
@@ -617,6 +711,7 @@ mod tests {
             shadow: parse_shadow(SHADOW).unwrap(),
             shells: vec!["/bin/bash".into(), "/bin/sh".into()],
             malformed: Vec::new(),
+            malformed_users: Vec::new(),
         }
     }
 
@@ -645,6 +740,7 @@ mod tests {
             uid_min: 60000,
             uid_max: 60999,
             default_shell: "/bin/bash".into(),
+            sudo_checked_groups: vec!["sudo".into()],
         }
     }
 
@@ -692,7 +788,14 @@ mod tests {
     }
 
     fn eph_removal() -> Vec<Step> {
+        let end = Step::EndProcesses {
+            uid: 60000,
+            gid: 60000,
+        };
         vec![
+            Step::ClearSudoTimestamps { user: "eph".into() },
+            end.clone(),
+            Step::RemoveKeys { user: "eph".into() },
             Step::LockAccount { user: "eph".into() },
             Step::RemoveFromGroup {
                 user: "eph".into(),
@@ -702,13 +805,8 @@ mod tests {
                 user: "eph".into(),
                 group: "adm".into(),
             },
-            Step::RemoveKeys { user: "eph".into() },
-            Step::ClearSudoTimestamps { user: "eph".into() },
             Step::InvalidateNameCaches,
-            Step::EndProcesses {
-                uid: 60000,
-                gid: 60000,
-            },
+            end,
             Step::DeleteUser { user: "eph".into() },
             Step::ForgetAccount { user: "eph".into() },
         ]
@@ -894,7 +992,10 @@ mod tests {
                 },
                 Step::ClearSudoTimestamps { user: "eph".into() },
                 Step::InvalidateNameCaches,
-                Step::EndElevatedProcesses { uid: 60000 },
+                Step::EndPrivilegedProcesses {
+                    uid: 60000,
+                    holding: None,
+                },
                 Step::ForgetGroupGrant {
                     user: "eph".into(),
                     group: "sudo".into(),
@@ -909,6 +1010,65 @@ mod tests {
             Err(Code::InvalidJob),
         );
         check(remove_sudo("legacy"), Err(Code::AccountNotManaged));
+    }
+
+    /// A revoked group other than sudo ends the user's processes that still hold it (sudo
+    /// checks membership at each use; `adm` or `docker` is held by the process itself).
+    #[test]
+    fn revoking_a_held_group_ends_the_processes_holding_it() {
+        let steps = plan_with(
+            &JobSpec::RemoveGroup {
+                user: "eph".into(),
+                group: "adm".into(),
+            },
+            &snapshot(),
+            &accounts(),
+            &policy(),
+        )
+        .unwrap()
+        .steps;
+        assert!(
+            steps.contains(&Step::EndPrivilegedProcesses {
+                uid: 60000,
+                holding: Some(4)
+            }),
+            "{steps:?}"
+        );
+    }
+
+    /// A Latch account whose own passwd line does not parse is still revoked (by name, its
+    /// processes by the recorded UID), never taken for gone.
+    #[test]
+    fn an_account_with_a_malformed_line_is_revoked_not_forgotten() {
+        let mut files = snapshot();
+        files.passwd.retain(|u| u.name != "eph");
+        files.malformed_users = vec!["eph".into()];
+        let plan = plan_with(&delete("eph"), &files, &accounts(), &policy()).unwrap();
+        assert!(
+            plan.steps
+                .contains(&Step::DeleteUser { user: "eph".into() })
+        );
+        assert!(plan.steps.contains(&Step::EndProcesses {
+            uid: 60000,
+            gid: 60000
+        }));
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::RemoveKeys { .. }))
+        );
+        let (records, policy) = (accounts(), policy());
+        let facts = Facts {
+            snapshot: &files,
+            accounts: &records,
+            policy: &policy,
+            names: &FilesOnly,
+        };
+        assert_eq!(
+            verify(&delete("eph"), &facts).unwrap_err().code,
+            Code::VerifyFailed
+        );
     }
 
     /// Finding 2: tightening `allowed_groups` must not stop the revocation of memberships
@@ -1027,6 +1187,10 @@ mod tests {
         assert_eq!(
             plan.steps,
             vec![
+                Step::EndProcesses {
+                    uid: 60002,
+                    gid: 60002
+                },
                 Step::DeleteGroup {
                     group: "half".into()
                 },
@@ -1151,7 +1315,7 @@ mod tests {
             }]
         );
         let steps = plan_expiry(&due[0], &facts).unwrap().steps;
-        assert_eq!(steps[0], Step::LockAccount { user: "eph".into() });
+        assert_eq!(steps[0], Step::ClearSudoTimestamps { user: "eph".into() });
         assert!(steps.contains(&Step::EndProcesses {
             uid: 60000,
             gid: 60000

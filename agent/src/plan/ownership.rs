@@ -58,6 +58,12 @@ impl NameService for FilesOnly {
 pub enum Ownership<'a> {
     /// Latch created it: the record's UID is the UID in `/etc/passwd`.
     Ours(&'a PasswdEntry),
+    /// Latch created an account of this name, and `/etc/passwd` still names it, on a line that
+    /// does not parse: revoked by name, processes by the recorded UID.
+    Unreadable {
+        /// The UID Latch gave it.
+        uid: u32,
+    },
     /// Latch created an account of this name, but it is no longer in `/etc/passwd`.
     Gone {
         /// The UID Latch gave it.
@@ -85,6 +91,9 @@ pub fn owned_account<'a>(user: &str, snapshot: &'a Snapshot, accounts: &Accounts
             ours: record.uid,
             now: entry.uid,
         },
+        None if snapshot.malformed_users.iter().any(|name| name == user) => {
+            Ownership::Unreadable { uid: record.uid }
+        }
         None => Ownership::Gone { uid: record.uid },
     }
 }
@@ -95,6 +104,12 @@ pub fn managed_account<'a>(user: &str, facts: &Facts<'a>) -> Result<&'a PasswdEn
     let snapshot = facts.snapshot;
     let entry = match owned_account(user, snapshot, facts.accounts) {
         Ownership::Ours(entry) => entry,
+        Ownership::Unreadable { .. } => {
+            return Err(refuse(
+                JobErrorCode::AccountFilesMalformed,
+                format!("the /etc/passwd line of '{user}' does not parse; repair it (`pwck`)"),
+            ));
+        }
         Ownership::NotOurs | Ownership::Replaced { .. } if snapshot.user(user).is_some() => {
             return Err(refuse(
                 JobErrorCode::AccountNotManaged,

@@ -55,8 +55,16 @@ pub fn verify(spec: &JobSpec, facts: &Facts<'_>) -> Result<(), JobError> {
             }
         }
         JobSpec::DeleteAccount { user } => {
-            if let Ownership::Ours(_) = owned_account(user, snapshot, facts.accounts) {
-                return Err(failed(format!("'{user}' is still in /etc/passwd")));
+            match owned_account(user, snapshot, facts.accounts) {
+                Ownership::Ours(_) => {
+                    return Err(failed(format!("'{user}' is still in /etc/passwd")));
+                }
+                Ownership::Unreadable { .. } => {
+                    return Err(failed(format!(
+                        "'{user}' is still in /etc/passwd (on a line that does not parse)"
+                    )));
+                }
+                _ => {}
             }
             if facts.accounts.accounts.contains_key(user) {
                 return Err(failed(format!(

@@ -211,6 +211,9 @@ pub struct Snapshot {
     pub shells: Vec<String>,
     /// Lines of passwd, group or shadow that do not parse, as `/etc/FILE line N: why`.
     pub malformed: Vec<String>,
+    /// The names (first field) of `/etc/passwd` lines that do not parse: such an account still
+    /// exists for the system tools, so it is never taken for gone.
+    pub malformed_users: Vec<String>,
 }
 
 impl Snapshot {
@@ -221,7 +224,18 @@ impl Snapshot {
             let path = etc.join(name);
             std::fs::read_to_string(&path).map_err(|source| EtcError::Read { path, source })
         };
-        let (passwd, passwd_errors) = parse_lenient(&read("passwd")?, passwd_line);
+        let passwd_text = read("passwd")?;
+        let (passwd, passwd_errors) = parse_lenient(&passwd_text, passwd_line);
+        let malformed_users = passwd_errors
+            .iter()
+            .filter_map(|error| match error {
+                EtcError::Parse { line, .. } => passwd_text.lines().nth(line - 1),
+                EtcError::Read { .. } => None,
+            })
+            .filter_map(|line| line.split(':').next())
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
         let (group, group_errors) = parse_lenient(&read("group")?, group_line);
         let (shadow, shadow_errors) = parse_lenient(&read("shadow")?, shadow_line);
         let malformed = passwd_errors
@@ -241,6 +255,7 @@ impl Snapshot {
             shadow,
             shells: read("shells").map(|t| parse_shells(&t)).unwrap_or_default(),
             malformed,
+            malformed_users,
         })
     }
 

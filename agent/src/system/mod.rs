@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod etc;
 pub mod files;
 pub mod keys;
+pub mod mounts;
 pub mod nss;
 pub mod procs;
 pub mod sudo;

@@ -15,6 +15,7 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,8 @@ pub struct ProcessInfo {
     pub uids: [u32; 4],
     /// The audit login UID, if the process descends from a login.
     pub loginuid: Option<u32>,
+    /// Supplementary group IDs (a process keeps them until it exits).
+    pub groups: Vec<u32>,
     /// Stopped (`T`) or traced.
     pub stopped: bool,
 }
@@ -70,6 +73,13 @@ pub fn parse_status(pid: i32, status: &str, loginuid: Option<&str>) -> Option<Pr
         .filter_map(|id| id.parse().ok())
         .collect();
     let uids: [u32; 4] = ids.try_into().ok()?;
+    let groups = field("Groups:")
+        .map(|text| {
+            text.split_whitespace()
+                .filter_map(|id| id.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let loginuid = loginuid
         .and_then(|text| text.trim().parse::<u32>().ok())
         .filter(|&id| id != NO_LOGINUID);
@@ -77,6 +87,7 @@ pub fn parse_status(pid: i32, status: &str, loginuid: Option<&str>) -> Option<Pr
         pid,
         uids,
         loginuid,
+        groups,
         stopped: state.starts_with('T') || state.starts_with('t'),
     })
 }
@@ -124,24 +135,41 @@ fn signal_checked(pid: i32, signal: Signal, still: impl Fn(&ProcessInfo) -> bool
     }
 }
 
+/// How long the `kill(-1)` helper may take. It runs with the user's UID, so the user can stop
+/// it (SIGSTOP) before it signals anything: it is never waited on for longer, and the scan below
+/// (run as root, which the user cannot stop) ends what it did not, the helper included.
+const HELPER_DEADLINE: Duration = Duration::from_millis(500);
+
 /// Runs `kill -s SIGNAL -- -1` as `uid` (no supplementary groups, no capabilities): the kernel
-/// delivers `signal` to every process of `uid` at once. Returns whether the helper ran.
-fn signal_all_as(uid: u32, gid: u32, signal: &str) -> bool {
+/// delivers `signal` to every process of `uid` at once. Spawned and waited on in a thread of its
+/// own, given up after [`HELPER_DEADLINE`] (a stopped helper never blocks revocation; it is a
+/// process of the UID, so the root scan kills it and the thread ends). Returns whether the
+/// helper finished in time.
+fn signal_all_as(uid: u32, gid: u32, signal: &'static str) -> bool {
     let Ok(kill) = super::cmd::tool("kill") else {
         return false;
     };
-    Command::new(kill)
-        .args(["-s", signal, "--", "-1"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .current_dir("/")
-        .uid(uid)
-        .gid(gid)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+    let (done, finished) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("latch-kill-helper".into())
+        .spawn(move || {
+            let status = Command::new(kill)
+                .args(["-s", signal, "--", "-1"])
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .current_dir("/")
+                .uid(uid)
+                .gid(gid)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = done.send(status.is_ok());
+        });
+    if spawned.is_err() {
+        return false;
+    }
+    finished.recv_timeout(HELPER_DEADLINE).unwrap_or(false)
 }
 
 /// Ends every process of `uid` and every process descending from its logins (root shells
@@ -153,16 +181,24 @@ pub fn end_all(uid: u32, gid: u32, grace: Duration) -> Vec<ProcessInfo> {
     })
 }
 
-/// Programs that run as root with the user's login UID as part of a login itself (sshd's
-/// privileged half of a session, `login`), not because the user elevated.
-const LOGIN_SERVICES: &[&str] = &["sshd", "sshd-session", "login"];
+/// The system programs that run as root with the user's login UID as part of a login itself
+/// (sshd's privileged half of a session, `login`), not because the user elevated. Matched by
+/// their full path, so a copy elsewhere (`/tmp/x/sshd`) is not exempt.
+const LOGIN_SERVICES: &[&str] = &[
+    "/usr/sbin/sshd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/libexec/openssh/sshd-session",
+    "/usr/bin/login",
+    "/bin/login",
+];
 
 /// Whether `pid` runs one of the [`LOGIN_SERVICES`].
 fn is_login_service(pid: i32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|name| LOGIN_SERVICES.contains(&name.as_str()))
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        LOGIN_SERVICES
+            .iter()
+            .any(|service| exe == Path::new(service))
+    })
 }
 
 /// Whether `process` descends from a login of `uid` and runs as someone else because the user
@@ -171,20 +207,32 @@ fn elevated(process: &ProcessInfo, uid: u32) -> bool {
     process.elevated_from(uid) && !is_login_service(process.pid)
 }
 
-/// Live processes `uid` started through sudo or su from its logins (see [`end_elevated`]).
-pub fn elevated_of(uid: u32) -> Vec<ProcessInfo> {
-    scan().into_iter().filter(|p| elevated(p, uid)).collect()
+/// Whether `process` must end when `uid` loses a group: it descends from the user's logins and
+/// runs as someone else (sudo), or — with `holding` — it runs as the user and still holds that
+/// GID.
+fn privileged(process: &ProcessInfo, uid: u32, holding: Option<u32>) -> bool {
+    elevated(process, uid)
+        || holding.is_some_and(|gid| process.runs_as(uid) && process.groups.contains(&gid))
 }
 
-/// Ends the processes that descend from `uid`'s logins but run as another user — what the user
-/// started through sudo — leaving the user's own processes and sessions alone: for a revoked
-/// group membership. Returns what is still alive at the end.
-pub fn end_elevated(uid: u32, grace: Duration) -> Vec<ProcessInfo> {
+/// Live processes that a revoked membership of `uid` must end (see [`end_privileged`]).
+pub fn privileged_of(uid: u32, holding: Option<u32>) -> Vec<ProcessInfo> {
+    scan()
+        .into_iter()
+        .filter(|p| privileged(p, uid, holding))
+        .collect()
+}
+
+/// Ends what a revoked group membership of `uid` must not leave running: what the user started
+/// through sudo from its logins and, with `holding` (a group whose power is holding it, not
+/// sudo), the user's processes that still carry that GID. The user's other processes and
+/// sessions stay. Returns what is still alive at the end.
+pub fn end_privileged(uid: u32, holding: Option<u32>, grace: Duration) -> Vec<ProcessInfo> {
     if uid < MIN_USER_UID {
         // Never for root or a system account: Latch only ends what accounts it made started.
-        return elevated_of(uid);
+        return privileged_of(uid, holding);
     }
-    end_matching(None, grace, |p| elevated(p, uid))
+    end_matching(None, grace, |p| privileged(p, uid, holding))
 }
 
 /// Ends the processes `wanted` selects. `as_user` (UID, GID) also signals every process of
@@ -261,6 +309,10 @@ mod tests {
     fn parses_ids_state_and_loginuid() {
         let info = parse_status(42, STATUS, Some("60001")).unwrap();
         assert_eq!(info.uids, [0, 0, 0, 0]);
+        assert!(info.groups.is_empty());
+        let with_groups = STATUS.replace("Gid:", "Groups:\t4 27 995\nGid:");
+        let holder = parse_status(42, &with_groups, None).unwrap();
+        assert_eq!(holder.groups, vec![4, 27, 995]);
         assert_eq!(info.loginuid, Some(60001));
         assert!(
             info.elevated_from(60001),
