@@ -275,7 +275,12 @@ async fn handle(
         Verdict::Again => (JobOutcome::confirmed(), None),
         Verdict::Refuse(error) => {
             stats.error(format!("refused:{}", error.code.as_str()));
-            (JobOutcome::Failed { error }, None)
+            // Only to close the run's books on this job (nothing is acted on): its number from
+            // the unverified payload.
+            let key = serde_json::from_str::<SignedJob>(&job.payload)
+                .ok()
+                .and_then(|signed| job_key(&signed.spec));
+            (JobOutcome::Failed { error }, key)
         }
     };
     let confirmed = matches!(outcome, JobOutcome::Confirmed { .. });
