@@ -94,6 +94,11 @@ pub enum SimError {
     /// No agent could enroll.
     #[error("no simulated agent could enroll; the first error: {0}")]
     NoAgents(String),
+    /// --database-url was given but the server started on SQLite.
+    #[error(
+        "the started latch-control ignored --database-url (its banner names no PostgreSQL store); it needs a build with the PostgreSQL store"
+    )]
+    DatabaseUrlIgnored,
     /// The latency histograms could not be made.
     #[error("cannot create the latency histograms: {0}")]
     Histogram(#[from] hdrhistogram::CreationError),
@@ -220,12 +225,12 @@ pub async fn run(config: Config) -> Result<Report, SimError> {
     let settings = config_parts(&config);
     let (server, urls, ca, token, pid, store) = match config.target {
         Target::Start(options) => {
-            let store = if options.database_url.is_some() {
-                "postgres"
-            } else {
-                "sqlite"
-            };
             let server = ServerProcess::start(&options).await?;
+            let store = server.store();
+            if options.database_url.is_some() && store != "postgres" {
+                server.stop().await;
+                return Err(SimError::DatabaseUrlIgnored);
+            }
             let ca = (!server.ca_pem.is_empty())
                 .then(|| (server.ca_pem.clone(), server.ca_file.display().to_string()));
             let (urls, token, pid) = (vec![server.url.clone()], server.token.clone(), server.pid);

@@ -87,6 +87,8 @@ pub struct ServerProcess {
     pub token: String,
     /// The server's log (its standard error).
     pub log: PathBuf,
+    /// What its start-up banner (standard output) said before it listened.
+    pub banner: Vec<String>,
 }
 
 fn tail(path: &Path) -> String {
@@ -148,11 +150,13 @@ impl ServerProcess {
             .take()
             .ok_or_else(|| not_listening("no standard output".into()))?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
         let read_banner = async {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(url) = line.trim().strip_prefix("listening on ") {
                     return Some(url.to_owned());
                 }
+                banner.push(line);
             }
             None
         };
@@ -190,7 +194,21 @@ impl ServerProcess {
             ca_file,
             token,
             log,
+            banner,
         })
+    }
+
+    /// The store its banner names: `postgres` when a line mentions PostgreSQL, else `sqlite`.
+    pub fn store(&self) -> &'static str {
+        if self
+            .banner
+            .iter()
+            .any(|line| line.to_ascii_lowercase().contains("postgres"))
+        {
+            "postgres"
+        } else {
+            "sqlite"
+        }
     }
 
     /// Stops the server: SIGTERM, then SIGKILL after 10 s.

@@ -189,7 +189,7 @@ pub struct Report {
     pub date: String,
     /// The command line.
     pub command: String,
-    /// `sqlite`, `postgres` (a server started with --database-url) or `external`.
+    /// The started server's store as its banner names it (`sqlite`, `postgres`), or `external`.
     pub store: String,
     /// Control-plane URLs the agents were spread over.
     pub servers: Vec<String>,
