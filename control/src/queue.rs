@@ -50,23 +50,50 @@ use crate::store::{
 };
 use crate::{Control, ControlError};
 
-/// Per-host wake-up signals for waiting long-polls.
+/// Per-host state of long-polls: the wake-up signal waiting polls listen on, and when this
+/// process last wrote the host's `last_seen`.
 #[derive(Default)]
 pub struct Wakeups {
-    hosts: Mutex<HashMap<String, Arc<Notify>>>,
+    hosts: Mutex<HashMap<String, HostPolls>>,
+}
+
+#[derive(Default)]
+struct HostPolls {
+    notify: Arc<Notify>,
+    touched: Option<tokio::time::Instant>,
 }
 
 impl Wakeups {
-    fn for_host(&self, host_id: &str) -> Arc<Notify> {
-        let mut hosts = self
-            .hosts
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostPolls>> {
+        self.hosts
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        hosts.entry(host_id.to_owned()).or_default().clone()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn for_host(&self, host_id: &str) -> Arc<Notify> {
+        self.lock()
+            .entry(host_id.to_owned())
+            .or_default()
+            .notify
+            .clone()
     }
 
     pub(crate) fn wake(&self, host_id: &str) {
         self.for_host(host_id).notify_waiters();
+    }
+
+    /// Whether the host's `last_seen` was last written `every` or longer ago (or never, by
+    /// this process).
+    fn touch_due(&self, host_id: &str, every: StdDuration) -> bool {
+        self.lock()
+            .get(host_id)
+            .and_then(|host| host.touched)
+            .is_none_or(|at| at.elapsed() >= every)
+    }
+
+    fn touched(&self, host_id: &str) {
+        self.lock().entry(host_id.to_owned()).or_default().touched =
+            Some(tokio::time::Instant::now());
     }
 }
 
@@ -341,12 +368,15 @@ impl Control {
             .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), window = window.as_str(), "job queued");
         self.wakeups.wake(&host.id);
-        let context = self
-            .store
-            .job_context(std::slice::from_ref(&job.id), Utc::now())
-            .await?;
-        let view = self.view(job, &context);
-        Ok(view)
+        // A job just queued is pending, so it is no grant yet: its context is the host's name
+        // (no query needed on the hot path).
+        let context = JobContext {
+            host_name: host.facts.hostname,
+            host_removed_at: None,
+            grant_state: None,
+            superseded_by: None,
+        };
+        Ok(job_view(job, Some(&context), self.config.revocation_retry))
     }
 
     fn view(&self, job: JobRecord, context: &HashMap<String, JobContext>) -> JobView {
@@ -407,8 +437,24 @@ impl Control {
         })
     }
 
+    /// Writes the host's `last_seen` when the last write is a quarter of the online window old
+    /// (or was never made by this process): a polling host stays `online`, and a busy fleet
+    /// does not write one row per poll (the single SQLite writer is the bottleneck at load).
+    async fn touch(&self, host_id: &str) -> Result<(), ControlError> {
+        let every = (self.config.online_window / 4).to_std().unwrap_or_default();
+        if self.wakeups.touch_due(host_id, every) {
+            self.store.touch_host(host_id, Utc::now()).await?;
+            self.wakeups.touched(host_id);
+        }
+        Ok(())
+    }
+
     /// Long-poll: the host's next job, waiting up to `wait` for one to be queued. `None` when the
-    /// wait ends with nothing to do.
+    /// wait ends with nothing to do. `host` was authenticated for this request (so it was
+    /// active); after a wake-up that finds nothing to deliver the host is checked again, so
+    /// removing it (which cancels its jobs and wakes the poll) ends the poll with 401. A job
+    /// delivered needs no check: jobs are queued only for active hosts, and removal cancels
+    /// them in the same transaction.
     pub async fn next_job(
         &self,
         host: &HostRecord,
@@ -416,13 +462,9 @@ impl Control {
     ) -> Result<Option<AgentJob>, ControlError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.wakeups.for_host(&host.id);
-        self.store.touch_host(&host.id, Utc::now()).await?;
+        self.touch(&host.id).await?;
+        let mut woken = false;
         loop {
-            if !self.store.host_is_active(&host.id).await? {
-                return Err(ControlError::Unauthenticated(
-                    "this host was removed; enroll it again with `latch-agent enroll --replace` if it should be managed again",
-                ));
-            }
             let notified = notify.notified();
             tokio::pin!(notified);
             // Register interest before looking, so a job queued in between still wakes us.
@@ -456,12 +498,18 @@ impl Control {
                 }
                 Lease::Idle => deadline,
             };
+            if woken && !self.store.host_is_active(&host.id).await? {
+                return Err(ControlError::Unauthenticated(
+                    "this host was removed; enroll it again with `latch-agent enroll --replace` if it should be managed again",
+                ));
+            }
+            woken = true;
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                self.store.touch_host(&host.id, Utc::now()).await?;
+                self.touch(&host.id).await?;
                 return Ok(None);
             }
         }

@@ -280,6 +280,77 @@ async fn a_waiting_poll_is_woken_by_a_new_job() {
     );
 }
 
+/// Removing a host ends a long-poll in progress at once, with the same refusal a new poll gets
+/// (the poll checks the host again when a wake-up finds nothing to deliver).
+#[tokio::test]
+async fn removing_a_host_ends_its_long_poll_in_progress() {
+    let control = control(ControlConfig::default()).await;
+    let host = enrolled_host(&control, "db1").await;
+    control.create_job(delete("db1", "alice")).await.unwrap();
+    let poller = {
+        let control = control.clone();
+        let host = host.clone();
+        tokio::spawn(async move {
+            // The first poll gets the job; the second waits until the host is removed.
+            let first = control.next_job(&host, Duration::from_secs(10)).await;
+            let started = Instant::now();
+            let second = control.next_job(&host, Duration::from_secs(10)).await;
+            (first, second, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, cancelled) = control.remove_host("db1").await.unwrap();
+    assert_eq!(cancelled, 1, "the delivered job is cancelled");
+    let (first, second, waited) = poller.await.unwrap();
+    assert!(first.unwrap().is_some());
+    assert!(
+        matches!(second, Err(ControlError::Unauthenticated(_))),
+        "{second:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "the poll waited {waited:?}"
+    );
+}
+
+/// A polling host is online; its `last_seen` is written when a quarter of the online window
+/// has passed since the last write, not at every poll (one row write per poll was the single
+/// SQLite writer's largest avoidable load with a busy fleet).
+#[tokio::test]
+async fn polling_keeps_a_host_online_without_a_write_per_poll() {
+    let control = control(ControlConfig {
+        online_window: ChronoDuration::milliseconds(400),
+        ..ControlConfig::default()
+    })
+    .await;
+    let host = enrolled_host(&control, "db1").await;
+    let seen = |control: Arc<Control>| async move {
+        let hosts = control
+            .list_hosts(Page {
+                offset: 0,
+                count: 10,
+            })
+            .await
+            .unwrap();
+        (hosts[0].last_seen, hosts[0].online)
+    };
+    assert_eq!(seen(control.clone()).await, (None, false));
+    control.next_job(&host, Duration::ZERO).await.unwrap();
+    let (first, online) = seen(control.clone()).await;
+    assert!(first.is_some() && online);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    control.next_job(&host, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        seen(control.clone()).await.0,
+        first,
+        "written again too soon"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    control.next_job(&host, Duration::ZERO).await.unwrap();
+    let (later, online) = seen(control.clone()).await;
+    assert!(later > first && online, "{later:?} after {first:?}");
+}
+
 #[tokio::test]
 async fn hostile_jobs_are_refused_and_nothing_is_queued() {
     let control = control(ControlConfig::default()).await;

@@ -150,6 +150,9 @@ async fn main() -> anyhow::Result<()> {
                 new_ca,
             };
             let data = datadir::open(&data_dir, &options).await?;
+            // Every connected agent holds a socket during its long-poll: lift the soft limit on
+            // open files (often 1024) to the hard one.
+            let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
             println!("Latch control plane");
             println!(
                 "  data directory: {} (SQLite database {})",
@@ -181,6 +184,9 @@ async fn main() -> anyhow::Result<()> {
                     .context("--default-grant-duration is too long")?,
                 ..ControlConfig::default()
             };
+            println!(
+                "  open files:     {open_files} at most, about one per connected agent (raise the hard limit, e.g. LimitNOFILE= in the unit, for more)"
+            );
             println!(
                 "  grants:         at most {}; {} when no end is given (--max-grant-duration, --default-grant-duration)",
                 format_window(config.max_grant_duration),

@@ -530,6 +530,9 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A file on this machine cannot drop the connection: no ping before each use (a
+            // round trip to the connection's thread, one per query at load).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
