@@ -2,8 +2,12 @@
 //! caller and every test. Each method is one transaction; the store never decides policy (how
 //! long a lease lasts, how many attempts) — callers pass it in.
 
+#[macro_use]
+mod rows;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::collections::HashMap;
@@ -26,6 +30,34 @@ pub enum StoreError {
         location: String,
         /// Cause.
         source: sqlx::Error,
+    },
+    /// A PostgreSQL URL that cannot be used.
+    #[error(
+        "the database URL is not usable ({detail}); write it as postgres://USER@HOST:PORT/DATABASE, and keep the password out of it (PGPASSWORD or ~/.pgpass)"
+    )]
+    BadUrl {
+        /// What is wrong (never the password).
+        detail: String,
+    },
+    /// PostgreSQL could not be reached, or refused the connection.
+    #[error("cannot connect to PostgreSQL at {location}: {source}; {hint}")]
+    Connect {
+        /// `user@host:port/database` (never the password).
+        location: String,
+        /// Cause.
+        source: sqlx::Error,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The connection's search_path names no schema that exists.
+    #[error(
+        "PostgreSQL at {location} has no schema to keep Latch's tables in: the search_path ({search_path}) names none that exists; create it (CREATE SCHEMA name) or fix `options=-c search_path=name` in the URL"
+    )]
+    NoSchema {
+        /// `user@host:port/database`.
+        location: String,
+        /// The connection's search_path.
+        search_path: String,
     },
     /// A query failed.
     #[error("database error: {0}")]
