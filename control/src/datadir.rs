@@ -3,7 +3,9 @@
 //! ```text
 //! latch-data/            0700
 //!   latch.db             SQLite (WAL): everything else, including the *public* halves of the
-//!                        keys below (table key_pins), recorded when each key is made
+//!                        keys below (table key_pins), recorded when each key is made — or,
+//!                        with `--database-url postgres://…`, the same tables in PostgreSQL
+//!                        (then there is no latch.db; every file below stays here)
 //!   admin.token          0600  the first admin token (its hash is in the database)
 //!   audit.key            0600  32-byte seed: HMAC key of audit entries + checkpoint-signing key
 //!   audit.head           latest signed checkpoint of the audit chain (refreshed by the server)
@@ -38,7 +40,7 @@ use crate::audit::key::AuditKeyError;
 use crate::audit::{AuditEvent, AuditKey};
 use crate::secret::{RandomError, hash_token, new_token};
 use crate::signing::{JobSigner, SigningError};
-use crate::store::{Page, PinnedKey, SqliteStore, Store, StoreError};
+use crate::store::{Page, PgStore, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
 
 pub use crate::files::{
@@ -171,9 +173,22 @@ impl KeyText {
     }
 }
 
-/// Start-up choices that replace a lost key (each audited; see the module docs).
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the database is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite, in the data directory ([`DATABASE_FILE`]).
+    #[default]
+    Sqlite,
+    /// PostgreSQL at this URL (`postgres://USER@HOST:PORT/DATABASE`; see [`PgStore::open`]).
+    Postgres(String),
+}
+
+/// Where the database is, and the start-up choices that replace a lost key (each audited; see
+/// the module docs).
+#[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// The database: SQLite in the data directory (the default) or PostgreSQL.
+    pub database: Database,
     /// Make a new job-signing key if `signing.key` is missing (hosts must enroll again).
     pub new_signing_key: bool,
     /// Make a new audit key if `audit.key` is missing (the chain is re-keyed).
@@ -185,7 +200,9 @@ pub struct Options {
 /// What [`open`] found or created.
 pub struct DataDir {
     /// The opened store.
-    pub store: SqliteStore,
+    pub store: Arc<dyn Store>,
+    /// Which database it is, for people: the SQLite file, or `PostgreSQL user@host:port/db`.
+    pub database: String,
     /// Where the admin token is.
     pub admin_token_path: PathBuf,
     /// Whether a new admin token was created now.
@@ -199,7 +216,7 @@ pub struct DataDir {
     new_ca: bool,
 }
 
-async fn host_count(store: &SqliteStore) -> Result<usize, StoreError> {
+async fn host_count(store: &dyn Store) -> Result<usize, StoreError> {
     Ok(store
         .list_hosts(Page {
             offset: 0,
@@ -209,9 +226,11 @@ async fn host_count(store: &SqliteStore) -> Result<usize, StoreError> {
         .len())
 }
 
-/// Creates `dir` (mode 0700) and the SQLite database in it if needed; makes the keys on first
-/// start (and only then); refuses a missing or different key afterwards; on first start
-/// creates an admin token, stores its hash and writes it to `dir/admin.token` (mode 0600).
+/// Creates `dir` (mode 0700) and the SQLite database in it if needed (or connects to the
+/// PostgreSQL database of [`Options::database`] and migrates it); makes the keys on first start
+/// (and only then); refuses a missing or different key afterwards; on first start creates an
+/// admin token, stores its hash and writes it to `dir/admin.token` (mode 0600). The keys and
+/// the admin token are files of `dir` with either database.
 pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError> {
     let dir_error = |source| DataDirError::Dir {
         path: dir.to_owned(),
@@ -233,7 +252,19 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         },
     };
     let audit_key = Arc::new(audit_key);
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE), audit_key.clone()).await?;
+    let (store_handle, database): (Arc<dyn Store>, String) = match &options.database {
+        Database::Sqlite => {
+            let path = dir.join(DATABASE_FILE);
+            let store = SqliteStore::open(&path, audit_key.clone()).await?;
+            (Arc::new(store), format!("SQLite {}", path.display()))
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::open(url, audit_key.clone()).await?;
+            let database = format!("PostgreSQL {}", store.location());
+            (Arc::new(store), database)
+        }
+    };
+    let store = store_handle.as_ref();
     let initialised_before_pins = store.has_admin_token().await?
         && store.key_pin(PinnedKey::Signing).await?.is_none()
         && store.key_pin(PinnedKey::Audit).await?.is_none()
@@ -242,7 +273,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
 
     settle_audit_key(
         dir,
-        &store,
+        store,
         &audit_key,
         audit_key_is_new,
         initialised_before_pins,
@@ -251,7 +282,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     )
     .await?;
     let (signer, next_signer) =
-        settle_signing_key(dir, &store, initialised_before_pins, options, now).await?;
+        settle_signing_key(dir, store, initialised_before_pins, options, now).await?;
 
     // Record the CA as soon as it exists, also when this start does not serve TLS with it.
     if store.key_pin(PinnedKey::Ca).await?.is_none()
@@ -285,7 +316,8 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         admin_token_created = true;
     }
     Ok(DataDir {
-        store,
+        store: store_handle,
+        database,
         admin_token_path,
         admin_token_created,
         signer,
@@ -301,7 +333,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
 /// `--new-audit-key` — keying the existing entries, then renaming `audit.key.new` into place.
 async fn settle_audit_key(
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn Store,
     audit_key: &AuditKey,
     is_new: bool,
     initialised_before_pins: bool,
@@ -358,7 +390,7 @@ async fn settle_audit_key(
 /// the key only in a new data directory or with `--new-signing-key`, refuses otherwise.
 async fn settle_signing_key(
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn Store,
     initialised_before_pins: bool,
     options: &Options,
     now: DateTime<Utc>,
@@ -527,7 +559,7 @@ impl DataDir {
                 AuditEvent::new("control_plane", "tls.ca_created")
             }
             _ if self.new_ca => {
-                let hosts = host_count(&self.store).await?;
+                let hosts = host_count(self.store.as_ref()).await?;
                 tracing::warn!(
                     hosts,
                     "made a new private CA (--new-ca): every enrolled host must be enrolled again"
