@@ -163,6 +163,28 @@ impl TestDb {
         }
     }
 
+    /// `n` stores on this database, as `n` control-plane processes would open it (one audit
+    /// key, a connection pool each). SQLite serves one process: its `n` are one store.
+    pub async fn replicas(&self, n: usize) -> Vec<Arc<dyn Store>> {
+        match &self.url {
+            None => {
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+                vec![store; n]
+            }
+            Some(url) => {
+                let key = Arc::new(AuditKey::generate().unwrap());
+                let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+                for _ in 0..n {
+                    let options = PgStore::options(url).unwrap();
+                    stores.push(Arc::new(
+                        PgStore::connect(options, 8, key.clone()).await.unwrap(),
+                    ));
+                }
+                stores
+            }
+        }
+    }
+
     /// A raw connection to the database of the data directory `dir`, as anyone with write
     /// access to the database has.
     pub async fn attacker(&self, dir: &Path) -> Attacker {
