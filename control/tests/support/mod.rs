@@ -75,10 +75,8 @@ fn admin_url() -> String {
 
 /// `url` with the connection option `-c search_path=SCHEMA`.
 pub fn schema_url(url: &str, schema: &str) -> String {
-    let mut url = url::Url::parse(url).expect("LATCH_TEST_DATABASE_URL is not a URL");
-    url.query_pairs_mut()
-        .append_pair("options", &format!("-c search_path={schema}"));
-    url.to_string()
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
 }
 
 impl TestDb {
