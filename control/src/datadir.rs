@@ -6,6 +6,7 @@
 //!                        keys below (table key_pins), recorded when each key is made — or,
 //!                        with `--database-url postgres://…`, the same tables in PostgreSQL
 //!                        (then there is no latch.db; every file below stays here)
+//!   latch.db.moved       latch.db was copied to PostgreSQL ([`copy_to_postgres`]): refused now
 //!   admin.token          0600  the first admin token (its hash is in the database)
 //!   audit.key            0600  32-byte seed: HMAC key of audit entries + checkpoint-signing key
 //!   audit.head           latest signed checkpoint of the audit chain (refreshed by the server)
@@ -45,9 +46,10 @@ use crate::tls::{TlsError, TlsIdentity};
 
 pub use crate::files::{
     ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
-    CA_KEY_FILE, DATABASE_FILE, Existing, NEXT_KEY_FILE, OLD_KEY_FILE, SIGNING_KEY_FILE,
-    sync_parent, write_file,
+    CA_KEY_FILE, DATABASE_FILE, Existing, MOVED_FILE, NEXT_KEY_FILE, OLD_KEY_FILE,
+    SIGNING_KEY_FILE, sync_parent, write_file,
 };
+use crate::store::copy::CopyError;
 
 /// Why the data directory could not be opened.
 #[derive(Debug, Error)]
@@ -89,6 +91,57 @@ pub enum DataDirError {
     /// The system random generator failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// Copying the SQLite database to PostgreSQL failed (nothing was committed).
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    /// The SQLite database was copied to PostgreSQL; it is stale now.
+    #[error(
+        "the SQLite database of {dir} was copied to PostgreSQL ({moved}); start with --database-url (or LATCH_DATABASE_URL) naming that database. Only to go back to the SQLite copy, which misses every change made since, delete {marker}",
+        dir = .dir.display(), marker = .marker.display()
+    )]
+    MovedToPostgres {
+        /// The data directory.
+        dir: PathBuf,
+        /// The marker file.
+        marker: PathBuf,
+        /// What it says (where to, when).
+        moved: String,
+    },
+    /// A new, empty PostgreSQL database next to a data directory that has an SQLite database.
+    #[error(
+        "{path} holds this data directory's SQLite database, but PostgreSQL at {location} is empty: copy the database there first (latch-control copy-to-postgres --data-dir {dir}), or give the new PostgreSQL control plane a data directory of its own",
+        path = .path.display(), dir = .dir.display()
+    )]
+    SqliteNotCopied {
+        /// The SQLite database file.
+        path: PathBuf,
+        /// The data directory.
+        dir: PathBuf,
+        /// The PostgreSQL database.
+        location: String,
+    },
+    /// There is no SQLite database to copy.
+    #[error(
+        "there is no SQLite database to copy at {path}; check --data-dir (the directory the SQLite control plane ran with)",
+        path = .path.display()
+    )]
+    NoSqliteDatabase {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The SQLite database was copied before.
+    #[error(
+        "{path} was already copied to PostgreSQL ({moved}); to copy it again, into an empty database, delete {marker} first",
+        path = .path.display(), marker = .marker.display()
+    )]
+    AlreadyCopied {
+        /// The SQLite database file.
+        path: PathBuf,
+        /// The marker file.
+        marker: PathBuf,
+        /// What it says.
+        moved: String,
+    },
     /// A key the data directory was initialised with is gone.
     #[error(
         "{what} {path} is missing, but this data directory was initialised with it ({pinned}); refusing to make a new one, because {why}. Restore {path} from a backup of the data directory. Only if it is lost for good, start once with {flag}: {consequence}",
@@ -252,14 +305,29 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         },
     };
     let audit_key = Arc::new(audit_key);
+    let sqlite_path = dir.join(DATABASE_FILE);
+    let marker = dir.join(MOVED_FILE);
     let (store_handle, database): (Arc<dyn Store>, String) = match &options.database {
         Database::Sqlite => {
-            let path = dir.join(DATABASE_FILE);
-            let store = SqliteStore::open(&path, audit_key.clone()).await?;
-            (Arc::new(store), format!("SQLite {}", path.display()))
+            if let Some(moved) = read_marker(&marker) {
+                return Err(DataDirError::MovedToPostgres {
+                    dir: dir.to_owned(),
+                    marker,
+                    moved,
+                });
+            }
+            let store = SqliteStore::open(&sqlite_path, audit_key.clone()).await?;
+            (Arc::new(store), format!("SQLite {}", sqlite_path.display()))
         }
         Database::Postgres(url) => {
             let store = PgStore::open(url, audit_key.clone()).await?;
+            if sqlite_path.exists() && !marker.exists() && !store.has_admin_token().await? {
+                return Err(DataDirError::SqliteNotCopied {
+                    path: sqlite_path,
+                    dir: dir.to_owned(),
+                    location: store.location().to_owned(),
+                });
+            }
             let database = format!("PostgreSQL {}", store.location());
             (Arc::new(store), database)
         }
@@ -325,6 +393,76 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         dir: dir.to_owned(),
         initialised_before_pins,
         new_ca: options.new_ca,
+    })
+}
+
+/// What the marker of a database copied to PostgreSQL says, if there is one.
+fn read_marker(marker: &Path) -> Option<String> {
+    std::fs::read_to_string(marker)
+        .ok()
+        .map(|text| text.trim().to_owned())
+}
+
+/// What [`copy_to_postgres`] copied.
+#[derive(Debug)]
+pub struct Copied {
+    /// The PostgreSQL database (`user@host:port/database`).
+    pub location: String,
+    /// Rows per table.
+    pub rows: Vec<(&'static str, i64)>,
+    /// The audit chain's last entry, the same on both.
+    pub audit_head: Option<i64>,
+}
+
+/// Copies the SQLite database of the data directory `dir` into the empty PostgreSQL database at
+/// `url` (migrated first), in one transaction, and marks the SQLite database as moved
+/// ([`MOVED_FILE`]) so it is refused from then on. The keys and the other files stay in `dir`:
+/// start the server with the same `--data-dir` and `--database-url url`. Stop the server first;
+/// one still running cannot write during the copy, and its later writes would be lost.
+pub async fn copy_to_postgres(dir: &Path, url: &str) -> Result<Copied, DataDirError> {
+    let path = dir.join(DATABASE_FILE);
+    let marker = dir.join(MOVED_FILE);
+    if let Some(moved) = read_marker(&marker) {
+        return Err(DataDirError::AlreadyCopied {
+            path,
+            marker,
+            moved,
+        });
+    }
+    if !path.is_file() {
+        return Err(DataDirError::NoSqliteDatabase { path });
+    }
+    let key = match AuditKey::load(&dir.join(AUDIT_KEY_FILE))? {
+        Some(key) => Arc::new(key),
+        None => return Err(AUDIT_TEXT.missing(dir.join(AUDIT_KEY_FILE), None)),
+    };
+    let from = SqliteStore::open(&path, key.clone()).await?;
+    let to = PgStore::open(url, key).await?;
+    let rows = crate::store::copy::copy_sqlite_to_postgres(&from, &to).await?;
+    let head = from.audit_head().await?;
+    if to.audit_head().await? != head {
+        return Err(DataDirError::Copy(CopyError::Mismatch {
+            table: "audit_log",
+            from: head.map_or(0, |(id, _)| id),
+            to: to.audit_head().await?.map_or(0, |(id, _)| id),
+        }));
+    }
+    let note = format!(
+        "to PostgreSQL {} at {}\n",
+        to.location(),
+        Utc::now().to_rfc3339()
+    );
+    write_file(&marker, note.as_bytes(), 0o600, Existing::Replace).map_err(|source| {
+        DataDirError::Io {
+            action: "write the moved-database marker",
+            path: marker.clone(),
+            source,
+        }
+    })?;
+    Ok(Copied {
+        location: to.location().to_owned(),
+        rows,
+        audit_head: head.map(|(id, _)| id),
     })
 }
 

@@ -40,6 +40,38 @@ impl ControlPlane {
         )
     }
 
+    /// Starts a control plane on `database` whatever `LATCH_TEST_STORE` says (for tests about
+    /// one store, or about moving between them).
+    pub fn start_on(database: TestDatabase, extra: &[&str]) -> ControlPlane {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, Arc::new(database), "127.0.0.1:0", extra)
+    }
+
+    /// Stops the server, copies its SQLite database into a new PostgreSQL schema with
+    /// `latch-control copy-to-postgres`, and starts it again on the same address and data
+    /// directory on PostgreSQL — the operator's move, step by step.
+    pub fn move_to_postgres(mut self) -> ControlPlane {
+        assert!(!self.database.is_postgres(), "already on PostgreSQL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let postgres = Arc::new(TestDatabase::postgres());
+        let data = self.data_dir.path().join("data");
+        let mut command = Command::new(binary("latch-control"));
+        postgres.configure(&mut command);
+        let copied = run(
+            command.arg("copy-to-postgres").arg("--data-dir").arg(&data),
+            None,
+        );
+        assert_eq!(
+            copied.code, 0,
+            "copy-to-postgres: {} {}",
+            copied.stdout, copied.stderr
+        );
+        let listen = self.url.trim_start_matches("https://").to_owned();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        Self::start_in(data_dir, postgres, &listen, &[])
+    }
+
     /// Kills the server (`kill -9`) and starts it again on the same address and data directory.
     pub fn restart_after(mut self, down: Duration) -> ControlPlane {
         let _ = self.child.kill();

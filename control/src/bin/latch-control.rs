@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Serve the API. The first start creates the data directory, the database (SQLite in the
     /// data directory, or the tables in PostgreSQL with --database-url), the keys (job signing,
@@ -106,20 +107,59 @@ enum Command {
         #[arg(long, default_value = "info", env = "LATCH_LOG")]
         log_level: String,
     },
+    /// Move a control plane from SQLite to PostgreSQL: copy every row of DIR/latch.db into the
+    /// empty PostgreSQL database of --database-url, in one transaction, then mark latch.db as
+    /// moved (it is refused from then on). Stop the server first. Afterwards start it with the
+    /// same --data-dir (keys and admin token stay there) and --database-url; agents notice
+    /// nothing.
+    CopyToPostgres {
+        /// The data directory the SQLite control plane ran with.
+        #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to fill (postgres://USER@HOST:PORT/DATABASE; an empty
+        /// database or schema). The password goes in PGPASSWORD or ~/.pgpass, or the whole URL
+        /// in LATCH_DATABASE_URL.
+        #[arg(long, env = "LATCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let url_on_command_line = matches
-        .subcommand_matches("serve")
-        .and_then(|serve| serve.value_source("database_url"))
+        .subcommand()
+        .and_then(|(_, command)| command.value_source("database_url"))
         == Some(ValueSource::CommandLine);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
     match cli.command {
+        Command::CopyToPostgres {
+            data_dir,
+            database_url,
+        } => {
+            refuse_password_on_command_line(&database_url, url_on_command_line)?;
+            let copied = datadir::copy_to_postgres(&data_dir, &database_url).await?;
+            println!(
+                "Copied {} to PostgreSQL {}:",
+                data_dir.join(datadir::DATABASE_FILE).display(),
+                copied.location
+            );
+            for (table, rows) in &copied.rows {
+                println!("  {table:<14} {rows} rows");
+            }
+            println!(
+                "  audit chain:   the same, through entry {}",
+                copied.audit_head.unwrap_or(0)
+            );
+            println!(
+                "{} now refuses to start on SQLite. Start the server with the same --data-dir and --database-url (or LATCH_DATABASE_URL).",
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Serve {
             data_dir,
             database_url,
@@ -157,7 +197,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_new(&log_level)
-                        .context("invalid --log-level")?,
+                        .context("invalid --log-level")?
+                        // PostgreSQL's notices ("… already exists, skipping" at each start).
+                        .add_directive("sqlx::postgres::notice=warn".parse()?),
                 )
                 .with_writer(std::io::stderr)
                 // Colours only on a terminal: a log file or the journal gets plain text.
@@ -166,11 +208,7 @@ async fn main() -> anyhow::Result<()> {
             let database = match database_url {
                 None => datadir::Database::Sqlite,
                 Some(url) => {
-                    if url_on_command_line && url_has_password(&url) {
-                        anyhow::bail!(
-                            "--database-url carries a password, and the command line is visible to every user of this machine (ps); give the password in PGPASSWORD or ~/.pgpass, or the whole URL in LATCH_DATABASE_URL"
-                        );
-                    }
+                    refuse_password_on_command_line(&url, url_on_command_line)?;
                     datadir::Database::Postgres(url)
                 }
             };
@@ -265,6 +303,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a database URL with a password given on the command line, where every user of the
+/// machine can read it.
+fn refuse_password_on_command_line(url: &str, on_command_line: bool) -> anyhow::Result<()> {
+    if on_command_line && url_has_password(url) {
+        anyhow::bail!(
+            "--database-url carries a password, and the command line is visible to every user of this machine (ps); give the password in PGPASSWORD or ~/.pgpass, or the whole URL in LATCH_DATABASE_URL"
+        );
+    }
+    Ok(())
 }
 
 /// Whether a database URL holds a password (in its user information or as a parameter).

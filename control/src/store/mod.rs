@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod rows;
+pub mod copy;
 mod postgres;
 mod sqlite;
 

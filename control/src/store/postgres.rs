@@ -404,15 +404,20 @@ async fn append_audit(
     Ok(())
 }
 
-/// `user@host:port/database`, for messages: never the password.
+/// `user@host:port/database`, and the connection options (such as `-c search_path=…`) if
+/// there are any, for messages: never the password.
 fn describe(options: &PgConnectOptions) -> String {
-    format!(
+    let mut location = format!(
         "{}@{}:{}/{}",
         options.get_username(),
         options.get_host(),
         options.get_port(),
         options.get_database().unwrap_or(options.get_username())
-    )
+    );
+    if let Some(extra) = options.get_options() {
+        location.push_str(&format!(" ({extra})"));
+    }
+    location
 }
 
 /// What to check when connecting failed.

@@ -348,6 +348,11 @@ impl SqliteStore {
         })
     }
 
+    /// The connection pool (for the copy to PostgreSQL).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     async fn connect(
         options: SqliteConnectOptions,
         location: &str,

@@ -27,6 +27,7 @@ const STALE_SCHEMA_SECONDS: u64 = 3600;
 /// Builds the test `async fn NAME(db: TestDb)` once per store, as `NAME::sqlite` and
 /// `NAME::postgres` (`both_stores!(NAME, multi_thread)` for a multi-threaded runtime). A test
 /// function left out is dead code, which the lints refuse.
+#[allow(unused_macros)]
 macro_rules! both_stores {
     ($name:ident) => {
         both_stores!(@ $name, tokio::test);
