@@ -12,8 +12,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use latch_common::api::{GrantWindow, HostFacts, RevokedBy};
-use latch_common::job::{JobErrorCode, JobOutcome, JobSpec, JobStatus};
+use latch_common::api::{
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantWindow, HostFacts,
+    ReportRequest, RevokedBy,
+};
+use latch_common::job::{JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_control::signing::JobSigner;
 use latch_control::store::{
     Finish, HostRecord, JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, Revoke, Store,
@@ -707,6 +710,102 @@ async fn removing_a_host_while_its_job_is_reported_keeps_one_outcome(db: TestDb)
 }
 both_stores!(
     removing_a_host_while_its_job_is_reported_keeps_one_outcome,
+    multi_thread
+);
+
+/// The expiry sweep running on every replica at once: each expired grant gets one revocation
+/// job, not one per sweep.
+async fn racing_sweeps_queue_one_revocation_per_expired_grant(db: TestDb) {
+    let stores = db.replicas(REPLICAS).await;
+    let controls: Vec<Arc<Control>> = stores
+        .iter()
+        .map(|store| {
+            Arc::new(Control::new(
+                store.clone(),
+                ControlConfig::default(),
+                JobSigner::generate().unwrap(),
+            ))
+        })
+        .collect();
+    let control = &controls[0];
+    let token = control
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(60),
+            uses: Some(1),
+        })
+        .await
+        .unwrap();
+    let enrolled = control
+        .enroll(&EnrollRequest {
+            token: token.token,
+            facts: facts("db1"),
+        })
+        .await
+        .unwrap();
+    let host = control
+        .authenticate_host(&enrolled.credential)
+        .await
+        .unwrap();
+    let mut grants = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let job = control
+            .create_job(CreateJobRequest {
+                host: "db1".into(),
+                kind: Some(JobKind::CreateAccount),
+                user: user.into(),
+                expires_in_ms: Some(300),
+                ..CreateJobRequest::default()
+            })
+            .await
+            .unwrap();
+        let delivered = control
+            .next_job(&host, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        control
+            .report(
+                &host,
+                &delivered.id,
+                &ReportRequest {
+                    lease: delivered.lease,
+                    outcome: JobOutcome::confirmed(),
+                },
+            )
+            .await
+            .unwrap();
+        grants.push(job.id);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    race(RACERS, |i| {
+        let control = controls[i % REPLICAS].clone();
+        async move { control.revoke_expired_grants().await.unwrap() }
+    })
+    .await;
+    let jobs = stores[0]
+        .list_jobs(
+            &JobFilter::default(),
+            Page {
+                offset: 0,
+                count: 1000,
+            },
+        )
+        .await
+        .unwrap();
+    for grant in &grants {
+        let revocations = jobs
+            .iter()
+            .filter(|j| j.revokes.as_deref() == Some(grant.as_str()))
+            .count();
+        assert_eq!(
+            revocations, 1,
+            "grant {grant}: {revocations} revocation jobs"
+        );
+    }
+    assert_one_chain(&stores[0]).await;
+}
+both_stores!(
+    racing_sweeps_queue_one_revocation_per_expired_grant,
     multi_thread
 );
 

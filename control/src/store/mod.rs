@@ -215,6 +215,9 @@ pub enum JobRefusal {
     NoSuchHost,
     /// The host was removed; nothing is queued for it any more.
     HostRemoved,
+    /// A revocation job for a grant that already has one queued or delivered, or is revoked
+    /// (two sweeps racing — on PostgreSQL, two control-plane processes): one is enough.
+    RevocationUnderway,
 }
 
 /// A job to queue.
@@ -397,7 +400,8 @@ pub trait Store: Send + Sync {
 
     /// Queues a job with the host's next sequence number, signed by `sign` in the same
     /// transaction. Refused, in that transaction, for a removed or unknown host. `revokes`
-    /// names the grant a revocation job ends; the grant is marked so it is not revoked twice.
+    /// names the grant a revocation job ends; the grant is marked so it is not revoked twice,
+    /// and a revocation job for a grant already marked (or revoked) is refused.
     async fn insert_job(
         &self,
         job: &NewJob<'_>,

@@ -857,6 +857,22 @@ impl Store for PgStore {
             }
             Some(row) => row.try_get("next_seq")?,
         };
+        if let Some(grant) = revokes {
+            // The grant's row lock (after the host's, as everywhere): of two sweeps queueing
+            // its revocation at once, the second waits here and finds the first one's job.
+            let underway = sqlx::query(
+                "SELECT revocation_job_id IS NOT NULL OR revoked_at IS NOT NULL AS underway \
+                 FROM jobs WHERE id = $1 FOR NO KEY UPDATE",
+            )
+            .bind(grant)
+            .fetch_optional(tx.conn())
+            .await?;
+            if let Some(row) = underway
+                && row.try_get::<bool, _>("underway")?
+            {
+                return Ok(Err(JobRefusal::RevocationUnderway));
+            }
+        }
         sqlx::query("UPDATE hosts SET next_seq = $1 WHERE id = $2")
             .bind(seq + 1)
             .bind(host_id)

@@ -663,6 +663,18 @@ impl Store for SqliteStore {
             }));
         };
         let seq: i64 = row.try_get("seq")?;
+        if let Some(grant) = revokes {
+            let underway = sqlx::query(
+                "SELECT 1 FROM jobs WHERE id = ? AND (revocation_job_id IS NOT NULL \
+                 OR revoked_at IS NOT NULL)",
+            )
+            .bind(grant)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if underway.is_some() {
+                return Ok(Err(JobRefusal::RevocationUnderway));
+            }
+        }
         let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
             what: "job signature",
             detail,
