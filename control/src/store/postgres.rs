@@ -4,9 +4,10 @@
 //! ARCHITECTURE.md ("Stores") lists it operation by operation:
 //!
 //! - every transaction runs at READ COMMITTED and takes the row locks it needs
-//!   (`SELECT … FOR UPDATE`) or writes through a conditional update (`UPDATE … WHERE <the state
-//!   it expects> RETURNING`), so two connections — or two replicas — racing on one token, job,
-//!   grant or host cannot both win;
+//!   (`SELECT … FOR NO KEY UPDATE`: exclusive among writers, while foreign-key checks still
+//!   pass) or writes through a conditional update (`UPDATE … WHERE <the state it expects>
+//!   RETURNING`), so two connections — or two replicas — racing on one token, job, grant or
+//!   host cannot both win;
 //! - audit entries are appended last in their transaction, under a transaction-scoped advisory
 //!   lock: the chain stays one line (ids 1, 2, 3, … without gaps) whoever writes. Taking that
 //!   lock only after every row lock means it never closes a lock cycle.
@@ -757,7 +758,7 @@ impl Store for PgStore {
         // Locked, so a delivery or an outcome being recorded right now finishes first (and a
         // job it finished is no longer pending when the lock is granted).
         let pending: Vec<String> = sqlx::query(
-            "SELECT id FROM jobs WHERE host_id = $1 AND status = 'pending' ORDER BY seq FOR UPDATE",
+            "SELECT id FROM jobs WHERE host_id = $1 AND status = 'pending' ORDER BY seq FOR NO KEY UPDATE",
         )
         .bind(host_id)
         .fetch_all(tx.conn())
@@ -1085,7 +1086,7 @@ impl Store for PgStore {
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE host_id = $1 AND status = 'pending' \
-             ORDER BY seq LIMIT 1 FOR UPDATE"
+             ORDER BY seq LIMIT 1 FOR NO KEY UPDATE"
         );
         let mut tx = Tx::begin(self).await?;
         loop {
@@ -1161,7 +1162,7 @@ impl Store for PgStore {
         let sql = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE id = $1 AND host_id = $2 FOR UPDATE"
+            " FROM jobs WHERE id = $1 AND host_id = $2 FOR NO KEY UPDATE"
         );
         let mut tx = Tx::begin(self).await?;
         let Some(row) = sqlx::query(sql)
@@ -1244,7 +1245,7 @@ impl Store for PgStore {
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE status = 'pending' AND lease_expires_at <= $1 \
-             AND attempts >= $2 ORDER BY host_id, seq FOR UPDATE SKIP LOCKED"
+             AND attempts >= $2 ORDER BY host_id, seq FOR NO KEY UPDATE SKIP LOCKED"
         );
         let mut tx = Tx::begin(self).await?;
         let rows = sqlx::query(sql)
