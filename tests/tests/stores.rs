@@ -67,3 +67,31 @@ fn a_control_plane_moves_from_sqlite_to_postgres_and_its_agents_go_on() {
     assert!(stderr.contains("was copied to PostgreSQL"), "{stderr}");
     real.assert_unchanged();
 }
+
+/// A database password on the command line, where every local user can read it, is refused
+/// before anything is opened — and not repeated in the message.
+#[test]
+fn a_database_password_on_the_command_line_is_refused() {
+    if !e2e_enabled("a_database_password_on_the_command_line_is_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(latch_e2e::binary("latch-control"))
+        .env_remove("LATCH_DATABASE_URL")
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--database-url",
+            "postgres://latch:s3cret@127.0.0.1:5432/latch",
+        ])
+        .output()
+        .expect("latch-control");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PGPASSWORD") && stderr.contains("LATCH_DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "something was created");
+}
