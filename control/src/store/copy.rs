@@ -217,6 +217,24 @@ async fn copy_tables(
     to: &PgStore,
 ) -> Result<Vec<(&'static str, i64)>, CopyError> {
     let mut tx = to.pool().begin().await?;
+    match fill(source, &mut tx, to).await {
+        Ok(counts) => {
+            tx.commit().await?;
+            Ok(counts)
+        }
+        Err(error) => {
+            // At once, rather than when the connection goes back to the pool.
+            let _ = tx.rollback().await;
+            Err(error)
+        }
+    }
+}
+
+async fn fill(
+    source: &mut SqliteConnection,
+    tx: &mut sqlx::PgConnection,
+    to: &PgStore,
+) -> Result<Vec<(&'static str, i64)>, CopyError> {
     for table in TABLES {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM {}) AS any", table.name);
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -339,6 +357,5 @@ async fn copy_tables(
         }
         counts.push((table.name, count));
     }
-    tx.commit().await?;
     Ok(counts)
 }

@@ -74,10 +74,11 @@ fn admin_url() -> String {
     std::env::var("LATCH_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
-/// `url` with the connection option `-c search_path=SCHEMA`.
+/// `url` with the connection option `-c search_path=SCHEMA`, its connections named after the
+/// schema (`application_name`), so the end of the test can find them.
 pub fn schema_url(url: &str, schema: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+    format!("{url}{separator}options=-c%20search_path%3D{schema}&application_name={schema}")
 }
 
 impl TestDb {
@@ -243,8 +244,10 @@ impl Drop for TestDb {
             return;
         };
         // Dropped from a thread of its own with its own runtime: this runs inside the test's
-        // runtime, which must not be blocked on itself. A lock still held by the test's own
-        // tasks makes the drop give up after a few seconds; a later run removes the schema.
+        // runtime, which is blocked meanwhile — so connections of the test still open (a pool
+        // whose closing would need that runtime, a transaction left open by a failed step) are
+        // ended first; they would hold locks the drop waits for. Should it fail anyway, a later
+        // run removes the schema.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -253,7 +256,9 @@ impl Drop for TestDb {
             runtime.block_on(async move {
                 let mut conn = sqlx::PgConnection::connect(&admin).await?;
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = '{schema}' AND pid <> pg_backend_pid(); \
+                     SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
                 )))
                 .execute(&mut conn)
                 .await?;
