@@ -3,7 +3,10 @@
 //! ```text
 //! latch-data/            0700
 //!   latch.db             SQLite (WAL): everything else, including the *public* halves of the
-//!                        keys below (table key_pins), recorded when each key is made
+//!                        keys below (table key_pins), recorded when each key is made — or,
+//!                        with `--database-url postgres://…`, the same tables in PostgreSQL
+//!                        (then there is no latch.db; every file below stays here)
+//!   latch.db.moved       latch.db was copied to PostgreSQL ([`copy_to_postgres`]): refused now
 //!   admin.token          0600  the first admin token (its hash is in the database)
 //!   audit.key            0600  32-byte seed: HMAC key of audit entries + checkpoint-signing key
 //!   audit.head           latest signed checkpoint of the audit chain (refreshed by the server)
@@ -38,14 +41,15 @@ use crate::audit::key::AuditKeyError;
 use crate::audit::{AuditEvent, AuditKey};
 use crate::secret::{RandomError, hash_token, new_token};
 use crate::signing::{JobSigner, SigningError};
-use crate::store::{Page, PinnedKey, SqliteStore, Store, StoreError};
+use crate::store::{Page, PgStore, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
 
 pub use crate::files::{
     ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
-    CA_KEY_FILE, DATABASE_FILE, Existing, NEXT_KEY_FILE, OLD_KEY_FILE, SIGNING_KEY_FILE,
-    sync_parent, write_file,
+    CA_KEY_FILE, DATABASE_FILE, Existing, MOVED_FILE, NEXT_KEY_FILE, OLD_KEY_FILE,
+    SIGNING_KEY_FILE, sync_parent, write_file,
 };
+use crate::store::copy::CopyError;
 
 /// Why the data directory could not be opened.
 #[derive(Debug, Error)]
@@ -87,6 +91,57 @@ pub enum DataDirError {
     /// The system random generator failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// Copying the SQLite database to PostgreSQL failed (nothing was committed).
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    /// The SQLite database was copied to PostgreSQL; it is stale now.
+    #[error(
+        "the SQLite database of {dir} was copied to PostgreSQL ({moved}); start with --database-url (or LATCH_DATABASE_URL) naming that database. Only to go back to the SQLite copy, which misses every change made since, delete {marker}",
+        dir = .dir.display(), marker = .marker.display()
+    )]
+    MovedToPostgres {
+        /// The data directory.
+        dir: PathBuf,
+        /// The marker file.
+        marker: PathBuf,
+        /// What it says (where to, when).
+        moved: String,
+    },
+    /// A new, empty PostgreSQL database next to a data directory that has an SQLite database.
+    #[error(
+        "{path} holds this data directory's SQLite database, but PostgreSQL at {location} is empty: copy the database there first (latch-control copy-to-postgres --data-dir {dir}), or give the new PostgreSQL control plane a data directory of its own",
+        path = .path.display(), dir = .dir.display()
+    )]
+    SqliteNotCopied {
+        /// The SQLite database file.
+        path: PathBuf,
+        /// The data directory.
+        dir: PathBuf,
+        /// The PostgreSQL database.
+        location: String,
+    },
+    /// There is no SQLite database to copy.
+    #[error(
+        "there is no SQLite database to copy at {path}; check --data-dir (the directory the SQLite control plane ran with)",
+        path = .path.display()
+    )]
+    NoSqliteDatabase {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The SQLite database was copied before.
+    #[error(
+        "{path} was already copied to PostgreSQL ({moved}); to copy it again, into an empty database, delete {marker} first",
+        path = .path.display(), marker = .marker.display()
+    )]
+    AlreadyCopied {
+        /// The SQLite database file.
+        path: PathBuf,
+        /// The marker file.
+        marker: PathBuf,
+        /// What it says.
+        moved: String,
+    },
     /// A key the data directory was initialised with is gone.
     #[error(
         "{what} {path} is missing, but this data directory was initialised with it ({pinned}); refusing to make a new one, because {why}. Restore {path} from a backup of the data directory. Only if it is lost for good, start once with {flag}: {consequence}",
@@ -171,9 +226,22 @@ impl KeyText {
     }
 }
 
-/// Start-up choices that replace a lost key (each audited; see the module docs).
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the database is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Database {
+    /// SQLite, in the data directory ([`DATABASE_FILE`]).
+    #[default]
+    Sqlite,
+    /// PostgreSQL at this URL (`postgres://USER@HOST:PORT/DATABASE`; see [`PgStore::open`]).
+    Postgres(String),
+}
+
+/// Where the database is, and the start-up choices that replace a lost key (each audited; see
+/// the module docs).
+#[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// The database: SQLite in the data directory (the default) or PostgreSQL.
+    pub database: Database,
     /// Make a new job-signing key if `signing.key` is missing (hosts must enroll again).
     pub new_signing_key: bool,
     /// Make a new audit key if `audit.key` is missing (the chain is re-keyed).
@@ -185,7 +253,9 @@ pub struct Options {
 /// What [`open`] found or created.
 pub struct DataDir {
     /// The opened store.
-    pub store: SqliteStore,
+    pub store: Arc<dyn Store>,
+    /// Which database it is, for people: the SQLite file, or `PostgreSQL user@host:port/db`.
+    pub database: String,
     /// Where the admin token is.
     pub admin_token_path: PathBuf,
     /// Whether a new admin token was created now.
@@ -199,7 +269,7 @@ pub struct DataDir {
     new_ca: bool,
 }
 
-async fn host_count(store: &SqliteStore) -> Result<usize, StoreError> {
+async fn host_count(store: &dyn Store) -> Result<usize, StoreError> {
     Ok(store
         .list_hosts(Page {
             offset: 0,
@@ -209,9 +279,11 @@ async fn host_count(store: &SqliteStore) -> Result<usize, StoreError> {
         .len())
 }
 
-/// Creates `dir` (mode 0700) and the SQLite database in it if needed; makes the keys on first
-/// start (and only then); refuses a missing or different key afterwards; on first start
-/// creates an admin token, stores its hash and writes it to `dir/admin.token` (mode 0600).
+/// Creates `dir` (mode 0700) and the SQLite database in it if needed (or connects to the
+/// PostgreSQL database of [`Options::database`] and migrates it); makes the keys on first start
+/// (and only then); refuses a missing or different key afterwards; on first start creates an
+/// admin token, stores its hash and writes it to `dir/admin.token` (mode 0600). The keys and
+/// the admin token are files of `dir` with either database.
 pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError> {
     let dir_error = |source| DataDirError::Dir {
         path: dir.to_owned(),
@@ -233,7 +305,34 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         },
     };
     let audit_key = Arc::new(audit_key);
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE), audit_key.clone()).await?;
+    let sqlite_path = dir.join(DATABASE_FILE);
+    let marker = dir.join(MOVED_FILE);
+    let (store_handle, database): (Arc<dyn Store>, String) = match &options.database {
+        Database::Sqlite => {
+            if let Some(moved) = read_marker(&marker) {
+                return Err(DataDirError::MovedToPostgres {
+                    dir: dir.to_owned(),
+                    marker,
+                    moved,
+                });
+            }
+            let store = SqliteStore::open(&sqlite_path, audit_key.clone()).await?;
+            (Arc::new(store), format!("SQLite {}", sqlite_path.display()))
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::open(url, audit_key.clone()).await?;
+            if sqlite_path.exists() && !marker.exists() && !store.has_admin_token().await? {
+                return Err(DataDirError::SqliteNotCopied {
+                    path: sqlite_path,
+                    dir: dir.to_owned(),
+                    location: store.location().to_owned(),
+                });
+            }
+            let database = format!("PostgreSQL {}", store.location());
+            (Arc::new(store), database)
+        }
+    };
+    let store = store_handle.as_ref();
     let initialised_before_pins = store.has_admin_token().await?
         && store.key_pin(PinnedKey::Signing).await?.is_none()
         && store.key_pin(PinnedKey::Audit).await?.is_none()
@@ -242,7 +341,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
 
     settle_audit_key(
         dir,
-        &store,
+        store,
         &audit_key,
         audit_key_is_new,
         initialised_before_pins,
@@ -251,7 +350,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     )
     .await?;
     let (signer, next_signer) =
-        settle_signing_key(dir, &store, initialised_before_pins, options, now).await?;
+        settle_signing_key(dir, store, initialised_before_pins, options, now).await?;
 
     // Record the CA as soon as it exists, also when this start does not serve TLS with it.
     if store.key_pin(PinnedKey::Ca).await?.is_none()
@@ -285,7 +384,8 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         admin_token_created = true;
     }
     Ok(DataDir {
-        store,
+        store: store_handle,
+        database,
         admin_token_path,
         admin_token_created,
         signer,
@@ -296,12 +396,82 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     })
 }
 
+/// What the marker of a database copied to PostgreSQL says, if there is one.
+fn read_marker(marker: &Path) -> Option<String> {
+    std::fs::read_to_string(marker)
+        .ok()
+        .map(|text| text.trim().to_owned())
+}
+
+/// What [`copy_to_postgres`] copied.
+#[derive(Debug)]
+pub struct Copied {
+    /// The PostgreSQL database (`user@host:port/database`).
+    pub location: String,
+    /// Rows per table.
+    pub rows: Vec<(&'static str, i64)>,
+    /// The audit chain's last entry, the same on both.
+    pub audit_head: Option<i64>,
+}
+
+/// Copies the SQLite database of the data directory `dir` into the empty PostgreSQL database at
+/// `url` (migrated first), in one transaction, and marks the SQLite database as moved
+/// ([`MOVED_FILE`]) so it is refused from then on. The keys and the other files stay in `dir`:
+/// start the server with the same `--data-dir` and `--database-url url`. Stop the server first;
+/// one still running cannot write during the copy, and its later writes would be lost.
+pub async fn copy_to_postgres(dir: &Path, url: &str) -> Result<Copied, DataDirError> {
+    let path = dir.join(DATABASE_FILE);
+    let marker = dir.join(MOVED_FILE);
+    if let Some(moved) = read_marker(&marker) {
+        return Err(DataDirError::AlreadyCopied {
+            path,
+            marker,
+            moved,
+        });
+    }
+    if !path.is_file() {
+        return Err(DataDirError::NoSqliteDatabase { path });
+    }
+    let key = match AuditKey::load(&dir.join(AUDIT_KEY_FILE))? {
+        Some(key) => Arc::new(key),
+        None => return Err(AUDIT_TEXT.missing(dir.join(AUDIT_KEY_FILE), None)),
+    };
+    let from = SqliteStore::open(&path, key.clone()).await?;
+    let to = PgStore::open(url, key).await?;
+    let rows = crate::store::copy::copy_sqlite_to_postgres(&from, &to).await?;
+    let head = from.audit_head().await?;
+    if to.audit_head().await? != head {
+        return Err(DataDirError::Copy(CopyError::Mismatch {
+            table: "audit_log",
+            from: head.map_or(0, |(id, _)| id),
+            to: to.audit_head().await?.map_or(0, |(id, _)| id),
+        }));
+    }
+    let note = format!(
+        "to PostgreSQL {} at {}\n",
+        to.location(),
+        Utc::now().to_rfc3339()
+    );
+    write_file(&marker, note.as_bytes(), 0o600, Existing::Replace).map_err(|source| {
+        DataDirError::Io {
+            action: "write the moved-database marker",
+            path: marker.clone(),
+            source,
+        }
+    })?;
+    Ok(Copied {
+        location: to.location().to_owned(),
+        rows,
+        audit_head: head.map(|(id, _)| id),
+    })
+}
+
 /// Checks the audit key against its record; introduces a new one (`is_new`: no `audit.key`)
 /// only in a new data directory, on the first start after an upgrade, or with
 /// `--new-audit-key` — keying the existing entries, then renaming `audit.key.new` into place.
 async fn settle_audit_key(
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn Store,
     audit_key: &AuditKey,
     is_new: bool,
     initialised_before_pins: bool,
@@ -358,7 +528,7 @@ async fn settle_audit_key(
 /// the key only in a new data directory or with `--new-signing-key`, refuses otherwise.
 async fn settle_signing_key(
     dir: &Path,
-    store: &SqliteStore,
+    store: &dyn Store,
     initialised_before_pins: bool,
     options: &Options,
     now: DateTime<Utc>,
@@ -527,7 +697,7 @@ impl DataDir {
                 AuditEvent::new("control_plane", "tls.ca_created")
             }
             _ if self.new_ca => {
-                let hosts = host_count(&self.store).await?;
+                let hosts = host_count(self.store.as_ref()).await?;
                 tracing::warn!(
                     hosts,
                     "made a new private CA (--new-ca): every enrolled host must be enrolled again"

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 /// Name of the database file in the data directory.
 pub const DATABASE_FILE: &str = "latch.db";
+/// Left beside [`DATABASE_FILE`] once it was copied to PostgreSQL: the SQLite database is then
+/// refused, so no server can run on the stale copy.
+pub const MOVED_FILE: &str = "latch.db.moved";
 /// Name of the admin token file in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Name of the job-signing key file in the data directory.

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Layout:
-//! - [`store`]: persistence behind the [`store::Store`] trait (SQLite now);
+//! - [`store`]: persistence behind the [`store::Store`] trait: SQLite (the default) and PostgreSQL;
 //! - [`enroll`]: enrollment tokens and host enrollment;
 //! - [`hosts`]: host look-up and the `online` rule;
 //! - [`queue`]: jobs — create, long-poll delivery with leases, outcomes, the abandoned-lease sweep,

@@ -323,6 +323,9 @@ impl Control {
                 what: "host",
                 key: host_id.to_owned(),
             }),
+            Err(JobRefusal::RevocationUnderway) => Err(ControlError::Conflict(
+                "this grant's revocation is already queued".into(),
+            )),
         }
     }
 
@@ -591,6 +594,8 @@ impl Control {
                 Ok(job) => job.id,
                 // Removed since `due_grants` looked: nothing can reach it any more.
                 Err(ControlError::HostRemoved(_)) => continue,
+                // Queued meanwhile by another sweep (another control-plane process).
+                Err(ControlError::Conflict(_)) => continue,
                 Err(error) => return Err(error),
             };
             if grant.revocation.attempts == 0 {

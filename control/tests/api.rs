@@ -2,36 +2,39 @@
 //! request must get a 4xx with the documented code and change nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
+mod support;
+
 use std::sync::Arc;
 
 use latch_control::api::limits::RateLimits;
 use latch_control::client::{AdminClient, ClientError};
-use latch_control::store::SqliteStore;
-use latch_control::{Control, ControlConfig, server};
+use latch_control::{Control, ControlConfig, datadir, server};
 use serde_json::{Value, json};
+use support::TestDb;
 
 struct Api {
     url: String,
     admin: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    _db: TestDb,
 }
 
 impl Api {
-    async fn start() -> Api {
-        Self::start_with(ControlConfig::default()).await
+    async fn start(db: TestDb) -> Api {
+        Self::start_with(db, ControlConfig::default()).await
     }
 
-    async fn start_with(config: ControlConfig) -> Api {
+    async fn start_with(db: TestDb, config: ControlConfig) -> Api {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
-        let data = server::open_data_dir(dir.path()).await.unwrap();
+        let data = datadir::open(dir.path(), &db.options()).await.unwrap();
         let admin = std::fs::read_to_string(&data.admin_token_path)
             .unwrap()
             .trim()
             .to_owned();
-        let store: SqliteStore = data.store;
-        let control = Arc::new(Control::new(Arc::new(store), config, data.signer));
+        let control = Arc::new(Control::new(data.store, config, data.signer));
         let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
@@ -42,6 +45,7 @@ impl Api {
             admin,
             http: reqwest::Client::new(),
             _dir: dir,
+            _db: db,
         }
     }
 
@@ -127,9 +131,8 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     );
 }
 
-#[tokio::test]
-async fn admin_endpoints_need_the_admin_token_and_hosts_cannot_use_them() {
-    let api = Api::start().await;
+async fn admin_endpoints_need_the_admin_token_and_hosts_cannot_use_them(db: TestDb) {
+    let api = Api::start(db).await;
     let host_credential = api.enroll("db1").await;
     for (method, path) in [
         ("GET", "/v1/hosts"),
@@ -155,10 +158,10 @@ async fn admin_endpoints_need_the_admin_token_and_hosts_cannot_use_them() {
         .await;
     assert_eq!(status, 200);
 }
+both_stores!(admin_endpoints_need_the_admin_token_and_hosts_cannot_use_them);
 
-#[tokio::test]
-async fn malformed_bodies_get_clear_codes_and_queue_nothing() {
-    let api = Api::start().await;
+async fn malformed_bodies_get_clear_codes_and_queue_nothing(db: TestDb) {
+    let api = Api::start(db).await;
     api.enroll("db1").await;
     let admin = api.admin.clone();
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -226,10 +229,10 @@ async fn malformed_bodies_get_clear_codes_and_queue_nothing() {
     let (status, jobs, _) = api.admin("GET", "/v1/jobs", None).await;
     assert_eq!((status, jobs), (200, json!({"list": []})));
 }
+both_stores!(malformed_bodies_get_clear_codes_and_queue_nothing);
 
-#[tokio::test]
-async fn ids_in_paths_and_queries_are_checked() {
-    let api = Api::start().await;
+async fn ids_in_paths_and_queries_are_checked(db: TestDb) {
+    let api = Api::start(db).await;
     for path in [
         "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
         "/v1/hosts/a%0Ab",
@@ -250,10 +253,10 @@ async fn ids_in_paths_and_queries_are_checked() {
     let (status, error, _) = api.admin("DELETE", "/v1/jobs", None).await;
     assert_error(status, &error, 405, "invalid_request");
 }
+both_stores!(ids_in_paths_and_queries_are_checked);
 
-#[tokio::test]
-async fn lists_are_paged_with_link_headers() {
-    let api = Api::start().await;
+async fn lists_are_paged_with_link_headers(db: TestDb) {
+    let api = Api::start(db).await;
     api.enroll("db1").await;
     for user in ["u1", "u2", "u3"] {
         let (status, _, _) = api
@@ -283,10 +286,10 @@ async fn lists_are_paged_with_link_headers() {
         "{link}"
     );
 }
+both_stores!(lists_are_paged_with_link_headers);
 
-#[tokio::test]
-async fn enrollment_refuses_hostile_facts_and_bad_tokens() {
-    let api = Api::start().await;
+async fn enrollment_refuses_hostile_facts_and_bad_tokens(db: TestDb) {
+    let api = Api::start(db).await;
     let (_, token, _) = api
         .admin("POST", "/v1/enroll-tokens", Some(json!({"uses": 5})))
         .await;
@@ -321,17 +324,20 @@ async fn enrollment_refuses_hostile_facts_and_bad_tokens() {
     let (_, hosts, _) = api.admin("GET", "/v1/hosts", None).await;
     assert_eq!(hosts, json!({"list": []}));
 }
+both_stores!(enrollment_refuses_hostile_facts_and_bad_tokens);
 
-#[tokio::test]
-async fn every_response_carries_rate_limit_headers_and_429_past_the_limit() {
+async fn every_response_carries_rate_limit_headers_and_429_past_the_limit(db: TestDb) {
     let limits = latch_control::api::limits::RateLimits {
         per_principal: 5,
         ..Default::default()
     };
-    let api = Api::start_with(ControlConfig {
-        rate_limits: limits,
-        ..ControlConfig::default()
-    })
+    let api = Api::start_with(
+        db,
+        ControlConfig {
+            rate_limits: limits,
+            ..ControlConfig::default()
+        },
+    )
     .await;
     for i in 1..=5u32 {
         let (status, _, headers) = api.admin("GET", "/v1/hosts", None).await;
@@ -353,6 +359,7 @@ async fn every_response_carries_rate_limit_headers_and_429_past_the_limit() {
     let (status, _, _) = api.call("GET", "/v1/health", None, None).await;
     assert_eq!(status, 200);
 }
+both_stores!(every_response_carries_rate_limit_headers_and_429_past_the_limit);
 
 fn limits(auth_failures: u32, address_auth_failures: u32) -> ControlConfig {
     ControlConfig {
@@ -377,9 +384,8 @@ fn enroll_body(token: &str) -> Option<(&'static str, Vec<u8>)> {
     ))
 }
 
-#[tokio::test]
-async fn guessing_credentials_is_throttled_per_address() {
-    let api = Api::start_with(limits(100, 3)).await;
+async fn guessing_credentials_is_throttled_per_address(db: TestDb) {
+    let api = Api::start_with(db, limits(100, 3)).await;
     for guess in 0..3 {
         let (status, _, _) = api
             .call(
@@ -406,12 +412,12 @@ async fn guessing_credentials_is_throttled_per_address() {
         .await;
     assert_eq!(status, 429);
 }
+both_stores!(guessing_credentials_is_throttled_per_address);
 
 /// Finding 18: one agent retrying a dead credential from behind a NAT used to lock every agent
 /// (and the admin) behind that NAT out. Now the credential is throttled, not the address.
-#[tokio::test]
-async fn finding_18_a_refused_credential_throttles_itself_not_its_address() {
-    let api = Api::start_with(limits(30, 300)).await;
+async fn finding_18_a_refused_credential_throttles_itself_not_its_address(db: TestDb) {
+    let api = Api::start_with(db, limits(30, 300)).await;
     let host = api.enroll("db1").await;
     let mut statuses = Vec::new();
     for _ in 0..40 {
@@ -461,12 +467,12 @@ async fn finding_18_a_refused_credential_throttles_itself_not_its_address() {
     assert_eq!(statuses[30], 429, "{statuses:?}");
     api.enroll("db3").await;
 }
+both_stores!(finding_18_a_refused_credential_throttles_itself_not_its_address);
 
 /// Finding 18: spraying many different guesses is bounded by a separate, much higher budget per
 /// address; past it the address waits — but credentials that authenticated recently do not.
-#[tokio::test]
-async fn finding_18_many_distinct_bad_tokens_stay_under_the_address_budget() {
-    let api = Api::start_with(limits(30, 60)).await;
+async fn finding_18_many_distinct_bad_tokens_stay_under_the_address_budget(db: TestDb) {
+    let api = Api::start_with(db, limits(30, 60)).await;
     let host = api.enroll("db1").await;
     let (status, _, _) = api.call("GET", "/v1/agent/self", Some(&host), None).await;
     assert_eq!(status, 200);
@@ -512,13 +518,13 @@ async fn finding_18_many_distinct_bad_tokens_stay_under_the_address_budget() {
     let (status, _, _) = api.admin("GET", "/v1/hosts", None).await;
     assert_eq!(status, 200);
 }
+both_stores!(finding_18_many_distinct_bad_tokens_stay_under_the_address_budget);
 
 /// Finding 18: `X-Forwarded-For` names the client only when the peer is a trusted proxy, and
 /// then its rightmost untrusted entry; from anyone else it is ignored.
-#[tokio::test]
-async fn finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
+async fn finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy(db: TestDb) {
     // No trusted proxy: every guess counts against the peer, whatever the header claims.
-    let api = Api::start_with(limits(30, 3)).await;
+    let api = Api::start_with(db, limits(30, 3)).await;
     for guess in 0..3 {
         let (status, _, _) = api
             .call_forwarded(
@@ -549,7 +555,7 @@ async fn finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
     let mut config = limits(30, 3);
     config.rate_limits.trusted_proxies =
         vec![latch_control::api::limits::parse_trusted_proxy("127.0.0.0/8").unwrap()];
-    let api = Api::start_with(config).await;
+    let api = Api::start_with(api._db.another().await, config).await;
     let mut guess = 0;
     let mut try_from = async |forwarded: Option<&str>| {
         guess += 1;
@@ -574,6 +580,7 @@ async fn finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy() {
     assert_eq!(try_from(Some("203.0.113.8")).await, 401);
     assert_eq!(try_from(None).await, 401);
 }
+both_stores!(finding_18_forwarded_for_is_honoured_only_from_a_trusted_proxy);
 
 fn latchctl() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchctl"));
@@ -598,8 +605,9 @@ async fn run_latchctl(args: &[&str]) -> (Option<i32>, String, String) {
 /// Finding 12: `latchctl` refuses plain `http://` to anything but loopback before it connects,
 /// so the admin token is never sent in clear text. (192.0.2.1 is a documentation address; it is
 /// never contacted.)
-#[tokio::test]
-async fn finding_12_latchctl_refuses_plain_http_to_a_remote_server_before_sending_anything() {
+async fn finding_12_latchctl_refuses_plain_http_to_a_remote_server_before_sending_anything(
+    db: TestDb,
+) {
     let remote = "http://192.0.2.1:9";
     let error = match AdminClient::new(remote, "latch_admin_secret", None) {
         Err(error) => error,
@@ -633,15 +641,15 @@ async fn finding_12_latchctl_refuses_plain_http_to_a_remote_server_before_sendin
     );
     assert!(!stderr.contains("latch_admin_secret"), "{stderr}");
     // Loopback over plain HTTP (the development setup) still works.
-    let api = Api::start().await;
+    let api = Api::start(db).await;
     let (code, stdout, stderr) =
         run_latchctl(&["--server", &api.url, "--token", &api.admin, "hosts", "list"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+both_stores!(finding_12_latchctl_refuses_plain_http_to_a_remote_server_before_sending_anything);
 
-#[tokio::test]
-async fn latchctl_prints_errors_as_json_in_json_mode() {
-    let api = Api::start().await;
+async fn latchctl_prints_errors_as_json_in_json_mode(db: TestDb) {
+    let api = Api::start(db).await;
     // An API error keeps its code; it goes to stdout, nothing to stderr, exit status 1.
     let (code, stdout, stderr) = run_latchctl(&[
         "--output",
@@ -724,10 +732,10 @@ async fn latchctl_prints_errors_as_json_in_json_mode() {
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
+both_stores!(latchctl_prints_errors_as_json_in_json_mode);
 
-#[tokio::test]
-async fn latchctl_exits_quietly_when_its_output_is_closed() {
-    let api = Api::start().await;
+async fn latchctl_exits_quietly_when_its_output_is_closed(db: TestDb) {
+    let api = Api::start(db).await;
     for output in ["table", "json"] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader); // like `| head` that already exited
@@ -751,6 +759,7 @@ async fn latchctl_exits_quietly_when_its_output_is_closed() {
         assert_eq!(result.status.code(), Some(141), "{output}: {stderr}");
     }
 }
+both_stores!(latchctl_exits_quietly_when_its_output_is_closed);
 
 #[tokio::test]
 async fn latchctl_refuses_a_zero_negative_or_garbage_ttl_in_plain_words() {
@@ -779,9 +788,8 @@ async fn latchctl_refuses_a_zero_negative_or_garbage_ttl_in_plain_words() {
 
 /// Issue 4 test 6: every hostile request in `hostile_inputs.json` gets its 4xx with the right
 /// code — never a 500 — and nothing changes.
-#[tokio::test]
-async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing() {
-    let api = Api::start().await;
+async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing(db: TestDb) {
+    let api = Api::start(db).await;
     let host = api.enroll("db1").await;
     let before = (
         api.admin("GET", "/v1/hosts", None).await.1,
@@ -833,6 +841,7 @@ async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing() {
     );
     assert_eq!(before, after, "a hostile request changed something");
 }
+both_stores!(hostile_inputs_to_every_endpoint_are_refused_and_change_nothing);
 
 impl Api {
     /// Queues a job as admin and has the host (`credential`) confirm it; returns the job.
@@ -859,9 +868,8 @@ impl Api {
     }
 }
 
-#[tokio::test]
-async fn grants_are_listed_with_filters_states_and_link_headers() {
-    let api = Api::start().await;
+async fn grants_are_listed_with_filters_states_and_link_headers(db: TestDb) {
+    let api = Api::start(db).await;
     let host = api.enroll("db1").await;
     for user in ["u1", "u2", "u3"] {
         api.confirmed(
@@ -926,12 +934,12 @@ async fn grants_are_listed_with_filters_states_and_link_headers() {
     let (status, error, _) = api.call("GET", "/v1/grants", Some(&host), None).await;
     assert_error(status, &error, 401, "authentication_error");
 }
+both_stores!(grants_are_listed_with_filters_states_and_link_headers);
 
 /// Finding 20 at the API: windows that are not positive or beyond the maximum are refused with
 /// `invalid_request` naming the limit; no end means the default window; `permanent` has none.
-#[tokio::test]
-async fn finding_20_the_api_refuses_grant_windows_outside_the_limit() {
-    let api = Api::start().await;
+async fn finding_20_the_api_refuses_grant_windows_outside_the_limit(db: TestDb) {
+    let api = Api::start(db).await;
     api.enroll("db1").await;
     let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
     let far = (chrono::Utc::now() + chrono::Duration::days(100_000)).to_rfc3339();
@@ -987,3 +995,4 @@ async fn finding_20_the_api_refuses_grant_windows_outside_the_limit() {
     assert_eq!(status, 201, "{job}");
     assert!(job["expires_at"].is_null(), "{job}");
 }
+both_stores!(finding_20_the_api_refuses_grant_windows_outside_the_limit);

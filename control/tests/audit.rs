@@ -3,8 +3,10 @@
 //! database file directly, as anyone with write access to it could.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
+mod support;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use latch_common::api::CreateEnrollTokenRequest;
 use latch_control::audit::{AuditEntry, Checkpoint, entry_hash};
@@ -12,19 +14,22 @@ use latch_control::datadir::{self, DataDirError, Options};
 use latch_control::signing::JobSigner;
 use latch_control::store::Page;
 use latch_control::{Control, ControlConfig};
-use sqlx::Row as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use support::{Attacker, TestDb};
 
-async fn open_with(dir: &Path, options: Options) -> Result<Control, DataDirError> {
+async fn open_with(db: &TestDb, dir: &Path, options: Options) -> Result<Control, DataDirError> {
+    let options = Options {
+        database: db.database(),
+        ..options
+    };
     let data = datadir::open(dir, &options).await?;
     Ok(
-        Control::new(Arc::new(data.store), ControlConfig::default(), data.signer)
+        Control::new(data.store, ControlConfig::default(), data.signer)
             .with_key_dir(dir.to_owned(), data.next_signer),
     )
 }
 
-async fn open(dir: &Path) -> Control {
-    open_with(dir, Options::default()).await.unwrap()
+async fn open(db: &TestDb, dir: &Path) -> Control {
+    open_with(db, dir, Options::default()).await.unwrap()
 }
 
 /// `n` audited actions.
@@ -40,66 +45,29 @@ async fn activity(control: &Control, n: usize) {
     }
 }
 
-/// A connection to the database file, as an attacker with write access has.
-async fn attacker(dir: &Path) -> SqlitePool {
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(SqliteConnectOptions::new().filename(dir.join(datadir::DATABASE_FILE)))
-        .await
-        .unwrap()
-}
-
-async fn exec(pool: &SqlitePool, sql: &str) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap();
-}
-
 /// Rewrites entry `id`'s detail and re-hashes it and every later entry with plain SHA-256 —
 /// what someone without the audit key can do. Ids, links and hashes are consistent afterwards.
-async fn rewrite_and_rehash(pool: &SqlitePool, id: i64, detail: &str) {
-    exec(pool, "DROP TRIGGER audit_log_no_update").await;
-    let rows = sqlx::query(
-        "SELECT id, at, actor, action, host_id, job_id, detail, prev_hash FROM audit_log WHERE id >= ? ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut prev: String = sqlx::query("SELECT prev_hash FROM audit_log WHERE id = ?")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-        .get(0);
+async fn rewrite_and_rehash(attacker: &Attacker, id: i64, detail: &str) {
+    attacker.drop_trigger("audit_log_no_update").await;
+    let rows = attacker.entries_from(id).await;
+    let mut prev = rows[0].prev_hash.clone();
     for row in rows {
-        let entry_id: i64 = row.get("id");
-        let detail = if entry_id == id {
+        let detail = if row.id == id {
             detail.to_owned()
         } else {
-            row.get::<String, _>("detail")
+            row.detail.clone()
         };
-        let host: Option<String> = row.get("host_id");
-        let job: Option<String> = row.get("job_id");
         let hash = entry_hash(
-            entry_id,
-            row.get("at"),
-            row.get::<&str, _>("actor"),
-            row.get::<&str, _>("action"),
-            host.as_deref(),
-            job.as_deref(),
+            row.id,
+            row.at,
+            &row.actor,
+            &row.action,
+            row.host_id.as_deref(),
+            row.job_id.as_deref(),
             &detail,
             &prev,
         );
-        sqlx::query("UPDATE audit_log SET detail = ?, prev_hash = ?, hash = ? WHERE id = ?")
-            .bind(&detail)
-            .bind(&prev)
-            .bind(&hash)
-            .bind(entry_id)
-            .execute(pool)
-            .await
-            .unwrap();
+        attacker.update_entry(row.id, &detail, &prev, &hash).await;
         prev = hash;
     }
 }
@@ -117,10 +85,9 @@ async fn entries(control: &Control) -> Vec<AuditEntry> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn finding_8_an_intact_chain_verifies_with_the_recorded_head_and_a_checkpoint() {
+async fn finding_8_an_intact_chain_verifies_with_the_recorded_head_and_a_checkpoint(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 5).await;
     let head = control.refresh_audit_head().await.unwrap().unwrap();
     assert!(dir.path().join(datadir::AUDIT_HEAD_FILE).exists());
@@ -146,18 +113,18 @@ async fn finding_8_an_intact_chain_verifies_with_the_recorded_head_and_a_checkpo
     assert!(entries(&control).await.iter().all(|e| e.mac.is_some()));
     // The chain survives a restart with the same keys.
     drop(control);
-    let again = open(dir.path()).await;
+    let again = open(&db, dir.path()).await;
     assert!(again.verify_audit_with(&[checkpoint]).await.unwrap().ok);
 }
+both_stores!(finding_8_an_intact_chain_verifies_with_the_recorded_head_and_a_checkpoint);
 
-#[tokio::test]
-async fn finding_8_an_entry_rewritten_and_rehashed_without_the_key_is_detected() {
+async fn finding_8_an_entry_rewritten_and_rehashed_without_the_key_is_detected(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 6).await;
     let target = entries(&control).await[4].id;
-    let pool = attacker(dir.path()).await;
-    rewrite_and_rehash(&pool, target, r#"{"ttl_seconds":1,"uses":1}"#).await;
+    let attacker = db.attacker(dir.path()).await;
+    rewrite_and_rehash(&attacker, target, r#"{"ttl_seconds":1,"uses":1}"#).await;
 
     // Every link and hash is consistent again: only the MAC can tell.
     let report = control.verify_audit().await.unwrap();
@@ -167,34 +134,32 @@ async fn finding_8_an_entry_rewritten_and_rehashed_without_the_key_is_detected()
     assert!(bad.reason.contains("MAC"), "{}", bad.reason);
     // Nor can the attacker launder it by deleting the MACs: entries without one are refused,
     // and a restart does not key them again.
-    exec(
-        &pool,
-        "DROP TRIGGER audit_macs_no_delete; DELETE FROM audit_macs; DELETE FROM key_pins;",
-    )
-    .await;
+    attacker.drop_trigger("audit_macs_no_delete").await;
+    attacker
+        .exec("DELETE FROM audit_macs; DELETE FROM key_pins;")
+        .await;
     drop(control);
-    let restarted = open(dir.path()).await;
+    let restarted = open(&db, dir.path()).await;
     let report = restarted.verify_audit().await.unwrap();
     assert!(!report.ok);
     assert_eq!(report.first_bad.unwrap().id, 1, "no entry has a MAC now");
 }
+both_stores!(finding_8_an_entry_rewritten_and_rehashed_without_the_key_is_detected);
 
-#[tokio::test]
-async fn finding_8_a_deleted_tail_is_detected_against_the_recorded_head() {
+async fn finding_8_a_deleted_tail_is_detected_against_the_recorded_head(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 6).await;
     let head = control.refresh_audit_head().await.unwrap().unwrap();
-    let pool = attacker(dir.path()).await;
-    exec(
-        &pool,
-        &format!(
-            "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_macs_no_delete; \
-             DELETE FROM audit_macs WHERE entry_id > {0}; DELETE FROM audit_log WHERE id > {0};",
+    let attacker = db.attacker(dir.path()).await;
+    attacker.drop_trigger("audit_log_no_delete").await;
+    attacker.drop_trigger("audit_macs_no_delete").await;
+    attacker
+        .exec(&format!(
+            "DELETE FROM audit_macs WHERE entry_id > {0}; DELETE FROM audit_log WHERE id > {0};",
             head.id - 3
-        ),
-    )
-    .await;
+        ))
+        .await;
 
     let report = control.verify_audit().await.unwrap();
     assert!(!report.ok, "{report:#?}");
@@ -226,31 +191,30 @@ async fn finding_8_a_deleted_tail_is_detected_against_the_recorded_head() {
         "no checkpoint of a broken chain"
     );
     drop(control);
-    assert!(!open(dir.path()).await.verify_audit().await.unwrap().ok);
+    assert!(!open(&db, dir.path()).await.verify_audit().await.unwrap().ok);
 }
+both_stores!(finding_8_a_deleted_tail_is_detected_against_the_recorded_head);
 
-#[tokio::test]
-async fn finding_8_an_exported_checkpoint_reveals_a_truncated_tail() {
+async fn finding_8_an_exported_checkpoint_reveals_a_truncated_tail(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 4).await;
     let checkpoint = control.audit_checkpoint().await.unwrap();
     activity(&control, 2).await;
-    let pool = attacker(dir.path()).await;
-    exec(
-        &pool,
-        &format!(
-            "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_macs_no_delete; \
-             DELETE FROM audit_macs WHERE entry_id >= {0}; DELETE FROM audit_log WHERE id >= {0};",
+    let attacker = db.attacker(dir.path()).await;
+    attacker.drop_trigger("audit_log_no_delete").await;
+    attacker.drop_trigger("audit_macs_no_delete").await;
+    attacker
+        .exec(&format!(
+            "DELETE FROM audit_macs WHERE entry_id >= {0}; DELETE FROM audit_log WHERE id >= {0};",
             checkpoint.id - 1
-        ),
-    )
-    .await;
+        ))
+        .await;
     // Even without the server's own head (say it was lost with the machine), the checkpoint
     // kept outside shows the cut.
     std::fs::remove_file(dir.path().join(datadir::AUDIT_HEAD_FILE)).unwrap();
     drop(control);
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     assert!(
         control.verify_audit().await.unwrap().ok,
         "the remaining chain is valid on its own"
@@ -279,33 +243,31 @@ async fn finding_8_an_exported_checkpoint_reveals_a_truncated_tail() {
         "an edited checkpoint is refused"
     );
 }
+both_stores!(finding_8_an_exported_checkpoint_reveals_a_truncated_tail);
 
 /// Turns a data directory into one written before audit keys existed: no MACs, no key records,
 /// no audit.key.
-async fn make_legacy(dir: &Path) {
-    let pool = attacker(dir).await;
-    exec(
-        &pool,
-        "DROP TRIGGER audit_macs_no_delete; DELETE FROM audit_macs; DELETE FROM key_pins; \
-         CREATE TRIGGER audit_macs_no_delete BEFORE DELETE ON audit_macs \
-         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
-    )
-    .await;
-    pool.close().await;
+async fn make_legacy(db: &TestDb, dir: &Path) {
+    let attacker = db.attacker(dir).await;
+    attacker.drop_trigger("audit_macs_no_delete").await;
+    attacker
+        .exec("DELETE FROM audit_macs; DELETE FROM key_pins;")
+        .await;
+    attacker.restore_trigger("audit_macs_no_delete").await;
+    attacker.close().await;
     std::fs::remove_file(dir.join(datadir::AUDIT_KEY_FILE)).unwrap();
     let _ = std::fs::remove_file(dir.join(datadir::AUDIT_HEAD_FILE));
 }
 
-#[tokio::test]
-async fn an_upgraded_chain_is_keyed_once_after_its_hash_chain_is_checked() {
+async fn an_upgraded_chain_is_keyed_once_after_its_hash_chain_is_checked(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 4).await;
     let before = entries(&control).await.len() as i64;
     drop(control);
-    make_legacy(dir.path()).await;
+    make_legacy(&db, dir.path()).await;
 
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     let report = control.verify_audit().await.unwrap();
     assert!(report.ok, "{report:#?}");
     let all = entries(&control).await;
@@ -321,37 +283,36 @@ async fn an_upgraded_chain_is_keyed_once_after_its_hash_chain_is_checked() {
         "the existing signing key is recorded, not replaced"
     );
 }
+both_stores!(an_upgraded_chain_is_keyed_once_after_its_hash_chain_is_checked);
 
-#[tokio::test]
-async fn an_upgraded_chain_that_was_already_broken_is_not_laundered() {
+async fn an_upgraded_chain_that_was_already_broken_is_not_laundered(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 5).await;
     drop(control);
-    make_legacy(dir.path()).await;
-    let pool = attacker(dir.path()).await;
-    exec(
-        &pool,
-        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET detail = '{}' WHERE id = 3;",
-    )
-    .await;
-    let control = open(dir.path()).await;
+    make_legacy(&db, dir.path()).await;
+    let attacker = db.attacker(dir.path()).await;
+    attacker.drop_trigger("audit_log_no_update").await;
+    attacker
+        .exec("UPDATE audit_log SET detail = '{}' WHERE id = 3;")
+        .await;
+    let control = open(&db, dir.path()).await;
     let report = control.verify_audit().await.unwrap();
     assert!(!report.ok);
     assert_eq!(report.first_bad.unwrap().id, 3);
 }
+both_stores!(an_upgraded_chain_that_was_already_broken_is_not_laundered);
 
-#[tokio::test]
-async fn finding_9_a_missing_signing_key_is_refused_not_made_again() {
+async fn finding_9_a_missing_signing_key_is_refused_not_made_again(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     let original = control.signing_key();
     drop(control);
     let key_file = dir.path().join(datadir::SIGNING_KEY_FILE);
     let saved = std::fs::read(&key_file).unwrap();
     std::fs::remove_file(&key_file).unwrap();
 
-    let refused = latch_control::server::open_data_dir(dir.path())
+    let refused = open_with(&db, dir.path(), Options::default())
         .await
         .err()
         .expect("a missing signing key must stop the start");
@@ -368,11 +329,12 @@ async fn finding_9_a_missing_signing_key_is_refused_not_made_again() {
 
     // Restored from backup: it starts with the same key.
     std::fs::write(&key_file, &saved).unwrap();
-    assert_eq!(open(dir.path()).await.signing_key(), original);
+    assert_eq!(open(&db, dir.path()).await.signing_key(), original);
 
     // Lost for good: the explicit flag makes a new key, and says so in the audit log.
     std::fs::remove_file(&key_file).unwrap();
     let replaced = open_with(
+        &db,
         dir.path(),
         Options {
             new_signing_key: true,
@@ -390,17 +352,17 @@ async fn finding_9_a_missing_signing_key_is_refused_not_made_again() {
     assert!(entry.detail.contains(&original) && entry.detail.contains(&replaced.signing_key()));
     assert!(replaced.verify_audit().await.unwrap().ok);
     drop(replaced);
-    assert!(open_with(dir.path(), Options::default()).await.is_ok());
+    assert!(open_with(&db, dir.path(), Options::default()).await.is_ok());
 }
+both_stores!(finding_9_a_missing_signing_key_is_refused_not_made_again);
 
-#[tokio::test]
-async fn finding_9_a_different_signing_key_is_refused() {
+async fn finding_9_a_different_signing_key_is_refused(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path()).await);
+    drop(open(&db, dir.path()).await);
     let key_file = dir.path().join(datadir::SIGNING_KEY_FILE);
     std::fs::remove_file(&key_file).unwrap();
     let stranger = JobSigner::create(&key_file).unwrap();
-    let message = open_with(dir.path(), Options::default())
+    let message = open_with(&db, dir.path(), Options::default())
         .await
         .err()
         .unwrap()
@@ -411,14 +373,16 @@ async fn finding_9_a_different_signing_key_is_refused() {
         "{message}"
     );
 }
+both_stores!(finding_9_a_different_signing_key_is_refused);
 
-#[tokio::test]
-async fn finding_9_a_database_initialised_before_key_records_refuses_a_missing_signing_key() {
+async fn finding_9_a_database_initialised_before_key_records_refuses_a_missing_signing_key(
+    db: TestDb,
+) {
     let dir = tempfile::tempdir().unwrap();
-    drop(open(dir.path()).await);
-    make_legacy(dir.path()).await;
+    drop(open(&db, dir.path()).await);
+    make_legacy(&db, dir.path()).await;
     std::fs::remove_file(dir.path().join(datadir::SIGNING_KEY_FILE)).unwrap();
-    let message = open_with(dir.path(), Options::default())
+    let message = open_with(&db, dir.path(), Options::default())
         .await
         .err()
         .unwrap()
@@ -428,16 +392,16 @@ async fn finding_9_a_database_initialised_before_key_records_refuses_a_missing_s
         "{message}"
     );
 }
+both_stores!(finding_9_a_database_initialised_before_key_records_refuses_a_missing_signing_key);
 
-#[tokio::test]
-async fn finding_9_a_missing_audit_key_is_refused_and_replacing_it_rekeys_the_chain() {
+async fn finding_9_a_missing_audit_key_is_refused_and_replacing_it_rekeys_the_chain(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     activity(&control, 3).await;
     let old_checkpoint = control.audit_checkpoint().await.unwrap();
     drop(control);
     std::fs::remove_file(dir.path().join(datadir::AUDIT_KEY_FILE)).unwrap();
-    let message = open_with(dir.path(), Options::default())
+    let message = open_with(&db, dir.path(), Options::default())
         .await
         .err()
         .unwrap()
@@ -449,6 +413,7 @@ async fn finding_9_a_missing_audit_key_is_refused_and_replacing_it_rekeys_the_ch
     assert!(!dir.path().join(datadir::AUDIT_KEY_FILE).exists());
 
     let control = open_with(
+        &db,
         dir.path(),
         Options {
             new_audit_key: true,
@@ -470,24 +435,20 @@ async fn finding_9_a_missing_audit_key_is_refused_and_replacing_it_rekeys_the_ch
             .any(|e| e.action == "audit.keyed" && e.detail.contains("--new-audit-key"))
     );
     drop(control);
-    assert!(open_with(dir.path(), Options::default()).await.is_ok());
+    assert!(open_with(&db, dir.path(), Options::default()).await.is_ok());
 }
+both_stores!(finding_9_a_missing_audit_key_is_refused_and_replacing_it_rekeys_the_chain);
 
-#[tokio::test]
-async fn finding_9_a_missing_ca_is_refused_not_made_again() {
+async fn finding_9_a_missing_ca_is_refused_not_made_again(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let data = datadir::open(dir.path(), &Options::default())
-        .await
-        .unwrap();
+    let data = datadir::open(dir.path(), &db.options()).await.unwrap();
     let first = data.private_ca(&[]).await.unwrap().ca_fingerprint;
     assert_eq!(data.private_ca(&[]).await.unwrap().ca_fingerprint, first);
     drop(data);
     for file in [datadir::CA_CERT_FILE, datadir::CA_KEY_FILE] {
         std::fs::remove_file(dir.path().join(file)).unwrap();
     }
-    let data = datadir::open(dir.path(), &Options::default())
-        .await
-        .unwrap();
+    let data = datadir::open(dir.path(), &db.options()).await.unwrap();
     let message = data.private_ca(&[]).await.err().unwrap().to_string();
     assert!(
         message.contains("ca.crt is missing")
@@ -501,21 +462,21 @@ async fn finding_9_a_missing_ca_is_refused_not_made_again() {
         dir.path(),
         &Options {
             new_ca: true,
-            ..Options::default()
+            ..db.options()
         },
     )
     .await
     .unwrap();
     assert_ne!(data.private_ca(&[]).await.unwrap().ca_fingerprint, first);
 }
+both_stores!(finding_9_a_missing_ca_is_refused_not_made_again);
 
 /// Files to put in the data directory: name and content.
 type Files<'a> = &'a [(&'a str, &'a [u8])];
 
-#[tokio::test]
-async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
+async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     let old = control.signing_key();
     let next = control.start_key_rotation().await.unwrap().next_key;
     control.promote_signing_key(true).await.unwrap();
@@ -575,7 +536,7 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
         for (name, bytes) in files {
             std::fs::write(path(name), bytes).unwrap();
         }
-        let control = open_with(dir.path(), Options::default())
+        let control = open_with(&db, dir.path(), Options::default())
             .await
             .unwrap_or_else(|e| panic!("{step}: {e}"));
         assert_eq!(control.signing_key(), next, "{step}");
@@ -595,14 +556,10 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
 
     // A database restored from before the promotion records the old key: the files are newer
     // (the old key is the kept one), so the server follows them instead of refusing to start.
-    let pool = attacker(dir.path()).await;
-    sqlx::query("UPDATE key_pins SET public = ? WHERE name = 'signing'")
-        .bind(&old)
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let control = open(dir.path()).await;
+    let attacker = db.attacker(dir.path()).await;
+    attacker.set_signing_pin(&old).await;
+    attacker.close().await;
+    let control = open(&db, dir.path()).await;
     assert_eq!(control.signing_key(), next);
     assert!(
         entries(&control)
@@ -613,25 +570,21 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step() {
     drop(control);
 
     // A crash before the record: the rotation is simply still under way.
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     let third = control.start_key_rotation().await.unwrap().next_key;
     drop(control);
-    let control = open(dir.path()).await;
+    let control = open(&db, dir.path()).await;
     assert_eq!(control.signing_key(), next);
     assert_eq!(
         public(datadir::NEXT_KEY_FILE).as_deref(),
         Some(third.as_str())
     );
 }
+both_stores!(finding_9_signing_key_promotion_survives_a_crash_at_every_step);
 
-#[tokio::test]
-async fn a_control_plane_without_a_data_directory_keeps_its_head_in_memory() {
+async fn a_control_plane_without_a_data_directory_keeps_its_head_in_memory(db: TestDb) {
     let control = Control::new(
-        Arc::new(
-            latch_control::store::SqliteStore::open_in_memory()
-                .await
-                .unwrap(),
-        ),
+        db.store().await,
         ControlConfig::default(),
         JobSigner::generate().unwrap(),
     );
@@ -655,3 +608,4 @@ async fn a_control_plane_without_a_data_directory_keeps_its_head_in_memory() {
         "the head in memory"
     );
 }
+both_stores!(a_control_plane_without_a_data_directory_keeps_its_head_in_memory);

@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! The job state machine and enrollment rules, exercised through the library API on an
-//! in-memory SQLite store.
+//! The job state machine and enrollment rules, exercised through the library API on each store
+//! (in-memory SQLite, a PostgreSQL schema).
+
+#[macro_use]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,10 +16,10 @@ use latch_common::api::{
 };
 use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_control::store::{
-    GrantFilter, HostRecord, JobRefusal, NewJob, Page, RetryBackoff, SqliteStore, Store as _,
-    TokenRefusal,
+    GrantFilter, HostRecord, JobRefusal, NewJob, Page, RetryBackoff, TokenRefusal,
 };
 use latch_control::{Control, ControlConfig, ControlError};
+use support::TestDb;
 
 fn facts(hostname: &str) -> HostFacts {
     HostFacts {
@@ -30,9 +33,9 @@ fn facts(hostname: &str) -> HostFacts {
     }
 }
 
-async fn control(config: ControlConfig) -> Arc<Control> {
+async fn control(db: &TestDb, config: ControlConfig) -> Arc<Control> {
     Arc::new(Control::new(
-        Arc::new(SqliteStore::open_in_memory().await.unwrap()),
+        db.store().await,
         config,
         latch_control::signing::JobSigner::generate().unwrap(),
     ))
@@ -74,9 +77,8 @@ fn failed(code: JobErrorCode) -> JobOutcome {
     }
 }
 
-#[tokio::test]
-async fn tokens_are_single_use_and_expire() {
-    let control = control(ControlConfig::default()).await;
+async fn tokens_are_single_use_and_expire(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let token = control
         .create_enroll_token(&CreateEnrollTokenRequest {
             ttl_seconds: Some(1),
@@ -127,10 +129,10 @@ async fn tokens_are_single_use_and_expire() {
     ));
     assert!(control.authenticate_host("latch_host_guess").await.is_err());
 }
+both_stores!(tokens_are_single_use_and_expire);
 
-#[tokio::test]
-async fn jobs_are_delivered_in_order_one_at_a_time() {
-    let control = control(ControlConfig::default()).await;
+async fn jobs_are_delivered_in_order_one_at_a_time(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
     let first = control.create_job(delete("db1", "alice")).await.unwrap();
     let second = control.create_job(delete(&host.id, "bob")).await.unwrap();
@@ -181,14 +183,14 @@ async fn jobs_are_delivered_in_order_one_at_a_time() {
     let events: Vec<&str> = job.history.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(events, ["queued", "delivered", "confirmed"]);
 }
+both_stores!(jobs_are_delivered_in_order_one_at_a_time);
 
-#[tokio::test]
-async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report() {
+async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report(db: TestDb) {
     let config = ControlConfig {
         lease_ttl: ChronoDuration::milliseconds(100),
         ..ControlConfig::default()
     };
-    let control = control(config).await;
+    let control = control(&db, config).await;
     let host = enrolled_host(&control, "db1").await;
     let job = control.create_job(delete("db1", "alice")).await.unwrap();
     let first = control
@@ -222,15 +224,15 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report() {
     let shown = control.get_job(&job.id).await.unwrap();
     assert_eq!((shown.status, shown.attempts), (JobStatus::Confirmed, 2));
 }
+both_stores!(an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report);
 
-#[tokio::test]
-async fn a_job_never_reported_fails_with_agent_unresponsive() {
+async fn a_job_never_reported_fails_with_agent_unresponsive(db: TestDb) {
     let config = ControlConfig {
         lease_ttl: ChronoDuration::milliseconds(50),
         max_attempts: 2,
         ..ControlConfig::default()
     };
-    let control = control(config).await;
+    let control = control(&db, config).await;
     let host = enrolled_host(&control, "db1").await;
     let job = control.create_job(delete("db1", "alice")).await.unwrap();
     for _ in 0..2 {
@@ -253,10 +255,10 @@ async fn a_job_never_reported_fails_with_agent_unresponsive() {
             .is_none()
     );
 }
+both_stores!(a_job_never_reported_fails_with_agent_unresponsive);
 
-#[tokio::test]
-async fn a_waiting_poll_is_woken_by_a_new_job() {
-    let control = control(ControlConfig::default()).await;
+async fn a_waiting_poll_is_woken_by_a_new_job(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
     let poller = {
         let control = control.clone();
@@ -279,12 +281,12 @@ async fn a_waiting_poll_is_woken_by_a_new_job() {
         "long-poll waited {waited:?}"
     );
 }
+both_stores!(a_waiting_poll_is_woken_by_a_new_job);
 
 /// Removing a host ends a long-poll in progress at once, with the same refusal a new poll gets
 /// (the poll checks the host again when a wake-up finds nothing to deliver).
-#[tokio::test]
-async fn removing_a_host_ends_its_long_poll_in_progress() {
-    let control = control(ControlConfig::default()).await;
+async fn removing_a_host_ends_its_long_poll_in_progress(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
     control.create_job(delete("db1", "alice")).await.unwrap();
     let poller = {
@@ -312,16 +314,19 @@ async fn removing_a_host_ends_its_long_poll_in_progress() {
         "the poll waited {waited:?}"
     );
 }
+both_stores!(removing_a_host_ends_its_long_poll_in_progress);
 
 /// A polling host is online; its `last_seen` is written when a quarter of the online window
 /// has passed since the last write, not at every poll (one row write per poll was the single
 /// SQLite writer's largest avoidable load with a busy fleet).
-#[tokio::test]
-async fn polling_keeps_a_host_online_without_a_write_per_poll() {
-    let control = control(ControlConfig {
-        online_window: ChronoDuration::milliseconds(400),
-        ..ControlConfig::default()
-    })
+async fn polling_keeps_a_host_online_without_a_write_per_poll(db: TestDb) {
+    let control = control(
+        &db,
+        ControlConfig {
+            online_window: ChronoDuration::milliseconds(400),
+            ..ControlConfig::default()
+        },
+    )
     .await;
     let host = enrolled_host(&control, "db1").await;
     let seen = |control: Arc<Control>| async move {
@@ -350,10 +355,10 @@ async fn polling_keeps_a_host_online_without_a_write_per_poll() {
     let (later, online) = seen(control.clone()).await;
     assert!(later > first && online, "{later:?} after {first:?}");
 }
+both_stores!(polling_keeps_a_host_online_without_a_write_per_poll);
 
-#[tokio::test]
-async fn hostile_jobs_are_refused_and_nothing_is_queued() {
-    let control = control(ControlConfig::default()).await;
+async fn hostile_jobs_are_refused_and_nothing_is_queued(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     enrolled_host(&control, "db1").await;
     for user in ["-oops", "root", "a:b", "a\nb", &"a".repeat(33), "../x", ""] {
         let err = control.create_job(delete("db1", user)).await.unwrap_err();
@@ -376,10 +381,10 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued() {
         .unwrap_err();
     assert!(matches!(missing, ControlError::NotFound { .. }));
 }
+both_stores!(hostile_jobs_are_refused_and_nothing_is_queued);
 
-#[tokio::test]
-async fn set_password_stores_only_a_hash() {
-    let control = control(ControlConfig::default()).await;
+async fn set_password_stores_only_a_hash(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
     let request = CreateJobRequest {
         host: "db1".into(),
@@ -399,6 +404,7 @@ async fn set_password_stores_only_a_hash() {
     assert!(!wire.contains("correct horse"));
     assert!(wire.contains("$6$"));
 }
+both_stores!(set_password_stores_only_a_hash);
 
 fn account(host: &str, user: &str) -> CreateJobRequest {
     CreateJobRequest {
@@ -477,18 +483,20 @@ async fn all_jobs(control: &Control) -> Vec<latch_common::api::JobView> {
 /// lease sweep — left the grant "revocation queued" for ever, so the access was never taken
 /// away by the control plane. Now the grant gets another revocation job after a backoff that
 /// doubles up to a cap, until a host confirms, and the grants view shows it stuck meanwhile.
-#[tokio::test]
-async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirmed() {
+async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirmed(db: TestDb) {
     let retry = RetryBackoff {
         first: ChronoDuration::milliseconds(400),
         max: ChronoDuration::milliseconds(800),
     };
-    let control = control(ControlConfig {
-        revocation_retry: retry,
-        lease_ttl: ChronoDuration::milliseconds(300),
-        max_attempts: 1,
-        ..ControlConfig::default()
-    })
+    let control = control(
+        &db,
+        ControlConfig {
+            revocation_retry: retry,
+            lease_ttl: ChronoDuration::milliseconds(300),
+            max_attempts: 1,
+            ..ControlConfig::default()
+        },
+    )
     .await;
     let host = enrolled_host(&control, "db1").await;
     let grant = confirmed(
@@ -652,13 +660,13 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
             .is_none()
     );
 }
+both_stores!(finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirmed);
 
 /// Finding 14: `insert_job` did not look at `removed_at`, so a job — even an internal
 /// revocation or key-rotation job — could be queued for a host being removed and stay pending
 /// for ever. The store now refuses it in the insert transaction.
-#[tokio::test]
-async fn finding_14_the_store_refuses_jobs_for_removed_hosts() {
-    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+async fn finding_14_the_store_refuses_jobs_for_removed_hosts(db: TestDb) {
+    let store = db.store().await;
     let control = Control::new(
         store.clone(),
         ControlConfig::default(),
@@ -694,6 +702,7 @@ async fn finding_14_the_store_refuses_jobs_for_removed_hosts() {
     }
     assert!(all_jobs(&control).await.is_empty());
 }
+both_stores!(finding_14_the_store_refuses_jobs_for_removed_hosts);
 
 fn uuid_like(seed: &str) -> String {
     format!("00000000-0000-0000-0000-{:0>12}", seed.len())
@@ -702,9 +711,8 @@ fn uuid_like(seed: &str) -> String {
 /// Finding 14: `due_grants` included removed hosts, so every expired grant of a removed host
 /// got a revocation job that could never be delivered. Now none is queued, and the grants view
 /// says why the access may remain.
-#[tokio::test]
-async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_removed() {
-    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_removed(db: TestDb) {
+    let store = db.store().await;
     let config = ControlConfig::default();
     let retry = config.revocation_retry;
     let control = Control::new(
@@ -776,16 +784,19 @@ async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_remove
         "{refused}"
     );
 }
+both_stores!(finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_removed);
 
 /// Finding 20: any duration was accepted — 0s (then failed on the host), 100000 days — and a
 /// grant without an end was permanent. Now the end must be in the future and within the
 /// maximum, refused with a message naming the limit, and nothing is queued.
-#[tokio::test]
-async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it() {
-    let control = control(ControlConfig {
-        max_grant_duration: ChronoDuration::hours(8),
-        ..ControlConfig::default()
-    })
+async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it(db: TestDb) {
+    let control = control(
+        &db,
+        ControlConfig {
+            max_grant_duration: ChronoDuration::hours(8),
+            ..ControlConfig::default()
+        },
+    )
     .await;
     enrolled_host(&control, "db1").await;
     let now = chrono::Utc::now();
@@ -850,15 +861,18 @@ async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it() {
     let window = job.expires_at.unwrap() - job.created_at;
     assert!((window - ChronoDuration::hours(8)).abs() < ChronoDuration::seconds(5));
 }
+both_stores!(finding_20_grant_windows_outside_the_limit_are_refused_naming_it);
 
 /// Finding 20: an account or membership without an end gets the default window; only an
 /// explicit `permanent` has none, and that choice is in the audit trail.
-#[tokio::test]
-async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited() {
-    let control = control(ControlConfig {
-        default_grant_duration: ChronoDuration::minutes(90),
-        ..ControlConfig::default()
-    })
+async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited(db: TestDb) {
+    let control = control(
+        &db,
+        ControlConfig {
+            default_grant_duration: ChronoDuration::minutes(90),
+            ..ControlConfig::default()
+        },
+    )
     .await;
     enrolled_host(&control, "db1").await;
     for request in [account("db1", "alice"), membership("db1", "alice", "sudo")] {
@@ -910,13 +924,13 @@ async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited() {
     );
     assert!(created[2]["expires_at"].is_null());
 }
+both_stores!(finding_20_no_end_means_the_default_window_and_permanent_is_audited);
 
 /// Grant visibility: after `delete-account`, the earlier grants of that account said
 /// `revoked: no`; after `remove-group`, the earlier membership did. Now they are revoked by
 /// that job, and a later grant of the same access supersedes the earlier one.
-#[tokio::test]
-async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job() {
-    let control = control(ControlConfig::default()).await;
+async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
     let account_grant = confirmed(&control, &host, account("db1", "alice")).await;
     let sudo_grant = confirmed(&control, &host, membership("db1", "alice", "sudo")).await;
@@ -1000,3 +1014,4 @@ async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job() {
     let delete_view = jobs.iter().find(|j| j.id == delete).unwrap();
     assert_eq!(delete_view.grant_state, None);
 }
+both_stores!(delete_account_and_remove_group_revoke_the_earlier_grants_by_job);

@@ -3,17 +3,23 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::database::TestDatabase;
 use crate::{Ran, binary, run};
 
-/// A running `latch-control serve` on 127.0.0.1 with a private data directory.
+/// A running `latch-control serve` on 127.0.0.1 with a private data directory, on the database
+/// `LATCH_TEST_STORE` chooses (SQLite in the data directory, or a PostgreSQL schema of its own).
 pub struct ControlPlane {
     child: Child,
-    /// Data directory (database, admin token, server log).
+    /// Data directory (keys, admin token, server log; the SQLite database).
     pub data_dir: tempfile::TempDir,
+    /// The database. Hold a clone to keep a PostgreSQL schema beyond the control plane (e.g.
+    /// to start the server again by hand).
+    pub database: Arc<TestDatabase>,
     /// Base URL, e.g. `https://127.0.0.1:40123`.
     pub url: String,
     /// The admin token.
@@ -26,7 +32,44 @@ impl ControlPlane {
     /// Starts a control plane; `extra` are additional `serve` flags (e.g. `--lease-timeout 3s`).
     pub fn start(extra: &[&str]) -> ControlPlane {
         let data_dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(data_dir, "127.0.0.1:0", extra)
+        Self::start_in(
+            data_dir,
+            Arc::new(TestDatabase::from_env()),
+            "127.0.0.1:0",
+            extra,
+        )
+    }
+
+    /// Starts a control plane on `database` whatever `LATCH_TEST_STORE` says (for tests about
+    /// one store, or about moving between them).
+    pub fn start_on(database: TestDatabase, extra: &[&str]) -> ControlPlane {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, Arc::new(database), "127.0.0.1:0", extra)
+    }
+
+    /// Stops the server, copies its SQLite database into a new PostgreSQL schema with
+    /// `latch-control copy-to-postgres`, and starts it again on the same address and data
+    /// directory on PostgreSQL — the operator's move, step by step.
+    pub fn move_to_postgres(mut self) -> ControlPlane {
+        assert!(!self.database.is_postgres(), "already on PostgreSQL");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let postgres = Arc::new(TestDatabase::postgres());
+        let data = self.data_dir.path().join("data");
+        let mut command = Command::new(binary("latch-control"));
+        postgres.configure(&mut command);
+        let copied = run(
+            command.arg("copy-to-postgres").arg("--data-dir").arg(&data),
+            None,
+        );
+        assert_eq!(
+            copied.code, 0,
+            "copy-to-postgres: {} {}",
+            copied.stdout, copied.stderr
+        );
+        let listen = self.url.trim_start_matches("https://").to_owned();
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("tempdir"));
+        Self::start_in(data_dir, postgres, &listen, &[])
     }
 
     /// Kills the server (`kill -9`) and starts it again on the same address and data directory.
@@ -37,16 +80,23 @@ impl ControlPlane {
         let listen = self.url.trim_start_matches("https://").to_owned();
         let data_dir = tempfile::tempdir().expect("tempdir");
         let old = std::mem::replace(&mut self.data_dir, data_dir);
-        Self::start_in(old, &listen, &[])
+        Self::start_in(old, self.database.clone(), &listen, &[])
     }
 
-    fn start_in(data_dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> ControlPlane {
+    fn start_in(
+        data_dir: tempfile::TempDir,
+        database: Arc<TestDatabase>,
+        listen: &str,
+        extra: &[&str],
+    ) -> ControlPlane {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.path().join("server.log"))
             .expect("server log");
-        let mut child = Command::new(binary("latch-control"))
+        let mut command = Command::new(binary("latch-control"));
+        database.configure(&mut command);
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
@@ -60,12 +110,16 @@ impl ControlPlane {
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mut fingerprint = String::new();
+        let mut store = String::new();
         let url = loop {
             let line = lines.next().and_then(Result::ok).unwrap_or_else(|| {
                 let log =
                     std::fs::read_to_string(data_dir.path().join("server.log")).unwrap_or_default();
                 panic!("latch-control exited before listening: {log}")
             });
+            if let Some(found) = line.trim().strip_prefix("database:") {
+                store = found.trim().to_owned();
+            }
             if let Some(found) = line.trim().strip_prefix("CA fingerprint: ") {
                 fingerprint = found.to_owned();
             }
@@ -77,6 +131,11 @@ impl ControlPlane {
             fingerprint.starts_with("sha256:"),
             "the control plane printed no CA fingerprint"
         );
+        assert_eq!(
+            store.starts_with("PostgreSQL"),
+            database.is_postgres(),
+            "the control plane runs on {store:?}, not on the store the test asked for ({database:?})"
+        );
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         let token = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
@@ -86,6 +145,7 @@ impl ControlPlane {
         ControlPlane {
             child,
             data_dir,
+            database,
             url,
             token,
             fingerprint,
@@ -208,19 +268,33 @@ impl ControlPlane {
         status_and_json(response)
     }
 
-    /// Runs SQL against the control plane's database with the `sqlite3` tool, as an attacker
-    /// with write access to the database could; returns its output.
+    /// Runs SQL (both engines' dialect) against the control plane's database as an attacker with
+    /// write access to it could — `sqlite3` on the file or `psql` in the schema; returns its
+    /// output (`|` between columns, a row a line).
     pub fn sql(&self, sql: &str) -> String {
-        let db = self.data_dir.path().join("data/latch.db");
-        let ran = run(
-            Command::new("sqlite3")
-                .args(["-cmd", ".timeout 5000"])
-                .arg(&db)
-                .arg(sql),
-            None,
-        );
-        assert_eq!(ran.code, 0, "sqlite3 {sql}: {}", ran.stderr);
-        ran.stdout
+        self.database.sql(&self.data_dir.path().join("data"), sql)
+    }
+
+    /// [`ControlPlane::sql`] that may fail (exit code and standard error in the result).
+    pub fn try_sql(&self, sql: &str) -> Ran {
+        self.database
+            .try_sql(&self.data_dir.path().join("data"), sql)
+    }
+
+    /// A query's rows as JSON objects.
+    pub fn sql_rows(&self, sql: &str) -> Vec<Value> {
+        self.database.rows(&self.data_dir.path().join("data"), sql)
+    }
+
+    /// Drops an append-only trigger of the audit tables (`audit_log_no_update`, …).
+    pub fn drop_trigger(&self, name: &str) {
+        self.database
+            .drop_trigger(&self.data_dir.path().join("data"), name);
+    }
+
+    /// Everything the database stores, as text.
+    pub fn database_dump(&self) -> String {
+        self.database.dump(&self.data_dir.path().join("data"))
     }
 
     /// A raw JSON `POST` with another bearer token: `(status, body)`.

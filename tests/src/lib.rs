@@ -9,14 +9,17 @@
 //! into a failure (CI sets it).
 //!
 //! Layout: this file (skip rule, [`RealEtc`], [`binary`], [`wait_for`], running commands) ·
-//! [`control`] ([`ControlPlane`]: a real `latch-control serve` and `latchctl`) · [`host`]
+//! [`control`] ([`ControlPlane`]: a real `latch-control serve` and `latchctl`) · [`database`]
+//! ([`TestDatabase`]: SQLite or, with `LATCH_TEST_STORE=postgres`, a PostgreSQL schema) · [`host`]
 //! ([`TestHost`], linked hosts, [`Agent`]) · [`ssh`] ([`Ssh`] sessions, key pairs).
 
 mod control;
+mod database;
 mod host;
 mod ssh;
 
 pub use control::ControlPlane;
+pub use database::TestDatabase;
 pub use host::{AGENT, Agent, TestHost};
 pub use ssh::{Ssh, ssh_keypair};
 

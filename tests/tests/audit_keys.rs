@@ -1,6 +1,6 @@
 //! Findings 8 and 9 with the real binaries: the keyed audit chain, its checkpoints and the
-//! server's recorded head against an attacker who writes the database with `sqlite3`; and a
-//! server that refuses to start when a key it was initialised with is gone.
+//! server's recorded head against an attacker who writes the database (`sqlite3` or `psql`);
+//! and a server that refuses to start when a key it was initialised with is gone.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use latch_e2e::{ControlPlane, binary, e2e_enabled, wait_for};
+use latch_e2e::{ControlPlane, TestDatabase, binary, e2e_enabled, wait_for};
 use serde_json::Value;
 
 /// `n` audited actions.
@@ -18,20 +18,9 @@ fn activity(cp: &ControlPlane, n: usize) {
     }
 }
 
-/// A query's rows as JSON, read with `sqlite3 -json`.
+/// A query's rows as JSON.
 fn rows(cp: &ControlPlane, sql: &str) -> Vec<Value> {
-    let out = Command::new("sqlite3")
-        .args(["-json", "-cmd", ".timeout 5000"])
-        .arg(cp.data_dir.path().join("data/latch.db"))
-        .arg(sql)
-        .output()
-        .expect("sqlite3");
-    assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&text).expect("sqlite3 -json output")
+    cp.sql_rows(sql)
 }
 
 fn max_id(cp: &ControlPlane) -> i64 {
@@ -108,7 +97,7 @@ fn finding_8_an_entry_rewritten_and_rehashed_without_the_key_fails_audit_verify(
     // Rewrite one entry's detail, then re-hash it and every later entry with plain SHA-256, so
     // that ids, links and hashes are all consistent again.
     let target = max_id(&cp) - 2;
-    cp.sql("DROP TRIGGER audit_log_no_update;");
+    cp.drop_trigger("audit_log_no_update");
     let mut prev = rows(
         &cp,
         &format!("SELECT prev_hash FROM audit_log WHERE id = {target}"),
@@ -193,9 +182,10 @@ fn finding_8_a_deleted_tail_is_detected_by_the_recorded_head_and_an_exported_che
     // Delete the tail, from just before the exported checkpoint's entry: the rest is a valid
     // chain on its own.
     let cut = checkpoint_id - 1;
+    cp.drop_trigger("audit_log_no_delete");
+    cp.drop_trigger("audit_macs_no_delete");
     cp.sql(&format!(
-        "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_macs_no_delete; \
-         DELETE FROM audit_macs WHERE entry_id >= {cut}; DELETE FROM audit_log WHERE id >= {cut};"
+        "DELETE FROM audit_macs WHERE entry_id >= {cut}; DELETE FROM audit_log WHERE id >= {cut};"
     ));
     let broken = cp.latchctl(&["audit", "verify"]);
     assert_eq!(broken.code, 1, "a deleted tail went unnoticed: {broken:?}");
@@ -242,10 +232,12 @@ enum Serve {
     Exited(i32, String),
 }
 
-fn serve(data: &Path, extra: &[&str]) -> Serve {
+fn serve(data: &Path, database: &TestDatabase, extra: &[&str]) -> Serve {
     let stderr_path = data.with_file_name("serve.stderr");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(binary("latch-control"))
+    let mut command = Command::new(binary("latch-control"));
+    database.configure(&mut command);
+    let mut child = command
         .arg("serve")
         .arg("--data-dir")
         .arg(data)
@@ -284,8 +276,8 @@ fn serve(data: &Path, extra: &[&str]) -> Serve {
     }
 }
 
-fn expect_refusal(data: &Path, what: &str, needed: &[&str]) {
-    match serve(data, &[]) {
+fn expect_refusal(data: &Path, database: &TestDatabase, what: &str, needed: &[&str]) {
+    match serve(data, database, &[]) {
         Serve::Listened => panic!("the server started without {what}"),
         Serve::Exited(code, stderr) => {
             assert_ne!(code, 0, "{what}: {stderr}");
@@ -316,8 +308,9 @@ fn finding_9_a_server_whose_keys_are_gone_refuses_to_start() {
             "{made} is not audited: {actions:?}"
         );
     }
-    // Stop the server, keeping its data directory.
+    // Stop the server, keeping its data directory and database.
     let dir = std::mem::replace(&mut cp.data_dir, tempfile::tempdir().expect("tempdir"));
+    let database = cp.database.clone();
     drop(cp);
     let data = dir.path().join("data");
 
@@ -334,7 +327,7 @@ fn finding_9_a_server_whose_keys_are_gone_refuses_to_start() {
             std::fs::remove_file(data.join("ca.crt")).expect("remove ca.crt");
             cert
         });
-        expect_refusal(&data, file, &["is missing", "Restore", flag]);
+        expect_refusal(&data, &database, file, &["is missing", "Restore", flag]);
         assert!(!path.exists(), "{file} was made again");
         // Restored from a backup, the same data directory starts.
         std::fs::write(&path, &saved).expect("restore");
@@ -342,7 +335,7 @@ fn finding_9_a_server_whose_keys_are_gone_refuses_to_start() {
             std::fs::write(data.join("ca.crt"), cert).expect("restore ca.crt");
         }
         assert!(
-            matches!(serve(&data, &[]), Serve::Listened),
+            matches!(serve(&data, &database, &[]), Serve::Listened),
             "after restoring {file}"
         );
     }
@@ -351,12 +344,13 @@ fn finding_9_a_server_whose_keys_are_gone_refuses_to_start() {
     let original = std::fs::read(data.join("signing.key")).expect("signing.key");
     std::fs::remove_file(data.join("signing.key")).expect("remove");
     assert!(matches!(
-        serve(&data, &["--new-signing-key"]),
+        serve(&data, &database, &["--new-signing-key"]),
         Serve::Listened
     ));
     std::fs::write(data.join("signing.key"), &original).expect("put back the old key");
     expect_refusal(
         &data,
+        &database,
         "the original key after a replacement",
         &["is not the key this data directory was initialised with"],
     );

@@ -352,19 +352,12 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
     }
 
     // Append-only.
-    let db = cp.data_dir.path().join("data/latch.db");
-    let refused = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("UPDATE audit_log SET actor = 'x' WHERE id = 1")
-        .output()
-        .expect("sqlite3");
-    assert!(
-        !refused.status.success()
-            && String::from_utf8_lossy(&refused.stderr).contains("append-only")
-    );
+    let refused = cp.try_sql("UPDATE audit_log SET actor = 'x' WHERE id = 1");
+    assert!(refused.code != 0 && refused.stderr.contains("append-only"));
 
     // Any single edited row is found.
-    cp.sql("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;");
+    cp.drop_trigger("audit_log_no_update");
+    cp.drop_trigger("audit_log_no_delete");
     let last: i64 = cp
         .sql("SELECT max(id) FROM audit_log")
         .trim()
@@ -372,7 +365,8 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
         .expect("max id");
     for (id, column) in [(1, "actor"), (last / 2, "detail"), (last, "at")] {
         let original = cp.sql(&format!(
-            "SELECT quote({column}) FROM audit_log WHERE id = {id}"
+            "SELECT {} FROM audit_log WHERE id = {id}",
+            cp.database.quote(column)
         ));
         let tampered = if column == "at" {
             "at + 1".to_owned()

@@ -277,9 +277,8 @@ fn remove_group_set_password_and_delete() {
         !host.agent_log().contains(password) && !host.agent_log().contains(hash),
         "a secret reached the agent log"
     );
-    let db = std::fs::read(cp.data_dir.path().join("data/latch.db")).unwrap_or_default();
     assert!(
-        !String::from_utf8_lossy(&db).contains(password),
+        !cp.database_dump().contains(password),
         "the plaintext password was stored"
     );
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use latch_common::api::format_window;
 use latch_control::{Control, ControlConfig, datadir, server};
 
@@ -18,14 +19,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
-    /// Serve the API. The first start creates the data directory, the SQLite database, the keys
-    /// (job signing, audit, private CA) and an admin token in DIR/admin.token (mode 0600).
-    /// Later starts refuse to run if a key is missing or differs from the one recorded then.
+    /// Serve the API. The first start creates the data directory, the database (SQLite in the
+    /// data directory, or the tables in PostgreSQL with --database-url), the keys (job signing,
+    /// audit, private CA) and an admin token in DIR/admin.token (mode 0600). Later starts refuse
+    /// to run if a key is missing or differs from the one recorded then.
     Serve {
-        /// Directory for the database and the admin token.
+        /// Directory for the keys, the admin token and (without --database-url) the SQLite
+        /// database.
         #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
         data_dir: PathBuf,
+        /// Keep the database in PostgreSQL instead of SQLite:
+        /// postgres://USER@HOST:PORT/DATABASE (libpq parameters such as sslmode, sslrootcert
+        /// and options=-c search_path=SCHEMA work). The password goes in PGPASSWORD or
+        /// ~/.pgpass, or the whole URL in LATCH_DATABASE_URL: a password on the command line is
+        /// refused (every local user can read it). The keys stay in --data-dir.
+        #[arg(long, env = "LATCH_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8443", env = "LATCH_LISTEN")]
         listen: SocketAddr,
@@ -96,14 +107,62 @@ enum Command {
         #[arg(long, default_value = "info", env = "LATCH_LOG")]
         log_level: String,
     },
+    /// Move a control plane from SQLite to PostgreSQL: copy every row of DIR/latch.db into the
+    /// empty PostgreSQL database of --database-url, in one transaction, then mark latch.db as
+    /// moved (it is refused from then on). Stop the server first. Afterwards start it with the
+    /// same --data-dir (keys and admin token stay there) and --database-url; agents notice
+    /// nothing.
+    CopyToPostgres {
+        /// The data directory the SQLite control plane ran with.
+        #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The PostgreSQL database to fill (postgres://USER@HOST:PORT/DATABASE; an empty
+        /// database or schema). The password goes in PGPASSWORD or ~/.pgpass, or the whole URL
+        /// in LATCH_DATABASE_URL.
+        #[arg(long, env = "LATCH_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let url_on_command_line = matches
+        .subcommand()
+        .and_then(|(_, command)| command.value_source("database_url"))
+        == Some(ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     match cli.command {
+        Command::CopyToPostgres {
+            data_dir,
+            database_url,
+        } => {
+            refuse_password_on_command_line(&database_url, url_on_command_line)?;
+            let copied = datadir::copy_to_postgres(&data_dir, &database_url).await?;
+            println!(
+                "Copied {} to PostgreSQL {}:",
+                data_dir.join(datadir::DATABASE_FILE).display(),
+                copied.location
+            );
+            for (table, rows) in &copied.rows {
+                println!("  {table:<14} {rows} rows");
+            }
+            println!(
+                "  audit chain:   the same, through entry {}",
+                copied.audit_head.unwrap_or(0)
+            );
+            println!(
+                "{} now refuses to start on SQLite. Start the server with the same --data-dir and --database-url (or LATCH_DATABASE_URL).",
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Serve {
             data_dir,
+            database_url,
             listen,
             insecure_http,
             tls_names,
@@ -138,13 +197,23 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_new(&log_level)
-                        .context("invalid --log-level")?,
+                        .context("invalid --log-level")?
+                        // PostgreSQL's notices ("… already exists, skipping" at each start).
+                        .add_directive("sqlx::postgres::notice=warn".parse()?),
                 )
                 .with_writer(std::io::stderr)
                 // Colours only on a terminal: a log file or the journal gets plain text.
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            let database = match database_url {
+                None => datadir::Database::Sqlite,
+                Some(url) => {
+                    refuse_password_on_command_line(&url, url_on_command_line)?;
+                    datadir::Database::Postgres(url)
+                }
+            };
             let options = datadir::Options {
+                database,
                 new_signing_key,
                 new_audit_key,
                 new_ca,
@@ -154,11 +223,8 @@ async fn main() -> anyhow::Result<()> {
             // open files (often 1024) to the hard one.
             let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
             println!("Latch control plane");
-            println!(
-                "  data directory: {} (SQLite database {})",
-                data_dir.display(),
-                server::DATABASE_FILE
-            );
+            println!("  data directory: {}", data_dir.display());
+            println!("  database:       {}", data.database);
             if data.admin_token_created {
                 println!(
                     "  admin token:    created {} (mode 0600); latchctl reads it from there or from --token",
@@ -223,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("  CA fingerprint: {}", identity.ca_fingerprint);
                 Some(identity)
             };
-            let mut control = Control::new(Arc::new(data.store), config, data.signer)
+            let mut control = Control::new(data.store, config, data.signer)
                 .with_key_dir(data_dir.clone(), data.next_signer);
             let tls = match tls {
                 Some(identity) => {
@@ -243,6 +309,24 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Refuses a database URL with a password given on the command line, where every user of the
+/// machine can read it.
+fn refuse_password_on_command_line(url: &str, on_command_line: bool) -> anyhow::Result<()> {
+    if on_command_line && url_has_password(url) {
+        anyhow::bail!(
+            "--database-url carries a password, and the command line is visible to every user of this machine (ps); give the password in PGPASSWORD or ~/.pgpass, or the whole URL in LATCH_DATABASE_URL"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a database URL holds a password (in its user information or as a parameter).
+fn url_has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|url| {
+        url.password().is_some() || url.query_pairs().any(|(key, _)| key == "password")
+    })
 }
 
 /// A flag's duration the way people type it (`24h`, `90m`).

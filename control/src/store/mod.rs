@@ -2,8 +2,13 @@
 //! caller and every test. Each method is one transaction; the store never decides policy (how
 //! long a lease lasts, how many attempts) — callers pass it in.
 
+#[macro_use]
+mod rows;
+pub mod copy;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::collections::HashMap;
@@ -26,6 +31,34 @@ pub enum StoreError {
         location: String,
         /// Cause.
         source: sqlx::Error,
+    },
+    /// A PostgreSQL URL that cannot be used.
+    #[error(
+        "the database URL is not usable ({detail}); write it as postgres://USER@HOST:PORT/DATABASE, and keep the password out of it (PGPASSWORD or ~/.pgpass)"
+    )]
+    BadUrl {
+        /// What is wrong (never the password).
+        detail: String,
+    },
+    /// PostgreSQL could not be reached, or refused the connection.
+    #[error("cannot connect to PostgreSQL at {location}: {source}; {hint}")]
+    Connect {
+        /// `user@host:port/database` (never the password).
+        location: String,
+        /// Cause.
+        source: sqlx::Error,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The connection's search_path names no schema that exists.
+    #[error(
+        "PostgreSQL at {location} has no schema to keep Latch's tables in: the search_path ({search_path}) names none that exists; create it (CREATE SCHEMA name) or fix `options=-c search_path=name` in the URL"
+    )]
+    NoSchema {
+        /// `user@host:port/database`.
+        location: String,
+        /// The connection's search_path.
+        search_path: String,
     },
     /// A query failed.
     #[error("database error: {0}")]
@@ -182,6 +215,9 @@ pub enum JobRefusal {
     NoSuchHost,
     /// The host was removed; nothing is queued for it any more.
     HostRemoved,
+    /// A revocation job for a grant that already has one queued or delivered, or is revoked
+    /// (two sweeps racing — on PostgreSQL, two control-plane processes): one is enough.
+    RevocationUnderway,
 }
 
 /// A job to queue.
@@ -364,7 +400,8 @@ pub trait Store: Send + Sync {
 
     /// Queues a job with the host's next sequence number, signed by `sign` in the same
     /// transaction. Refused, in that transaction, for a removed or unknown host. `revokes`
-    /// names the grant a revocation job ends; the grant is marked so it is not revoked twice.
+    /// names the grant a revocation job ends; the grant is marked so it is not revoked twice,
+    /// and a revocation job for a grant already marked (or revoked) is refused.
     async fn insert_job(
         &self,
         job: &NewJob<'_>,

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use latch_common::api::{GrantState, GrantWindow, HostFacts, JobEvent, RevokedBy};
-use latch_common::job::{JobError, JobErrorCode, JobOutcome, JobSpec, JobStatus};
+use chrono::{DateTime, Duration, Utc};
+use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
+use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Mutex;
@@ -17,6 +17,10 @@ use std::sync::Arc;
 
 use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
+use super::rows::{
+    audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
+    host_removed, is_rejection, job_from_row, millis, unresponsive,
+};
 use super::{
     AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostRecord, JobContext,
     JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke, Store,
@@ -32,22 +36,6 @@ pub struct SqliteStore {
     key: Arc<AuditKey>,
 }
 
-fn millis(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_millis(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
-macro_rules! job_columns {
-    () => {
-        "id, host_id, seq, spec, status, error_code, error_message, created_at, finished_at, \
-         attempts, lease, lease_expires_at, revoked_at, revoked_by, revokes_job_id, payload, signature, \
-         revoked_by_job_id, revocation_job_id, revocation_attempts, revocation_failed_at, \
-         revocation_error, outcome_notes"
-    };
-}
 /// Columns describing a job `g`'s host and, for a grant, the later confirmed grant of the same
 /// access that supersedes it.
 macro_rules! context_columns {
@@ -76,108 +64,6 @@ macro_rules! grant_state_case {
         )
     };
 }
-macro_rules! host_columns {
-    () => {
-        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen"
-    };
-}
-
-fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        detail: detail.to_string(),
-    }
-}
-
-fn host_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<HostRecord, StoreError> {
-    Ok(HostRecord {
-        id: row.try_get("id")?,
-        facts: HostFacts {
-            hostname: row.try_get("hostname")?,
-            os: row.try_get("os")?,
-            kernel: row.try_get("kernel")?,
-            arch: row.try_get("arch")?,
-            cpus: row
-                .try_get::<i64, _>("cpus")?
-                .try_into()
-                .map_err(|e| corrupt("host", e))?,
-            memory_bytes: row
-                .try_get::<i64, _>("memory_bytes")?
-                .try_into()
-                .map_err(|e| corrupt("host", e))?,
-            machine_id: row.try_get("machine_id")?,
-        },
-        enrolled_at: from_millis(row.try_get("enrolled_at")?),
-        last_seen: row.try_get::<Option<i64>, _>("last_seen")?.map(from_millis),
-    })
-}
-
-fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
-    let spec: String = row.try_get("spec")?;
-    let status: String = row.try_get("status")?;
-    let error_code: Option<String> = row.try_get("error_code")?;
-    let error = match error_code {
-        Some(code) => Some(JobError {
-            code: serde_json::from_value::<JobErrorCode>(serde_json::Value::String(code))
-                .map_err(|e| corrupt("job error code", e))?,
-            message: row
-                .try_get::<Option<String>, _>("error_message")?
-                .unwrap_or_default(),
-        }),
-        None => None,
-    };
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        host_id: row.try_get("host_id")?,
-        seq: row.try_get("seq")?,
-        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job spec", e))?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt("job status", &status))?,
-        error,
-        notes: match row.try_get::<Option<String>, _>("outcome_notes")? {
-            Some(text) => serde_json::from_str(&text).map_err(|e| corrupt("job notes", e))?,
-            None => Vec::new(),
-        },
-        created_at: from_millis(row.try_get("created_at")?),
-        finished_at: row
-            .try_get::<Option<i64>, _>("finished_at")?
-            .map(from_millis),
-        attempts: row
-            .try_get::<i64, _>("attempts")?
-            .try_into()
-            .map_err(|e| corrupt("job", e))?,
-        lease: row.try_get("lease")?,
-        lease_expires_at: row
-            .try_get::<Option<i64>, _>("lease_expires_at")?
-            .map(from_millis),
-        revoked_at: row
-            .try_get::<Option<i64>, _>("revoked_at")?
-            .map(from_millis),
-        revoked_by: match row.try_get::<Option<String>, _>("revoked_by")?.as_deref() {
-            None => None,
-            Some(by) => Some(RevokedBy::parse(by).ok_or_else(|| corrupt("job revoked_by", by))?),
-        },
-        revoked_by_job: row.try_get("revoked_by_job_id")?,
-        revocation: GrantRevocation {
-            job_id: row.try_get("revocation_job_id")?,
-            attempts: row
-                .try_get::<i64, _>("revocation_attempts")?
-                .try_into()
-                .map_err(|e| corrupt("job revocation_attempts", e))?,
-            failed_at: row
-                .try_get::<Option<i64>, _>("revocation_failed_at")?
-                .map(from_millis),
-            last_error: row.try_get("revocation_error")?,
-        },
-        revokes: row.try_get("revokes_job_id")?,
-        payload: row
-            .try_get::<Option<String>, _>("payload")?
-            .unwrap_or_default(),
-        signature: row
-            .try_get::<Option<String>, _>("signature")?
-            .unwrap_or_default(),
-    })
-}
-
 async fn add_event(
     conn: &mut SqliteConnection,
     job_id: &str,
@@ -255,40 +141,6 @@ macro_rules! audit_select {
         "SELECT a.id, a.at, a.actor, a.action, a.host_id, a.job_id, a.detail, a.prev_hash, a.hash, \
          m.mac FROM audit_log a LEFT JOIN audit_macs m ON m.entry_id = a.id AND m.key_id = ?1 "
     };
-}
-
-fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
-    Ok(AuditEntry {
-        id: row.try_get("id")?,
-        at: from_millis(row.try_get("at")?),
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        host_id: row.try_get("host_id")?,
-        job_id: row.try_get("job_id")?,
-        detail: row.try_get("detail")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-        mac: row.try_get("mac")?,
-    })
-}
-
-/// The audit actor of a host.
-fn host_actor(host_id: &str) -> String {
-    format!("host:{host_id}")
-}
-
-/// Job outcomes that mean the agent refused the job as forged, replayed, late or hostile.
-fn is_rejection(code: JobErrorCode) -> bool {
-    matches!(
-        code,
-        JobErrorCode::UnsignedJob
-            | JobErrorCode::BadSignature
-            | JobErrorCode::WrongHost
-            | JobErrorCode::JobExpired
-            | JobErrorCode::ReplayedJob
-            | JobErrorCode::InvalidJob
-            | JobErrorCode::StaleJob
-    )
 }
 
 async fn fail_job(
@@ -456,33 +308,6 @@ async fn revoke_earlier_grants(
     Ok(())
 }
 
-fn context_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<JobContext, StoreError> {
-    let state: Option<String> = row.try_get("grant_state")?;
-    Ok(JobContext {
-        host_name: row
-            .try_get::<Option<String>, _>("host_name")?
-            .unwrap_or_default(),
-        host_removed_at: row
-            .try_get::<Option<i64>, _>("host_removed_at")?
-            .map(from_millis),
-        grant_state: match state.as_deref() {
-            None => None,
-            Some(s) => Some(GrantState::parse(s).ok_or_else(|| corrupt("grant state", s))?),
-        },
-        superseded_by: row.try_get("superseded_by")?,
-    })
-}
-
-fn unresponsive(attempts: u32) -> JobError {
-    JobError::new(
-        JobErrorCode::AgentUnresponsive,
-        format!(
-            "the agent received this job {attempts} times without reporting an outcome; check \
-             `latch-agent status` and the agent's log on the host, then queue the job again"
-        ),
-    )
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` in WAL mode and migrates it.
     /// Audit entries are authenticated with `key` (the data directory's `audit.key`, see
@@ -521,6 +346,11 @@ impl SqliteStore {
             write: Mutex::new(()),
             key: Arc::new(AuditKey::generate()?),
         })
+    }
+
+    /// The connection pool (for the copy to PostgreSQL).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     async fn connect(
@@ -735,10 +565,7 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|row| row.try_get("id"))
                 .collect::<Result<_, _>>()?;
-        let error = JobError::new(
-            JobErrorCode::HostRemoved,
-            "the host was removed (`latchctl hosts remove`) before this job ran; nothing was applied by Latch after that",
-        );
+        let error = host_removed();
         for job_id in &pending {
             fail_job(&mut tx, job_id, &error, now).await?;
         }
@@ -839,6 +666,18 @@ impl Store for SqliteStore {
             }));
         };
         let seq: i64 = row.try_get("seq")?;
+        if let Some(grant) = revokes {
+            let underway = sqlx::query(
+                "SELECT 1 FROM jobs WHERE id = ? AND (revocation_job_id IS NOT NULL \
+                 OR revoked_at IS NOT NULL)",
+            )
+            .bind(grant)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if underway.is_some() {
+                return Ok(Err(JobRefusal::RevocationUnderway));
+            }
+        }
         let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
             what: "job signature",
             detail,
