@@ -596,7 +596,12 @@ impl Control {
                 Err(ControlError::HostRemoved(_)) => continue,
                 // Queued meanwhile by another sweep (another control-plane process).
                 Err(ControlError::Conflict(_)) => continue,
-                Err(error) => return Err(error),
+                // One grant that cannot be queued (a corrupt row, a sequence clash) must not
+                // keep every other grant from being revoked: log it, go on.
+                Err(error) => {
+                    tracing::error!(grant = %grant.id, host_id = %grant.host_id, %error, "cannot queue the revocation of an expired grant; the sweep goes on with the others");
+                    continue;
+                }
             };
             if grant.revocation.attempts == 0 {
                 tracing::info!(grant = %grant.id, job_id = %id, host_id = %grant.host_id, "grant expired: revocation queued");

@@ -947,3 +947,41 @@ fn review_a_revoked_group_leaves_no_process_holding_it() {
     assert!(host.passwd_line("tia").is_some());
     real.assert_unchanged();
 }
+
+/// Review of issue 8 (control plane), 8: one grant the control plane cannot read or queue (a
+/// corrupt row) must not keep every other expired grant from getting its revocation job.
+#[test]
+fn review_one_bad_grant_does_not_stop_the_revocation_sweep() {
+    if !e2e_enabled("review_one_bad_grant_does_not_stop_the_revocation_sweep") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-r8");
+    host.enroll_ok(&cp);
+    let agent = host.start_agent();
+    let bad = create_account(&cp, "e2e-r8", "uma", &[], "3s");
+    let good = create_account(&cp, "e2e-r8", "vic", &[], "4s");
+    // The agent is down: only the control plane's sweep can queue revocations now.
+    agent.stop();
+    let bad_id = bad["id"].as_str().expect("id");
+    cp.sql(&format!(
+        "UPDATE jobs SET spec = 'not a job' WHERE id = '{bad_id}'"
+    ));
+    let good_id = good["id"].as_str().expect("id").to_owned();
+    wait_for(
+        "the good grant's revocation job",
+        Duration::from_secs(30),
+        || {
+            let rows = cp.sql_rows(&format!(
+                "SELECT id FROM jobs WHERE revokes_job_id = '{good_id}'"
+            ));
+            (!rows.is_empty()).then_some(())
+        },
+    );
+    assert!(
+        cp.log().contains("cannot be read"),
+        "the bad grant is reported in the log"
+    );
+    real.assert_unchanged();
+}

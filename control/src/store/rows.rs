@@ -95,6 +95,18 @@ pub(super) fn host_from_row(row: &impl Columns) -> Result<HostRecord, StoreError
     })
 }
 
+/// Keeps a decoded grant; logs and skips one that does not decode (the sweep of expired grants
+/// goes on with the others instead of failing every second on one bad row).
+pub(super) fn skip_corrupt_grant(decoded: Result<JobRecord, StoreError>) -> Option<JobRecord> {
+    match decoded {
+        Ok(job) => Some(job),
+        Err(error) => {
+            tracing::error!(%error, "a grant past its end cannot be read; it is skipped (repair the row)");
+            None
+        }
+    }
+}
+
 pub(super) fn job_from_row(row: &impl Columns) -> Result<JobRecord, StoreError> {
     let spec = row.text("spec")?;
     let status = row.text("status")?;

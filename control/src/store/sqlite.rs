@@ -773,16 +773,19 @@ impl Store for SqliteStore {
                  AND l.subject_group IS g.subject_group AND l.seq > g.seq AND l.status != 'failed') \
              ORDER BY g.expires_at LIMIT ?2"
         );
-        sqlx::query(sql)
+        let rows = sqlx::query(sql)
             .bind(millis(now))
             .bind(i64::from(limit))
             .bind(retry.first.num_milliseconds().max(0))
             .bind(retry.max.num_milliseconds().max(0))
             .fetch_all(&self.pool)
-            .await?
+            .await?;
+        // One grant that does not decode must not keep every other from being revoked.
+        Ok(rows
             .iter()
             .map(job_from_row)
-            .collect()
+            .filter_map(super::rows::skip_corrupt_grant)
+            .collect())
     }
 
     async fn job_context(
