@@ -349,11 +349,20 @@ impl AgentClient {
     }
 
     /// `GET /v1/agent/jobs?wait=SECS`: the next job, if one arrives within `wait`.
-    pub async fn poll(&self, wait: Duration) -> Result<Vec<Delivered>, ClientError> {
-        let request = self
+    /// `applied`: the highest job sequence applied here, when the control plane should check its
+    /// own sequence is above it.
+    pub async fn poll(
+        &self,
+        wait: Duration,
+        applied: Option<i64>,
+    ) -> Result<Vec<Delivered>, ClientError> {
+        let mut request = self
             .http
             .get(self.url("/v1/agent/jobs"))
             .query(&[("wait", wait.as_secs())]);
+        if let Some(applied) = applied {
+            request = request.query(&[("applied", applied)]);
+        }
         let body: serde_json::Value = Self::answer(self.authed(request).send().await?).await?;
         let items = body
             .get("list")

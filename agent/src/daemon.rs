@@ -124,6 +124,7 @@ pub async fn run(
                     journal: journal::Journal::open(state.path())?,
                     host_id: identity.host_id.clone(),
                     grants_changed: grants_changed.clone(),
+                    catch_up: std::sync::atomic::AtomicBool::new(true),
                 };
                 let polled = tokio::select! {
                     result = agent.run() => Some(result),

@@ -44,6 +44,10 @@ pub struct Agent {
     pub grants_changed: Arc<Notify>,
     /// This host's id.
     pub host_id: String,
+    /// Tell the control plane, with the next poll, the highest job sequence applied here (at
+    /// start, and after a job was refused as replayed or stale: a database restored from an older
+    /// backup hands out sequences the agent has seen; the control plane then raises them).
+    pub catch_up: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -57,8 +61,12 @@ impl Agent {
             // grant that ended during an outage is recorded as revoked by the agent's expiry.
             let polled = match crate::expiry::flush_outbox(&self.client, &self.worker).await {
                 Ok(()) => {
+                    let applied = self
+                        .catch_up
+                        .swap(false, std::sync::atomic::Ordering::Relaxed)
+                        .then(|| self.worker.applied_high_water());
                     self.client
-                        .poll(Duration::from_secs(MAX_POLL_WAIT_SECS))
+                        .poll(Duration::from_secs(MAX_POLL_WAIT_SECS), applied)
                         .await
                 }
                 Err(error) => Err(error),
@@ -209,6 +217,15 @@ impl Agent {
                 .await
                 .map_err(|e| PollError::Worker(e.to_string()))?
         };
+        if let JobOutcome::Failed { error } = &outcome
+            && matches!(
+                error.code,
+                JobErrorCode::ReplayedJob | JobErrorCode::StaleJob
+            )
+        {
+            self.catch_up
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         match &outcome {
             JobOutcome::Confirmed { notes } if notes.is_empty() => {
                 tracing::info!(job_id = %job.id, "job confirmed")

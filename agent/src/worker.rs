@@ -214,6 +214,20 @@ impl Worker {
         self.state.save_accounts(&accounts)
     }
 
+    /// The highest job sequence applied on this host (0 if none or the records cannot be read).
+    pub fn applied_high_water(&self) -> i64 {
+        self.state.accounts().map_or(0, |accounts| {
+            let newest = accounts
+                .applied_jobs
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0);
+            let per_user = accounts.applied_seq.values().copied().max().unwrap_or(0);
+            accounts.applied_floor.max(newest).max(per_user)
+        })
+    }
+
     /// The earliest end of any active grant.
     pub fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StateError> {
         Ok(plan::next_expiry(&self.state.accounts()?))

@@ -452,6 +452,32 @@ impl Control {
         Ok(())
     }
 
+    /// Raises `host`'s job sequence above `applied`, the highest sequence its agent reports
+    /// having applied — after the database was restored from an older backup, new jobs (revocations
+    /// included) would otherwise carry sequences the agent refuses as replayed or stale.
+    pub async fn catch_up_sequence(
+        &self,
+        host: &HostRecord,
+        applied: i64,
+    ) -> Result<(), ControlError> {
+        // 2^53: far above any real sequence, far below overflow.
+        if !(0..(1_i64 << 53)).contains(&applied) {
+            return Err(ValidationError::new(
+                "applied",
+                "must be a job sequence number (0 or more)",
+            )
+            .into());
+        }
+        if self
+            .store
+            .raise_next_seq(&host.id, applied, Utc::now())
+            .await?
+        {
+            tracing::warn!(host_id = %host.id, applied, "the host had applied jobs this database does not know (restored from a backup?): its job sequence was raised");
+        }
+        Ok(())
+    }
+
     /// Long-poll: the host's next job, waiting up to `wait` for one to be queued. `None` when the
     /// wait ends with nothing to do. `host` was authenticated for this request (so it was
     /// active); after a wake-up that finds nothing to deliver the host is checked again, so

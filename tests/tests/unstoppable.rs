@@ -985,3 +985,60 @@ fn review_one_bad_grant_does_not_stop_the_revocation_sweep() {
     );
     real.assert_unchanged();
 }
+
+/// Review of issue 8 (control plane), 3: the control plane's database is restored from a
+/// backup older than what the agent applied. Its next job sequences are ones the agent has seen,
+/// so every new job — revocations too — would be refused as stale or replayed. The agent tells
+/// its highest applied sequence; the control plane raises its own above it (audited).
+#[test]
+fn review_a_restored_database_catches_up_with_the_agents_sequence() {
+    if !e2e_enabled("review_a_restored_database_catches_up_with_the_agents_sequence") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-r3");
+    let host_id = host.enroll_ok(&cp);
+    let agent = host.start_agent();
+    for user in ["wes", "xia", "yan"] {
+        create_account(&cp, "e2e-r3", user, &[], "1h");
+    }
+    agent.stop();
+    // What a restore of a backup taken after the first job looks like.
+    cp.sql(&format!(
+        "DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE host_id = '{host_id}' AND seq >= 2); \
+         DELETE FROM jobs WHERE host_id = '{host_id}' AND seq >= 2; \
+         UPDATE hosts SET next_seq = 2 WHERE id = '{host_id}';"
+    ));
+    let _agent = host.start_agent();
+    wait_for(
+        "the agent's first poll to raise the sequence",
+        Duration::from_secs(10),
+        || {
+            let rows = cp.sql_rows(&format!(
+                "SELECT next_seq FROM hosts WHERE id = '{host_id}'"
+            ));
+            (rows[0]["next_seq"].as_i64() == Some(4)).then_some(())
+        },
+    );
+    let delete = cp.create_job(&[
+        "--host",
+        "e2e-r3",
+        "--kind",
+        "delete-account",
+        "--user",
+        "yan",
+    ]);
+    cp.expect_confirmed(&delete);
+    assert!(host.passwd_line("yan").is_none());
+    let audit = cp.json(&["audit", "list", "--host", "e2e-r3"]);
+    assert!(
+        audit["list"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|e| e["action"] == "host.sequence_raised"),
+        "{audit:#}"
+    );
+    real.assert_unchanged();
+}

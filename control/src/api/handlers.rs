@@ -44,6 +44,7 @@ pub async fn enroll(
 #[serde(deny_unknown_fields)]
 pub struct PollParams {
     wait: Option<u64>,
+    applied: Option<i64>,
 }
 
 pub async fn poll_jobs(
@@ -56,6 +57,9 @@ pub async fn poll_jobs(
         return Err(ApiError::invalid(format!(
             "wait must be at most {MAX_POLL_WAIT_SECS} seconds"
         )));
+    }
+    if let Some(applied) = params.applied {
+        control.catch_up_sequence(&host, applied).await?;
     }
     let job = control.next_job(&host, Duration::from_secs(wait)).await?;
     Ok(Json(ListResponse {

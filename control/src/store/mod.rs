@@ -375,6 +375,16 @@ pub trait Store: Send + Sync {
     async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError>;
     /// Records that the host polled at `now`.
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Raises the host's next job sequence above `applied`, the highest sequence its agent
+    /// applied (after the database was restored from a backup older than what the agent saw,
+    /// every new job would otherwise be refused as replayed or stale). Audited. Returns whether
+    /// it changed; never lowers it.
+    async fn raise_next_seq(
+        &self,
+        host_id: &str,
+        applied: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Hosts, ordered by host name then id.
     async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError>;
     /// Removes a host: its credential stops working and its pending jobs fail with

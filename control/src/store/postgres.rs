@@ -802,6 +802,40 @@ impl Store for PgStore {
         Ok(changed == 1)
     }
 
+    async fn raise_next_seq(
+        &self,
+        host_id: &str,
+        applied: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let behind = sqlx::query("SELECT 1 FROM hosts WHERE id = $1 AND next_seq <= $2")
+            .bind(host_id)
+            .bind(applied)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !behind {
+            return Ok(false);
+        }
+        let mut tx = Tx::begin(self).await?;
+        let changed = sqlx::query(
+            "UPDATE hosts SET next_seq = $1 + 1 WHERE id = $2 AND next_seq <= $1 AND removed_at IS NULL",
+        )
+        .bind(applied)
+        .bind(host_id)
+        .execute(tx.conn())
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            let event = AuditEvent::new(host_actor(host_id), "host.sequence_raised")
+                .host(host_id)
+                .detail(serde_json::json!({"applied": applied, "next_seq": applied + 1}));
+            tx.audit(event, now);
+        }
+        tx.commit().await?;
+        Ok(changed == 1)
+    }
+
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
         Ok(
             sqlx::query("SELECT 1 FROM hosts WHERE id = $1 AND removed_at IS NULL")

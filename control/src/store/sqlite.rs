@@ -601,6 +601,43 @@ impl Store for SqliteStore {
         Ok(changed == 1)
     }
 
+    async fn raise_next_seq(
+        &self,
+        host_id: &str,
+        applied: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // Read first: the write lock only when the sequence really is behind.
+        let behind = sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND next_seq <= ?")
+            .bind(host_id)
+            .bind(applied)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if !behind {
+            return Ok(false);
+        }
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE hosts SET next_seq = ? + 1 WHERE id = ? AND next_seq <= ? AND removed_at IS NULL",
+        )
+        .bind(applied)
+        .bind(host_id)
+        .bind(applied)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            let event = AuditEvent::new(host_actor(host_id), "host.sequence_raised")
+                .host(host_id)
+                .detail(serde_json::json!({"applied": applied, "next_seq": applied + 1}));
+            audit(&mut tx, &self.key, &event, now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed == 1)
+    }
+
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
         Ok(
             sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL")
