@@ -79,7 +79,18 @@ impl Wakeups {
     }
 
     pub(crate) fn wake(&self, host_id: &str) {
-        self.for_host(host_id).notify_waiters();
+        // Only a host with polls waiting here has an entry worth waking (a notification from
+        // another replica names hosts this process may never have seen).
+        if let Some(host) = self.lock().get(host_id) {
+            host.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiting poll (after wake-ups from other replicas may have been missed).
+    pub(crate) fn wake_all(&self) {
+        for host in self.lock().values() {
+            host.notify.notify_waiters();
+        }
     }
 
     /// Whether the host's `last_seen` was last written `every` or longer ago (or never, by
@@ -526,6 +537,13 @@ impl Control {
                     deadline.min(tokio::time::Instant::now() + left)
                 }
                 Lease::Idle => deadline,
+            };
+            // A wake-up from another replica can be lost (its listener reconnecting): look
+            // again now and then on a shared database.
+            let wake_at = if self.shared_store {
+                wake_at.min(tokio::time::Instant::now() + self.config.poll_recheck)
+            } else {
+                wake_at
             };
             if woken && !self.store.host_is_active(&host.id).await? {
                 return Err(ControlError::Unauthenticated(
