@@ -159,6 +159,14 @@ impl Coordination {
         }
     }
 
+    /// The connection options, named in `pg_stat_activity` as `latch-control ROLE CHANNEL`
+    /// (the channel names the schema).
+    fn named(&self, role: &str) -> PgConnectOptions {
+        self.options
+            .clone()
+            .application_name(&format!("latch-control {role} {}", self.channel))
+    }
+
     /// Takes the lead whenever it is free, holds it while the connection lives; never returns.
     async fn elect(&self, leadership: &Leadership) {
         loop {
@@ -175,7 +183,7 @@ impl Coordination {
     /// One connection's worth of [`Coordination::elect`]; returns why it ended.
     async fn campaign(&self, leadership: &Leadership) -> Lost {
         let run = async {
-            let mut conn = timed(PgConnection::connect_with(&self.options)).await?;
+            let mut conn = timed(PgConnection::connect_with(&self.named("leader"))).await?;
             // The server drops a session whose peer vanished without closing the socket (host
             // or network lost) after about 5 + 3 × 2 s, releasing the lock.
             timed(conn.execute(
@@ -236,7 +244,7 @@ impl Coordination {
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(QUERY_TIMEOUT)
-            .connect_lazy_with(self.options.clone());
+            .connect_lazy_with(self.named("listener"));
         let mut listener = timed(PgListener::connect_with(&pool)).await?;
         timed(listener.listen(&self.channel)).await?;
         Ok(listener)

@@ -104,6 +104,53 @@ fn a_job_queued_on_one_replica_wakes_a_poll_on_the_other() {
     real.assert_unchanged();
 }
 
+/// A replica whose wake-up listener loses its connection (terminated by the server) connects
+/// again and wakes its waiting polls, so a job queued on the other replica meanwhile is not left
+/// for the periodic re-check: delivered within a second, every time.
+#[test]
+fn a_replica_whose_listener_connection_drops_still_wakes_its_polls() {
+    if !postgres_pass("a_replica_whose_listener_connection_drops_still_wakes_its_polls") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let a = ControlPlane::start(&[]);
+    let b = a.replica(&[]);
+    let host = TestHost::start("e2e-wake2");
+    host.enroll_via(&b.url, &b.fingerprint, &a.enroll_token("10m", 1))
+        .ok("enroll with replica B");
+    let _agent = host.start_agent();
+    let first = queue_account(&b, "e2e-wake2", "dfirst").expect("queued on B");
+    a.expect_confirmed(&first);
+    // Both replicas' listeners of this schema (they connect as
+    // `latch-control listener latch_wake_<hash of the schema>`).
+    let terminate = "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity          WHERE application_name = 'latch-control listener latch_wake_' ||          lpad(to_hex(hashtext(current_schema())), 8, '0')";
+    for n in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        let terminated = a.sql_rows(terminate);
+        assert_eq!(
+            terminated[0]["n"],
+            Value::from(2),
+            "two listeners (one per replica) were expected: {terminated:?}"
+        );
+        let job = queue_account(&a, "e2e-wake2", &format!("drop{n}")).expect("queued on A");
+        a.expect_confirmed(&job);
+        let queued = event_at(&a, &job, "queued").expect("queued event");
+        let delivered = event_at(&a, &job, "delivered").expect("delivered event");
+        let latency = delivered - queued;
+        eprintln!("listeners dropped; job {n} delivered after {latency} ms");
+        assert!(
+            latency < 1000,
+            "a job queued while B's listener was down waited {latency} ms (the re-check, not the reconnect's wake-up)\nB's log:\n{}",
+            b.log()
+        );
+    }
+    assert!(
+        b.log().contains("the wake-up listener lost PostgreSQL"),
+        "B never noticed its listener was cut"
+    );
+    real.assert_unchanged();
+}
+
 /// Two replicas under load, two real agents given both URLs (one enrolled with each); jobs are
 /// queued continuously through both, and replica A — the leader — is killed with SIGKILL in the
 /// middle. The agents move to B; every job acknowledged (201) is confirmed exactly once (one
