@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 use crate::password::hash_password;
 use crate::store::{
     Finish, GrantFilter, GrantRecord, HostRecord, JobContext, JobFilter, JobRecord, JobRefusal,
-    Lease, NewJob, Page, RetryBackoff, Revoke,
+    Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke,
 };
 use crate::{Control, ControlError};
 
@@ -299,6 +299,9 @@ impl Control {
             })),
         };
         let signer = self.keys.current();
+        if self.shared_store {
+            self.check_signing_key_pinned(&signer.public_key()).await?;
+        }
         let sign = |seq: i64| -> Result<(String, String), String> {
             let payload = SignedJob {
                 v: PAYLOAD_VERSION,
@@ -337,6 +340,18 @@ impl Control {
             Err(JobRefusal::RevocationUnderway) => Err(ControlError::Conflict(
                 "this grant's revocation is already queued".into(),
             )),
+        }
+    }
+
+    /// Refuses to sign with `public_key` when the database pins another signing key: on a
+    /// database shared by several replicas, another replica promoted a new key (agents drop the
+    /// old one on their first job signed with the new), and this one still holds the old file.
+    async fn check_signing_key_pinned(&self, public_key: &str) -> Result<(), ControlError> {
+        match self.store.key_pin(PinnedKey::Signing).await? {
+            Some(pinned) if pinned != public_key => Err(ControlError::Internal(format!(
+                "this replica's job-signing key ({public_key}) is no longer the one in use ({pinned}): another replica promoted a new key. Copy signing.key from that replica's data directory into this one's and restart this replica; until then it queues no jobs"
+            ))),
+            _ => Ok(()),
         }
     }
 

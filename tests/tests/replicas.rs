@@ -289,3 +289,53 @@ fn killing_a_replica_under_load_loses_no_acknowledged_job() {
     drop(agents);
     real.assert_unchanged();
 }
+
+/// A signing key promoted through replica A is pinned in the shared database; replica B, still
+/// holding the old key file, refuses to queue jobs (agents drop the old key on their first job
+/// signed with the new one) until it is given the new `signing.key` and restarted — then its
+/// jobs are applied again.
+#[test]
+fn a_replica_with_a_signing_key_promoted_elsewhere_queues_nothing_until_it_gets_the_new_key() {
+    if !postgres_pass(
+        "a_replica_with_a_signing_key_promoted_elsewhere_queues_nothing_until_it_gets_the_new_key",
+    ) {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let a = ControlPlane::start(&[]);
+    let b = a.replica(&[]);
+    let host = TestHost::start("e2e-repkey");
+    host.enroll_ok(&a);
+    let _agent = host.start_agent();
+    let rotation = a.json(&["signing-key", "rotate"]);
+    for job in rotation["jobs"].as_array().expect("jobs") {
+        a.expect_confirmed(job["job_id"].as_str().expect("job id"));
+    }
+    let promoted = a.json(&["signing-key", "promote"]);
+    assert_eq!(promoted["signing_key"], rotation["next_key"]);
+
+    assert_eq!(
+        queue_account(&b, "e2e-repkey", "stale"),
+        None,
+        "replica B queued a job signed with the old key"
+    );
+    assert!(
+        b.log().contains("is no longer the one in use"),
+        "B's log does not name the cause: {}",
+        b.log()
+    );
+    let on_a = queue_account(&a, "e2e-repkey", "fresh").expect("queued on A");
+    a.expect_confirmed(&on_a);
+
+    // The operator copies the new key to B and restarts it.
+    std::fs::copy(
+        a.data_dir.path().join("data/signing.key"),
+        b.data_dir.path().join("data/signing.key"),
+    )
+    .expect("copy signing.key");
+    let b = b.restart_after(Duration::ZERO);
+    let on_b = queue_account(&b, "e2e-repkey", "again").expect("queued on B after the restart");
+    b.expect_confirmed(&on_b);
+    assert!(host.passwd_line("stale").is_none());
+    real.assert_unchanged();
+}
