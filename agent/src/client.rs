@@ -534,6 +534,68 @@ impl AgentClient {
 mod tests {
     use super::*;
 
+    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
+    async fn answer_once(status: u16) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0_u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_failed_replica_moves_the_client_to_the_next_url() {
+        // Nothing listens on `down` (bound, then closed).
+        let down = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let failing = answer_once(503).await;
+        let up = answer_once(200).await;
+        let client = AgentClient::with_servers(
+            &[&down, &failing, &up, &down],
+            &Transport::InsecureHttp,
+            Some("credential".into()),
+        )
+        .unwrap();
+        assert_eq!(client.server(), down);
+        assert!(client.check_credential().await.is_err());
+        assert_eq!(client.server(), failing, "unreachable: next URL");
+        assert!(client.check_credential().await.is_err());
+        assert_eq!(client.server(), up, "5xx: next URL");
+        client.check_credential().await.unwrap();
+        assert_eq!(client.server(), up, "a working replica is kept");
+        // A clone shares the choice; the duplicate URL was dropped, so the next is the first.
+        let clone = client.clone();
+        assert_eq!(clone.server(), up);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_does_not_move_the_client() {
+        let refusing = answer_once(401).await;
+        let other = answer_once(200).await;
+        let client = AgentClient::with_servers(
+            &[&refusing, &other],
+            &Transport::InsecureHttp,
+            Some("credential".into()),
+        )
+        .unwrap();
+        assert!(matches!(
+            client.check_credential().await,
+            Err(ClientError::Unauthorized(_))
+        ));
+        assert_eq!(client.server(), refusing);
+    }
+
     #[test]
     fn transports_and_urls_must_agree() {
         let pinned = Transport::Pinned(format!("sha256:{}", "a".repeat(64)));

@@ -269,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn takes_replica_urls() {
+        let config =
+            Config::parse("servers = [\"https://b.example:8443\", \"https://c.example:8443\"]")
+                .unwrap();
+        assert_eq!(
+            config.servers,
+            vec!["https://b.example:8443", "https://c.example:8443"]
+        );
+        assert!(Config::parse("").unwrap().servers.is_empty());
+    }
+
+    #[test]
     fn detects_the_sudo_group() {
         let config = Config::parse("").unwrap();
         let debian = Snapshot {
@@ -295,6 +307,7 @@ mod tests {
             ("default_shell = \"bash\"", "default_shell"),
             ("lock_wait_seconds = 100000", "lock_wait_seconds"),
             ("kill_grace_seconds = 3600", "kill_grace_seconds"),
+            ("servers = [\"latch-b:8443\"]", "servers"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
