@@ -67,6 +67,47 @@ fn lead_taken_at(cp: &ControlPlane) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.with_timezone(&chrono::Utc))
 }
 
+/// Two replicas of one control plane and a test host whose agent long-polls replica B.
+struct AgentOnB {
+    a: ControlPlane,
+    b: ControlPlane,
+    host: TestHost,
+    _agent: latch_e2e::Agent,
+}
+
+impl AgentOnB {
+    fn start(name: &str) -> AgentOnB {
+        let a = ControlPlane::start(&[]);
+        let b = a.replica(&[]);
+        assert_eq!(a.fingerprint, b.fingerprint, "the replicas share the CA");
+        let host = TestHost::start(name);
+        host.enroll_via(&b.url, &b.fingerprint, &a.enroll_token("10m", 1))
+            .ok("enroll with replica B");
+        let agent = host.start_agent();
+        // The agent is polling B (its first job goes through B to be sure).
+        let first = queue_account(&b, name, "first").expect("queued on B");
+        a.expect_confirmed(&first);
+        AgentOnB {
+            a,
+            b,
+            host,
+            _agent: agent,
+        }
+    }
+
+    /// Queues a job for `user` through replica A once the agent waits in a poll on B, right
+    /// after `just_before`; returns how long after its `queued` event it was `delivered` (ms).
+    fn queue_on_a(&self, user: &str, just_before: impl FnOnce()) -> i64 {
+        std::thread::sleep(Duration::from_millis(700));
+        just_before();
+        let job = queue_account(&self.a, &self.host.name, user).expect("queued on A");
+        self.a.expect_confirmed(&job);
+        let queued = event_at(&self.a, &job, "queued").expect("queued event");
+        let delivered = event_at(&self.a, &job, "delivered").expect("delivered event");
+        delivered - queued
+    }
+}
+
 /// An agent long-polling replica B gets a job queued through replica A within milliseconds
 /// (LISTEN/NOTIFY), not at B's periodic re-check (5 s): three jobs in a row, each delivered
 /// within 200 ms of being queued.
@@ -76,29 +117,14 @@ fn a_job_queued_on_one_replica_wakes_a_poll_on_the_other() {
         return;
     }
     let real = RealEtc::snapshot();
-    let a = ControlPlane::start(&[]);
-    let b = a.replica(&[]);
-    assert_eq!(a.fingerprint, b.fingerprint, "the replicas share the CA");
-    let host = TestHost::start("e2e-wake1");
-    host.enroll_via(&b.url, &b.fingerprint, &a.enroll_token("10m", 1))
-        .ok("enroll with replica B");
-    let _agent = host.start_agent();
-    // The agent is polling B (its first job goes through B to be sure).
-    let first = queue_account(&b, "e2e-wake1", "wfirst").expect("queued on B");
-    a.expect_confirmed(&first);
+    let replicas = AgentOnB::start("e2e-wake1");
     for n in 0..3 {
-        // Let the agent settle into a waiting poll on B.
-        std::thread::sleep(Duration::from_millis(700));
-        let job = queue_account(&a, "e2e-wake1", &format!("wake{n}")).expect("queued on A");
-        let confirmed = a.expect_confirmed(&job);
-        let queued = event_at(&a, &job, "queued").expect("queued event");
-        let delivered = event_at(&a, &job, "delivered").expect("delivered event");
-        let latency = delivered - queued;
+        let latency = replicas.queue_on_a(&format!("wake{n}"), || ());
         eprintln!("job {n}: queued on A, delivered by B after {latency} ms");
         assert!(
             latency < 200,
-            "job queued on A reached the agent polling B only after {latency} ms: {confirmed:#}\nB's log:\n{}",
-            b.log()
+            "a job queued on A reached the agent polling B only after {latency} ms\nB's log:\n{}",
+            replicas.b.log()
         );
     }
     real.assert_unchanged();
@@ -113,39 +139,33 @@ fn a_replica_whose_listener_connection_drops_still_wakes_its_polls() {
         return;
     }
     let real = RealEtc::snapshot();
-    let a = ControlPlane::start(&[]);
-    let b = a.replica(&[]);
-    let host = TestHost::start("e2e-wake2");
-    host.enroll_via(&b.url, &b.fingerprint, &a.enroll_token("10m", 1))
-        .ok("enroll with replica B");
-    let _agent = host.start_agent();
-    let first = queue_account(&b, "e2e-wake2", "dfirst").expect("queued on B");
-    a.expect_confirmed(&first);
+    let replicas = AgentOnB::start("e2e-wake2");
     // Both replicas' listeners of this schema (they connect as
     // `latch-control listener latch_wake_<hash of the schema>`).
-    let terminate = "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity          WHERE application_name = 'latch-control listener latch_wake_' ||          lpad(to_hex(hashtext(current_schema())), 8, '0')";
+    let terminate = "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE application_name = 'latch-control listener latch_wake_' || \
+         lpad(to_hex(hashtext(current_schema())), 8, '0')";
     for n in 0..3 {
-        std::thread::sleep(Duration::from_millis(700));
-        let terminated = a.sql_rows(terminate);
-        assert_eq!(
-            terminated[0]["n"],
-            Value::from(2),
-            "two listeners (one per replica) were expected: {terminated:?}"
-        );
-        let job = queue_account(&a, "e2e-wake2", &format!("drop{n}")).expect("queued on A");
-        a.expect_confirmed(&job);
-        let queued = event_at(&a, &job, "queued").expect("queued event");
-        let delivered = event_at(&a, &job, "delivered").expect("delivered event");
-        let latency = delivered - queued;
+        let latency = replicas.queue_on_a(&format!("drop{n}"), || {
+            let terminated = replicas.a.sql_rows(terminate);
+            assert_eq!(
+                terminated[0]["n"],
+                Value::from(2),
+                "two listeners (one per replica) were expected: {terminated:?}"
+            );
+        });
         eprintln!("listeners dropped; job {n} delivered after {latency} ms");
         assert!(
             latency < 1000,
             "a job queued while B's listener was down waited {latency} ms (the re-check, not the reconnect's wake-up)\nB's log:\n{}",
-            b.log()
+            replicas.b.log()
         );
     }
     assert!(
-        b.log().contains("the wake-up listener lost PostgreSQL"),
+        replicas
+            .b
+            .log()
+            .contains("the wake-up listener lost PostgreSQL"),
         "B never noticed its listener was cut"
     );
     real.assert_unchanged();
