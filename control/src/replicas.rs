@@ -79,7 +79,7 @@ async fn timed<T>(
 
 /// How the replicas on one PostgreSQL schema coordinate: the connection options and the
 /// schema's key (for its lock and its channel).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Coordination {
     options: PgConnectOptions,
     schema_key: i32,
@@ -146,6 +146,15 @@ pub fn start(control: &Arc<Control>) -> Replica {
                 tasks: vec![election, listener],
             }
         }
+    }
+}
+
+/// Without the connection options: they may hold the database password.
+impl std::fmt::Debug for Coordination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordination")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
     }
 }
 
