@@ -262,11 +262,26 @@ pub fn check_server_url(url: &str, transport: &Transport) -> Result<Url, ClientE
 /// quickly and the report retried on a fresh one.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Client of the agent endpoints (cheap to clone: clones share one connection pool).
+/// The control-plane URL a running agent uses, as recorded for `latch-agent status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerInUse {
+    /// The URL.
+    pub server: String,
+    /// Since when.
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+/// Client of the agent endpoints (cheap to clone: clones share one connection pool and the
+/// choice of server).
 #[derive(Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
-    server: Url,
+    /// The control plane's URLs (replicas): the one in use, then the next on failure.
+    servers: std::sync::Arc<[Url]>,
+    /// Index of the URL in use.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Where to record the URL in use when it changes (`latch-agent status` reads it).
+    record: Option<std::path::PathBuf>,
     credential: Option<String>,
 }
 
@@ -277,7 +292,30 @@ impl AgentClient {
         transport: &Transport,
         credential: Option<String>,
     ) -> Result<AgentClient, ClientError> {
-        let server = check_server_url(server, transport)?;
+        Self::with_servers(&[server], transport, credential)
+    }
+
+    /// A client for the replicas `servers` (at least one; duplicates dropped), starting with
+    /// the first. A request that cannot reach its server or gets a 5xx answer moves the client
+    /// to the next URL (round robin) for the next request; callers retry with their backoff.
+    pub fn with_servers(
+        servers: &[&str],
+        transport: &Transport,
+        credential: Option<String>,
+    ) -> Result<AgentClient, ClientError> {
+        let mut checked: Vec<Url> = Vec::new();
+        for server in servers {
+            let url = check_server_url(server, transport)?;
+            if !checked.contains(&url) {
+                checked.push(url);
+            }
+        }
+        if checked.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: String::new(),
+                reason: "no control-plane URL given".into(),
+            });
+        }
         let mut builder = reqwest::Client::builder();
         if let Transport::Pinned(fingerprint) = transport {
             builder = builder
@@ -292,13 +330,85 @@ impl AgentClient {
             .build()?;
         Ok(AgentClient {
             http,
-            server,
+            servers: checked.into(),
+            current: std::sync::Arc::default(),
+            record: None,
             credential,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.as_str().trim_end_matches('/'))
+    /// Records the URL in use in `path` now and whenever it changes.
+    pub fn recording_in(mut self, path: std::path::PathBuf) -> Self {
+        self.record = Some(path);
+        self.record_in_use();
+        self
+    }
+
+    fn record_in_use(&self) {
+        if let Some(path) = &self.record {
+            let in_use = ServerInUse {
+                server: self.server().to_owned(),
+                since: chrono::Utc::now(),
+            };
+            if let Err(error) = crate::state::write_json_file(path, &in_use) {
+                tracing::warn!(%error, "cannot record the control-plane URL in use");
+            }
+        }
+    }
+
+    /// The URL in use.
+    pub fn server(&self) -> &str {
+        let index = self.current.load(std::sync::atomic::Ordering::Acquire);
+        self.servers[index % self.servers.len()]
+            .as_str()
+            .trim_end_matches('/')
+    }
+
+    /// Sends the request `build` makes for `path` on the server in use and reads the answer;
+    /// moves to the next server when that one failed.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        build: impl FnOnce(String) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let used = self.server().to_owned();
+        let result = async { Self::answer(build(format!("{used}{path}")).send().await?).await };
+        self.fail_over(&used, result.await)
+    }
+
+    /// Moves to the next URL when `result` says the server in use failed (unreachable, 5xx).
+    fn fail_over<T>(&self, used: &str, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        let down = match &result {
+            Err(ClientError::Transport(_)) => true,
+            Err(ClientError::Api { status, .. }) => *status >= 500,
+            _ => false,
+        };
+        if down && self.servers.len() > 1 {
+            let index = self.current.load(std::sync::atomic::Ordering::Acquire);
+            // Only the first of several requests failing on the same server moves on.
+            if self.servers[index % self.servers.len()]
+                .as_str()
+                .trim_end_matches('/')
+                == used
+                && self
+                    .current
+                    .compare_exchange(
+                        index,
+                        (index + 1) % self.servers.len(),
+                        std::sync::atomic::Ordering::AcqRel,
+                        std::sync::atomic::Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    failed = used,
+                    next = self.server(),
+                    "the control-plane replica failed; moving to the next URL"
+                );
+                self.record_in_use();
+            }
+        }
+        result
     }
 
     fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -339,13 +449,8 @@ impl AgentClient {
 
     /// `POST /v1/enroll`.
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
-        let response = self
-            .http
-            .post(self.url("/v1/enroll"))
-            .json(request)
-            .send()
-            .await?;
-        Self::answer(response).await
+        self.call("/v1/enroll", |url| self.http.post(url).json(request))
+            .await
     }
 
     /// `GET /v1/agent/jobs?wait=SECS`: the next job, if one arrives within `wait`.
@@ -356,14 +461,15 @@ impl AgentClient {
         wait: Duration,
         applied: Option<i64>,
     ) -> Result<Vec<Delivered>, ClientError> {
-        let mut request = self
-            .http
-            .get(self.url("/v1/agent/jobs"))
-            .query(&[("wait", wait.as_secs())]);
-        if let Some(applied) = applied {
-            request = request.query(&[("applied", applied)]);
-        }
-        let body: serde_json::Value = Self::answer(self.authed(request).send().await?).await?;
+        let body: serde_json::Value = self
+            .call("/v1/agent/jobs", |url| {
+                let mut request = self.http.get(url).query(&[("wait", wait.as_secs())]);
+                if let Some(applied) = applied {
+                    request = request.query(&[("applied", applied)]);
+                }
+                self.authed(request)
+            })
+            .await?;
         let items = body
             .get("list")
             .and_then(|l| l.as_array())
@@ -388,19 +494,16 @@ impl AgentClient {
 
     /// `POST /v1/agent/jobs/{id}/report`.
     pub async fn report(&self, job_id: &str, report: &ReportRequest) -> Result<(), ClientError> {
-        let request = self
-            .http
-            .post(self.url(&format!("/v1/agent/jobs/{job_id}/report")))
-            .timeout(REPORT_TIMEOUT)
-            .json(report);
-        let response = self.authed(request).send().await?;
-        Self::answer::<serde_json::Value>(response).await.map(drop)
+        self.call::<serde_json::Value>(&format!("/v1/agent/jobs/{job_id}/report"), |url| {
+            self.authed(self.http.post(url).timeout(REPORT_TIMEOUT).json(report))
+        })
+        .await
+        .map(drop)
     }
 
     /// `GET /v1/agent/self`: whether the credential is accepted (no side effect).
     pub async fn check_credential(&self) -> Result<(), ClientError> {
-        let request = self.http.get(self.url("/v1/agent/self"));
-        Self::answer::<serde_json::Value>(self.authed(request).send().await?)
+        self.call::<serde_json::Value>("/v1/agent/self", |url| self.authed(self.http.get(url)))
             .await
             .map(drop)
     }
@@ -410,31 +513,88 @@ impl AgentClient {
         let body = latch_common::api::RotateCredentialRequest {
             new_credential: new_credential.to_owned(),
         };
-        let request = self
-            .http
-            .post(self.url("/v1/agent/credential"))
-            .timeout(REPORT_TIMEOUT)
-            .json(&body);
-        Self::answer::<serde_json::Value>(self.authed(request).send().await?)
-            .await
-            .map(drop)
+        self.call::<serde_json::Value>("/v1/agent/credential", |url| {
+            self.authed(self.http.post(url).timeout(REPORT_TIMEOUT).json(&body))
+        })
+        .await
+        .map(drop)
     }
 
     /// `POST /v1/agent/revocations`.
     pub async fn report_revocation(&self, report: &RevocationReport) -> Result<(), ClientError> {
-        let request = self
-            .http
-            .post(self.url("/v1/agent/revocations"))
-            .timeout(REPORT_TIMEOUT)
-            .json(report);
-        let response = self.authed(request).send().await?;
-        Self::answer::<serde_json::Value>(response).await.map(drop)
+        self.call::<serde_json::Value>("/v1/agent/revocations", |url| {
+            self.authed(self.http.post(url).timeout(REPORT_TIMEOUT).json(report))
+        })
+        .await
+        .map(drop)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
+    async fn answer_once(status: u16) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0_u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_failed_replica_moves_the_client_to_the_next_url() {
+        // Nothing listens on `down` (bound, then closed).
+        let down = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let failing = answer_once(503).await;
+        let up = answer_once(200).await;
+        let client = AgentClient::with_servers(
+            &[&down, &failing, &up, &down],
+            &Transport::InsecureHttp,
+            Some("credential".into()),
+        )
+        .unwrap();
+        assert_eq!(client.server(), down);
+        assert!(client.check_credential().await.is_err());
+        assert_eq!(client.server(), failing, "unreachable: next URL");
+        assert!(client.check_credential().await.is_err());
+        assert_eq!(client.server(), up, "5xx: next URL");
+        client.check_credential().await.unwrap();
+        assert_eq!(client.server(), up, "a working replica is kept");
+        // A clone shares the choice; the duplicate URL was dropped, so the next is the first.
+        let clone = client.clone();
+        assert_eq!(clone.server(), up);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_does_not_move_the_client() {
+        let refusing = answer_once(401).await;
+        let other = answer_once(200).await;
+        let client = AgentClient::with_servers(
+            &[&refusing, &other],
+            &Transport::InsecureHttp,
+            Some("credential".into()),
+        )
+        .unwrap();
+        assert!(matches!(
+            client.check_credential().await,
+            Err(ClientError::Unauthorized(_))
+        ));
+        assert_eq!(client.server(), refusing);
+    }
 
     #[test]
     fn transports_and_urls_must_agree() {

@@ -56,6 +56,7 @@ struct RawConfig {
     kill_grace_seconds: Option<u64>,
     sudo_dynamic_groups: Option<bool>,
     log_level: Option<String>,
+    servers: Option<Vec<String>>,
 }
 
 /// The resolved configuration.
@@ -79,6 +80,32 @@ pub struct Config {
     pub sudo_dynamic_groups: bool,
     /// Log filter.
     pub log_level: String,
+    /// More URLs of the same control plane (replicas), tried after the enrolled one when it
+    /// cannot be reached; all are pinned to the enrolled CA fingerprint.
+    pub servers: Vec<String>,
+}
+
+/// The most replica URLs `servers` may list.
+const MAX_SERVERS: usize = 16;
+
+/// Checks the shape of the `servers` list (each URL is checked against the transport when the
+/// agent connects).
+fn check_servers(servers: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if servers.len() > MAX_SERVERS {
+        return Err(ConfigError::Value {
+            key: "servers",
+            reason: format!("at most {MAX_SERVERS} URLs"),
+        });
+    }
+    for server in &servers {
+        if !(server.starts_with("https://") || server.starts_with("http://")) {
+            return Err(ConfigError::Value {
+                key: "servers",
+                reason: format!("{server:?} is not a URL: write https://HOST:PORT"),
+            });
+        }
+    }
+    Ok(servers)
 }
 
 impl Config {
@@ -113,6 +140,7 @@ impl Config {
             kill_grace: Duration::from_secs(1),
             sudo_dynamic_groups: true,
             log_level: "info".to_owned(),
+            servers: Vec::new(),
         }
     }
 
@@ -189,6 +217,7 @@ impl Config {
                 .sudo_dynamic_groups
                 .unwrap_or(defaults.sudo_dynamic_groups),
             log_level: raw.log_level.unwrap_or(defaults.log_level),
+            servers: check_servers(raw.servers.unwrap_or_default())?,
         })
     }
 
@@ -240,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn takes_replica_urls() {
+        let config =
+            Config::parse("servers = [\"https://b.example:8443\", \"https://c.example:8443\"]")
+                .unwrap();
+        assert_eq!(
+            config.servers,
+            vec!["https://b.example:8443", "https://c.example:8443"]
+        );
+        assert!(Config::parse("").unwrap().servers.is_empty());
+    }
+
+    #[test]
     fn detects_the_sudo_group() {
         let config = Config::parse("").unwrap();
         let debian = Snapshot {
@@ -266,6 +307,7 @@ mod tests {
             ("default_shell = \"bash\"", "default_shell"),
             ("lock_wait_seconds = 100000", "lock_wait_seconds"),
             ("kill_grace_seconds = 3600", "kill_grace_seconds"),
+            ("servers = [\"latch-b:8443\"]", "servers"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

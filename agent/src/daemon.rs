@@ -28,6 +28,10 @@ use crate::{credential, expiry, facts, journal, poll, worker};
 /// How often a refused credential is tried again in revoke-only mode.
 const RECHECK: Duration = Duration::from_secs(600);
 
+/// The control-plane URL the running agent uses (of the enrolled one and `servers`), for
+/// `latch-agent status`.
+const SERVER_IN_USE_FILE: &str = "server-in-use.json";
+
 /// Runs the agent until SIGTERM/SIGINT. `problem` (a configuration that could not be used)
 /// puts it in revoke-only mode from the start.
 pub async fn run(
@@ -37,6 +41,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let state = StateDir::open(&config.state_dir)?;
     let _lock = state.lock()?;
+    let replicas = config.servers.clone();
     let identity = match state.identity() {
         Ok(identity) => Some(identity),
         Err(error) => {
@@ -108,11 +113,15 @@ pub async fn run(
                     mode = Some(Mode::RevokeOnly { recheck: false });
                     continue;
                 };
-                let client = AgentClient::new(
-                    &identity.server,
+                let servers: Vec<&str> = std::iter::once(identity.server.as_str())
+                    .chain(replicas.iter().map(String::as_str))
+                    .collect();
+                let client = AgentClient::with_servers(
+                    &servers,
                     &identity.transport(),
                     Some(identity.credential.clone()),
-                )?;
+                )?
+                .recording_in(state.path().join(SERVER_IN_USE_FILE));
                 let flush: JoinHandle<()> = tokio::spawn(expiry::flush_loop(
                     client.clone(),
                     worker.clone(),
@@ -248,8 +257,21 @@ async fn credential_accepted(identity: &Identity) -> bool {
 /// Reads the configuration-independent parts `status` shows.
 pub async fn status(state: &StateDir) -> anyhow::Result<ExitCode> {
     let identity = state.identity()?;
+    // A running agent records the replica it uses (it may have moved off the enrolled URL).
+    let in_use = state
+        .is_locked()
+        .then(|| {
+            crate::state::read_json_file::<crate::client::ServerInUse>(
+                &state.path().join(SERVER_IN_USE_FILE),
+            )
+        })
+        .and_then(Result::ok)
+        .flatten();
+    let server = in_use
+        .as_ref()
+        .map_or(identity.server.as_str(), |used| used.server.as_str());
     let probe = match AgentClient::new(
-        &identity.server,
+        server,
         &identity.transport(),
         Some(identity.credential.clone()),
     ) {
@@ -264,12 +286,20 @@ pub async fn status(state: &StateDir) -> anyhow::Result<ExitCode> {
     };
     println!("host id:       {}", identity.host_id);
     println!(
-        "control plane: {} ({})",
-        identity.server,
+        "control plane: {server} ({})",
         match &probe {
             Ok(text) | Err(text) => text,
         }
     );
+    match &in_use {
+        Some(used) if used.server != identity.server => println!(
+            "               in use since {}; enrolled with {}",
+            used.since.to_rfc3339(),
+            identity.server
+        ),
+        Some(used) => println!("               in use since {}", used.since.to_rfc3339()),
+        None => {}
+    }
     println!("enrolled:      {}", identity.enrolled_at.to_rfc3339());
     println!(
         "agent:         {}",

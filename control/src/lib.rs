@@ -31,6 +31,7 @@
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
+//! - [`replicas`]: several processes on one PostgreSQL database — wake-ups, one leader;
 //! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
 
 #![forbid(unsafe_code)]
@@ -46,6 +47,7 @@ pub mod hosts;
 pub mod keys;
 pub mod password;
 pub mod queue;
+pub mod replicas;
 pub mod secret;
 pub mod server;
 pub mod signing;
@@ -80,6 +82,11 @@ pub struct ControlConfig {
     /// The wait before a grant whose revocation job failed gets another one: doubling from
     /// `first` with each failure, at most `max`. Revocations are retried until confirmed.
     pub revocation_retry: store::RetryBackoff,
+    /// On a database shared by several replicas (PostgreSQL): the longest a waiting long-poll
+    /// goes without looking for a job itself, in case a wake-up from another replica was lost
+    /// ([`replicas`]). A process that owns its database (SQLite) is woken directly and only
+    /// looks again at the end of the wait.
+    pub poll_recheck: std::time::Duration,
 }
 
 impl Default for ControlConfig {
@@ -96,6 +103,7 @@ impl Default for ControlConfig {
                 first: Duration::seconds(10),
                 max: Duration::minutes(5),
             },
+            poll_recheck: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -108,6 +116,8 @@ pub struct Control {
     keys: keys::SigningKeys,
     ca_fingerprint: Option<String>,
     audit_head: audit::head::AuditHead,
+    /// Whether other processes may share the database (and wake-ups can come from them).
+    shared_store: bool,
 }
 
 impl Control {
@@ -118,6 +128,7 @@ impl Control {
         signer: signing::JobSigner,
     ) -> Self {
         Self {
+            shared_store: store.coordination().is_some(),
             store,
             config,
             wakeups: queue::Wakeups::default(),

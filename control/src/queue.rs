@@ -46,7 +46,7 @@ use tokio::sync::Notify;
 use crate::password::hash_password;
 use crate::store::{
     Finish, GrantFilter, GrantRecord, HostRecord, JobContext, JobFilter, JobRecord, JobRefusal,
-    Lease, NewJob, Page, RetryBackoff, Revoke,
+    Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke,
 };
 use crate::{Control, ControlError};
 
@@ -79,7 +79,18 @@ impl Wakeups {
     }
 
     pub(crate) fn wake(&self, host_id: &str) {
-        self.for_host(host_id).notify_waiters();
+        // Only a host with polls waiting here has an entry worth waking (a notification from
+        // another replica names hosts this process may never have seen).
+        if let Some(host) = self.lock().get(host_id) {
+            host.notify.notify_waiters();
+        }
+    }
+
+    /// Wakes every waiting poll (after wake-ups from other replicas may have been missed).
+    pub(crate) fn wake_all(&self) {
+        for host in self.lock().values() {
+            host.notify.notify_waiters();
+        }
     }
 
     /// Whether the host's `last_seen` was last written `every` or longer ago (or never, by
@@ -288,6 +299,9 @@ impl Control {
             })),
         };
         let signer = self.keys.current();
+        if self.shared_store {
+            self.check_signing_key_pinned(&signer.public_key()).await?;
+        }
         let sign = |seq: i64| -> Result<(String, String), String> {
             let payload = SignedJob {
                 v: PAYLOAD_VERSION,
@@ -326,6 +340,18 @@ impl Control {
             Err(JobRefusal::RevocationUnderway) => Err(ControlError::Conflict(
                 "this grant's revocation is already queued".into(),
             )),
+        }
+    }
+
+    /// Refuses to sign with `public_key` when the database pins another signing key: on a
+    /// database shared by several replicas, another replica promoted a new key (agents drop the
+    /// old one on their first job signed with the new), and this one still holds the old file.
+    async fn check_signing_key_pinned(&self, public_key: &str) -> Result<(), ControlError> {
+        match self.store.key_pin(PinnedKey::Signing).await? {
+            Some(pinned) if pinned != public_key => Err(ControlError::Internal(format!(
+                "this replica's job-signing key ({public_key}) is no longer the one in use ({pinned}): another replica promoted a new key. Copy signing.key from that replica's data directory into this one's and restart this replica; until then it queues no jobs"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -526,6 +552,13 @@ impl Control {
                     deadline.min(tokio::time::Instant::now() + left)
                 }
                 Lease::Idle => deadline,
+            };
+            // A wake-up from another replica can be lost (its listener reconnecting): look
+            // again now and then on a shared database.
+            let wake_at = if self.shared_store {
+                wake_at.min(tokio::time::Instant::now() + self.config.poll_recheck)
+            } else {
+                wake_at
             };
             if woken && !self.store.host_is_active(&host.id).await? {
                 return Err(ControlError::Unauthenticated(

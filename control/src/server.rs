@@ -73,20 +73,29 @@ pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, ServerErro
 
 /// Serves the API on `listener` — over TLS with `tls`, else plain HTTP — until `shutdown`
 /// completes. Once a second, in the background, it fails abandoned jobs and queues revocations
-/// of expired grants; a separate task records the audit chain's head outside the database
-/// ([`Control::refresh_audit_head`]), so audit work never delays a revocation.
+/// of expired grants — on a database shared by several replicas, only in the one that leads
+/// ([`crate::replicas`]); a separate task records the audit chain's head outside the database
+/// ([`Control::refresh_audit_head`]) in every replica's own data directory, so audit work never
+/// delays a revocation.
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // With several replicas on one PostgreSQL database: wake-ups between them, and one leader
+    // for the sweep below.
+    let replica = crate::replicas::start(&control);
     let sweeper = {
         let control = control.clone();
+        let leadership = replica.leadership.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                if !leadership.is_leader() {
+                    continue;
+                }
                 if let Err(error) = control.sweep_abandoned_jobs().await {
                     tracing::error!(%error, "sweeping abandoned jobs failed");
                 }
@@ -139,5 +148,6 @@ pub async fn run(
     };
     sweeper.abort();
     head_keeper.abort();
+    drop(replica);
     result
 }

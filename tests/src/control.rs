@@ -83,6 +83,39 @@ impl ControlPlane {
         Self::start_in(old, self.database.clone(), &listen, &[])
     }
 
+    /// Starts a second replica of this control plane: another `latch-control serve` on the
+    /// same database, with its own address and data directory holding copies of this one's
+    /// files (keys, CA, admin token) — the operator's key distribution. PostgreSQL only.
+    pub fn replica(&self, extra: &[&str]) -> ControlPlane {
+        assert!(
+            self.database.is_postgres(),
+            "replicas share a PostgreSQL database"
+        );
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (
+            self.data_dir.path().join("data"),
+            data_dir.path().join("data"),
+        );
+        std::fs::create_dir(&to).expect("replica data directory");
+        for entry in std::fs::read_dir(&from).expect("data directory") {
+            let entry = entry.expect("data directory entry");
+            if entry.file_type().expect("file type").is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a key file");
+            }
+        }
+        Self::start_in(data_dir, self.database.clone(), "127.0.0.1:0", extra)
+    }
+
+    /// Kills the server with SIGKILL (`kill -9`) while other threads may still be calling it;
+    /// it is reaped when dropped. The data directory and the database stay.
+    pub fn kill9(&self) {
+        let killed = run(
+            Command::new("kill").args(["-KILL", &self.child.id().to_string()]),
+            None,
+        );
+        assert_eq!(killed.code, 0, "kill -9: {}", killed.stderr);
+    }
+
     fn start_in(
         data_dir: tempfile::TempDir,
         database: Arc<TestDatabase>,
@@ -242,6 +275,16 @@ impl ControlPlane {
 
     /// A raw API call: `(status, body)`.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.try_api(method, path, body).expect("API call")
+    }
+
+    /// [`ControlPlane::api`] to a server that may be down: the transport error, if any.
+    pub fn try_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let client = self.http();
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = client
@@ -252,8 +295,7 @@ impl ControlPlane {
                 .header("content-type", "application/json")
                 .body(body.to_owned());
         }
-        let response = request.send().expect("API call");
-        status_and_json(response)
+        Ok(status_and_json(request.send()?))
     }
 
     /// A raw API call with another bearer token (a host credential, a guess): `(status, body)`.

@@ -347,6 +347,12 @@ pub struct Page {
 /// The control plane's persistence.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// How several control-plane processes on this database find each other (wake-ups, one
+    /// leader), when the database can be shared (PostgreSQL); `None` for a database one process
+    /// owns (SQLite).
+    fn coordination(&self) -> Option<crate::replicas::Coordination> {
+        None
+    }
     /// Whether any admin token exists.
     async fn has_admin_token(&self) -> Result<bool, StoreError>;
     /// Stores the hash of a new admin token.

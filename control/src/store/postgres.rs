@@ -56,6 +56,8 @@ pub struct PgStore {
     key: Arc<AuditKey>,
     /// `hashtext(current_schema())`: the second key of this schema's advisory locks.
     schema_key: i32,
+    /// The `NOTIFY` channel of this schema's wake-ups ([`crate::replicas`]).
+    wake_channel: String,
     location: String,
 }
 
@@ -107,6 +109,8 @@ struct Tx<'s> {
     tx: Transaction<'static, Postgres>,
     store: &'s PgStore,
     audit: Vec<(AuditEvent, DateTime<Utc>)>,
+    /// Hosts whose long-polls (in any replica) are woken when this transaction commits.
+    wakes: Vec<String>,
 }
 
 impl<'s> Tx<'s> {
@@ -115,7 +119,16 @@ impl<'s> Tx<'s> {
             tx: store.pool.begin().await?,
             store,
             audit: Vec::new(),
+            wakes: Vec::new(),
         })
+    }
+
+    /// Wakes the long-polls of `host_id` in every replica once this transaction commits
+    /// (`NOTIFY` is delivered at commit, and not at all on rollback).
+    fn wake(&mut self, host_id: &str) {
+        if !self.wakes.iter().any(|h| h == host_id) {
+            self.wakes.push(host_id.to_owned());
+        }
     }
 
     fn conn(&mut self) -> &mut PgConnection {
@@ -131,6 +144,14 @@ impl<'s> Tx<'s> {
     /// Appends the queued audit entries — under the chain's advisory lock, after every row lock
     /// this transaction takes — and commits. The lock is held from here to the commit only.
     async fn commit(mut self) -> Result<(), StoreError> {
+        if !self.wakes.is_empty() {
+            let wakes = std::mem::take(&mut self.wakes);
+            sqlx::query("SELECT pg_notify($1, host) FROM unnest($2::text[]) AS host")
+                .bind(&self.store.wake_channel)
+                .bind(&wakes)
+                .execute(self.conn())
+                .await?;
+        }
         if !self.audit.is_empty() {
             let entries = std::mem::take(&mut self.audit);
             let key = self.store.key.clone();
@@ -529,6 +550,7 @@ impl PgStore {
             pool,
             key,
             schema_key,
+            wake_channel: crate::replicas::wake_channel(schema_key),
             location,
         })
     }
@@ -572,6 +594,13 @@ async fn migrate(pool: &PgPool, schema_key: i32) -> Result<(), StoreError> {
 
 #[async_trait]
 impl Store for PgStore {
+    fn coordination(&self) -> Option<crate::replicas::Coordination> {
+        Some(crate::replicas::Coordination::new(
+            self.pool.connect_options().as_ref().clone(),
+            self.schema_key,
+        ))
+    }
+
     async fn has_admin_token(&self) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM admin_tokens) AS any")
             .fetch_one(&self.pool)
@@ -774,6 +803,7 @@ impl Store for PgStore {
             .host(host_id)
             .detail(serde_json::json!({"cancelled_jobs": pending}));
         tx.audit(event, now);
+        tx.wake(host_id);
         tx.commit().await?;
         Ok(Some(pending.len() as u64))
     }
@@ -966,6 +996,7 @@ impl Store for PgStore {
             .job(id)
             .detail(detail);
         tx.audit(event, now);
+        tx.wake(host_id);
         tx.commit().await?;
         Ok(Ok(JobRecord {
             id: id.to_owned(),
@@ -1266,6 +1297,7 @@ impl Store for PgStore {
             .job(job_id)
             .detail(serde_json::json!({"status": outcome.status().as_str(), "code": code}));
         tx.audit(event, now);
+        tx.wake(host_id);
         tx.commit().await?;
         Ok(Finish::Recorded)
     }
@@ -1301,6 +1333,7 @@ impl Store for PgStore {
             )
             .await?;
             tx.fail_unresponsive(&job, now).await?;
+            tx.wake(&job.host_id);
             hosts.push(job.host_id);
         }
         tx.commit().await?;
