@@ -67,11 +67,29 @@ fn agent_batch(cp: &ControlPlane, host: &TestHost, jobs: &[Vec<String>]) -> f64 
             ids.push(cp.create_job(&all));
         }
     }
-    let agent = host.start_agent();
+    // LATCH_BENCH_STRACE=FILE: profile with `strace -f -tt` (program starts, syncs, renames);
+    // the trace is copied to FILE.kind (slows the agent: for where the time goes, not for timing).
+    let strace = std::env::var("LATCH_BENCH_STRACE").ok();
+    let agent = match &strace {
+        Some(_) => host.start_agent_with(
+            "strace -f -tt --seccomp-bpf -e trace=execve,openat,rename,getdents64 -o /tmp/agent.strace",
+        ),
+        None => host.start_agent(),
+    };
     for id in &ids {
         cp.expect_confirmed(id);
     }
+    if strace.is_some() {
+        // SIGTERM reaches strace, not the agent under it: end the agent itself first.
+        let _ = std::process::Command::new("kill")
+            .arg(agent_host_pid(host).to_string())
+            .status();
+    }
     agent.stop();
+    if let Some(file) = strace {
+        let kind = &jobs[0][3];
+        std::fs::write(format!("{file}.{kind}"), host.read("/tmp/agent.strace")).expect("trace");
+    }
     server_span_ms(cp, &ids)
 }
 
@@ -219,7 +237,8 @@ fn agent_host_pid(host: &TestHost) -> u32 {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                 let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
                 let host_ns = std::fs::read_link(format!("/proc/{}/ns/pid", host.pid)).ok()?;
-                (ns == host_ns && cmdline.starts_with(b"/mnt/bin/latch-agent\0run")).then_some(pid)
+                (ns == host_ns && cmdline.starts_with(b"/mnt/bin/latch-agent\0run\0"))
+                    .then_some(pid)
             })
     })
 }
@@ -240,7 +259,9 @@ fn agent_speed_against_shadow_utils_and_ansible() {
     let real = RealEtc::snapshot();
     let cp = ControlPlane::start(&[]);
 
-    // (b) the real agent: N create-account (sudo) + N set-password, then N delete-account.
+    // (a) the raw loop needs the agent's hash: a first set-password shows it. The raw loop runs
+    // before and after the agent (on fresh hosts) and the mean counts: the machine is shared,
+    // and its load drifts over a run.
     let host = TestHost::start("e2e-speed-agent");
     host.enroll_ok(&cp);
     let names = users("ag", n);
@@ -278,6 +299,14 @@ fn agent_speed_against_shadow_utils_and_ansible() {
             .to_vec(),
         );
     }
+    let raw_first = (n >= 20).then(|| {
+        let raw_host = TestHost::start("e2e-speed-raw0");
+        let hash = "$6$benchmarksalt$Q5k0p0XGq4uJ5bbx6z0S6h7vJXK5w1c2XkKq3sMuyVjqS0o0w0rjQy8n0Bz9gqvQmF0mW2kzQ3M9yLrWcXr4r/";
+        let result = raw_loop(&raw_host, &users("rv", n), hash);
+        raw_host.assert_account_files_clean();
+        result
+    });
+    // (b) the real agent: N create-account (sudo) + N set-password, then N delete-account.
     let agent_create = agent_batch(&cp, &host, &grants);
     let hash = host
         .shadow_line(&names[0])
@@ -327,8 +356,19 @@ fn agent_speed_against_shadow_utils_and_ansible() {
 
     // (a) the raw shadow-utils loop on a fresh host from the same image.
     let raw_host = TestHost::start("e2e-speed-raw");
-    let (raw_create, raw_delete) = raw_loop(&raw_host, &users("rw", n), &hash);
+    let (mut raw_create, mut raw_delete) = raw_loop(&raw_host, &users("rw", n), &hash);
     raw_host.assert_account_files_clean();
+    let raw_runs = match raw_first {
+        Some((create, delete)) => {
+            let runs = format!(
+                " (before the agent: {create:.0} + {delete:.0}; after: {raw_create:.0} + {raw_delete:.0}; mean counts)"
+            );
+            raw_create = (raw_create + create) / 2.0;
+            raw_delete = (raw_delete + delete) / 2.0;
+            runs
+        }
+        None => String::new(),
+    };
 
     // (c) Ansible, on a fresh host from the same image.
     let ansible_ms = with_ansible.then(|| {
@@ -376,7 +416,7 @@ fn agent_speed_against_shadow_utils_and_ansible() {
         ratio(agent_delete, raw_delete)
     );
     table += &format!(
-        "| raw loop: {n} × (useradd -m + usermod -aG sudo + chpasswd -e), then {n} × userdel -r | — | {raw_create:.0} + {raw_delete:.0} = {raw_total:.0} ms | — |\n"
+        "| raw loop: {n} × (useradd -m + usermod -aG sudo + chpasswd -e), then {n} × userdel -r | — | {raw_create:.0} + {raw_delete:.0} = {raw_total:.0} ms{raw_runs} | — |\n"
     );
     table += &format!(
         "| **agent vs raw shadow-utils loop**, create + delete | ≤ 1.5× | {agent_total:.0} ms vs {raw_total:.0} ms | **{}** |\n",
