@@ -403,6 +403,17 @@ fn agent_speed_against_shadow_utils_and_ansible() {
     big_agent.stop();
     big_ms.sort_by(f64::total_cmp);
     let big_median = big_ms[big_ms.len() / 2];
+    // The distro's own floor there: one `useradd --create-home --groups sudo`, median of 5.
+    let mut big_raw: Vec<f64> = (0..5)
+        .map(|i| {
+            timed_script(
+                &big_host,
+                &format!("set -e; work() {{ useradd --create-home --shell /bin/bash --groups sudo bigraw{i}; }}; {TIMED}"),
+            )
+        })
+        .collect();
+    big_raw.sort_by(f64::total_cmp);
+    let big_raw_median = big_raw[big_raw.len() / 2];
 
     let agent_total = agent_create + agent_delete;
     let raw_total = raw_create + raw_delete;
@@ -443,6 +454,10 @@ fn agent_speed_against_shadow_utils_and_ansible() {
             .collect::<Vec<_>>()
             .join(", "),
         ratio(big_median, 50.0)
+    );
+    table += &format!(
+        "| the same host: one `useradd --create-home --groups sudo` (median of 5) | — | {big_raw_median:.0} ms | agent {} of it |\n",
+        ratio(big_median, big_raw_median)
     );
     table += &format!(
         "| **agent idle**, {idle_secs} s | RSS < 15 MB, CPU < 0.1 % | {:.1} MB, {idle_cpu_pct:.3} % | **{}, {}** |\n",
