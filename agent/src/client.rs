@@ -364,12 +364,17 @@ impl AgentClient {
             request = request.query(&[("applied", applied)]);
         }
         let body: serde_json::Value = Self::answer(self.authed(request).send().await?).await?;
+        Ok(Self::delivered(&body))
+    }
+
+    /// The jobs in a `{"list": [...]}` answer (none for any other body, e.g. a 204's).
+    fn delivered(body: &serde_json::Value) -> Vec<Delivered> {
         let items = body
             .get("list")
             .and_then(|l| l.as_array())
             .cloned()
             .unwrap_or_default();
-        Ok(items
+        items
             .into_iter()
             .map(|item| {
                 let text = |key: &str| item.get(key).and_then(|v| v.as_str()).map(str::to_owned);
@@ -383,18 +388,28 @@ impl AgentClient {
                     },
                 }
             })
-            .collect())
+            .collect()
     }
 
-    /// `POST /v1/agent/jobs/{id}/report`.
-    pub async fn report(&self, job_id: &str, report: &ReportRequest) -> Result<(), ClientError> {
-        let request = self
+    /// `POST /v1/agent/jobs/{id}/report`; with `next`, asks for the host's next job in the
+    /// answer (`?next=true`) and returns it — none from a server that answers 204.
+    pub async fn report(
+        &self,
+        job_id: &str,
+        report: &ReportRequest,
+        next: bool,
+    ) -> Result<Vec<Delivered>, ClientError> {
+        let mut request = self
             .http
             .post(self.url(&format!("/v1/agent/jobs/{job_id}/report")))
             .timeout(REPORT_TIMEOUT)
             .json(report);
+        if next {
+            request = request.query(&[("next", "true")]);
+        }
         let response = self.authed(request).send().await?;
-        Self::answer::<serde_json::Value>(response).await.map(drop)
+        let body: serde_json::Value = Self::answer(response).await?;
+        Ok(Self::delivered(&body))
     }
 
     /// `GET /v1/agent/self`: whether the credential is accepted (no side effect).
