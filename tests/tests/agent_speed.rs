@@ -322,6 +322,7 @@ fn agent_speed_against_shadow_utils_and_ansible() {
                 .is_some_and(|h| h.starts_with("$6$"))
         );
         assert!(host.group_members("sudo").contains(name));
+        assert_eq!(host.exec(&["test", "-d", &format!("/home/{name}")]).code, 0);
     }
     let deletes: Vec<Vec<String>> = names
         .iter()
