@@ -470,12 +470,17 @@ impl AgentClient {
                 self.authed(request)
             })
             .await?;
+        Ok(Self::delivered(&body))
+    }
+
+    /// The jobs in a `{"list": [...]}` answer (none for any other body, e.g. a 204's).
+    fn delivered(body: &serde_json::Value) -> Vec<Delivered> {
         let items = body
             .get("list")
             .and_then(|l| l.as_array())
             .cloned()
             .unwrap_or_default();
-        Ok(items
+        items
             .into_iter()
             .map(|item| {
                 let text = |key: &str| item.get(key).and_then(|v| v.as_str()).map(str::to_owned);
@@ -489,16 +494,27 @@ impl AgentClient {
                     },
                 }
             })
-            .collect())
+            .collect()
     }
 
-    /// `POST /v1/agent/jobs/{id}/report`.
-    pub async fn report(&self, job_id: &str, report: &ReportRequest) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(&format!("/v1/agent/jobs/{job_id}/report"), |url| {
-            self.authed(self.http.post(url).timeout(REPORT_TIMEOUT).json(report))
-        })
-        .await
-        .map(drop)
+    /// `POST /v1/agent/jobs/{id}/report`; with `next`, asks for the host's next job in the
+    /// answer (`?next=true`) and returns it — none from a server that answers 204.
+    pub async fn report(
+        &self,
+        job_id: &str,
+        report: &ReportRequest,
+        next: bool,
+    ) -> Result<Vec<Delivered>, ClientError> {
+        let body: serde_json::Value = self
+            .call(&format!("/v1/agent/jobs/{job_id}/report"), |url| {
+                let mut request = self.http.post(url).timeout(REPORT_TIMEOUT).json(report);
+                if next {
+                    request = request.query(&[("next", "true")]);
+                }
+                self.authed(request)
+            })
+            .await?;
+        Ok(Self::delivered(&body))
     }
 
     /// `GET /v1/agent/self`: whether the credential is accepted (no side effect).

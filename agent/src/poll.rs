@@ -78,8 +78,10 @@ impl Agent {
                         was_offline = false;
                     }
                     backoff.reset();
-                    for item in delivered {
-                        self.handle(item).await?;
+                    // Each report can carry the next job: those are handled before polling again.
+                    let mut queue = std::collections::VecDeque::from(delivered);
+                    while let Some(item) = queue.pop_front() {
+                        queue.extend(self.handle(item).await?);
                     }
                 }
                 Err(ClientError::Unauthorized(message)) => {
@@ -120,6 +122,7 @@ impl Agent {
                         lease: entry.lease,
                         outcome,
                     },
+                    false,
                 )
                 .await?;
             }
@@ -148,7 +151,9 @@ impl Agent {
         })
     }
 
-    async fn handle(&self, item: Delivered) -> Result<(), PollError> {
+    /// Applies (or refuses) one delivered job and reports it; returns the next job(s) the
+    /// control plane sent with its answer to the report.
+    async fn handle(&self, item: Delivered) -> Result<Vec<Delivered>, PollError> {
         match item {
             Delivered::Job(job) if journal::is_safe_id(&job.id) => {
                 let outcome = self.apply(&job).await?;
@@ -162,6 +167,7 @@ impl Agent {
                         lease: job.lease.clone(),
                         outcome,
                     },
+                    true,
                 )
                 .await
             }
@@ -264,7 +270,7 @@ impl Agent {
         id: Option<String>,
         lease: Option<String>,
         reason: String,
-    ) -> Result<(), PollError> {
+    ) -> Result<Vec<Delivered>, PollError> {
         tracing::warn!(job_id = ?id, %reason, "refused a malformed job");
         match (id, lease) {
             (Some(id), Some(lease)) if id.len() <= 64 && lease.len() <= 64 && !id.contains('/') => {
@@ -278,29 +284,39 @@ impl Agent {
                         lease,
                         outcome: JobOutcome::Failed { error },
                     },
+                    true,
                 )
                 .await
             }
-            _ => Ok(()),
+            _ => Ok(Vec::new()),
         }
     }
 
     /// Sends the outcome until the control plane takes it (or says it is no longer wanted).
     /// Pending revocation reports always go first: a grant the agent revoked on its own is then
     /// recorded as such before the outcome of a control-plane revocation job for the same grant.
-    async fn report(&self, job_id: &str, report: ReportRequest) -> Result<(), PollError> {
+    ///
+    /// With `want_next`, asks for the next job with the report — unless the next poll must tell the control plane
+    /// the applied sequence (catch-up after a stale or replayed job); returns what came back.
+    async fn report(
+        &self,
+        job_id: &str,
+        report: ReportRequest,
+        want_next: bool,
+    ) -> Result<Vec<Delivered>, PollError> {
         let mut backoff = Backoff::default();
         loop {
+            let next = want_next && !self.catch_up.load(std::sync::atomic::Ordering::Relaxed);
             let sent = match crate::expiry::flush_outbox(&self.client, &self.worker).await {
-                Ok(()) => self.client.report(job_id, &report).await,
+                Ok(()) => self.client.report(job_id, &report, next).await,
                 Err(error) => Err(error),
             };
             match sent {
-                Ok(()) => {
+                Ok(delivered) => {
                     if let Err(error) = self.journal.remove(job_id) {
                         tracing::warn!(job_id, %error, "cannot remove the job's journal entry");
                     }
-                    return Ok(());
+                    return Ok(delivered);
                 }
                 Err(ClientError::Unauthorized(message)) => {
                     return Err(PollError::Unauthorized(message));
@@ -314,7 +330,7 @@ impl Agent {
                     // 409: delivered again or already final; 404: gone. The journal entry stays, so
                     // a later delivery of this job gets the same outcome.
                     tracing::warn!(job_id, %error, "the control plane did not take the outcome");
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
             }
         }

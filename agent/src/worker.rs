@@ -25,6 +25,10 @@ use crate::system::etc::Snapshot;
 use crate::system::nss::Nss;
 use crate::system::{keys, procs, sudo};
 
+/// Above this size of `/etc/group` (about 2,000 groups) an account is created in three calls
+/// instead of one `useradd` (see [`ShadowUtils::add_user`]).
+const MANY_GROUPS_BYTES: u64 = 64 * 1024;
+
 /// Applies jobs and revokes expired grants on this host.
 pub struct Worker {
     config: Config,
@@ -500,7 +504,7 @@ impl Worker {
     ) -> Result<Vec<String>, JobError> {
         let (forget, act): (Vec<Step>, Vec<Step>) =
             plan.steps.into_iter().partition(Step::is_forget);
-        let failures = self.revoke(&act, accounts);
+        let failures = self.revoke(&act, accounts, before);
         let incomplete = |error: JobError| {
             JobError::new(
                 error.code,
@@ -557,10 +561,29 @@ impl Worker {
     /// Runs every step whatever happens to the others; returns what could not be done. Once the
     /// account files turn out to be locked by another program, the steps that need that lock
     /// are skipped for this attempt (each would wait again); the revocation is then retried.
-    fn revoke(&self, steps: &[Step], accounts: &mut Accounts) -> Vec<String> {
+    ///
+    /// Locking the account and leaving its groups are tried first as one `usermod` call (see
+    /// [`Worker::lock_and_leave_groups`]); only if that fails do they run one by one.
+    fn revoke(&self, steps: &[Step], accounts: &mut Accounts, before: &Snapshot) -> Vec<String> {
         let mut failures = Vec::new();
         let mut files_locked = false;
-        for step in steps {
+        let mut done = Vec::new();
+        for (index, step) in steps.iter().enumerate() {
+            if done.contains(&index) {
+                continue;
+            }
+            if !files_locked && matches!(step, Step::LockAccount { .. }) {
+                match self.lock_and_leave_groups(steps, before) {
+                    Ok(combined) => done = combined,
+                    Err(error) => {
+                        files_locked |= error.code == JobErrorCode::HostBusy;
+                        tracing::debug!(code = %error.code, message = %error.message, "locking and leaving the groups in one call failed; one step at a time");
+                    }
+                }
+                if done.contains(&index) {
+                    continue;
+                }
+            }
             if files_locked && step.needs_file_lock() {
                 failures.push(format!(
                     "skipped: {} (the account files are locked by another program)",
@@ -580,6 +603,48 @@ impl Worker {
             }
         }
         failures
+    }
+
+    /// Does the `LockAccount` step of `steps` and its user's `RemoveFromGroup` steps in one
+    /// `usermod --lock --expiredate 1 --groups KEEP` call, KEEP being the groups `before` shows
+    /// the user in that no step removes. Returns the indices of the steps done (none when
+    /// there are no group steps to combine with). On failure the caller runs the steps one by
+    /// one, so each keeps its own best-effort chance.
+    fn lock_and_leave_groups(
+        &self,
+        steps: &[Step],
+        before: &Snapshot,
+    ) -> Result<Vec<usize>, JobError> {
+        let Some((lock, user)) = steps.iter().enumerate().find_map(|(i, s)| match s {
+            Step::LockAccount { user } => Some((i, user)),
+            _ => None,
+        }) else {
+            return Ok(Vec::new());
+        };
+        let leaving: Vec<(usize, &str)> = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Step::RemoveFromGroup { user: u, group } if u == user => Some((i, group.as_str())),
+                _ => None,
+            })
+            .collect();
+        if leaving.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keep: Vec<String> = before
+            .group
+            .iter()
+            .filter(|g| g.members.iter().any(|m| m == user))
+            .filter(|g| !leaving.iter().any(|(_, name)| *name == g.name))
+            .map(|g| g.name.clone())
+            .collect();
+        self.tools
+            .lock_user_keeping_groups(user, &keep)
+            .map_err(tool_error)?;
+        Ok(std::iter::once(lock)
+            .chain(leaving.iter().map(|(i, _)| *i))
+            .collect())
     }
 
     fn remove_keys(&self, user: &str) -> Result<(), JobError> {
@@ -701,7 +766,15 @@ impl Worker {
                 expire_day,
             } => self
                 .tools
-                .add_user(&user, uid, &shell, GECOS_TAG, &groups, expire_day)
+                .add_user(
+                    &user,
+                    uid,
+                    &shell,
+                    GECOS_TAG,
+                    &groups,
+                    expire_day,
+                    self.many_groups(),
+                )
                 .map_err(tool_error)?,
             Step::SetAccountExpiry { user, expires_at } => {
                 self.tools
@@ -766,6 +839,12 @@ impl Worker {
             Step::ForgetAccount { user } => self.forget_if_gone(&user, accounts)?,
         }
         Ok(())
+    }
+
+    /// Whether `/etc/group` is large enough (over [`MANY_GROUPS_BYTES`]) for useradd's own
+    /// group handling to be slow (see [`ShadowUtils::add_user`]).
+    fn many_groups(&self) -> bool {
+        std::fs::metadata(self.etc.join("group")).is_ok_and(|m| m.len() > MANY_GROUPS_BYTES)
     }
 
     fn write_keys(&self, user: &str, lines: &[String]) -> Result<(), JobError> {

@@ -996,3 +996,66 @@ async fn finding_20_the_api_refuses_grant_windows_outside_the_limit(db: TestDb) 
     assert!(job["expires_at"].is_null(), "{job}");
 }
 both_stores!(finding_20_the_api_refuses_grant_windows_outside_the_limit);
+
+/// `POST …/report?next=true` answers with the host's next job, leased as a poll would lease
+/// it (an empty list when none is queued); without the parameter the answer stays 204.
+async fn a_report_can_carry_the_next_job(db: TestDb) {
+    let api = Api::start(db).await;
+    let host = api.enroll("db1").await;
+    let mut ids = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let (status, job, _) = api
+            .admin(
+                "POST",
+                "/v1/jobs",
+                Some(json!({"host": "db1", "kind": "create-account", "user": user, "expires_in_ms": 3_600_000})),
+            )
+            .await;
+        assert_eq!(status, 201, "{job}");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let (status, polled, _) = api
+        .call("GET", "/v1/agent/jobs?wait=0", Some(&host), None)
+        .await;
+    assert_eq!(status, 200, "{polled}");
+    let mut delivered = polled["list"][0].clone();
+    let report = |lease: &Value| {
+        json!({"lease": lease, "outcome": {"status": "confirmed"}})
+            .to_string()
+            .into_bytes()
+    };
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(delivered["id"], id.as_str());
+        let query = if i == 1 { "" } else { "?next=true" };
+        let (status, answer, _) = api
+            .call(
+                "POST",
+                &format!("/v1/agent/jobs/{id}/report{query}"),
+                Some(&host),
+                Some(("application/json", report(&delivered["lease"]))),
+            )
+            .await;
+        let (_, job, _) = api.admin("GET", &format!("/v1/jobs/{id}"), None).await;
+        assert_eq!(job["status"], "confirmed", "{job}");
+        match i {
+            0 => {
+                assert_eq!(status, 200, "{answer}");
+                delivered = answer["list"][0].clone();
+                assert_eq!(delivered["id"], ids[1].as_str(), "{answer}");
+                assert!(delivered["lease"].is_string() && delivered["signature"].is_string());
+            }
+            1 => {
+                assert_eq!(status, 204, "without ?next the answer is 204: {answer}");
+                let (_, polled, _) = api
+                    .call("GET", "/v1/agent/jobs?wait=0", Some(&host), None)
+                    .await;
+                delivered = polled["list"][0].clone();
+            }
+            _ => {
+                assert_eq!(status, 200, "{answer}");
+                assert_eq!(answer["list"], json!([]), "nothing queued: {answer}");
+            }
+        }
+    }
+}
+both_stores!(a_report_can_carry_the_next_job);

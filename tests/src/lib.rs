@@ -187,3 +187,25 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Replaces the section between `<!-- NAME -->` and `<!-- /NAME -->` in BENCHMARKS.md with the
+/// date, the machine's core count, the command and `table` (benchmarks run with `LATCH_BENCH_WRITE=1`).
+pub fn write_benchmark_section(name: &str, table: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).expect("BENCHMARKS.md");
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let start = text.find(&open).expect("section start") + open.len();
+    let end = text.find(&close).expect("section end");
+    let measured = format!(
+        "\nMeasured {} on this machine ({} cores), command: `sudo LATCH_E2E=required scripts/bench`\n\n{table}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    std::fs::write(
+        &path,
+        format!("{}{measured}{}", &text[..start], &text[end..]),
+    )
+    .expect("write BENCHMARKS.md");
+}

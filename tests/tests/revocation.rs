@@ -753,7 +753,7 @@ fn revocation_latency_is_under_two_seconds_at_p99() {
     );
     println!("expiry -> access gone:\n{table}");
     if std::env::var("LATCH_BENCH_WRITE").is_ok_and(|v| v == "1") {
-        write_benchmark_section("revocation-latency", &table);
+        latch_e2e::write_benchmark_section("revocation-latency", &table);
     }
     for (name, lat) in [("online", &online_lat), ("partitioned", &parted_lat)] {
         assert!(
@@ -762,25 +762,4 @@ fn revocation_latency_is_under_two_seconds_at_p99() {
         );
     }
     real.assert_unchanged();
-}
-
-/// Replaces the section between `<!-- NAME -->` and `<!-- /NAME -->` in BENCHMARKS.md.
-fn write_benchmark_section(name: &str, table: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).expect("BENCHMARKS.md");
-    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
-    let start = text.find(&open).expect("section start") + open.len();
-    let end = text.find(&close).expect("section end");
-    let measured = format!(
-        "\nMeasured {} on this machine ({} cores), command: `sudo LATCH_E2E=required scripts/bench`\n\n{table}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    );
-    std::fs::write(
-        &path,
-        format!("{}{measured}{}", &text[..start], &text[end..]),
-    )
-    .expect("write BENCHMARKS.md");
 }

@@ -28,10 +28,18 @@ impl ShadowUtils {
         )
     }
 
-    /// `useradd` with an explicit UID, a private group whose GID is the same number (forced
-    /// with `-K GID_MIN=UID -K GID_MAX=UID`: shadow-utils otherwise takes the next free GID
-    /// when the UID is above `GID_MAX` in `login.defs`), a home from `/etc/skel`, the shell,
-    /// the GECOS tag and supplementary groups.
+    /// `useradd` with an explicit UID, a private group whose GID is the same number, a home
+    /// from `/etc/skel`, the shell, the GECOS tag and supplementary groups.
+    ///
+    /// With `many_groups` (a large `/etc/group`), the private group is made first with
+    /// `groupadd --gid UID`, then `useradd --gid UID` without groups, then one
+    /// `usermod --append --groups`: useradd's own group handling scans the whole group file
+    /// for each group it touches, which took 0.4–0.6 s per account on a host with 10,000 groups,
+    /// against 25–70 ms for each of the three calls. Otherwise one `useradd --user-group`, the
+    /// GID forced with `-K GID_MIN=UID -K GID_MAX=UID` (shadow-utils otherwise takes the next
+    /// free GID when the UID is above `GID_MAX` in `login.defs`). A failure part-way leaves a
+    /// group or an account of this UID, which the caller's undo removes.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_user(
         &self,
         name: &str,
@@ -40,8 +48,9 @@ impl ShadowUtils {
         gecos: &str,
         groups: &[String],
         expire_day: Option<i64>,
+        many_groups: bool,
     ) -> Result<(), CmdError> {
-        let same_gid = [
+        let id_keys = [
             format!("GID_MIN={uid}"),
             format!("GID_MAX={uid}"),
             format!("UID_MIN={uid}"),
@@ -50,10 +59,24 @@ impl ShadowUtils {
         let uid = uid.to_string();
         let groups = groups.join(",");
         let expire_day = expire_day.map(|d| d.to_string());
-        let mut args: Vec<&OsStr> = vec![
-            "--uid".as_ref(),
-            uid.as_ref(),
-            "--user-group".as_ref(),
+        if many_groups {
+            self.exec(
+                "groupadd",
+                &["--gid".as_ref(), uid.as_ref(), "--".as_ref(), name.as_ref()],
+                None,
+            )?;
+        }
+        let mut args: Vec<&OsStr> = vec!["--uid".as_ref(), uid.as_ref()];
+        if many_groups {
+            args.extend::<[&OsStr; 3]>([
+                "--gid".as_ref(),
+                uid.as_ref(),
+                "--no-user-group".as_ref(),
+            ]);
+        } else {
+            args.push("--user-group".as_ref());
+        }
+        args.extend::<[&OsStr; 7]>([
             "--create-home".as_ref(),
             "--skel".as_ref(),
             "/etc/skel".as_ref(),
@@ -61,12 +84,12 @@ impl ShadowUtils {
             shell.as_ref(),
             "--comment".as_ref(),
             gecos.as_ref(),
-        ];
-        for key in &same_gid {
+        ]);
+        for key in &id_keys {
             args.push("--key".as_ref());
             args.push(key.as_ref());
         }
-        if !groups.is_empty() {
+        if !groups.is_empty() && !many_groups {
             args.push("--groups".as_ref());
             args.push(groups.as_ref());
         }
@@ -77,7 +100,21 @@ impl ShadowUtils {
         }
         args.push("--".as_ref());
         args.push(name.as_ref());
-        self.exec("useradd", &args, None)
+        self.exec("useradd", &args, None)?;
+        if many_groups && !groups.is_empty() {
+            self.exec(
+                "usermod",
+                &[
+                    "--append".as_ref(),
+                    "--groups".as_ref(),
+                    groups.as_ref(),
+                    "--".as_ref(),
+                    name.as_ref(),
+                ],
+                None,
+            )?;
+        }
+        Ok(())
     }
 
     /// `gpasswd --add USER GROUP`.
@@ -123,6 +160,26 @@ impl ShadowUtils {
                 "--lock".as_ref(),
                 "--expiredate".as_ref(),
                 "1".as_ref(),
+                "--".as_ref(),
+                user.as_ref(),
+            ],
+            None,
+        )
+    }
+
+    /// `usermod --lock --expiredate 1 --groups KEEP USER`: [`ShadowUtils::lock_user`] and
+    /// leaving every supplementary group but `keep` in one call (one pass over the account
+    /// files instead of one per group).
+    pub fn lock_user_keeping_groups(&self, user: &str, keep: &[String]) -> Result<(), CmdError> {
+        let keep = keep.join(",");
+        self.exec(
+            "usermod",
+            &[
+                "--lock".as_ref(),
+                "--expiredate".as_ref(),
+                "1".as_ref(),
+                "--groups".as_ref(),
+                keep.as_ref(),
                 "--".as_ref(),
                 user.as_ref(),
             ],

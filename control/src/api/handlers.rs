@@ -68,14 +68,38 @@ pub async fn poll_jobs(
     .into_response())
 }
 
+#[derive(Deserialize)]
+pub struct ReportParams {
+    /// `?next=true`: answer with the host's next job (leased now, as a poll with `wait=0`
+    /// would) instead of 204, saving the agent a round trip per job. Servers without it ignore
+    /// the parameter and answer 204; the agent then polls as before.
+    next: Option<bool>,
+}
+
 pub async fn report_job(
     State(control): Ctl,
     Host(host): Host,
     Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ReportParams>,
     ApiJson(report): ApiJson<ReportRequest>,
 ) -> Result<Response, ApiError> {
     check_path_id("job id", &id)?;
     control.report(&host, &id, &report).await?;
+    if params.next == Some(true) {
+        // The outcome is recorded: a failure to lease the next job must not turn into an error
+        // (the agent would send the outcome again); it polls instead.
+        match control.next_job(&host, Duration::ZERO).await {
+            Ok(job) => {
+                return Ok(Json(ListResponse {
+                    list: job.into_iter().collect(),
+                })
+                .into_response());
+            }
+            Err(error) => {
+                tracing::warn!(host_id = %host.id, %error, "cannot lease the next job with a report; the agent polls for it");
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
