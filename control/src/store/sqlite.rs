@@ -1364,3 +1364,53 @@ impl Store for SqliteStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify_chain;
+
+    /// The writer's cached audit head must not fork the chain when another process (here a
+    /// second store on the same file) appends in between, nor after a transaction that rolled
+    /// back.
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_file_never_forks_the_audit_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let key = Arc::new(AuditKey::generate().unwrap());
+        let one = SqliteStore::open(&path, key.clone()).await.unwrap();
+        let two = SqliteStore::open(&path, key.clone()).await.unwrap();
+        let now = Utc::now();
+        for i in 0..20 {
+            let store = if i % 3 == 0 { &two } else { &one };
+            let event = AuditEvent::new("admin", "test.append").detail(serde_json::json!({"i": i}));
+            store.append_audit(&event, now).await.unwrap();
+            if i % 7 != 6 {
+                continue;
+            }
+            // A refused job rolls its transaction back (the host does not exist).
+            let refused = store
+                .insert_job(
+                    &NewJob {
+                        id: "job",
+                        host_id: "no-such-host",
+                        spec: &JobSpec::DeleteAccount {
+                            user: "alice".to_owned(),
+                        },
+                        revokes: None,
+                        now,
+                        actor: "admin",
+                        window: GrantWindow::NotAGrant,
+                    },
+                    &|_| Ok((String::new(), String::new())),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(refused, Err(JobRefusal::NoSuchHost)));
+        }
+        let chain = one.audit_chain().await.unwrap();
+        assert_eq!(chain.len(), 20);
+        assert_eq!(verify_chain(&chain, &key), Ok(20));
+        assert_eq!(two.audit_chain().await.unwrap(), chain);
+    }
+}
