@@ -43,6 +43,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Mutex<Writer>,
+    readers: Readers,
     key: Arc<AuditKey>,
     /// The directory of a throwaway database ([`SqliteStore::open_in_memory`]), removed on drop
     /// (declared last: dropped after the connections).
@@ -55,6 +56,44 @@ struct Writer {
     /// The audit chain's last `(id, hash)` as this connection committed it, with the
     /// `PRAGMA data_version` it was read under; `None` when unknown (after a rollback or error).
     head: Option<Head>,
+}
+
+/// Idle `rusqlite` connections for the reads on every request (authentication, a poll's first
+/// look), used synchronously like the writer: a WAL reader never waits for the writer, and a
+/// query of a few microseconds costs less than a hand-off to sqlx's connection thread.
+struct Readers {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+/// At most this many idle reader connections are kept.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    /// Runs `query` on an idle reader connection (opening one if none is idle).
+    fn read<T>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = query(&conn);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
 }
 
 /// The audit chain's last entry, `(0, GENESIS)` for an empty chain.
@@ -129,43 +168,77 @@ macro_rules! grant_state_case {
     };
 }
 
+/// Runs one statement (prepared once per connection) and returns the rows it changed.
+fn exec(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, StoreError> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
+}
+
+/// The first row of `sql`, decoded by `read`, or `None`.
+fn row<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    rows.next()?.map(read).transpose()
+}
+
+/// Every row of `sql`, decoded by `read`.
+fn rows<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut read: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    let mut all = Vec::new();
+    while let Some(row) = rows.next()? {
+        all.push(read(row)?);
+    }
+    Ok(all)
+}
+
+/// Whether `sql` returns a row.
+fn exists(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<bool, StoreError> {
+    Ok(row(conn, sql, params, |_| Ok(()))?.is_some())
+}
+
 impl Tx<'_> {
-    /// Runs one statement (prepared once per connection) and returns the rows it changed.
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
-        Ok(self.tx.prepare_cached(sql)?.execute(params)?)
+        exec(&self.tx, sql, params)
     }
 
-    /// The first row of `sql`, decoded by `read`, or `None`.
     fn row<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
         read: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let mut statement = self.tx.prepare_cached(sql)?;
-        let mut rows = statement.query(params)?;
-        rows.next()?.map(read).transpose()
+        row(&self.tx, sql, params, read)
     }
 
-    /// Every row of `sql`, decoded by `read`.
     fn rows<T>(
         &self,
         sql: &str,
         params: impl rusqlite::Params,
-        mut read: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+        read: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let mut statement = self.tx.prepare_cached(sql)?;
-        let mut rows = statement.query(params)?;
-        let mut all = Vec::new();
-        while let Some(row) = rows.next()? {
-            all.push(read(row)?);
-        }
-        Ok(all)
+        rows(&self.tx, sql, params, read)
     }
 
-    /// Whether `sql` returns a row.
     fn exists(&self, sql: &str, params: impl rusqlite::Params) -> Result<bool, StoreError> {
-        Ok(self.row(sql, params, |_| Ok(()))?.is_some())
+        exists(&self.tx, sql, params)
     }
 
     fn add_event(
@@ -443,11 +516,15 @@ impl SqliteStore {
                 source,
             })?;
         MIGRATOR.run(&pool).await?;
-        let conn =
-            open_writer(path).map_err(|source| StoreError::OpenWriter { location, source })?;
+        let conn = open_connection(path, false)
+            .map_err(|source| StoreError::OpenWriter { location, source })?;
         Ok(Self {
             pool,
             writer: Mutex::new(Writer { conn, head: None }),
+            readers: Readers {
+                path: path.to_owned(),
+                idle: std::sync::Mutex::new(Vec::new()),
+            },
             key,
             _scratch: scratch,
         })
@@ -489,14 +566,16 @@ impl SqliteStore {
     }
 }
 
-/// The writer connection: the same settings as the pool's (WAL, synchronous NORMAL, foreign
-/// keys, busy timeout).
-fn open_writer(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+/// A writer or reader connection, with the pool's settings (WAL, set by the pool, which is
+/// kept by the file; synchronous NORMAL, foreign keys, busy timeout); a reader is `query_only`.
+fn open_connection(path: &Path, reader: bool) -> Result<rusqlite::Connection, rusqlite::Error> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    if reader {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -522,11 +601,13 @@ impl Store for SqliteStore {
     }
 
     async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM admin_tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM admin_tokens WHERE hash = ?",
+                params![hash],
+            )
+        })
     }
 
     async fn insert_enroll_token(
@@ -629,13 +710,8 @@ impl Store for SqliteStore {
             host_columns!(),
             " FROM hosts WHERE credential_hash = ? AND removed_at IS NULL"
         );
-        sqlx::query(sql)
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(host_from_row)
-            .transpose()
+        self.readers
+            .read(|conn| row(conn, sql, params![hash], |row| host_from_row(row)))
     }
 
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -725,12 +801,13 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // Read first: the write lock only when the sequence really is behind.
-        let behind = sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND next_seq <= ?")
-            .bind(host_id)
-            .bind(applied)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
+        let behind = self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM hosts WHERE id = ? AND next_seq <= ?",
+                params![host_id, applied],
+            )
+        })?;
         if !behind {
             return Ok(false);
         }
@@ -751,13 +828,13 @@ impl Store for SqliteStore {
     }
 
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL")
-                .bind(host_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+        self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL",
+                params![host_id],
+            )
+        })
     }
 
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
@@ -767,13 +844,8 @@ impl Store for SqliteStore {
             " FROM hosts WHERE removed_at IS NULL AND (id = ?1 OR (hostname = ?1 AND NOT EXISTS \
              (SELECT 1 FROM hosts WHERE id = ?1 AND removed_at IS NULL))) ORDER BY id"
         );
-        sqlx::query(sql)
-            .bind(id_or_hostname)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(host_from_row)
-            .collect()
+        self.readers
+            .read(|conn| rows(conn, sql, params![id_or_hostname], |row| host_from_row(row)))
     }
 
     async fn insert_job(
@@ -1016,18 +1088,19 @@ impl Store for SqliteStore {
     ) -> Result<Lease, StoreError> {
         // Read first, without the writer: an idle host (most polls) or a job still leased out
         // needs no write. A job queued after this read wakes the poll, which looks again.
-        let first = sqlx::query(
-            "SELECT lease_expires_at FROM jobs WHERE host_id = ? AND status = 'pending' \
-             ORDER BY seq LIMIT 1",
-        )
-        .bind(host_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(first) = first else {
+        let first = self.readers.read(|conn| {
+            row(
+                conn,
+                "SELECT lease_expires_at FROM jobs WHERE host_id = ? AND status = 'pending' \
+                 ORDER BY seq LIMIT 1",
+                params![host_id],
+                |row| Ok(row.opt_int("lease_expires_at")?),
+            )
+        })?;
+        let Some(lease_expires_at) = first else {
             return Ok(Lease::Idle);
         };
-        if let Some(until) = first
-            .try_get::<Option<i64>, _>("lease_expires_at")?
+        if let Some(until) = lease_expires_at
             .map(from_millis)
             .filter(|until| *until > now)
         {
