@@ -78,6 +78,11 @@ pub enum StoreError {
         "cannot make a temporary directory for a throwaway database: {0}; check TMPDIR and its free space"
     )]
     Scratch(String),
+    /// The SQLite store's checkpoint thread could not be started.
+    #[error(
+        "cannot start the SQLite checkpoint thread: {0}; the process may be out of threads or memory"
+    )]
+    Checkpointer(std::io::Error),
     /// A statement of the SQLite store's write path failed.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

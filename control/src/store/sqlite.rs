@@ -45,6 +45,8 @@ pub struct SqliteStore {
     writer: Mutex<Writer>,
     readers: Readers,
     key: Arc<AuditKey>,
+    /// Dropping it ends the checkpoint thread ([`start_checkpointer`]).
+    _checkpointer: std::sync::mpsc::Sender<()>,
     /// The directory of a throwaway database ([`SqliteStore::open_in_memory`]), removed on drop
     /// (declared last: dropped after the connections).
     _scratch: Option<tempfile::TempDir>,
@@ -65,6 +67,9 @@ struct Readers {
     path: std::path::PathBuf,
     idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
 }
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At most this many idle reader connections are kept.
 const IDLE_READERS: usize = 8;
@@ -517,7 +522,17 @@ impl SqliteStore {
             })?;
         MIGRATOR.run(&pool).await?;
         let conn = open_connection(path, false)
-            .map_err(|source| StoreError::OpenWriter { location, source })?;
+            .and_then(|conn| {
+                // Checkpoints run on their own thread instead of in the commit that fills the
+                // WAL, so that no write (and no tokio worker) waits for their writes and fsync.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                Ok(conn)
+            })
+            .map_err(|source| StoreError::OpenWriter {
+                location: location.clone(),
+                source,
+            })?;
+        let checkpointer = start_checkpointer(path, &location)?;
         Ok(Self {
             pool,
             writer: Mutex::new(Writer { conn, head: None }),
@@ -526,6 +541,7 @@ impl SqliteStore {
                 idle: std::sync::Mutex::new(Vec::new()),
             },
             key,
+            _checkpointer: checkpointer,
             _scratch: scratch,
         })
     }
@@ -564,6 +580,34 @@ impl SqliteStore {
             }
         }
     }
+}
+
+/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its
+/// own (`PASSIVE`: it never blocks the writer or a reader). It ends when the returned sender is
+/// dropped.
+fn start_checkpointer(
+    path: &Path,
+    location: &str,
+) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let conn = open_connection(path, false).map_err(|source| StoreError::OpenWriter {
+        location: location.to_owned(),
+        source,
+    })?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "SQLite WAL checkpoint failed; retried in a second");
+                }
+            }
+        })
+        .map_err(StoreError::Checkpointer)?;
+    Ok(stop)
 }
 
 /// A writer or reader connection, with the pool's settings (WAL, set by the pool, which is
@@ -1485,5 +1529,33 @@ mod tests {
         assert_eq!(chain.len(), 20);
         assert_eq!(verify_chain(&chain, &key), Ok(20));
         assert_eq!(two.audit_chain().await.unwrap(), chain);
+    }
+
+    /// Commits leave checkpoints to the checkpoint thread, which still moves the WAL into the
+    /// database file.
+    #[tokio::test]
+    async fn the_checkpoint_thread_moves_committed_writes_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let store = SqliteStore::open(&path, Arc::new(AuditKey::generate().unwrap()))
+            .await
+            .unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        tokio::time::sleep(CHECKPOINT_EVERY * 2).await;
+        let before = size();
+        let detail = serde_json::json!({"padding": "x".repeat(2000)});
+        for _ in 0..500 {
+            let event = AuditEvent::new("admin", "test.append").detail(detail.clone());
+            store.append_audit(&event, Utc::now()).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + CHECKPOINT_EVERY * 5;
+        while size() < before + 500 * 2000 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(CHECKPOINT_EVERY / 10).await;
+        }
+        assert!(
+            size() >= before + 500 * 2000,
+            "the database file stayed at {} bytes (was {before})",
+            size()
+        );
     }
 }
