@@ -63,6 +63,29 @@ pub enum StoreError {
     /// A query failed.
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// The SQLite store's write connection could not be opened.
+    #[error(
+        "cannot open the database at {location} for writing: {source}; check the path and its permissions"
+    )]
+    OpenWriter {
+        /// Path.
+        location: String,
+        /// Cause.
+        source: rusqlite::Error,
+    },
+    /// The temporary directory of a throwaway SQLite database could not be made.
+    #[error(
+        "cannot make a temporary directory for a throwaway database: {0}; check TMPDIR and its free space"
+    )]
+    Scratch(String),
+    /// The SQLite store's checkpoint thread could not be started.
+    #[error(
+        "cannot start the SQLite checkpoint thread: {0}; the process may be out of threads or memory"
+    )]
+    Checkpointer(std::io::Error),
+    /// A statement of the SQLite store's write path failed.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

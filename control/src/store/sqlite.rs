@@ -1,16 +1,23 @@
-//! The embedded default store: SQLite in WAL mode. Writes go through one async mutex so that
-//! concurrent transactions never race for SQLite's single write lock; reads run in parallel.
+//! The embedded default store: SQLite in WAL mode.
+//!
+//! Reads run in parallel on sqlx's connection pool. Every write transaction runs on one
+//! dedicated `rusqlite` connection behind an async mutex, as a single synchronous call: the
+//! whole transaction (`BEGIN IMMEDIATE` … `COMMIT`, with cached prepared statements) costs no
+//! round trip to another thread, so the single writer is held for microseconds per statement
+//! instead of a thread hand-off per statement (BENCHMARKS.md, "Fleet simulator"). The writer
+//! also keeps the audit chain's head in memory, checked against `PRAGMA data_version` so that a
+//! write by any other connection or process is noticed.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use rusqlite::{TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use std::sync::Arc;
 use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
 use super::rows::{
-    audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
+    Columns, audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
     host_removed, is_rejection, job_from_row, millis, unresponsive,
 };
 use super::{
@@ -29,11 +36,112 @@ use super::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     pool: SqlitePool,
-    write: Mutex<()>,
+    writer: Mutex<Writer>,
+    readers: Readers,
     key: Arc<AuditKey>,
+    /// Dropping it ends the checkpoint thread ([`start_checkpointer`]).
+    _checkpointer: std::sync::mpsc::Sender<()>,
+    /// The directory of a throwaway database ([`SqliteStore::open_in_memory`]), removed on drop
+    /// (declared last: dropped after the connections).
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// The one connection every write transaction runs on.
+struct Writer {
+    conn: rusqlite::Connection,
+    /// The audit chain's last `(id, hash)` as this connection committed it, with the
+    /// `PRAGMA data_version` it was read under; `None` when unknown (after a rollback or error).
+    head: Option<Head>,
+}
+
+/// Idle `rusqlite` connections for the reads on every request (authentication, a poll's first
+/// look), used synchronously like the writer: a WAL reader never waits for the writer, and a
+/// query of a few microseconds costs less than a hand-off to sqlx's connection thread.
+struct Readers {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+/// How often the checkpoint thread copies the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most this many idle reader connections are kept.
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    /// Runs `query` on an idle reader connection (opening one if none is idle).
+    fn read<T>(
+        &self,
+        query: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = query(&conn);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// The audit chain's last entry, `(0, GENESIS)` for an empty chain.
+#[derive(Clone)]
+struct Head {
+    id: i64,
+    hash: String,
+    data_version: i64,
+}
+
+/// What a write transaction ends with.
+enum End<T> {
+    /// Commit, then return the value.
+    Commit(T),
+    /// Roll back (nothing of it was meant to stay), then return the value.
+    Rollback(T),
+}
+
+/// An open write transaction with the audit key and the chain head.
+struct Tx<'c> {
+    tx: rusqlite::Transaction<'c>,
+    key: &'c AuditKey,
+    head: Option<Head>,
+    data_version: i64,
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+        self.get(column).map_err(decode)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.get(column).map_err(decode)
+    }
+    fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+        self.get(column).map_err(decode)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.get(column).map_err(decode)
+    }
+}
+
+fn decode(error: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(error))
 }
 
 /// Columns describing a job `g`'s host and, for a grant, the later confirmed grant of the same
@@ -64,75 +172,295 @@ macro_rules! grant_state_case {
         )
     };
 }
-async fn add_event(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-    at: DateTime<Utc>,
-    event: &str,
-    detail: Option<&str>,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)")
-        .bind(job_id)
-        .bind(millis(at))
-        .bind(event)
-        .bind(detail)
-        .execute(conn)
-        .await?;
-    Ok(())
+
+/// Runs one statement (prepared once per connection) and returns the rows it changed.
+fn exec(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, StoreError> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
 
-/// Appends `event` to the audit chain, with its MAC under `key`, inside the caller's transaction
-/// (the single write mutex keeps the chain linear).
-async fn audit(
-    conn: &mut SqliteConnection,
-    key: &AuditKey,
-    event: &AuditEvent,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (id, prev_hash) = match last {
-        Some(row) => (
-            row.try_get::<i64, _>("id")? + 1,
-            row.try_get::<String, _>("hash")?,
-        ),
-        None => (1, GENESIS.to_owned()),
-    };
-    let detail = event.detail.to_string();
-    let at = millis(now);
-    let hash = entry_hash(
-        id,
-        at,
-        &event.actor,
-        event.action,
-        event.host_id.as_deref(),
-        event.job_id.as_deref(),
-        &detail,
-        &prev_hash,
-    );
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, host_id, job_id, detail, prev_hash, hash) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(at)
-    .bind(&event.actor)
-    .bind(event.action)
-    .bind(&event.host_id)
-    .bind(&event.job_id)
-    .bind(&detail)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)")
-        .bind(key.key_id())
-        .bind(id)
-        .bind(key.entry_mac(&hash))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+/// The first row of `sql`, decoded by `read`, or `None`.
+fn row<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    rows.next()?.map(read).transpose()
+}
+
+/// Every row of `sql`, decoded by `read`.
+fn rows<T>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    mut read: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    let mut all = Vec::new();
+    while let Some(row) = rows.next()? {
+        all.push(read(row)?);
+    }
+    Ok(all)
+}
+
+/// Whether `sql` returns a row.
+fn exists(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<bool, StoreError> {
+    Ok(row(conn, sql, params, |_| Ok(()))?.is_some())
+}
+
+impl Tx<'_> {
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize, StoreError> {
+        exec(&self.tx, sql, params)
+    }
+
+    fn row<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        row(&self.tx, sql, params, read)
+    }
+
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        rows(&self.tx, sql, params, read)
+    }
+
+    fn exists(&self, sql: &str, params: impl rusqlite::Params) -> Result<bool, StoreError> {
+        exists(&self.tx, sql, params)
+    }
+
+    fn add_event(
+        &self,
+        job_id: &str,
+        at: DateTime<Utc>,
+        event: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            params![job_id, millis(at), event, detail],
+        )?;
+        Ok(())
+    }
+
+    /// Appends `event` to the audit chain, with its MAC under the store's key, inside this
+    /// transaction (the single writer keeps the chain linear). The head comes from memory when
+    /// no other connection has written since it was known.
+    fn audit(&mut self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let head = match self.head.take() {
+            Some(head) => head,
+            None => self
+                .row(
+                    "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1",
+                    [],
+                    |row| Ok((row.int("id")?, row.text("hash")?)),
+                )?
+                .map_or_else(
+                    || Head {
+                        id: 0,
+                        hash: GENESIS.to_owned(),
+                        data_version: self.data_version,
+                    },
+                    |(id, hash)| Head {
+                        id,
+                        hash,
+                        data_version: self.data_version,
+                    },
+                ),
+        };
+        let id = head.id + 1;
+        let detail = event.detail.to_string();
+        let at = millis(now);
+        let hash = entry_hash(
+            id,
+            at,
+            &event.actor,
+            event.action,
+            event.host_id.as_deref(),
+            event.job_id.as_deref(),
+            &detail,
+            &head.hash,
+        );
+        self.exec(
+            "INSERT INTO audit_log (id, at, actor, action, host_id, job_id, detail, prev_hash, hash) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            params![
+                id,
+                at,
+                event.actor,
+                event.action,
+                event.host_id,
+                event.job_id,
+                detail,
+                head.hash,
+                hash
+            ],
+        )?;
+        self.exec(
+            "INSERT INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)",
+            params![self.key.key_id(), id, self.key.entry_mac(&hash)],
+        )?;
+        self.head = Some(Head {
+            id,
+            hash,
+            data_version: self.data_version,
+        });
+        Ok(())
+    }
+
+    fn fail_job(
+        &self,
+        job_id: &str,
+        error: &JobError,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.exec(
+            "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?, \
+             lease = NULL, lease_expires_at = NULL WHERE id = ?",
+            params![error.code.as_str(), error.message, millis(now), job_id],
+        )?;
+        self.add_event(job_id, now, "failed", Some(error.code.as_str()))?;
+        self.release_grant(job_id, error, now)
+    }
+
+    /// When `job_id` is the revocation job of a grant that is still not revoked, records the
+    /// failure on the grant and frees it, so `due_grants` offers it again once the retry wait is
+    /// over. Every way a job fails goes through here (a failed report, the lease sweep, host
+    /// removal).
+    fn release_grant(
+        &self,
+        job_id: &str,
+        error: &JobError,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let released = self.rows(
+            "UPDATE jobs SET revocation_job_id = NULL, revocation_attempts = revocation_attempts + 1, \
+             revocation_failed_at = ?, revocation_error = ? \
+             WHERE revocation_job_id = ? AND revoked_at IS NULL RETURNING id, revocation_attempts",
+            params![
+                millis(now),
+                format!("{}: {}", error.code.as_str(), error.message),
+                job_id
+            ],
+            |row| Ok((row.text("id")?, row.int("revocation_attempts")?)),
+        )?;
+        for (grant, attempts) in &released {
+            let detail = format!(
+                "{job_id} failed ({}), attempt {attempts}",
+                error.code.as_str()
+            );
+            self.add_event(grant, now, "revocation_failed", Some(&detail))?;
+        }
+        Ok(())
+    }
+
+    fn mark_revoked(
+        &mut self,
+        host_id: &str,
+        job_id: &str,
+        at: DateTime<Utc>,
+        by: RevokedBy,
+        by_job: Option<&str>,
+    ) -> Result<Revoke, StoreError> {
+        let Some(revoked_at) = self.row(
+            "SELECT revoked_at FROM jobs WHERE id = ? AND host_id = ? AND status = 'confirmed' \
+             AND kind IN ('create-account', 'add-group')",
+            params![job_id, host_id],
+            |row| Ok(row.opt_int("revoked_at")?),
+        )?
+        else {
+            return Ok(Revoke::NotAGrant);
+        };
+        if revoked_at.is_some() {
+            return Ok(Revoke::AlreadyRevoked);
+        }
+        self.exec(
+            "UPDATE jobs SET revoked_at = ?, revoked_by = ?, revoked_by_job_id = ? WHERE id = ?",
+            params![millis(at), by.as_str(), by_job, job_id],
+        )?;
+        let detail = match by_job {
+            Some(by_job) => format!("{} {by_job}", by.as_str()),
+            None => by.as_str().to_owned(),
+        };
+        self.add_event(job_id, at, "revoked", Some(&detail))?;
+        let actor = match by {
+            RevokedBy::AgentExpiry => host_actor(host_id),
+            RevokedBy::ControlPlane | RevokedBy::Job => "control_plane".to_owned(),
+        };
+        let event = AuditEvent::new(actor, "grant.revoked")
+            .host(host_id)
+            .job(job_id)
+            .detail(match by_job {
+                Some(by_job) => serde_json::json!({"by": by.as_str(), "revoking_job": by_job}),
+                None => serde_json::json!({"by": by.as_str()}),
+            });
+        self.audit(&event, at)?;
+        Ok(Revoke::Recorded)
+    }
+
+    fn pin(&self, key: PinnedKey, public: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.exec(
+            "INSERT INTO key_pins (name, public, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET public = excluded.public, updated_at = excluded.updated_at",
+            params![key.as_str(), public, millis(now)],
+        )?;
+        Ok(())
+    }
+
+    /// A confirmed delete-account ends every earlier grant of that account on the host (the
+    /// account and its memberships are gone); a confirmed remove-group ends the earlier
+    /// add-group grants of that account and group. They are recorded as revoked by `job`.
+    fn revoke_earlier_grants(
+        &mut self,
+        job: &JobRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (kinds, group) = match &job.spec {
+            JobSpec::DeleteAccount { .. } => (&["create-account", "add-group"][..], None),
+            JobSpec::RemoveGroup { group, .. } => (&["add-group"][..], Some(group.as_str())),
+            _ => return Ok(()),
+        };
+        let grants = self.rows(
+            "SELECT id FROM jobs WHERE host_id = ?1 AND subject_user = ?2 \
+             AND kind IN (SELECT value FROM json_each(?3)) AND (?4 IS NULL OR subject_group = ?4) \
+             AND status = 'confirmed' AND revoked_at IS NULL AND seq < ?5 ORDER BY seq",
+            params![
+                job.host_id,
+                job.spec.user(),
+                serde_json::to_string(kinds).map_err(|e| corrupt("job kinds", e))?,
+                group,
+                job.seq
+            ],
+            |row| Ok(row.text("id")?),
+        )?;
+        for grant in &grants {
+            self.mark_revoked(
+                &job.host_id,
+                grant,
+                now,
+                RevokedBy::Job,
+                Some(job.id.as_str()),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The columns of an audit entry with its MAC under the key bound as `?1`.
@@ -143,209 +471,24 @@ macro_rules! audit_select {
     };
 }
 
-async fn fail_job(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-    error: &JobError,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?, \
-         lease = NULL, lease_expires_at = NULL WHERE id = ?",
-    )
-    .bind(error.code.as_str())
-    .bind(&error.message)
-    .bind(millis(now))
-    .bind(job_id)
-    .execute(&mut *conn)
-    .await?;
-    add_event(conn, job_id, now, "failed", Some(error.code.as_str())).await?;
-    release_grant(conn, job_id, error, now).await
-}
-
-/// When `job_id` is the revocation job of a grant that is still not revoked, records the failure
-/// on the grant and frees it, so `due_grants` offers it again once the retry wait is over.
-/// Every way a job fails goes through here (a failed report, the lease sweep, host removal).
-async fn release_grant(
-    conn: &mut SqliteConnection,
-    job_id: &str,
-    error: &JobError,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let released = sqlx::query(
-        "UPDATE jobs SET revocation_job_id = NULL, revocation_attempts = revocation_attempts + 1, \
-         revocation_failed_at = ?, revocation_error = ? \
-         WHERE revocation_job_id = ? AND revoked_at IS NULL RETURNING id, revocation_attempts",
-    )
-    .bind(millis(now))
-    .bind(format!("{}: {}", error.code.as_str(), error.message))
-    .bind(job_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in &released {
-        let grant: String = row.try_get("id")?;
-        let attempts: i64 = row.try_get("revocation_attempts")?;
-        let detail = format!(
-            "{job_id} failed ({}), attempt {attempts}",
-            error.code.as_str()
-        );
-        add_event(conn, &grant, now, "revocation_failed", Some(&detail)).await?;
-    }
-    Ok(())
-}
-
-async fn mark_revoked(
-    conn: &mut SqliteConnection,
-    key: &AuditKey,
-    host_id: &str,
-    job_id: &str,
-    at: DateTime<Utc>,
-    by: RevokedBy,
-    by_job: Option<&str>,
-) -> Result<Revoke, StoreError> {
-    let row = sqlx::query(
-        "SELECT revoked_at FROM jobs WHERE id = ? AND host_id = ? AND status = 'confirmed' \
-         AND kind IN ('create-account', 'add-group')",
-    )
-    .bind(job_id)
-    .bind(host_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else {
-        return Ok(Revoke::NotAGrant);
-    };
-    if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
-        return Ok(Revoke::AlreadyRevoked);
-    }
-    sqlx::query(
-        "UPDATE jobs SET revoked_at = ?, revoked_by = ?, revoked_by_job_id = ? WHERE id = ?",
-    )
-    .bind(millis(at))
-    .bind(by.as_str())
-    .bind(by_job)
-    .bind(job_id)
-    .execute(&mut *conn)
-    .await?;
-    let detail = match by_job {
-        Some(by_job) => format!("{} {by_job}", by.as_str()),
-        None => by.as_str().to_owned(),
-    };
-    add_event(conn, job_id, at, "revoked", Some(&detail)).await?;
-    let actor = match by {
-        RevokedBy::AgentExpiry => host_actor(host_id),
-        RevokedBy::ControlPlane | RevokedBy::Job => "control_plane".to_owned(),
-    };
-    let event = AuditEvent::new(actor, "grant.revoked")
-        .host(host_id)
-        .job(job_id)
-        .detail(match by_job {
-            Some(by_job) => serde_json::json!({"by": by.as_str(), "revoking_job": by_job}),
-            None => serde_json::json!({"by": by.as_str()}),
-        });
-    audit(conn, key, &event, at).await?;
-    Ok(Revoke::Recorded)
-}
-
-async fn pin(
-    conn: &mut SqliteConnection,
-    key: PinnedKey,
-    public: &str,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO key_pins (name, public, updated_at) VALUES (?, ?, ?) \
-         ON CONFLICT (name) DO UPDATE SET public = excluded.public, updated_at = excluded.updated_at",
-    )
-    .bind(key.as_str())
-    .bind(public)
-    .bind(millis(now))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A confirmed delete-account ends every earlier grant of that account on the host (the account
-/// and its memberships are gone); a confirmed remove-group ends the earlier add-group grants of
-/// that account and group. They are recorded as revoked by `job`.
-async fn revoke_earlier_grants(
-    conn: &mut SqliteConnection,
-    key: &AuditKey,
-    job: &JobRecord,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let (kinds, group) = match &job.spec {
-        JobSpec::DeleteAccount { .. } => (&["create-account", "add-group"][..], None),
-        JobSpec::RemoveGroup { group, .. } => (&["add-group"][..], Some(group.as_str())),
-        _ => return Ok(()),
-    };
-    let grants: Vec<String> = sqlx::query(
-        "SELECT id FROM jobs WHERE host_id = ?1 AND subject_user = ?2 \
-         AND kind IN (SELECT value FROM json_each(?3)) AND (?4 IS NULL OR subject_group = ?4) \
-         AND status = 'confirmed' AND revoked_at IS NULL AND seq < ?5 ORDER BY seq",
-    )
-    .bind(&job.host_id)
-    .bind(job.spec.user())
-    .bind(serde_json::to_string(kinds).map_err(|e| corrupt("job kinds", e))?)
-    .bind(group)
-    .bind(job.seq)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|row| row.try_get("id"))
-    .collect::<Result<_, _>>()?;
-    for grant in &grants {
-        mark_revoked(
-            conn,
-            key,
-            &job.host_id,
-            grant,
-            now,
-            RevokedBy::Job,
-            Some(job.id.as_str()),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` in WAL mode and migrates it.
     /// Audit entries are authenticated with `key` (the data directory's `audit.key`, see
     /// [`crate::datadir`]).
     pub async fn open(path: &Path, key: Arc<AuditKey>) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .foreign_keys(true);
-        Self::connect(options, &path.display().to_string(), key).await
+        Self::connect(path, key, None).await
     }
 
-    /// Opens a private in-memory database (for tests and examples), with a random audit key.
+    /// Opens a private throwaway database (for tests and examples), with a random audit key: a
+    /// file in a new temporary directory, removed when the store is dropped, so that it runs
+    /// exactly like [`SqliteStore::open`] (the writer and the readers are separate connections).
     pub async fn open_in_memory() -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(|source| StoreError::Open {
-                location: "sqlite::memory:".into(),
-                source,
-            })?
-            .foreign_keys(true);
-        // One connection: every connection to ":memory:" is a database of its own.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open {
-                location: "sqlite::memory:".into(),
-                source,
-            })?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Self {
-            pool,
-            write: Mutex::new(()),
-            key: Arc::new(AuditKey::generate()?),
-        })
+        let scratch = tempfile::Builder::new()
+            .prefix("latch-store-")
+            .tempdir()
+            .map_err(|e| StoreError::Scratch(e.to_string()))?;
+        let path = scratch.path().join("latch.db");
+        Self::connect(&path, Arc::new(AuditKey::generate()?), Some(scratch)).await
     }
 
     /// The connection pool (for the copy to PostgreSQL).
@@ -354,10 +497,18 @@ impl SqliteStore {
     }
 
     async fn connect(
-        options: SqliteConnectOptions,
-        location: &str,
+        path: &Path,
         key: Arc<AuditKey>,
+        scratch: Option<tempfile::TempDir>,
     ) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // A file on this machine cannot drop the connection: no ping before each use (a
@@ -366,16 +517,111 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
-                location: location.to_owned(),
+                location: location.clone(),
                 source,
             })?;
         MIGRATOR.run(&pool).await?;
+        let conn = open_connection(path, false)
+            .and_then(|conn| {
+                // Checkpoints run on their own thread instead of in the commit that fills the
+                // WAL, so that no write (and no tokio worker) waits for their writes and fsync.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                Ok(conn)
+            })
+            .map_err(|source| StoreError::OpenWriter {
+                location: location.clone(),
+                source,
+            })?;
+        let checkpointer = start_checkpointer(path, &location)?;
         Ok(Self {
             pool,
-            write: Mutex::new(()),
+            writer: Mutex::new(Writer { conn, head: None }),
+            readers: Readers {
+                path: path.to_owned(),
+                idle: std::sync::Mutex::new(Vec::new()),
+            },
             key,
+            _checkpointer: checkpointer,
+            _scratch: scratch,
         })
     }
+
+    /// Runs `work` as one write transaction (`BEGIN IMMEDIATE`) on the writer connection,
+    /// synchronously: no other thread is involved, so the writer is held only for the time
+    /// SQLite itself takes. An error or [`End::Rollback`] rolls everything back.
+    async fn write<T>(
+        &self,
+        work: impl FnOnce(&mut Tx<'_>) -> Result<End<T>, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let mut writer = self.writer.lock().await;
+        let Writer { conn, head } = &mut *writer;
+        // Known again only once this transaction commits.
+        let known = head.take();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Changes whenever another connection (another process) committed since.
+        let data_version: i64 = tx.query_row("PRAGMA data_version", [], |row| row.get(0))?;
+        let mut tx = Tx {
+            tx,
+            key: &self.key,
+            head: known.filter(|head| head.data_version == data_version),
+            data_version,
+        };
+        match work(&mut tx)? {
+            End::Commit(value) => {
+                let Tx { tx, head: new, .. } = tx;
+                tx.commit()?;
+                *head = new;
+                Ok(value)
+            }
+            End::Rollback(value) => {
+                let Tx { tx, .. } = tx;
+                tx.rollback()?;
+                Ok(value)
+            }
+        }
+    }
+}
+
+/// Starts the thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] on a connection of its
+/// own (`PASSIVE`: it never blocks the writer or a reader). It ends when the returned sender is
+/// dropped.
+fn start_checkpointer(
+    path: &Path,
+    location: &str,
+) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let conn = open_connection(path, false).map_err(|source| StoreError::OpenWriter {
+        location: location.to_owned(),
+        source,
+    })?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "SQLite WAL checkpoint failed; retried in a second");
+                }
+            }
+        })
+        .map_err(StoreError::Checkpointer)?;
+    Ok(stop)
+}
+
+/// A writer or reader connection, with the pool's settings (WAL, set by the pool, which is
+/// kept by the file; synchronous NORMAL, foreign keys, busy timeout); a reader is `query_only`.
+fn open_connection(path: &Path, reader: bool) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if reader {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 #[async_trait]
@@ -388,21 +634,24 @@ impl Store for SqliteStore {
     }
 
     async fn insert_admin_token(&self, hash: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        sqlx::query("INSERT INTO admin_tokens (hash, created_at) VALUES (?, ?)")
-            .bind(hash)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO admin_tokens (hash, created_at) VALUES (?, ?)",
+                params![hash, millis(now)],
+            )?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM admin_tokens WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM admin_tokens WHERE hash = ?",
+                params![hash],
+            )
+        })
     }
 
     async fn insert_enroll_token(
@@ -413,27 +662,27 @@ impl Store for SqliteStore {
         uses: u32,
         actor: &str,
     ) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(hash)
-        .bind(millis(now))
-        .bind(millis(expires_at))
-        .bind(i64::from(uses))
-        .bind(i64::from(uses))
-        .execute(&mut *tx)
-        .await?;
-        let event = AuditEvent::new(actor, "enroll_token.create").detail(serde_json::json!({
-            "token_hash_prefix": &hash[..hash.len().min(12)],
-            "expires_at": expires_at.to_rfc3339(),
-            "uses": uses,
-        }));
-        audit(&mut tx, &self.key, &event, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
+                 VALUES (?, ?, ?, ?, ?)",
+                params![
+                    hash,
+                    millis(now),
+                    millis(expires_at),
+                    i64::from(uses),
+                    i64::from(uses)
+                ],
+            )?;
+            let event = AuditEvent::new(actor, "enroll_token.create").detail(serde_json::json!({
+                "token_hash_prefix": &hash[..hash.len().min(12)],
+                "expires_at": expires_at.to_rfc3339(),
+                "uses": uses,
+            }));
+            tx.audit(&event, now)?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn enroll_host(
@@ -442,60 +691,61 @@ impl Store for SqliteStore {
         host: &HostRecord,
         credential_hash: &str,
     ) -> Result<Result<(), TokenRefusal>, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let token = sqlx::query("SELECT expires_at, uses_left FROM enroll_tokens WHERE hash = ?")
-            .bind(token_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
         let token_actor = format!("enroll_token:{}", &token_hash[..token_hash.len().min(12)]);
-        let refusal = match &token {
-            None => Some(TokenRefusal::Unknown),
-            Some(token) if token.try_get::<i64, _>("expires_at")? <= millis(host.enrolled_at) => {
-                Some(TokenRefusal::Expired)
+        self.write(|tx| {
+            let token = tx.row(
+                "SELECT expires_at, uses_left FROM enroll_tokens WHERE hash = ?",
+                params![token_hash],
+                |row| Ok((row.int("expires_at")?, row.int("uses_left")?)),
+            )?;
+            let refusal = match token {
+                None => Some(TokenRefusal::Unknown),
+                Some((expires_at, _)) if expires_at <= millis(host.enrolled_at) => {
+                    Some(TokenRefusal::Expired)
+                }
+                Some((_, uses_left)) if uses_left <= 0 => Some(TokenRefusal::UsedUp),
+                Some(_) => None,
+            };
+            if let Some(refusal) = refusal {
+                let event =
+                    AuditEvent::new(&token_actor, "enroll.refused").detail(serde_json::json!({
+                        "reason": format!("{refusal:?}").to_lowercase(),
+                        "hostname": host.facts.hostname,
+                    }));
+                tx.audit(&event, host.enrolled_at)?;
+                return Ok(End::Commit(Err(refusal)));
             }
-            Some(token) if token.try_get::<i64, _>("uses_left")? <= 0 => Some(TokenRefusal::UsedUp),
-            Some(_) => None,
-        };
-        if let Some(refusal) = refusal {
-            let event = AuditEvent::new(token_actor, "enroll.refused").detail(serde_json::json!({
-                "reason": format!("{refusal:?}").to_lowercase(),
-                "hostname": host.facts.hostname,
-            }));
-            audit(&mut tx, &self.key, &event, host.enrolled_at).await?;
-            tx.commit().await?;
-            return Ok(Err(refusal));
-        }
-        sqlx::query("UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?")
-            .bind(token_hash)
-            .execute(&mut *tx)
-            .await?;
-        let facts = &host.facts;
-        sqlx::query(
-            "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
-             credential_hash, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&host.id)
-        .bind(&facts.hostname)
-        .bind(&facts.os)
-        .bind(&facts.kernel)
-        .bind(&facts.arch)
-        .bind(i64::from(facts.cpus))
-        .bind(i64::try_from(facts.memory_bytes).unwrap_or(i64::MAX))
-        .bind(&facts.machine_id)
-        .bind(credential_hash)
-        .bind(millis(host.enrolled_at))
-        .execute(&mut *tx)
-        .await?;
-        let event = AuditEvent::new(token_actor, "host.enroll")
-            .host(&host.id)
-            .detail(serde_json::json!({
-                "hostname": facts.hostname,
-                "machine_id": facts.machine_id,
-            }));
-        audit(&mut tx, &self.key, &event, host.enrolled_at).await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+            tx.exec(
+                "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?",
+                params![token_hash],
+            )?;
+            let facts = &host.facts;
+            tx.exec(
+                "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
+                 credential_hash, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    host.id,
+                    facts.hostname,
+                    facts.os,
+                    facts.kernel,
+                    facts.arch,
+                    i64::from(facts.cpus),
+                    i64::try_from(facts.memory_bytes).unwrap_or(i64::MAX),
+                    facts.machine_id,
+                    credential_hash,
+                    millis(host.enrolled_at)
+                ],
+            )?;
+            let event = AuditEvent::new(&token_actor, "host.enroll")
+                .host(&host.id)
+                .detail(serde_json::json!({
+                    "hostname": facts.hostname,
+                    "machine_id": facts.machine_id,
+                }));
+            tx.audit(&event, host.enrolled_at)?;
+            Ok(End::Commit(Ok(())))
+        })
+        .await
     }
 
     async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError> {
@@ -504,23 +754,19 @@ impl Store for SqliteStore {
             host_columns!(),
             " FROM hosts WHERE credential_hash = ? AND removed_at IS NULL"
         );
-        sqlx::query(sql)
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(host_from_row)
-            .transpose()
+        self.readers
+            .read(|conn| row(conn, sql, params![hash], |row| host_from_row(row)))
     }
 
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        sqlx::query("UPDATE hosts SET last_seen = ? WHERE id = ?")
-            .bind(millis(now))
-            .bind(host_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(|tx| {
+            tx.exec(
+                "UPDATE hosts SET last_seen = ? WHERE id = ?",
+                params![millis(now), host_id],
+            )?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError> {
@@ -545,36 +791,30 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         actor: &str,
     ) -> Result<Option<u64>, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let removed =
-            sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
-                .bind(millis(now))
-                .bind(host_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if removed == 0 {
-            return Ok(None);
-        }
-        let pending: Vec<String> =
-            sqlx::query("SELECT id FROM jobs WHERE host_id = ? AND status = 'pending'")
-                .bind(host_id)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|row| row.try_get("id"))
-                .collect::<Result<_, _>>()?;
-        let error = host_removed();
-        for job_id in &pending {
-            fail_job(&mut tx, job_id, &error, now).await?;
-        }
-        let event = AuditEvent::new(actor, "host.remove")
-            .host(host_id)
-            .detail(serde_json::json!({"cancelled_jobs": pending}));
-        audit(&mut tx, &self.key, &event, now).await?;
-        tx.commit().await?;
-        Ok(Some(pending.len() as u64))
+        self.write(|tx| {
+            let removed = tx.exec(
+                "UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL",
+                params![millis(now), host_id],
+            )?;
+            if removed == 0 {
+                return Ok(End::Rollback(None));
+            }
+            let pending = tx.rows(
+                "SELECT id FROM jobs WHERE host_id = ? AND status = 'pending'",
+                params![host_id],
+                |row| Ok(row.text("id")?),
+            )?;
+            let error = host_removed();
+            for job_id in &pending {
+                tx.fail_job(job_id, &error, now)?;
+            }
+            let event = AuditEvent::new(actor, "host.remove")
+                .host(host_id)
+                .detail(serde_json::json!({"cancelled_jobs": pending}));
+            tx.audit(&event, now)?;
+            Ok(End::Commit(Some(pending.len() as u64)))
+        })
+        .await
     }
 
     async fn rotate_host_credential(
@@ -583,22 +823,19 @@ impl Store for SqliteStore {
         credential_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let changed =
-            sqlx::query("UPDATE hosts SET credential_hash = ? WHERE id = ? AND removed_at IS NULL")
-                .bind(credential_hash)
-                .bind(host_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if changed == 1 {
-            let event =
-                AuditEvent::new(host_actor(host_id), "host.credential_rotated").host(host_id);
-            audit(&mut tx, &self.key, &event, now).await?;
-        }
-        tx.commit().await?;
-        Ok(changed == 1)
+        self.write(|tx| {
+            let changed = tx.exec(
+                "UPDATE hosts SET credential_hash = ? WHERE id = ? AND removed_at IS NULL",
+                params![credential_hash, host_id],
+            )?;
+            if changed == 1 {
+                let event =
+                    AuditEvent::new(host_actor(host_id), "host.credential_rotated").host(host_id);
+                tx.audit(&event, now)?;
+            }
+            Ok(End::Commit(changed == 1))
+        })
+        .await
     }
 
     async fn raise_next_seq(
@@ -608,44 +845,40 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // Read first: the write lock only when the sequence really is behind.
-        let behind = sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND next_seq <= ?")
-            .bind(host_id)
-            .bind(applied)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
+        let behind = self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM hosts WHERE id = ? AND next_seq <= ?",
+                params![host_id, applied],
+            )
+        })?;
         if !behind {
             return Ok(false);
         }
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE hosts SET next_seq = ? + 1 WHERE id = ? AND next_seq <= ? AND removed_at IS NULL",
-        )
-        .bind(applied)
-        .bind(host_id)
-        .bind(applied)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            let event = AuditEvent::new(host_actor(host_id), "host.sequence_raised")
-                .host(host_id)
-                .detail(serde_json::json!({"applied": applied, "next_seq": applied + 1}));
-            audit(&mut tx, &self.key, &event, now).await?;
-        }
-        tx.commit().await?;
-        Ok(changed == 1)
+        self.write(|tx| {
+            let changed = tx.exec(
+                "UPDATE hosts SET next_seq = ? + 1 WHERE id = ? AND next_seq <= ? AND removed_at IS NULL",
+                params![applied, host_id, applied],
+            )?;
+            if changed == 1 {
+                let event = AuditEvent::new(host_actor(host_id), "host.sequence_raised")
+                    .host(host_id)
+                    .detail(serde_json::json!({"applied": applied, "next_seq": applied + 1}));
+                tx.audit(&event, now)?;
+            }
+            Ok(End::Commit(changed == 1))
+        })
+        .await
     }
 
     async fn host_is_active(&self, host_id: &str) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL")
-                .bind(host_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+        self.readers.read(|conn| {
+            exists(
+                conn,
+                "SELECT 1 FROM hosts WHERE id = ? AND removed_at IS NULL",
+                params![host_id],
+            )
+        })
     }
 
     async fn find_hosts(&self, id_or_hostname: &str) -> Result<Vec<HostRecord>, StoreError> {
@@ -655,13 +888,8 @@ impl Store for SqliteStore {
             " FROM hosts WHERE removed_at IS NULL AND (id = ?1 OR (hostname = ?1 AND NOT EXISTS \
              (SELECT 1 FROM hosts WHERE id = ?1 AND removed_at IS NULL))) ORDER BY id"
         );
-        sqlx::query(sql)
-            .bind(id_or_hostname)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(host_from_row)
-            .collect()
+        self.readers
+            .read(|conn| rows(conn, sql, params![id_or_hostname], |row| host_from_row(row)))
     }
 
     async fn insert_job(
@@ -679,115 +907,104 @@ impl Store for SqliteStore {
             window,
         } = *job;
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("job spec", e))?;
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        // Only an active host gets a sequence number: a host removed a moment ago gets nothing,
-        // not even an internal revocation or key-rotation job.
-        let row = sqlx::query(
-            "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = ? AND removed_at IS NULL \
-             RETURNING next_seq - 1 AS seq",
-        )
-        .bind(host_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            let exists = sqlx::query("SELECT 1 FROM hosts WHERE id = ?")
-                .bind(host_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            return Ok(Err(if exists {
-                JobRefusal::HostRemoved
-            } else {
-                JobRefusal::NoSuchHost
-            }));
-        };
-        let seq: i64 = row.try_get("seq")?;
-        if let Some(grant) = revokes {
-            let underway = sqlx::query(
-                "SELECT 1 FROM jobs WHERE id = ? AND (revocation_job_id IS NOT NULL \
-                 OR revoked_at IS NOT NULL)",
-            )
-            .bind(grant)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if underway.is_some() {
-                return Ok(Err(JobRefusal::RevocationUnderway));
+        self.write(|tx| {
+            // Only an active host gets a sequence number: a host removed a moment ago gets
+            // nothing, not even an internal revocation or key-rotation job.
+            let Some(seq) = tx.row(
+                "UPDATE hosts SET next_seq = next_seq + 1 WHERE id = ? AND removed_at IS NULL \
+                 RETURNING next_seq - 1 AS seq",
+                params![host_id],
+                |row| Ok(row.int("seq")?),
+            )?
+            else {
+                let exists = tx.exists("SELECT 1 FROM hosts WHERE id = ?", params![host_id])?;
+                return Ok(End::Rollback(Err(if exists {
+                    JobRefusal::HostRemoved
+                } else {
+                    JobRefusal::NoSuchHost
+                })));
+            };
+            if let Some(grant) = revokes {
+                let underway = tx.exists(
+                    "SELECT 1 FROM jobs WHERE id = ? AND (revocation_job_id IS NOT NULL \
+                     OR revoked_at IS NOT NULL)",
+                    params![grant],
+                )?;
+                if underway {
+                    return Ok(End::Rollback(Err(JobRefusal::RevocationUnderway)));
+                }
             }
-        }
-        let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
-            what: "job signature",
-            detail,
-        })?;
-        sqlx::query(
-            "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at, subject_user, \
-             subject_group, expires_at, revokes_job_id, payload, signature) \
-             VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id)
-        .bind(host_id)
-        .bind(seq)
-        .bind(spec.kind().as_str())
-        .bind(&spec_json)
-        .bind(millis(now))
-        .bind(spec.user())
-        .bind(spec.group())
-        .bind(spec.expires_at().map(millis))
-        .bind(revokes)
-        .bind(&payload)
-        .bind(&signature)
-        .execute(&mut *tx)
-        .await?;
-        add_event(&mut tx, id, now, "queued", Some(&format!("seq {seq}"))).await?;
-        if let Some(grant) = revokes {
-            sqlx::query(
-                "UPDATE jobs SET revocation_job_id = ? WHERE id = ? AND revocation_job_id IS NULL",
-            )
-            .bind(id)
-            .bind(grant)
-            .execute(&mut *tx)
-            .await?;
-            add_event(&mut tx, grant, now, "revocation_queued", Some(id)).await?;
-        }
-        let mut detail = serde_json::json!({
-            "kind": spec.kind().as_str(),
-            "user": spec.user(),
-            "group": spec.group(),
-            "seq": seq,
-            "revokes": revokes,
-        });
-        if window != GrantWindow::NotAGrant {
-            detail["window"] = window.as_str().into();
-            detail["permanent"] = (window == GrantWindow::Permanent).into();
-            detail["expires_at"] = spec.expires_at().map(|t| t.to_rfc3339()).into();
-        }
-        let event = AuditEvent::new(actor, "job.create")
-            .host(host_id)
-            .job(id)
-            .detail(detail);
-        audit(&mut tx, &self.key, &event, now).await?;
-        tx.commit().await?;
-        Ok(Ok(JobRecord {
-            id: id.to_owned(),
-            host_id: host_id.to_owned(),
-            seq,
-            spec: spec.clone(),
-            status: JobStatus::Pending,
-            error: None,
-            notes: Vec::new(),
-            created_at: from_millis(millis(now)),
-            finished_at: None,
-            attempts: 0,
-            lease: None,
-            lease_expires_at: None,
-            revoked_at: None,
-            revoked_by: None,
-            revoked_by_job: None,
-            revocation: GrantRevocation::default(),
-            revokes: revokes.map(str::to_owned),
-            payload,
-            signature,
-        }))
+            let (payload, signature) = sign(seq).map_err(|detail| StoreError::Corrupt {
+                what: "job signature",
+                detail,
+            })?;
+            tx.exec(
+                "INSERT INTO jobs (id, host_id, seq, kind, spec, status, created_at, subject_user, \
+                 subject_group, expires_at, revokes_job_id, payload, signature) \
+                 VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                params![
+                    id,
+                    host_id,
+                    seq,
+                    spec.kind().as_str(),
+                    spec_json,
+                    millis(now),
+                    spec.user(),
+                    spec.group(),
+                    spec.expires_at().map(millis),
+                    revokes,
+                    payload,
+                    signature
+                ],
+            )?;
+            tx.add_event(id, now, "queued", Some(&format!("seq {seq}")))?;
+            if let Some(grant) = revokes {
+                tx.exec(
+                    "UPDATE jobs SET revocation_job_id = ? WHERE id = ? AND revocation_job_id IS NULL",
+                    params![id, grant],
+                )?;
+                tx.add_event(grant, now, "revocation_queued", Some(id))?;
+            }
+            let mut detail = serde_json::json!({
+                "kind": spec.kind().as_str(),
+                "user": spec.user(),
+                "group": spec.group(),
+                "seq": seq,
+                "revokes": revokes,
+            });
+            if window != GrantWindow::NotAGrant {
+                detail["window"] = window.as_str().into();
+                detail["permanent"] = (window == GrantWindow::Permanent).into();
+                detail["expires_at"] = spec.expires_at().map(|t| t.to_rfc3339()).into();
+            }
+            let event = AuditEvent::new(actor, "job.create")
+                .host(host_id)
+                .job(id)
+                .detail(detail);
+            tx.audit(&event, now)?;
+            Ok(End::Commit(Ok(JobRecord {
+                id: id.to_owned(),
+                host_id: host_id.to_owned(),
+                seq,
+                spec: spec.clone(),
+                status: JobStatus::Pending,
+                error: None,
+                notes: Vec::new(),
+                created_at: from_millis(millis(now)),
+                finished_at: None,
+                attempts: 0,
+                lease: None,
+                lease_expires_at: None,
+                revoked_at: None,
+                revoked_by: None,
+                revoked_by_job: None,
+                revocation: GrantRevocation::default(),
+                revokes: revokes.map(str::to_owned),
+                payload,
+                signature,
+            })))
+        })
+        .await
     }
 
     async fn due_grants(
@@ -901,11 +1118,8 @@ impl Store for SqliteStore {
         at: DateTime<Utc>,
         by: RevokedBy,
     ) -> Result<Revoke, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let revoked = mark_revoked(&mut tx, &self.key, host_id, job_id, at, by, None).await?;
-        tx.commit().await?;
-        Ok(revoked)
+        self.write(|tx| Ok(End::Commit(tx.mark_revoked(host_id, job_id, at, by, None)?)))
+            .await
     }
 
     async fn lease_next_job(
@@ -916,80 +1130,84 @@ impl Store for SqliteStore {
         lease_ttl: Duration,
         max_attempts: u32,
     ) -> Result<Lease, StoreError> {
+        // Read first, without the writer: an idle host (most polls) or a job still leased out
+        // needs no write. A job queued after this read wakes the poll, which looks again.
+        let first = self.readers.read(|conn| {
+            row(
+                conn,
+                "SELECT lease_expires_at FROM jobs WHERE host_id = ? AND status = 'pending' \
+                 ORDER BY seq LIMIT 1",
+                params![host_id],
+                |row| Ok(row.opt_int("lease_expires_at")?),
+            )
+        })?;
+        let Some(lease_expires_at) = first else {
+            return Ok(Lease::Idle);
+        };
+        if let Some(until) = lease_expires_at
+            .map(from_millis)
+            .filter(|until| *until > now)
+        {
+            return Ok(Lease::InFlight { until });
+        }
         let sql = concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE host_id = ? AND status = 'pending' \
              ORDER BY seq LIMIT 1"
         );
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        loop {
-            let Some(row) = sqlx::query(sql)
-                .bind(host_id)
-                .fetch_optional(&mut *tx)
-                .await?
-            else {
-                tx.commit().await?;
-                return Ok(Lease::Idle);
-            };
-            let job = job_from_row(&row)?;
-            if let Some(until) = job.lease_expires_at {
-                if until > now {
-                    tx.commit().await?;
-                    return Ok(Lease::InFlight { until });
+        self.write(|tx| {
+            loop {
+                let Some(job) = tx.row(sql, params![host_id], |row| job_from_row(row))? else {
+                    return Ok(End::Commit(Lease::Idle));
+                };
+                if let Some(until) = job.lease_expires_at {
+                    if until > now {
+                        return Ok(End::Commit(Lease::InFlight { until }));
+                    }
+                    tx.add_event(
+                        &job.id,
+                        now,
+                        "lease_expired",
+                        Some(&format!("attempt {}", job.attempts)),
+                    )?;
+                    if job.attempts >= max_attempts {
+                        let error = unresponsive(job.attempts);
+                        tx.fail_job(&job.id, &error, now)?;
+                        let event = AuditEvent::new("control_plane", "job.fail")
+                            .host(host_id)
+                            .job(&job.id)
+                            .detail(serde_json::json!({"code": error.code.as_str()}));
+                        tx.audit(&event, now)?;
+                        continue;
+                    }
                 }
-                add_event(
-                    &mut tx,
+                let attempts = job.attempts + 1;
+                let expires = now + lease_ttl;
+                tx.exec(
+                    "UPDATE jobs SET attempts = ?, lease = ?, lease_expires_at = ? WHERE id = ?",
+                    params![i64::from(attempts), lease, millis(expires), job.id],
+                )?;
+                tx.add_event(
                     &job.id,
                     now,
-                    "lease_expired",
-                    Some(&format!("attempt {}", job.attempts)),
-                )
-                .await?;
-                if job.attempts >= max_attempts {
-                    let error = unresponsive(job.attempts);
-                    fail_job(&mut tx, &job.id, &error, now).await?;
-                    let event = AuditEvent::new("control_plane", "job.fail")
-                        .host(host_id)
-                        .job(&job.id)
-                        .detail(serde_json::json!({"code": error.code.as_str()}));
-                    audit(&mut tx, &self.key, &event, now).await?;
-                    continue;
-                }
+                    "delivered",
+                    Some(&format!("attempt {attempts}")),
+                )?;
+                let event = AuditEvent::new(host_actor(host_id), "job.deliver")
+                    .host(host_id)
+                    .job(&job.id)
+                    .detail(serde_json::json!({"attempt": attempts}));
+                tx.audit(&event, now)?;
+                return Ok(End::Commit(Lease::Delivered(Box::new(JobRecord {
+                    attempts,
+                    lease: Some(lease.to_owned()),
+                    lease_expires_at: Some(from_millis(millis(expires))),
+                    ..job
+                }))));
             }
-            let attempts = job.attempts + 1;
-            let expires = now + lease_ttl;
-            sqlx::query(
-                "UPDATE jobs SET attempts = ?, lease = ?, lease_expires_at = ? WHERE id = ?",
-            )
-            .bind(i64::from(attempts))
-            .bind(lease)
-            .bind(millis(expires))
-            .bind(&job.id)
-            .execute(&mut *tx)
-            .await?;
-            add_event(
-                &mut tx,
-                &job.id,
-                now,
-                "delivered",
-                Some(&format!("attempt {attempts}")),
-            )
-            .await?;
-            let event = AuditEvent::new(host_actor(host_id), "job.deliver")
-                .host(host_id)
-                .job(&job.id)
-                .detail(serde_json::json!({"attempt": attempts}));
-            audit(&mut tx, &self.key, &event, now).await?;
-            tx.commit().await?;
-            return Ok(Lease::Delivered(Box::new(JobRecord {
-                attempts,
-                lease: Some(lease.to_owned()),
-                lease_expires_at: Some(from_millis(millis(expires))),
-                ..job
-            })));
-        }
+        })
+        .await
     }
 
     async fn finish_job(
@@ -1005,82 +1223,63 @@ impl Store for SqliteStore {
             job_columns!(),
             " FROM jobs WHERE id = ? AND host_id = ?"
         );
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(sql)
-            .bind(job_id)
-            .bind(host_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(Finish::NotFound);
-        };
-        let job = job_from_row(&row)?;
-        if job.status != JobStatus::Pending {
-            let same = job.status == outcome.status()
-                && match outcome {
-                    JobOutcome::Confirmed { .. } => true,
-                    JobOutcome::Failed { error } => job.error.as_ref() == Some(error),
-                };
-            return Ok(if same {
-                Finish::Duplicate
-            } else {
-                Finish::Conflict
-            });
-        }
-        if !job
-            .lease
-            .as_deref()
-            .is_some_and(|current| crate::secret::same_secret(current, lease))
-        {
-            return Ok(Finish::Conflict);
-        }
-        match outcome {
-            JobOutcome::Confirmed { notes } => {
-                let notes = (!notes.is_empty())
-                    .then(|| serde_json::to_string(notes))
-                    .transpose()
-                    .map_err(|e| corrupt("job notes", e))?;
-                sqlx::query(
-                    "UPDATE jobs SET status = 'confirmed', finished_at = ?, lease = NULL, \
-                     lease_expires_at = NULL, outcome_notes = ? WHERE id = ?",
-                )
-                .bind(millis(now))
-                .bind(notes)
-                .bind(job_id)
-                .execute(&mut *tx)
-                .await?;
-                add_event(&mut tx, job_id, now, "confirmed", None).await?;
-                if let Some(grant) = &job.revokes {
-                    mark_revoked(
-                        &mut tx,
-                        &self.key,
-                        host_id,
-                        grant,
-                        now,
-                        RevokedBy::ControlPlane,
-                        None,
-                    )
-                    .await?;
+        self.write(|tx| {
+            let Some(job) = tx.row(sql, params![job_id, host_id], |row| job_from_row(row))? else {
+                return Ok(End::Rollback(Finish::NotFound));
+            };
+            if job.status != JobStatus::Pending {
+                let same = job.status == outcome.status()
+                    && match outcome {
+                        JobOutcome::Confirmed { .. } => true,
+                        JobOutcome::Failed { error } => job.error.as_ref() == Some(error),
+                    };
+                return Ok(End::Rollback(if same {
+                    Finish::Duplicate
+                } else {
+                    Finish::Conflict
+                }));
+            }
+            if !job
+                .lease
+                .as_deref()
+                .is_some_and(|current| crate::secret::same_secret(current, lease))
+            {
+                return Ok(End::Rollback(Finish::Conflict));
+            }
+            match outcome {
+                JobOutcome::Confirmed { notes } => {
+                    let notes = (!notes.is_empty())
+                        .then(|| serde_json::to_string(notes))
+                        .transpose()
+                        .map_err(|e| corrupt("job notes", e))?;
+                    tx.exec(
+                        "UPDATE jobs SET status = 'confirmed', finished_at = ?, lease = NULL, \
+                         lease_expires_at = NULL, outcome_notes = ? WHERE id = ?",
+                        params![millis(now), notes, job_id],
+                    )?;
+                    tx.add_event(job_id, now, "confirmed", None)?;
+                    if let Some(grant) = &job.revokes {
+                        tx.mark_revoked(host_id, grant, now, RevokedBy::ControlPlane, None)?;
+                    }
+                    tx.revoke_earlier_grants(&job, now)?;
                 }
-                revoke_earlier_grants(&mut tx, &self.key, &job, now).await?;
+                JobOutcome::Failed { error } => tx.fail_job(job_id, error, now)?,
             }
-            JobOutcome::Failed { error } => fail_job(&mut tx, job_id, error, now).await?,
-        }
-        let (action, code) = match outcome {
-            JobOutcome::Confirmed { .. } => ("job.outcome", None),
-            JobOutcome::Failed { error } if is_rejection(error.code) => {
-                ("job.rejected", Some(error.code.as_str()))
-            }
-            JobOutcome::Failed { error } => ("job.outcome", Some(error.code.as_str())),
-        };
-        let event = AuditEvent::new(host_actor(host_id), action)
-            .host(host_id)
-            .job(job_id)
-            .detail(serde_json::json!({"status": outcome.status().as_str(), "code": code}));
-        audit(&mut tx, &self.key, &event, now).await?;
-        tx.commit().await?;
-        Ok(Finish::Recorded)
+            let (action, code) = match outcome {
+                JobOutcome::Confirmed { .. } => ("job.outcome", None),
+                JobOutcome::Failed { error } if is_rejection(error.code) => {
+                    ("job.rejected", Some(error.code.as_str()))
+                }
+                JobOutcome::Failed { error } => ("job.outcome", Some(error.code.as_str())),
+            };
+            let event = AuditEvent::new(host_actor(host_id), action)
+                .host(host_id)
+                .job(job_id)
+                .detail(serde_json::json!({"status": outcome.status().as_str(), "code": code}));
+            tx.audit(&event, now)?;
+            Ok(End::Commit(Finish::Recorded))
+        })
+        .await
     }
 
     async fn fail_abandoned_jobs(
@@ -1094,35 +1293,30 @@ impl Store for SqliteStore {
             " FROM jobs WHERE status = 'pending' AND lease_expires_at <= ? \
              AND attempts >= ?"
         );
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(sql)
-            .bind(millis(now))
-            .bind(i64::from(max_attempts))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut hosts = Vec::new();
-        for row in &rows {
-            let job = job_from_row(row)?;
-            add_event(
-                &mut tx,
-                &job.id,
-                now,
-                "lease_expired",
-                Some(&format!("attempt {}", job.attempts)),
-            )
-            .await?;
-            let error = unresponsive(job.attempts);
-            fail_job(&mut tx, &job.id, &error, now).await?;
-            let event = AuditEvent::new("control_plane", "job.fail")
-                .host(&job.host_id)
-                .job(&job.id)
-                .detail(serde_json::json!({"code": error.code.as_str()}));
-            audit(&mut tx, &self.key, &event, now).await?;
-            hosts.push(job.host_id);
-        }
-        tx.commit().await?;
-        Ok(hosts)
+        self.write(|tx| {
+            let jobs = tx.rows(sql, params![millis(now), i64::from(max_attempts)], |row| {
+                job_from_row(row)
+            })?;
+            let mut hosts = Vec::new();
+            for job in jobs {
+                tx.add_event(
+                    &job.id,
+                    now,
+                    "lease_expired",
+                    Some(&format!("attempt {}", job.attempts)),
+                )?;
+                let error = unresponsive(job.attempts);
+                tx.fail_job(&job.id, &error, now)?;
+                let event = AuditEvent::new("control_plane", "job.fail")
+                    .host(&job.host_id)
+                    .job(&job.id)
+                    .detail(serde_json::json!({"code": error.code.as_str()}));
+                tx.audit(&event, now)?;
+                hosts.push(job.host_id);
+            }
+            Ok(End::Commit(hosts))
+        })
+        .await
     }
 
     async fn list_jobs(
@@ -1165,11 +1359,11 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, event: &AuditEvent, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        audit(&mut tx, &self.key, event, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(|tx| {
+            tx.audit(event, now)?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn list_audit(
@@ -1228,27 +1422,23 @@ impl Store for SqliteStore {
         event: &AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query("SELECT id, hash FROM audit_log WHERE id <= ? ORDER BY id")
-            .bind(through)
-            .fetch_all(&mut *tx)
-            .await?;
-        for row in rows {
-            let (id, hash): (i64, String) = (row.try_get("id")?, row.try_get("hash")?);
-            sqlx::query(
-                "INSERT OR IGNORE INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)",
-            )
-            .bind(self.key.key_id())
-            .bind(id)
-            .bind(self.key.entry_mac(&hash))
-            .execute(&mut *tx)
-            .await?;
-        }
-        pin(&mut tx, PinnedKey::Audit, self.key.public_key(), now).await?;
-        audit(&mut tx, &self.key, event, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(|tx| {
+            let entries = tx.rows(
+                "SELECT id, hash FROM audit_log WHERE id <= ? ORDER BY id",
+                params![through],
+                |row| Ok((row.int("id")?, row.text("hash")?)),
+            )?;
+            for (id, hash) in entries {
+                tx.exec(
+                    "INSERT OR IGNORE INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)",
+                    params![tx.key.key_id(), id, tx.key.entry_mac(&hash)],
+                )?;
+            }
+            tx.pin(PinnedKey::Audit, tx.key.public_key(), now)?;
+            tx.audit(event, now)?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn key_pin(&self, key: PinnedKey) -> Result<Option<String>, StoreError> {
@@ -1267,12 +1457,12 @@ impl Store for SqliteStore {
         event: &AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
-        pin(&mut tx, key, public, now).await?;
-        audit(&mut tx, &self.key, event, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.write(|tx| {
+            tx.pin(key, public, now)?;
+            tx.audit(event, now)?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     async fn job_history(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
@@ -1289,5 +1479,83 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::verify_chain;
+
+    /// The writer's cached audit head must not fork the chain when another process (here a
+    /// second store on the same file) appends in between, nor after a transaction that rolled
+    /// back.
+    #[tokio::test]
+    async fn a_second_writer_on_the_same_file_never_forks_the_audit_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let key = Arc::new(AuditKey::generate().unwrap());
+        let one = SqliteStore::open(&path, key.clone()).await.unwrap();
+        let two = SqliteStore::open(&path, key.clone()).await.unwrap();
+        let now = Utc::now();
+        for i in 0..20 {
+            let store = if i % 3 == 0 { &two } else { &one };
+            let event = AuditEvent::new("admin", "test.append").detail(serde_json::json!({"i": i}));
+            store.append_audit(&event, now).await.unwrap();
+            if i % 7 != 6 {
+                continue;
+            }
+            // A refused job rolls its transaction back (the host does not exist).
+            let refused = store
+                .insert_job(
+                    &NewJob {
+                        id: "job",
+                        host_id: "no-such-host",
+                        spec: &JobSpec::DeleteAccount {
+                            user: "alice".to_owned(),
+                        },
+                        revokes: None,
+                        now,
+                        actor: "admin",
+                        window: GrantWindow::NotAGrant,
+                    },
+                    &|_| Ok((String::new(), String::new())),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(refused, Err(JobRefusal::NoSuchHost)));
+        }
+        let chain = one.audit_chain().await.unwrap();
+        assert_eq!(chain.len(), 20);
+        assert_eq!(verify_chain(&chain, &key), Ok(20));
+        assert_eq!(two.audit_chain().await.unwrap(), chain);
+    }
+
+    /// Commits leave checkpoints to the checkpoint thread, which still moves the WAL into the
+    /// database file.
+    #[tokio::test]
+    async fn the_checkpoint_thread_moves_committed_writes_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latch.db");
+        let store = SqliteStore::open(&path, Arc::new(AuditKey::generate().unwrap()))
+            .await
+            .unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        tokio::time::sleep(CHECKPOINT_EVERY * 2).await;
+        let before = size();
+        let detail = serde_json::json!({"padding": "x".repeat(2000)});
+        for _ in 0..500 {
+            let event = AuditEvent::new("admin", "test.append").detail(detail.clone());
+            store.append_audit(&event, Utc::now()).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + CHECKPOINT_EVERY * 5;
+        while size() < before + 500 * 2000 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(CHECKPOINT_EVERY / 10).await;
+        }
+        assert!(
+            size() >= before + 500 * 2000,
+            "the database file stayed at {} bytes (was {before})",
+            size()
+        );
     }
 }
