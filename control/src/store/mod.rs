@@ -5,6 +5,7 @@
 #[macro_use]
 mod rows;
 pub mod copy;
+pub mod people;
 mod postgres;
 mod sqlite;
 
@@ -346,7 +347,7 @@ pub struct Page {
 
 /// The control plane's persistence.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: people::PeopleStore + Send + Sync {
     /// Whether any admin token exists.
     async fn has_admin_token(&self) -> Result<bool, StoreError>;
     /// Stores the hash of a new admin token.

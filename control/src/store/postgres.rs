@@ -103,14 +103,14 @@ fn page_bounds(page: Page) -> (i64, i64) {
 }
 
 /// One transaction, with the audit entries it will append when it commits.
-struct Tx<'s> {
+pub(super) struct Tx<'s> {
     tx: Transaction<'static, Postgres>,
     store: &'s PgStore,
     audit: Vec<(AuditEvent, DateTime<Utc>)>,
 }
 
 impl<'s> Tx<'s> {
-    async fn begin(store: &'s PgStore) -> Result<Self, StoreError> {
+    pub(super) async fn begin(store: &'s PgStore) -> Result<Self, StoreError> {
         Ok(Self {
             tx: store.pool.begin().await?,
             store,
@@ -118,19 +118,19 @@ impl<'s> Tx<'s> {
         })
     }
 
-    fn conn(&mut self) -> &mut PgConnection {
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
 
     /// Queues `event` for the audit chain; it is appended, in order, when the transaction
     /// commits.
-    fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
+    pub(super) fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
         self.audit.push((event, at));
     }
 
     /// Appends the queued audit entries — under the chain's advisory lock, after every row lock
     /// this transaction takes — and commits. The lock is held from here to the commit only.
-    async fn commit(mut self) -> Result<(), StoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         if !self.audit.is_empty() {
             let entries = std::mem::take(&mut self.audit);
             let key = self.store.key.clone();

@@ -1291,3 +1291,45 @@ impl Store for SqliteStore {
             .collect()
     }
 }
+
+/// One write transaction behind the store's write mutex, with the audit entries it appends
+/// when it commits (the same shape as the PostgreSQL store's `Tx`, so code shared by both
+/// engines — [`super::people`] — writes the same way on each).
+pub(super) struct SqliteTx<'s> {
+    _write: tokio::sync::MutexGuard<'s, ()>,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    key: &'s AuditKey,
+    audit: Vec<(AuditEvent, DateTime<Utc>)>,
+}
+
+impl<'s> SqliteTx<'s> {
+    /// Takes the write mutex and begins a transaction.
+    pub(super) async fn begin(store: &'s SqliteStore) -> Result<Self, StoreError> {
+        let write = store.write.lock().await;
+        Ok(Self {
+            _write: write,
+            tx: store.pool.begin().await?,
+            key: &store.key,
+            audit: Vec::new(),
+        })
+    }
+
+    /// The transaction's connection.
+    pub(super) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Queues `event` for the audit chain; it is appended when the transaction commits.
+    pub(super) fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
+        self.audit.push((event, at));
+    }
+
+    /// Appends the queued audit entries and commits.
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        for (event, at) in std::mem::take(&mut self.audit) {
+            audit(&mut self.tx, self.key, &event, at).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,477 @@
+//! The people store (principals, groups, role bindings, API keys, sessions, host labels) on both
+//! engines: one behaviour, every change audited, nothing changed by a refused request.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use latch_common::api::{CreateEnrollTokenRequest, EnrollRequest, HostFacts};
+use latch_common::authz::Role;
+use latch_common::labels::Labels;
+use latch_control::audit::AuditEvent;
+use latch_control::store::Store;
+use latch_control::store::people::{
+    ApiKeyRecord, BindingSubject, GroupRecord, PeopleRefusal, PrincipalKind, PrincipalRecord,
+    RoleBinding, SessionKind, SessionRecord,
+};
+use latch_control::{Control, ControlConfig};
+use support::TestDb;
+
+fn principal(id: &str, name: &str, kind: PrincipalKind) -> PrincipalRecord {
+    PrincipalRecord {
+        id: id.into(),
+        kind,
+        name: name.into(),
+        display_name: name.to_uppercase(),
+        email: None,
+        idp: None,
+        password_hash: None,
+        disabled_at: None,
+        created_at: Utc::now(),
+        last_seen_at: None,
+    }
+}
+
+fn group(id: &str, name: &str, idp: Option<&str>) -> GroupRecord {
+    GroupRecord {
+        id: id.into(),
+        name: name.into(),
+        description: String::new(),
+        idp_group: idp.map(Into::into),
+        created_at: Utc::now(),
+    }
+}
+
+fn binding(id: &str, role: Role, subject: BindingSubject, selector: Option<&str>) -> RoleBinding {
+    RoleBinding {
+        id: id.into(),
+        role,
+        subject,
+        selector: selector.map(Into::into),
+        created_at: Utc::now(),
+    }
+}
+
+fn event(action: &'static str) -> AuditEvent {
+    AuditEvent::new("test", action)
+}
+
+async fn audit_actions(store: &dyn Store) -> Vec<String> {
+    store
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+async fn principals_groups_and_bindings(db: TestDb) {
+    let store = db.store().await;
+    let now = Utc::now();
+    let alice = principal("usr_alice", "alice", PrincipalKind::User);
+    let bot = principal("svc_ci", "ci-pipeline", PrincipalKind::Service);
+    store
+        .insert_principal(&alice, event("user.create"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .insert_principal(&bot, event("service_user.create"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let taken = principal("usr_other", "alice", PrincipalKind::User);
+    assert_eq!(
+        store
+            .insert_principal(&taken, event("user.create"), now)
+            .await
+            .unwrap(),
+        Err(PeopleRefusal::AlreadyExists("principal"))
+    );
+    assert_eq!(
+        store.principal("alice").await.unwrap().unwrap().id,
+        "usr_alice"
+    );
+    assert_eq!(
+        store.principal("usr_alice").await.unwrap().unwrap().name,
+        "alice"
+    );
+    assert!(
+        store.principal("usr_other").await.unwrap().is_none(),
+        "a refused insert left nothing"
+    );
+    let services = store
+        .principals(Some(PrincipalKind::Service))
+        .await
+        .unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(store.principals(None).await.unwrap().len(), 2);
+
+    let dbas = group("grp_dbas", "dbas", Some("idp-dbas"));
+    let oncall = group("grp_oncall", "oncall", None);
+    for g in [&dbas, &oncall] {
+        store
+            .insert_group(g, event("group.create"), now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .insert_group(&group("grp_x", "dbas", None), event("group.create"), now)
+            .await
+            .unwrap(),
+        Err(PeopleRefusal::AlreadyExists("group"))
+    );
+    store
+        .set_member(
+            "grp_oncall",
+            "usr_alice",
+            true,
+            event("group.member_add"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .set_member(
+                "grp_nope",
+                "usr_alice",
+                true,
+                event("group.member_add"),
+                now
+            )
+            .await
+            .unwrap(),
+        Err(PeopleRefusal::NotFound("group"))
+    );
+
+    // Roles: one direct, one through a group, one through an identity-provider group.
+    let bindings = [
+        binding(
+            "rb_1",
+            Role::EndUser,
+            BindingSubject::Principal("usr_alice".into()),
+            None,
+        ),
+        binding(
+            "rb_2",
+            Role::SecurityAdmin,
+            BindingSubject::Group("grp_oncall".into()),
+            None,
+        ),
+        binding(
+            "rb_3",
+            Role::DelegatedResourceAdmin,
+            BindingSubject::Group("grp_dbas".into()),
+            Some("team=db"),
+        ),
+    ];
+    for b in &bindings {
+        store
+            .insert_role_binding(b, event("role.bind"), now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .insert_role_binding(
+                &binding(
+                    "rb_4",
+                    Role::PamAdmin,
+                    BindingSubject::Group("grp_ghost".into()),
+                    None
+                ),
+                event("role.bind"),
+                now
+            )
+            .await
+            .unwrap(),
+        Err(PeopleRefusal::NotFound("group"))
+    );
+    let roles = |bs: Vec<RoleBinding>| bs.into_iter().map(|b| b.role).collect::<Vec<_>>();
+    assert_eq!(
+        roles(store.effective_bindings("usr_alice").await.unwrap()),
+        [Role::EndUser, Role::SecurityAdmin]
+    );
+    store
+        .sync_idp_memberships("usr_alice", &["grp_dbas".into()], now)
+        .await
+        .unwrap();
+    assert_eq!(
+        roles(store.effective_bindings("usr_alice").await.unwrap()),
+        [
+            Role::EndUser,
+            Role::SecurityAdmin,
+            Role::DelegatedResourceAdmin
+        ]
+    );
+    let scoped = store.effective_bindings("usr_alice").await.unwrap();
+    assert_eq!(scoped[2].selector.as_deref(), Some("team=db"));
+    // The identity provider drops the group: its membership goes, the hand-made one stays.
+    store
+        .sync_idp_memberships("usr_alice", &[], now)
+        .await
+        .unwrap();
+    assert_eq!(
+        roles(store.effective_bindings("usr_alice").await.unwrap()),
+        [Role::EndUser, Role::SecurityAdmin]
+    );
+    let groups: Vec<String> = store
+        .groups_of("usr_alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(groups, ["oncall"]);
+    assert_eq!(
+        store.members("grp_oncall").await.unwrap()[0].id,
+        "usr_alice"
+    );
+
+    // Deleting a group takes its memberships and bindings with it.
+    assert!(
+        store
+            .delete_group("grp_oncall", event("group.delete"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_group("grp_oncall", event("group.delete"), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        roles(store.effective_bindings("usr_alice").await.unwrap()),
+        [Role::EndUser]
+    );
+    assert!(
+        store
+            .delete_role_binding("rb_1", event("role.unbind"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .effective_bindings("usr_alice")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.role_bindings().await.unwrap().len(),
+        1,
+        "rb_3 remains"
+    );
+
+    let actions = audit_actions(store.as_ref()).await;
+    for action in [
+        "user.create",
+        "service_user.create",
+        "group.create",
+        "group.member_add",
+        "role.bind",
+        "user.groups_synced",
+        "group.delete",
+        "role.unbind",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} audited: {actions:?}"
+        );
+    }
+    assert_eq!(
+        actions.iter().filter(|a| *a == "user.create").count(),
+        1,
+        "the refused duplicate was not audited"
+    );
+}
+both_stores!(principals_groups_and_bindings);
+
+async fn api_keys_and_sessions(db: TestDb) {
+    let store = db.store().await;
+    // Stored times are whole milliseconds.
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    store
+        .insert_principal(
+            &principal("svc_ci", "ci", PrincipalKind::Service),
+            event("service_user.create"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let key = ApiKeyRecord {
+        id: "key_1".into(),
+        principal_id: "svc_ci".into(),
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store
+        .insert_api_key(&key, "hash-of-key-1", event("service_user.key_create"), now)
+        .await
+        .unwrap();
+    let (found, who) = store
+        .use_api_key("hash-of-key-1", now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.id.as_str(), who.name.as_str()), ("key_1", "ci"));
+    assert!(
+        store
+            .use_api_key("another-hash", now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store.api_keys("svc_ci").await.unwrap()[0]
+            .last_used_at
+            .is_some()
+    );
+
+    let session = SessionRecord {
+        id: "ses_1".into(),
+        principal_id: "svc_ci".into(),
+        kind: SessionKind::Service,
+        api_key_id: Some("key_1".into()),
+        created_at: now,
+        expires_at: now + Duration::hours(1),
+        revoked_at: None,
+        mfa_at: None,
+        address: Some("127.0.0.1".into()),
+    };
+    store
+        .insert_session(
+            &session,
+            "hash-of-token-1",
+            event("service_token.issue"),
+            now,
+        )
+        .await
+        .unwrap();
+    let (live, _) = store.session("hash-of-token-1").await.unwrap().unwrap();
+    assert_eq!(live, session);
+
+    // Revoking the key ends its token at once, and the key no longer exchanges.
+    assert!(
+        !store
+            .revoke_api_key("svc_other", "key_1", event("service_user.key_revoke"), now)
+            .await
+            .unwrap(),
+        "another principal cannot revoke it"
+    );
+    assert!(
+        store
+            .revoke_api_key("svc_ci", "key_1", event("service_user.key_revoke"), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .use_api_key("hash-of-key-1", now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (ended, _) = store.session("hash-of-token-1").await.unwrap().unwrap();
+    assert!(ended.revoked_at.is_some());
+    assert!(
+        !store
+            .revoke_session("ses_1", event("session.revoke"), now)
+            .await
+            .unwrap()
+    );
+
+    // Disabling a principal ends its sessions too.
+    let second = SessionRecord {
+        id: "ses_2".into(),
+        api_key_id: None,
+        ..session
+    };
+    store
+        .insert_session(&second, "hash-of-token-2", event("session.start"), now)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_principal_disabled("svc_ci", true, event("service_user.disable"), now)
+            .await
+            .unwrap()
+    );
+    let (ended, who) = store.session("hash-of-token-2").await.unwrap().unwrap();
+    assert!(ended.revoked_at.is_some() && who.disabled_at.is_some());
+    assert!(
+        !store
+            .set_principal_disabled("svc_none", true, event("service_user.disable"), now)
+            .await
+            .unwrap()
+    );
+}
+both_stores!(api_keys_and_sessions);
+
+async fn host_labels_are_stored_and_refused_for_removed_hosts(db: TestDb) {
+    let store: Arc<dyn Store> = db.store().await;
+    let control = Control::new(
+        store.clone(),
+        ControlConfig::default(),
+        latch_control::signing::JobSigner::generate().unwrap(),
+    );
+    let token = control
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(60),
+            uses: Some(1),
+        })
+        .await
+        .unwrap();
+    let facts = HostFacts {
+        hostname: "db-01".into(),
+        os: "Debian GNU/Linux 12".into(),
+        kernel: "6.1".into(),
+        arch: "x86_64".into(),
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+    };
+    let enrolled = control
+        .enroll(&EnrollRequest {
+            token: token.token,
+            facts,
+        })
+        .await
+        .unwrap();
+    let host = control
+        .authenticate_host(&enrolled.credential)
+        .await
+        .unwrap();
+    assert_eq!(store.host_labels().await.unwrap()[&host.id], Labels::new());
+    let labels: Labels = [("env", "prod"), ("team", "db")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let now = Utc::now();
+    assert!(
+        store
+            .set_host_labels(&host.id, &labels, event("host.labels"), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.host_labels().await.unwrap()[&host.id], labels);
+    assert!(
+        !store
+            .set_host_labels("no-such-host", &labels, event("host.labels"), now)
+            .await
+            .unwrap()
+    );
+}
+both_stores!(host_labels_are_stored_and_refused_for_removed_hosts);
