@@ -106,18 +106,6 @@ impl Permission {
             Self::SettingsManage => "settings.manage",
         }
     }
-
-    /// Whether a delegated admin's label scope limits this permission to matching hosts.
-    pub fn is_host_scoped(self) -> bool {
-        matches!(
-            self,
-            Self::HostsView
-                | Self::HostsManage
-                | Self::HostsManageUsers
-                | Self::JobsCreate
-                | Self::JobsView
-        )
-    }
 }
 
 impl fmt::Display for Permission {

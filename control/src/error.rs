@@ -14,6 +14,21 @@ pub enum ControlError {
     /// No valid credential was presented.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The credential was valid but has been revoked (its key revoked, its session ended, its
+    /// principal disabled).
+    #[error("{0}")]
+    AuthorizationRevoked(String),
+    /// The caller is authenticated but lacks the permission, or the scope, for this request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A record with that name already exists.
+    #[error("{what} '{key}' already exists")]
+    AlreadyExists {
+        /// What (`service user`, `group`).
+        what: &'static str,
+        /// The name.
+        key: String,
+    },
     /// The enrollment token cannot be used.
     #[error("{}", match .0 {
         TokenRefusal::Expired => "the enrollment token has expired; create a new one with `latchctl enroll-token create`",

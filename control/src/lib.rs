@@ -45,6 +45,7 @@ pub mod files;
 pub mod hosts;
 pub mod keys;
 pub mod password;
+pub mod people;
 pub mod queue;
 pub mod secret;
 pub mod server;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use latch_common::api::{CreateEnrollTokenRequest, EnrollRequest, HostFacts};
-use latch_common::authz::Role;
+use latch_common::authz::{Permission, Role};
 use latch_common::labels::Labels;
 use latch_control::audit::AuditEvent;
+use latch_control::error::ControlError;
+use latch_control::people::{API_KEY_PREFIX, Authority, Scope, TOKEN_PREFIX};
 use latch_control::store::Store;
 use latch_control::store::people::{
     ApiKeyRecord, BindingSubject, GroupRecord, PeopleRefusal, PrincipalKind, PrincipalRecord,
@@ -475,3 +477,296 @@ async fn host_labels_are_stored_and_refused_for_removed_hosts(db: TestDb) {
     );
 }
 both_stores!(host_labels_are_stored_and_refused_for_removed_hosts);
+
+/// A pam_admin service user made directly in the store (as the bootstrap will), signed in.
+async fn bootstrap_admin(control: &Control, store: &Arc<dyn Store>) -> Authority {
+    let now = Utc::now();
+    store
+        .insert_principal(
+            &principal("svc_root", "root-admin", PrincipalKind::Service),
+            event("service_user.create"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .insert_role_binding(
+            &binding(
+                "rb_root",
+                Role::PamAdmin,
+                BindingSubject::Principal("svc_root".into()),
+                None,
+            ),
+            event("role.bind"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let key = "latch_key_bootstrap-for-test";
+    let record = ApiKeyRecord {
+        id: "key_root".into(),
+        principal_id: "svc_root".into(),
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let hash = store.audit_key().credential_hash(key);
+    store
+        .insert_api_key(&record, &hash, event("service_user.key_create"), now)
+        .await
+        .unwrap();
+    signed_in(control, key).await
+}
+
+async fn signed_in(control: &Control, api_key: &str) -> Authority {
+    let token = control
+        .issue_service_token(api_key, Duration::hours(1), Some("127.0.0.1".into()))
+        .await
+        .unwrap();
+    control.authenticate(&token.token).await.unwrap()
+}
+
+fn control_over(store: &Arc<dyn Store>) -> Control {
+    Control::new(
+        store.clone(),
+        ControlConfig::default(),
+        latch_control::signing::JobSigner::generate().unwrap(),
+    )
+}
+
+async fn service_users_exchange_keys_for_tokens_that_revoking_ends(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let admin = bootstrap_admin(&control, &store).await;
+    assert_eq!(admin.actor(), "service:root-admin");
+    assert!(admin.roles().contains(&Role::PamAdmin));
+
+    let ci = control
+        .create_service_user(&admin, "ci-pipeline", &[Role::EndUser])
+        .await
+        .unwrap();
+    assert!(ci.api_key.starts_with(API_KEY_PREFIX));
+    // Only a keyed hash is stored: neither the key nor its plain SHA-256 finds it.
+    let now = Utc::now();
+    for unkeyed in [
+        ci.api_key.clone(),
+        latch_control::secret::hash_token(&ci.api_key),
+    ] {
+        assert!(store.use_api_key(&unkeyed, now).await.unwrap().is_none());
+    }
+    let keyed = store.audit_key().credential_hash(&ci.api_key);
+    assert!(store.use_api_key(&keyed, now).await.unwrap().is_some());
+    let again = control
+        .create_service_user(&admin, "ci-pipeline", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, ControlError::AlreadyExists { .. }),
+        "{again}"
+    );
+    assert!(matches!(
+        control.create_service_user(&admin, "Bad Name", &[]).await,
+        Err(ControlError::Invalid(_))
+    ));
+
+    let token = control
+        .issue_service_token(&ci.api_key, Duration::hours(1), None)
+        .await
+        .unwrap();
+    assert!(token.token.starts_with(TOKEN_PREFIX));
+    let caller = control.authenticate(&token.token).await.unwrap();
+    assert_eq!(caller.actor(), "service:ci-pipeline");
+    assert_eq!(
+        caller.roles().into_iter().collect::<Vec<_>>(),
+        [Role::EndUser]
+    );
+    assert!(caller.scope(Permission::AccessRequest).is_some());
+    let refused = control
+        .create_service_user(&caller, "escalate", &[Role::PamAdmin])
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, ControlError::Forbidden(_)), "{refused}");
+    assert!(refused.to_string().contains("users.manage"), "{refused}");
+    assert!(store.principal("escalate").await.unwrap().is_none());
+
+    // Wrong, malformed and expired credentials.
+    for bad in ["latch_key_nope", "latch_tok_x", "", "latch_admin_abc"] {
+        assert!(matches!(
+            control
+                .issue_service_token(bad, Duration::hours(1), None)
+                .await,
+            Err(ControlError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            control.authenticate(bad).await,
+            Err(ControlError::Unauthenticated(_))
+        ));
+    }
+    let short = control
+        .issue_service_token(&ci.api_key, Duration::milliseconds(-1), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.authenticate(&short.token).await,
+        Err(ControlError::Unauthenticated(m)) if m.contains("expired")
+    ));
+
+    // Rotation: a second key works; revoking the first ends its token at once.
+    let (second_id, second) = control.create_api_key(&admin, "ci-pipeline").await.unwrap();
+    control
+        .revoke_api_key(&admin, "ci-pipeline", &ci.key_id)
+        .await
+        .unwrap();
+    let revoked = control.authenticate(&token.token).await.unwrap_err();
+    assert!(
+        matches!(revoked, ControlError::AuthorizationRevoked(_)),
+        "{revoked}"
+    );
+    assert!(matches!(
+        control
+            .issue_service_token(&ci.api_key, Duration::hours(1), None)
+            .await,
+        Err(ControlError::Unauthenticated(_))
+    ));
+    signed_in(&control, &second).await;
+    let keys = control.api_keys(&admin, "ci-pipeline").await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(
+        keys.iter()
+            .any(|k| k.id == second_id && k.revoked_at.is_none())
+    );
+    assert!(matches!(
+        control
+            .revoke_api_key(&admin, "ci-pipeline", &ci.key_id)
+            .await,
+        Err(ControlError::NotFound { .. })
+    ));
+
+    let actions = audit_actions(store.as_ref()).await;
+    for action in [
+        "service_token.issue",
+        "service_user.key_revoke",
+        "auth.failure",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}: {actions:?}");
+    }
+}
+both_stores!(service_users_exchange_keys_for_tokens_that_revoking_ends);
+
+async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let admin = bootstrap_admin(&control, &store).await;
+    let db_host = enrolled(&control, "db-01").await;
+    let web_host = enrolled(&control, "web-01").await;
+    let labels = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    control
+        .set_host_labels(&admin, "db-01", labels(&[("team", "db")]))
+        .await
+        .unwrap();
+    control
+        .set_host_labels(&admin, "web-01", labels(&[("team", "web")]))
+        .await
+        .unwrap();
+
+    let dba = control
+        .create_service_user(&admin, "dba-bot", &[])
+        .await
+        .unwrap();
+    let subject = BindingSubject::Principal(dba.principal.id.clone());
+    for (role, selector) in [
+        (Role::DelegatedResourceAdmin, None),
+        (Role::DelegatedResourceAdmin, Some("")),
+        (Role::DelegatedResourceAdmin, Some("team in ()")),
+        (Role::ResourceAdmin, Some("team=db")),
+    ] {
+        let refused = control.bind_role(&admin, role, &subject, selector).await;
+        assert!(
+            matches!(refused, Err(ControlError::Invalid(_))),
+            "{role} {selector:?}: {refused:?}"
+        );
+    }
+    control
+        .bind_role(
+            &admin,
+            Role::DelegatedResourceAdmin,
+            &subject,
+            Some("team = db"),
+        )
+        .await
+        .unwrap();
+    let dba = signed_in(&control, &dba.api_key).await;
+    let Some(Scope::Within(selectors)) = dba.scope(Permission::HostsManage) else {
+        panic!("a delegation is scoped");
+    };
+    assert_eq!(selectors[0].to_string(), "team=db");
+    assert!(dba.scope(Permission::UsersManage).is_none());
+
+    control
+        .set_host_labels(&dba, "db-01", labels(&[("team", "db"), ("env", "prod")]))
+        .await
+        .unwrap();
+    for (host, new) in [
+        ("db-01", labels(&[("team", "web")])),
+        ("db-01", labels(&[])),
+        ("web-01", labels(&[("team", "db")])),
+    ] {
+        let refused = control.set_host_labels(&dba, host, new).await.unwrap_err();
+        assert!(
+            matches!(refused, ControlError::Forbidden(_)),
+            "{host}: {refused}"
+        );
+    }
+    let now = store.host_labels().await.unwrap();
+    assert_eq!(now[&db_host], labels(&[("team", "db"), ("env", "prod")]));
+    assert_eq!(now[&web_host], labels(&[("team", "web")]));
+    assert!(matches!(
+        control
+            .bind_role(
+                &dba,
+                Role::PamAdmin,
+                &BindingSubject::Principal(dba.principal.id.clone()),
+                None
+            )
+            .await,
+        Err(ControlError::Forbidden(_))
+    ));
+}
+both_stores!(a_delegated_admin_stays_within_its_labels);
+
+async fn enrolled(control: &Control, hostname: &str) -> String {
+    let token = control
+        .create_enroll_token(&CreateEnrollTokenRequest {
+            ttl_seconds: Some(60),
+            uses: Some(1),
+        })
+        .await
+        .unwrap();
+    let enrolled = control
+        .enroll(&EnrollRequest {
+            token: token.token,
+            facts: HostFacts {
+                hostname: hostname.into(),
+                os: "Debian GNU/Linux 12".into(),
+                kernel: "6.1".into(),
+                arch: "x86_64".into(),
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                machine_id: format!("{:0>32}", hostname.len()),
+            },
+        })
+        .await
+        .unwrap();
+    control
+        .authenticate_host(&enrolled.credential)
+        .await
+        .unwrap()
+        .id
+}

@@ -55,7 +55,15 @@ impl From<ControlError> for ApiError {
                 ApiError::not_found(error.to_string())
             }
             ControlError::AmbiguousHost(..) => ApiError::invalid(error.to_string()),
-            ControlError::Conflict(_) => ApiError::new(
+            ControlError::AuthorizationRevoked(_) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "server_authorization_revoked",
+                error.to_string(),
+            ),
+            ControlError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden_error", error.to_string())
+            }
+            ControlError::AlreadyExists { .. } | ControlError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "resource_already_exists",
                 error.to_string(),

@@ -1,7 +1,8 @@
 //! The audit key: a random 32-byte seed kept outside the database (`audit.key`, mode 0600), from
-//! which HKDF-SHA256 (ring) derives two keys — an HMAC-SHA256 key that authenticates every
-//! entry, and an Ed25519 key that signs checkpoints of the chain's head. Someone who can write
-//! the database but not read this file cannot produce a valid entry, nor a checkpoint.
+//! which HKDF-SHA256 (ring) derives three keys — an HMAC-SHA256 key that authenticates every
+//! entry, an Ed25519 key that signs checkpoints of the chain's head, and an HMAC-SHA256 key under
+//! which people's credentials (API keys, session tokens) are stored. Someone who can write the
+//! database but not read this file cannot produce a valid entry, a checkpoint, or a credential.
 
 use std::path::Path;
 
@@ -19,6 +20,8 @@ const HKDF_SALT: &[u8] = b"latch audit key v1";
 const MAC_INFO: &[u8] = b"latch audit entry mac";
 const SIGNING_INFO: &[u8] = b"latch audit checkpoint signing";
 const MAC_DOMAIN: &[u8] = b"latch-audit-entry-v1\0";
+const CREDENTIAL_INFO: &[u8] = b"latch credential hash";
+const CREDENTIAL_DOMAIN: &[u8] = b"latch-credential-v1\0";
 
 /// Why the audit key could not be loaded, made or used.
 #[derive(Debug, Error)]
@@ -47,6 +50,7 @@ pub enum AuditKeyError {
 pub struct AuditKey {
     seed: [u8; SEED_LEN],
     mac: hmac::Key,
+    credential: hmac::Key,
     signer: Ed25519KeyPair,
     public_key: String,
     key_id: String,
@@ -76,6 +80,10 @@ impl AuditKey {
             prk.expand(&[MAC_INFO], hmac::HMAC_SHA256)
                 .map_err(|_| AuditKeyError::Derive)?,
         );
+        let credential = hmac::Key::from(
+            prk.expand(&[CREDENTIAL_INFO], hmac::HMAC_SHA256)
+                .map_err(|_| AuditKeyError::Derive)?,
+        );
         let mut signing_seed = [0u8; SEED_LEN];
         prk.expand(&[SIGNING_INFO], SeedLen)
             .and_then(|okm| okm.fill(&mut signing_seed))
@@ -87,6 +95,7 @@ impl AuditKey {
         Ok(AuditKey {
             seed,
             mac,
+            credential,
             signer,
             public_key: base64::engine::general_purpose::STANDARD.encode(public),
             key_id,
@@ -160,6 +169,22 @@ impl AuditKey {
         hmac::verify(&self.mac, &message, &tag).is_ok()
     }
 
+    /// The stored form of a person's or service user's credential: HMAC-SHA256 under the
+    /// credential key of the credential's SHA-256 (hex), hex. Keyed, so that write access to the
+    /// database alone cannot mint a credential; over the SHA-256, so that a credential stored
+    /// before as a plain SHA-256 can be converted without knowing it.
+    pub fn credential_hash(&self, token: &str) -> String {
+        self.credential_hash_of_sha256(&crate::secret::hash_token(token))
+    }
+
+    /// [`AuditKey::credential_hash`] of a credential known only by its SHA-256 (hex).
+    pub fn credential_hash_of_sha256(&self, sha256_hex: &str) -> String {
+        let mut ctx = hmac::Context::with_key(&self.credential);
+        ctx.update(CREDENTIAL_DOMAIN);
+        ctx.update(sha256_hex.as_bytes());
+        hex(ctx.sign().as_ref())
+    }
+
     /// The Ed25519 signature of `message`, base64.
     pub(crate) fn sign(&self, message: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.signer.sign(message).as_ref())
@@ -169,6 +194,24 @@ impl AuditKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_hashes_are_keyed_and_convert_from_plain_sha256() {
+        let a = AuditKey::from_seed([7; SEED_LEN]).unwrap();
+        let b = AuditKey::from_seed([8; SEED_LEN]).unwrap();
+        let token = "latch_key_0123";
+        assert_eq!(a.credential_hash(token), a.credential_hash(token));
+        assert_ne!(a.credential_hash(token), b.credential_hash(token));
+        assert_ne!(a.credential_hash(token), crate::secret::hash_token(token));
+        assert_ne!(
+            a.credential_hash(token),
+            a.entry_mac(&crate::secret::hash_token(token))
+        );
+        assert_eq!(
+            a.credential_hash_of_sha256(&crate::secret::hash_token(token)),
+            a.credential_hash(token)
+        );
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_keys_and_another_seed_others() {
