@@ -18,6 +18,9 @@ pub enum ControlError {
     /// principal disabled).
     #[error("{0}")]
     AuthorizationRevoked(String),
+    /// The action needs a second factor shown recently in this session (MFA step-up).
+    #[error("{0}")]
+    StepUpRequired(String),
     /// The caller is authenticated but lacks the permission, or the scope, for this request.
     #[error("{0}")]
     Forbidden(String),

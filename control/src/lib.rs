@@ -44,6 +44,7 @@ pub mod error;
 pub mod files;
 pub mod hosts;
 pub mod keys;
+pub mod mfa;
 pub mod password;
 pub mod people;
 pub mod queue;

@@ -13,6 +13,7 @@ use latch_common::authz::{Permission, Role};
 use latch_common::labels::Labels;
 use latch_control::audit::AuditEvent;
 use latch_control::error::ControlError;
+use latch_control::mfa::{MfaPolicy, SensitiveAction, code_at};
 use latch_control::people::{API_KEY_PREFIX, Authority, Scope, TOKEN_PREFIX};
 use latch_control::store::Store;
 use latch_control::store::people::{
@@ -770,3 +771,171 @@ async fn enrolled(control: &Control, hostname: &str) -> String {
         .unwrap()
         .id
 }
+
+/// A user with a live session, made directly in the store (as a sign-in will).
+async fn signed_in_user(control: &Control, store: &Arc<dyn Store>, name: &str) -> Authority {
+    let now = Utc::now();
+    let id = format!("usr_{name}");
+    store
+        .insert_principal(
+            &principal(&id, name, PrincipalKind::User),
+            event("user.create"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let token = format!("latch_tok_session-of-{name}");
+    let session = SessionRecord {
+        id: format!("ses_{name}"),
+        principal_id: id,
+        kind: SessionKind::Local,
+        api_key_id: None,
+        created_at: now,
+        expires_at: now + Duration::hours(8),
+        revoked_at: None,
+        mfa_at: None,
+        address: None,
+    };
+    let hash = store.audit_key().credential_hash(&token);
+    store
+        .insert_session(&session, &hash, event("session.start"), now)
+        .await
+        .unwrap();
+    control.authenticate(&token).await.unwrap()
+}
+
+async fn totp_step_up_accepts_each_code_once(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let alice = signed_in_user(&control, &store, "alice").await;
+    let policy = MfaPolicy::default();
+    let now = Utc::now();
+
+    let missing = control.verify_totp(&alice, "123456").await.unwrap_err();
+    assert!(missing.to_string().contains("mfa enroll"), "{missing}");
+    let refused = alice
+        .require_mfa(&policy, SensitiveAction::Approve, now)
+        .unwrap_err();
+    assert!(
+        matches!(refused, ControlError::StepUpRequired(_)),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("latchctl mfa verify"),
+        "{refused}"
+    );
+
+    let factor = control.enroll_totp(&alice).await.unwrap();
+    assert!(
+        factor
+            .otpauth_uri
+            .starts_with("otpauth://totp/Latch:alice?"),
+        "{}",
+        factor.otpauth_uri
+    );
+    assert!(factor.otpauth_uri.contains(&factor.secret_base32));
+    // The secret is sealed in the database, not stored as given.
+    let record = store.totp("usr_alice").await.unwrap().unwrap();
+    assert!(!record.sealed_secret.contains(&factor.secret_base32));
+    assert!(record.confirmed_at.is_none());
+
+    let code = code_at(&factor.secret_base32, now).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for bad in [wrong, "12345", "abcdef", "1234567"] {
+        assert!(
+            matches!(
+                control.verify_totp_at(&alice, bad, now).await,
+                Err(ControlError::StepUpRequired(_))
+            ),
+            "{bad}"
+        );
+    }
+    control.verify_totp_at(&alice, &code, now).await.unwrap();
+    let replayed = control
+        .verify_totp_at(&alice, &code, now)
+        .await
+        .unwrap_err();
+    assert!(replayed.to_string().contains("already used"), "{replayed}");
+    assert!(
+        store
+            .totp("usr_alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .confirmed_at
+            .is_some()
+    );
+
+    // The step-up is on the session: a fresh look-up of the same token sees it, for a while.
+    let token_alice = control
+        .authenticate("latch_tok_session-of-alice")
+        .await
+        .unwrap();
+    token_alice
+        .require_mfa(&policy, SensitiveAction::Approve, now)
+        .unwrap();
+    let later = now + policy.window + Duration::seconds(1);
+    assert!(
+        token_alice
+            .require_mfa(&policy, SensitiveAction::Approve, later)
+            .is_err()
+    );
+    let relaxed = MfaPolicy {
+        required: vec![],
+        ..MfaPolicy::default()
+    };
+    alice
+        .require_mfa(&relaxed, SensitiveAction::Approve, now)
+        .unwrap();
+
+    // The next step's code works once; an older step's code no longer does.
+    let next = now + Duration::seconds(30);
+    control
+        .verify_totp_at(&alice, &code_at(&factor.secret_base32, next).unwrap(), next)
+        .await
+        .unwrap();
+    let previous = code_at(&factor.secret_base32, now).unwrap();
+    assert!(
+        control
+            .verify_totp_at(&alice, &previous, next)
+            .await
+            .is_err()
+    );
+
+    // Replacing a confirmed factor needs the step-up first.
+    let bob = signed_in_user(&control, &store, "bob").await;
+    control.enroll_totp(&bob).await.unwrap();
+    let fresh_alice = control
+        .authenticate("latch_tok_session-of-alice")
+        .await
+        .unwrap();
+    let mut stale = fresh_alice.clone();
+    stale.session.mfa_at = None;
+    assert!(matches!(
+        control.enroll_totp(&stale).await,
+        Err(ControlError::StepUpRequired(_))
+    ));
+    control.enroll_totp(&fresh_alice).await.unwrap();
+    // A first factor is enrolled only in a fresh sign-in (a stolen old session cannot add one).
+    let mut old_session = bob.clone();
+    old_session.session.created_at = now - Duration::hours(1);
+    let refused = control.enroll_totp(&old_session).await.unwrap_err();
+    assert!(refused.to_string().contains("sign in again"), "{refused}");
+
+    // Service users have no second factor.
+    let admin = bootstrap_admin(&control, &store).await;
+    assert!(matches!(
+        admin.require_mfa(&policy, SensitiveAction::ChangeRoles, now),
+        Err(ControlError::StepUpRequired(_))
+    ));
+    assert!(matches!(
+        control.enroll_totp(&admin).await,
+        Err(ControlError::Forbidden(_))
+    ));
+    let actions = audit_actions(store.as_ref()).await;
+    for action in ["mfa.totp_enroll", "mfa.verify", "mfa.failure"] {
+        assert!(actions.iter().any(|a| a == action), "{action}");
+    }
+}
+both_stores!(totp_step_up_accepts_each_code_once);

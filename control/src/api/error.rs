@@ -60,6 +60,11 @@ impl From<ControlError> for ApiError {
                 "server_authorization_revoked",
                 error.to_string(),
             ),
+            ControlError::StepUpRequired(_) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authorization_error",
+                error.to_string(),
+            ),
             ControlError::Forbidden(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden_error", error.to_string())
             }

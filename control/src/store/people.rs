@@ -179,6 +179,17 @@ pub struct SessionRecord {
     pub address: Option<String>,
 }
 
+/// A user's TOTP factor (the secret stays sealed here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TotpRecord {
+    /// The secret, sealed under the audit key for this principal ([`crate::audit::AuditKey::seal`]).
+    pub sealed_secret: String,
+    /// When a first code proved the enrollment; an unconfirmed factor steps nothing up.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// The last time step whose code was accepted: a code is used once.
+    pub last_step: i64,
+}
+
 /// Why a change was not made (nothing was changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeopleRefusal {
@@ -324,6 +335,26 @@ pub trait PeopleStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Records a second factor shown in the session.
     async fn set_session_mfa(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Stores a new, unconfirmed TOTP factor for a principal, replacing any earlier one.
+    async fn set_totp(
+        &self,
+        principal_id: &str,
+        sealed_secret: &str,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A principal's TOTP factor.
+    async fn totp(&self, principal_id: &str) -> Result<Option<TotpRecord>, StoreError>;
+    /// Accepts the code of time step `step` once: true (and the factor confirmed, the session's
+    /// `mfa_at` set) only if `step` is later than every step accepted before.
+    async fn use_totp_step(
+        &self,
+        principal_id: &str,
+        session_id: &str,
+        step: i64,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Replaces a host's labels; false if the host does not exist or was removed.
     async fn set_host_labels(
         &self,
@@ -1049,6 +1080,77 @@ macro_rules! people_store {
                     .execute(self.pool())
                     .await?;
                 Ok(())
+            }
+
+            async fn set_totp(
+                &self,
+                principal_id: &str,
+                sealed_secret: &str,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                sqlx::query(
+                    "INSERT INTO totp (principal_id, secret, confirmed_at, last_step) \
+                     VALUES ($1, $2, NULL, 0) ON CONFLICT (principal_id) \
+                     DO UPDATE SET secret = $2, confirmed_at = NULL, last_step = 0",
+                )
+                .bind(principal_id)
+                .bind(sealed_secret)
+                .execute(tx.conn())
+                .await?;
+                tx.audit(event, now);
+                tx.commit().await
+            }
+
+            async fn totp(&self, principal_id: &str) -> Result<Option<TotpRecord>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT secret, confirmed_at, last_step FROM totp WHERE principal_id = $1",
+                )
+                .bind(principal_id)
+                .fetch_optional(self.pool())
+                .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                Ok(Some(TotpRecord {
+                    sealed_secret: row.text("secret")?,
+                    confirmed_at: row.opt_int("confirmed_at")?.map(from_millis),
+                    last_step: row.int("last_step")?,
+                }))
+            }
+
+            async fn use_totp_step(
+                &self,
+                principal_id: &str,
+                session_id: &str,
+                step: i64,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let used = sqlx::query(
+                    "UPDATE totp SET last_step = $1, confirmed_at = COALESCE(confirmed_at, $2) \
+                     WHERE principal_id = $3 AND last_step < $1",
+                )
+                .bind(step)
+                .bind(millis(now))
+                .bind(principal_id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if used == 0 {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE sessions SET mfa_at = $1 WHERE id = $2 AND principal_id = $3")
+                    .bind(millis(now))
+                    .bind(session_id)
+                    .bind(principal_id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn set_host_labels(
