@@ -53,6 +53,7 @@ pub mod server;
 pub mod signing;
 pub mod store;
 pub mod tls;
+pub mod users;
 
 use std::sync::Arc;
 

@@ -158,7 +158,8 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
 }
 
-fn new_id(prefix: &str) -> Result<String, ControlError> {
+/// A new record id: `prefix` and 80 random bits in hex.
+pub(crate) fn new_id(prefix: &str) -> Result<String, ControlError> {
     let bytes = crate::secret::random_bytes::<10>()?;
     Ok(format!("{prefix}{}", crate::secret::hex(&bytes)))
 }

@@ -20,6 +20,7 @@ use latch_control::store::people::{
     ApiKeyRecord, BindingSubject, GroupRecord, PeopleRefusal, PrincipalKind, PrincipalRecord,
     RoleBinding, SessionKind, SessionRecord,
 };
+use latch_control::users::NewUser;
 use latch_control::{Control, ControlConfig};
 use support::TestDb;
 
@@ -939,3 +940,187 @@ async fn totp_step_up_accepts_each_code_once(db: TestDb) {
     }
 }
 both_stores!(totp_step_up_accepts_each_code_once);
+
+async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let admin = bootstrap_admin(&control, &store).await;
+    let password = "correct horse battery staple";
+    let carol = control
+        .create_user(
+            &admin,
+            &NewUser {
+                name: "carol".into(),
+                display_name: "Carol".into(),
+                email: Some("carol@example.com".into()),
+                password: Some(password.into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        carol
+            .password_hash
+            .as_deref()
+            .unwrap()
+            .starts_with("$argon2id$")
+    );
+    for bad in [
+        NewUser {
+            name: "Carol".into(),
+            ..NewUser::default()
+        },
+        NewUser {
+            name: "dave".into(),
+            password: Some("short".into()),
+            ..NewUser::default()
+        },
+        NewUser {
+            name: "dave".into(),
+            email: Some("not-an-address".into()),
+            ..NewUser::default()
+        },
+        NewUser {
+            name: "dave".into(),
+            display_name: "a\nb".into(),
+            ..NewUser::default()
+        },
+    ] {
+        assert!(
+            matches!(
+                control.create_user(&admin, &bad).await,
+                Err(ControlError::Invalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(store.principal("dave").await.unwrap().is_none());
+    let sso_only = control
+        .create_user(
+            &admin,
+            &NewUser {
+                name: "erin".into(),
+                ..NewUser::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(sso_only.password_hash.is_none());
+
+    // Wrong password, unknown user, a user without a local password: one refusal for all.
+    for (name, pass) in [
+        ("carol", "wrong password here"),
+        ("nobody", password),
+        ("erin", password),
+        ("root-admin", password),
+    ] {
+        let refused = control.sign_in_local(name, pass, None).await.unwrap_err();
+        assert!(
+            matches!(refused, ControlError::Unauthenticated(_)),
+            "{name}: {refused}"
+        );
+    }
+    let token = control
+        .sign_in_local("carol", password, Some("192.0.2.10".into()))
+        .await
+        .unwrap();
+    let carol = control.authenticate(&token.token).await.unwrap();
+    assert_eq!(carol.actor(), "user:carol");
+    assert!(carol.roles().is_empty(), "no role until one is bound");
+    assert!(matches!(
+        carol.require(Permission::AccessRequest),
+        Err(ControlError::Forbidden(_))
+    ));
+
+    // A group's role reaches its members, and leaves with them.
+    control
+        .create_group(&admin, "engineers", "", Some("eng"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.create_group(&admin, "engineers", "", None).await,
+        Err(ControlError::AlreadyExists { .. })
+    ));
+    assert!(
+        matches!(
+            control.create_group(&admin, "other", "", Some("eng")).await,
+            Err(ControlError::AlreadyExists { .. })
+        ),
+        "one identity-provider group maps to one Latch group"
+    );
+    let group = store.group("engineers").await.unwrap().unwrap();
+    control
+        .bind_role(
+            &admin,
+            Role::EndUser,
+            &BindingSubject::Group(group.id.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    control
+        .set_group_member(&admin, "engineers", "carol", true)
+        .await
+        .unwrap();
+    let carol = control.authenticate(&token.token).await.unwrap();
+    assert_eq!(
+        carol.roles().into_iter().collect::<Vec<_>>(),
+        [Role::EndUser]
+    );
+    assert!(matches!(
+        control
+            .set_group_member(&carol, "engineers", "erin", true)
+            .await,
+        Err(ControlError::Forbidden(_))
+    ));
+    control
+        .set_group_member(&admin, "engineers", "carol", false)
+        .await
+        .unwrap();
+    assert!(
+        control
+            .authenticate(&token.token)
+            .await
+            .unwrap()
+            .roles()
+            .is_empty()
+    );
+
+    // Signing out ends the session; disabling ends every session and refuses sign-in.
+    control.sign_out(&carol).await.unwrap();
+    assert!(matches!(
+        control.authenticate(&token.token).await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+    let again = control
+        .sign_in_local("carol", password, None)
+        .await
+        .unwrap();
+    control.set_disabled(&admin, "carol", true).await.unwrap();
+    assert!(matches!(
+        control.authenticate(&again.token).await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+    assert!(matches!(
+        control.sign_in_local("carol", password, None).await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+    assert!(
+        matches!(
+            control.set_disabled(&admin, "root-admin", true).await,
+            Err(ControlError::Conflict(_))
+        ),
+        "nobody disables themselves"
+    );
+    let actions = audit_actions(store.as_ref()).await;
+    for action in [
+        "user.create",
+        "session.start",
+        "session.end",
+        "principal.disable",
+        "group.member_remove",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action}");
+    }
+}
+both_stores!(local_users_sign_in_and_get_their_groups_roles);
