@@ -18,6 +18,7 @@ use crate::Control;
 use crate::audit::AuditEvent;
 use crate::error::ControlError;
 use crate::secret::new_token;
+use crate::store::Store;
 use crate::store::people::{
     ApiKeyRecord, BindingSubject, PeopleRefusal, PrincipalKind, PrincipalRecord, RoleBinding,
     SessionKind, SessionRecord,
@@ -25,10 +26,19 @@ use crate::store::people::{
 
 /// Prefix of a service user's API key.
 pub const API_KEY_PREFIX: &str = "latch_key_";
+/// Prefix of the admin token of an installation made before people and roles; such a token is
+/// now an API key of the bootstrap admin.
+pub const LEGACY_ADMIN_PREFIX: &str = "latch_admin_";
+/// Name and id of the bootstrap admin, the `pam_admin` service user made at initialisation
+/// whose API key is `admin.token` in the data directory.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+const BOOTSTRAP_ADMIN_ID: &str = "svc_admin";
 /// Prefix of a bearer token (service token or session).
 pub const TOKEN_PREFIX: &str = "latch_tok_";
-/// How long a service user's bearer token lives unless configured otherwise.
+/// How long a service user's bearer token lives unless the request asks for less.
 pub const DEFAULT_SERVICE_TOKEN_TTL: Duration = Duration::hours(1);
+/// The longest a service user's bearer token may live.
+pub const MAX_SERVICE_TOKEN_TTL: Duration = Duration::hours(12);
 
 /// Where a permission applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +198,110 @@ pub fn validate_principal_name(field: &'static str, name: &str) -> Result<(), Va
     }
 }
 
+/// Why the bootstrap admin could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The random generator failed.
+    #[error(transparent)]
+    Random(#[from] crate::secret::RandomError),
+    /// The admin token file could not be written.
+    #[error(
+        "cannot write the admin token: {0}; check the data directory's permissions and free space"
+    )]
+    Save(std::io::Error),
+}
+
+fn new_key_id() -> Result<String, crate::secret::RandomError> {
+    let bytes = crate::secret::random_bytes::<10>()?;
+    Ok(format!("key_{}", crate::secret::hex(&bytes)))
+}
+
+/// What [`bootstrap`] found or did.
+#[derive(Debug)]
+pub enum Bootstrap {
+    /// People exist already: nothing to do.
+    Existing,
+    /// The admin tokens of an older installation became API keys of the bootstrap admin (the
+    /// `admin.token` file keeps working).
+    Migrated(usize),
+    /// A new installation: the bootstrap admin was made with this API key (to be written to
+    /// `admin.token`, and shown nowhere else).
+    Created(String),
+}
+
+/// Makes sure the bootstrap admin exists: at the first start a `pam_admin` service user with a
+/// new API key; on a database made before people and roles, its admin tokens become that
+/// user's API keys (their stored SHA-256 converted to keyed hashes), all in one transaction.
+///
+/// A new key is handed to `save_key` (which writes `admin.token`) before it is stored, so a
+/// crash in between leaves a file whose key is not yet valid and the next start makes another,
+/// never a stored key that no file holds.
+pub async fn bootstrap(
+    store: &dyn Store,
+    save_key: impl FnOnce(&str) -> std::io::Result<()>,
+) -> Result<Bootstrap, BootstrapError> {
+    let now = Utc::now();
+    let legacy = store.legacy_admin_tokens().await?;
+    if legacy.is_empty() && store.has_principals().await? {
+        return Ok(Bootstrap::Existing);
+    }
+    let principal = PrincipalRecord {
+        id: BOOTSTRAP_ADMIN_ID.to_owned(),
+        kind: PrincipalKind::Service,
+        name: BOOTSTRAP_ADMIN.to_owned(),
+        display_name: "bootstrap admin".to_owned(),
+        email: None,
+        idp: None,
+        password_hash: None,
+        disabled_at: None,
+        created_at: now,
+        last_seen_at: None,
+    };
+    let binding = RoleBinding {
+        id: "rb_bootstrap_admin".to_owned(),
+        role: Role::PamAdmin,
+        subject: BindingSubject::Principal(BOOTSTRAP_ADMIN_ID.to_owned()),
+        selector: None,
+        created_at: now,
+    };
+    let key = store.audit_key();
+    let record = |id: String| ApiKeyRecord {
+        id,
+        principal_id: BOOTSTRAP_ADMIN_ID.to_owned(),
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    if legacy.is_empty() {
+        let api_key = new_token(API_KEY_PREFIX)?;
+        let keys = [(record(new_key_id()?), key.credential_hash(&api_key))];
+        save_key(&api_key).map_err(BootstrapError::Save)?;
+        let event = AuditEvent::new("control_plane", "service_user.bootstrap")
+            .detail(serde_json::json!({"service_user": BOOTSTRAP_ADMIN, "role": "pam_admin"}));
+        store
+            .bootstrap_admin(&principal, &binding, &keys, event, now)
+            .await?;
+        return Ok(Bootstrap::Created(api_key));
+    }
+    let mut keys = Vec::with_capacity(legacy.len());
+    for sha256 in &legacy {
+        keys.push((record(new_key_id()?), key.credential_hash_of_sha256(sha256)));
+    }
+    let event =
+        AuditEvent::new("control_plane", "admin_token.migrated").detail(serde_json::json!({
+            "service_user": BOOTSTRAP_ADMIN,
+            "role": "pam_admin",
+            "keys": keys.len(),
+        }));
+    store
+        .bootstrap_admin(&principal, &binding, &keys, event, now)
+        .await?;
+    Ok(Bootstrap::Migrated(keys.len()))
+}
+
 impl Control {
     fn refusal(refusal: PeopleRefusal, key: &str) -> ControlError {
         match refusal {
@@ -338,12 +452,16 @@ impl Control {
         address: Option<String>,
     ) -> Result<IssuedToken, ControlError> {
         const REFUSED: &str = "the API key is not valid (revoked, or not a key of this control plane); ask an admin for a new one: `latchctl service-users keys create NAME`";
-        if !api_key.starts_with(API_KEY_PREFIX) || api_key.len() > 128 {
-            return Err(ControlError::Unauthenticated(REFUSED));
-        }
+        let known_prefix =
+            api_key.starts_with(API_KEY_PREFIX) || api_key.starts_with(LEGACY_ADMIN_PREFIX);
         let now = Utc::now();
-        let hash = self.store.audit_key().credential_hash(api_key);
-        let Some((key, principal)) = self.store.use_api_key(&hash, now).await? else {
+        let found = if known_prefix && api_key.len() <= 128 {
+            let hash = self.store.audit_key().credential_hash(api_key);
+            self.store.use_api_key(&hash, now).await?
+        } else {
+            None
+        };
+        let Some((key, principal)) = found else {
             let event = AuditEvent::new("anonymous", "auth.failure")
                 .detail(serde_json::json!({"credential": "api_key"}));
             self.store.append_audit(&event, now).await?;
@@ -384,15 +502,60 @@ impl Control {
         })
     }
 
+    /// `POST /v1/service_token`: checks the requested life and exchanges the key.
+    pub async fn exchange_api_key(
+        &self,
+        request: &latch_common::api::ServiceTokenRequest,
+        address: Option<String>,
+    ) -> Result<latch_common::api::TokenResponse, ControlError> {
+        let ttl = match request.ttl_seconds {
+            None => DEFAULT_SERVICE_TOKEN_TTL,
+            Some(seconds) => {
+                let max = MAX_SERVICE_TOKEN_TTL.num_seconds();
+                match i64::try_from(seconds) {
+                    Ok(s) if (60..=max).contains(&s) => Duration::seconds(s),
+                    _ => {
+                        return Err(ValidationError::new(
+                            "ttl_seconds",
+                            format!("must be between 60 and {max}"),
+                        )
+                        .into());
+                    }
+                }
+            }
+        };
+        let issued = self
+            .issue_service_token(&request.api_key, ttl, address)
+            .await?;
+        Ok(latch_common::api::TokenResponse {
+            token: issued.token,
+            expires_at: issued.expires_at,
+        })
+    }
+
+    /// `GET /v1/whoami`.
+    pub fn whoami(&self, by: &Authority) -> latch_common::api::WhoAmI {
+        latch_common::api::WhoAmI {
+            kind: by.principal.kind.as_str().to_owned(),
+            name: by.principal.name.clone(),
+            roles: by.roles().into_iter().collect(),
+            permissions: by.permissions().into_iter().collect(),
+            expires_at: by.session.expires_at,
+            mfa_at: by.session.mfa_at,
+        }
+    }
+
     /// The caller a bearer token belongs to, with the roles that apply now.
     pub async fn authenticate(&self, token: &str) -> Result<Authority, ControlError> {
         const UNKNOWN: &str = "the bearer token is not valid; sign in again (`latchctl login`) or exchange the API key again (POST /v1/service_token)";
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 128 {
-            return Err(ControlError::Unauthenticated(UNKNOWN));
-        }
         let now = Utc::now();
-        let hash = self.store.audit_key().credential_hash(token);
-        let Some((session, principal)) = self.store.session(&hash).await? else {
+        let found = if token.starts_with(TOKEN_PREFIX) && token.len() <= 128 {
+            let hash = self.store.audit_key().credential_hash(token);
+            self.store.session(&hash).await?
+        } else {
+            None
+        };
+        let Some((session, principal)) = found else {
             let event = AuditEvent::new("anonymous", "auth.failure")
                 .detail(serde_json::json!({"credential": "bearer"}));
             self.store.append_audit(&event, now).await?;

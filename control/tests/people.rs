@@ -432,10 +432,13 @@ async fn host_labels_are_stored_and_refused_for_removed_hosts(db: TestDb) {
         latch_control::signing::JobSigner::generate().unwrap(),
     );
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(60),
-            uses: Some(1),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(60),
+                uses: Some(1),
+            },
+        )
         .await
         .unwrap();
     let facts = HostFacts {
@@ -745,10 +748,13 @@ both_stores!(a_delegated_admin_stays_within_its_labels);
 
 async fn enrolled(control: &Control, hostname: &str) -> String {
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(60),
-            uses: Some(1),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(60),
+                uses: Some(1),
+            },
+        )
         .await
         .unwrap();
     let enrolled = control

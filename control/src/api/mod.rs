@@ -41,6 +41,8 @@ pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/enroll", post(handlers::enroll))
+        .route("/v1/service_token", post(handlers::service_token))
+        .route("/v1/whoami", get(handlers::whoami))
         .route("/v1/agent/jobs", get(handlers::poll_jobs))
         .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
         .route("/v1/agent/revocations", post(handlers::report_revocation))

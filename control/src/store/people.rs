@@ -355,6 +355,20 @@ pub trait PeopleStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Whether any user or service user exists (the database has been initialised).
+    async fn has_principals(&self) -> Result<bool, StoreError>;
+    /// The SHA-256 hashes of the admin tokens of a database made before people and roles.
+    async fn legacy_admin_tokens(&self) -> Result<Vec<String>, StoreError>;
+    /// In one transaction: creates the bootstrap admin (`principal`, bound to `binding`) unless
+    /// it exists, adds `keys` (record and keyed hash) to it, and deletes every legacy admin token.
+    async fn bootstrap_admin(
+        &self,
+        principal: &PrincipalRecord,
+        binding: &RoleBinding,
+        keys: &[(ApiKeyRecord, String)],
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Replaces a host's labels; false if the host does not exist or was removed.
     async fn set_host_labels(
         &self,
@@ -1151,6 +1165,79 @@ macro_rules! people_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn has_principals(&self) -> Result<bool, StoreError> {
+                Ok(sqlx::query("SELECT 1 AS one FROM principals LIMIT 1")
+                    .fetch_optional(self.pool())
+                    .await?
+                    .is_some())
+            }
+
+            async fn legacy_admin_tokens(&self) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query("SELECT hash FROM admin_tokens ORDER BY created_at, hash")
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok(row.try_get::<String, _>("hash")?))
+                    .collect()
+            }
+
+            async fn bootstrap_admin(
+                &self,
+                p: &PrincipalRecord,
+                binding: &RoleBinding,
+                keys: &[(ApiKeyRecord, String)],
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let exists = sqlx::query(PRINCIPAL_EXISTS)
+                    .bind(&p.id)
+                    .fetch_optional(tx.conn())
+                    .await?
+                    .is_some();
+                if !exists {
+                    sqlx::query(
+                        "INSERT INTO principals (id, kind, name, display_name, created_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(&p.id)
+                    .bind(p.kind.as_str())
+                    .bind(&p.name)
+                    .bind(&p.display_name)
+                    .bind(millis(p.created_at))
+                    .execute(tx.conn())
+                    .await?;
+                    let principal = match &binding.subject {
+                        BindingSubject::Principal(id) => id.as_str(),
+                        BindingSubject::Group(_) => p.id.as_str(),
+                    };
+                    sqlx::query(
+                        "INSERT INTO role_bindings (id, role, principal_id, group_id, selector, created_at) \
+                         VALUES ($1, $2, $3, NULL, NULL, $4)",
+                    )
+                    .bind(&binding.id)
+                    .bind(binding.role.as_str())
+                    .bind(principal)
+                    .bind(millis(binding.created_at))
+                    .execute(tx.conn())
+                    .await?;
+                }
+                for (key, hash) in keys {
+                    sqlx::query(
+                        "INSERT INTO api_keys (id, principal_id, hash, created_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&key.id)
+                    .bind(&p.id)
+                    .bind(hash)
+                    .bind(millis(key.created_at))
+                    .execute(tx.conn())
+                    .await?;
+                }
+                sqlx::query("DELETE FROM admin_tokens").execute(tx.conn()).await?;
+                tx.audit(event, now);
+                tx.commit().await
             }
 
             async fn set_host_labels(
