@@ -83,6 +83,8 @@ pub struct ControlConfig {
     /// The wait before a grant whose revocation job failed gets another one: doubling from
     /// `first` with each failure, at most `max`. Revocations are retried until confirmed.
     pub revocation_retry: store::RetryBackoff,
+    /// Which sensitive actions need a recent second factor (MFA step-up).
+    pub mfa: mfa::MfaPolicy,
 }
 
 impl Default for ControlConfig {
@@ -99,6 +101,7 @@ impl Default for ControlConfig {
                 first: Duration::seconds(10),
                 max: Duration::minutes(5),
             },
+            mfa: mfa::MfaPolicy::default(),
         }
     }
 }

@@ -14,11 +14,20 @@ use crate::Control;
 use crate::audit::AuditEvent;
 use crate::error::ControlError;
 use crate::people::Authority;
-use crate::store::people::PrincipalKind;
+use crate::store::people::{PrincipalKind, TotpUse};
 
 const DIGITS: usize = 6;
 const STEP_SECONDS: u64 = 30;
 const ISSUER: &str = "Latch";
+/// Wrong codes after which a factor refuses every code for [`LOCK_FOR`].
+pub const LOCK_AFTER: i64 = 5;
+/// How long a factor stays locked after too many wrong codes.
+pub const LOCK_FOR: Duration = Duration::minutes(5);
+
+/// The associated data a TOTP secret is sealed under: purpose and owner.
+fn seal_label(principal_id: &str) -> String {
+    format!("totp\0{principal_id}")
+}
 
 /// An action that may need a recent second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,6 +45,13 @@ pub enum SensitiveAction {
 }
 
 impl SensitiveAction {
+    /// Whether a service user (which has no second factor) may do this without one: changing
+    /// roles and policies may be automated (configuration as code); approving, revealing and
+    /// break-glass are for people.
+    pub fn allowed_to_service_users(self) -> bool {
+        matches!(self, Self::ChangePolicy | Self::ChangeRoles)
+    }
+
     /// Every sensitive action.
     pub const ALL: [SensitiveAction; 5] = [
         Self::Approve,
@@ -106,7 +122,8 @@ fn step_of(at: DateTime<Utc>) -> i64 {
 impl Authority {
     /// Refuses `action` unless this session showed a second factor within the policy's window
     /// (when the policy requires one for it). Service users authenticate with keys and have no
-    /// second factor: actions that require one are refused to them.
+    /// second factor: they may change roles and policies without one (automation), and are
+    /// refused the actions meant for people ([`SensitiveAction::allowed_to_service_users`]).
     pub fn require_mfa(
         &self,
         policy: &MfaPolicy,
@@ -117,13 +134,17 @@ impl Authority {
             return Ok(());
         }
         if self.principal.kind == PrincipalKind::Service {
+            if action.allowed_to_service_users() {
+                return Ok(());
+            }
             return Err(ControlError::StepUpRequired(format!(
                 "{} needs a second factor, which a service user cannot show; a person must do this",
                 action.as_str()
             )));
         }
+        // A factor "shown" in the future (a clock step back, a bad row) counts as none.
         match self.session.mfa_at {
-            Some(at) if now - at <= policy.window => Ok(()),
+            Some(at) if at <= now + Duration::seconds(5) && now - at <= policy.window => Ok(()),
             _ => Err(ControlError::StepUpRequired(format!(
                 "{} needs a second factor shown in the last {} minutes: run `latchctl mfa verify` (or sign in again with MFA at the identity provider) and retry",
                 action.as_str(),
@@ -168,7 +189,7 @@ impl Control {
         let factor = totp(secret.clone(), &by.principal.name)?;
         let key = self.store.audit_key();
         let sealed = key
-            .seal(&by.principal.id, &secret)
+            .seal(&seal_label(&by.principal.id), &secret)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         let event = AuditEvent::new(by.actor(), "mfa.totp_enroll");
         self.store
@@ -209,54 +230,90 @@ impl Control {
                 "no TOTP factor is enrolled; run `latchctl mfa enroll` first".to_owned(),
             ));
         };
+        if let Some(until) = record.locked_until
+            && until > now
+        {
+            return Err(ControlError::StepUpRequired(format!(
+                "too many wrong codes: the factor accepts codes again at {}",
+                until.to_rfc3339()
+            )));
+        }
         let key = self.store.audit_key();
-        let secret = key
-            .open(&by.principal.id, &record.sealed_secret)
-            .ok_or_else(|| {
+        let label = seal_label(&by.principal.id);
+        let open = |sealed: &str| {
+            key.open(&label, sealed).ok_or_else(|| {
                 ControlError::Internal(format!(
                     "the TOTP secret of {} does not open with this server's audit key; enroll the factor again",
                     by.principal.name
                 ))
-            })?;
-        let factor = totp(secret, &by.principal.name)?;
+            })
+        };
+        // The secret in force, then a replacement being enrolled.
+        let mut candidates = vec![(record.sealed_secret.clone(), false)];
+        if let Some(pending) = &record.pending {
+            candidates.push((pending.clone(), true));
+        }
         let current = step_of(now);
-        // The newest matching step first: a code is tied to exactly one step.
-        let matched = [current + 1, current, current - 1]
-            .into_iter()
-            .filter(|step| *step >= 0)
-            .find(|step| {
-                let time = u64::try_from(*step).unwrap_or(0) * STEP_SECONDS;
-                crate::secret::same_secret(&factor.generate(time), code)
-            });
-        let Some(step) = matched else {
-            self.store
-                .append_audit(
-                    &AuditEvent::new(by.actor(), "mfa.failure")
-                        .detail(serde_json::json!({"reason": "wrong code"})),
-                    now,
-                )
+        let mut matched = None;
+        for (sealed, pending) in candidates {
+            let factor = totp(open(&sealed)?, &by.principal.name)?;
+            // The newest matching step first: a code is tied to exactly one step.
+            let step = [current + 1, current, current - 1]
+                .into_iter()
+                .filter(|step| *step >= 0)
+                .find(|step| {
+                    let time = u64::try_from(*step).unwrap_or(0) * STEP_SECONDS;
+                    crate::secret::same_secret(&factor.generate(time), code)
+                });
+            if let Some(step) = step {
+                matched = Some((step, sealed, pending));
+                break;
+            }
+        }
+        let failed = |reason: &'static str| async move {
+            let event = AuditEvent::new(by.actor(), "mfa.failure")
+                .detail(serde_json::json!({"reason": reason}));
+            let failures = self
+                .store
+                .record_totp_failure(&by.principal.id, LOCK_AFTER, now + LOCK_FOR, event, now)
                 .await?;
-            return Err(ControlError::StepUpRequired(WRONG.to_owned()));
+            Err::<DateTime<Utc>, ControlError>(ControlError::StepUpRequired(
+                if failures >= LOCK_AFTER {
+                    format!(
+                        "{WRONG} — after {LOCK_AFTER} wrong codes the factor is locked for {} minutes",
+                        LOCK_FOR.num_minutes()
+                    )
+                } else {
+                    WRONG.to_owned()
+                },
+            ))
+        };
+        let Some((step, sealed, pending)) = matched else {
+            return failed("wrong code").await;
         };
         let event = AuditEvent::new(by.actor(), "mfa.verify").detail(serde_json::json!({
             "session_id": by.session.id,
             "first": record.confirmed_at.is_none(),
+            "replacement_confirmed": pending,
         }));
         if self
             .store
-            .use_totp_step(&by.principal.id, &by.session.id, step, event, now)
+            .use_totp_step(
+                &TotpUse {
+                    principal_id: &by.principal.id,
+                    session_id: &by.session.id,
+                    step,
+                    matched: &sealed,
+                    pending,
+                },
+                event,
+                now,
+            )
             .await?
         {
             Ok(now)
         } else {
-            self.store
-                .append_audit(
-                    &AuditEvent::new(by.actor(), "mfa.failure")
-                        .detail(serde_json::json!({"reason": "code replayed"})),
-                    now,
-                )
-                .await?;
-            Err(ControlError::StepUpRequired(WRONG.to_owned()))
+            failed("code replayed, or the factor changed meanwhile").await
         }
     }
 }

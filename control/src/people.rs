@@ -110,6 +110,8 @@ impl Authority {
                 continue;
             }
             match (role.is_delegated(), selector) {
+                // An empty selector would match every host: it gives nothing.
+                (true, Some(selector)) if selector.is_empty() => {}
                 (true, Some(selector)) => within.push(selector.clone()),
                 // A delegated binding without a selector gives nothing (the store refuses
                 // such a binding; a hand-edited row must not widen it to everything).
@@ -148,6 +150,24 @@ impl Authority {
     }
 }
 
+impl Control {
+    /// The principal `key` names: by id when it has an id's prefix, by name otherwise (names
+    /// never take an id's shape, so one key never names two principals).
+    pub(crate) async fn principal_named(
+        &self,
+        key: &str,
+    ) -> Result<Option<PrincipalRecord>, ControlError> {
+        let found = self.store.principal(key).await?;
+        Ok(found.filter(|p| {
+            if looks_like_id(key) {
+                p.id == key
+            } else {
+                p.name == key
+            }
+        }))
+    }
+}
+
 /// A new service user, with its first API key (shown once).
 #[derive(Debug)]
 pub struct NewServiceUser {
@@ -174,9 +194,26 @@ pub(crate) fn new_id(prefix: &str) -> Result<String, ControlError> {
     Ok(format!("{prefix}{}", crate::secret::hex(&bytes)))
 }
 
-/// Checks a service user's or group's name: 1–64 characters of `a-z 0-9 . _ -`, starting with a
-/// letter or digit.
+/// Prefixes of record ids: no name may start with one, so a name never reads as an id.
+pub const ID_PREFIXES: [&str; 6] = ["usr_", "svc_", "grp_", "rb_", "key_", "ses_"];
+
+/// Whether `text` has the shape of a record id (a known prefix).
+pub fn looks_like_id(text: &str) -> bool {
+    ID_PREFIXES.iter().any(|prefix| text.starts_with(prefix))
+}
+
+/// Checks a user's, service user's or group's name: 1–64 characters of `a-z 0-9 . _ - @`,
+/// starting with a letter or digit, and not shaped like a record id (`usr_…`, `svc_…`, …).
 pub fn validate_principal_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    if looks_like_id(name) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "{name:?} starts like a record id ({}); choose another name",
+                ID_PREFIXES.join(", ")
+            ),
+        ));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -303,6 +340,17 @@ pub async fn bootstrap(
 }
 
 impl Control {
+    /// Checks that `by` may change people, groups and roles now: `users.manage` everywhere, and
+    /// a recent second factor when the MFA policy asks for one.
+    pub(crate) fn require_people_change(&self, by: &Authority) -> Result<(), ControlError> {
+        by.require_everywhere(Permission::UsersManage)?;
+        by.require_mfa(
+            &self.config().mfa,
+            crate::mfa::SensitiveAction::ChangeRoles,
+            Utc::now(),
+        )
+    }
+
     fn refusal(refusal: PeopleRefusal, key: &str) -> ControlError {
         match refusal {
             PeopleRefusal::AlreadyExists(what) => ControlError::AlreadyExists {
@@ -323,8 +371,15 @@ impl Control {
         name: &str,
         roles: &[Role],
     ) -> Result<NewServiceUser, ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         validate_principal_name("name", name)?;
+        if let Some(role) = roles.iter().find(|r| r.is_delegated()) {
+            return Err(ValidationError::new(
+                "roles",
+                format!("{role} needs a label selector: bind it after creating the service user"),
+            )
+            .into());
+        }
         let now = Utc::now();
         let principal = PrincipalRecord {
             id: new_id("svc_")?,
@@ -387,8 +442,7 @@ impl Control {
     }
 
     async fn service_user(&self, name_or_id: &str) -> Result<PrincipalRecord, ControlError> {
-        self.store
-            .principal(name_or_id)
+        self.principal_named(name_or_id)
             .await?
             .filter(|p| p.kind == PrincipalKind::Service)
             .ok_or_else(|| ControlError::NotFound {
@@ -403,7 +457,7 @@ impl Control {
         by: &Authority,
         service_user: &str,
     ) -> Result<(String, String), ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let principal = self.service_user(service_user).await?;
         self.add_api_key(by, &principal).await
     }
@@ -415,7 +469,7 @@ impl Control {
         service_user: &str,
         key_id: &str,
     ) -> Result<(), ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let principal = self.service_user(service_user).await?;
         let event = AuditEvent::new(by.actor(), "service_user.key_revoke")
             .detail(serde_json::json!({"service_user": principal.name, "key_id": key_id}));
@@ -452,6 +506,16 @@ impl Control {
         address: Option<String>,
     ) -> Result<IssuedToken, ControlError> {
         const REFUSED: &str = "the API key is not valid (revoked, or not a key of this control plane); ask an admin for a new one: `latchctl service-users keys create NAME`";
+        if ttl < Duration::minutes(1) || ttl > MAX_SERVICE_TOKEN_TTL {
+            return Err(ValidationError::new(
+                "ttl_seconds",
+                format!(
+                    "a token lives 60 to {} seconds",
+                    MAX_SERVICE_TOKEN_TTL.num_seconds()
+                ),
+            )
+            .into());
+        }
         let known_prefix =
             api_key.starts_with(API_KEY_PREFIX) || api_key.starts_with(LEGACY_ADMIN_PREFIX);
         let now = Utc::now();
@@ -468,6 +532,9 @@ impl Control {
             return Err(ControlError::Unauthenticated(REFUSED));
         };
         if principal.disabled_at.is_some() {
+            let event = AuditEvent::new(format!("service:{}", principal.name), "auth.failure")
+                .detail(serde_json::json!({"credential": "api_key", "reason": "disabled", "key_id": key.id}));
+            self.store.append_audit(&event, now).await?;
             return Err(ControlError::AuthorizationRevoked(format!(
                 "service user {} is disabled; ask an admin to enable it",
                 principal.name
@@ -603,14 +670,23 @@ impl Control {
         subject: &BindingSubject,
         selector: Option<&str>,
     ) -> Result<RoleBinding, ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let selector = match (role.is_delegated(), selector) {
             (true, Some(text)) => {
                 let parsed = Selector::parse(text)?;
-                if parsed.is_empty() {
+                // Only what a host is labelled with may bring it in: a selector of negations
+                // alone (`env!=prod`) would cover every host enrolled later, unlabelled.
+                let positive = parsed.requirements().iter().any(|r| {
+                    matches!(
+                        r,
+                        latch_common::labels::Requirement::In(..)
+                            | latch_common::labels::Requirement::Exists(_)
+                    )
+                });
+                if !positive {
                     return Err(ValidationError::new(
                         "selector",
-                        "a delegation needs a non-empty label selector (e.g. team=db); bind resource_admin to give every host",
+                        "a delegation needs at least one label the hosts must have (e.g. team=db or team in (db,web)); negations alone would cover every unlabelled host",
                     )
                     .into());
                 }
@@ -659,7 +735,7 @@ impl Control {
 
     /// Removes a role binding.
     pub async fn unbind_role(&self, by: &Authority, binding_id: &str) -> Result<(), ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let event = AuditEvent::new(by.actor(), "role.unbind")
             .detail(serde_json::json!({"binding": binding_id}));
         if self
@@ -676,30 +752,25 @@ impl Control {
         }
     }
 
-    /// Replaces a host's labels. A delegated admin must cover the host both before and after,
-    /// so nobody can move a host into or out of their own reach.
+    /// Replaces a host's labels. Labels decide who else may act on a host (delegations, and
+    /// later access policies), so only an admin of every host may set them: a delegated admin
+    /// could otherwise move hosts into other people's reach or out of stricter rules.
     pub async fn set_host_labels(
         &self,
         by: &Authority,
         host: &str,
         labels: Labels,
     ) -> Result<(), ControlError> {
-        let scope = by.require(Permission::HostsManage)?;
-        validate_labels(&labels)?;
-        let record = self.find_host(host).await?;
-        let current = self
-            .store
-            .host_labels()
-            .await?
-            .remove(&record.id)
-            .unwrap_or_default();
-        if !scope.covers(&current) || !scope.covers(&labels) {
+        if let Some(Scope::Within(_)) = by.scope(Permission::HostsManage) {
             return Err(ControlError::Forbidden(format!(
-                "{} may manage only hosts within its delegation; host {} would be outside it before or after this change",
-                by.actor(),
-                record.facts.hostname
+                "{} administers hosts only within a delegation; labels decide delegations and policies, so only a resource_admin or pam_admin sets them",
+                by.actor()
             )));
         }
+        by.require_everywhere(Permission::HostsManage)?;
+        validate_labels(&labels)?;
+        let record = self.find_host(host).await?;
+        let current = self.labels_of(&record.id).await?;
         let event = AuditEvent::new(by.actor(), "host.labels")
             .host(&record.id)
             .detail(serde_json::json!({"before": current, "after": labels}));

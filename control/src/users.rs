@@ -7,13 +7,14 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use chrono::{Duration, Utc};
-use latch_common::authz::Permission;
 use latch_common::names::ValidationError;
 
 use crate::Control;
 use crate::audit::AuditEvent;
 use crate::error::ControlError;
-use crate::people::{Authority, IssuedToken, TOKEN_PREFIX, new_id, validate_principal_name};
+use crate::people::{
+    Authority, IssuedToken, TOKEN_PREFIX, looks_like_id, new_id, validate_principal_name,
+};
 use crate::secret::new_token;
 use crate::store::people::{
     GroupRecord, PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
@@ -27,13 +28,20 @@ pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const LOCAL_SESSION_TTL: Duration = Duration::hours(8);
 
 /// A hash verified when the user does not exist (or has no local password), so a wrong name
-/// costs as long as a wrong password and sign-in does not reveal which names exist. Made once,
-/// from a random password nobody knows, with the same parameters as every real hash.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let password = crate::secret::new_token("").unwrap_or_default();
-        hash_password(&password).unwrap_or_default()
+/// costs as long as a wrong password and sign-in does not reveal which names exist: a fixed,
+/// valid Argon2id hash with the same parameters as every real one, of no password anyone has
+/// (its output was made up; no input is known to produce it).
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bGF0Y2hkdW1teXNhbHQ$Zm9ydGltaW5nb25seW5vcGFzc3dvcmRtYXRjaGVzdGhpcyE";
+
+/// Whether `text` holds a control or format character (bidi overrides, zero-width joiners) that
+/// could make one name look like another in a list or the audit trail.
+fn has_hidden_characters(text: &str) -> bool {
+    text.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{FEFF}')
+            || ('\u{200B}'..='\u{200F}').contains(&c)
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2060}'..='\u{206F}').contains(&c)
     })
 }
 
@@ -48,25 +56,59 @@ fn check_password(password: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn hash_password(password: &str) -> Result<String, ControlError> {
+/// Argon2id with the default parameters, peppered with a key derived from the audit key (kept
+/// outside the database), so a hash written into the database by someone without that key
+/// matches no password.
+fn argon2(pepper: &[u8]) -> Result<Argon2<'_>, ControlError> {
+    Argon2::new_with_secret(
+        pepper,
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::default(),
+    )
+    .map_err(|e| ControlError::Internal(format!("cannot set up Argon2: {e}")))
+}
+
+fn hash_password(password: &str, pepper: &[u8]) -> Result<String, ControlError> {
     let salt_bytes = crate::secret::random_bytes::<16>()?;
     let salt = SaltString::encode_b64(&salt_bytes)
         .map_err(|e| ControlError::Internal(format!("cannot encode a salt: {e}")))?;
-    Argon2::default()
+    argon2(pepper)?
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| ControlError::Internal(format!("cannot hash the password: {e}")))
 }
 
-fn password_matches(password: &str, stored: &str) -> bool {
+fn password_matches(password: &str, stored: &str, pepper: &[u8]) -> bool {
+    let Ok(argon2) = argon2(pepper) else {
+        return false;
+    };
     PasswordHash::new(stored)
-        .map(|hash| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &hash)
-                .is_ok()
-        })
+        .map(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
         .unwrap_or(false)
 }
+
+/// At most this many Argon2 runs at once (each takes ~19 MiB and tens of milliseconds of a
+/// core); more wait, off the async runtime, so agents' long-polls are never starved.
+const PARALLEL_HASHES: usize = 2;
+
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ControlError> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PARALLEL_HASHES);
+    let _permit = PERMITS
+        .acquire()
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ControlError::Internal(format!("password hashing failed: {e}")))
+}
+
+/// Wrong passwords after which local sign-in is refused for [`SIGN_IN_LOCK_FOR`].
+pub const SIGN_IN_LOCK_AFTER: i64 = 10;
+/// How long local sign-in stays locked after too many wrong passwords.
+pub const SIGN_IN_LOCK_FOR: Duration = Duration::minutes(5);
 
 /// What a new local user is given.
 #[derive(Debug, Clone, Default)]
@@ -88,12 +130,12 @@ impl Control {
         by: &Authority,
         user: &NewUser,
     ) -> Result<PrincipalRecord, ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         validate_principal_name("name", &user.name)?;
-        if user.display_name.len() > 128 || user.display_name.chars().any(char::is_control) {
+        if user.display_name.len() > 128 || has_hidden_characters(&user.display_name) {
             return Err(ValidationError::new(
                 "display_name",
-                "must be at most 128 characters without control characters",
+                "must be at most 128 characters without control or format characters",
             )
             .into());
         }
@@ -110,7 +152,9 @@ impl Control {
         let password_hash = match &user.password {
             Some(password) => {
                 check_password(password)?;
-                Some(hash_password(password)?)
+                let pepper = self.store.audit_key().password_pepper();
+                let password = password.clone();
+                Some(off_runtime(move || hash_password(&password, &pepper)).await??)
             }
             None => None,
         };
@@ -149,7 +193,7 @@ impl Control {
         name: &str,
         disabled: bool,
     ) -> Result<(), ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let principal =
             self.store
                 .principal(name)
@@ -185,17 +229,17 @@ impl Control {
         description: &str,
         idp_group: Option<&str>,
     ) -> Result<GroupRecord, ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         validate_principal_name("name", name)?;
-        if description.len() > 500 || description.chars().any(char::is_control) {
+        if description.len() > 500 || has_hidden_characters(description) {
             return Err(ValidationError::new(
                 "description",
-                "must be at most 500 characters without control characters",
+                "must be at most 500 characters without control or format characters",
             )
             .into());
         }
         if let Some(idp) = idp_group
-            && (idp.is_empty() || idp.len() > 256 || idp.chars().any(char::is_control))
+            && (idp.is_empty() || idp.len() > 256 || has_hidden_characters(idp))
         {
             return Err(ValidationError::new(
                 "idp_group",
@@ -234,7 +278,7 @@ impl Control {
         member: &str,
         add: bool,
     ) -> Result<(), ControlError> {
-        by.require_everywhere(Permission::UsersManage)?;
+        self.require_people_change(by)?;
         let group = self
             .store
             .group(group)
@@ -278,28 +322,51 @@ impl Control {
     ) -> Result<IssuedToken, ControlError> {
         const REFUSED: &str = "the user name or password is wrong (or the user has no local password: sign in through the identity provider with `latchctl login`)";
         let now = Utc::now();
-        let principal = if password.len() <= MAX_PASSWORD_LEN * 4 {
+        // By name only: an id is not a login name.
+        let principal = if password.len() <= MAX_PASSWORD_LEN * 4 && !looks_like_id(name) {
             self.store
                 .principal(name)
                 .await?
-                .filter(|p| p.kind == PrincipalKind::User)
+                .filter(|p| p.kind == PrincipalKind::User && p.name == name)
         } else {
             None
         };
+        if let Some(p) = &principal
+            && let Some(until) = self.store.sign_in_locked_until(&p.id).await?
+            && until > now
+        {
+            return Err(ControlError::Unauthenticated(
+                "too many wrong passwords: local sign-in for this user is locked for a few minutes",
+            ));
+        }
         let stored = principal
             .as_ref()
             .and_then(|p| p.password_hash.clone())
-            .unwrap_or_else(|| dummy_hash().to_owned());
-        let matches = password_matches(password, &stored);
+            .unwrap_or_else(|| DUMMY_HASH.to_owned());
+        let pepper = self.store.audit_key().password_pepper();
+        let given = password.to_owned();
+        let matches = off_runtime(move || password_matches(&given, &stored, &pepper)).await?;
         let principal = match principal {
             Some(p) if matches && p.password_hash.is_some() => p,
-            _ => {
-                let event = AuditEvent::new("anonymous", "auth.failure")
-                    .detail(serde_json::json!({"credential": "local_password"}));
+            other => {
+                if let Some(p) = &other {
+                    self.store
+                        .record_sign_in(&p.id, false, SIGN_IN_LOCK_AFTER, now + SIGN_IN_LOCK_FOR)
+                        .await?;
+                }
+                let event =
+                    AuditEvent::new("anonymous", "auth.failure").detail(serde_json::json!({
+                        "credential": "local_password",
+                        "principal_id": other.as_ref().map(|p| p.id.clone()),
+                        "address": address,
+                    }));
                 self.store.append_audit(&event, now).await?;
                 return Err(ControlError::Unauthenticated(REFUSED));
             }
         };
+        self.store
+            .record_sign_in(&principal.id, true, SIGN_IN_LOCK_AFTER, now)
+            .await?;
         if principal.disabled_at.is_some() {
             return Err(ControlError::AuthorizationRevoked(format!(
                 "user {} is disabled; ask a pam_admin",
@@ -347,25 +414,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_dummy_hash_is_a_real_argon2id_hash_of_an_unknown_password() {
-        assert!(dummy_hash().starts_with("$argon2id$"));
-        assert!(PasswordHash::new(dummy_hash()).is_ok());
-        assert!(!password_matches("", dummy_hash()));
-        assert!(!password_matches(
-            "correct horse battery staple",
-            dummy_hash()
-        ));
+    fn the_dummy_hash_is_a_valid_argon2id_hash_that_matches_nothing_usual() {
+        let hash = PasswordHash::new(DUMMY_HASH).unwrap();
+        assert_eq!(hash.algorithm.as_str(), "argon2id");
+        for pepper in [&[0u8; 32][..], &[7u8; 32][..]] {
+            assert!(!password_matches("", DUMMY_HASH, pepper));
+            assert!(!password_matches(
+                "correct horse battery staple",
+                DUMMY_HASH,
+                pepper
+            ));
+        }
     }
 
     #[test]
-    fn passwords_hash_with_fresh_salts_and_verify() {
-        let a = hash_password("correct horse battery").unwrap();
-        let b = hash_password("correct horse battery").unwrap();
+    fn passwords_hash_with_fresh_salts_and_verify_only_with_the_pepper() {
+        let pepper = [7u8; 32];
+        let a = hash_password("correct horse battery", &pepper).unwrap();
+        let b = hash_password("correct horse battery", &pepper).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("$argon2id$"));
-        assert!(password_matches("correct horse battery", &a));
-        assert!(!password_matches("correct horse batterY", &a));
+        assert!(password_matches("correct horse battery", &a, &pepper));
+        assert!(!password_matches("correct horse batterY", &a, &pepper));
+        assert!(!password_matches("correct horse battery", &a, &[8u8; 32]));
+        // A hash made without the pepper (as a database writer could) matches nothing.
+        let unpeppered = Argon2::default()
+            .hash_password(
+                b"correct horse battery",
+                &SaltString::encode_b64(b"0123456789abcdef").unwrap(),
+            )
+            .unwrap()
+            .to_string();
+        assert!(!password_matches(
+            "correct horse battery",
+            &unpeppered,
+            &pepper
+        ));
         assert!(check_password("short").is_err());
         assert!(check_password(&"x".repeat(MAX_PASSWORD_LEN + 1)).is_err());
+        assert!(has_hidden_characters("ad\u{202E}nimda"));
+        assert!(has_hidden_characters("a\u{200B}b"));
+        assert!(!has_hidden_characters("Zoë Ångström"));
     }
 }

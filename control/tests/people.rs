@@ -609,12 +609,40 @@ async fn service_users_exchange_keys_for_tokens_that_revoking_ends(db: TestDb) {
             Err(ControlError::Unauthenticated(_))
         ));
     }
-    let short = control
-        .issue_service_token(&ci.api_key, Duration::milliseconds(-1), None)
+    for ttl in [
+        Duration::milliseconds(-1),
+        Duration::seconds(59),
+        Duration::days(365),
+    ] {
+        assert!(
+            matches!(
+                control.issue_service_token(&ci.api_key, ttl, None).await,
+                Err(ControlError::Invalid(_))
+            ),
+            "{ttl}"
+        );
+    }
+    // A token past its end (made directly in the store, an hour old).
+    let past = Utc::now() - Duration::hours(2);
+    let expired = SessionRecord {
+        id: "ses_expired".into(),
+        principal_id: ci.principal.id.clone(),
+        kind: SessionKind::Service,
+        api_key_id: Some(ci.key_id.clone()),
+        created_at: past,
+        expires_at: past + Duration::hours(1),
+        revoked_at: None,
+        mfa_at: None,
+        address: None,
+    };
+    let expired_token = "latch_tok_expired-for-test";
+    let hash = store.audit_key().credential_hash(expired_token);
+    store
+        .insert_session(&expired, &hash, event("service_token.issue"), past)
         .await
         .unwrap();
     assert!(matches!(
-        control.authenticate(&short.token).await,
+        control.authenticate(expired_token).await,
         Err(ControlError::Unauthenticated(m)) if m.contains("expired")
     ));
 
@@ -690,6 +718,10 @@ async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
         (Role::DelegatedResourceAdmin, None),
         (Role::DelegatedResourceAdmin, Some("")),
         (Role::DelegatedResourceAdmin, Some("team in ()")),
+        (Role::DelegatedResourceAdmin, Some("!pci")),
+        (Role::DelegatedResourceAdmin, Some("env!=prod")),
+        (Role::DelegatedResourceAdmin, Some("team notin (web)")),
+        (Role::DelegatedResourceAdmin, Some("team!=")),
         (Role::ResourceAdmin, Some("team=db")),
     ] {
         let refused = control.bind_role(&admin, role, &subject, selector).await;
@@ -714,13 +746,11 @@ async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
     assert_eq!(selectors[0].to_string(), "team=db");
     assert!(dba.scope(Permission::UsersManage).is_none());
 
-    control
-        .set_host_labels(&dba, "db-01", labels(&[("team", "db"), ("env", "prod")]))
-        .await
-        .unwrap();
+    // Labels decide delegations (and policies): a delegated admin sets none, not even on its
+    // own hosts, so it cannot move a host into anyone's reach or out of a stricter rule.
     for (host, new) in [
+        ("db-01", labels(&[("team", "db"), ("env", "prod")])),
         ("db-01", labels(&[("team", "web")])),
-        ("db-01", labels(&[])),
         ("web-01", labels(&[("team", "db")])),
     ] {
         let refused = control.set_host_labels(&dba, host, new).await.unwrap_err();
@@ -729,6 +759,33 @@ async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
             "{host}: {refused}"
         );
     }
+    // It sees and removes only hosts within its labels; others do not exist for it.
+    let seen: Vec<String> = control
+        .list_hosts(
+            &dba,
+            latch_control::store::Page {
+                offset: 0,
+                count: 100,
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.facts.hostname)
+        .collect();
+    assert_eq!(seen, ["db-01"]);
+    assert!(matches!(
+        control.show_host(&dba, "web-01").await,
+        Err(ControlError::NotFound { .. })
+    ));
+    assert!(matches!(
+        control.remove_host(&dba, "web-01").await,
+        Err(ControlError::NotFound { .. })
+    ));
+    control
+        .set_host_labels(&admin, "db-01", labels(&[("team", "db"), ("env", "prod")]))
+        .await
+        .unwrap();
     let now = store.host_labels().await.unwrap();
     assert_eq!(now[&db_host], labels(&[("team", "db"), ("env", "prod")]));
     assert_eq!(now[&web_host], labels(&[("team", "web")]));
@@ -849,7 +906,7 @@ async fn totp_step_up_accepts_each_code_once(db: TestDb) {
 
     let code = code_at(&factor.secret_base32, now).unwrap();
     let wrong = if code == "000000" { "111111" } else { "000000" };
-    for bad in [wrong, "12345", "abcdef", "1234567"] {
+    for bad in ["12345", "abcdef", "1234567"] {
         assert!(
             matches!(
                 control.verify_totp_at(&alice, bad, now).await,
@@ -858,21 +915,18 @@ async fn totp_step_up_accepts_each_code_once(db: TestDb) {
             "{bad}"
         );
     }
+    assert!(control.verify_totp_at(&alice, wrong, now).await.is_err());
     control.verify_totp_at(&alice, &code, now).await.unwrap();
+    let record = store.totp("usr_alice").await.unwrap().unwrap();
+    assert_eq!(record.failures, 0, "a good code clears the failures");
     let replayed = control
         .verify_totp_at(&alice, &code, now)
         .await
         .unwrap_err();
     assert!(replayed.to_string().contains("already used"), "{replayed}");
-    assert!(
-        store
-            .totp("usr_alice")
-            .await
-            .unwrap()
-            .unwrap()
-            .confirmed_at
-            .is_some()
-    );
+    let record = store.totp("usr_alice").await.unwrap().unwrap();
+    assert!(record.confirmed_at.is_some());
+    assert_eq!(record.failures, 1, "a replayed code counts as a wrong one");
 
     // The step-up is on the session: a fresh look-up of the same token sees it, for a while.
     let token_alice = control
@@ -888,6 +942,16 @@ async fn totp_step_up_accepts_each_code_once(db: TestDb) {
             .require_mfa(&policy, SensitiveAction::Approve, later)
             .is_err()
     );
+    assert!(
+        token_alice
+            .require_mfa(
+                &policy,
+                SensitiveAction::Approve,
+                now - Duration::minutes(1)
+            )
+            .is_err(),
+        "a factor shown in the future counts as none"
+    );
     let relaxed = MfaPolicy {
         required: vec![],
         ..MfaPolicy::default()
@@ -896,44 +960,89 @@ async fn totp_step_up_accepts_each_code_once(db: TestDb) {
         .require_mfa(&relaxed, SensitiveAction::Approve, now)
         .unwrap();
 
-    // The next step's code works once; an older step's code no longer does.
-    let next = now + Duration::seconds(30);
-    control
-        .verify_totp_at(&alice, &code_at(&factor.secret_base32, next).unwrap(), next)
-        .await
-        .unwrap();
-    let previous = code_at(&factor.secret_base32, now).unwrap();
-    assert!(
-        control
-            .verify_totp_at(&alice, &previous, next)
-            .await
-            .is_err()
-    );
-
-    // Replacing a confirmed factor needs the step-up first.
-    let bob = signed_in_user(&control, &store, "bob").await;
-    control.enroll_totp(&bob).await.unwrap();
-    let fresh_alice = control
-        .authenticate("latch_tok_session-of-alice")
-        .await
-        .unwrap();
-    let mut stale = fresh_alice.clone();
+    // Replacing the factor needs the step-up; the old factor stays in force until the new one
+    // shows a code.
+    let mut stale = token_alice.clone();
     stale.session.mfa_at = None;
     assert!(matches!(
         control.enroll_totp(&stale).await,
         Err(ControlError::StepUpRequired(_))
     ));
-    control.enroll_totp(&fresh_alice).await.unwrap();
+    let replacement = control.enroll_totp(&token_alice).await.unwrap();
+    let record = store.totp("usr_alice").await.unwrap().unwrap();
+    assert!(record.confirmed_at.is_some() && record.pending.is_some());
+    let next = now + Duration::seconds(30);
+    control
+        .verify_totp_at(&alice, &code_at(&factor.secret_base32, next).unwrap(), next)
+        .await
+        .unwrap();
+    let after = next + Duration::seconds(30);
+    control
+        .verify_totp_at(
+            &alice,
+            &code_at(&replacement.secret_base32, after).unwrap(),
+            after,
+        )
+        .await
+        .unwrap();
+    let record = store.totp("usr_alice").await.unwrap().unwrap();
+    assert!(
+        record.pending.is_none(),
+        "the replacement is now the factor"
+    );
+    let later = after + Duration::seconds(30);
+    assert!(
+        control
+            .verify_totp_at(
+                &alice,
+                &code_at(&factor.secret_base32, later).unwrap(),
+                later
+            )
+            .await
+            .is_err(),
+        "the old factor no longer counts"
+    );
+
     // A first factor is enrolled only in a fresh sign-in (a stolen old session cannot add one).
+    let bob = signed_in_user(&control, &store, "bob").await;
     let mut old_session = bob.clone();
     old_session.session.created_at = now - Duration::hours(1);
     let refused = control.enroll_totp(&old_session).await.unwrap_err();
     assert!(refused.to_string().contains("sign in again"), "{refused}");
 
-    // Service users have no second factor.
+    // Guessing: after five wrong codes the factor refuses even the right one for a while.
+    let bobs = control.enroll_totp(&bob).await.unwrap();
+    let right = code_at(&bobs.secret_base32, now).unwrap();
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..latch_control::mfa::LOCK_AFTER {
+        assert!(control.verify_totp_at(&bob, wrong, now).await.is_err());
+    }
+    let locked = control.verify_totp_at(&bob, &right, now).await.unwrap_err();
+    assert!(
+        locked.to_string().contains("too many wrong codes"),
+        "{locked}"
+    );
+    let unlocked = now + latch_control::mfa::LOCK_FOR + Duration::seconds(1);
+    control
+        .verify_totp_at(
+            &bob,
+            &code_at(&bobs.secret_base32, unlocked).unwrap(),
+            unlocked,
+        )
+        .await
+        .unwrap();
+
+    // Service users have no second factor: they may change roles (automation), not approve.
     let admin = bootstrap_admin(&control, &store).await;
+    admin
+        .require_mfa(&policy, SensitiveAction::ChangeRoles, now)
+        .unwrap();
     assert!(matches!(
-        admin.require_mfa(&policy, SensitiveAction::ChangeRoles, now),
+        admin.require_mfa(&policy, SensitiveAction::Approve, now),
         Err(ControlError::StepUpRequired(_))
     ));
     assert!(matches!(
@@ -1130,3 +1239,158 @@ async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
     }
 }
 both_stores!(local_users_sign_in_and_get_their_groups_roles);
+
+async fn review_people_changes_need_a_recent_factor_and_guessing_is_bounded(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let admin = bootstrap_admin(&control, &store).await;
+    // A person with pam_admin: people changes need a recent second factor.
+    let root = signed_in_user(&control, &store, "rooty").await;
+    control
+        .bind_role(
+            &admin,
+            Role::PamAdmin,
+            &BindingSubject::Principal(root.principal.id.clone()),
+            None,
+        )
+        .await
+        .unwrap();
+    let root = control
+        .authenticate("latch_tok_session-of-rooty")
+        .await
+        .unwrap();
+    let refused = control
+        .create_service_user(&root, "backdoor", &[Role::PamAdmin])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ControlError::StepUpRequired(_)),
+        "{refused}"
+    );
+    assert!(store.principal("backdoor").await.unwrap().is_none());
+    for result in [
+        control
+            .create_user(
+                &root,
+                &NewUser {
+                    name: "x".into(),
+                    ..NewUser::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+        control.set_disabled(&root, "root-admin", true).await,
+        control
+            .bind_role(
+                &root,
+                Role::EndUser,
+                &BindingSubject::Principal(root.principal.id.clone()),
+                None,
+            )
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(result, Err(ControlError::StepUpRequired(_))));
+    }
+    let factor = control.enroll_totp(&root).await.unwrap();
+    control
+        .verify_totp(&root, &code_at(&factor.secret_base32, Utc::now()).unwrap())
+        .await
+        .unwrap();
+    let root = control
+        .authenticate("latch_tok_session-of-rooty")
+        .await
+        .unwrap();
+    control
+        .create_service_user(&root, "deploy-bot", &[Role::EndUser])
+        .await
+        .unwrap();
+
+    // Names never look like ids, and sign-in takes a name, never an id.
+    for name in ["svc_admin", "usr_x", "grp_a", "key_1", "ses_1", "rb_1"] {
+        assert!(matches!(
+            control
+                .create_user(
+                    &admin,
+                    &NewUser {
+                        name: name.into(),
+                        ..NewUser::default()
+                    }
+                )
+                .await,
+            Err(ControlError::Invalid(_))
+        ));
+    }
+    let password = "correct horse battery staple";
+    let dora = control
+        .create_user(
+            &admin,
+            &NewUser {
+                name: "dora".into(),
+                password: Some(password.into()),
+                ..NewUser::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.sign_in_local(&dora.id, password, None).await,
+        Err(ControlError::Unauthenticated(_))
+    ));
+    // Guessing a password: after ten wrong ones even the right one is refused for a while.
+    for _ in 0..latch_control::users::SIGN_IN_LOCK_AFTER {
+        assert!(
+            control
+                .sign_in_local("dora", "wrong password!", None)
+                .await
+                .is_err()
+        );
+    }
+    let locked = control
+        .sign_in_local("dora", password, None)
+        .await
+        .unwrap_err();
+    assert!(locked.to_string().contains("locked"), "{locked}");
+
+    // A disabled service user's key exchanges for nothing; a token made for a key revoked
+    // meanwhile is refused (the exchange racing the revocation).
+    let bot = control
+        .create_service_user(&admin, "bot", &[Role::EndUser])
+        .await
+        .unwrap();
+    control.set_disabled(&admin, "bot", true).await.unwrap();
+    assert!(matches!(
+        control
+            .issue_service_token(&bot.api_key, Duration::hours(1), None)
+            .await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+    control.set_disabled(&admin, "bot", false).await.unwrap();
+    control
+        .revoke_api_key(&admin, "bot", &bot.key_id)
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let late = SessionRecord {
+        id: "ses_late".into(),
+        principal_id: bot.principal.id.clone(),
+        kind: SessionKind::Service,
+        api_key_id: Some(bot.key_id.clone()),
+        created_at: now,
+        expires_at: now + Duration::hours(1),
+        revoked_at: None,
+        mfa_at: None,
+        address: None,
+    };
+    let late_token = "latch_tok_issued-after-revocation";
+    let hash = store.audit_key().credential_hash(late_token);
+    store
+        .insert_session(&late, &hash, event("service_token.issue"), now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.authenticate(late_token).await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+}
+both_stores!(review_people_changes_need_a_recent_factor_and_guessing_is_bounded);

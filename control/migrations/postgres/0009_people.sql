@@ -15,6 +15,8 @@ CREATE TABLE principals (
     disabled_at   BIGINT,
     created_at    BIGINT NOT NULL,
     last_seen_at  BIGINT,
+    failed_logins BIGINT NOT NULL DEFAULT 0, -- wrong local passwords since the last good one
+    locked_until  BIGINT,                    -- local sign-in refused until then
     UNIQUE (idp_issuer, idp_subject)
 );
 
@@ -40,7 +42,7 @@ CREATE TABLE role_bindings (
                      'delegated_resource_admin', 'security_admin', 'end_user')),
     principal_id TEXT COLLATE "C" REFERENCES principals (id) ON DELETE CASCADE,
     group_id     TEXT COLLATE "C" REFERENCES groups (id) ON DELETE CASCADE,
-    selector     TEXT,                       -- label selector; delegated_resource_admin only
+    selector     TEXT CHECK (selector <> ''), -- label selector; delegated_resource_admin only
     created_at   BIGINT NOT NULL,
     CHECK ((principal_id IS NULL) <> (group_id IS NULL)),
     CHECK ((role = 'delegated_resource_admin') = (selector IS NOT NULL))
@@ -75,7 +77,11 @@ CREATE TABLE totp (
     principal_id TEXT COLLATE "C" PRIMARY KEY REFERENCES principals (id) ON DELETE CASCADE,
     secret       TEXT NOT NULL,              -- sealed (AES-256-GCM, base64) under a key outside the database
     confirmed_at BIGINT,
-    last_step    BIGINT NOT NULL DEFAULT 0  -- the last accepted time step: a code is used once
+    pending      TEXT,                       -- a replacement being enrolled (sealed); the
+                                             -- confirmed secret stays in force until its first code
+    last_step    BIGINT NOT NULL DEFAULT 0, -- the last accepted time step: a code is used once
+    failures     BIGINT NOT NULL DEFAULT 0, -- wrong codes since the last good one
+    locked_until BIGINT                     -- codes refused until then
 );
 
 ALTER TABLE hosts ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';

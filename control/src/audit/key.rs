@@ -22,6 +22,7 @@ const SIGNING_INFO: &[u8] = b"latch audit checkpoint signing";
 const MAC_DOMAIN: &[u8] = b"latch-audit-entry-v1\0";
 const CREDENTIAL_INFO: &[u8] = b"latch credential hash";
 const SEAL_INFO: &[u8] = b"latch small secret seal";
+const PEPPER_INFO: &[u8] = b"latch password pepper";
 const SEAL_VERSION: u8 = 1;
 const CREDENTIAL_DOMAIN: &[u8] = b"latch-credential-v1\0";
 
@@ -54,6 +55,7 @@ pub struct AuditKey {
     mac: hmac::Key,
     credential: hmac::Key,
     seal: ring::aead::LessSafeKey,
+    pepper: [u8; SEED_LEN],
     signer: Ed25519KeyPair,
     public_key: String,
     key_id: String,
@@ -95,6 +97,10 @@ impl AuditKey {
             ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &seal_key)
                 .map_err(|_| AuditKeyError::Derive)?,
         );
+        let mut pepper = [0u8; SEED_LEN];
+        prk.expand(&[PEPPER_INFO], SeedLen)
+            .and_then(|okm| okm.fill(&mut pepper))
+            .map_err(|_| AuditKeyError::Derive)?;
         let mut signing_seed = [0u8; SEED_LEN];
         prk.expand(&[SIGNING_INFO], SeedLen)
             .and_then(|okm| okm.fill(&mut signing_seed))
@@ -108,6 +114,7 @@ impl AuditKey {
             mac,
             credential,
             seal,
+            pepper,
             signer,
             public_key: base64::engine::general_purpose::STANDARD.encode(public),
             key_id,
@@ -195,6 +202,12 @@ impl AuditKey {
         ctx.update(CREDENTIAL_DOMAIN);
         ctx.update(sha256_hex.as_bytes());
         hex(ctx.sign().as_ref())
+    }
+
+    /// The secret mixed into every local password hash (Argon2's `secret`), so a hash written
+    /// into the database without this key matches no password.
+    pub fn password_pepper(&self) -> [u8; SEED_LEN] {
+        self.pepper
     }
 
     /// Seals a small secret kept in the database (a TOTP secret): AES-256-GCM under a key

@@ -248,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("--max-grant-duration is too long")?,
                 default_grant_duration: chrono::Duration::from_std(default_grant_duration)
                     .context("--default-grant-duration is too long")?,
+                mfa: latch_control::mfa::MfaPolicy::default(),
                 ..ControlConfig::default()
             };
             println!(

@@ -179,15 +179,39 @@ pub struct SessionRecord {
     pub address: Option<String>,
 }
 
-/// A user's TOTP factor (the secret stays sealed here).
+/// A user's TOTP factor (the secrets stay sealed here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TotpRecord {
-    /// The secret, sealed under the audit key for this principal ([`crate::audit::AuditKey::seal`]).
+    /// The secret in force, sealed under the audit key for this principal
+    /// ([`crate::audit::AuditKey::seal`]).
     pub sealed_secret: String,
-    /// When a first code proved the enrollment; an unconfirmed factor steps nothing up.
+    /// When a first code proved the enrollment; an unconfirmed factor steps nothing up but
+    /// its first code.
     pub confirmed_at: Option<DateTime<Utc>>,
+    /// A replacement being enrolled (sealed): the confirmed secret stays in force until a code
+    /// of this one is shown.
+    pub pending: Option<String>,
     /// The last time step whose code was accepted: a code is used once.
     pub last_step: i64,
+    /// Wrong codes since the last good one.
+    pub failures: i64,
+    /// Codes are refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// A TOTP code that matched, to be accepted once ([`PeopleStore::use_totp_step`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TotpUse<'a> {
+    /// Whose factor.
+    pub principal_id: &'a str,
+    /// The session that showed it (its `mfa_at` is set).
+    pub session_id: &'a str,
+    /// The time step the code belongs to.
+    pub step: i64,
+    /// The sealed secret that matched, as read.
+    pub matched: &'a str,
+    /// Whether that was the replacement being enrolled.
+    pub pending: bool,
 }
 
 /// Why a change was not made (nothing was changed).
@@ -333,9 +357,8 @@ pub trait PeopleStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    /// Records a second factor shown in the session.
-    async fn set_session_mfa(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
-    /// Stores a new, unconfirmed TOTP factor for a principal, replacing any earlier one.
+    /// Starts a TOTP enrollment: with no confirmed factor the secret is replaced (unconfirmed);
+    /// with one, the new secret waits as `pending` and the confirmed one stays in force.
     async fn set_totp(
         &self,
         principal_id: &str,
@@ -345,16 +368,41 @@ pub trait PeopleStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// A principal's TOTP factor.
     async fn totp(&self, principal_id: &str) -> Result<Option<TotpRecord>, StoreError>;
-    /// Accepts the code of time step `step` once: true (and the factor confirmed, the session's
-    /// `mfa_at` set) only if `step` is later than every step accepted before.
+    /// Accepts the code of time step `step` once: true only if `step` is later than every step
+    /// accepted before, the factor is not locked, and the secret that matched (`matched`, the
+    /// sealed value read; `pending` if it was the replacement) is still the one stored. Then the
+    /// failures are cleared, the factor confirmed (a pending one promoted), and the session's
+    /// `mfa_at` set — in one transaction.
     async fn use_totp_step(
         &self,
-        principal_id: &str,
-        session_id: &str,
-        step: i64,
+        code: &TotpUse<'_>,
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Counts a wrong code; at `lock_after` failures the factor refuses codes until
+    /// `lock_until`. Returns the failures counted so far.
+    async fn record_totp_failure(
+        &self,
+        principal_id: &str,
+        lock_after: i64,
+        lock_until: DateTime<Utc>,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+    /// Records a local sign-in attempt: a good one clears the failures; a wrong one counts, and
+    /// at `lock_after` failures sign-in is refused until `lock_until`.
+    async fn record_sign_in(
+        &self,
+        principal_id: &str,
+        good: bool,
+        lock_after: i64,
+        lock_until: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// When local sign-in of the principal is refused until, if it is locked.
+    async fn sign_in_locked_until(
+        &self,
+        principal_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Whether any user or service user exists (the database has been initialised).
     async fn has_principals(&self) -> Result<bool, StoreError>;
     /// The SHA-256 hashes of the admin tokens of a database made before people and roles.
@@ -1047,9 +1095,10 @@ macro_rules! people_store {
             ) -> Result<Option<(SessionRecord, PrincipalRecord)>, StoreError> {
                 let row = sqlx::query(concat!(
                     "SELECT s.id, s.principal_id, s.kind, s.api_key_id, s.created_at, s.expires_at, \
-                     s.revoked_at, s.mfa_at, s.address, ",
+                     COALESCE(s.revoked_at, k.revoked_at) AS revoked_at, s.mfa_at, s.address, ",
                     principal_as!(),
-                    " FROM sessions s JOIN principals p ON p.id = s.principal_id WHERE s.hash = $1"
+                    " FROM sessions s JOIN principals p ON p.id = s.principal_id \
+                     LEFT JOIN api_keys k ON k.id = s.api_key_id WHERE s.hash = $1"
                 ))
                 .bind(hash)
                 .fetch_optional(self.pool())
@@ -1087,15 +1136,6 @@ macro_rules! people_store {
                 Ok(true)
             }
 
-            async fn set_session_mfa(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
-                sqlx::query("UPDATE sessions SET mfa_at = $1 WHERE id = $2")
-                    .bind(millis(at))
-                    .bind(id)
-                    .execute(self.pool())
-                    .await?;
-                Ok(())
-            }
-
             async fn set_totp(
                 &self,
                 principal_id: &str,
@@ -1104,22 +1144,36 @@ macro_rules! people_store {
                 now: DateTime<Utc>,
             ) -> Result<(), StoreError> {
                 let mut tx = $tx::begin(self).await?;
-                sqlx::query(
-                    "INSERT INTO totp (principal_id, secret, confirmed_at, last_step) \
-                     VALUES ($1, $2, NULL, 0) ON CONFLICT (principal_id) \
-                     DO UPDATE SET secret = $2, confirmed_at = NULL, last_step = 0",
+                let confirmed = sqlx::query(
+                    "SELECT confirmed_at FROM totp WHERE principal_id = $1",
                 )
                 .bind(principal_id)
-                .bind(sealed_secret)
-                .execute(tx.conn())
-                .await?;
+                .fetch_optional(tx.conn())
+                .await?
+                .map(|row| row.opt_int("confirmed_at"))
+                .transpose()?
+                .flatten()
+                .is_some();
+                let sql = if confirmed {
+                    "UPDATE totp SET pending = $2 WHERE principal_id = $1"
+                } else {
+                    "INSERT INTO totp (principal_id, secret, confirmed_at, pending, last_step, failures) \
+                     VALUES ($1, $2, NULL, NULL, 0, 0) ON CONFLICT (principal_id) \
+                     DO UPDATE SET secret = $2, confirmed_at = NULL, pending = NULL, last_step = 0"
+                };
+                sqlx::query(sql)
+                    .bind(principal_id)
+                    .bind(sealed_secret)
+                    .execute(tx.conn())
+                    .await?;
                 tx.audit(event, now);
                 tx.commit().await
             }
 
             async fn totp(&self, principal_id: &str) -> Result<Option<TotpRecord>, StoreError> {
                 let row = sqlx::query(
-                    "SELECT secret, confirmed_at, last_step FROM totp WHERE principal_id = $1",
+                    "SELECT secret, confirmed_at, pending, last_step, failures, locked_until \
+                     FROM totp WHERE principal_id = $1",
                 )
                 .bind(principal_id)
                 .fetch_optional(self.pool())
@@ -1130,29 +1184,46 @@ macro_rules! people_store {
                 Ok(Some(TotpRecord {
                     sealed_secret: row.text("secret")?,
                     confirmed_at: row.opt_int("confirmed_at")?.map(from_millis),
+                    pending: row.opt_text("pending")?,
                     last_step: row.int("last_step")?,
+                    failures: row.int("failures")?,
+                    locked_until: row.opt_int("locked_until")?.map(from_millis),
                 }))
             }
 
             async fn use_totp_step(
                 &self,
-                principal_id: &str,
-                session_id: &str,
-                step: i64,
+                code: &TotpUse<'_>,
                 event: AuditEvent,
                 now: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
+                let TotpUse {
+                    principal_id,
+                    session_id,
+                    step,
+                    matched,
+                    pending,
+                } = *code;
                 let mut tx = $tx::begin(self).await?;
-                let used = sqlx::query(
-                    "UPDATE totp SET last_step = $1, confirmed_at = COALESCE(confirmed_at, $2) \
-                     WHERE principal_id = $3 AND last_step < $1",
-                )
-                .bind(step)
-                .bind(millis(now))
-                .bind(principal_id)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
+                let sql = if pending {
+                    "UPDATE totp SET last_step = $1, confirmed_at = $2, failures = 0, \
+                     locked_until = NULL, secret = pending, pending = NULL \
+                     WHERE principal_id = $3 AND last_step < $1 AND pending = $4 \
+                     AND (locked_until IS NULL OR locked_until <= $2)"
+                } else {
+                    "UPDATE totp SET last_step = $1, confirmed_at = COALESCE(confirmed_at, $2), \
+                     failures = 0, locked_until = NULL \
+                     WHERE principal_id = $3 AND last_step < $1 AND secret = $4 \
+                     AND (locked_until IS NULL OR locked_until <= $2)"
+                };
+                let used = sqlx::query(sql)
+                    .bind(step)
+                    .bind(millis(now))
+                    .bind(principal_id)
+                    .bind(matched)
+                    .execute(tx.conn())
+                    .await?
+                    .rows_affected();
                 if used == 0 {
                     return Ok(false);
                 }
@@ -1165,6 +1236,76 @@ macro_rules! people_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn record_totp_failure(
+                &self,
+                principal_id: &str,
+                lock_after: i64,
+                lock_until: DateTime<Utc>,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<i64, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let row = sqlx::query(
+                    "UPDATE totp SET failures = failures + 1, \
+                     locked_until = CASE WHEN failures + 1 >= $1 THEN $2 ELSE locked_until END \
+                     WHERE principal_id = $3 RETURNING failures",
+                )
+                .bind(lock_after)
+                .bind(millis(lock_until))
+                .bind(principal_id)
+                .fetch_optional(tx.conn())
+                .await?;
+                let failures = row.map(|row| row.int("failures")).transpose()?.unwrap_or(0);
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(failures)
+            }
+
+            async fn record_sign_in(
+                &self,
+                principal_id: &str,
+                good: bool,
+                lock_after: i64,
+                lock_until: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                if good {
+                    sqlx::query(
+                        "UPDATE principals SET failed_logins = 0, locked_until = NULL WHERE id = $1",
+                    )
+                    .bind(principal_id)
+                    .execute(tx.conn())
+                    .await?;
+                } else {
+                    sqlx::query(
+                        "UPDATE principals SET failed_logins = failed_logins + 1, \
+                         locked_until = CASE WHEN failed_logins + 1 >= $1 THEN $2 ELSE locked_until END \
+                         WHERE id = $3",
+                    )
+                    .bind(lock_after)
+                    .bind(millis(lock_until))
+                    .bind(principal_id)
+                    .execute(tx.conn())
+                    .await?;
+                }
+                tx.commit().await
+            }
+
+            async fn sign_in_locked_until(
+                &self,
+                principal_id: &str,
+            ) -> Result<Option<DateTime<Utc>>, StoreError> {
+                let row = sqlx::query("SELECT locked_until FROM principals WHERE id = $1")
+                    .bind(principal_id)
+                    .fetch_optional(self.pool())
+                    .await?;
+                Ok(row
+                    .map(|row| row.opt_int("locked_until"))
+                    .transpose()?
+                    .flatten()
+                    .map(from_millis))
             }
 
             async fn has_principals(&self) -> Result<bool, StoreError> {
