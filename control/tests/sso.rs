@@ -1,0 +1,282 @@
+//! Single sign-on against a real OpenID Connect provider (oidc-provider, started per test on
+//! loopback), on both stores: the code flow with PKCE signs a user in, maps the provider's groups
+//! to Latch groups and starts a stepped-up session when `amr` shows a second factor; a replayed
+//! state, an ID token signed with a key the provider does not publish, a wrong nonce and an
+//! expired ID token are refused through the real validation, and nothing is created for them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+#[path = "support/oidc.rs"]
+mod oidc;
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use latch_control::audit::AuditEvent;
+use latch_control::error::ControlError;
+use latch_control::sso::{Sso, SsoConfig};
+use latch_control::store::Store;
+use latch_control::store::people::{GroupRecord, PrincipalKind, SessionKind};
+use latch_control::{Control, ControlConfig};
+use oidc::Provider;
+use support::TestDb;
+
+/// `latchctl login` listens here; the provider accepts any loopback port (RFC 8252).
+const REDIRECT: &str = "http://127.0.0.1:47001/callback";
+
+fn control(
+    store: &Arc<dyn Store>,
+    provider: &Provider,
+    tweak: impl FnOnce(&mut SsoConfig),
+) -> Control {
+    let mut config = SsoConfig::new(&provider.issuer, "latch", &provider.secret);
+    tweak(&mut config);
+    Control::new(
+        store.clone(),
+        ControlConfig::default(),
+        latch_control::signing::JobSigner::generate().unwrap(),
+    )
+    .with_sso(Sso::new(config).unwrap())
+}
+
+async fn map_group(store: &Arc<dyn Store>, name: &str, idp: &str) {
+    let group = GroupRecord {
+        id: format!("grp_{name}"),
+        name: name.into(),
+        description: String::new(),
+        idp_group: Some(idp.into()),
+        created_at: Utc::now(),
+    };
+    store
+        .insert_group(&group, AuditEvent::new("test", "group.create"), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Signs `account` in through the browser side and returns (code, state).
+async fn browse(control: &Control, provider: &Provider, account: &str) -> (String, String) {
+    provider.next(&[("account", account)]).await;
+    let start = control.sso_start(REDIRECT).await.unwrap();
+    assert!(
+        start
+            .authorization_url
+            .contains("code_challenge_method=S256")
+    );
+    assert!(start.authorization_url.contains("nonce="));
+    assert!(start.expires_at <= Utc::now() + Duration::minutes(10));
+    let (code, state) = provider.authorize(&start.authorization_url, REDIRECT).await;
+    assert_eq!(state, start.state);
+    (code, state)
+}
+
+async fn actions(store: &Arc<dyn Store>) -> Vec<String> {
+    store
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+async fn users(store: &Arc<dyn Store>) -> usize {
+    store
+        .principals(Some(PrincipalKind::User))
+        .await
+        .unwrap()
+        .len()
+}
+
+async fn code_flow_signs_in_and_maps_groups(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    map_group(&store, "db-admins", "dbas").await;
+    map_group(&store, "web-admins", "webs").await;
+    let control = control(&store, &provider, |_| {});
+
+    let (code, state) = browse(&control, &provider, "alice").await;
+    let session = control
+        .sso_finish(&state, &code, Some("127.0.0.1".into()))
+        .await
+        .unwrap();
+    assert_eq!(session.name, "alice");
+    assert_eq!(session.groups, ["db-admins"]);
+    assert!(
+        session.mfa_at.is_none(),
+        "alice signed in with a password only"
+    );
+    let hours = (session.expires_at - Utc::now()).num_minutes();
+    assert!((7 * 60..=8 * 60).contains(&hours), "{hours} minutes");
+
+    let who = control.authenticate(&session.token).await.unwrap();
+    assert_eq!(who.principal.name, "alice");
+    assert_eq!(who.principal.kind, PrincipalKind::User);
+    assert_eq!(who.principal.email.as_deref(), Some("alice@example.test"));
+    assert_eq!(
+        who.principal.idp,
+        Some((provider.issuer.clone(), "alice".to_owned()))
+    );
+    assert_eq!(who.session.kind, SessionKind::Sso);
+    let groups: Vec<String> = store
+        .groups_of(&who.principal.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(groups, ["db-admins"]);
+
+    // A second sign-in finds the same user; bob has no groups.
+    let (code, state) = browse(&control, &provider, "alice").await;
+    let again = control.sso_finish(&state, &code, None).await.unwrap();
+    let who_again = control.authenticate(&again.token).await.unwrap();
+    assert_eq!(who_again.principal.id, who.principal.id);
+    let (code, state) = browse(&control, &provider, "bob").await;
+    let bob = control.sso_finish(&state, &code, None).await.unwrap();
+    assert!(bob.groups.is_empty());
+    assert_eq!(users(&store).await, 2);
+
+    let actions = actions(&store).await;
+    assert_eq!(actions.iter().filter(|a| *a == "sso.login").count(), 3);
+    assert_eq!(actions.iter().filter(|a| *a == "user.create").count(), 2);
+    // The client secret and the session token appear in no audit entry.
+    let chain = format!("{:?}", store.audit_chain().await.unwrap());
+    assert!(!chain.contains(&provider.secret));
+    assert!(!chain.contains(&session.token));
+}
+both_stores!(code_flow_signs_in_and_maps_groups);
+
+async fn amr_with_a_second_factor_starts_a_stepped_up_session(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    let control = control(&store, &provider, |_| {});
+    let (code, state) = browse(&control, &provider, "carol").await;
+    let session = control.sso_finish(&state, &code, None).await.unwrap();
+    let mfa_at = session.mfa_at.expect("carol's amr has otp");
+    assert!((Utc::now() - mfa_at).num_seconds() < 30);
+    let who = control.authenticate(&session.token).await.unwrap();
+    let stored = who.session.mfa_at.expect("stored with the session");
+    assert_eq!(stored.timestamp_millis(), mfa_at.timestamp_millis());
+
+    // A configured acr counts too, but alice's token has none: no step-up.
+    let control = self::control(&store, &provider, |c| c.mfa_acr = Some("urn:mfa".into()));
+    let (code, state) = browse(&control, &provider, "alice").await;
+    assert!(
+        control
+            .sso_finish(&state, &code, None)
+            .await
+            .unwrap()
+            .mfa_at
+            .is_none()
+    );
+}
+both_stores!(amr_with_a_second_factor_starts_a_stepped_up_session);
+
+fn assert_refused(result: Result<latch_control::sso::SsoSession, ControlError>, needle: &str) {
+    match result {
+        Err(ControlError::SsoRefused(why)) => {
+            assert!(
+                why.to_lowercase().contains(needle),
+                "{why:?} does not mention {needle:?}"
+            )
+        }
+        other => panic!("expected a refusal mentioning {needle:?}, got {other:?}"),
+    }
+}
+
+async fn replayed_state_is_refused(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    let control = control(&store, &provider, |_| {});
+    let (code, state) = browse(&control, &provider, "alice").await;
+    control.sso_finish(&state, &code, None).await.unwrap();
+    assert_refused(
+        control.sso_finish(&state, &code, None).await,
+        "already finished",
+    );
+    // A fresh code with the used state is refused too, and so is a state never issued.
+    let (fresh, _) = browse(&control, &provider, "alice").await;
+    assert_refused(
+        control.sso_finish(&state, &fresh, None).await,
+        "already finished",
+    );
+    assert_refused(control.sso_finish("made-up", &fresh, None).await, "unknown");
+    assert!(actions(&store).await.iter().any(|a| a == "sso.refused"));
+}
+both_stores!(replayed_state_is_refused);
+
+async fn bad_id_tokens_are_refused(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    let control = control(&store, &provider, |_| {});
+
+    // Signed with a key the provider's JWKS does not publish (same key id, another key).
+    let (code, state) = browse(&control, &provider, "alice").await;
+    provider.next(&[("rogue_jwks", "1")]).await;
+    assert_refused(control.sso_finish(&state, &code, None).await, "signature");
+    provider.next(&[("rogue_jwks", "0")]).await;
+
+    // A nonce other than the one this sign-in made.
+    provider.next(&[("wrong_nonce", "1")]).await;
+    let (code, state) = browse(&control, &provider, "alice").await;
+    assert_refused(control.sso_finish(&state, &code, None).await, "nonce");
+    provider.next(&[("wrong_nonce", "0")]).await;
+
+    // Expired: the token lives 60 s and the control plane's clock reads 2 minutes later.
+    provider.next(&[("id_token_ttl", "60")]).await;
+    let late = self::control(&store, &provider, |c| c.clock_offset = Duration::minutes(2));
+    let (code, state) = browse(&late, &provider, "alice").await;
+    assert_refused(late.sso_finish(&state, &code, None).await, "expired");
+
+    // Nothing was created for any of them.
+    assert_eq!(users(&store).await, 0);
+    assert!(!actions(&store).await.iter().any(|a| a == "sso.login"));
+    // The same provider, behaving, signs alice in.
+    let (code, state) = browse(&control, &provider, "alice").await;
+    control.sso_finish(&state, &code, None).await.unwrap();
+}
+both_stores!(bad_id_tokens_are_refused);
+
+async fn only_loopback_redirects_and_a_configured_provider(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    let control = control(&store, &provider, |_| {});
+    for uri in [
+        "http://evil.example/callback",
+        "https://127.0.0.1:4000/callback",
+        "http://192.0.2.9:4000/callback",
+        "http://user:pw@127.0.0.1:4000/callback",
+        "not a url",
+    ] {
+        assert!(
+            matches!(control.sso_start(uri).await, Err(ControlError::Invalid(_))),
+            "{uri} accepted"
+        );
+    }
+    control
+        .sso_start("http://[::1]:4000/callback")
+        .await
+        .unwrap();
+    let plain = Control::new(
+        store.clone(),
+        ControlConfig::default(),
+        latch_control::signing::JobSigner::generate().unwrap(),
+    );
+    assert!(matches!(
+        plain.sso_start(REDIRECT).await,
+        Err(ControlError::SsoNotConfigured(_))
+    ));
+}
+both_stores!(only_loopback_redirects_and_a_configured_provider);
