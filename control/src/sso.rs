@@ -641,3 +641,114 @@ impl Control {
         })
     }
 }
+
+/// `POST /v1/login/start`: where `latchctl login` listens for the redirect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginStartRequest {
+    /// A loopback `http` URI.
+    pub redirect_uri: String,
+}
+
+/// The answer to `POST /v1/login/start`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginStartResponse {
+    /// Open this in a browser.
+    pub authorization_url: String,
+    /// The `state` the redirect will carry back.
+    pub state: String,
+    /// When the sign-in can no longer be finished.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /v1/login/finish`: what the provider's redirect carried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginFinishRequest {
+    /// The `state` parameter.
+    pub state: String,
+    /// The `code` parameter.
+    pub code: String,
+}
+
+/// The answer to `POST /v1/login/finish`: the session's bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginFinishResponse {
+    /// `Authorization: Bearer <token>`; shown once.
+    pub token: String,
+    /// When the session ends.
+    pub expires_at: DateTime<Utc>,
+    /// The user's name in Latch.
+    pub name: String,
+    /// The Latch groups mapped from the provider's groups claim.
+    pub groups: Vec<String>,
+    /// When a second factor was shown, if the sign-in showed one.
+    pub mfa_at: Option<DateTime<Utc>>,
+}
+
+impl From<SsoSession> for LoginFinishResponse {
+    fn from(s: SsoSession) -> Self {
+        Self {
+            token: s.token,
+            expires_at: s.expires_at,
+            name: s.name,
+            groups: s.groups,
+            mfa_at: s.mfa_at,
+        }
+    }
+}
+
+/// `GET /v1/whoami`: the caller as the control plane sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// The principal's name.
+    pub name: String,
+    /// `user` or `service`.
+    pub kind: String,
+    /// The roles that apply (own and through groups).
+    pub roles: Vec<String>,
+    /// The groups the principal is in.
+    pub groups: Vec<String>,
+    /// How the session was obtained: `sso`, `local` or `service`.
+    pub session_kind: String,
+    /// When the session ends.
+    pub expires_at: DateTime<Utc>,
+    /// When a second factor was last shown in the session.
+    pub mfa_at: Option<DateTime<Utc>>,
+}
+
+impl Control {
+    /// The caller: name, kind, roles, groups and session.
+    pub async fn whoami(&self, who: &crate::people::Authority) -> Result<WhoAmI, ControlError> {
+        let groups = self
+            .store
+            .groups_of(&who.principal.id)
+            .await?
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        Ok(WhoAmI {
+            name: who.principal.name.clone(),
+            kind: who.principal.kind.as_str().to_owned(),
+            roles: who
+                .roles()
+                .into_iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            groups,
+            session_kind: who.session.kind.as_str().to_owned(),
+            expires_at: who.session.expires_at,
+            mfa_at: who.session.mfa_at,
+        })
+    }
+
+    /// Ends the caller's session at once (its token stops working).
+    pub async fn logout(&self, who: &crate::people::Authority) -> Result<(), ControlError> {
+        let event = AuditEvent::new(who.actor(), "session.logout")
+            .detail(serde_json::json!({"session_id": who.session.id}));
+        self.store
+            .revoke_session(&who.session.id, event, Utc::now())
+            .await?;
+        Ok(())
+    }
+}

@@ -280,3 +280,88 @@ async fn only_loopback_redirects_and_a_configured_provider(db: TestDb) {
     ));
 }
 both_stores!(only_loopback_redirects_and_a_configured_provider);
+
+async fn login_endpoints_whoami_and_logout(db: TestDb) {
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    map_group(&store, "db-admins", "dbas").await;
+    let control = Arc::new(control(&store, &provider, |_| {}));
+    let listener = latch_control::server::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(latch_control::server::run(
+        control,
+        listener,
+        None,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, body: serde_json::Value| http.post(format!("{url}{path}")).json(&body).send();
+
+    let refused = post(
+        "/v1/login/start",
+        serde_json::json!({"redirect_uri": "http://evil.example/cb"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400);
+    provider.next(&[("account", "alice")]).await;
+    let start = post(
+        "/v1/login/start",
+        serde_json::json!({"redirect_uri": REDIRECT}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(start.status(), 201);
+    let start: serde_json::Value = start.json().await.unwrap();
+    let (code, state) = provider
+        .authorize(start["authorization_url"].as_str().unwrap(), REDIRECT)
+        .await;
+    let finish = post(
+        "/v1/login/finish",
+        serde_json::json!({"state": state, "code": code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(finish.status(), 201);
+    let finish: serde_json::Value = finish.json().await.unwrap();
+    let token = finish["token"].as_str().unwrap().to_owned();
+    let replay = post(
+        "/v1/login/finish",
+        serde_json::json!({"state": state, "code": code}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status(), 401);
+
+    let whoami = |token: String| {
+        http.get(format!("{url}/v1/whoami"))
+            .bearer_auth(token)
+            .send()
+    };
+    let me = whoami(token.clone()).await.unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["name"], "alice");
+    assert_eq!(me["kind"], "user");
+    assert_eq!(me["session_kind"], "sso");
+    assert_eq!(me["groups"], serde_json::json!(["db-admins"]));
+    assert!(me["mfa_at"].is_null());
+
+    let out = http
+        .post(format!("{url}/v1/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = whoami(token).await.unwrap();
+    assert_eq!(after.status(), 401);
+    let body: serde_json::Value = after.json().await.unwrap();
+    assert_eq!(body["code"], "server_authorization_revoked");
+}
+both_stores!(login_endpoints_whoami_and_logout);

@@ -89,6 +89,22 @@ impl FromRequestParts<Arc<Control>> for Admin {
     }
 }
 
+/// The user or service user whose bearer token (`latch_tok_…`) the request carries.
+pub struct Caller(pub crate::people::Authority);
+
+impl FromRequestParts<Arc<Control>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        control: &Arc<Control>,
+    ) -> Result<Self, Self::Rejection> {
+        let who = control.authenticate(bearer(parts)?).await?;
+        super::limits::credential_accepted(&parts.extensions);
+        Ok(Caller(who))
+    }
+}
+
 /// The host whose credential the request carries.
 pub struct Host(pub HostRecord);
 

@@ -16,12 +16,15 @@ use latch_common::job::JobStatus;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
+use super::extract::{Admin, ApiJson, ApiQuery, Caller, Host, check_path_id};
 use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::audit::Checkpoint;
+use crate::sso::{LoginFinishRequest, LoginFinishResponse, LoginStartRequest, LoginStartResponse};
 use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
+use axum::extract::ConnectInfo;
+use std::net::SocketAddr;
 
 type Ctl = State<Arc<Control>>;
 
@@ -38,6 +41,47 @@ pub async fn enroll(
     attempt.present(&request.token)?;
     let response = control.enroll(&request).await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_start(
+    State(control): Ctl,
+    ApiJson(request): ApiJson<LoginStartRequest>,
+) -> Result<Response, ApiError> {
+    let start = control.sso_start(&request.redirect_uri).await?;
+    let response = LoginStartResponse {
+        authorization_url: start.authorization_url,
+        state: start.state,
+        expires_at: start.expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_finish(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<LoginFinishRequest>,
+) -> Result<Response, ApiError> {
+    // A refused state is charged to itself (and its address), like a bad enrollment token.
+    attempt.present(&request.state)?;
+    let session = control
+        .sso_finish(&request.state, &request.code, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok((
+        StatusCode::CREATED,
+        Json(LoginFinishResponse::from(session)),
+    )
+        .into_response())
+}
+
+pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    control.logout(&who).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn whoami(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    Ok(Json(control.whoami(&who).await?).into_response())
 }
 
 #[derive(Deserialize)]
