@@ -143,8 +143,10 @@ impl AdminClient {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token)
             .query(query);
+        if !self.token.is_empty() {
+            request = request.bearer_auth(&self.token);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -275,6 +277,35 @@ impl AdminClient {
             query.push(("host", host.to_owned()));
         }
         self.all_pages("/v1/audit", query).await
+    }
+
+    /// `POST /v1/login/start` (no token needed).
+    pub async fn login_start(
+        &self,
+        request: &crate::sso::LoginStartRequest,
+    ) -> Result<crate::sso::LoginStartResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/start", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/login/finish` (no token needed): the session token.
+    pub async fn login_finish(
+        &self,
+        request: &crate::sso::LoginFinishRequest,
+    ) -> Result<crate::sso::LoginFinishResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/finish", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/logout`: ends the session of this client's token.
+    pub async fn logout(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/logout", &[], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<crate::sso::WhoAmI, ClientError> {
+        self.call(Method::GET, "/v1/whoami", &[], None::<&()>).await
     }
 
     /// `POST /v1/signing-key/rotate`: `{"next_key", "jobs"}`.

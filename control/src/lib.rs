@@ -45,6 +45,7 @@ pub mod error;
 pub mod files;
 pub mod hosts;
 pub mod keys;
+pub mod login;
 pub mod mfa;
 pub mod password;
 pub mod people;

@@ -287,17 +287,7 @@ async fn login_endpoints_whoami_and_logout(db: TestDb) {
     };
     let store = db.store().await;
     map_group(&store, "db-admins", "dbas").await;
-    let control = Arc::new(control(&store, &provider, |_| {}));
-    let listener = latch_control::server::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(latch_control::server::run(
-        control,
-        listener,
-        None,
-        std::future::pending(),
-    ));
+    let url = serve(control(&store, &provider, |_| {})).await;
     let http = reqwest::Client::new();
     let post =
         |path: &str, body: serde_json::Value| http.post(format!("{url}{path}")).json(&body).send();
@@ -365,3 +355,107 @@ async fn login_endpoints_whoami_and_logout(db: TestDb) {
     assert_eq!(body["code"], "server_authorization_revoked");
 }
 both_stores!(login_endpoints_whoami_and_logout);
+
+/// Serves the API of `control` on a free loopback port; its URL.
+async fn serve(control: Control) -> String {
+    let listener = latch_control::server::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(latch_control::server::run(
+        Arc::new(control),
+        listener,
+        None,
+        std::future::pending(),
+    ));
+    url
+}
+
+async fn latchctl(url: &str, config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_latchctl"))
+        .args(["--server", url])
+        .args(args)
+        .env("XDG_CONFIG_HOME", config)
+        .env_remove("LATCH_TOKEN")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn latchctl_login_whoami_and_logout(db: TestDb) {
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::AsyncBufReadExt as _;
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    map_group(&store, "db-admins", "dbas").await;
+    let url = serve(control(&store, &provider, |_| {})).await;
+    let config = tempfile::tempdir().unwrap();
+
+    provider.next(&[("account", "carol")]).await;
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchctl"))
+        .args([
+            "--server",
+            &url,
+            "login",
+            "--no-browser",
+            "--timeout",
+            "60s",
+        ])
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("LATCH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let authorization_url = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("latchctl prints the URL");
+        if let Some(found) = line.trim().strip_prefix(&provider.issuer) {
+            break format!("{}{found}", provider.issuer);
+        }
+    };
+    let redirect_uri = reqwest::Url::parse(&authorization_url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(
+        redirect_uri.starts_with("http://127.0.0.1:"),
+        "{redirect_uri}"
+    );
+    // The browser follows the provider's redirect to latchctl's loopback listener.
+    let back = provider.redirect(&authorization_url, &redirect_uri).await;
+    let page = reqwest::get(back).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let done = login.wait_with_output().await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains("signed in as carol"));
+    let file = config.path().join("latch/session");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let me = latchctl(&url, config.path(), &["--output", "json", "whoami"]).await;
+    assert!(me.status.success(), "{me:?}");
+    let me: serde_json::Value = serde_json::from_slice(&me.stdout).unwrap();
+    assert_eq!(me["name"], "carol");
+    assert_eq!(me["groups"], serde_json::json!(["db-admins"]));
+    assert!(me["mfa_at"].is_string(), "carol signed in with otp");
+
+    let out = latchctl(&url, config.path(), &["logout"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(!file.exists());
+    let after = latchctl(&url, config.path(), &["whoami"]).await;
+    assert!(!after.status.success());
+    assert!(String::from_utf8_lossy(&after.stderr).contains("latchctl login"));
+}
+both_stores!(latchctl_login_whoami_and_logout);

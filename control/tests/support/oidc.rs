@@ -118,6 +118,13 @@ impl Provider {
     /// Acts as the browser: opens `url` and follows redirects until one leaves for
     /// `redirect_prefix`; returns that URL's `code` and `state`.
     pub async fn authorize(&self, url: &str, redirect_prefix: &str) -> (String, String) {
+        let redirect = self.redirect(url, redirect_prefix).await;
+        let pairs: std::collections::HashMap<_, _> = redirect.query_pairs().into_owned().collect();
+        (pairs["code"].clone(), pairs["state"].clone())
+    }
+
+    /// Acts as the browser until the provider redirects to `redirect_prefix`; that URL.
+    pub async fn redirect(&self, url: &str, redirect_prefix: &str) -> reqwest::Url {
         // A fresh cookie jar: every sign-in is a new browser (no provider session carried over).
         let browser = reqwest::Client::builder()
             .cookie_store(true)
@@ -136,9 +143,7 @@ impl Provider {
             let location = response.headers()["location"].to_str().unwrap().to_owned();
             let next = reqwest::Url::parse(&url).unwrap().join(&location).unwrap();
             if next.as_str().starts_with(redirect_prefix) {
-                let pairs: std::collections::HashMap<_, _> =
-                    next.query_pairs().into_owned().collect();
-                return (pairs["code"].clone(), pairs["state"].clone());
+                return next;
             }
             url = next.to_string();
         }
