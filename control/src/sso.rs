@@ -752,3 +752,265 @@ impl Control {
         Ok(())
     }
 }
+
+/// A begun device-flow sign-in: what the person enters, where, and how to poll.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SsoDeviceStart {
+    /// Poll with this (`POST /v1/login/device/poll`).
+    pub id: String,
+    /// The code the person enters at the provider.
+    pub user_code: String,
+    /// Where to enter it (any browser, on any machine).
+    pub verification_uri: String,
+    /// The same with the code filled in, when the provider offers one.
+    pub verification_uri_complete: Option<String>,
+    /// Seconds to wait between polls.
+    pub interval: u64,
+    /// When the sign-in can no longer be finished.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The state of a device-flow sign-in.
+#[derive(Debug)]
+pub enum SsoDevicePoll {
+    /// The person has not finished at the provider yet; poll again after the interval (longer
+    /// if `slow_down`).
+    Pending {
+        /// The provider asked for slower polling.
+        slow_down: bool,
+    },
+    /// Signed in.
+    Done(SsoSession),
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: String,
+    error_description: Option<String>,
+}
+
+impl Control {
+    /// Begins a sign-in with the device flow (RFC 8628), for machines without a browser.
+    pub async fn sso_device_start(&self) -> Result<SsoDeviceStart, ControlError> {
+        let sso = self.sso()?;
+        let client = sso.client(None).await?;
+        let endpoint = sso.discovery_field("device_authorization_endpoint").await?;
+        let client = client.set_device_authorization_url(
+            openidconnect::DeviceAuthorizationUrl::new(endpoint).map_err(|e| {
+                ControlError::IdentityProvider(format!(
+                    "the device authorization endpoint is not a URL: {e}"
+                ))
+            })?,
+        );
+        let http = sso.http.clone();
+        let send = move |request| Sso::send(http.clone(), request);
+        let mut request = client.exchange_device_code();
+        for scope in &sso.config.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let details: openidconnect::core::CoreDeviceAuthorizationResponse = request
+            .request_async(&send)
+            .await
+            .map_err(|e| {
+                ControlError::IdentityProvider(format!(
+                    "the identity provider did not start a device sign-in ({e}); is the device grant enabled for this client?"
+                ))
+            })?;
+        let now = Utc::now();
+        let lifetime = Duration::from_std(details.expires_in()).unwrap_or(LOGIN_TTL);
+        let id = format!(
+            "sso_{}",
+            crate::secret::hex(&crate::secret::random_bytes::<16>()?)
+        );
+        let sealed = self
+            .store
+            .audit_key()
+            .seal(&id, details.device_code().secret().as_bytes())
+            .map_err(|e| ControlError::Internal(format!("cannot seal the device code: {e}")))?;
+        let login = SsoLoginRecord {
+            id: id.clone(),
+            flow: SsoFlow::Device,
+            nonce: None,
+            sealed_pkce_verifier: None,
+            redirect_uri: None,
+            sealed_device_code: Some(sealed),
+            created_at: now,
+            expires_at: now + lifetime.min(LOGIN_TTL),
+            used_at: None,
+        };
+        self.store.insert_sso_login(&login).await?;
+        Ok(SsoDeviceStart {
+            id,
+            user_code: details.user_code().secret().clone(),
+            verification_uri: details.verification_uri().to_string(),
+            verification_uri_complete: details
+                .verification_uri_complete()
+                .map(|u| u.secret().clone()),
+            interval: details.interval().as_secs().max(1),
+            expires_at: login.expires_at,
+        })
+    }
+
+    /// Asks the provider once whether the device-flow sign-in `id` is done; when it is, validates
+    /// the ID token (issuer, audience, expiry, signature) and opens the session (once).
+    pub async fn sso_device_poll(
+        &self,
+        id: &str,
+        address: Option<String>,
+    ) -> Result<SsoDevicePoll, ControlError> {
+        let sso = self.sso()?;
+        check_param("id", id)?;
+        let now = Utc::now();
+        let Some(login) = self
+            .store
+            .sso_login(id, now)
+            .await?
+            .filter(|l| l.flow == SsoFlow::Device)
+        else {
+            return Err(self
+                .sso_refused(
+                    "the device sign-in is unknown, expired or already finished; run `latchctl login --device` again".into(),
+                    &address,
+                )
+                .await);
+        };
+        let device_code = login
+            .sealed_device_code
+            .as_deref()
+            .and_then(|sealed| self.store.audit_key().open(&login.id, sealed))
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| {
+                ControlError::Internal(
+                    "a device code does not open under this control plane's key; run `latchctl login --device` again".into(),
+                )
+            })?;
+        let client = sso.client(None).await?;
+        let token_url = client
+            .token_uri()
+            .ok_or_else(|| {
+                ControlError::IdentityProvider(
+                    "the identity provider names no token endpoint; check its discovery document"
+                        .into(),
+                )
+            })?
+            .to_string();
+        let response = sso
+            .http
+            .post(token_url)
+            .basic_auth(&sso.config.client_id, Some(&sso.config.client_secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
+                    .append_pair("device_code", &device_code)
+                    .append_pair("client_id", &sso.config.client_id)
+                    .finish(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                ControlError::IdentityProvider(format!(
+                    "the identity provider's token endpoint cannot be reached: {e}"
+                ))
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            ControlError::IdentityProvider(format!("the token endpoint's answer was cut: {e}"))
+        })?;
+        if !status.is_success() {
+            let error: OAuthError = serde_json::from_slice(&body).map_err(|_| {
+                ControlError::IdentityProvider(format!(
+                    "the token endpoint answered {status} without an OAuth error"
+                ))
+            })?;
+            return match error.error.as_str() {
+                "authorization_pending" => Ok(SsoDevicePoll::Pending { slow_down: false }),
+                "slow_down" => Ok(SsoDevicePoll::Pending { slow_down: true }),
+                other => {
+                    // Denied or expired at the provider: this sign-in is over.
+                    let _ = self.store.take_sso_login(id, now).await?;
+                    let description: String = error
+                        .error_description
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    Err(self
+                        .sso_refused(
+                            format!("the identity provider ended the device sign-in: {other} {description}"),
+                            &address,
+                        )
+                        .await)
+                }
+            };
+        }
+        if self.store.take_sso_login(id, now).await?.is_none() {
+            return Err(self
+                .sso_refused("the device sign-in was finished already".into(), &address)
+                .await);
+        }
+        let tokens: SsoTokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            ControlError::IdentityProvider(format!(
+                "the token endpoint's answer does not parse: {e}"
+            ))
+        })?;
+        let Some(id_token) = tokens.id_token() else {
+            return Err(self
+                .sso_refused(
+                    "the identity provider returned no ID token for the device sign-in".into(),
+                    &address,
+                )
+                .await);
+        };
+        let offset = sso.config.clock_offset;
+        let verifier = client
+            .id_token_verifier()
+            .set_time_fn(move || Utc::now() + offset);
+        // The device flow carries no nonce; the token is bound to this sign-in by the device
+        // code, which only this control plane holds.
+        let no_nonce = |_: Option<&Nonce>| Ok::<(), String>(());
+        let claims = match id_token.claims(&verifier, no_nonce) {
+            Ok(claims) => claims,
+            Err(e) => {
+                return Err(self
+                    .sso_refused(format!("the ID token was refused: {e}"), &address)
+                    .await);
+            }
+        };
+        let identity = match identity(claims, &sso.config) {
+            Ok(identity) => identity,
+            Err(e) => return Err(self.sso_refused(e.to_string(), &address).await),
+        };
+        Ok(SsoDevicePoll::Done(
+            self.open_sso_session(identity, address).await?,
+        ))
+    }
+}
+
+impl Sso {
+    /// A string field of the provider's discovery document.
+    async fn discovery_field(&self, field: &str) -> Result<String, ControlError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let document: serde_json::Value = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| ControlError::IdentityProvider(format!("discovery at {url} failed: {e}")))?
+            .json()
+            .await
+            .map_err(|e| ControlError::IdentityProvider(format!("discovery at {url}: {e}")))?;
+        document[field]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ControlError::IdentityProvider(format!(
+                    "the provider's discovery document has no {field}; enable the device flow at the provider"
+                ))
+            })
+    }
+}

@@ -459,3 +459,67 @@ async fn latchctl_login_whoami_and_logout(db: TestDb) {
     assert!(String::from_utf8_lossy(&after.stderr).contains("latchctl login"));
 }
 both_stores!(latchctl_login_whoami_and_logout);
+
+async fn device_flow_signs_in_once(db: TestDb) {
+    use latch_control::sso::SsoDevicePoll;
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    map_group(&store, "db-admins", "dbas").await;
+    let control = control(&store, &provider, |_| {});
+    provider.next(&[("account", "alice")]).await;
+    let start = control.sso_device_start().await.unwrap();
+    assert!(start.verification_uri.starts_with(&provider.issuer));
+    assert!(start.expires_at <= Utc::now() + Duration::minutes(10));
+    assert!(matches!(
+        control.sso_device_poll(&start.id, None).await.unwrap(),
+        SsoDevicePoll::Pending { .. }
+    ));
+    provider
+        .enter_device_code(&start.verification_uri, &start.user_code)
+        .await;
+    let session = match control.sso_device_poll(&start.id, None).await.unwrap() {
+        SsoDevicePoll::Done(session) => session,
+        other => panic!("expected a session, got {other:?}"),
+    };
+    assert_eq!(session.name, "alice");
+    assert_eq!(session.groups, ["db-admins"]);
+    let who = control.authenticate(&session.token).await.unwrap();
+    assert_eq!(who.session.kind, SessionKind::Sso);
+    // Finished once: polling again is refused, and so is an id never issued.
+    assert_refused(
+        control
+            .sso_device_poll(&start.id, None)
+            .await
+            .map(|_| unreachable_session()),
+        "device sign-in",
+    );
+    assert_refused(
+        control
+            .sso_device_poll("sso_madeup", None)
+            .await
+            .map(|_| unreachable_session()),
+        "unknown",
+    );
+
+    // A device sign-in whose ID token is signed with an unpublished key is refused.
+    let start = control.sso_device_start().await.unwrap();
+    provider
+        .enter_device_code(&start.verification_uri, &start.user_code)
+        .await;
+    provider.next(&[("rogue_jwks", "1")]).await;
+    assert_refused(
+        control
+            .sso_device_poll(&start.id, None)
+            .await
+            .map(|_| unreachable_session()),
+        "signature",
+    );
+}
+both_stores!(device_flow_signs_in_once);
+
+/// Stands for a session in a `Result` whose success the assertion rules out.
+fn unreachable_session() -> latch_control::sso::SsoSession {
+    panic!("expected a refusal")
+}

@@ -151,6 +151,70 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// Acts as the person at the provider's device page: enters `user_code`, confirms, and is
+    /// signed in (as the account chosen with [`Provider::next`]).
+    pub async fn enter_device_code(&self, verification_uri: &str, user_code: &str) {
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let xsrf = |html: &str| -> String {
+            const FIELD: &str = "name=\"xsrf\" value=\"";
+            let start = html.find(FIELD).expect("a form with xsrf") + FIELD.len();
+            html[start..].split('"').next().unwrap().to_owned()
+        };
+        let post = |fields: Vec<(&str, String)>| {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish();
+            browser
+                .post(verification_uri)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+        };
+        let page = browser
+            .get(verification_uri)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let confirm = post(vec![
+            ("xsrf", xsrf(&page)),
+            ("user_code", user_code.to_owned()),
+        ])
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let mut response = post(vec![
+            ("xsrf", xsrf(&confirm)),
+            ("user_code", user_code.to_owned()),
+            ("confirm", "yes".to_owned()),
+        ])
+        .await
+        .unwrap();
+        let mut url = reqwest::Url::parse(verification_uri).unwrap();
+        for _ in 0..20 {
+            if !response.status().is_redirection() {
+                let status = response.status();
+                let text = response.text().await.unwrap();
+                assert!(status.is_success(), "{url} {status}: {text}");
+                return;
+            }
+            let location = response.headers()["location"].to_str().unwrap().to_owned();
+            url = url.join(&location).unwrap();
+            response = browser.get(url.clone()).send().await.unwrap();
+        }
+        panic!("more than 20 redirects at the device page");
+    }
+}
+
 impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
