@@ -297,6 +297,22 @@ impl AdminClient {
             .await
     }
 
+    /// `POST /v1/login/device` (no token needed).
+    pub async fn login_device(&self) -> Result<crate::sso::SsoDeviceStart, ClientError> {
+        self.call(Method::POST, "/v1/login/device", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/login/device/poll` (no token needed).
+    pub async fn login_device_poll(
+        &self,
+        id: &str,
+    ) -> Result<crate::sso::DevicePollResponse, ClientError> {
+        let request = crate::sso::DevicePollRequest { id: id.to_owned() };
+        self.call(Method::POST, "/v1/login/device/poll", &[], Some(&request))
+            .await
+    }
+
     /// `POST /v1/logout`: ends the session of this client's token.
     pub async fn logout(&self) -> Result<serde_json::Value, ClientError> {
         self.call(Method::POST, "/v1/logout", &[], None::<&()>)

@@ -783,6 +783,42 @@ pub enum SsoDevicePoll {
     Done(SsoSession),
 }
 
+/// `POST /v1/login/device/poll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePollRequest {
+    /// The id [`Control::sso_device_start`] returned.
+    pub id: String,
+}
+
+/// The answer to `POST /v1/login/device/poll`: `{"status": "pending", "slow_down"}` or
+/// `{"status": "done", "session": {…}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum DevicePollResponse {
+    /// Not finished at the provider yet: poll again after the interval.
+    Pending {
+        /// Poll more slowly.
+        slow_down: bool,
+    },
+    /// Signed in.
+    Done {
+        /// The session.
+        session: LoginFinishResponse,
+    },
+}
+
+impl From<SsoDevicePoll> for DevicePollResponse {
+    fn from(poll: SsoDevicePoll) -> Self {
+        match poll {
+            SsoDevicePoll::Pending { slow_down } => Self::Pending { slow_down },
+            SsoDevicePoll::Done(session) => Self::Done {
+                session: session.into(),
+            },
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct OAuthError {
     error: String,
@@ -894,18 +930,18 @@ impl Control {
                 )
             })?
             .to_string();
+        // Built before the request: the serializer may not be held across an await.
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
+            .append_pair("device_code", &device_code)
+            .append_pair("client_id", &sso.config.client_id)
+            .finish();
         let response = sso
             .http
             .post(token_url)
             .basic_auth(&sso.config.client_id, Some(&sso.config.client_secret))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(
-                url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:device_code")
-                    .append_pair("device_code", &device_code)
-                    .append_pair("client_id", &sso.config.client_id)
-                    .finish(),
-            )
+            .body(form)
             .send()
             .await
             .map_err(|e| {

@@ -523,3 +523,48 @@ both_stores!(device_flow_signs_in_once);
 fn unreachable_session() -> latch_control::sso::SsoSession {
     panic!("expected a refusal")
 }
+
+async fn latchctl_login_device_flow(db: TestDb) {
+    use tokio::io::AsyncBufReadExt as _;
+    let Some(provider) = Provider::start().await else {
+        return;
+    };
+    let store = db.store().await;
+    let url = serve(control(&store, &provider, |_| {})).await;
+    let config = tempfile::tempdir().unwrap();
+    provider.next(&[("account", "bob")]).await;
+    let mut login = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchctl"))
+        .args(["--server", &url, "login", "--device", "--timeout", "60s"])
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("LATCH_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let mut page = None;
+    let code = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("latchctl prints the code");
+        if line.trim().starts_with(&provider.issuer) {
+            page = Some(line.trim().split('?').next().unwrap().to_owned());
+        }
+        if let Some(code) = line.strip_prefix("and enter the code ") {
+            break code.trim().to_owned();
+        }
+    };
+    let page = page.expect("latchctl prints the provider's device page");
+    provider.enter_device_code(&page, &code).await;
+    let done = login.wait_with_output().await.unwrap();
+    assert!(done.status.success(), "{done:?}");
+    assert!(String::from_utf8_lossy(&done.stdout).contains("signed in as bob"));
+    let me = latchctl(&url, config.path(), &["--output", "json", "whoami"]).await;
+    assert!(me.status.success(), "{me:?}");
+    let me: serde_json::Value = serde_json::from_slice(&me.stdout).unwrap();
+    assert_eq!(me["name"], "bob");
+}
+both_stores!(latchctl_login_device_flow);

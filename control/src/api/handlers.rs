@@ -21,7 +21,10 @@ use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::audit::Checkpoint;
-use crate::sso::{LoginFinishRequest, LoginFinishResponse, LoginStartRequest, LoginStartResponse};
+use crate::sso::{
+    DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
+    LoginStartRequest, LoginStartResponse,
+};
 use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
 use axum::extract::ConnectInfo;
 use std::net::SocketAddr;
@@ -73,6 +76,25 @@ pub async fn login_finish(
         Json(LoginFinishResponse::from(session)),
     )
         .into_response())
+}
+
+pub async fn login_device(State(control): Ctl) -> Result<Response, ApiError> {
+    let start = control.sso_device_start().await?;
+    Ok((StatusCode::CREATED, Json(start)).into_response())
+}
+
+pub async fn login_device_poll(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<DevicePollRequest>,
+) -> Result<Response, ApiError> {
+    attempt.present(&request.id)?;
+    let poll = control
+        .sso_device_poll(&request.id, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok(Json(DevicePollResponse::from(poll)).into_response())
 }
 
 pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {

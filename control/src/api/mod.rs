@@ -7,6 +7,8 @@
 //! | POST | `/v1/enroll` | enrollment token | enroll a host |
 //! | POST | `/v1/login/start` (`{"redirect_uri"}`) | anyone | begin a single sign-on (code flow) |
 //! | POST | `/v1/login/finish` (`{"state", "code"}`) | anyone | finish it: a session token |
+//! | POST | `/v1/login/device` | anyone | begin a device-flow sign-in (user code, URL) |
+//! | POST | `/v1/login/device/poll` (`{"id"}`) | anyone | pending, or the session token |
 //! | POST | `/v1/logout` | user or service token | end the session |
 //! | GET | `/v1/whoami` | user or service token | name, kind, roles, groups, session |
 //! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
@@ -47,6 +49,8 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/login/start", post(handlers::login_start))
         .route("/v1/login/finish", post(handlers::login_finish))
+        .route("/v1/login/device", post(handlers::login_device))
+        .route("/v1/login/device/poll", post(handlers::login_device_poll))
         .route("/v1/logout", post(handlers::logout))
         .route("/v1/whoami", get(handlers::whoami))
         .route("/v1/agent/jobs", get(handlers::poll_jobs))

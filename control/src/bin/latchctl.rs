@@ -76,6 +76,10 @@ enum Command {
         /// Do not try to open a browser; only print the URL.
         #[arg(long)]
         no_browser: bool,
+        /// Use the device flow (for a machine without a browser): prints a code and a URL to
+        /// open on any device, then waits.
+        #[arg(long)]
+        device: bool,
         /// How long to wait for the sign-in to come back.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -400,8 +404,45 @@ async fn session_command(
     };
     match &cli.command {
         Command::Login {
+            device: true,
+            timeout,
+            ..
+        } => {
+            let client = AdminClient::new(&cli.server, "", ca_pem)?;
+            let start = client.login_device().await?;
+            eprintln!(
+                "On any device, open\n\n  {}\n\nand enter the code {}\n",
+                start
+                    .verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&start.verification_uri),
+                start.user_code
+            );
+            let deadline = Instant::now() + *timeout;
+            let mut interval = Duration::from_secs(start.interval.clamp(1, 60));
+            let session = loop {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "the device sign-in was not finished within {timeout:?}; run `latchctl login --device` again"
+                    );
+                }
+                tokio::time::sleep(interval).await;
+                match client.login_device_poll(&start.id).await? {
+                    latch_control::sso::DevicePollResponse::Pending { slow_down } => {
+                        if slow_down {
+                            interval += Duration::from_secs(5);
+                        }
+                    }
+                    latch_control::sso::DevicePollResponse::Done { session } => break session,
+                }
+            };
+            finish_login(cli, json, session)?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::Login {
             no_browser,
             timeout,
+            ..
         } => {
             let client = AdminClient::new(&cli.server, "", ca_pem)?;
             let callback = login::Callback::bind().await?;
@@ -430,27 +471,7 @@ async fn session_command(
                     code,
                 })
                 .await?;
-            let path = login::save_session(&login::StoredSession {
-                server: cli.server.clone(),
-                token: session.token.clone(),
-                expires_at: session.expires_at,
-            })?;
-            if json {
-                print_json(&serde_json::json!({
-                    "name": session.name,
-                    "groups": session.groups,
-                    "expires_at": session.expires_at,
-                    "mfa_at": session.mfa_at,
-                    "session_file": path,
-                }))?;
-            } else {
-                println!(
-                    "signed in as {} until {} (session in {})",
-                    session.name,
-                    session.expires_at.to_rfc3339(),
-                    path.display()
-                );
-            }
+            finish_login(cli, json, session)?;
             Ok(Some(ExitCode::SUCCESS))
         }
         Command::Logout => {
@@ -494,6 +515,36 @@ async fn session_command(
         }
         _ => Ok(None),
     }
+}
+
+/// Keeps a new session in the session file and says who signed in.
+fn finish_login(
+    cli: &Cli,
+    json: bool,
+    session: latch_control::sso::LoginFinishResponse,
+) -> anyhow::Result<()> {
+    let path = latch_control::login::save_session(&latch_control::login::StoredSession {
+        server: cli.server.clone(),
+        token: session.token.clone(),
+        expires_at: session.expires_at,
+    })?;
+    if json {
+        print_json(&serde_json::json!({
+            "name": session.name,
+            "groups": session.groups,
+            "expires_at": session.expires_at,
+            "mfa_at": session.mfa_at,
+            "session_file": path,
+        }))?;
+    } else {
+        println!(
+            "signed in as {} until {} (session in {})",
+            session.name,
+            session.expires_at.to_rfc3339(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn admin_token(cli: &Cli) -> anyhow::Result<String> {
