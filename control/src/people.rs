@@ -158,7 +158,7 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
 }
 
-fn new_id(prefix: &str) -> Result<String, ControlError> {
+pub(crate) fn new_id(prefix: &str) -> Result<String, ControlError> {
     let bytes = crate::secret::random_bytes::<10>()?;
     Ok(format!("{prefix}{}", crate::secret::hex(&bytes)))
 }

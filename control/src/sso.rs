@@ -532,10 +532,7 @@ impl Control {
             Some(principal) => principal,
             None => {
                 let principal = PrincipalRecord {
-                    id: format!(
-                        "usr_{}",
-                        crate::secret::hex(&crate::secret::random_bytes::<10>()?)
-                    ),
+                    id: crate::people::new_id("usr_")?,
                     kind: PrincipalKind::User,
                     name: who.name.clone(),
                     display_name: who.display_name.clone(),
@@ -604,10 +601,7 @@ impl Control {
         let token = new_token(TOKEN_PREFIX)?;
         let mfa_at = who.mfa.then_some(now);
         let session = SessionRecord {
-            id: format!(
-                "ses_{}",
-                crate::secret::hex(&crate::secret::random_bytes::<10>()?)
-            ),
+            id: crate::people::new_id("ses_")?,
             principal_id: principal.id.clone(),
             kind: SessionKind::Sso,
             api_key_id: None,
