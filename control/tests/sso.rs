@@ -232,6 +232,12 @@ async fn bad_id_tokens_are_refused(db: TestDb) {
     assert_refused(control.sso_finish(&state, &code, None).await, "nonce");
     provider.next(&[("wrong_nonce", "0")]).await;
 
+    // Issued to another client: the ID token's audience is not Latch.
+    provider.next(&[("foreign_audience", "1")]).await;
+    let (code, state) = browse(&control, &provider, "alice").await;
+    assert_refused(control.sso_finish(&state, &code, None).await, "audience");
+    provider.next(&[("foreign_audience", "0")]).await;
+
     // Expired: the token lives 60 s and the control plane's clock reads 2 minutes later.
     provider.next(&[("id_token_ttl", "60")]).await;
     let late = self::control(&store, &provider, |c| c.clock_offset = Duration::minutes(2));

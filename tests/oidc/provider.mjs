@@ -17,6 +17,9 @@
 //   rogue_jwks=1   /jwks publishes another key under the signing key's id (signature check fails)
 //   wrong_nonce=1  the authorization request's nonce is replaced before the provider reads it
 //   id_token_ttl=N ID tokens live N seconds
+//   foreign_audience=1  sign-ins are issued to another client ("intruder", same secret): the
+//                  authorization request and the code exchange are rewritten to it, so the ID
+//                  token Latch receives is for another audience
 import http from 'node:http';
 import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
@@ -33,7 +36,9 @@ const accounts = {
   carol: { groups: ['dbas'], amr: ['pwd', 'otp'], email: 'carol@example.test' },
 };
 
-const state = { account: 'alice', rogueJwks: false, wrongNonce: false, idTokenTtl: 3600 };
+const state = {
+  account: 'alice', rogueJwks: false, wrongNonce: false, idTokenTtl: 3600, foreignAudience: false,
+};
 
 function rsaJwk() {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -48,17 +53,15 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, {
-    clients: [
-      {
-        client_id: 'latch',
-        client_secret: secret,
-        application_type: 'native',
-        redirect_uris: ['http://127.0.0.1/callback'],
-        grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
-        response_types: ['code'],
-        token_endpoint_auth_method: 'client_secret_basic',
-      },
-    ],
+    clients: ['latch', 'intruder'].map((id) => ({
+      client_id: id,
+      client_secret: secret,
+      application_type: 'native',
+      redirect_uris: ['http://127.0.0.1/callback'],
+      grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    })),
     pkce: { required: () => true },
     claims: {
       amr: null,
@@ -105,12 +108,19 @@ server.listen(0, '127.0.0.1', () => {
       if (q.rogue_jwks !== undefined) state.rogueJwks = q.rogue_jwks === '1';
       if (q.wrong_nonce !== undefined) state.wrongNonce = q.wrong_nonce === '1';
       if (q.id_token_ttl !== undefined) state.idTokenTtl = Number(q.id_token_ttl);
+      if (q.foreign_audience !== undefined) state.foreignAudience = q.foreign_audience === '1';
       ctx.body = state;
       return;
     }
     if (ctx.path === '/jwks' && state.rogueJwks) {
       ctx.body = { keys: [roguePublic] };
       return;
+    }
+    if (state.foreignAudience && ctx.path === '/auth' && ctx.query.client_id) {
+      ctx.query = { ...ctx.query, client_id: 'intruder' };
+    }
+    if (state.foreignAudience && ctx.path === '/token') {
+      ctx.req.headers.authorization = `Basic ${Buffer.from(`intruder:${secret}`).toString('base64')}`;
     }
     if (ctx.path === '/auth' && state.wrongNonce && ctx.query.nonce) {
       ctx.query = { ...ctx.query, nonce: 'forged-by-the-test-provider' };
