@@ -209,6 +209,19 @@ async fn replayed_state_is_refused(db: TestDb) {
         "already finished",
     );
     assert_refused(control.sso_finish("made-up", &fresh, None).await, "unknown");
+    // A sign-in begun more than its 10 minutes ago cannot be finished.
+    let (code, state) = browse(&control, &provider, "alice").await;
+    let mut login = store.sso_login(&state, Utc::now()).await.unwrap().unwrap();
+    store
+        .take_sso_login(&state, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    login.id = "state-of-a-stale-sign-in".into();
+    login.created_at = Utc::now() - Duration::minutes(11);
+    login.expires_at = Utc::now() - Duration::minutes(1);
+    store.insert_sso_login(&login).await.unwrap();
+    assert_refused(control.sso_finish(&login.id, &code, None).await, "expired");
     assert!(actions(&store).await.iter().any(|a| a == "sso.refused"));
 }
 both_stores!(replayed_state_is_refused);
