@@ -403,23 +403,6 @@ pub struct TokenResponse {
     pub expires_at: DateTime<Utc>,
 }
 
-/// `GET /v1/whoami`: who the bearer token belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WhoAmI {
-    /// `user` or `service`.
-    pub kind: String,
-    /// Login or service user name.
-    pub name: String,
-    /// The roles that apply now (direct and through groups).
-    pub roles: Vec<crate::authz::Role>,
-    /// Every permission those roles give.
-    pub permissions: Vec<crate::authz::Permission>,
-    /// When the token stops working.
-    pub expires_at: DateTime<Utc>,
-    /// When a second factor was last shown in this session.
-    pub mfa_at: Option<DateTime<Utc>>,
-}
-
 /// `POST /v1/jobs`. Fields that do not apply to `kind` must be absent.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

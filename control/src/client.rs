@@ -170,7 +170,9 @@ impl AdminClient {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, ClientError> {
         let bearer = self.bearer().await?;
-        self.send(method, path, query, body, Some(&bearer)).await
+        // No credential (sign-in endpoints): no Authorization header at all.
+        let bearer = (!bearer.is_empty()).then_some(bearer.as_str());
+        self.send(method, path, query, body, bearer).await
     }
 
     async fn send<T: DeserializeOwned>(
@@ -318,6 +320,51 @@ impl AdminClient {
             query.push(("host", host.to_owned()));
         }
         self.all_pages("/v1/audit", query).await
+    }
+
+    /// `POST /v1/login/start` (no token needed).
+    pub async fn login_start(
+        &self,
+        request: &crate::sso::LoginStartRequest,
+    ) -> Result<crate::sso::LoginStartResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/start", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/login/finish` (no token needed): the session token.
+    pub async fn login_finish(
+        &self,
+        request: &crate::sso::LoginFinishRequest,
+    ) -> Result<crate::sso::LoginFinishResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/finish", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/login/device` (no token needed).
+    pub async fn login_device(&self) -> Result<crate::sso::SsoDeviceStart, ClientError> {
+        self.call(Method::POST, "/v1/login/device", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/login/device/poll` (no token needed).
+    pub async fn login_device_poll(
+        &self,
+        id: &str,
+    ) -> Result<crate::sso::DevicePollResponse, ClientError> {
+        let request = crate::sso::DevicePollRequest { id: id.to_owned() };
+        self.call(Method::POST, "/v1/login/device/poll", &[], Some(&request))
+            .await
+    }
+
+    /// `POST /v1/logout`: ends the session of this client's token.
+    pub async fn logout(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/logout", &[], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<crate::sso::WhoAmI, ClientError> {
+        self.call(Method::GET, "/v1/whoami", &[], None::<&()>).await
     }
 
     /// `POST /v1/signing-key/rotate`: `{"next_key", "jobs"}`.

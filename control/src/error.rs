@@ -58,6 +58,16 @@ pub enum ControlError {
     /// The change conflicts with the current state (e.g. a report for a lease that is gone).
     #[error("{0}")]
     Conflict(String),
+    /// Single sign-on is not configured.
+    #[error("{0}")]
+    SsoNotConfigured(String),
+    /// A sign-in through the identity provider was refused (unknown or replayed state, an ID
+    /// token that fails validation, no usable user name).
+    #[error("{0}")]
+    SsoRefused(String),
+    /// The identity provider could not be reached or answered nonsense.
+    #[error("{0}")]
+    IdentityProvider(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -29,6 +29,7 @@
 //!   checkpoints of its head and their verification;
 //! - [`signing`], [`keys`], [`tls`]: the job-signing key and its rotation, the private CA;
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
+//! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
 //! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
@@ -44,6 +45,7 @@ pub mod error;
 pub mod files;
 pub mod hosts;
 pub mod keys;
+pub mod login;
 pub mod mfa;
 pub mod password;
 pub mod people;
@@ -51,6 +53,7 @@ pub mod queue;
 pub mod secret;
 pub mod server;
 pub mod signing;
+pub mod sso;
 pub mod store;
 pub mod tls;
 pub mod users;
@@ -114,6 +117,7 @@ pub struct Control {
     keys: keys::SigningKeys,
     ca_fingerprint: Option<String>,
     audit_head: audit::head::AuditHead,
+    sso: Option<sso::Sso>,
 }
 
 impl Control {
@@ -130,12 +134,19 @@ impl Control {
             keys: keys::SigningKeys::in_memory(signer),
             ca_fingerprint: None,
             audit_head: audit::head::AuditHead::in_memory(),
+            sso: None,
         }
     }
 
     /// Records the fingerprint of the CA agents must pin (shown with new enrollment tokens).
     pub fn with_ca_fingerprint(mut self, fingerprint: String) -> Self {
         self.ca_fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// Signs people in through this OpenID Connect provider ([`sso`]).
+    pub fn with_sso(mut self, sso: sso::Sso) -> Self {
+        self.sso = Some(sso);
         self
     }
 

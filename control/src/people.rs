@@ -600,18 +600,6 @@ impl Control {
         })
     }
 
-    /// `GET /v1/whoami`.
-    pub fn whoami(&self, by: &Authority) -> latch_common::api::WhoAmI {
-        latch_common::api::WhoAmI {
-            kind: by.principal.kind.as_str().to_owned(),
-            name: by.principal.name.clone(),
-            roles: by.roles().into_iter().collect(),
-            permissions: by.permissions().into_iter().collect(),
-            expires_at: by.session.expires_at,
-            mfa_at: by.session.mfa_at,
-        }
-    }
-
     /// The caller a bearer token belongs to, with the roles that apply now.
     pub async fn authenticate(&self, token: &str) -> Result<Authority, ControlError> {
         const UNKNOWN: &str = "the bearer token is not valid; sign in again (`latchctl login`) or exchange the API key again (POST /v1/service_token)";

@@ -397,16 +397,6 @@ impl Control {
             expires_at: session.expires_at,
         })
     }
-
-    /// Ends the caller's own session.
-    pub async fn sign_out(&self, by: &Authority) -> Result<(), ControlError> {
-        let event = AuditEvent::new(by.actor(), "session.end")
-            .detail(serde_json::json!({"session_id": by.session.id}));
-        self.store
-            .revoke_session(&by.session.id, event, Utc::now())
-            .await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -1202,7 +1202,7 @@ async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
     );
 
     // Signing out ends the session; disabling ends every session and refuses sign-in.
-    control.sign_out(&carol).await.unwrap();
+    control.logout(&carol).await.unwrap();
     assert!(matches!(
         control.authenticate(&token.token).await,
         Err(ControlError::AuthorizationRevoked(_))
@@ -1231,7 +1231,7 @@ async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
     for action in [
         "user.create",
         "session.start",
-        "session.end",
+        "session.logout",
         "principal.disable",
         "group.member_remove",
     ] {

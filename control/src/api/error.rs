@@ -48,9 +48,9 @@ impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> Self {
         match &error {
             ControlError::Invalid(e) => ApiError::invalid(e.to_string()),
-            ControlError::Unauthenticated(_) | ControlError::EnrollRefused(_) => {
-                ApiError::unauthenticated(error.to_string())
-            }
+            ControlError::Unauthenticated(_)
+            | ControlError::EnrollRefused(_)
+            | ControlError::SsoRefused(_) => ApiError::unauthenticated(error.to_string()),
             ControlError::NotFound { .. } | ControlError::HostRemoved(_) => {
                 ApiError::not_found(error.to_string())
             }
@@ -63,6 +63,16 @@ impl From<ControlError> for ApiError {
             ControlError::StepUpRequired(_) => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "authorization_error",
+                error.to_string(),
+            ),
+            ControlError::SsoNotConfigured(_) => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "sso_not_configured",
+                error.to_string(),
+            ),
+            ControlError::IdentityProvider(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "identity_provider_error",
                 error.to_string(),
             ),
             ControlError::Forbidden(_) => {

@@ -21,8 +21,14 @@ use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::audit::Checkpoint;
+use crate::sso::{
+    DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
+    LoginStartRequest, LoginStartResponse,
+};
 use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
+use axum::extract::ConnectInfo;
 use latch_common::authz::Permission;
+use std::net::SocketAddr;
 
 type Ctl = State<Arc<Control>>;
 
@@ -39,6 +45,66 @@ pub async fn enroll(
     attempt.present(&request.token)?;
     let response = control.enroll(&request).await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_start(
+    State(control): Ctl,
+    ApiJson(request): ApiJson<LoginStartRequest>,
+) -> Result<Response, ApiError> {
+    let start = control.sso_start(&request.redirect_uri).await?;
+    let response = LoginStartResponse {
+        authorization_url: start.authorization_url,
+        state: start.state,
+        expires_at: start.expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_finish(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<LoginFinishRequest>,
+) -> Result<Response, ApiError> {
+    // A refused state is charged to itself (and its address), like a bad enrollment token.
+    attempt.present(&request.state)?;
+    let session = control
+        .sso_finish(&request.state, &request.code, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok((
+        StatusCode::CREATED,
+        Json(LoginFinishResponse::from(session)),
+    )
+        .into_response())
+}
+
+pub async fn login_device(State(control): Ctl) -> Result<Response, ApiError> {
+    let start = control.sso_device_start().await?;
+    Ok((StatusCode::CREATED, Json(start)).into_response())
+}
+
+pub async fn login_device_poll(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<DevicePollRequest>,
+) -> Result<Response, ApiError> {
+    attempt.present(&request.id)?;
+    let poll = control
+        .sso_device_poll(&request.id, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok(Json(DevicePollResponse::from(poll)).into_response())
+}
+
+pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    control.logout(&who).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn whoami(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    Ok(Json(control.whoami(&who).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -430,8 +496,4 @@ pub async fn service_token(
     let address = address.map(|axum::Extension(a)| a.0.to_string());
     let issued = control.exchange_api_key(&request, address).await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
-}
-
-pub async fn whoami(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
-    Ok(Json(control.whoami(&by)).into_response())
 }

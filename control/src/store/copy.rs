@@ -247,6 +247,22 @@ pub const TABLES: &[Table] = &[
         ],
         identity: false,
     },
+    Table {
+        name: "sso_logins",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("kind", Text),
+            ("nonce", Text),
+            ("pkce_verifier", Text),
+            ("redirect_uri", Text),
+            ("device_code", Text),
+            ("created_at", Int),
+            ("expires_at", Int),
+            ("used_at", Int),
+        ],
+        identity: false,
+    },
 ];
 
 /// Rows read from SQLite per batch.

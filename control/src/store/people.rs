@@ -214,6 +214,56 @@ pub struct TotpUse<'a> {
     pub pending: bool,
 }
 
+/// Which single sign-on flow a pending sign-in uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsoFlow {
+    /// Authorization code with PKCE and a loopback redirect.
+    Code,
+    /// The device authorization grant (RFC 8628).
+    Device,
+}
+
+impl SsoFlow {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Code => "code",
+            Self::Device => "device",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "code" => Ok(Self::Code),
+            "device" => Ok(Self::Device),
+            other => Err(corrupt("sso login", format!("unknown kind {other:?}"))),
+        }
+    }
+}
+
+/// A sign-in through the identity provider that has begun and not finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoLoginRecord {
+    /// The OAuth `state` (code flow) or `sso_…` (device flow).
+    pub id: String,
+    /// Which flow.
+    pub flow: SsoFlow,
+    /// The nonce the ID token must carry (code flow).
+    pub nonce: Option<String>,
+    /// The PKCE verifier, sealed (code flow).
+    pub sealed_pkce_verifier: Option<String>,
+    /// The loopback redirect URI (code flow).
+    pub redirect_uri: Option<String>,
+    /// The device code, sealed (device flow).
+    pub sealed_device_code: Option<String>,
+    /// When it began.
+    pub created_at: DateTime<Utc>,
+    /// When it can no longer be finished.
+    pub expires_at: DateTime<Utc>,
+    /// When it was finished (a sign-in finishes once).
+    pub used_at: Option<DateTime<Utc>>,
+}
+
 /// Why a change was not made (nothing was changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeopleRefusal {
@@ -417,6 +467,21 @@ pub trait PeopleStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// Stores a sign-in that has begun (and forgets those expired more than a day ago).
+    async fn insert_sso_login(&self, login: &SsoLoginRecord) -> Result<(), StoreError>;
+    /// A pending sign-in that is neither finished nor expired at `now`.
+    async fn sso_login(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SsoLoginRecord>, StoreError>;
+    /// Marks a pending, unexpired sign-in finished and returns it; `None` if it does not
+    /// exist, has expired or was finished already (so each one finishes once, on any replica).
+    async fn take_sso_login(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SsoLoginRecord>, StoreError>;
     /// Replaces a host's labels; false if the host does not exist or was removed.
     async fn set_host_labels(
         &self,
@@ -553,6 +618,24 @@ fn session_from_row(row: &impl Columns) -> Result<SessionRecord, StoreError> {
         address: row.opt_text("address")?,
     })
 }
+
+fn sso_login_from_row(row: &impl Columns) -> Result<SsoLoginRecord, StoreError> {
+    Ok(SsoLoginRecord {
+        id: row.text("id")?,
+        flow: SsoFlow::parse(&row.text("kind")?)?,
+        nonce: row.opt_text("nonce")?,
+        sealed_pkce_verifier: row.opt_text("pkce_verifier")?,
+        redirect_uri: row.opt_text("redirect_uri")?,
+        sealed_device_code: row.opt_text("device_code")?,
+        created_at: from_millis(row.int("created_at")?),
+        expires_at: from_millis(row.int("expires_at")?),
+        used_at: row.opt_int("used_at")?.map(from_millis),
+    })
+}
+
+const SSO_LOGIN_COLUMNS: &str = "SELECT id, kind, nonce, pkce_verifier, redirect_uri, device_code, \
+     created_at, expires_at, used_at FROM sso_logins WHERE id = $1 AND used_at IS NULL \
+     AND expires_at > $2";
 
 fn labels_from_text(text: &str) -> Result<Labels, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt("host labels", e))
@@ -1379,6 +1462,75 @@ macro_rules! people_store {
                 sqlx::query("DELETE FROM admin_tokens").execute(tx.conn()).await?;
                 tx.audit(event, now);
                 tx.commit().await
+            }
+
+            async fn insert_sso_login(&self, l: &SsoLoginRecord) -> Result<(), StoreError> {
+                sqlx::query("DELETE FROM sso_logins WHERE expires_at < $1")
+                    .bind(millis(l.created_at - chrono::Duration::days(1)))
+                    .execute(self.pool())
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO sso_logins (id, kind, nonce, pkce_verifier, redirect_uri, \
+                     device_code, created_at, expires_at, used_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)",
+                )
+                .bind(&l.id)
+                .bind(l.flow.as_str())
+                .bind(&l.nonce)
+                .bind(&l.sealed_pkce_verifier)
+                .bind(&l.redirect_uri)
+                .bind(&l.sealed_device_code)
+                .bind(millis(l.created_at))
+                .bind(millis(l.expires_at))
+                .execute(self.pool())
+                .await?;
+                Ok(())
+            }
+
+            async fn sso_login(
+                &self,
+                id: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<SsoLoginRecord>, StoreError> {
+                let row = sqlx::query(SSO_LOGIN_COLUMNS)
+                    .bind(id)
+                    .bind(millis(now))
+                    .fetch_optional(self.pool())
+                    .await?;
+                row.as_ref().map(sso_login_from_row).transpose()
+            }
+
+            async fn take_sso_login(
+                &self,
+                id: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<SsoLoginRecord>, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let row = sqlx::query(SSO_LOGIN_COLUMNS)
+                    .bind(id)
+                    .bind(millis(now))
+                    .fetch_optional(tx.conn())
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let login = sso_login_from_row(&row)?;
+                let taken = sqlx::query(
+                    "UPDATE sso_logins SET used_at = $1 WHERE id = $2 AND used_at IS NULL",
+                )
+                .bind(millis(now))
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if taken == 0 {
+                    return Ok(None);
+                }
+                tx.commit().await?;
+                Ok(Some(SsoLoginRecord {
+                    used_at: Some(now),
+                    ..login
+                }))
             }
 
             async fn set_host_labels(
