@@ -378,6 +378,29 @@ pub struct HostView {
     pub last_seen: Option<DateTime<Utc>>,
     /// Whether the agent polled recently.
     pub online: bool,
+    /// Labels (`env=prod`), which scope delegated administration.
+    #[serde(default)]
+    pub labels: crate::labels::Labels,
+}
+
+/// `POST /v1/service_token`: a service user's API key, exchanged for a short-lived bearer token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTokenRequest {
+    /// The API key (`latch_key_…`).
+    pub api_key: String,
+    /// How long the token should live, at most the server's limit (default one hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The bearer token issued for an API key or a sign-in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// `Authorization: Bearer <token>`.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// `POST /v1/jobs`. Fields that do not apply to `kind` must be absent.

@@ -5,12 +5,16 @@
 //!   before it may reach a colon-separated account file or a shadow-utils tool;
 //! - [`job`]: the job kinds, their parameters ([`job::JobSpec`]), statuses and stable error codes;
 //! - [`api`]: request and response bodies of the HTTP API, agent side and admin side;
-//! - [`signing`]: the signed job payload and its verification (Ed25519, ring).
+//! - [`signing`]: the signed job payload and its verification (Ed25519, ring);
+//! - [`authz`]: the named permissions and the five fixed roles;
+//! - [`labels`]: host labels and label selectors.
 //!
 //! Both the control plane (at the API edge) and the agent (before acting) call
 //! [`job::JobSpec::validate`], so hostile input is refused twice.
 
 pub mod api;
+pub mod authz;
 pub mod job;
+pub mod labels;
 pub mod names;
 pub mod signing;

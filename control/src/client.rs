@@ -103,7 +103,10 @@ fn is_loopback_host(host: &str) -> bool {
 pub struct AdminClient {
     http: reqwest::Client,
     server: String,
-    token: String,
+    /// What the caller gave: a bearer token (`latch_tok_`), or an API key (`latch_key_`, or a
+    /// legacy `latch_admin_` token) that is exchanged for one at the first call.
+    credential: String,
+    bearer: tokio::sync::Mutex<Option<String>>,
 }
 
 impl AdminClient {
@@ -129,8 +132,34 @@ impl AdminClient {
         Ok(Self {
             http,
             server: server.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            credential: token.to_owned(),
+            bearer: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The bearer token to send: the one given, or the one an API key was exchanged for
+    /// (`POST /v1/service_token`, once per client).
+    async fn bearer(&self) -> Result<String, ClientError> {
+        let is_key = self.credential.starts_with(crate::people::API_KEY_PREFIX)
+            || self
+                .credential
+                .starts_with(crate::people::LEGACY_ADMIN_PREFIX);
+        if !is_key {
+            return Ok(self.credential.clone());
+        }
+        let mut bearer = self.bearer.lock().await;
+        if let Some(token) = bearer.as_ref() {
+            return Ok(token.clone());
+        }
+        let request = latch_common::api::ServiceTokenRequest {
+            api_key: self.credential.clone(),
+            ttl_seconds: None,
+        };
+        let issued: latch_common::api::TokenResponse = self
+            .send(Method::POST, "/v1/service_token", &[], Some(&request), None)
+            .await?;
+        *bearer = Some(issued.token.clone());
+        Ok(issued.token)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -140,11 +169,27 @@ impl AdminClient {
         query: &[(&str, String)],
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, ClientError> {
+        let bearer = self.bearer().await?;
+        // No credential (sign-in endpoints): no Authorization header at all.
+        let bearer = (!bearer.is_empty()).then_some(bearer.as_str());
+        self.send(method, path, query, body, bearer).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&(impl Serialize + ?Sized)>,
+        bearer: Option<&str>,
+    ) -> Result<T, ClientError> {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.server))
-            .bearer_auth(&self.token)
             .query(query);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -275,6 +320,51 @@ impl AdminClient {
             query.push(("host", host.to_owned()));
         }
         self.all_pages("/v1/audit", query).await
+    }
+
+    /// `POST /v1/login/start` (no token needed).
+    pub async fn login_start(
+        &self,
+        request: &crate::sso::LoginStartRequest,
+    ) -> Result<crate::sso::LoginStartResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/start", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/login/finish` (no token needed): the session token.
+    pub async fn login_finish(
+        &self,
+        request: &crate::sso::LoginFinishRequest,
+    ) -> Result<crate::sso::LoginFinishResponse, ClientError> {
+        self.call(Method::POST, "/v1/login/finish", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/login/device` (no token needed).
+    pub async fn login_device(&self) -> Result<crate::sso::SsoDeviceStart, ClientError> {
+        self.call(Method::POST, "/v1/login/device", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/login/device/poll` (no token needed).
+    pub async fn login_device_poll(
+        &self,
+        id: &str,
+    ) -> Result<crate::sso::DevicePollResponse, ClientError> {
+        let request = crate::sso::DevicePollRequest { id: id.to_owned() };
+        self.call(Method::POST, "/v1/login/device/poll", &[], Some(&request))
+            .await
+    }
+
+    /// `POST /v1/logout`: ends the session of this client's token.
+    pub async fn logout(&self) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::POST, "/v1/logout", &[], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<crate::sso::WhoAmI, ClientError> {
+        self.call(Method::GET, "/v1/whoami", &[], None::<&()>).await
     }
 
     /// `POST /v1/signing-key/rotate`: `{"next_key", "jobs"}`.

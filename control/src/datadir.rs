@@ -39,7 +39,7 @@ use thiserror::Error;
 
 use crate::audit::key::AuditKeyError;
 use crate::audit::{AuditEvent, AuditKey};
-use crate::secret::{RandomError, hash_token, new_token};
+use crate::secret::RandomError;
 use crate::signing::{JobSigner, SigningError};
 use crate::store::{Page, PgStore, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
@@ -91,6 +91,9 @@ pub enum DataDirError {
     /// The system random generator failed.
     #[error(transparent)]
     Random(#[from] RandomError),
+    /// The bootstrap admin could not be made.
+    #[error(transparent)]
+    Bootstrap(#[from] crate::people::BootstrapError),
     /// Copying the SQLite database to PostgreSQL failed (nothing was committed).
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -321,7 +324,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         }
         Database::Postgres(url) => {
             let store = PgStore::open(url, audit_key.clone()).await?;
-            if sqlite_path.exists() && !marker.exists() && !store.has_admin_token().await? {
+            if sqlite_path.exists() && !marker.exists() && !initialised(&store).await? {
                 return Err(DataDirError::SqliteNotCopied {
                     path: sqlite_path,
                     dir: dir.to_owned(),
@@ -333,7 +336,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         }
     };
     let store = store_handle.as_ref();
-    let initialised_before_pins = store.has_admin_token().await?
+    let initialised_before_pins = initialised(store).await?
         && store.key_pin(PinnedKey::Signing).await?.is_none()
         && store.key_pin(PinnedKey::Audit).await?.is_none()
         && store.key_pin(PinnedKey::Ca).await?.is_none();
@@ -364,24 +367,21 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     }
 
     let admin_token_path = dir.join(ADMIN_TOKEN_FILE);
-    let mut admin_token_created = false;
-    if !store.has_admin_token().await? {
-        let token = new_token("latch_admin_")?;
+    let made = crate::people::bootstrap(store, |api_key| {
         write_file(
             &admin_token_path,
-            format!("{token}\n").as_bytes(),
+            format!("{api_key}\n").as_bytes(),
             0o600,
             Existing::Replace,
         )
-        .map_err(|source| DataDirError::Io {
-            action: "write the admin token to",
-            path: admin_token_path.clone(),
-            source,
-        })?;
-        store
-            .insert_admin_token(&hash_token(&token), Utc::now())
-            .await?;
-        admin_token_created = true;
+    })
+    .await?;
+    let admin_token_created = matches!(made, crate::people::Bootstrap::Created(_));
+    if let crate::people::Bootstrap::Migrated(keys) = made {
+        tracing::info!(
+            keys,
+            "the admin token is now an API key of the pam_admin service user 'admin'"
+        );
     }
     Ok(DataDir {
         store: store_handle,
@@ -394,6 +394,12 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         initialised_before_pins,
         new_ca: options.new_ca,
     })
+}
+
+/// Whether the database was initialised: it has people (or, made before people and roles, an
+/// admin token).
+async fn initialised(store: &dyn Store) -> Result<bool, StoreError> {
+    Ok(store.has_admin_token().await? || store.has_principals().await?)
 }
 
 /// What the marker of a database copied to PostgreSQL says, if there is one.
@@ -598,7 +604,7 @@ async fn settle_signing_key(
                         hosts,
                         "made a new job-signing key (--new-signing-key): every enrolled host must be enrolled again"
                     );
-                    AuditEvent::new(crate::enroll::ADMIN, "signing_key.replaced").detail(
+                    AuditEvent::new(crate::enroll::CONTROL_PLANE, "signing_key.replaced").detail(
                         serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}),
                     )
                 }
@@ -702,7 +708,7 @@ impl DataDir {
                     hosts,
                     "made a new private CA (--new-ca): every enrolled host must be enrolled again"
                 );
-                AuditEvent::new(crate::enroll::ADMIN, "tls.ca_replaced")
+                AuditEvent::new(crate::enroll::CONTROL_PLANE, "tls.ca_replaced")
                     .detail(serde_json::json!({"previous": pin, "hosts_to_enroll_again": hosts}))
             }
             _ => return Err(CA_TEXT.missing(cert_path, pin.as_deref())),

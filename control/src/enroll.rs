@@ -4,12 +4,15 @@ use chrono::{Duration, Utc};
 use latch_common::api::{CreateEnrollTokenRequest, EnrollRequest, EnrollResponse, EnrollTokenView};
 use latch_common::names::ValidationError;
 
+use latch_common::authz::Permission;
+
+use crate::people::Authority;
 use crate::secret::{hash_token, new_token};
 use crate::store::HostRecord;
 use crate::{Control, ControlError};
 
-/// The audit actor of admin-API operations (one admin principal until RBAC lands).
-pub(crate) const ADMIN: &str = "admin";
+/// The audit actor of work the control plane does on its own (key rotation jobs it queues).
+pub(crate) const CONTROL_PLANE: &str = "control_plane";
 
 /// Default token lifetime.
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -22,8 +25,12 @@ impl Control {
     /// Creates an enrollment token. The plaintext is returned once; only its hash is stored.
     pub async fn create_enroll_token(
         &self,
+        by: &Authority,
         request: &CreateEnrollTokenRequest,
     ) -> Result<EnrollTokenView, ControlError> {
+        // A token enrolls hosts without labels yet, outside any delegation: only an admin of
+        // every host may make one.
+        by.require_everywhere(Permission::HostsManage)?;
         let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
             return Err(ValidationError::new(
@@ -44,7 +51,7 @@ impl Control {
         let now = Utc::now();
         let expires_at = now + Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
         self.store
-            .insert_enroll_token(&hash_token(&token), now, expires_at, uses, ADMIN)
+            .insert_enroll_token(&hash_token(&token), now, expires_at, uses, &by.actor())
             .await?;
         Ok(EnrollTokenView {
             token,

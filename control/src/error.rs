@@ -14,6 +14,24 @@ pub enum ControlError {
     /// No valid credential was presented.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The credential was valid but has been revoked (its key revoked, its session ended, its
+    /// principal disabled).
+    #[error("{0}")]
+    AuthorizationRevoked(String),
+    /// The action needs a second factor shown recently in this session (MFA step-up).
+    #[error("{0}")]
+    StepUpRequired(String),
+    /// The caller is authenticated but lacks the permission, or the scope, for this request.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A record with that name already exists.
+    #[error("{what} '{key}' already exists")]
+    AlreadyExists {
+        /// What (`service user`, `group`).
+        what: &'static str,
+        /// The name.
+        key: String,
+    },
     /// The enrollment token cannot be used.
     #[error("{}", match .0 {
         TokenRefusal::Expired => "the enrollment token has expired; create a new one with `latchctl enroll-token create`",
@@ -40,6 +58,16 @@ pub enum ControlError {
     /// The change conflicts with the current state (e.g. a report for a lease that is gone).
     #[error("{0}")]
     Conflict(String),
+    /// Single sign-on is not configured.
+    #[error("{0}")]
+    SsoNotConfigured(String),
+    /// A sign-in through the identity provider was refused (unknown or replayed state, an ID
+    /// token that fails validation, no usable user name).
+    #[error("{0}")]
+    SsoRefused(String),
+    /// The identity provider could not be reached or answered nonsense.
+    #[error("{0}")]
+    IdentityProvider(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -2,8 +2,11 @@
 
 use chrono::Utc;
 use latch_common::api::HostView;
+use latch_common::authz::Permission;
+use latch_common::labels::Labels;
 
 use crate::audit::AuditEvent;
+use crate::people::Authority;
 use crate::secret::hash_token;
 use crate::store::{HostRecord, Page};
 use crate::{Control, ControlError};
@@ -32,22 +35,61 @@ impl Control {
         Ok(self.store.append_audit(&event, Utc::now()).await?)
     }
 
-    /// Checks an admin token.
-    pub async fn authenticate_admin(&self, token: &str) -> Result<(), ControlError> {
-        if self.store.admin_token_exists(&hash_token(token)).await? {
-            Ok(())
+    /// A page of hosts the caller may see (a delegated admin sees those within its labels).
+    pub async fn list_hosts(
+        &self,
+        by: &Authority,
+        page: Page,
+    ) -> Result<Vec<HostView>, ControlError> {
+        let scope = by.require(Permission::HostsView)?;
+        let mut labels = self.store.host_labels().await?;
+        let hosts = self.store.list_hosts(page).await?;
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let l = labels.remove(&h.id).unwrap_or_default();
+                (h, l)
+            })
+            .filter(|(_, l)| scope.covers(l))
+            .map(|(h, l)| self.host_view(h, l))
+            .collect())
+    }
+
+    /// The labels of a host (none if it has none).
+    pub(crate) async fn labels_of(&self, host_id: &str) -> Result<Labels, ControlError> {
+        Ok(self
+            .store
+            .host_labels()
+            .await?
+            .remove(host_id)
+            .unwrap_or_default())
+    }
+
+    /// The host `key` names, if the caller has `permission` on it; a host outside a delegated
+    /// admin's labels is reported as not found, so its existence does not leak.
+    pub(crate) async fn host_for(
+        &self,
+        by: &Authority,
+        permission: Permission,
+        key: &str,
+    ) -> Result<(HostRecord, Labels), ControlError> {
+        let scope = by.require(permission)?;
+        let host = self.find_host(key).await?;
+        let labels = self.labels_of(&host.id).await?;
+        if scope.covers(&labels) {
+            Ok((host, labels))
         } else {
-            self.audit_auth_failure("admin").await?;
-            Err(ControlError::Unauthenticated(
-                "the admin token is not valid; use the token in the server's data directory (admin.token)",
-            ))
+            Err(ControlError::NotFound {
+                what: "host",
+                key: key.to_owned(),
+            })
         }
     }
 
-    /// A page of hosts.
-    pub async fn list_hosts(&self, page: Page) -> Result<Vec<HostView>, ControlError> {
-        let hosts = self.store.list_hosts(page).await?;
-        Ok(hosts.into_iter().map(|h| self.host_view(h)).collect())
+    /// One host, as the caller may see it.
+    pub async fn show_host(&self, by: &Authority, key: &str) -> Result<HostView, ControlError> {
+        let (host, labels) = self.host_for(by, Permission::HostsView, key).await?;
+        Ok(self.host_view(host, labels))
     }
 
     /// The one host with this id or host name.
@@ -65,11 +107,17 @@ impl Control {
 
     /// Removes a host: its credential stops working at once (also for a long-poll in progress)
     /// and its pending jobs are cancelled. Returns the host id and how many jobs were cancelled.
-    pub async fn remove_host(&self, id_or_hostname: &str) -> Result<(String, u64), ControlError> {
-        let host = self.find_host(id_or_hostname).await?;
+    pub async fn remove_host(
+        &self,
+        by: &Authority,
+        id_or_hostname: &str,
+    ) -> Result<(String, u64), ControlError> {
+        let (host, _) = self
+            .host_for(by, Permission::HostsManage, id_or_hostname)
+            .await?;
         let cancelled = self
             .store
-            .remove_host(&host.id, Utc::now(), crate::enroll::ADMIN)
+            .remove_host(&host.id, Utc::now(), &by.actor())
             .await?
             .ok_or_else(|| ControlError::NotFound {
                 what: "host",
@@ -103,7 +151,7 @@ impl Control {
     }
 
     /// The administrator's view of a host.
-    pub fn host_view(&self, host: HostRecord) -> HostView {
+    pub fn host_view(&self, host: HostRecord, labels: Labels) -> HostView {
         let online = host
             .last_seen
             .is_some_and(|seen| Utc::now() - seen < self.config.online_window);
@@ -113,6 +161,7 @@ impl Control {
             enrolled_at: host.enrolled_at,
             last_seen: host.last_seen,
             online,
+            labels,
         }
     }
 }

@@ -17,9 +17,12 @@ use chrono::Utc;
 use latch_common::job::{JobKind, JobSpec, JobStatus};
 use serde::Serialize;
 
+use latch_common::authz::Permission;
+
 use crate::audit::AuditEvent;
 pub use crate::files::{NEXT_KEY_FILE, OLD_KEY_FILE};
 use crate::files::{SIGNING_KEY_FILE, sync_parent, temporary};
+use crate::people::Authority;
 use crate::signing::{JobSigner, SigningError};
 use crate::store::{JobFilter, Page, PinnedKey};
 use crate::{Control, ControlError};
@@ -106,6 +109,7 @@ fn key_error(e: SigningError) -> ControlError {
 impl Control {
     async fn active_hosts(&self) -> Result<Vec<String>, ControlError> {
         let hosts = self
+            .store
             .list_hosts(Page {
                 offset: 0,
                 count: 1_000_000,
@@ -116,7 +120,8 @@ impl Control {
 
     /// Starts (or continues) a rotation: makes the next key if there is none and queues a
     /// `rotate-signing-key` job for every host.
-    pub async fn start_key_rotation(&self) -> Result<Rotation, ControlError> {
+    pub async fn start_key_rotation(&self, by: &Authority) -> Result<Rotation, ControlError> {
+        by.require_everywhere(Permission::SettingsManage)?;
         let next = match self.keys.next() {
             Some(next) => next,
             None => {
@@ -144,7 +149,7 @@ impl Control {
             let job = self.queue_job_for(&host_id, &spec).await?;
             jobs.push(serde_json::json!({"host_id": host_id, "job_id": job}));
         }
-        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.rotation_started")
+        let event = AuditEvent::new(by.actor(), "signing_key.rotation_started")
             .detail(serde_json::json!({"next_key": next_key, "hosts": jobs.len()}));
         self.store.append_audit(&event, Utc::now()).await?;
         Ok(Rotation { next_key, jobs })
@@ -153,7 +158,12 @@ impl Control {
     /// Switches to the next key. Refused while a host has not confirmed it, unless `force`
     /// (those hosts then refuse every new job and must be enrolled again). Returns the hosts
     /// left behind.
-    pub async fn promote_signing_key(&self, force: bool) -> Result<Vec<String>, ControlError> {
+    pub async fn promote_signing_key(
+        &self,
+        by: &Authority,
+        force: bool,
+    ) -> Result<Vec<String>, ControlError> {
+        by.require_everywhere(Permission::SettingsManage)?;
         let next = self
             .keys
             .next()
@@ -191,7 +201,7 @@ impl Control {
             )));
         }
         // Record first, then switch the files: see the module docs for the crash cases.
-        let event = AuditEvent::new(crate::enroll::ADMIN, "signing_key.promoted")
+        let event = AuditEvent::new(by.actor(), "signing_key.promoted")
             .detail(serde_json::json!({"key": next_key, "hosts_left_behind": behind}));
         self.store
             .set_key_pin(PinnedKey::Signing, &next_key, &event, Utc::now())

@@ -29,6 +29,7 @@
 //!   checkpoints of its head and their verification;
 //! - [`signing`], [`keys`], [`tls`]: the job-signing key and its rotation, the private CA;
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
+//! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
 //! - [`replicas`]: several processes on one PostgreSQL database — wake-ups, one leader;
@@ -45,14 +46,19 @@ pub mod error;
 pub mod files;
 pub mod hosts;
 pub mod keys;
+pub mod login;
+pub mod mfa;
 pub mod password;
+pub mod people;
 pub mod queue;
 pub mod replicas;
 pub mod secret;
 pub mod server;
 pub mod signing;
+pub mod sso;
 pub mod store;
 pub mod tls;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -87,6 +93,8 @@ pub struct ControlConfig {
     /// ([`replicas`]). A process that owns its database (SQLite) is woken directly and only
     /// looks again at the end of the wait.
     pub poll_recheck: std::time::Duration,
+    /// Which sensitive actions need a recent second factor (MFA step-up).
+    pub mfa: mfa::MfaPolicy,
 }
 
 impl Default for ControlConfig {
@@ -104,6 +112,7 @@ impl Default for ControlConfig {
                 max: Duration::minutes(5),
             },
             poll_recheck: std::time::Duration::from_secs(5),
+            mfa: mfa::MfaPolicy::default(),
         }
     }
 }
@@ -118,6 +127,7 @@ pub struct Control {
     audit_head: audit::head::AuditHead,
     /// Whether other processes may share the database (and wake-ups can come from them).
     shared_store: bool,
+    sso: Option<sso::Sso>,
 }
 
 impl Control {
@@ -135,12 +145,19 @@ impl Control {
             keys: keys::SigningKeys::in_memory(signer),
             ca_fingerprint: None,
             audit_head: audit::head::AuditHead::in_memory(),
+            sso: None,
         }
     }
 
     /// Records the fingerprint of the CA agents must pin (shown with new enrollment tokens).
     pub fn with_ca_fingerprint(mut self, fingerprint: String) -> Self {
         self.ca_fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// Signs people in through this OpenID Connect provider ([`sso`]).
+    pub fn with_sso(mut self, sso: sso::Sso) -> Self {
+        self.sso = Some(sso);
         self
     }
 

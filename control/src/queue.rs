@@ -43,7 +43,10 @@ use latch_common::names::ValidationError;
 use latch_common::signing::{PAYLOAD_VERSION, SignedJob};
 use tokio::sync::Notify;
 
+use latch_common::authz::Permission;
+
 use crate::password::hash_password;
+use crate::people::{Authority, Scope};
 use crate::store::{
     Finish, GrantFilter, GrantRecord, HostRecord, JobContext, JobFilter, JobRecord, JobRefusal,
     Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke,
@@ -366,7 +369,7 @@ impl Control {
                 host_id,
                 spec,
                 None,
-                crate::enroll::ADMIN,
+                crate::enroll::CONTROL_PLANE,
                 GrantWindow::NotAGrant,
             )
             .await?;
@@ -385,15 +388,22 @@ impl Control {
     /// Validates and queues a job; an idle agent of that host is woken at once. A grant's end
     /// must be in the future and within `max_grant_duration`; without one it gets
     /// `default_grant_duration`, unless the request says `permanent` (audited).
-    pub async fn create_job(&self, request: CreateJobRequest) -> Result<JobView, ControlError> {
+    pub async fn create_job(
+        &self,
+        by: &Authority,
+        request: CreateJobRequest,
+    ) -> Result<JobView, ControlError> {
+        by.require(Permission::HostsManageUsers)?;
         let host_key = request.host.clone();
         if host_key.is_empty() || host_key.len() > 253 || host_key.chars().any(char::is_control) {
             return Err(ValidationError::new("host", "must be a host id or host name").into());
         }
         let (spec, window) = request.into_spec(Utc::now(), &self.grant_limits(), hash_password)?;
-        let host = self.find_host(&host_key).await?;
+        let (host, _) = self
+            .host_for(by, Permission::HostsManageUsers, &host_key)
+            .await?;
         let job = self
-            .queue_signed(&host.id, &spec, None, crate::enroll::ADMIN, window)
+            .queue_signed(&host.id, &spec, None, &by.actor(), window)
             .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), window = window.as_str(), "job queued");
         self.wakeups.wake(&host.id);
@@ -416,10 +426,16 @@ impl Control {
     /// A page of jobs, newest first.
     pub async fn list_jobs(
         &self,
+        by: &Authority,
         filter: &JobFilter,
         page: Page,
     ) -> Result<Vec<JobView>, ControlError> {
-        let jobs = self.store.list_jobs(filter, page).await?;
+        let scope = by.require(Permission::JobsView)?;
+        let mut jobs = self.store.list_jobs(filter, page).await?;
+        if let Scope::Within(_) = scope {
+            let labels = self.store.host_labels().await?;
+            jobs.retain(|job| scope.covers(&labels.get(&job.host_id).cloned().unwrap_or_default()));
+        }
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         let context = self.store.job_context(&ids, Utc::now()).await?;
         Ok(jobs
@@ -432,29 +448,41 @@ impl Control {
     /// where each stands.
     pub async fn list_grants(
         &self,
+        by: &Authority,
         filter: &GrantFilter,
         page: Page,
     ) -> Result<Vec<GrantView>, ControlError> {
+        let scope = by.require(Permission::JobsView)?;
+        let labels = match scope {
+            Scope::Everywhere => None,
+            Scope::Within(_) => Some(self.store.host_labels().await?),
+        };
         let now = Utc::now();
         Ok(self
             .store
             .list_grants(filter, now, page)
             .await?
             .into_iter()
+            .filter(|grant| {
+                labels.as_ref().is_none_or(|labels| {
+                    scope.covers(&labels.get(&grant.job.host_id).cloned().unwrap_or_default())
+                })
+            })
             .map(|grant| grant_view(grant, now, self.config.revocation_retry))
             .collect())
     }
 
     /// One job with its history.
-    pub async fn get_job(&self, id: &str) -> Result<JobView, ControlError> {
-        let job = self
-            .store
-            .get_job(id)
-            .await?
-            .ok_or_else(|| ControlError::NotFound {
-                what: "job",
-                key: id.to_owned(),
-            })?;
+    pub async fn get_job(&self, by: &Authority, id: &str) -> Result<JobView, ControlError> {
+        let scope = by.require(Permission::JobsView)?;
+        let not_found = || ControlError::NotFound {
+            what: "job",
+            key: id.to_owned(),
+        };
+        let job = self.store.get_job(id).await?.ok_or_else(not_found)?;
+        if !scope.covers(&self.labels_of(&job.host_id).await?) {
+            return Err(not_found());
+        }
         let history = self.store.job_history(id).await?;
         let context = self
             .store

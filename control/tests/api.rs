@@ -15,7 +15,10 @@ use support::TestDb;
 
 struct Api {
     url: String,
+    /// The bootstrap admin's bearer token.
     admin: String,
+    /// The bootstrap admin's API key (`admin.token`).
+    admin_key: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
     _db: TestDb,
@@ -40,13 +43,27 @@ impl Api {
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(server::run(control, listener, None, std::future::pending()));
-        Api {
+        let mut api = Api {
             url,
-            admin,
+            admin: String::new(),
+            admin_key: admin,
             http: reqwest::Client::new(),
             _dir: dir,
             _db: db,
-        }
+        };
+        // The admin token file holds the bootstrap admin's API key: exchange it for a bearer.
+        let body = json!({"api_key": api.admin_key}).to_string().into_bytes();
+        let (status, issued, _) = api
+            .call(
+                "POST",
+                "/v1/service_token",
+                None,
+                Some(("application/json", body)),
+            )
+            .await;
+        assert_eq!(status, 201, "{issued}");
+        api.admin = issued["token"].as_str().unwrap().to_owned();
+        api
     }
 
     async fn call(

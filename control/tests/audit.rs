@@ -36,10 +36,13 @@ async fn open(db: &TestDb, dir: &Path) -> Control {
 async fn activity(control: &Control, n: usize) {
     for _ in 0..n {
         control
-            .create_enroll_token(&CreateEnrollTokenRequest {
-                ttl_seconds: Some(60),
-                uses: Some(1),
-            })
+            .create_enroll_token(
+                &support::admin(),
+                &CreateEnrollTokenRequest {
+                    ttl_seconds: Some(60),
+                    uses: Some(1),
+                },
+            )
             .await
             .unwrap();
     }
@@ -478,8 +481,15 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step(db: Test
     let dir = tempfile::tempdir().unwrap();
     let control = open(&db, dir.path()).await;
     let old = control.signing_key();
-    let next = control.start_key_rotation().await.unwrap().next_key;
-    control.promote_signing_key(true).await.unwrap();
+    let next = control
+        .start_key_rotation(&support::admin())
+        .await
+        .unwrap()
+        .next_key;
+    control
+        .promote_signing_key(&support::admin(), true)
+        .await
+        .unwrap();
     assert_eq!(control.signing_key(), next);
     drop(control);
     let path = |name: &str| dir.path().join(name);
@@ -571,7 +581,11 @@ async fn finding_9_signing_key_promotion_survives_a_crash_at_every_step(db: Test
 
     // A crash before the record: the rotation is simply still under way.
     let control = open(&db, dir.path()).await;
-    let third = control.start_key_rotation().await.unwrap().next_key;
+    let third = control
+        .start_key_rotation(&support::admin())
+        .await
+        .unwrap()
+        .next_key;
     drop(control);
     let control = open(&db, dir.path()).await;
     assert_eq!(control.signing_key(), next);

@@ -110,10 +110,13 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
     let mut credentials = Vec::new();
     for name in ["db1", "db2"] {
         let token = control
-            .create_enroll_token(&CreateEnrollTokenRequest {
-                ttl_seconds: Some(60),
-                uses: Some(1),
-            })
+            .create_enroll_token(
+                &support::admin(),
+                &CreateEnrollTokenRequest {
+                    ttl_seconds: Some(60),
+                    uses: Some(1),
+                },
+            )
             .await
             .unwrap();
         let enrolled = control
@@ -145,12 +148,12 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
             .unwrap();
     };
     control
-        .create_job(account("db1", "alice", Some(60_000)))
+        .create_job(&support::admin(), account("db1", "alice", Some(60_000)))
         .await
         .unwrap();
     deliver(JobOutcome::confirmed()).await;
     control
-        .create_job(account("db1", "bob", None))
+        .create_job(&support::admin(), account("db1", "bob", None))
         .await
         .unwrap();
     deliver(JobOutcome::Failed {
@@ -161,15 +164,18 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
     })
     .await;
     control
-        .create_job(CreateJobRequest {
-            kind: Some(JobKind::DeleteAccount),
-            ..account("db1", "alice", None)
-        })
+        .create_job(
+            &support::admin(),
+            CreateJobRequest {
+                kind: Some(JobKind::DeleteAccount),
+                ..account("db1", "alice", None)
+            },
+        )
         .await
         .unwrap();
     deliver(JobOutcome::confirmed()).await;
     control
-        .create_job(account("db1", "carol", Some(60_000)))
+        .create_job(&support::admin(), account("db1", "carol", Some(60_000)))
         .await
         .unwrap();
     let now = chrono::Utc::now();
@@ -212,7 +218,7 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
         .unwrap()
         .unwrap();
     let next = control
-        .create_job(account("db1", "dave", None))
+        .create_job(&support::admin(), account("db1", "dave", None))
         .await
         .unwrap();
     assert_eq!(next.seq, 5, "sequence numbers go on");
@@ -227,7 +233,11 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
         )
         .await
         .unwrap();
-    let history = control.get_job(&pending.id).await.unwrap().history;
+    let history = control
+        .get_job(&support::admin(), &pending.id)
+        .await
+        .unwrap()
+        .history;
     let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(events, ["queued", "delivered", "confirmed"]);
     assert!(control.verify_audit().await.unwrap().ok);

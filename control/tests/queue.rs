@@ -43,10 +43,13 @@ async fn control(db: &TestDb, config: ControlConfig) -> Arc<Control> {
 
 async fn enrolled_host(control: &Control, hostname: &str) -> HostRecord {
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(60),
-            uses: Some(1),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(60),
+                uses: Some(1),
+            },
+        )
         .await
         .unwrap();
     let enrolled = control
@@ -80,10 +83,13 @@ fn failed(code: JobErrorCode) -> JobOutcome {
 async fn tokens_are_single_use_and_expire(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(1),
-            uses: Some(1),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(1),
+                uses: Some(1),
+            },
+        )
         .await
         .unwrap();
     let request = EnrollRequest {
@@ -98,10 +104,13 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
     );
 
     let short = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(1),
-            uses: Some(5),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(1),
+                uses: Some(5),
+            },
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -134,8 +143,14 @@ both_stores!(tokens_are_single_use_and_expire);
 async fn jobs_are_delivered_in_order_one_at_a_time(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
-    let first = control.create_job(delete("db1", "alice")).await.unwrap();
-    let second = control.create_job(delete(&host.id, "bob")).await.unwrap();
+    let first = control
+        .create_job(&support::admin(), delete("db1", "alice"))
+        .await
+        .unwrap();
+    let second = control
+        .create_job(&support::admin(), delete(&host.id, "bob"))
+        .await
+        .unwrap();
     assert_eq!((first.seq, second.seq), (1, 2));
 
     let delivered = control
@@ -177,7 +192,7 @@ async fn jobs_are_delivered_in_order_one_at_a_time(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(next.id, second.id);
-    let job = control.get_job(&first.id).await.unwrap();
+    let job = control.get_job(&support::admin(), &first.id).await.unwrap();
     assert_eq!(job.status, JobStatus::Confirmed);
     assert!(job.finished_at.is_some());
     let events: Vec<&str> = job.history.iter().map(|e| e.event.as_str()).collect();
@@ -192,7 +207,10 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report(db:
     };
     let control = control(&db, config).await;
     let host = enrolled_host(&control, "db1").await;
-    let job = control.create_job(delete("db1", "alice")).await.unwrap();
+    let job = control
+        .create_job(&support::admin(), delete("db1", "alice"))
+        .await
+        .unwrap();
     let first = control
         .next_job(&host, Duration::ZERO)
         .await
@@ -221,7 +239,7 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report(db:
         outcome: JobOutcome::confirmed(),
     };
     control.report(&host, &job.id, &current).await.unwrap();
-    let shown = control.get_job(&job.id).await.unwrap();
+    let shown = control.get_job(&support::admin(), &job.id).await.unwrap();
     assert_eq!((shown.status, shown.attempts), (JobStatus::Confirmed, 2));
 }
 both_stores!(an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report);
@@ -234,7 +252,10 @@ async fn a_job_never_reported_fails_with_agent_unresponsive(db: TestDb) {
     };
     let control = control(&db, config).await;
     let host = enrolled_host(&control, "db1").await;
-    let job = control.create_job(delete("db1", "alice")).await.unwrap();
+    let job = control
+        .create_job(&support::admin(), delete("db1", "alice"))
+        .await
+        .unwrap();
     for _ in 0..2 {
         control
             .next_job(&host, Duration::ZERO)
@@ -244,7 +265,7 @@ async fn a_job_never_reported_fails_with_agent_unresponsive(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
     control.sweep_abandoned_jobs().await.unwrap();
-    let shown = control.get_job(&job.id).await.unwrap();
+    let shown = control.get_job(&support::admin(), &job.id).await.unwrap();
     assert_eq!(shown.status, JobStatus::Failed);
     assert_eq!(shown.error.unwrap().code, JobErrorCode::AgentUnresponsive);
     assert!(
@@ -273,7 +294,10 @@ async fn a_waiting_poll_is_woken_by_a_new_job(db: TestDb) {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let created = control.create_job(delete("db1", "alice")).await.unwrap();
+    let created = control
+        .create_job(&support::admin(), delete("db1", "alice"))
+        .await
+        .unwrap();
     let (job, waited) = poller.await.unwrap();
     assert_eq!(job.unwrap().id, created.id);
     assert!(
@@ -288,7 +312,10 @@ both_stores!(a_waiting_poll_is_woken_by_a_new_job);
 async fn removing_a_host_ends_its_long_poll_in_progress(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
     let host = enrolled_host(&control, "db1").await;
-    control.create_job(delete("db1", "alice")).await.unwrap();
+    control
+        .create_job(&support::admin(), delete("db1", "alice"))
+        .await
+        .unwrap();
     let poller = {
         let control = control.clone();
         let host = host.clone();
@@ -301,7 +328,7 @@ async fn removing_a_host_ends_its_long_poll_in_progress(db: TestDb) {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, cancelled) = control.remove_host("db1").await.unwrap();
+    let (_, cancelled) = control.remove_host(&support::admin(), "db1").await.unwrap();
     assert_eq!(cancelled, 1, "the delivered job is cancelled");
     let (first, second, waited) = poller.await.unwrap();
     assert!(first.unwrap().is_some());
@@ -331,10 +358,13 @@ async fn polling_keeps_a_host_online_without_a_write_per_poll(db: TestDb) {
     let host = enrolled_host(&control, "db1").await;
     let seen = |control: Arc<Control>| async move {
         let hosts = control
-            .list_hosts(Page {
-                offset: 0,
-                count: 10,
-            })
+            .list_hosts(
+                &support::admin(),
+                Page {
+                    offset: 0,
+                    count: 10,
+                },
+            )
             .await
             .unwrap();
         (hosts[0].last_seen, hosts[0].online)
@@ -361,11 +391,15 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
     enrolled_host(&control, "db1").await;
     for user in ["-oops", "root", "a:b", "a\nb", &"a".repeat(33), "../x", ""] {
-        let err = control.create_job(delete("db1", user)).await.unwrap_err();
+        let err = control
+            .create_job(&support::admin(), delete("db1", user))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ControlError::Invalid(_)), "{user:?}: {err}");
     }
     let all = control
         .list_jobs(
+            &support::admin(),
             &Default::default(),
             Page {
                 offset: 0,
@@ -376,7 +410,7 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued(db: TestDb) {
         .unwrap();
     assert!(all.is_empty());
     let missing = control
-        .create_job(delete("nosuchhost", "alice"))
+        .create_job(&support::admin(), delete("nosuchhost", "alice"))
         .await
         .unwrap_err();
     assert!(matches!(missing, ControlError::NotFound { .. }));
@@ -393,7 +427,10 @@ async fn set_password_stores_only_a_hash(db: TestDb) {
         password: Some("correct horse battery".into()),
         ..CreateJobRequest::default()
     };
-    let job = control.create_job(request).await.unwrap();
+    let job = control
+        .create_job(&support::admin(), request)
+        .await
+        .unwrap();
     assert_eq!(job.params["password_hash"], "<redacted>");
     let delivered = control
         .next_job(&host, Duration::ZERO)
@@ -448,7 +485,10 @@ async fn apply(control: &Control, host: &HostRecord, want: &str, outcome: JobOut
 
 /// Queues `request` and has the host confirm it; returns the job id.
 async fn confirmed(control: &Control, host: &HostRecord, request: CreateJobRequest) -> String {
-    let job = control.create_job(request).await.unwrap();
+    let job = control
+        .create_job(&support::admin(), request)
+        .await
+        .unwrap();
     apply(control, host, &job.id, JobOutcome::confirmed()).await;
     job.id
 }
@@ -456,6 +496,7 @@ async fn confirmed(control: &Control, host: &HostRecord, request: CreateJobReque
 async fn grants(control: &Control, filter: GrantFilter) -> Vec<GrantView> {
     control
         .list_grants(
+            &support::admin(),
             &filter,
             Page {
                 offset: 0,
@@ -469,6 +510,7 @@ async fn grants(control: &Control, filter: GrantFilter) -> Vec<GrantView> {
 async fn all_jobs(control: &Control) -> Vec<latch_common::api::JobView> {
     control
         .list_jobs(
+            &support::admin(),
             &Default::default(),
             Page {
                 offset: 0,
@@ -518,7 +560,12 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
         .unwrap()
         .unwrap();
     assert_eq!(
-        control.get_job(&first.id).await.unwrap().revokes.as_deref(),
+        control
+            .get_job(&support::admin(), &first.id)
+            .await
+            .unwrap()
+            .revokes
+            .as_deref(),
         Some(grant.as_str())
     );
     control
@@ -534,7 +581,7 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
         )
         .await
         .unwrap();
-    let shown = control.get_job(&grant).await.unwrap();
+    let shown = control.get_job(&support::admin(), &grant).await.unwrap();
     assert_eq!(shown.grant_state, Some(GrantState::RevocationStuck));
     let revocation = shown.revocation.unwrap();
     assert_eq!(revocation.failed_attempts, 1);
@@ -586,7 +633,7 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
     assert_ne!(second.id, first.id);
     assert_eq!(
         control
-            .get_job(&second.id)
+            .get_job(&support::admin(), &second.id)
             .await
             .unwrap()
             .revokes
@@ -595,9 +642,17 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
     control.sweep_abandoned_jobs().await.unwrap();
-    let shown = control.get_job(&second.id).await.unwrap();
+    let shown = control
+        .get_job(&support::admin(), &second.id)
+        .await
+        .unwrap();
     assert_eq!(shown.error.unwrap().code, JobErrorCode::AgentUnresponsive);
-    let revocation = control.get_job(&grant).await.unwrap().revocation.unwrap();
+    let revocation = control
+        .get_job(&support::admin(), &grant)
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
     assert_eq!(revocation.failed_attempts, 2);
     assert!(
         revocation
@@ -641,7 +696,7 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
         )
         .await
         .unwrap();
-    let shown = control.get_job(&grant).await.unwrap();
+    let shown = control.get_job(&support::admin(), &grant).await.unwrap();
     assert_eq!(shown.grant_state, Some(GrantState::Revoked));
     assert_eq!(shown.revoked_by, Some(RevokedBy::ControlPlane));
     let events: Vec<&str> = shown.history.iter().map(|e| e.event.as_str()).collect();
@@ -673,7 +728,7 @@ async fn finding_14_the_store_refuses_jobs_for_removed_hosts(db: TestDb) {
         latch_control::signing::JobSigner::generate().unwrap(),
     );
     let host = enrolled_host(&control, "db1").await;
-    control.remove_host("db1").await.unwrap();
+    control.remove_host(&support::admin(), "db1").await.unwrap();
     let spec = JobSpec::DeleteAccount {
         user: "alice".into(),
     };
@@ -736,7 +791,7 @@ async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_remove
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
-    control.remove_host("db1").await.unwrap();
+    control.remove_host(&support::admin(), "db1").await.unwrap();
     let due = store
         .due_grants(chrono::Utc::now(), retry, 100)
         .await
@@ -771,12 +826,16 @@ async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_remove
         listed[0].summary
     );
     assert_eq!(
-        control.get_job(&grant).await.unwrap().grant_state,
+        control
+            .get_job(&support::admin(), &grant)
+            .await
+            .unwrap()
+            .grant_state,
         Some(GrantState::HostRemoved)
     );
     // And nothing can be queued for it through the jobs API either.
     let refused = control
-        .create_job(delete(&host.id, "alice"))
+        .create_job(&support::admin(), delete(&host.id, "alice"))
         .await
         .unwrap_err();
     assert!(
@@ -827,7 +886,10 @@ async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it(db: Te
         },
     ];
     for request in refused {
-        let error = control.create_job(request.clone()).await.unwrap_err();
+        let error = control
+            .create_job(&support::admin(), request.clone())
+            .await
+            .unwrap_err();
         let ControlError::Invalid(invalid) = &error else {
             panic!("{request:?}: {error}");
         };
@@ -838,11 +900,14 @@ async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it(db: Te
         );
     }
     let both = control
-        .create_job(CreateJobRequest {
-            permanent: true,
-            expires_in_ms: Some(60_000),
-            ..account("db1", "alice")
-        })
+        .create_job(
+            &support::admin(),
+            CreateJobRequest {
+                permanent: true,
+                expires_in_ms: Some(60_000),
+                ..account("db1", "alice")
+            },
+        )
         .await
         .unwrap_err();
     assert!(
@@ -852,10 +917,13 @@ async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it(db: Te
     assert!(all_jobs(&control).await.is_empty());
     // The maximum itself is fine.
     let job = control
-        .create_job(CreateJobRequest {
-            expires_in_ms: Some(8 * 3600 * 1000),
-            ..account("db1", "alice")
-        })
+        .create_job(
+            &support::admin(),
+            CreateJobRequest {
+                expires_in_ms: Some(8 * 3600 * 1000),
+                ..account("db1", "alice")
+            },
+        )
         .await
         .unwrap();
     let window = job.expires_at.unwrap() - job.created_at;
@@ -876,7 +944,10 @@ async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited(db:
     .await;
     enrolled_host(&control, "db1").await;
     for request in [account("db1", "alice"), membership("db1", "alice", "sudo")] {
-        let job = control.create_job(request).await.unwrap();
+        let job = control
+            .create_job(&support::admin(), request)
+            .await
+            .unwrap();
         let window = job.expires_at.expect("the default window") - job.created_at;
         assert!(
             (window - ChronoDuration::minutes(90)).abs() < ChronoDuration::seconds(5),
@@ -884,10 +955,13 @@ async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited(db:
         );
     }
     let permanent = control
-        .create_job(CreateJobRequest {
-            permanent: true,
-            ..account("db1", "bob")
-        })
+        .create_job(
+            &support::admin(),
+            CreateJobRequest {
+                permanent: true,
+                ..account("db1", "bob")
+            },
+        )
         .await
         .unwrap();
     assert_eq!(permanent.expires_at, None);
@@ -959,13 +1033,13 @@ async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job(db: Te
             .iter()
             .all(|g| g.host_name == "db1" && g.seconds_left.is_some())
     );
-    let bob_first = control.get_job(&bob).await.unwrap();
+    let bob_first = control.get_job(&support::admin(), &bob).await.unwrap();
     assert_eq!(bob_first.grant_state, Some(GrantState::Superseded));
     assert_eq!(bob_first.superseded_by.as_deref(), Some(bob_again.as_str()));
 
     let delete = confirmed(&control, &host, delete("db1", "alice")).await;
     for grant in [&account_grant, &sudo_grant] {
-        let shown = control.get_job(grant).await.unwrap();
+        let shown = control.get_job(&support::admin(), grant).await.unwrap();
         assert_eq!(shown.grant_state, Some(GrantState::Revoked), "{grant}");
         assert_eq!(shown.revoked_by, Some(RevokedBy::Job));
         assert_eq!(shown.revoked_by_job.as_deref(), Some(delete.as_str()));
@@ -979,7 +1053,7 @@ async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job(db: Te
         },
     )
     .await;
-    let shown = control.get_job(&bob_sudo).await.unwrap();
+    let shown = control.get_job(&support::admin(), &bob_sudo).await.unwrap();
     assert_eq!(
         (shown.grant_state, shown.revoked_by, shown.revoked_by_job),
         (
@@ -990,7 +1064,11 @@ async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job(db: Te
     );
     // The account grant is untouched by a membership's removal.
     assert_eq!(
-        control.get_job(&bob_again).await.unwrap().grant_state,
+        control
+            .get_job(&support::admin(), &bob_again)
+            .await
+            .unwrap()
+            .grant_state,
         Some(GrantState::Active)
     );
     let alice = grants(

@@ -729,10 +729,13 @@ async fn racing_sweeps_queue_one_revocation_per_expired_grant(db: TestDb) {
         .collect();
     let control = &controls[0];
     let token = control
-        .create_enroll_token(&CreateEnrollTokenRequest {
-            ttl_seconds: Some(60),
-            uses: Some(1),
-        })
+        .create_enroll_token(
+            &support::admin(),
+            &CreateEnrollTokenRequest {
+                ttl_seconds: Some(60),
+                uses: Some(1),
+            },
+        )
         .await
         .unwrap();
     let enrolled = control
@@ -749,13 +752,16 @@ async fn racing_sweeps_queue_one_revocation_per_expired_grant(db: TestDb) {
     let mut grants = Vec::new();
     for user in ["alice", "bob", "carol"] {
         let job = control
-            .create_job(CreateJobRequest {
-                host: "db1".into(),
-                kind: Some(JobKind::CreateAccount),
-                user: user.into(),
-                expires_in_ms: Some(300),
-                ..CreateJobRequest::default()
-            })
+            .create_job(
+                &support::admin(),
+                CreateJobRequest {
+                    host: "db1".into(),
+                    kind: Some(JobKind::CreateAccount),
+                    user: user.into(),
+                    expires_in_ms: Some(300),
+                    ..CreateJobRequest::default()
+                },
+            )
             .await
             .unwrap();
         let delivered = control

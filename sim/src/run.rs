@@ -212,6 +212,38 @@ async fn admin_request<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&answer.body).map_err(|e| admin(e.to_string()))
 }
 
+/// The bearer token for `credential`: an API key (`latch_key_`, or a legacy `latch_admin_`
+/// token) is exchanged for one at `POST /v1/service_token`, valid for the longest a run may take.
+async fn bearer_for(conn: &mut Connection, credential: &str) -> Result<String, SimError> {
+    if !(credential.starts_with("latch_key_") || credential.starts_with("latch_admin_")) {
+        return Ok(credential.to_owned());
+    }
+    let what = "exchanging the admin API key for a token";
+    let admin = |detail: String| SimError::Admin { what, detail };
+    let body = serde_json::json!({"api_key": credential, "ttl_seconds": 12 * 3600});
+    let body = serde_json::to_vec(&body).map_err(|e| admin(e.to_string()))?;
+    let answer = conn
+        .request(
+            Method::POST,
+            "/v1/service_token",
+            None,
+            Some(body),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map_err(|e| admin(e.to_string()))?;
+    if !answer.status.is_success() {
+        return Err(admin(format!(
+            "{} {}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )));
+    }
+    let issued: latch_common::api::TokenResponse =
+        serde_json::from_slice(&answer.body).map_err(|e| admin(e.to_string()))?;
+    Ok(issued.token)
+}
+
 /// A job to queue.
 struct Order {
     kind: JobKindSim,
@@ -302,6 +334,8 @@ async fn simulate(
     let shared = Arc::new(Shared::new(s.poll_wait, s.work_time)?);
     let stats = &shared.stats;
     let mut admin = Connection::new(endpoint(0));
+    let bearer = bearer_for(&mut admin, token).await?;
+    let token = bearer.as_str();
 
     // Enrollment tokens (at most 10,000 uses each).
     let mut tokens = Vec::new();

@@ -22,8 +22,11 @@ pub struct ControlPlane {
     pub database: Arc<TestDatabase>,
     /// Base URL, e.g. `https://127.0.0.1:40123`.
     pub url: String,
-    /// The admin token.
-    pub token: String,
+    /// The bootstrap admin's API key (`admin.token`).
+    pub api_key: String,
+    /// The bearer token `api_key` was exchanged for (at the first use: a test may install the
+    /// CA the client trusts only after the start).
+    bearer: std::sync::OnceLock<String>,
     /// The CA fingerprint agents pin (`sha256:…`).
     pub fingerprint: String,
 }
@@ -171,7 +174,7 @@ impl ControlPlane {
         );
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let token = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
+        let api_key = std::fs::read_to_string(data_dir.path().join("data/admin.token"))
             .expect("admin token")
             .trim()
             .to_owned();
@@ -180,7 +183,8 @@ impl ControlPlane {
             data_dir,
             database,
             url,
-            token,
+            api_key,
+            bearer: std::sync::OnceLock::new(),
             fingerprint,
         }
     }
@@ -196,7 +200,7 @@ impl ControlPlane {
             Command::new(binary("latchctl"))
                 .args(["--server", &self.url])
                 .args(args)
-                .env("LATCH_TOKEN", &self.token)
+                .env("LATCH_TOKEN", self.token())
                 .env("LATCH_CA_FILE", self.ca_file()),
             stdin,
         )
@@ -273,6 +277,22 @@ impl ControlPlane {
         job
     }
 
+    /// The bootstrap admin's bearer token: `admin.token` (an API key) exchanged at
+    /// `POST /v1/service_token` once.
+    pub fn token(&self) -> &str {
+        self.bearer.get_or_init(|| {
+            let response = self
+                .http()
+                .post(format!("{}/v1/service_token", self.url))
+                .json(&serde_json::json!({"api_key": self.api_key, "ttl_seconds": 12 * 3600}))
+                .send()
+                .expect("exchange the admin API key");
+            let (status, issued) = status_and_json(response);
+            assert_eq!(status, 201, "exchanging the admin API key: {issued}");
+            issued["token"].as_str().expect("token").to_owned()
+        })
+    }
+
     /// A raw API call: `(status, body)`.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         self.try_api(method, path, body).expect("API call")
@@ -289,7 +309,7 @@ impl ControlPlane {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = client
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
+            .bearer_auth(self.token());
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")

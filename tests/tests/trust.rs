@@ -330,19 +330,27 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
     ] {
         assert!(actions.contains(&action), "no {action} in {actions:?}");
     }
-    let by_host = cp.json(&["audit", "list", "--host", "e2e-audit1", "--actor", "admin"]);
+    let by_host = cp.json(&[
+        "audit",
+        "list",
+        "--host",
+        "e2e-audit1",
+        "--actor",
+        "service:admin",
+    ]);
     assert!(
         by_host["list"]
             .as_array()
             .expect("list")
             .iter()
-            .all(|e| e["actor"] == "admin")
+            .all(|e| e["actor"] == "service:admin")
     );
     let hashes = host.shadow_line("lena").expect("shadow");
     let hash = hashes.split(':').nth(1).expect("hash");
     let dump = cp.sql("SELECT * FROM audit_log");
     for secret in [
-        cp.token.as_str(),
+        cp.token(),
+        cp.api_key.as_str(),
         enroll_token.as_str(),
         credential(&host).as_str(),
         password,
@@ -953,7 +961,7 @@ fn the_signing_key_rotates_and_the_old_key_stops_working() {
     let _online_agent = online.start_agent();
     cp.expect_failed("signed-with-old-key", "bad_signature");
     assert!(online.passwd_line("mallory").is_none());
-    let audit = cp.json(&["audit", "list", "--actor", "admin"]);
+    let audit = cp.json(&["audit", "list", "--actor", "service:admin"]);
     assert!(
         audit["list"]
             .as_array()

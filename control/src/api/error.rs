@@ -48,14 +48,37 @@ impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> Self {
         match &error {
             ControlError::Invalid(e) => ApiError::invalid(e.to_string()),
-            ControlError::Unauthenticated(_) | ControlError::EnrollRefused(_) => {
-                ApiError::unauthenticated(error.to_string())
-            }
+            ControlError::Unauthenticated(_)
+            | ControlError::EnrollRefused(_)
+            | ControlError::SsoRefused(_) => ApiError::unauthenticated(error.to_string()),
             ControlError::NotFound { .. } | ControlError::HostRemoved(_) => {
                 ApiError::not_found(error.to_string())
             }
             ControlError::AmbiguousHost(..) => ApiError::invalid(error.to_string()),
-            ControlError::Conflict(_) => ApiError::new(
+            ControlError::AuthorizationRevoked(_) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "server_authorization_revoked",
+                error.to_string(),
+            ),
+            ControlError::StepUpRequired(_) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authorization_error",
+                error.to_string(),
+            ),
+            ControlError::SsoNotConfigured(_) => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "sso_not_configured",
+                error.to_string(),
+            ),
+            ControlError::IdentityProvider(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "identity_provider_error",
+                error.to_string(),
+            ),
+            ControlError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden_error", error.to_string())
+            }
+            ControlError::AlreadyExists { .. } | ControlError::Conflict(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "resource_already_exists",
                 error.to_string(),

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::Control;
+use crate::people::Authority;
 use crate::store::HostRecord;
 
 /// A JSON body; malformed bodies are `400 invalid_request`, a wrong content type `415`.
@@ -73,19 +74,20 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         })
 }
 
-/// Proof that the request carries a valid admin token.
-pub struct Admin;
+/// The authenticated caller: a user's session or a service user's token, with the roles that
+/// apply to it now. Each handler passes it on; the library checks the permission it needs.
+pub struct Caller(pub Authority);
 
-impl FromRequestParts<Arc<Control>> for Admin {
+impl FromRequestParts<Arc<Control>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         control: &Arc<Control>,
     ) -> Result<Self, Self::Rejection> {
-        control.authenticate_admin(bearer(parts)?).await?;
+        let by = control.authenticate(bearer(parts)?).await?;
         super::limits::credential_accepted(&parts.extensions);
-        Ok(Admin)
+        Ok(Caller(by))
     }
 }
 

@@ -16,12 +16,19 @@ use latch_common::job::JobStatus;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::extract::{Admin, ApiJson, ApiQuery, Host, check_path_id};
+use super::extract::{ApiJson, ApiQuery, Caller, Host, check_path_id};
 use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
 use crate::audit::Checkpoint;
+use crate::sso::{
+    DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
+    LoginStartRequest, LoginStartResponse,
+};
 use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
+use axum::extract::ConnectInfo;
+use latch_common::authz::Permission;
+use std::net::SocketAddr;
 
 type Ctl = State<Arc<Control>>;
 
@@ -38,6 +45,66 @@ pub async fn enroll(
     attempt.present(&request.token)?;
     let response = control.enroll(&request).await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_start(
+    State(control): Ctl,
+    ApiJson(request): ApiJson<LoginStartRequest>,
+) -> Result<Response, ApiError> {
+    let start = control.sso_start(&request.redirect_uri).await?;
+    let response = LoginStartResponse {
+        authorization_url: start.authorization_url,
+        state: start.state,
+        expires_at: start.expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+pub async fn login_finish(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<LoginFinishRequest>,
+) -> Result<Response, ApiError> {
+    // A refused state is charged to itself (and its address), like a bad enrollment token.
+    attempt.present(&request.state)?;
+    let session = control
+        .sso_finish(&request.state, &request.code, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok((
+        StatusCode::CREATED,
+        Json(LoginFinishResponse::from(session)),
+    )
+        .into_response())
+}
+
+pub async fn login_device(State(control): Ctl) -> Result<Response, ApiError> {
+    let start = control.sso_device_start().await?;
+    Ok((StatusCode::CREATED, Json(start)).into_response())
+}
+
+pub async fn login_device_poll(
+    State(control): Ctl,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    attempt: AuthAttempt,
+    ApiJson(request): ApiJson<DevicePollRequest>,
+) -> Result<Response, ApiError> {
+    attempt.present(&request.id)?;
+    let poll = control
+        .sso_device_poll(&request.id, Some(peer.ip().to_string()))
+        .await?;
+    attempt.accepted();
+    Ok(Json(DevicePollResponse::from(poll)).into_response())
+}
+
+pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    control.logout(&who).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn whoami(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
+    Ok(Json(control.whoami(&who).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -128,24 +195,27 @@ pub async fn rotate_credential(
 
 pub async fn create_enroll_token(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiJson(request): ApiJson<CreateEnrollTokenRequest>,
 ) -> Result<Response, ApiError> {
-    let token = control.create_enroll_token(&request).await?;
+    let token = control.create_enroll_token(&by, &request).await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
 pub async fn list_hosts(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     let page = params.page()?;
     let mut hosts = control
-        .list_hosts(Page {
-            count: page.count + 1,
-            ..page
-        })
+        .list_hosts(
+            &by,
+            Page {
+                count: page.count + 1,
+                ..page
+            },
+        )
         .await?;
     let has_next = hosts.len() as u64 > page.count;
     hosts.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
@@ -157,21 +227,20 @@ pub async fn list_hosts(
 
 pub async fn show_host(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     check_path_id("host", &key)?;
-    let host = control.find_host(&key).await?;
-    Ok(Json(control.host_view(host)).into_response())
+    Ok(Json(control.show_host(&by, &key).await?).into_response())
 }
 
 pub async fn remove_host(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     check_path_id("host", &key)?;
-    let (id, cancelled) = control.remove_host(&key).await?;
+    let (id, cancelled) = control.remove_host(&by, &key).await?;
     Ok(
         Json(serde_json::json!({"id": id, "removed": true, "cancelled_jobs": cancelled}))
             .into_response(),
@@ -180,10 +249,10 @@ pub async fn remove_host(
 
 pub async fn create_job(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> Result<Response, ApiError> {
-    let job = control.create_job(request).await?;
+    let job = control.create_job(&by, request).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
@@ -198,7 +267,7 @@ pub struct JobListParams {
 
 pub async fn list_jobs(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiQuery(params): ApiQuery<JobListParams>,
 ) -> Result<Response, ApiError> {
     let page = PageParams {
@@ -222,6 +291,7 @@ pub async fn list_jobs(
     }
     let mut jobs = control
         .list_jobs(
+            &by,
             &filter,
             Page {
                 count: page.count + 1,
@@ -239,11 +309,11 @@ pub async fn list_jobs(
 
 pub async fn show_job(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_path_id("job id", &id)?;
-    Ok(Json(control.get_job(&id).await?).into_response())
+    Ok(Json(control.get_job(&by, &id).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -259,7 +329,7 @@ pub struct GrantListParams {
 
 pub async fn list_grants(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiQuery(params): ApiQuery<GrantListParams>,
 ) -> Result<Response, ApiError> {
     let page = PageParams {
@@ -295,6 +365,7 @@ pub async fn list_grants(
     }
     let mut grants = control
         .list_grants(
+            &by,
             &filter,
             Page {
                 count: page.count + 1,
@@ -322,9 +393,10 @@ pub struct AuditParams {
 
 pub async fn list_audit(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiQuery(params): ApiQuery<AuditParams>,
 ) -> Result<Response, ApiError> {
+    by.require_everywhere(Permission::AuditView)?;
     let page = PageParams {
         count: params.count,
         offset: params.offset,
@@ -343,10 +415,10 @@ pub async fn list_audit(
             || actor.len() > 128
             || !actor
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'))
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.' | '@'))
         {
             return Err(ApiError::invalid(
-                "actor must be 1 to 128 characters of letters, digits, ':', '_' or '-'",
+                "actor must be 1 to 128 characters of letters, digits, ':', '_', '-', '.' or '@'",
             ));
         }
         filter.actor = Some(actor.clone());
@@ -380,7 +452,8 @@ pub async fn list_audit(
     ))
 }
 
-pub async fn verify_audit(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
+pub async fn verify_audit(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
+    by.require_everywhere(Permission::AuditView)?;
     Ok(Json(control.verify_audit().await?).into_response())
 }
 
@@ -392,18 +465,26 @@ pub struct VerifyRequest {
 
 pub async fn verify_audit_with(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiJson(request): ApiJson<VerifyRequest>,
 ) -> Result<Response, ApiError> {
+    by.require_everywhere(Permission::AuditView)?;
     Ok(Json(control.verify_audit_with(&request.checkpoints).await?).into_response())
 }
 
-pub async fn audit_checkpoint(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
+pub async fn audit_checkpoint(
+    State(control): Ctl,
+    Caller(by): Caller,
+) -> Result<Response, ApiError> {
+    by.require_everywhere(Permission::AuditView)?;
     Ok((StatusCode::CREATED, Json(control.audit_checkpoint().await?)).into_response())
 }
 
-pub async fn rotate_signing_key(State(control): Ctl, _: Admin) -> Result<Response, ApiError> {
-    Ok(Json(control.start_key_rotation().await?).into_response())
+pub async fn rotate_signing_key(
+    State(control): Ctl,
+    Caller(by): Caller,
+) -> Result<Response, ApiError> {
+    Ok(Json(control.start_key_rotation(&by).await?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -414,11 +495,11 @@ pub struct PromoteParams {
 
 pub async fn promote_signing_key(
     State(control): Ctl,
-    _: Admin,
+    Caller(by): Caller,
     ApiQuery(params): ApiQuery<PromoteParams>,
 ) -> Result<Response, ApiError> {
     let behind = control
-        .promote_signing_key(params.force.unwrap_or(false))
+        .promote_signing_key(&by, params.force.unwrap_or(false))
         .await?;
     Ok(Json(serde_json::json!({"promoted": true, "signing_key": control.signing_key(), "hosts_left_behind": behind})).into_response())
 }
@@ -429,4 +510,14 @@ fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> 
         headers.insert(LINK, link);
     }
     (headers, body).into_response()
+}
+
+pub async fn service_token(
+    State(control): Ctl,
+    address: Option<axum::Extension<super::limits::ClientAddress>>,
+    ApiJson(request): ApiJson<latch_common::api::ServiceTokenRequest>,
+) -> Result<Response, ApiError> {
+    let address = address.map(|axum::Extension(a)| a.0.to_string());
+    let issued = control.exchange_api_key(&request, address).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
 }

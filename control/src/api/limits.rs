@@ -394,6 +394,10 @@ fn too_many(
     response
 }
 
+/// The request's client address: the peer, or the address a trusted proxy forwarded for.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
 /// The middleware.
 pub async fn limit(
     State(limiter): State<Arc<Limiter>>,
@@ -455,6 +459,7 @@ pub async fn limit(
         accepted: std::sync::atomic::AtomicBool::new(false),
     })));
     request.extensions_mut().insert(attempt.clone());
+    request.extensions_mut().insert(ClientAddress(client));
     let Ok(mut response) = tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(request)).await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,12 @@
 //! |---|---|---|---|
 //! | GET | `/v1/health` | anyone | liveness |
 //! | POST | `/v1/enroll` | enrollment token | enroll a host |
+//! | POST | `/v1/login/start` (`{"redirect_uri"}`) | anyone | begin a single sign-on (code flow) |
+//! | POST | `/v1/login/finish` (`{"state", "code"}`) | anyone | finish it: a session token |
+//! | POST | `/v1/login/device` | anyone | begin a device-flow sign-in (user code, URL) |
+//! | POST | `/v1/login/device/poll` (`{"id"}`) | anyone | pending, or the session token |
+//! | POST | `/v1/logout` | user or service token | end the session |
+//! | GET | `/v1/whoami` | user or service token | name, kind, roles, groups, session |
 //! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
 //! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
 //! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
@@ -41,6 +47,13 @@ pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/enroll", post(handlers::enroll))
+        .route("/v1/service_token", post(handlers::service_token))
+        .route("/v1/login/start", post(handlers::login_start))
+        .route("/v1/login/finish", post(handlers::login_finish))
+        .route("/v1/login/device", post(handlers::login_device))
+        .route("/v1/login/device/poll", post(handlers::login_device_poll))
+        .route("/v1/logout", post(handlers::logout))
+        .route("/v1/whoami", get(handlers::whoami))
         .route("/v1/agent/jobs", get(handlers::poll_jobs))
         .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
         .route("/v1/agent/revocations", post(handlers::report_revocation))

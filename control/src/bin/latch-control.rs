@@ -18,6 +18,75 @@ struct Cli {
     command: Command,
 }
 
+/// Single sign-on through an OpenID Connect provider (README: "Connect an identity provider").
+#[derive(clap::Args)]
+struct SsoArgs {
+    /// The provider's issuer URL (discovery reads ISSUER/.well-known/openid-configuration).
+    /// Without it, single sign-on is off.
+    #[arg(long, env = "LATCH_SSO_ISSUER", requires = "sso_client_id")]
+    sso_issuer: Option<String>,
+    /// The client id registered for Latch at the provider.
+    #[arg(long, env = "LATCH_SSO_CLIENT_ID")]
+    sso_client_id: Option<String>,
+    /// A file (mode 0600) holding the client secret; or set LATCH_SSO_CLIENT_SECRET. Never
+    /// on the command line.
+    #[arg(long, env = "LATCH_SSO_CLIENT_SECRET_FILE")]
+    sso_client_secret_file: Option<PathBuf>,
+    /// The ID-token claim listing the user's groups (mapped to Latch groups by their idp_group).
+    #[arg(long, default_value = "groups", env = "LATCH_SSO_GROUPS_CLAIM")]
+    sso_groups_claim: String,
+    /// Scopes to ask for besides openid (comma-separated).
+    #[arg(
+        long,
+        default_value = "profile,email,groups",
+        env = "LATCH_SSO_SCOPES",
+        value_delimiter = ','
+    )]
+    sso_scopes: Vec<String>,
+    /// How long a single sign-on session lives.
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    sso_session_ttl: std::time::Duration,
+    /// An acr value that shows the user signed in with a second factor (amr values such as
+    /// mfa, otp or hwk always count).
+    #[arg(long, env = "LATCH_SSO_MFA_ACR")]
+    sso_mfa_acr: Option<String>,
+}
+
+impl SsoArgs {
+    fn build(self) -> anyhow::Result<Option<latch_control::sso::Sso>> {
+        let Some(issuer) = self.sso_issuer else {
+            return Ok(None);
+        };
+        let client_id = self.sso_client_id.unwrap_or_default();
+        let secret = match (
+            &self.sso_client_secret_file,
+            std::env::var("LATCH_SSO_CLIENT_SECRET"),
+        ) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!("cannot read the SSO client secret from {}", path.display())
+                })?
+                .trim()
+                .to_owned(),
+            (None, Ok(secret)) => secret.trim().to_owned(),
+            (None, Err(_)) => anyhow::bail!(
+                "--sso-issuer needs the client secret: --sso-client-secret-file FILE (mode 0600) or LATCH_SSO_CLIENT_SECRET"
+            ),
+        };
+        let mut config = latch_control::sso::SsoConfig::new(&issuer, &client_id, &secret);
+        config.groups_claim = self.sso_groups_claim;
+        config.scopes = self
+            .sso_scopes
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        config.session_ttl = chrono::Duration::from_std(self.sso_session_ttl)
+            .context("--sso-session-ttl is too long")?;
+        config.mfa_acr = self.sso_mfa_acr;
+        Ok(Some(latch_control::sso::Sso::new(config)?))
+    }
+}
+
 #[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
@@ -106,6 +175,8 @@ enum Command {
         /// Log filter (error, warn, info, debug, or a tracing directive).
         #[arg(long, default_value = "info", env = "LATCH_LOG")]
         log_level: String,
+        #[command(flatten)]
+        sso: SsoArgs,
     },
     /// Move a control plane from SQLite to PostgreSQL: copy every row of DIR/latch.db into the
     /// empty PostgreSQL database of --database-url, in one transaction, then mark latch.db as
@@ -181,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
             max_grant_duration,
             default_grant_duration,
             log_level,
+            sso,
         } => {
             if max_grant_duration.is_zero() || default_grant_duration.is_zero() {
                 anyhow::bail!(
@@ -248,6 +320,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("--max-grant-duration is too long")?,
                 default_grant_duration: chrono::Duration::from_std(default_grant_duration)
                     .context("--default-grant-duration is too long")?,
+                mfa: latch_control::mfa::MfaPolicy::default(),
                 ..ControlConfig::default()
             };
             println!(
@@ -291,6 +364,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut control = Control::new(data.store, config, data.signer)
                 .with_key_dir(data_dir.clone(), data.next_signer);
+            if let Some(sso) = sso.build()? {
+                println!("  single sign-on: {}", sso.config().issuer);
+                control = control.with_sso(sso);
+            }
             let tls = match tls {
                 Some(identity) => {
                     control = control.with_ca_fingerprint(identity.ca_fingerprint);

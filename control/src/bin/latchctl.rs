@@ -69,6 +69,25 @@ enum Command {
     /// Rotation of the job-signing key agents pinned.
     #[command(subcommand)]
     SigningKey(SigningKeyCommand),
+    /// Sign in through the organization's identity provider (OpenID Connect): opens the
+    /// provider in a browser, receives its redirect on 127.0.0.1, and keeps the session token
+    /// (mode 0600) in $XDG_CONFIG_HOME/latch/session (or ~/.config/latch/session).
+    Login {
+        /// Do not try to open a browser; only print the URL.
+        #[arg(long)]
+        no_browser: bool,
+        /// Use the device flow (for a machine without a browser): prints a code and a URL to
+        /// open on any device, then waits.
+        #[arg(long)]
+        device: bool,
+        /// How long to wait for the sign-in to come back.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// End the signed-in session (the token stops working) and delete the session file.
+    Logout,
+    /// Who the session token (or --token) belongs to: name, roles, groups, session.
+    Whoami,
 }
 
 #[derive(Subcommand)]
@@ -361,6 +380,173 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// `login`, `logout` and `whoami`, which use the session file rather than the admin token;
+/// `None` for every other command.
+async fn session_command(
+    cli: &Cli,
+    ca_pem: Option<&[u8]>,
+    json: bool,
+) -> anyhow::Result<Option<ExitCode>> {
+    use latch_control::login;
+    let session_token = || -> anyhow::Result<String> {
+        if let Some(token) = &cli.token {
+            return Ok(token.trim().to_owned());
+        }
+        match login::load_session()? {
+            Some(session) if session.server == cli.server => Ok(session.token),
+            Some(session) => bail!(
+                "the stored session is for {}, not {}; run `latchctl login` against this server",
+                session.server,
+                cli.server
+            ),
+            None => bail!("not signed in: run `latchctl login` (or pass --token)"),
+        }
+    };
+    match &cli.command {
+        Command::Login {
+            device: true,
+            timeout,
+            ..
+        } => {
+            let client = AdminClient::new(&cli.server, "", ca_pem)?;
+            let start = client.login_device().await?;
+            eprintln!(
+                "On any device, open\n\n  {}\n\nand enter the code {}\n",
+                start
+                    .verification_uri_complete
+                    .as_deref()
+                    .unwrap_or(&start.verification_uri),
+                start.user_code
+            );
+            let deadline = Instant::now() + *timeout;
+            let mut interval = Duration::from_secs(start.interval.clamp(1, 60));
+            let session = loop {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "the device sign-in was not finished within {timeout:?}; run `latchctl login --device` again"
+                    );
+                }
+                tokio::time::sleep(interval).await;
+                match client.login_device_poll(&start.id).await? {
+                    latch_control::sso::DevicePollResponse::Pending { slow_down } => {
+                        if slow_down {
+                            interval += Duration::from_secs(5);
+                        }
+                    }
+                    latch_control::sso::DevicePollResponse::Done { session } => break session,
+                }
+            };
+            finish_login(cli, json, session)?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::Login {
+            no_browser,
+            timeout,
+            ..
+        } => {
+            let client = AdminClient::new(&cli.server, "", ca_pem)?;
+            let callback = login::Callback::bind().await?;
+            let start = client
+                .login_start(&latch_control::sso::LoginStartRequest {
+                    redirect_uri: callback.redirect_uri()?,
+                })
+                .await?;
+            eprintln!(
+                "Open this URL in a browser to sign in:\n\n  {}\n",
+                start.authorization_url
+            );
+            if !no_browser {
+                // Best effort: a desktop opens it; elsewhere the printed URL is the way.
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&start.authorization_url)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+            let code = callback.wait(&start.state, *timeout).await?;
+            let session = client
+                .login_finish(&latch_control::sso::LoginFinishRequest {
+                    state: start.state.clone(),
+                    code,
+                })
+                .await?;
+            finish_login(cli, json, session)?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::Logout => {
+            let client = AdminClient::new(&cli.server, &session_token()?, ca_pem)?;
+            let ended = client.logout().await;
+            login::forget_session()?;
+            match ended {
+                Ok(_) => println!("signed out"),
+                // An expired or revoked session is over already; the file is gone either way.
+                Err(latch_control::client::ClientError::Api { status: 401, .. }) => {
+                    println!("signed out (the session had ended already)")
+                }
+                Err(e) => return Err(e.into()),
+            }
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::Whoami => {
+            let client = AdminClient::new(&cli.server, &session_token()?, ca_pem)?;
+            let me = client.whoami().await?;
+            if json {
+                print_json(&me)?;
+            } else {
+                print_table(
+                    &[
+                        "NAME", "KIND", "ROLES", "GROUPS", "SESSION", "EXPIRES", "MFA",
+                    ],
+                    vec![vec![
+                        me.name,
+                        me.kind,
+                        me.roles.join(","),
+                        me.groups.join(","),
+                        me.session_kind,
+                        me.expires_at.to_rfc3339(),
+                        me.mfa_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_else(|| "-".into()),
+                    ]],
+                );
+            }
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Keeps a new session in the session file and says who signed in.
+fn finish_login(
+    cli: &Cli,
+    json: bool,
+    session: latch_control::sso::LoginFinishResponse,
+) -> anyhow::Result<()> {
+    let path = latch_control::login::save_session(&latch_control::login::StoredSession {
+        server: cli.server.clone(),
+        token: session.token.clone(),
+        expires_at: session.expires_at,
+    })?;
+    if json {
+        print_json(&serde_json::json!({
+            "name": session.name,
+            "groups": session.groups,
+            "expires_at": session.expires_at,
+            "mfa_at": session.mfa_at,
+            "session_file": path,
+        }))?;
+    } else {
+        println!(
+            "signed in as {} until {} (session in {})",
+            session.name,
+            session.expires_at.to_rfc3339(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn admin_token(cli: &Cli) -> anyhow::Result<String> {
     if let Some(token) = &cli.token {
         return Ok(token.trim().to_owned());
@@ -392,8 +578,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let client = AdminClient::new(&cli.server, &admin_token(&cli)?, ca_pem.as_deref())?;
     let json = cli.output == Output::Json;
+    if let Some(code) = session_command(&cli, ca_pem.as_deref(), json).await? {
+        return Ok(code);
+    }
+    let client = AdminClient::new(&cli.server, &admin_token(&cli)?, ca_pem.as_deref())?;
     match &cli.command {
         Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses }) => {
             let token = client
@@ -565,6 +754,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        // Handled by session_command above.
+        Command::Login { .. } | Command::Logout | Command::Whoami => {}
         Command::SigningKey(SigningKeyCommand::Promote { force }) => {
             let promoted = client.promote_signing_key(*force).await?;
             if json {

@@ -5,6 +5,7 @@
 #[macro_use]
 mod rows;
 pub mod copy;
+pub mod people;
 mod postgres;
 mod sqlite;
 
@@ -369,7 +370,7 @@ pub struct Page {
 
 /// The control plane's persistence.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: people::PeopleStore + Send + Sync {
     /// How several control-plane processes on this database find each other (wake-ups, one
     /// leader), when the database can be shared (PostgreSQL); `None` for a database one process
     /// owns (SQLite).

@@ -105,7 +105,7 @@ fn page_bounds(page: Page) -> (i64, i64) {
 }
 
 /// One transaction, with the audit entries it will append when it commits.
-struct Tx<'s> {
+pub(super) struct Tx<'s> {
     tx: Transaction<'static, Postgres>,
     store: &'s PgStore,
     audit: Vec<(AuditEvent, DateTime<Utc>)>,
@@ -114,7 +114,7 @@ struct Tx<'s> {
 }
 
 impl<'s> Tx<'s> {
-    async fn begin(store: &'s PgStore) -> Result<Self, StoreError> {
+    pub(super) async fn begin(store: &'s PgStore) -> Result<Self, StoreError> {
         Ok(Self {
             tx: store.pool.begin().await?,
             store,
@@ -131,19 +131,19 @@ impl<'s> Tx<'s> {
         }
     }
 
-    fn conn(&mut self) -> &mut PgConnection {
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
 
     /// Queues `event` for the audit chain; it is appended, in order, when the transaction
     /// commits.
-    fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
+    pub(super) fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
         self.audit.push((event, at));
     }
 
     /// Appends the queued audit entries — under the chain's advisory lock, after every row lock
     /// this transaction takes — and commits. The lock is held from here to the commit only.
-    async fn commit(mut self) -> Result<(), StoreError> {
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
         if !self.wakes.is_empty() {
             let wakes = std::mem::take(&mut self.wakes);
             sqlx::query("SELECT pg_notify($1, host) FROM unnest($2::text[]) AS host")

@@ -1482,6 +1482,105 @@ impl Store for SqliteStore {
     }
 }
 
+/// One write transaction for code shared with the PostgreSQL store ([`super::people`], written
+/// with sqlx): it holds the writer's mutex, so no other write runs meanwhile, and runs on a
+/// pooled sqlx connection with `BEGIN IMMEDIATE`. Its audit entries are appended when it
+/// commits, after the chain's head read from the database; the writer's cached head is dropped,
+/// and `PRAGMA data_version` would show the writer this connection's commit anyway.
+pub(super) struct SqliteTx<'s> {
+    writer: tokio::sync::MutexGuard<'s, Writer>,
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    key: &'s AuditKey,
+    audit: Vec<(AuditEvent, DateTime<Utc>)>,
+}
+
+impl<'s> SqliteTx<'s> {
+    /// Takes the writer's mutex and begins an immediate transaction.
+    pub(super) async fn begin(store: &'s SqliteStore) -> Result<Self, StoreError> {
+        let writer = store.writer.lock().await;
+        Ok(Self {
+            writer,
+            tx: store.pool.begin_with("BEGIN IMMEDIATE").await?,
+            key: &store.key,
+            audit: Vec::new(),
+        })
+    }
+
+    /// The transaction's connection.
+    pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+
+    /// Queues `event` for the audit chain; it is appended when the transaction commits.
+    pub(super) fn audit(&mut self, event: AuditEvent, at: DateTime<Utc>) {
+        self.audit.push((event, at));
+    }
+
+    /// Appends the queued audit entries and commits.
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        self.writer.head = None;
+        for (event, at) in std::mem::take(&mut self.audit) {
+            append_audit_sqlx(&mut self.tx, self.key, &event, at).await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Appends `event` to the audit chain on a sqlx connection inside the caller's transaction,
+/// reading the head from the database (the writer's mutex is held by the caller).
+async fn append_audit_sqlx(
+    conn: &mut sqlx::SqliteConnection,
+    key: &AuditKey,
+    event: &AuditEvent,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (id, prev_hash) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("id")? + 1,
+            row.try_get::<String, _>("hash")?,
+        ),
+        None => (1, GENESIS.to_owned()),
+    };
+    let detail = event.detail.to_string();
+    let at = millis(now);
+    let hash = entry_hash(
+        id,
+        at,
+        &event.actor,
+        event.action,
+        event.host_id.as_deref(),
+        event.job_id.as_deref(),
+        &detail,
+        &prev_hash,
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, host_id, job_id, detail, prev_hash, hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(&event.actor)
+    .bind(event.action)
+    .bind(&event.host_id)
+    .bind(&event.job_id)
+    .bind(&detail)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO audit_macs (key_id, entry_id, mac) VALUES (?, ?, ?)")
+        .bind(key.key_id())
+        .bind(id)
+        .bind(key.entry_mac(&hash))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -441,3 +441,38 @@ fn trigger_table(name: &str) -> &'static str {
         "audit_log"
     }
 }
+
+/// A `pam_admin` caller for library calls (the library trusts its in-process callers; the HTTP
+/// API authenticates before it builds one).
+pub fn admin() -> latch_control::people::Authority {
+    use latch_control::store::people::{
+        PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
+    };
+    let now = chrono::Utc::now();
+    latch_control::people::Authority::new(
+        PrincipalRecord {
+            id: "svc_test_admin".into(),
+            kind: PrincipalKind::Service,
+            name: "test-admin".into(),
+            display_name: "test admin".into(),
+            email: None,
+            idp: None,
+            password_hash: None,
+            disabled_at: None,
+            created_at: now,
+            last_seen_at: None,
+        },
+        SessionRecord {
+            id: "ses_test_admin".into(),
+            principal_id: "svc_test_admin".into(),
+            kind: SessionKind::Service,
+            api_key_id: None,
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+            revoked_at: None,
+            mfa_at: None,
+            address: None,
+        },
+        vec![(latch_common::authz::Role::PamAdmin, None)],
+    )
+}

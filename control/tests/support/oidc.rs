@@ -1,0 +1,222 @@
+//! A real OpenID Connect provider for the single sign-on tests: panva's `oidc-provider`
+//! (tests/oidc/provider.mjs) started on a free loopback port per test and killed with it
+//! (`kill_on_drop`; it also exits when its standard input closes). Its dependencies are installed
+//! with `npm ci` on first use. Without node or npm the test is skipped with a message, or fails
+//! with `LATCH_E2E=required` (CI).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// The provider's directory (package.json, package-lock.json, provider.mjs).
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
+}
+
+fn skip_or_fail(why: &str) -> Option<Provider> {
+    let required = std::env::var("LATCH_E2E").is_ok_and(|v| v == "required");
+    assert!(!required, "{why} (LATCH_E2E=required)");
+    eprintln!("SKIPPED {why}; LATCH_E2E=required makes this a failure");
+    None
+}
+
+/// Runs `npm ci` once (under a file lock, since test processes run in parallel).
+fn install() -> Result<(), String> {
+    let dir = dir();
+    let lock = std::fs::File::create(std::env::temp_dir().join("latch-oidc-npm.lock"))
+        .map_err(|e| format!("cannot create the npm lock file: {e}"))?;
+    lock.lock().map_err(|e| format!("cannot lock: {e}"))?;
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .map_err(|e| format!("cannot run npm ({e}); install node and npm"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`npm ci` in {} failed: {status}", dir.display()))
+    }
+}
+
+/// A running provider.
+pub struct Provider {
+    child: Child,
+    /// The issuer URL, `http://127.0.0.1:PORT`.
+    pub issuer: String,
+    /// The Latch client's secret.
+    pub secret: String,
+    /// A client for the provider's test controls.
+    pub browser: reqwest::Client,
+}
+
+impl Provider {
+    /// Starts a provider, or skips (`None`) when node/npm are missing and not required.
+    pub async fn start() -> Option<Provider> {
+        if std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            return skip_or_fail("node is not installed: the SSO tests need it for oidc-provider");
+        }
+        if let Err(why) = tokio::task::spawn_blocking(install).await.unwrap() {
+            return skip_or_fail(&why);
+        }
+        let secret = format!("secret-{:016x}", fastrand::u64(..));
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(dir())
+            .env("OIDC_CLIENT_SECRET", &secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node provider.mjs");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the provider did not start within 30 s")
+            .unwrap()
+            .expect("the provider exited before listening");
+        let issuer = line
+            .strip_prefix("listening ")
+            .expect("first line names the issuer")
+            .to_owned();
+        // Keep reading its output: a closed pipe would end the provider at its next notice.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let browser = reqwest::Client::new();
+        Some(Provider {
+            child,
+            issuer,
+            secret,
+            browser,
+        })
+    }
+
+    /// Chooses the account the next sign-in logs in, and misbehaviours (see provider.mjs).
+    pub async fn next(&self, query: &[(&str, &str)]) {
+        let response = self
+            .browser
+            .post(format!("{}/test/next", self.issuer))
+            .query(query)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
+    /// Acts as the browser: opens `url` and follows redirects until one leaves for
+    /// `redirect_prefix`; returns that URL's `code` and `state`.
+    pub async fn authorize(&self, url: &str, redirect_prefix: &str) -> (String, String) {
+        let redirect = self.redirect(url, redirect_prefix).await;
+        let pairs: std::collections::HashMap<_, _> = redirect.query_pairs().into_owned().collect();
+        (pairs["code"].clone(), pairs["state"].clone())
+    }
+
+    /// Acts as the browser until the provider redirects to `redirect_prefix`; that URL.
+    pub async fn redirect(&self, url: &str, redirect_prefix: &str) -> reqwest::Url {
+        // A fresh cookie jar: every sign-in is a new browser (no provider session carried over).
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut url = url.to_owned();
+        for _ in 0..20 {
+            let response = browser.get(&url).send().await.unwrap();
+            assert!(
+                response.status().is_redirection(),
+                "{url}: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+            let location = response.headers()["location"].to_str().unwrap().to_owned();
+            let next = reqwest::Url::parse(&url).unwrap().join(&location).unwrap();
+            if next.as_str().starts_with(redirect_prefix) {
+                return next;
+            }
+            url = next.to_string();
+        }
+        panic!("more than 20 redirects from {url}");
+    }
+}
+
+impl Provider {
+    /// Acts as the person at the provider's device page: enters `user_code`, confirms, and is
+    /// signed in (as the account chosen with [`Provider::next`]).
+    pub async fn enter_device_code(&self, verification_uri: &str, user_code: &str) {
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let xsrf = |html: &str| -> String {
+            const FIELD: &str = "name=\"xsrf\" value=\"";
+            let start = html.find(FIELD).expect("a form with xsrf") + FIELD.len();
+            html[start..].split('"').next().unwrap().to_owned()
+        };
+        let post = |fields: Vec<(&str, String)>| {
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(fields)
+                .finish();
+            browser
+                .post(verification_uri)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+        };
+        let page = browser
+            .get(verification_uri)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let confirm = post(vec![
+            ("xsrf", xsrf(&page)),
+            ("user_code", user_code.to_owned()),
+        ])
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+        let mut response = post(vec![
+            ("xsrf", xsrf(&confirm)),
+            ("user_code", user_code.to_owned()),
+            ("confirm", "yes".to_owned()),
+        ])
+        .await
+        .unwrap();
+        let mut url = reqwest::Url::parse(verification_uri).unwrap();
+        for _ in 0..20 {
+            if !response.status().is_redirection() {
+                let status = response.status();
+                let text = response.text().await.unwrap();
+                assert!(status.is_success(), "{url} {status}: {text}");
+                return;
+            }
+            let location = response.headers()["location"].to_str().unwrap().to_owned();
+            url = url.join(&location).unwrap();
+            response = browser.get(url.clone()).send().await.unwrap();
+        }
+        panic!("more than 20 redirects at the device page");
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
