@@ -6,13 +6,26 @@
 //! ```
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use latch_control::{Control, ControlConfig, signing::JobSigner, store::SqliteStore};
+//! use latch_control::{Control, ControlConfig, people, signing::JobSigner};
+//! use latch_control::store::{SqliteStore, Store};
 //! use latch_common::api::CreateEnrollTokenRequest;
 //!
-//! let store = SqliteStore::open_in_memory().await?;
-//! let control = Control::new(Arc::new(store), ControlConfig::default(), JobSigner::generate()?);
+//! let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await?);
+//! // The first start makes the pam_admin service user `admin` and hands over its API key.
+//! let mut api_key = String::new();
+//! people::bootstrap(store.as_ref(), |key| {
+//!     api_key = key.to_owned();
+//!     Ok(())
+//! })
+//! .await?;
+//! let control = Control::new(store, ControlConfig::default(), JobSigner::generate()?);
+//! // Every operation is done by someone: exchange the key for a token, authenticate it.
 //! let token = control
-//!     .create_enroll_token(&CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1) })
+//!     .issue_service_token(&api_key, chrono::Duration::hours(1), None)
+//!     .await?;
+//! let admin = control.authenticate(&token.token).await?;
+//! let token = control
+//!     .create_enroll_token(&admin, &CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1) })
 //!     .await?;
 //! assert!(token.token.starts_with("latch_enroll_"));
 //! # Ok(()) }
@@ -29,6 +42,8 @@
 //!   checkpoints of its head and their verification;
 //! - [`signing`], [`keys`], [`tls`]: the job-signing key and its rotation, the private CA;
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
+//! - [`people`], [`users`], [`mfa`]: principals and their permissions — service users and API
+//!   keys, role bindings and delegation by host labels, local users, TOTP step-up;
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
