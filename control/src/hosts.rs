@@ -59,9 +59,8 @@ impl Control {
     pub(crate) async fn labels_of(&self, host_id: &str) -> Result<Labels, ControlError> {
         Ok(self
             .store
-            .host_labels()
+            .labels_of_host(host_id)
             .await?
-            .remove(host_id)
             .unwrap_or_default())
     }
 

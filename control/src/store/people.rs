@@ -490,6 +490,8 @@ pub trait PeopleStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// One host's labels (`None` if there is no such host).
+    async fn labels_of_host(&self, host_id: &str) -> Result<Option<Labels>, StoreError>;
     /// Every host's labels, by host id (removed hosts included).
     async fn host_labels(&self) -> Result<HashMap<String, Labels>, StoreError>;
 }
@@ -1556,6 +1558,15 @@ macro_rules! people_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn labels_of_host(&self, host_id: &str) -> Result<Option<Labels>, StoreError> {
+                let row = sqlx::query("SELECT labels FROM hosts WHERE id = $1")
+                    .bind(host_id)
+                    .fetch_optional(self.pool())
+                    .await?;
+                row.map(|row| labels_from_text(&row.text("labels")?))
+                    .transpose()
             }
 
             async fn host_labels(&self) -> Result<HashMap<String, Labels>, StoreError> {
