@@ -93,14 +93,6 @@ impl Authority {
         self.grants.iter().map(|(role, _)| *role).collect()
     }
 
-    /// Every permission the caller has somewhere.
-    pub fn permissions(&self) -> BTreeSet<Permission> {
-        self.grants
-            .iter()
-            .flat_map(|(role, _)| role.permissions().iter().copied())
-            .collect()
-    }
-
     /// Where the caller has `permission`, or `None` if nowhere. A delegated binding limits
     /// every permission it gives to its selector; any other binding gives it everywhere.
     pub fn scope(&self, permission: Permission) -> Option<Scope> {
