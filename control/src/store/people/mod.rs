@@ -1,9 +1,8 @@
 //! People and permissions in the database: principals (users and service users), groups, role
 //! bindings, API keys, bearer sessions and host labels.
 //!
-//! One body of SQL serves both engines: the queries use `$1, $2, …` placeholders in the order
-//! they first appear (SQLite reads them as named parameters numbered by first appearance) and
-//! nothing engine-specific, and `people_store!` instantiates the trait for each store with its
+//! One body of SQL serves both engines: the queries use `$1, $2, …` placeholders (sqlx binds
+//! them by number on both) and nothing engine-specific, and `people_store!` instantiates the trait for each store with its
 //! own write transaction (`SqliteTx` behind the single write mutex, `Tx` with its serialized
 //! audit append). Every change is audited in the same transaction as the change itself.
 
