@@ -82,9 +82,9 @@ impl Provider {
             .expect("start node provider.mjs");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let line = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
             .await
-            .expect("the provider did not start within 30 s")
+            .expect("the provider did not start within 90 s")
             .unwrap()
             .expect("the provider exited before listening");
         let issuer = line
