@@ -7,7 +7,8 @@
 //! - [`api`]: request and response bodies of the HTTP API, agent side and admin side;
 //! - [`signing`]: the signed job payload and its verification (Ed25519, ring);
 //! - [`authz`]: the named permissions and the five fixed roles;
-//! - [`labels`]: host labels and label selectors.
+//! - [`labels`]: host labels and label selectors;
+//! - [`people`]: bodies of the people-and-permissions endpoints.
 //!
 //! Both the control plane (at the API edge) and the agent (before acting) call
 //! [`job::JobSpec::validate`], so hostile input is refused twice.
@@ -17,4 +18,5 @@ pub mod authz;
 pub mod job;
 pub mod labels;
 pub mod names;
+pub mod people;
 pub mod signing;

@@ -51,7 +51,13 @@ impl Control {
         let now = Utc::now();
         let expires_at = now + Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX));
         self.store
-            .insert_enroll_token(&hash_token(&token), now, expires_at, uses, &by.actor())
+            .insert_enroll_token(
+                &hash_token(&token),
+                now,
+                expires_at,
+                uses,
+                &by.audit_actor(),
+            )
             .await?;
         Ok(EnrollTokenView {
             token,

@@ -116,7 +116,7 @@ impl Control {
             .await?;
         let cancelled = self
             .store
-            .remove_host(&host.id, Utc::now(), &by.actor())
+            .remove_host(&host.id, Utc::now(), &by.audit_actor())
             .await?
             .ok_or_else(|| ControlError::NotFound {
                 what: "host",

@@ -19,7 +19,6 @@ use serde::Serialize;
 
 use latch_common::authz::Permission;
 
-use crate::audit::AuditEvent;
 pub use crate::files::{NEXT_KEY_FILE, OLD_KEY_FILE};
 use crate::files::{SIGNING_KEY_FILE, sync_parent, temporary};
 use crate::people::Authority;
@@ -149,7 +148,8 @@ impl Control {
             let job = self.queue_job_for(&host_id, &spec).await?;
             jobs.push(serde_json::json!({"host_id": host_id, "job_id": job}));
         }
-        let event = AuditEvent::new(by.actor(), "signing_key.rotation_started")
+        let event = by
+            .event("signing_key.rotation_started")
             .detail(serde_json::json!({"next_key": next_key, "hosts": jobs.len()}));
         self.store.append_audit(&event, Utc::now()).await?;
         Ok(Rotation { next_key, jobs })
@@ -201,7 +201,8 @@ impl Control {
             )));
         }
         // Record first, then switch the files: see the module docs for the crash cases.
-        let event = AuditEvent::new(by.actor(), "signing_key.promoted")
+        let event = by
+            .event("signing_key.promoted")
             .detail(serde_json::json!({"key": next_key, "hosts_left_behind": behind}));
         self.store
             .set_key_pin(PinnedKey::Signing, &next_key, &event, Utc::now())

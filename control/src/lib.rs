@@ -56,6 +56,7 @@ pub mod api;
 pub mod audit;
 pub mod client;
 pub mod datadir;
+pub mod directory;
 pub mod enroll;
 pub mod error;
 pub mod files;

@@ -11,7 +11,6 @@ use chrono::{DateTime, Duration, Utc};
 use totp_rs::{Algorithm, TOTP};
 
 use crate::Control;
-use crate::audit::AuditEvent;
 use crate::error::ControlError;
 use crate::people::Authority;
 use crate::store::people::{PrincipalKind, TotpUse};
@@ -191,7 +190,7 @@ impl Control {
         let sealed = key
             .seal(&seal_label(&by.principal.id), &secret)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
-        let event = AuditEvent::new(by.actor(), "mfa.totp_enroll");
+        let event = by.event("mfa.totp_enroll");
         self.store
             .set_totp(&by.principal.id, &sealed, event, now)
             .await?;
@@ -271,7 +270,8 @@ impl Control {
             }
         }
         let failed = |reason: &'static str| async move {
-            let event = AuditEvent::new(by.actor(), "mfa.failure")
+            let event = by
+                .event("mfa.failure")
                 .detail(serde_json::json!({"reason": reason}));
             let failures = self
                 .store
@@ -291,7 +291,7 @@ impl Control {
         let Some((step, sealed, pending)) = matched else {
             return failed("wrong code").await;
         };
-        let event = AuditEvent::new(by.actor(), "mfa.verify").detail(serde_json::json!({
+        let event = by.event("mfa.verify").detail(serde_json::json!({
             "session_id": by.session.id,
             "first": record.confirmed_at.is_none(),
             "replacement_confirmed": pending,

@@ -45,6 +45,7 @@ use tokio::sync::Notify;
 
 use latch_common::authz::Permission;
 
+use crate::audit::Actor;
 use crate::password::hash_password;
 use crate::people::{Authority, Scope};
 use crate::store::{
@@ -288,7 +289,7 @@ impl Control {
         host_id: &str,
         spec: &JobSpec,
         revokes: Option<&str>,
-        actor: &str,
+        actor: &Actor,
         window: GrantWindow,
     ) -> Result<JobRecord, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
@@ -369,7 +370,7 @@ impl Control {
                 host_id,
                 spec,
                 None,
-                crate::enroll::CONTROL_PLANE,
+                &Actor::new(crate::enroll::CONTROL_PLANE),
                 GrantWindow::NotAGrant,
             )
             .await?;
@@ -403,7 +404,7 @@ impl Control {
             .host_for(by, Permission::HostsManageUsers, &host_key)
             .await?;
         let job = self
-            .queue_signed(&host.id, &spec, None, &by.actor(), window)
+            .queue_signed(&host.id, &spec, None, &by.audit_actor(), window)
             .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), window = window.as_str(), "job queued");
         self.wakeups.wake(&host.id);
@@ -673,7 +674,7 @@ impl Control {
                     &grant.host_id,
                     &spec,
                     Some(&grant.id),
-                    "control_plane",
+                    &Actor::new(crate::enroll::CONTROL_PLANE),
                     GrantWindow::NotAGrant,
                 )
                 .await;

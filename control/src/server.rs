@@ -71,6 +71,9 @@ pub async fn bind(addr: SocketAddr, tls: bool) -> Result<TcpListener, ServerErro
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// Sweep ticks (seconds) between deletions of ended sessions.
+const SESSION_PURGE_EVERY: u64 = 300;
+
 /// Serves the API on `listener` — over TLS with `tls`, else plain HTTP — until `shutdown`
 /// completes. Once a second, in the background, it fails abandoned jobs and queues revocations
 /// of expired grants — on a database shared by several replicas, only in the one that leads
@@ -91,6 +94,7 @@ pub async fn run(
         let leadership = replica.leadership.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks: u64 = 0;
             loop {
                 tick.tick().await;
                 if !leadership.is_leader() {
@@ -101,6 +105,12 @@ pub async fn run(
                 }
                 if let Err(error) = control.revoke_expired_grants().await {
                     tracing::error!(%error, "queueing revocations of expired grants failed");
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(SESSION_PURGE_EVERY)
+                    && let Err(error) = control.purge_ended_sessions().await
+                {
+                    tracing::error!(%error, "deleting ended sessions failed");
                 }
             }
         })

@@ -738,7 +738,8 @@ impl Control {
 
     /// Ends the caller's session at once (its token stops working).
     pub async fn logout(&self, who: &crate::people::Authority) -> Result<(), ControlError> {
-        let event = AuditEvent::new(who.actor(), "session.logout")
+        let event = who
+            .event("session.logout")
             .detail(serde_json::json!({"session_id": who.session.id}));
         self.store
             .revoke_session(&who.session.id, event, Utc::now())

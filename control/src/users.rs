@@ -171,7 +171,7 @@ impl Control {
             created_at: now,
             last_seen_at: None,
         };
-        let event = AuditEvent::new(by.actor(), "user.create").detail(serde_json::json!({
+        let event = by.event("user.create").detail(serde_json::json!({
             "user": record.name,
             "id": record.id,
             "local_password": record.password_hash.is_some(),
@@ -212,7 +212,8 @@ impl Control {
         } else {
             "principal.enable"
         };
-        let event = AuditEvent::new(by.actor(), action)
+        let event = by
+            .event(action)
             .detail(serde_json::json!({"principal": principal.name, "id": principal.id}));
         self.store
             .set_principal_disabled(&principal.id, disabled, event, Utc::now())
@@ -255,7 +256,7 @@ impl Control {
             idp_group: idp_group.map(str::to_owned),
             created_at: now,
         };
-        let event = AuditEvent::new(by.actor(), "group.create").detail(serde_json::json!({
+        let event = by.event("group.create").detail(serde_json::json!({
             "group": group.name,
             "id": group.id,
             "idp_group": group.idp_group,
@@ -300,7 +301,7 @@ impl Control {
         } else {
             "group.member_remove"
         };
-        let event = AuditEvent::new(by.actor(), action).detail(serde_json::json!({
+        let event = by.event(action).detail(serde_json::json!({
             "group": group.name,
             "principal": principal.name,
         }));

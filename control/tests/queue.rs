@@ -15,6 +15,7 @@ use latch_common::api::{
     HostFacts, ReportRequest, RevokedBy,
 };
 use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
+use latch_control::audit::Actor;
 use latch_control::store::{
     GrantFilter, HostRecord, JobRefusal, NewJob, Page, RetryBackoff, TokenRefusal,
 };
@@ -747,7 +748,7 @@ async fn finding_14_the_store_refuses_jobs_for_removed_hosts(db: TestDb) {
                     spec: &spec,
                     revokes: None,
                     now: chrono::Utc::now(),
-                    actor: "admin",
+                    actor: &Actor::new("admin"),
                     window: GrantWindow::NotAGrant,
                 },
                 &sign,

@@ -17,6 +17,7 @@ use latch_common::api::{
     ReportRequest, RevokedBy,
 };
 use latch_common::job::{JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
+use latch_control::audit::Actor;
 use latch_control::signing::JobSigner;
 use latch_control::store::{
     Finish, HostRecord, JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, Revoke, Store,
@@ -85,7 +86,13 @@ async fn enrolled(store: &dyn Store, hostname: &str) -> HostRecord {
     let token = token_hash();
     let now = Utc::now();
     store
-        .insert_enroll_token(&token, now, now + Duration::minutes(5), 1, "admin")
+        .insert_enroll_token(
+            &token,
+            now,
+            now + Duration::minutes(5),
+            1,
+            &Actor::new("admin"),
+        )
         .await
         .unwrap();
     let host = host_record(hostname);
@@ -110,7 +117,7 @@ async fn queue(store: &dyn Store, host_id: &str, spec: &JobSpec) -> Result<JobRe
                 spec,
                 revokes: None,
                 now: Utc::now(),
-                actor: "admin",
+                actor: &Actor::new("admin"),
                 window: GrantWindow::NotAGrant,
             },
             &unsigned,
@@ -168,7 +175,13 @@ async fn racing_enrollments_never_spend_a_token_twice(db: TestDb) {
     let token = token_hash();
     let now = Utc::now();
     stores[0]
-        .insert_enroll_token(&token, now, now + Duration::minutes(5), 3, "admin")
+        .insert_enroll_token(
+            &token,
+            now,
+            now + Duration::minutes(5),
+            3,
+            &Actor::new("admin"),
+        )
         .await
         .unwrap();
     let results = race(RACERS, |i| {
@@ -606,7 +619,7 @@ async fn removing_a_host_while_jobs_are_queued_leaves_nothing_pending(db: TestDb
             async move {
                 if i == RACERS / 2 {
                     store
-                        .remove_host(&host_id, Utc::now(), "admin")
+                        .remove_host(&host_id, Utc::now(), &Actor::new("admin"))
                         .await
                         .unwrap();
                     None
@@ -685,7 +698,7 @@ async fn removing_a_host_while_its_job_is_reported_keeps_one_outcome(db: TestDb)
                     )
                 } else {
                     remover
-                        .remove_host(&host_id, Utc::now(), "admin")
+                        .remove_host(&host_id, Utc::now(), &Actor::new("admin"))
                         .await
                         .unwrap();
                     None
@@ -825,7 +838,13 @@ async fn racing_writers_keep_one_audit_chain(db: TestDb) {
             let now = Utc::now();
             for _ in 0..3 {
                 store
-                    .insert_enroll_token(&token_hash(), now, now + Duration::minutes(1), 1, "admin")
+                    .insert_enroll_token(
+                        &token_hash(),
+                        now,
+                        now + Duration::minutes(1),
+                        1,
+                        &Actor::new("admin"),
+                    )
                     .await
                     .unwrap();
             }

@@ -87,7 +87,11 @@ impl FromRequestParts<Arc<Control>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let by = control.authenticate(bearer(parts)?).await?;
         super::limits::credential_accepted(&parts.extensions);
-        Ok(Caller(by))
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip().to_string());
+        Ok(Caller(by.from_address(address)))
     }
 }
 

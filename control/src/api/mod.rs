@@ -23,18 +23,31 @@
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
 //! | POST | `/v1/audit/verify` (`{"checkpoints": […]}`), `/v1/audit/checkpoints` | admin | check exported checkpoints; sign one |
 //! | POST | `/v1/signing-key/rotate`, `/v1/signing-key/promote?force=` | admin | job-signing key rotation |
+//! | POST | `/v1/login/local` (`{"name", "password"}`) | anyone | a local user's session token |
+//! | GET/POST | `/v1/users`, GET `/v1/users/{name}` | users.view / users.manage | users |
+//! | POST | `/v1/users/{name}/disable`, `/enable` | users.manage | end every session, or allow sign-in again |
+//! | GET/POST | `/v1/groups`, GET/DELETE `/v1/groups/{name}` | users.view / users.manage | groups |
+//! | PUT/DELETE | `/v1/groups/{name}/members/{member}` | users.manage | membership |
+//! | GET | `/v1/roles` | any signed-in caller | the five roles and their permissions |
+//! | GET/POST | `/v1/role-bindings`, DELETE `/v1/role-bindings/{id}` | users.view / users.manage | who has which role |
+//! | GET/POST | `/v1/service-users`, GET `/v1/service-users/{name}` | users.view / users.manage | service users (POST answers the first API key, once) |
+//! | POST | `/v1/service-users/{name}/disable`, `/enable` | users.manage | end every token, or allow again |
+//! | GET/POST | `/v1/service-users/{name}/keys`, DELETE `…/keys/{key_id}` | users.view / users.manage | API keys: list, add (shown once), revoke |
+//! | POST | `/v1/mfa/totp`, `/v1/mfa/totp/verify` (`{"code"}`) | a signed-in user | enroll a TOTP factor; show a code (step-up) |
+//! | PUT | `/v1/hosts/{host}/labels` (`{"labels": {…}}`) | hosts.manage everywhere | replace a host's labels |
 
 pub mod error;
 pub mod extract;
 mod handlers;
 pub mod limits;
 mod pagination;
+mod people;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 
 use crate::Control;
 use error::ApiError;
@@ -82,6 +95,56 @@ pub fn router(control: Arc<Control>) -> Router {
             get(handlers::verify_audit).post(handlers::verify_audit_with),
         )
         .route("/v1/audit/checkpoints", post(handlers::audit_checkpoint))
+        .route("/v1/login/local", post(people::login_local))
+        .route(
+            "/v1/users",
+            get(people::list_users).post(people::create_user),
+        )
+        .route("/v1/users/{key}", get(people::show_user))
+        .route("/v1/users/{key}/disable", post(people::disable_user))
+        .route("/v1/users/{key}/enable", post(people::enable_user))
+        .route(
+            "/v1/groups",
+            get(people::list_groups).post(people::create_group),
+        )
+        .route(
+            "/v1/groups/{key}",
+            get(people::show_group).delete(people::delete_group),
+        )
+        .route(
+            "/v1/groups/{group}/members/{member}",
+            put(people::add_member).delete(people::remove_member),
+        )
+        .route("/v1/roles", get(people::list_roles))
+        .route(
+            "/v1/role-bindings",
+            get(people::list_role_bindings).post(people::bind_role),
+        )
+        .route("/v1/role-bindings/{id}", delete(people::unbind_role))
+        .route(
+            "/v1/service-users",
+            get(people::list_service_users).post(people::create_service_user),
+        )
+        .route("/v1/service-users/{key}", get(people::show_service_user))
+        .route(
+            "/v1/service-users/{key}/disable",
+            post(people::disable_service_user),
+        )
+        .route(
+            "/v1/service-users/{key}/enable",
+            post(people::enable_service_user),
+        )
+        .route(
+            "/v1/service-users/{key}/keys",
+            get(people::list_api_keys).post(people::create_api_key),
+        )
+        .route(
+            "/v1/service-users/{key}/keys/{key_id}",
+            delete(people::revoke_api_key),
+        )
+        .route("/v1/mfa/totp", post(people::enroll_totp))
+        .route("/v1/mfa/totp/verify", post(people::verify_totp))
+        .route("/v1/hosts/{host}/labels", put(people::set_host_labels))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")
         })

@@ -63,10 +63,45 @@ impl AuditEvent {
         self
     }
 
-    /// Sets the details.
+    /// Adds details: the keys of an object join those already set (the request's address
+    /// set by [`Actor::event`] stays); anything else replaces them.
     pub fn detail(mut self, detail: serde_json::Value) -> Self {
-        self.detail = detail;
+        match (&mut self.detail, detail) {
+            (serde_json::Value::Object(current), serde_json::Value::Object(more)) => {
+                current.extend(more);
+            }
+            (current, detail) => *current = detail,
+        }
         self
+    }
+}
+
+/// Who asked for a change, and from which network address: what every audit entry of a
+/// request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The audit actor: `user:<name>`, `service:<name>`, `host:<id>`, `control_plane`.
+    pub name: String,
+    /// The address the request came from (`None` for work the control plane does itself).
+    pub address: Option<String>,
+}
+
+impl Actor {
+    /// An actor with no request address (the control plane's own work, tests).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            address: None,
+        }
+    }
+
+    /// An event by this actor, with the request's address in its details.
+    pub fn event(&self, action: &'static str) -> AuditEvent {
+        let event = AuditEvent::new(&self.name, action);
+        match &self.address {
+            Some(address) => event.detail(serde_json::json!({"address": address})),
+            None => event,
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use latch_common::api::{GrantState, GrantWindow, HostFacts, JobEvent, RevokedBy}
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use thiserror::Error;
 
-use crate::audit::{AuditEntry, AuditEvent, AuditKey};
+use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey};
 
 /// A failure of the database itself (not a refusal).
 #[derive(Debug, Error)]
@@ -258,7 +258,7 @@ pub struct NewJob<'a> {
     /// Creation time.
     pub now: DateTime<Utc>,
     /// Who queued it (audit actor).
-    pub actor: &'a str,
+    pub actor: &'a Actor,
     /// For a grant: how its end was decided (audited).
     pub window: GrantWindow,
 }
@@ -391,7 +391,7 @@ pub trait Store: people::PeopleStore + Send + Sync {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(), StoreError>;
     /// Spends one use of the token and creates the host, in one transaction.
     async fn enroll_host(
@@ -424,7 +424,7 @@ pub trait Store: people::PeopleStore + Send + Sync {
         &self,
         host_id: &str,
         now: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError>;
     /// Replaces the credential hash of an active host (audited). `false` if there is no such host.
     async fn rotate_host_credential(

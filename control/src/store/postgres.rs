@@ -26,7 +26,7 @@ use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
 
-use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
+use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
 use super::rows::{
     audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
@@ -631,7 +631,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = Tx::begin(self).await?;
         sqlx::query(
@@ -644,11 +644,13 @@ impl Store for PgStore {
         .bind(i64::from(uses))
         .execute(tx.conn())
         .await?;
-        let event = AuditEvent::new(actor, "enroll_token.create").detail(serde_json::json!({
-            "token_hash_prefix": hash.get(..12).unwrap_or(hash),
-            "expires_at": expires_at.to_rfc3339(),
-            "uses": uses,
-        }));
+        let event = actor
+            .event("enroll_token.create")
+            .detail(serde_json::json!({
+                "token_hash_prefix": hash.get(..12).unwrap_or(hash),
+                "expires_at": expires_at.to_rfc3339(),
+                "uses": uses,
+            }));
         tx.audit(event, now);
         tx.commit().await
     }
@@ -769,7 +771,7 @@ impl Store for PgStore {
         &self,
         host_id: &str,
         now: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
         let mut tx = Tx::begin(self).await?;
         // The host row lock orders this against insert_job: a job inserted first is pending
@@ -799,7 +801,8 @@ impl Store for PgStore {
         for job_id in &pending {
             tx.fail_job(job_id, &error, now).await?;
         }
-        let event = AuditEvent::new(actor, "host.remove")
+        let event = actor
+            .event("host.remove")
             .host(host_id)
             .detail(serde_json::json!({"cancelled_jobs": pending}));
         tx.audit(event, now);
@@ -991,7 +994,8 @@ impl Store for PgStore {
             detail["permanent"] = (window == GrantWindow::Permanent).into();
             detail["expires_at"] = spec.expires_at().map(|t| t.to_rfc3339()).into();
         }
-        let event = AuditEvent::new(actor, "job.create")
+        let event = actor
+            .event("job.create")
             .host(host_id)
             .job(id)
             .detail(detail);

@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use std::sync::Arc;
 
-use crate::audit::{AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
+use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash};
 
 use super::rows::{
     Columns, audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
@@ -660,7 +660,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.exec(
@@ -674,11 +674,13 @@ impl Store for SqliteStore {
                     i64::from(uses)
                 ],
             )?;
-            let event = AuditEvent::new(actor, "enroll_token.create").detail(serde_json::json!({
-                "token_hash_prefix": &hash[..hash.len().min(12)],
-                "expires_at": expires_at.to_rfc3339(),
-                "uses": uses,
-            }));
+            let event = actor
+                .event("enroll_token.create")
+                .detail(serde_json::json!({
+                    "token_hash_prefix": &hash[..hash.len().min(12)],
+                    "expires_at": expires_at.to_rfc3339(),
+                    "uses": uses,
+                }));
             tx.audit(&event, now)?;
             Ok(End::Commit(()))
         })
@@ -789,7 +791,7 @@ impl Store for SqliteStore {
         &self,
         host_id: &str,
         now: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<u64>, StoreError> {
         self.write(|tx| {
             let removed = tx.exec(
@@ -808,7 +810,8 @@ impl Store for SqliteStore {
             for job_id in &pending {
                 tx.fail_job(job_id, &error, now)?;
             }
-            let event = AuditEvent::new(actor, "host.remove")
+            let event = actor
+                .event("host.remove")
                 .host(host_id)
                 .detail(serde_json::json!({"cancelled_jobs": pending}));
             tx.audit(&event, now)?;
@@ -977,7 +980,7 @@ impl Store for SqliteStore {
                 detail["permanent"] = (window == GrantWindow::Permanent).into();
                 detail["expires_at"] = spec.expires_at().map(|t| t.to_rfc3339()).into();
             }
-            let event = AuditEvent::new(actor, "job.create")
+            let event = actor.event("job.create")
                 .host(host_id)
                 .job(id)
                 .detail(detail);
@@ -1615,7 +1618,7 @@ mod tests {
                         },
                         revokes: None,
                         now,
-                        actor: "admin",
+                        actor: &Actor::new("admin"),
                         window: GrantWindow::NotAGrant,
                     },
                     &|_| Ok((String::new(), String::new())),

@@ -158,6 +158,8 @@ pub trait PeopleStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Deletes the sessions that ended (expired, or revoked) before `before`; how many went.
+    async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Starts a TOTP enrollment: with no confirmed factor the secret is replaced (unconfirmed);
     /// with one, the new secret waits as `pending` and the confirmed one stays in force.
     async fn set_totp(
@@ -813,6 +815,20 @@ macro_rules! people_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let purged = sqlx::query(
+                    "DELETE FROM sessions WHERE expires_at < $1 \
+                     OR (revoked_at IS NOT NULL AND revoked_at < $1)",
+                )
+                .bind(millis(before))
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(purged)
             }
 
             async fn set_totp(
