@@ -748,6 +748,11 @@ impl Control {
     }
 }
 
+/// `text` encoded as `application/x-www-form-urlencoded`.
+fn form_encoded(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 /// A begun device-flow sign-in: what the person enters, where, and how to poll.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SsoDeviceStart {
@@ -934,7 +939,12 @@ impl Control {
         let response = sso
             .http
             .post(token_url)
-            .basic_auth(&sso.config.client_id, Some(&sso.config.client_secret))
+            // RFC 6749 §2.3.1: both are form-encoded before HTTP Basic (as the code flow's
+            // client does), so a secret with `:`, `%` or non-ASCII characters arrives intact.
+            .basic_auth(
+                form_encoded(&sso.config.client_id),
+                Some(form_encoded(&sso.config.client_secret)),
+            )
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form)
             .send()

@@ -120,7 +120,7 @@ server.listen(0, '127.0.0.1', () => {
       ctx.query = { ...ctx.query, client_id: 'intruder' };
     }
     if (state.foreignAudience && ctx.path === '/token') {
-      ctx.req.headers.authorization = `Basic ${Buffer.from(`intruder:${secret}`).toString('base64')}`;
+      ctx.req.headers.authorization = `Basic ${Buffer.from(`intruder:${encodeURIComponent(secret)}`).toString('base64')}`;
     }
     if (ctx.path === '/auth' && state.wrongNonce && ctx.query.nonce) {
       ctx.query = { ...ctx.query, nonce: 'forged-by-the-test-provider' };

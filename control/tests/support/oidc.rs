@@ -69,7 +69,8 @@ impl Provider {
         if let Err(why) = tokio::task::spawn_blocking(install).await.unwrap() {
             return skip_or_fail(&why);
         }
-        let secret = format!("secret-{:016x}", fastrand::u64(..));
+        // `:`, `%`, `+`, `/`: HTTP Basic must carry them form-encoded (RFC 6749 §2.3.1).
+        let secret = format!("s3cr:t%+/-{:016x}", fastrand::u64(..));
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(dir())
