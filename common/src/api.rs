@@ -347,6 +347,9 @@ pub struct CreateEnrollTokenRequest {
     /// How many enrollments it allows (default 1, at most 10000).
     #[serde(default)]
     pub uses: Option<u32>,
+    /// Labels every host enrolled with the token gets (`env=prod`).
+    #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
+    pub labels: crate::labels::Labels,
 }
 
 /// A new enrollment token. The token is shown once.
@@ -362,6 +365,9 @@ pub struct EnrollTokenView {
     /// --ca-fingerprint`; `null` when the control plane serves plain HTTP.
     #[serde(default)]
     pub ca_fingerprint: Option<String>,
+    /// Labels every host enrolled with the token gets.
+    #[serde(default)]
+    pub labels: crate::labels::Labels,
 }
 
 /// A host as administrators see it.

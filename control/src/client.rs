@@ -6,6 +6,7 @@ use latch_common::api::{
     ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, GrantView, HostView,
     JobView, ListResponse,
 };
+use latch_common::labels::Labels;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -233,9 +234,14 @@ impl AdminClient {
             .await
     }
 
-    /// `GET /v1/hosts` (all pages).
-    pub async fn list_hosts(&self) -> Result<Vec<HostView>, ClientError> {
-        self.all_pages("/v1/hosts", Vec::new()).await
+    /// `GET /v1/hosts` (all pages), only the hosts matching `selector` if one is given
+    /// (`env=prod,team in (db,web)`).
+    pub async fn list_hosts(&self, selector: Option<&str>) -> Result<Vec<HostView>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(selector) = selector {
+            query.push(("selector", selector.to_owned()));
+        }
+        self.all_pages("/v1/hosts", query).await
     }
 
     /// `GET /v1/hosts/{host}`.
@@ -255,17 +261,34 @@ impl AdminClient {
         .await
     }
 
+    /// `PUT /v1/hosts/{host}/labels`: replaces the host's labels; answers the host as it is now.
+    pub async fn set_host_labels(
+        &self,
+        host: &str,
+        labels: &Labels,
+    ) -> Result<HostView, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/v1/hosts/{host}/labels"),
+            &[],
+            Some(&serde_json::json!({ "labels": labels })),
+        )
+        .await
+    }
+
     /// `POST /v1/jobs`.
     pub async fn create_job(&self, request: &CreateJobRequest) -> Result<JobView, ClientError> {
         self.call(Method::POST, "/v1/jobs", &[], Some(request))
             .await
     }
 
-    /// `GET /v1/jobs` with filters (all pages).
+    /// `GET /v1/jobs` with filters (all pages): `host` (id or name), `status`, and `selector`
+    /// (jobs of hosts whose labels match).
     pub async fn list_jobs(
         &self,
         host: Option<&str>,
         status: Option<&str>,
+        selector: Option<&str>,
     ) -> Result<Vec<JobView>, ClientError> {
         let mut query = Vec::new();
         if let Some(host) = host {
@@ -274,17 +297,22 @@ impl AdminClient {
         if let Some(status) = status {
             query.push(("status", status.to_owned()));
         }
+        if let Some(selector) = selector {
+            query.push(("selector", selector.to_owned()));
+        }
         self.all_pages("/v1/jobs", query).await
     }
 
-    /// `GET /v1/grants` with filters (all pages): `host` (id or name), `user`, `state`, and
-    /// `since` (grants created or revoked since then, plus every grant not over yet).
+    /// `GET /v1/grants` with filters (all pages): `host` (id or name), `user`, `state`,
+    /// `since` (grants created or revoked since then, plus every grant not over yet), and
+    /// `selector` (grants on hosts whose labels match).
     pub async fn list_grants(
         &self,
         host: Option<&str>,
         user: Option<&str>,
         state: Option<&str>,
         since: Option<chrono::DateTime<chrono::Utc>>,
+        selector: Option<&str>,
     ) -> Result<Vec<GrantView>, ClientError> {
         let mut query = Vec::new();
         if let Some(host) = host {
@@ -298,6 +326,9 @@ impl AdminClient {
         }
         if let Some(since) = since {
             query.push(("since", since.to_rfc3339()));
+        }
+        if let Some(selector) = selector {
+            query.push(("selector", selector.to_owned()));
         }
         self.all_pages("/v1/grants", query).await
     }

@@ -274,10 +274,13 @@ pub struct DataDir {
 
 async fn host_count(store: &dyn Store) -> Result<usize, StoreError> {
     Ok(store
-        .list_hosts(Page {
-            offset: 0,
-            count: 1_000_000,
-        })
+        .list_hosts(
+            &crate::store::HostFilter::default(),
+            Page {
+                offset: 0,
+                count: 1_000_000,
+            },
+        )
         .await?
         .len())
 }

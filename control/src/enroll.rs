@@ -2,6 +2,7 @@
 
 use chrono::{Duration, Utc};
 use latch_common::api::{CreateEnrollTokenRequest, EnrollRequest, EnrollResponse, EnrollTokenView};
+use latch_common::labels::validate_labels;
 use latch_common::names::ValidationError;
 
 use latch_common::authz::Permission;
@@ -28,9 +29,10 @@ impl Control {
         by: &Authority,
         request: &CreateEnrollTokenRequest,
     ) -> Result<EnrollTokenView, ControlError> {
-        // A token enrolls hosts without labels yet, outside any delegation: only an admin of
-        // every host may make one.
+        // A token chooses the labels of the hosts it enrolls, and so which delegations cover
+        // them: only an admin of every host may make one.
         by.require_everywhere(Permission::HostsManage)?;
+        validate_labels(&request.labels)?;
         let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
         if !(1..=MAX_TOKEN_TTL_SECS).contains(&ttl) {
             return Err(ValidationError::new(
@@ -56,6 +58,7 @@ impl Control {
                 now,
                 expires_at,
                 uses,
+                &request.labels,
                 &by.audit_actor(),
             )
             .await?;
@@ -64,11 +67,12 @@ impl Control {
             expires_at,
             uses,
             ca_fingerprint: self.ca_fingerprint.clone(),
+            labels: request.labels.clone(),
         })
     }
 
-    /// Enrolls a host: spends one use of the token, records the host's facts and returns a new
-    /// host credential (stored hashed).
+    /// Enrolls a host: spends one use of the token, records the host's facts with the token's
+    /// labels and returns a new host credential (stored hashed).
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ControlError> {
         request.facts.validate()?;
         if request.token.is_empty() || request.token.len() > 256 {

@@ -1,15 +1,36 @@
 //! Hosts: authentication of agents, look-up by id or name, and the `online` rule.
 
+use std::collections::HashMap;
+
 use chrono::Utc;
 use latch_common::api::HostView;
 use latch_common::authz::Permission;
-use latch_common::labels::Labels;
+use latch_common::labels::{Labels, Selector};
 
 use crate::audit::AuditEvent;
-use crate::people::Authority;
+use crate::people::{Authority, Scope};
 use crate::secret::hash_token;
-use crate::store::{HostRecord, Page};
+use crate::store::{HostFilter, HostRecord, Page};
 use crate::{Control, ControlError};
+
+/// The ids of the hosts (among `labels`, every host's labels by id) within `scope` that match
+/// `selector`, sorted; `None` when every host does (no delegation, no selector).
+fn hosts_within(
+    scope: &Scope,
+    selector: &Selector,
+    labels: &HashMap<String, Labels>,
+) -> Option<Vec<String>> {
+    if matches!(scope, Scope::Everywhere) && selector.is_empty() {
+        return None;
+    }
+    let mut ids: Vec<String> = labels
+        .iter()
+        .filter(|(_, l)| scope.covers(l) && selector.matches(l))
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.sort();
+    Some(ids)
+}
 
 impl Control {
     /// The host whose credential this is.
@@ -35,24 +56,42 @@ impl Control {
         Ok(self.store.append_audit(&event, Utc::now()).await?)
     }
 
-    /// A page of hosts the caller may see (a delegated admin sees those within its labels).
+    /// A page of the hosts the caller may see (a delegated admin sees those within its labels)
+    /// that match `selector` (an empty one matches every host). The page counts matching hosts
+    /// only, so `offset` and `count` walk them without gaps or repeats.
     pub async fn list_hosts(
         &self,
         by: &Authority,
+        selector: &Selector,
         page: Page,
     ) -> Result<Vec<HostView>, ControlError> {
         let scope = by.require(Permission::HostsView)?;
         let mut labels = self.store.host_labels().await?;
-        let hosts = self.store.list_hosts(page).await?;
+        let filter = HostFilter {
+            ids: hosts_within(&scope, selector, &labels),
+        };
+        let hosts = self.store.list_hosts(&filter, page).await?;
         Ok(hosts
             .into_iter()
             .map(|h| {
                 let l = labels.remove(&h.id).unwrap_or_default();
-                (h, l)
+                self.host_view(h, l)
             })
-            .filter(|(_, l)| scope.covers(l))
-            .map(|(h, l)| self.host_view(h, l))
             .collect())
+    }
+
+    /// The ids of the hosts within `scope` that match `selector`, or `None` when every host
+    /// does (no delegation, no selector), for the store to filter lists by.
+    pub(crate) async fn host_ids_within(
+        &self,
+        scope: &Scope,
+        selector: &Selector,
+    ) -> Result<Option<Vec<String>>, ControlError> {
+        if matches!(scope, Scope::Everywhere) && selector.is_empty() {
+            return Ok(None);
+        }
+        let labels = self.store.host_labels().await?;
+        Ok(hosts_within(scope, selector, &labels))
     }
 
     /// The labels of a host (none if it has none).

@@ -109,10 +109,13 @@ impl Control {
     async fn active_hosts(&self) -> Result<Vec<String>, ControlError> {
         let hosts = self
             .store
-            .list_hosts(Page {
-                offset: 0,
-                count: 1_000_000,
-            })
+            .list_hosts(
+                &crate::store::HostFilter::default(),
+                Page {
+                    offset: 0,
+                    count: 1_000_000,
+                },
+            )
             .await?;
         Ok(hosts.into_iter().map(|h| h.id).collect())
     }
@@ -174,6 +177,7 @@ impl Control {
             let filter = JobFilter {
                 host_id: Some(host_id.clone()),
                 status: Some(JobStatus::Confirmed),
+                host_ids: None,
             };
             let confirmed = self
                 .store

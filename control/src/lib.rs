@@ -25,7 +25,7 @@
 //!     .await?;
 //! let admin = control.authenticate(&token.token).await?;
 //! let token = control
-//!     .create_enroll_token(&admin, &CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1) })
+//!     .create_enroll_token(&admin, &CreateEnrollTokenRequest { ttl_seconds: Some(600), uses: Some(1), ..Default::default() })
 //!     .await?;
 //! assert!(token.token.starts_with("latch_enroll_"));
 //! # Ok(()) }

@@ -39,6 +39,7 @@ use latch_common::api::{
     ReportRequest, RevocationReport, RevocationView, RevokedBy, format_window,
 };
 use latch_common::job::JobSpec;
+use latch_common::labels::Selector;
 use latch_common::names::ValidationError;
 use latch_common::signing::{PAYLOAD_VERSION, SignedJob};
 use tokio::sync::Notify;
@@ -47,7 +48,7 @@ use latch_common::authz::Permission;
 
 use crate::audit::Actor;
 use crate::password::hash_password;
-use crate::people::{Authority, Scope};
+use crate::people::Authority;
 use crate::store::{
     Finish, GrantFilter, GrantRecord, HostRecord, JobContext, JobFilter, JobRecord, JobRefusal,
     Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke,
@@ -109,6 +110,15 @@ impl Wakeups {
     fn touched(&self, host_id: &str) {
         self.lock().entry(host_id.to_owned()).or_default().touched =
             Some(tokio::time::Instant::now());
+    }
+}
+
+/// The hosts in both lists (`None` standing for every host).
+fn narrow(a: Option<Vec<String>>, b: Option<Vec<String>>) -> Option<Vec<String>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.into_iter().filter(|id| b.contains(id)).collect()),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 
@@ -424,19 +434,25 @@ impl Control {
         job_view(job, found, self.config.revocation_retry)
     }
 
-    /// A page of jobs, newest first.
+    /// A page of jobs, newest first: those of hosts the caller may see (a delegated admin's
+    /// are within its labels) that match `selector` (an empty one matches every host). The
+    /// page counts matching jobs only, so `offset` and `count` walk them without gaps.
     pub async fn list_jobs(
         &self,
         by: &Authority,
         filter: &JobFilter,
+        selector: &Selector,
         page: Page,
     ) -> Result<Vec<JobView>, ControlError> {
         let scope = by.require(Permission::JobsView)?;
-        let mut jobs = self.store.list_jobs(filter, page).await?;
-        if let Scope::Within(_) = scope {
-            let labels = self.store.host_labels().await?;
-            jobs.retain(|job| scope.covers(&labels.get(&job.host_id).cloned().unwrap_or_default()));
-        }
+        let filter = JobFilter {
+            host_ids: narrow(
+                filter.host_ids.clone(),
+                self.host_ids_within(&scope, selector).await?,
+            ),
+            ..filter.clone()
+        };
+        let jobs = self.store.list_jobs(&filter, page).await?;
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         let context = self.store.job_context(&ids, Utc::now()).await?;
         Ok(jobs
@@ -446,29 +462,29 @@ impl Control {
     }
 
     /// A page of grants (confirmed create-account and add-group jobs), newest first, with
-    /// where each stands.
+    /// where each stands: those of hosts the caller may see that match `selector` (an empty one
+    /// matches every host). The page counts matching grants only.
     pub async fn list_grants(
         &self,
         by: &Authority,
         filter: &GrantFilter,
+        selector: &Selector,
         page: Page,
     ) -> Result<Vec<GrantView>, ControlError> {
         let scope = by.require(Permission::JobsView)?;
-        let labels = match scope {
-            Scope::Everywhere => None,
-            Scope::Within(_) => Some(self.store.host_labels().await?),
+        let filter = GrantFilter {
+            host_ids: narrow(
+                filter.host_ids.clone(),
+                self.host_ids_within(&scope, selector).await?,
+            ),
+            ..filter.clone()
         };
         let now = Utc::now();
         Ok(self
             .store
-            .list_grants(filter, now, page)
+            .list_grants(&filter, now, page)
             .await?
             .into_iter()
-            .filter(|grant| {
-                labels.as_ref().is_none_or(|labels| {
-                    scope.covers(&labels.get(&grant.job.host_id).cloned().unwrap_or_default())
-                })
-            })
             .map(|grant| grant_view(grant, now, self.config.revocation_retry))
             .collect())
     }

@@ -1076,3 +1076,421 @@ async fn a_report_can_carry_the_next_job(db: TestDb) {
     }
 }
 both_stores!(a_report_can_carry_the_next_job);
+
+impl Api {
+    /// Enrolls `hostname` with a new token made from `token_request` (as admin); returns the
+    /// host credential.
+    async fn enroll_with(&self, hostname: &str, token_request: Value) -> String {
+        let (status, token, _) = self
+            .admin("POST", "/v1/enroll-tokens", Some(token_request))
+            .await;
+        assert_eq!(status, 201, "{token}");
+        let facts = json!({"hostname": hostname, "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+                           "cpus": 2, "memory_bytes": 1024, "machine_id": "0123456789abcdef0123456789abcdef"});
+        let body = json!({"token": token["token"], "facts": facts});
+        let (status, enrolled, _) = self
+            .call(
+                "POST",
+                "/v1/enroll",
+                None,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        assert_eq!(status, 201, "{enrolled}");
+        enrolled["credential"].as_str().unwrap().to_owned()
+    }
+
+    /// Audit entries with this action, their details decoded.
+    async fn audit_details(&self, action: &str) -> Vec<Value> {
+        let (status, entries, _) = self.admin("GET", "/v1/audit?count=1000", None).await;
+        assert_eq!(status, 200, "{entries}");
+        entries["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| serde_json::from_str(e["detail"].as_str().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Every item of a list, following `Link: rel="next"` from `path` as `token`; returns the
+    /// pages' items (each page's `field` values).
+    async fn pages(&self, path: &str, token: &str, field: &str) -> Vec<Vec<String>> {
+        let mut pages = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(path) = next.take() {
+            let (status, page, headers) = self.call("GET", &path, Some(token), None).await;
+            assert_eq!(status, 200, "{path}: {page}");
+            pages.push(
+                page["list"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|item| item[field].as_str().unwrap().to_owned())
+                    .collect(),
+            );
+            let link = headers
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            next = link
+                .split(", ")
+                .find(|l| l.ends_with("rel=\"next\""))
+                .map(|l| l[1..l.find('>').unwrap()].to_owned());
+            assert!(pages.len() < 100, "the pages never end: {path}");
+        }
+        pages
+    }
+}
+
+async fn enroll_tokens_carry_labels_to_the_hosts_they_enroll(db: TestDb) {
+    let api = Api::start(db).await;
+    let (status, token, _) = api
+        .admin(
+            "POST",
+            "/v1/enroll-tokens",
+            Some(json!({"uses": 2, "labels": {"env": "prod", "team": "db"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    assert_eq!(token["labels"], json!({"env": "prod", "team": "db"}));
+    let facts = |hostname: &str| {
+        json!({"hostname": hostname, "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+               "cpus": 2, "memory_bytes": 1024, "machine_id": "0123456789abcdef0123456789abcdef"})
+    };
+    for hostname in ["db-01", "db-02"] {
+        let body = json!({"token": token["token"], "facts": facts(hostname)});
+        let (status, enrolled, _) = api
+            .call(
+                "POST",
+                "/v1/enroll",
+                None,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        assert_eq!(status, 201, "{enrolled}");
+    }
+    api.enroll("web-01").await;
+    for (host, want) in [
+        ("db-01", json!({"env": "prod", "team": "db"})),
+        ("db-02", json!({"env": "prod", "team": "db"})),
+        ("web-01", json!({})),
+    ] {
+        let (status, view, _) = api.admin("GET", &format!("/v1/hosts/{host}"), None).await;
+        assert_eq!(status, 200, "{view}");
+        assert_eq!(view["labels"], want, "{host}: {view}");
+    }
+    // The audit trail names the labels the token carried and the ones each host got.
+    let created = api.audit_details("enroll_token.create").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(created[0]["labels"], json!({"env": "prod", "team": "db"}));
+    assert_eq!(created[1]["labels"], json!({}));
+    let enrolled = api.audit_details("host.enroll").await;
+    let labelled: Vec<(&str, &Value)> = enrolled
+        .iter()
+        .map(|e| (e["hostname"].as_str().unwrap(), &e["labels"]))
+        .collect();
+    assert_eq!(
+        labelled,
+        [
+            ("db-01", &json!({"env": "prod", "team": "db"})),
+            ("db-02", &json!({"env": "prod", "team": "db"})),
+            ("web-01", &json!({})),
+        ]
+    );
+
+    // Bad labels are refused, naming the problem, and no token is made.
+    let too_many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (labels, says) in [
+        (json!({"Env": "prod"}), "label key \"Env\""),
+        (json!({"env": "pro d"}), "the value of label \"env\""),
+        (
+            json!({"-env": "prod"}),
+            "must start and end with a letter or digit",
+        ),
+        (json!({"env": "x".repeat(64)}), "longer than 63"),
+        (Value::Object(too_many), "at most 64 labels"),
+    ] {
+        let (status, error, _) = api
+            .admin("POST", "/v1/enroll-tokens", Some(json!({"labels": labels})))
+            .await;
+        assert_error(status, &error, 400, "invalid_request");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(says), "{labels}: {message}");
+    }
+    assert_eq!(api.audit_details("enroll_token.create").await.len(), 2);
+}
+both_stores!(enroll_tokens_carry_labels_to_the_hosts_they_enroll);
+
+async fn selectors_filter_hosts_jobs_and_grants(db: TestDb) {
+    let api = Api::start(db).await;
+    let mut credentials = std::collections::HashMap::new();
+    for (host, labels) in [
+        ("db-01", json!({"team": "db", "env": "prod"})),
+        ("db-02", json!({"team": "db", "env": "dev"})),
+        ("web-01", json!({"team": "web", "env": "prod"})),
+        ("misc-01", json!({})),
+    ] {
+        let credential = api.enroll_with(host, json!({"labels": labels})).await;
+        credentials.insert(host, credential);
+    }
+    let admin = api.admin.clone();
+    let hosts = |selector: &str| {
+        let path = format!(
+            "/v1/hosts?selector={}",
+            url::form_urlencoded::byte_serialize(selector.as_bytes()).collect::<String>()
+        );
+        let api = &api;
+        let admin = admin.clone();
+        async move { api.pages(&path, &admin, "hostname").await.concat() }
+    };
+    assert_eq!(hosts("team=db").await, ["db-01", "db-02"]);
+    assert_eq!(
+        hosts("team in (db,web),env=prod").await,
+        ["db-01", "web-01"]
+    );
+    assert_eq!(hosts("env!=prod").await, ["db-02", "misc-01"]);
+    assert_eq!(hosts("!team").await, ["misc-01"]);
+    assert_eq!(hosts("team notin (db)").await, ["misc-01", "web-01"]);
+    assert_eq!(hosts("team=ops").await, Vec::<String>::new());
+    assert_eq!(
+        hosts("").await,
+        ["db-01", "db-02", "misc-01", "web-01"],
+        "an empty selector matches every host"
+    );
+
+    // Jobs and grants of the matching hosts only: one confirmed grant per host.
+    for (host, credential) in &credentials {
+        api.confirmed(
+            credential,
+            json!({"host": host, "kind": "create-account", "user": "alice", "expires_in_ms": 3_600_000}),
+        )
+        .await;
+    }
+    let mut jobs = api
+        .pages("/v1/jobs?selector=env%3Dprod&count=1", &admin, "host_name")
+        .await;
+    assert!(jobs.iter().all(|page| page.len() == 1), "{jobs:?}");
+    jobs.sort();
+    assert_eq!(jobs.concat(), ["db-01", "web-01"]);
+    let mut grants = api
+        .pages("/v1/grants?selector=team%3Ddb&count=1", &admin, "host_name")
+        .await
+        .concat();
+    grants.sort();
+    assert_eq!(grants, ["db-01", "db-02"]);
+    let (_, both, _) = api
+        .admin("GET", "/v1/jobs?host=db-01&selector=team%3Dweb", None)
+        .await;
+    assert_eq!(both, json!({"list": []}), "host and selector both apply");
+
+    for path in [
+        "/v1/hosts?selector=team%20in%20(db",
+        "/v1/jobs?selector=Team%3Ddb",
+        "/v1/grants?selector=team%3D%3D%3Ddb",
+    ] {
+        let (status, error, _) = api.admin("GET", path, None).await;
+        assert_error(status, &error, 400, "invalid_request");
+        assert!(
+            error["message"].as_str().unwrap().contains("selector"),
+            "{path}: {error}"
+        );
+    }
+}
+both_stores!(selectors_filter_hosts_jobs_and_grants);
+
+async fn a_delegated_admin_pages_through_exactly_its_hosts(db: TestDb) {
+    let api = Api::start(db).await;
+    // 14 hosts in name order, every other one the delegation's: a page filtered after the
+    // store returned it would come back short, and the client would stop early.
+    let mut mine = Vec::new();
+    let mut credentials = Vec::new();
+    for i in 0..14 {
+        let host = format!("h-{i:02}");
+        let team = if i % 2 == 0 { "db" } else { "web" };
+        let env = if i % 4 == 0 { "prod" } else { "dev" };
+        credentials.push(
+            api.enroll_with(&host, json!({"labels": {"team": team, "env": env}}))
+                .await,
+        );
+        if team == "db" {
+            mine.push(host);
+        }
+    }
+    let (status, made, _) = api
+        .admin(
+            "POST",
+            "/v1/service-users",
+            Some(json!({"name": "dba-bot"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, bound, _) = api
+        .admin(
+            "POST",
+            "/v1/role-bindings",
+            Some(json!({"role": "delegated_resource_admin", "service_user": "dba-bot", "selector": "team=db"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{bound}");
+    let body = json!({"api_key": made["key"]["api_key"]})
+        .to_string()
+        .into_bytes();
+    let (status, issued, _) = api
+        .call(
+            "POST",
+            "/v1/service_token",
+            None,
+            Some(("application/json", body)),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let dba = issued["token"].as_str().unwrap().to_owned();
+
+    let pages = api.pages("/v1/hosts?count=3", &dba, "hostname").await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [3, 3, 1], "{pages:?}");
+    assert_eq!(pages.concat(), mine, "each of its hosts once, in order");
+
+    // A selector narrows the delegation further, and follows the Link header.
+    let pages = api
+        .pages("/v1/hosts?selector=env%3Dprod&count=2", &dba, "hostname")
+        .await;
+    assert_eq!(pages, [vec!["h-00", "h-04"], vec!["h-08", "h-12"]]);
+
+    // Jobs: one per host, queued by the admin; the delegated admin pages through its own.
+    for (i, credential) in credentials.iter().enumerate() {
+        api.confirmed(
+            credential,
+            json!({"host": format!("h-{i:02}"), "kind": "create-account", "user": "alice", "expires_in_ms": 3_600_000}),
+        )
+        .await;
+    }
+    for path in ["/v1/jobs?count=2", "/v1/grants?count=2"] {
+        let pages = api.pages(path, &dba, "host_name").await;
+        let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 2, 1], "{path}: {pages:?}");
+        let mut seen = pages.concat();
+        seen.sort();
+        assert_eq!(seen, mine, "{path}");
+    }
+    let (_, all, _) = api.admin("GET", "/v1/jobs?count=1000", None).await;
+    assert_eq!(all["list"].as_array().unwrap().len(), 14);
+
+    // Labels decide delegations: the delegated admin sets none, not even on its own hosts.
+    let (status, error, _) = api
+        .call(
+            "PUT",
+            "/v1/hosts/h-00/labels",
+            Some(&dba),
+            Some((
+                "application/json",
+                json!({"labels": {"team": "db", "env": "dev"}})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await;
+    assert_error(status, &error, 403, "forbidden_error");
+    let (_, host, _) = api.admin("GET", "/v1/hosts/h-00", None).await;
+    assert_eq!(host["labels"], json!({"team": "db", "env": "prod"}));
+}
+both_stores!(a_delegated_admin_pages_through_exactly_its_hosts);
+
+async fn latchctl_creates_labelled_tokens_labels_hosts_and_filters_lists(db: TestDb) {
+    let api = Api::start(db).await;
+    let (code, stdout, stderr) = run_latchctl(&[
+        "--server",
+        &api.url,
+        "--token",
+        &api.admin,
+        "--output",
+        "json",
+        "enroll-token",
+        "create",
+        "--label",
+        "env=prod",
+        "--label",
+        "team=db",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let token: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(token["labels"], json!({"env": "prod", "team": "db"}));
+    let facts = json!({"hostname": "db-01", "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+                       "cpus": 2, "memory_bytes": 1024, "machine_id": "0123456789abcdef0123456789abcdef"});
+    let body = json!({"token": token["token"], "facts": facts});
+    let (status, enrolled, _) = api
+        .call(
+            "POST",
+            "/v1/enroll",
+            None,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await;
+    assert_eq!(status, 201, "{enrolled}");
+    api.enroll("web-01").await;
+
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--server", &api.url, "--token", &api.admin];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_latchctl(&all).await
+        }
+    };
+    let (code, stdout, stderr) =
+        ctl(&["hosts", "label", "db-01", "owner=alice", "--remove", "env"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("owner=alice,team=db"), "{stdout}");
+    let (_, host, _) = api.admin("GET", "/v1/hosts/db-01", None).await;
+    assert_eq!(host["labels"], json!({"owner": "alice", "team": "db"}));
+
+    let (code, stdout, stderr) = ctl(&["hosts", "list", "--selector", "team in (db,ops)"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("LABELS") && stdout.contains("owner=alice,team=db"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("db-01") && !stdout.contains("web-01"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = ctl(&["hosts", "show", "db-01"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("labels: owner=alice,team=db"), "{stdout}");
+
+    let (code, stdout, stderr) =
+        ctl(&["--output", "json", "jobs", "list", "--selector", "!team"]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"list": []})
+    );
+    let (code, stdout, stderr) = ctl(&["grants", "--selector", "team in (db"]).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stderr.contains("selector"), "{stderr}");
+
+    // Nothing to change, a key both set and removed, or a bad label: refused before any request.
+    for (args, says) in [
+        (vec!["hosts", "label", "db-01"], "nothing to change"),
+        (
+            vec!["hosts", "label", "db-01", "env=dev", "--remove", "env"],
+            "both set and removed",
+        ),
+        (vec!["hosts", "label", "db-01", "Env=dev"], "label key"),
+        (
+            vec!["enroll-token", "create", "--label", "prod"],
+            "write key=value",
+        ),
+    ] {
+        let (code, stdout, stderr) = ctl(&args).await;
+        assert_ne!(code, Some(0), "{args:?}: {stdout}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (_, host, _) = api.admin("GET", "/v1/hosts/db-01", None).await;
+    assert_eq!(host["labels"], json!({"owner": "alice", "team": "db"}));
+}
+both_stores!(latchctl_creates_labelled_tokens_labels_hosts_and_filters_lists);

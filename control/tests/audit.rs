@@ -41,6 +41,7 @@ async fn activity(control: &Control, n: usize) {
                 &CreateEnrollTokenRequest {
                     ttl_seconds: Some(60),
                     uses: Some(1),
+                    ..Default::default()
                 },
             )
             .await

@@ -81,7 +81,7 @@ async fn contents(store: &dyn Store, now: chrono::DateTime<chrono::Utc>) -> Cont
         pins.push(store.key_pin(key).await.unwrap());
     }
     Contents {
-        hosts: store.list_hosts(ALL).await.unwrap(),
+        hosts: store.list_hosts(&Default::default(), ALL).await.unwrap(),
         grants: store
             .list_grants(&GrantFilter::default(), now, ALL)
             .await
@@ -115,6 +115,7 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
                 &CreateEnrollTokenRequest {
                     ttl_seconds: Some(60),
                     uses: Some(1),
+                    ..Default::default()
                 },
             )
             .await

@@ -437,6 +437,7 @@ async fn host_labels_are_stored_and_refused_for_removed_hosts(db: TestDb) {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(60),
                 uses: Some(1),
+                ..Default::default()
             },
         )
         .await
@@ -763,6 +764,7 @@ async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
     let seen: Vec<String> = control
         .list_hosts(
             &dba,
+            &Default::default(),
             latch_control::store::Page {
                 offset: 0,
                 count: 100,
@@ -810,6 +812,7 @@ async fn enrolled(control: &Control, hostname: &str) -> String {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(60),
                 uses: Some(1),
+                ..Default::default()
             },
         )
         .await

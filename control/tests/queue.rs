@@ -49,6 +49,7 @@ async fn enrolled_host(control: &Control, hostname: &str) -> HostRecord {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(60),
                 uses: Some(1),
+                ..Default::default()
             },
         )
         .await
@@ -89,6 +90,7 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(1),
                 uses: Some(1),
+                ..Default::default()
             },
         )
         .await
@@ -110,6 +112,7 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(1),
                 uses: Some(5),
+                ..Default::default()
             },
         )
         .await
@@ -362,6 +365,7 @@ async fn polling_keeps_a_host_online_without_a_write_per_poll(db: TestDb) {
         let hosts = control
             .list_hosts(
                 &support::admin(),
+                &Default::default(),
                 Page {
                     offset: 0,
                     count: 10,
@@ -402,6 +406,7 @@ async fn hostile_jobs_are_refused_and_nothing_is_queued(db: TestDb) {
     let all = control
         .list_jobs(
             &support::admin(),
+            &Default::default(),
             &Default::default(),
             Page {
                 offset: 0,
@@ -500,6 +505,7 @@ async fn grants(control: &Control, filter: GrantFilter) -> Vec<GrantView> {
         .list_grants(
             &support::admin(),
             &filter,
+            &Default::default(),
             Page {
                 offset: 0,
                 count: 100,
@@ -513,6 +519,7 @@ async fn all_jobs(control: &Control) -> Vec<latch_common::api::JobView> {
     control
         .list_jobs(
             &support::admin(),
+            &Default::default(),
             &Default::default(),
             Page {
                 offset: 0,

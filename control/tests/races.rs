@@ -91,6 +91,7 @@ async fn enrolled(store: &dyn Store, hostname: &str) -> HostRecord {
             now,
             now + Duration::minutes(5),
             1,
+            &Default::default(),
             &Actor::new("admin"),
         )
         .await
@@ -180,6 +181,7 @@ async fn racing_enrollments_never_spend_a_token_twice(db: TestDb) {
             now,
             now + Duration::minutes(5),
             3,
+            &Default::default(),
             &Actor::new("admin"),
         )
         .await
@@ -206,10 +208,13 @@ async fn racing_enrollments_never_spend_a_token_twice(db: TestDb) {
         "a 3-use token enrolled {enrolled} hosts: {results:?}"
     );
     let hosts = stores[0]
-        .list_hosts(Page {
-            offset: 0,
-            count: 100,
-        })
+        .list_hosts(
+            &Default::default(),
+            Page {
+                offset: 0,
+                count: 100,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(hosts.len(), 3);
@@ -634,6 +639,7 @@ async fn removing_a_host_while_jobs_are_queued_leaves_nothing_pending(db: TestDb
                 &JobFilter {
                     host_id: Some(host.id.clone()),
                     status: None,
+                    host_ids: None,
                 },
                 Page {
                     offset: 0,
@@ -747,6 +753,7 @@ async fn racing_sweeps_queue_one_revocation_per_expired_grant(db: TestDb) {
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(60),
                 uses: Some(1),
+                ..Default::default()
             },
         )
         .await
@@ -843,6 +850,7 @@ async fn racing_writers_keep_one_audit_chain(db: TestDb) {
                         now,
                         now + Duration::minutes(1),
                         1,
+                        &Default::default(),
                         &Actor::new("admin"),
                     )
                     .await

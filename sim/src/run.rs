@@ -350,6 +350,7 @@ async fn simulate(
             &CreateEnrollTokenRequest {
                 ttl_seconds: Some(3600),
                 uses: u32::try_from(uses).ok(),
+                ..Default::default()
             },
         )
         .await?;

@@ -13,6 +13,7 @@ use latch_common::api::{
     MAX_POLL_WAIT_SECS, ReportRequest, RevocationReport,
 };
 use latch_common::job::JobStatus;
+use latch_common::labels::Selector;
 use serde::Deserialize;
 
 use super::error::ApiError;
@@ -202,15 +203,47 @@ pub async fn create_enroll_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
+/// The `selector` query parameter of a list, parsed (an absent one matches every host); a
+/// present one is added to `filters` for the `Link` header.
+fn selector_param(
+    text: Option<&str>,
+    filters: &mut Vec<(&'static str, String)>,
+) -> Result<Selector, ApiError> {
+    let Some(text) = text else {
+        return Ok(Selector::default());
+    };
+    let selector = Selector::parse(text).map_err(crate::ControlError::from)?;
+    filters.push((
+        "selector",
+        url::form_urlencoded::byte_serialize(text.as_bytes()).collect(),
+    ));
+    Ok(selector)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostListParams {
+    selector: Option<String>,
+    count: Option<u64>,
+    offset: Option<u64>,
+}
+
 pub async fn list_hosts(
     State(control): Ctl,
     Caller(by): Caller,
-    ApiQuery(params): ApiQuery<PageParams>,
+    ApiQuery(params): ApiQuery<HostListParams>,
 ) -> Result<Response, ApiError> {
-    let page = params.page()?;
+    let page = PageParams {
+        count: params.count,
+        offset: params.offset,
+    }
+    .page()?;
+    let mut filters = Vec::new();
+    let selector = selector_param(params.selector.as_deref(), &mut filters)?;
     let mut hosts = control
         .list_hosts(
             &by,
+            &selector,
             Page {
                 count: page.count + 1,
                 ..page
@@ -221,7 +254,7 @@ pub async fn list_hosts(
     hosts.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
     Ok(with_link(
         Json(ListResponse { list: hosts }),
-        link_header("/v1/hosts", &[], page, has_next),
+        link_header("/v1/hosts", &filters, page, has_next),
     ))
 }
 
@@ -261,6 +294,7 @@ pub async fn create_job(
 pub struct JobListParams {
     host: Option<String>,
     status: Option<String>,
+    selector: Option<String>,
     count: Option<u64>,
     offset: Option<u64>,
 }
@@ -289,10 +323,12 @@ pub async fn list_jobs(
         );
         filters.push(("status", status.clone()));
     }
+    let selector = selector_param(params.selector.as_deref(), &mut filters)?;
     let mut jobs = control
         .list_jobs(
             &by,
             &filter,
+            &selector,
             Page {
                 count: page.count + 1,
                 ..page
@@ -323,6 +359,7 @@ pub struct GrantListParams {
     user: Option<String>,
     state: Option<String>,
     since: Option<chrono::DateTime<chrono::Utc>>,
+    selector: Option<String>,
     count: Option<u64>,
     offset: Option<u64>,
 }
@@ -363,10 +400,12 @@ pub async fn list_grants(
     if let Some(since) = params.since {
         filters.push(("since", since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
     }
+    let selector = selector_param(params.selector.as_deref(), &mut filters)?;
     let mut grants = control
         .list_grants(
             &by,
             &filter,
+            &selector,
             Page {
                 count: page.count + 1,
                 ..page

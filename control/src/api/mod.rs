@@ -15,11 +15,11 @@
 //! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
 //! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
 //! | POST | `/v1/agent/credential` | host | replace the host credential |
-//! | POST | `/v1/enroll-tokens` | admin | create an enrollment token |
-//! | GET | `/v1/hosts`, `/v1/hosts/{id-or-name}` | admin | hosts |
+//! | POST | `/v1/enroll-tokens` (`{"ttl_seconds", "uses", "labels"}`) | admin | create an enrollment token |
+//! | GET | `/v1/hosts?selector=`, `/v1/hosts/{id-or-name}` | admin | hosts (a label selector filters) |
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
-//! | POST/GET | `/v1/jobs`, GET `/v1/jobs/{id}` | admin | jobs |
-//! | GET | `/v1/grants?host=&user=&state=&since=` | admin | grants: who has which access, how each ended |
+//! | POST/GET | `/v1/jobs`, GET `/v1/jobs?host=&status=&selector=`, `/v1/jobs/{id}` | admin | jobs |
+//! | GET | `/v1/grants?host=&user=&state=&since=&selector=` | admin | grants: who has which access, how each ended |
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
 //! | POST | `/v1/audit/verify` (`{"checkpoints": […]}`), `/v1/audit/checkpoints` | admin | check exported checkpoints; sign one |
 //! | POST | `/v1/signing-key/rotate`, `/v1/signing-key/promote?force=` | admin | job-signing key rotation |

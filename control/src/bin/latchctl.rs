@@ -11,6 +11,7 @@ use latch_common::api::{
     CreateEnrollTokenRequest, CreateJobRequest, GrantState, GrantView, HostView, JobView,
 };
 use latch_common::job::{JobKind, JobStatus};
+use latch_common::labels::Labels;
 use latch_control::client::AdminClient;
 
 /// Administer a Latch control plane: enrollment tokens, hosts, account jobs, grants (who has
@@ -145,13 +146,21 @@ enum EnrollTokenCommand {
         /// How many hosts may enroll with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// A label every host enrolled with the token gets (KEY=VALUE, e.g. env=prod);
+        /// repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label_arg)]
+        labels: Vec<(String, String)>,
     },
 }
 
 #[derive(Subcommand)]
 enum HostsCommand {
-    /// List hosts with their facts and whether their agent is online.
-    List,
+    /// List hosts with their facts, labels and whether their agent is online.
+    List {
+        /// Only hosts whose labels match (e.g. 'env=prod,team in (db,web)').
+        #[arg(long, value_name = "SELECTOR")]
+        selector: Option<String>,
+    },
     /// Show one host (HOST = host id or host name).
     Show {
         /// Host id or host name.
@@ -163,6 +172,18 @@ enum HostsCommand {
     Remove {
         /// Host id or host name.
         host: String,
+    },
+    /// Set or remove labels of a host (the others stay): `hosts label db1 env=prod team=db
+    /// --remove legacy`.
+    Label {
+        /// Host id or host name.
+        host: String,
+        /// Labels to set (KEY=VALUE); a key the host has gets the new value.
+        #[arg(value_name = "KEY=VALUE", value_parser = label_arg)]
+        set: Vec<(String, String)>,
+        /// A label to remove (KEY); repeat for more.
+        #[arg(long = "remove", value_name = "KEY", value_parser = label_key_arg)]
+        remove: Vec<String>,
     },
 }
 
@@ -178,6 +199,9 @@ enum JobsCommand {
         /// Only jobs with this status.
         #[arg(long, value_parser = ["pending", "confirmed", "failed"])]
         status: Option<String>,
+        /// Only jobs of hosts whose labels match (e.g. 'env=prod,team in (db,web)').
+        #[arg(long, value_name = "SELECTOR")]
+        selector: Option<String>,
     },
     /// Show one job with its history.
     Show {
@@ -212,6 +236,9 @@ struct GrantsArgs {
     /// Show every grant ever made, however old.
     #[arg(long)]
     all: bool,
+    /// Only grants on hosts whose labels match (e.g. 'env=prod,team in (db,web)').
+    #[arg(long, value_name = "SELECTOR")]
+    selector: Option<String>,
 }
 
 #[derive(Args)]
@@ -363,6 +390,51 @@ fn report_error(json: bool, error: &anyhow::Error, status: u8) -> ExitCode {
 }
 
 /// `--ttl`: a positive duration, with plain-language errors.
+/// A `KEY=VALUE` label argument, checked.
+fn label_arg(text: &str) -> Result<(String, String), String> {
+    latch_common::labels::parse_label(text).map_err(|e| e.reason)
+}
+
+/// A label key argument (`--remove KEY`), checked.
+fn label_key_arg(text: &str) -> Result<String, String> {
+    latch_common::labels::validate_label_key(text).map_err(|e| e.reason)?;
+    Ok(text.to_owned())
+}
+
+/// Labels as `key=value,key=value` (`-` for none).
+fn labels_text(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `labels` with `set` applied and the keys in `remove` taken away; refuses a request that
+/// changes nothing or names a key both ways.
+fn relabel(
+    mut labels: Labels,
+    set: &[(String, String)],
+    remove: &[String],
+) -> anyhow::Result<Labels> {
+    if set.is_empty() && remove.is_empty() {
+        bail!(
+            "nothing to change: give labels to set (KEY=VALUE) and/or --remove KEY, e.g. `latchctl hosts label db1 env=prod --remove legacy`"
+        );
+    }
+    if let Some((key, _)) = set.iter().find(|(key, _)| remove.contains(key)) {
+        bail!("label {key:?} is both set and removed; give it once");
+    }
+    for key in remove {
+        labels.remove(key);
+    }
+    labels.extend(set.iter().cloned());
+    Ok(labels)
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.starts_with('-') {
@@ -584,23 +656,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let client = AdminClient::new(&cli.server, &admin_token(&cli)?, ca_pem.as_deref())?;
     match &cli.command {
-        Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses }) => {
+        Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses, labels }) => {
             let token = client
                 .create_enroll_token(&CreateEnrollTokenRequest {
                     // Whole seconds, rounded up: 1.5s is 2s, never 1s.
                     ttl_seconds: Some(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
                     uses: Some(*uses),
+                    labels: labels.iter().cloned().collect(),
                 })
                 .await?;
             if json {
                 print_json(&token)?;
             } else {
                 print_table(
-                    &["TOKEN", "EXPIRES", "USES"],
+                    &["TOKEN", "EXPIRES", "USES", "LABELS"],
                     vec![vec![
                         token.token.clone(),
                         token.expires_at.to_rfc3339(),
                         token.uses.to_string(),
+                        labels_text(&token.labels),
                     ]],
                 );
                 let trust = match &token.ca_fingerprint {
@@ -616,8 +690,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Hosts(HostsCommand::List) => {
-            let hosts = client.list_hosts().await?;
+        Command::Hosts(HostsCommand::List { selector }) => {
+            let hosts = client.list_hosts(selector.as_deref()).await?;
             if json {
                 print_json(&serde_json::json!({ "list": hosts }))?;
             } else {
@@ -631,9 +705,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_hosts(std::slice::from_ref(&host));
                 println!(
-                    "machine-id: {}  enrolled: {}",
+                    "machine-id: {}  enrolled: {}\nlabels: {}",
                     host.facts.machine_id,
-                    host.enrolled_at.to_rfc3339()
+                    host.enrolled_at.to_rfc3339(),
+                    labels_text(&host.labels)
+                );
+            }
+        }
+        Command::Hosts(HostsCommand::Label { host, set, remove }) => {
+            let current = client.show_host(host).await?;
+            let labels = relabel(current.labels, set, remove)?;
+            let host = client.set_host_labels(&current.id, &labels).await?;
+            if json {
+                print_json(&host)?;
+            } else {
+                println!(
+                    "labels of {} ({}): {}",
+                    host.facts.hostname,
+                    host.id,
+                    labels_text(&host.labels)
                 );
             }
         }
@@ -661,8 +751,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("\nFollow it with: latchctl jobs wait {}", job.id);
             }
         }
-        Command::Jobs(JobsCommand::List { host, status }) => {
-            let jobs = client.list_jobs(host.as_deref(), status.as_deref()).await?;
+        Command::Jobs(JobsCommand::List {
+            host,
+            status,
+            selector,
+        }) => {
+            let jobs = client
+                .list_jobs(host.as_deref(), status.as_deref(), selector.as_deref())
+                .await?;
             if json {
                 print_json(&serde_json::json!({ "list": jobs }))?;
             } else {
@@ -681,6 +777,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     args.user.as_deref(),
                     args.state.as_deref(),
                     since,
+                    args.selector.as_deref(),
                 )
                 .await?;
             if json {
@@ -1079,6 +1176,7 @@ fn print_hosts(hosts: &[HostView]) {
                 h.last_seen.map_or("never".to_owned(), |t| {
                     t.format("%Y-%m-%d %H:%M:%S").to_string()
                 }),
+                labels_text(&h.labels),
             ]
         })
         .collect();
@@ -1093,6 +1191,7 @@ fn print_hosts(hosts: &[HostView]) {
             "MEMORY",
             "ONLINE",
             "LAST SEEN",
+            "LABELS",
         ],
         rows,
     );

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, HostFacts, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use latch_common::labels::Labels;
 use thiserror::Error;
 
 use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey};
@@ -230,6 +231,8 @@ pub struct GrantFilter {
     /// Only grants created or revoked at or after this time, plus every grant not over yet
     /// (neither revoked nor superseded).
     pub since: Option<DateTime<Utc>>,
+    /// Only grants of these hosts (by id); `None` for every host.
+    pub host_ids: Option<Vec<String>>,
 }
 
 /// Why a job was not queued.
@@ -357,6 +360,15 @@ pub struct JobFilter {
     pub host_id: Option<String>,
     /// Only with this status.
     pub status: Option<JobStatus>,
+    /// Only jobs of these hosts (by id); `None` for every host.
+    pub host_ids: Option<Vec<String>>,
+}
+
+/// Which hosts to list.
+#[derive(Debug, Clone, Default)]
+pub struct HostFilter {
+    /// Only these hosts (by id); `None` for every host.
+    pub ids: Option<Vec<String>>,
 }
 
 /// A page of a list: `count` items starting at `offset`.
@@ -384,16 +396,18 @@ pub trait Store: people::PeopleStore + Send + Sync {
     /// Whether `hash` is the hash of a valid admin token.
     async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError>;
 
-    /// Stores a new enrollment token.
+    /// Stores a new enrollment token; the hosts it enrolls get `labels`.
     async fn insert_enroll_token(
         &self,
         hash: &str,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
+        labels: &Labels,
         actor: &Actor,
     ) -> Result<(), StoreError>;
-    /// Spends one use of the token and creates the host, in one transaction.
+    /// Spends one use of the token and creates the host with the token's labels, in one
+    /// transaction.
     async fn enroll_host(
         &self,
         token_hash: &str,
@@ -415,8 +429,12 @@ pub trait Store: people::PeopleStore + Send + Sync {
         applied: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    /// Hosts, ordered by host name then id.
-    async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError>;
+    /// Active hosts, ordered by host name then id.
+    async fn list_hosts(
+        &self,
+        filter: &HostFilter,
+        page: Page,
+    ) -> Result<Vec<HostRecord>, StoreError>;
     /// Removes a host: its credential stops working and its pending jobs fail with
     /// `host_removed`, in one transaction. Returns the number of jobs cancelled, or `None` if
     /// there is no such (active) host.

@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use latch_common::labels::Labels;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
 
@@ -30,12 +31,13 @@ use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash}
 
 use super::rows::{
     audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
-    host_removed, is_rejection, job_from_row, millis, unresponsive,
+    host_removed, is_rejection, job_from_row, labels_from_text, labels_to_text, millis,
+    unresponsive,
 };
 use super::{
-    AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostRecord, JobContext,
-    JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke, Store,
-    StoreError, TokenRefusal,
+    AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostFilter, HostRecord,
+    JobContext, JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff,
+    Revoke, Store, StoreError, TokenRefusal,
 };
 
 /// Connections per process. Each request holds one for a transaction of a few statements.
@@ -631,17 +633,19 @@ impl Store for PgStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
+        labels: &Labels,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = Tx::begin(self).await?;
         sqlx::query(
-            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
-             VALUES ($1, $2, $3, $4, $4)",
+            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels) \
+             VALUES ($1, $2, $3, $4, $4, $5)",
         )
         .bind(hash)
         .bind(millis(now))
         .bind(millis(expires_at))
         .bind(i64::from(uses))
+        .bind(labels_to_text(labels)?)
         .execute(tx.conn())
         .await?;
         let event = actor
@@ -650,6 +654,7 @@ impl Store for PgStore {
                 "token_hash_prefix": hash.get(..12).unwrap_or(hash),
                 "expires_at": expires_at.to_rfc3339(),
                 "uses": uses,
+                "labels": labels,
             }));
         tx.audit(event, now);
         tx.commit().await
@@ -670,13 +675,13 @@ impl Store for PgStore {
         // updates the row and the others find `uses_left > 0` false once it commits.
         let spent = sqlx::query(
             "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
-             WHERE hash = $1 AND expires_at > $2 AND uses_left > 0 RETURNING hash",
+             WHERE hash = $1 AND expires_at > $2 AND uses_left > 0 RETURNING labels",
         )
         .bind(token_hash)
         .bind(millis(host.enrolled_at))
         .fetch_optional(tx.conn())
         .await?;
-        if spent.is_none() {
+        let Some(spent) = spent else {
             let token = sqlx::query("SELECT expires_at FROM enroll_tokens WHERE hash = $1")
                 .bind(token_hash)
                 .fetch_optional(tx.conn())
@@ -697,11 +702,13 @@ impl Store for PgStore {
             tx.audit(event, host.enrolled_at);
             tx.commit().await?;
             return Ok(Err(refusal));
-        }
+        };
+        let labels = labels_from_text(&spent.try_get::<String, _>("labels")?)?;
         let facts = &host.facts;
         sqlx::query(
             "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
-             credential_hash, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             credential_hash, enrolled_at, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&host.id)
         .bind(&facts.hostname)
@@ -713,6 +720,7 @@ impl Store for PgStore {
         .bind(&facts.machine_id)
         .bind(credential_hash)
         .bind(millis(host.enrolled_at))
+        .bind(labels_to_text(&labels)?)
         .execute(tx.conn())
         .await?;
         let event = AuditEvent::new(token_actor, "host.enroll")
@@ -720,6 +728,7 @@ impl Store for PgStore {
             .detail(serde_json::json!({
                 "hostname": facts.hostname,
                 "machine_id": facts.machine_id,
+                "labels": labels,
             }));
         tx.audit(event, host.enrolled_at);
         tx.commit().await?;
@@ -750,16 +759,22 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError> {
+    async fn list_hosts(
+        &self,
+        filter: &HostFilter,
+        page: Page,
+    ) -> Result<Vec<HostRecord>, StoreError> {
         let sql = concat!(
             "SELECT ",
             host_columns!(),
-            " FROM hosts WHERE removed_at IS NULL ORDER BY hostname, id LIMIT $1 OFFSET $2"
+            " FROM hosts WHERE removed_at IS NULL AND ($3::text[] IS NULL OR id = ANY($3)) \
+             ORDER BY hostname, id LIMIT $1 OFFSET $2"
         );
         let (count, offset) = page_bounds(page);
         sqlx::query(sql)
             .bind(count)
             .bind(offset)
+            .bind(filter.ids.as_deref())
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1103,7 +1118,8 @@ impl Store for PgStore {
             context_columns!(),
             " FROM jobs g WHERE g.status = 'confirmed' AND g.kind IN ('create-account', 'add-group') \
                  AND ($2::text IS NULL OR g.host_id IN (SELECT id FROM hosts WHERE id = $2 OR hostname = $2)) \
-                 AND ($3::text IS NULL OR g.subject_user = $3)) AS j) AS s \
+                 AND ($3::text IS NULL OR g.subject_user = $3) \
+                 AND ($8::text[] IS NULL OR g.host_id = ANY($8))) AS j) AS s \
              WHERE ($4::text IS NULL OR grant_state = $4) \
                AND ($5::bigint IS NULL OR created_at >= $5 OR revoked_at >= $5 \
                     OR grant_state NOT IN ('revoked', 'superseded')) \
@@ -1118,6 +1134,7 @@ impl Store for PgStore {
             .bind(filter.since.map(millis))
             .bind(count)
             .bind(offset)
+            .bind(filter.host_ids.as_deref())
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1353,7 +1370,9 @@ impl Store for PgStore {
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE ($1::text IS NULL OR host_id = $1) \
-             AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, host_id, seq DESC \
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($5::text[] IS NULL OR host_id = ANY($5)) \
+             ORDER BY created_at DESC, host_id, seq DESC \
              LIMIT $3 OFFSET $4"
         );
         let (count, offset) = page_bounds(page);
@@ -1362,6 +1381,7 @@ impl Store for PgStore {
             .bind(filter.status.map(JobStatus::as_str))
             .bind(count)
             .bind(offset)
+            .bind(filter.host_ids.as_deref())
             .fetch_all(&self.pool)
             .await?
             .iter()

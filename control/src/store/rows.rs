@@ -4,6 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use latch_common::api::{GrantState, HostFacts, RevokedBy};
 use latch_common::job::{JobError, JobErrorCode, JobStatus};
+use latch_common::labels::Labels;
 use sqlx::Row as _;
 
 use crate::audit::AuditEntry;
@@ -41,6 +42,16 @@ pub(super) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
         what,
         detail: detail.to_string(),
     }
+}
+
+/// Labels are stored as a JSON object (`{"env": "prod"}`) on both engines.
+pub(super) fn labels_from_text(text: &str) -> Result<Labels, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt("host labels", e))
+}
+
+/// The stored form of `labels`.
+pub(super) fn labels_to_text(labels: &Labels) -> Result<String, StoreError> {
+    serde_json::to_string(labels).map_err(|e| corrupt("host labels", e))
 }
 
 /// Reading a column by name, the same way on either engine's rows.

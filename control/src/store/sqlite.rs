@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
 use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use latch_common::labels::Labels;
 use rusqlite::{TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -26,12 +27,13 @@ use crate::audit::{Actor, AuditEntry, AuditEvent, AuditKey, GENESIS, entry_hash}
 
 use super::rows::{
     Columns, audit_from_row, context_from_row, corrupt, from_millis, host_actor, host_from_row,
-    host_removed, is_rejection, job_from_row, millis, unresponsive,
+    host_removed, is_rejection, job_from_row, labels_from_text, labels_to_text, millis,
+    unresponsive,
 };
 use super::{
-    AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostRecord, JobContext,
-    JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff, Revoke, Store,
-    StoreError, TokenRefusal,
+    AuditFilter, Finish, GrantFilter, GrantRecord, GrantRevocation, HostFilter, HostRecord,
+    JobContext, JobFilter, JobRecord, JobRefusal, Lease, NewJob, Page, PinnedKey, RetryBackoff,
+    Revoke, Store, StoreError, TokenRefusal,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -138,6 +140,13 @@ impl Columns for rusqlite::Row<'_> {
     fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
         self.get(column).map_err(decode)
     }
+}
+
+/// A list of host ids as a JSON array, for `IN (SELECT value FROM json_each(?))`; `None` (no
+/// restriction) stays `None`.
+fn ids_json(ids: Option<&[String]>) -> Result<Option<String>, StoreError> {
+    ids.map(|ids| serde_json::to_string(ids).map_err(|e| corrupt("host id list", e)))
+        .transpose()
 }
 
 fn decode(error: rusqlite::Error) -> sqlx::Error {
@@ -660,18 +669,21 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         uses: u32,
+        labels: &Labels,
         actor: &Actor,
     ) -> Result<(), StoreError> {
+        let labels_text = labels_to_text(labels)?;
         self.write(|tx| {
             tx.exec(
-                "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left) \
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
                 params![
                     hash,
                     millis(now),
                     millis(expires_at),
                     i64::from(uses),
-                    i64::from(uses)
+                    i64::from(uses),
+                    labels_text
                 ],
             )?;
             let event = actor
@@ -680,6 +692,7 @@ impl Store for SqliteStore {
                     "token_hash_prefix": &hash[..hash.len().min(12)],
                     "expires_at": expires_at.to_rfc3339(),
                     "uses": uses,
+                    "labels": labels,
                 }));
             tx.audit(&event, now)?;
             Ok(End::Commit(()))
@@ -696,16 +709,22 @@ impl Store for SqliteStore {
         let token_actor = format!("enroll_token:{}", &token_hash[..token_hash.len().min(12)]);
         self.write(|tx| {
             let token = tx.row(
-                "SELECT expires_at, uses_left FROM enroll_tokens WHERE hash = ?",
+                "SELECT expires_at, uses_left, labels FROM enroll_tokens WHERE hash = ?",
                 params![token_hash],
-                |row| Ok((row.int("expires_at")?, row.int("uses_left")?)),
+                |row| {
+                    Ok((
+                        row.int("expires_at")?,
+                        row.int("uses_left")?,
+                        row.text("labels")?,
+                    ))
+                },
             )?;
-            let refusal = match token {
+            let refusal = match &token {
                 None => Some(TokenRefusal::Unknown),
-                Some((expires_at, _)) if expires_at <= millis(host.enrolled_at) => {
+                Some((expires_at, _, _)) if *expires_at <= millis(host.enrolled_at) => {
                     Some(TokenRefusal::Expired)
                 }
-                Some((_, uses_left)) if uses_left <= 0 => Some(TokenRefusal::UsedUp),
+                Some((_, uses_left, _)) if *uses_left <= 0 => Some(TokenRefusal::UsedUp),
                 Some(_) => None,
             };
             if let Some(refusal) = refusal {
@@ -717,6 +736,8 @@ impl Store for SqliteStore {
                 tx.audit(&event, host.enrolled_at)?;
                 return Ok(End::Commit(Err(refusal)));
             }
+            let labels_text = token.map(|(_, _, labels)| labels).unwrap_or_default();
+            let labels = labels_from_text(&labels_text)?;
             tx.exec(
                 "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?",
                 params![token_hash],
@@ -724,7 +745,7 @@ impl Store for SqliteStore {
             let facts = &host.facts;
             tx.exec(
                 "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
-                 credential_hash, enrolled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 credential_hash, enrolled_at, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     host.id,
                     facts.hostname,
@@ -735,7 +756,8 @@ impl Store for SqliteStore {
                     i64::try_from(facts.memory_bytes).unwrap_or(i64::MAX),
                     facts.machine_id,
                     credential_hash,
-                    millis(host.enrolled_at)
+                    millis(host.enrolled_at),
+                    labels_to_text(&labels)?
                 ],
             )?;
             let event = AuditEvent::new(&token_actor, "host.enroll")
@@ -743,6 +765,7 @@ impl Store for SqliteStore {
                 .detail(serde_json::json!({
                     "hostname": facts.hostname,
                     "machine_id": facts.machine_id,
+                    "labels": labels,
                 }));
             tx.audit(&event, host.enrolled_at)?;
             Ok(End::Commit(Ok(())))
@@ -771,13 +794,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list_hosts(&self, page: Page) -> Result<Vec<HostRecord>, StoreError> {
+    async fn list_hosts(
+        &self,
+        filter: &HostFilter,
+        page: Page,
+    ) -> Result<Vec<HostRecord>, StoreError> {
         let sql = concat!(
             "SELECT ",
             host_columns!(),
-            " FROM hosts WHERE removed_at IS NULL ORDER BY hostname, id LIMIT ? OFFSET ?"
+            " FROM hosts WHERE removed_at IS NULL \
+             AND (?1 IS NULL OR id IN (SELECT value FROM json_each(?1))) \
+             ORDER BY hostname, id LIMIT ?2 OFFSET ?3"
         );
         sqlx::query(sql)
+            .bind(ids_json(filter.ids.as_deref())?)
             .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
             .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -1088,7 +1118,8 @@ impl Store for SqliteStore {
             context_columns!(),
             " FROM jobs g WHERE g.status = 'confirmed' AND g.kind IN ('create-account', 'add-group') \
                  AND (?2 IS NULL OR g.host_id IN (SELECT id FROM hosts WHERE id = ?2 OR hostname = ?2)) \
-                 AND (?3 IS NULL OR g.subject_user = ?3))) \
+                 AND (?3 IS NULL OR g.subject_user = ?3) \
+                 AND (?8 IS NULL OR g.host_id IN (SELECT value FROM json_each(?8))))) \
              WHERE (?4 IS NULL OR grant_state = ?4) \
                AND (?5 IS NULL OR created_at >= ?5 OR revoked_at >= ?5 \
                     OR grant_state NOT IN ('revoked', 'superseded')) \
@@ -1102,6 +1133,7 @@ impl Store for SqliteStore {
             .bind(filter.since.map(millis))
             .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
             .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+            .bind(ids_json(filter.host_ids.as_deref())?)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1331,7 +1363,9 @@ impl Store for SqliteStore {
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE (?1 IS NULL OR host_id = ?1) \
-             AND (?2 IS NULL OR status = ?2) ORDER BY created_at DESC, host_id, seq DESC \
+             AND (?2 IS NULL OR status = ?2) \
+             AND (?5 IS NULL OR host_id IN (SELECT value FROM json_each(?5))) \
+             ORDER BY created_at DESC, host_id, seq DESC \
              LIMIT ?3 OFFSET ?4"
         );
         sqlx::query(sql)
@@ -1339,6 +1373,7 @@ impl Store for SqliteStore {
             .bind(filter.status.map(JobStatus::as_str))
             .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
             .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
+            .bind(ids_json(filter.host_ids.as_deref())?)
             .fetch_all(&self.pool)
             .await?
             .iter()

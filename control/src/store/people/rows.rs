@@ -1,7 +1,5 @@
 //! Decoding people rows, the same way on both engines, and the SQL the store's methods share.
 
-use latch_common::labels::Labels;
-
 use super::super::StoreError;
 use super::super::rows::{Columns, corrupt, from_millis};
 use super::records::*;
@@ -149,9 +147,7 @@ pub(super) const SSO_LOGIN_COLUMNS: &str = "SELECT id, kind, nonce, pkce_verifie
      created_at, expires_at, used_at FROM sso_logins WHERE id = $1 AND used_at IS NULL \
      AND expires_at > $2";
 
-pub(super) fn labels_from_text(text: &str) -> Result<Labels, StoreError> {
-    serde_json::from_str(text).map_err(|e| corrupt("host labels", e))
-}
+pub(super) use crate::store::rows::labels_from_text;
 
 /// Whether `error` is a uniqueness violation (a name taken by a concurrent writer).
 pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
