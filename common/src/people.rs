@@ -171,6 +171,15 @@ pub struct NewApiKeyResponse {
     pub api_key: String,
 }
 
+/// `POST /v1/service-users` answer: the new service user and its first API key (shown once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedServiceUser {
+    /// The service user.
+    pub service_user: PrincipalView,
+    /// Its first API key.
+    pub key: NewApiKeyResponse,
+}
+
 /// An API key's record (never the key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyView {

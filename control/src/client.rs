@@ -4,7 +4,12 @@ use std::time::Duration;
 
 use latch_common::api::{
     ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, GrantView, HostView,
-    JobView, ListResponse,
+    JobView, ListResponse, TokenResponse,
+};
+use latch_common::people::{
+    ApiKeyView, BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
+    CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
+    RoleBindingView, RoleView, TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
 };
 use latch_common::labels::Labels;
 use reqwest::{Method, StatusCode};
@@ -98,6 +103,28 @@ fn is_loopback_host(host: &str) -> bool {
         }
         Err(_) => bare.eq_ignore_ascii_case("localhost"),
     }
+}
+
+/// `name` as one URL path segment: every byte outside `A-Z a-z 0-9 - . _ ~ @` percent-encoded,
+/// so a name can never reach another path (`..`, `/`) or a query.
+fn segment(name: &str) -> String {
+    if name == "." || name == ".." {
+        return name.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The last path segment of the disable/enable endpoints.
+fn switch(disabled: bool) -> &'static str {
+    if disabled { "disable" } else { "enable" }
 }
 
 /// Admin API client.
@@ -447,6 +474,188 @@ impl AdminClient {
             .await
     }
 
+    /// `GET PATH` of an endpoint that answers its whole list at once (`{"list": […]}`).
+    async fn whole_list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let answer: ListResponse<T> = self.call(Method::GET, path, &[], None::<&()>).await?;
+        Ok(answer.list)
+    }
+
+    /// `POST /v1/login/local` (no token needed): a local user's session token.
+    pub async fn login_local(
+        &self,
+        request: &LocalLoginRequest,
+    ) -> Result<TokenResponse, ClientError> {
+        self.send(Method::POST, "/v1/login/local", &[], Some(request), None)
+            .await
+    }
+
+    /// `GET /v1/users`.
+    pub async fn list_users(&self) -> Result<Vec<PrincipalView>, ClientError> {
+        self.whole_list("/v1/users").await
+    }
+
+    /// `GET /v1/users/{name}`: the user with their groups and roles.
+    pub async fn show_user(&self, name: &str) -> Result<PrincipalView, ClientError> {
+        let path = format!("/v1/users/{}", segment(name));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/users`.
+    pub async fn create_user(
+        &self,
+        request: &CreateUserRequest,
+    ) -> Result<PrincipalView, ClientError> {
+        self.call(Method::POST, "/v1/users", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/users/{name}/disable` (`disabled`) or `…/enable`: disabling ends every
+    /// session of the user.
+    pub async fn set_user_disabled(&self, name: &str, disabled: bool) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}/{}", segment(name), switch(disabled));
+        self.call(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/groups`.
+    pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
+        self.whole_list("/v1/groups").await
+    }
+
+    /// `GET /v1/groups/{name}`: the group with its members.
+    pub async fn show_group(&self, name: &str) -> Result<GroupView, ClientError> {
+        let path = format!("/v1/groups/{}", segment(name));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/groups`.
+    pub async fn create_group(
+        &self,
+        request: &CreateGroupRequest,
+    ) -> Result<GroupView, ClientError> {
+        self.call(Method::POST, "/v1/groups", &[], Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/groups/{name}`.
+    pub async fn delete_group(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{}", segment(name));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `PUT /v1/groups/{group}/members/{member}` (`add`) or `DELETE` it.
+    pub async fn change_group_member(
+        &self,
+        group: &str,
+        member: &str,
+        add: bool,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{}/members/{}", segment(group), segment(member));
+        let method = if add { Method::PUT } else { Method::DELETE };
+        self.call(method, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/roles`: the five roles and their permissions.
+    pub async fn list_roles(&self) -> Result<Vec<RoleView>, ClientError> {
+        self.whole_list("/v1/roles").await
+    }
+
+    /// `GET /v1/role-bindings`.
+    pub async fn list_role_bindings(&self) -> Result<Vec<RoleBindingView>, ClientError> {
+        self.whole_list("/v1/role-bindings").await
+    }
+
+    /// `POST /v1/role-bindings`.
+    pub async fn bind_role(
+        &self,
+        request: &BindRoleRequest,
+    ) -> Result<RoleBindingView, ClientError> {
+        self.call(Method::POST, "/v1/role-bindings", &[], Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/role-bindings/{id}`.
+    pub async fn unbind_role(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/role-bindings/{}", segment(id));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/service-users`.
+    pub async fn list_service_users(&self) -> Result<Vec<PrincipalView>, ClientError> {
+        self.whole_list("/v1/service-users").await
+    }
+
+    /// `GET /v1/service-users/{name}`: the service user with its groups and roles.
+    pub async fn show_service_user(&self, name: &str) -> Result<PrincipalView, ClientError> {
+        let path = format!("/v1/service-users/{}", segment(name));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/service-users`: the service user and its first API key (shown once).
+    pub async fn create_service_user(
+        &self,
+        request: &CreateServiceUserRequest,
+    ) -> Result<CreatedServiceUser, ClientError> {
+        self.call(Method::POST, "/v1/service-users", &[], Some(request))
+            .await
+    }
+
+    /// `POST /v1/service-users/{name}/disable` (`disabled`) or `…/enable`: disabling ends
+    /// every token of the service user.
+    pub async fn set_service_user_disabled(
+        &self,
+        name: &str,
+        disabled: bool,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/service-users/{}/{}", segment(name), switch(disabled));
+        self.call(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/service-users/{name}/keys`: the API keys' records (never the keys).
+    pub async fn list_api_keys(&self, service_user: &str) -> Result<Vec<ApiKeyView>, ClientError> {
+        self.whole_list(&format!("/v1/service-users/{}/keys", segment(service_user)))
+            .await
+    }
+
+    /// `POST /v1/service-users/{name}/keys`: a new API key (shown once).
+    pub async fn create_api_key(
+        &self,
+        service_user: &str,
+    ) -> Result<NewApiKeyResponse, ClientError> {
+        let path = format!("/v1/service-users/{}/keys", segment(service_user));
+        self.call(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// `DELETE /v1/service-users/{name}/keys/{key_id}`: the key and every token issued for it
+    /// stop working at once.
+    pub async fn revoke_api_key(
+        &self,
+        service_user: &str,
+        key_id: &str,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/service-users/{}/keys/{}",
+            segment(service_user),
+            segment(key_id)
+        );
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/mfa/totp`: a new TOTP factor for the signed-in user (confirmed by the first
+    /// good code given to [`AdminClient::verify_totp`]).
+    pub async fn enroll_totp(&self) -> Result<TotpEnrollResponse, ClientError> {
+        self.call(Method::POST, "/v1/mfa/totp", &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/mfa/totp/verify`: shows a second factor in this session (step-up).
+    pub async fn verify_totp(&self, code: &str) -> Result<TotpVerifyResponse, ClientError> {
+        let request = TotpVerifyRequest {
+            code: code.to_owned(),
+        };
+        self.call(Method::POST, "/v1/mfa/totp/verify", &[], Some(&request))
+            .await
+    }
+
     async fn all_pages<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -473,6 +682,16 @@ impl AdminClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_cannot_leave_their_place() {
+        assert_eq!(segment("alice@example.com"), "alice@example.com");
+        assert_eq!(segment("ci-deploy_1.x"), "ci-deploy_1.x");
+        assert_eq!(segment("../admin"), "..%2Fadmin");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("a b?c#d"), "a%20b%3Fc%23d");
+        assert_eq!(segment("é"), "%C3%A9");
+    }
 
     #[test]
     fn plain_http_is_refused_unless_the_server_is_on_loopback() {

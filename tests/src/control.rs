@@ -206,6 +206,31 @@ impl ControlPlane {
         )
     }
 
+    /// Runs `latchctl` as someone other than the bootstrap admin: `token` in `LATCH_TOKEN` (a
+    /// bearer token or an API key), or none — then the session file of `latchctl login` under
+    /// `config_home` (`XDG_CONFIG_HOME`) counts; run in `config_home`, where no
+    /// `latch-data/admin.token` is.
+    pub fn latchctl_as(
+        &self,
+        token: Option<&str>,
+        config_home: &std::path::Path,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Ran {
+        let mut command = Command::new(binary("latchctl"));
+        command
+            .args(["--server", &self.url])
+            .args(args)
+            .env_remove("LATCH_TOKEN")
+            .env("XDG_CONFIG_HOME", config_home)
+            .env("LATCH_CA_FILE", self.ca_file())
+            .current_dir(config_home);
+        if let Some(token) = token {
+            command.env("LATCH_TOKEN", token);
+        }
+        run(&mut command, stdin)
+    }
+
     /// Runs `latchctl --output json ARGS`, asserts success and parses the output.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--output", "json"];

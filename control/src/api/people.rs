@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use latch_common::api::{ListResponse, TokenResponse};
 use latch_common::people::{
     BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
-    LocalLoginRequest, NewApiKeyResponse, SetLabelsRequest, TotpEnrollResponse, TotpVerifyRequest,
-    TotpVerifyResponse,
+    CreatedServiceUser, LocalLoginRequest, NewApiKeyResponse, SetLabelsRequest, TotpEnrollResponse,
+    TotpVerifyRequest, TotpVerifyResponse,
 };
 
 use super::error::ApiError;
@@ -212,14 +212,14 @@ pub async fn create_service_user(
     let made = control
         .create_service_user(&by, &request.name, &request.roles)
         .await?;
-    Ok(created(serde_json::json!({
-        "service_user": principal_view(&made.principal),
-        "key": NewApiKeyResponse {
+    Ok(created(CreatedServiceUser {
+        service_user: principal_view(&made.principal),
+        key: NewApiKeyResponse {
             service_user: made.principal.name.clone(),
             key_id: made.key_id,
             api_key: made.api_key,
         },
-    })))
+    }))
 }
 
 pub async fn show_service_user(

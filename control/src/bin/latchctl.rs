@@ -14,8 +14,19 @@ use latch_common::job::{JobKind, JobStatus};
 use latch_common::labels::Labels;
 use latch_control::client::AdminClient;
 
+#[path = "latchctl/people.rs"]
+mod people;
+#[path = "latchctl/terminal.rs"]
+mod terminal;
+
 /// Administer a Latch control plane: enrollment tokens, hosts, account jobs, grants (who has
-/// which access), the audit trail and the job-signing key.
+/// which access), the audit trail, the job-signing key, and people and permissions (users,
+/// groups, roles, service users, MFA).
+///
+/// Credentials: --token (or LATCH_TOKEN) takes a bearer token or an API key (`latch_key_…`,
+/// e.g. a service user's in a pipeline: latchctl exchanges it for a short-lived bearer token
+/// itself). Without it, the session of `latchctl login` for this --server, else
+/// ./latch-data/admin.token.
 ///
 /// Exit status: 0 on success; 1 when the command failed (the message says why); for `jobs
 /// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed.
@@ -34,7 +45,9 @@ struct Cli {
     /// ./latch-data/ca.crt when it exists.
     #[arg(long, global = true, env = "LATCH_CA_FILE")]
     ca_file: Option<PathBuf>,
-    /// Admin token. Default: the contents of ./latch-data/admin.token.
+    /// Bearer token or API key (`latch_key_…`). Prefer LATCH_TOKEN: a command line is visible
+    /// to other users. Default: the session of `latchctl login` for this --server, else the
+    /// contents of ./latch-data/admin.token.
     #[arg(long, global = true, env = "LATCH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Output format: tables for people, JSON for scripts.
@@ -72,7 +85,8 @@ enum Command {
     SigningKey(SigningKeyCommand),
     /// Sign in through the organization's identity provider (OpenID Connect): opens the
     /// provider in a browser, receives its redirect on 127.0.0.1, and keeps the session token
-    /// (mode 0600) in $XDG_CONFIG_HOME/latch/session (or ~/.config/latch/session).
+    /// (mode 0600) in $XDG_CONFIG_HOME/latch/session (or ~/.config/latch/session). With
+    /// --local NAME: a local user's sign-in with their Latch password, kept the same way.
     Login {
         /// Do not try to open a browser; only print the URL.
         #[arg(long)]
@@ -84,11 +98,15 @@ enum Command {
         /// How long to wait for the sign-in to come back.
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        #[command(flatten)]
+        local: people::LocalLoginArgs,
     },
     /// End the signed-in session (the token stops working) and delete the session file.
     Logout,
     /// Who the session token (or --token) belongs to: name, roles, groups, session.
     Whoami,
+    #[command(flatten)]
+    People(people::PeopleCommand),
 }
 
 #[derive(Subcommand)]
@@ -460,21 +478,25 @@ async fn session_command(
     json: bool,
 ) -> anyhow::Result<Option<ExitCode>> {
     use latch_control::login;
-    let session_token = || -> anyhow::Result<String> {
-        if let Some(token) = &cli.token {
-            return Ok(token.trim().to_owned());
-        }
-        match login::load_session()? {
-            Some(session) if session.server == cli.server => Ok(session.token),
-            Some(session) => bail!(
-                "the stored session is for {}, not {}; run `latchctl login` against this server",
-                session.server,
-                cli.server
-            ),
-            None => bail!("not signed in: run `latchctl login` (or pass --token)"),
-        }
-    };
+    let session_token = || session_token(cli);
     match &cli.command {
+        Command::Login {
+            local:
+                local @ people::LocalLoginArgs {
+                    local: Some(name), ..
+                },
+            ..
+        } => {
+            let client = AdminClient::new(&cli.server, "", ca_pem)?;
+            let session = people::login_local(&client, &cli.server, ca_pem, local, name).await?;
+            finish_login(cli, json, session)?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Command::People(command @ people::PeopleCommand::Mfa(_)) => {
+            let client = AdminClient::new(&cli.server, &session_token()?, ca_pem)?;
+            people::run(&client, command, json, &cli.server).await?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
         Command::Login {
             device: true,
             timeout,
@@ -589,6 +611,22 @@ async fn session_command(
     }
 }
 
+/// The token of `login`'s session commands: --token, else the stored session for this server.
+fn session_token(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(token) = &cli.token {
+        return Ok(token.trim().to_owned());
+    }
+    match latch_control::login::load_session()? {
+        Some(session) if session.server == cli.server => Ok(session.token),
+        Some(session) => bail!(
+            "the stored session is for {}, not {}; run `latchctl login` against this server",
+            session.server,
+            cli.server
+        ),
+        None => bail!("not signed in: run `latchctl login` (or pass --token)"),
+    }
+}
+
 /// Keeps a new session in the session file and says who signed in.
 fn finish_login(
     cli: &Cli,
@@ -619,14 +657,23 @@ fn finish_login(
     Ok(())
 }
 
+/// The credential of the admin commands: --token (a bearer token or an API key), else the
+/// session of `latchctl login` for this server while it lasts, else ./latch-data/admin.token.
 fn admin_token(cli: &Cli) -> anyhow::Result<String> {
     if let Some(token) = &cli.token {
         return Ok(token.trim().to_owned());
     }
+    // No usable session file (none, no HOME, unreadable): the next source.
+    if let Ok(Some(session)) = latch_control::login::load_session()
+        && session.server == cli.server
+        && session.expires_at > chrono::Utc::now()
+    {
+        return Ok(session.token);
+    }
     let path = PathBuf::from("latch-data").join("admin.token");
     let token = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "no admin token: pass --token or set LATCH_TOKEN, or run latchctl in the directory that holds {} (cannot read it)",
+            "no credential: sign in with `latchctl login`, or set LATCH_TOKEN (a token or API key), or run latchctl in the directory that holds {} (cannot read it)",
             path.display()
         )
     })?;
@@ -850,6 +897,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "queued a rotate-signing-key job for {jobs} host(s); when all are confirmed: latchctl signing-key promote"
                 );
             }
+        }
+        Command::People(command) => {
+            people::run(&client, command, json, &cli.server).await?;
         }
         // Handled by session_command above.
         Command::Login { .. } | Command::Logout | Command::Whoami => {}
