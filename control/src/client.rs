@@ -6,12 +6,12 @@ use latch_common::api::{
     ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollTokenView, GrantView, HostView,
     JobView, ListResponse, TokenResponse,
 };
+use latch_common::labels::Labels;
 use latch_common::people::{
     ApiKeyView, BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
     CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
     RoleBindingView, RoleView, TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
 };
-use latch_common::labels::Labels;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
