@@ -1298,6 +1298,37 @@ async fn every_endpoint_answers_every_caller_as_the_matrix_says(db: TestDb) {
             }
         }
     }
+    // A filter naming a host must not tell a caller who may not see it whether it exists.
+    let by_name: BTreeMap<&str, &Caller> = callers.iter().map(|c| (c.name.as_str(), c)).collect();
+    let probes = [
+        ("end_user", matrix.inside.id.clone(), "403 forbidden_error"),
+        ("end_user", "no-such-host".to_owned(), "403 forbidden_error"),
+        (
+            "delegated_outside",
+            matrix.outside.id.clone(),
+            "404 resource_does_not_exist",
+        ),
+        (
+            "delegated_outside",
+            "no-such-host".to_owned(),
+            "404 resource_does_not_exist",
+        ),
+    ];
+    for (name, host, expected) in probes {
+        let path = format!("/v1/jobs?host={host}");
+        let (status, answer) = matrix
+            .call("GET", &path, by_name[name].token.as_deref(), None)
+            .await;
+        let got = format!("{status} {}", answer["code"].as_str().unwrap_or(""));
+        if got != expected {
+            unexpected.push(Unexpected {
+                route: format!("GET {path}"),
+                caller: name.to_owned(),
+                expected: expected.to_owned(),
+                got,
+            });
+        }
+    }
     eprintln!(
         "authorization matrix: {} routes × {} callers = {cells} cells, {} unexpected",
         matrix_file.routes.len(),
