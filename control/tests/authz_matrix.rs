@@ -1301,6 +1301,7 @@ async fn every_endpoint_answers_every_caller_as_the_matrix_says(db: TestDb) {
     // A filter naming a host must not tell a caller who may not see it whether it exists.
     let by_name: BTreeMap<&str, &Caller> = callers.iter().map(|c| (c.name.as_str(), c)).collect();
     let probes = [
+        ("delegated_resource_admin", matrix.inside.id.clone(), "200 "),
         ("end_user", matrix.inside.id.clone(), "403 forbidden_error"),
         ("end_user", "no-such-host".to_owned(), "403 forbidden_error"),
         (
