@@ -4,6 +4,8 @@
 //! `latch_admin_` token in `admin.token`. After the upgrade the hosts and jobs are all there, the
 //! old token is an API key of the `pam_admin` service user `admin`, and the audit chain verifies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[macro_use]
 mod support;
 
