@@ -218,6 +218,11 @@ impl Control {
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, ControlError> {
         const WRONG: &str = "the code is not valid (wrong, expired, or already used); wait for the next code and retry";
+        if by.principal.kind != PrincipalKind::User {
+            return Err(ControlError::Forbidden(
+                "service users have no second factor; only people show TOTP codes".to_owned(),
+            ));
+        }
         let code = code.trim();
         if code.len() != DIGITS || !code.chars().all(|c| c.is_ascii_digit()) {
             return Err(ControlError::StepUpRequired(format!(

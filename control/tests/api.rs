@@ -1494,3 +1494,64 @@ async fn latchctl_creates_labelled_tokens_labels_hosts_and_filters_lists(db: Tes
     assert_eq!(host["labels"], json!({"owner": "alice", "team": "db"}));
 }
 both_stores!(latchctl_creates_labelled_tokens_labels_hosts_and_filters_lists);
+
+/// Every change names the address it came from: the peer, or — behind a trusted proxy — the
+/// client it forwarded for; a forwarded-for header from anyone else is not believed.
+async fn audit_entries_name_the_requests_address(db: TestDb) {
+    let group = |name: &str| {
+        Some((
+            "application/json",
+            json!({"name": name, "description": "address test"})
+                .to_string()
+                .into_bytes(),
+        ))
+    };
+    let address_of = async |api: &Api, name: &str| -> Value {
+        let (status, audit, _) = api.call("GET", "/v1/audit", Some(&api.admin), None).await;
+        assert_eq!(status, 200, "{audit}");
+        let entry = audit["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "group.create" && e["detail"].as_str().unwrap().contains(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no group.create entry for {name}: {audit}"));
+        assert_eq!(entry["actor"], "service:admin");
+        let detail: Value = serde_json::from_str(entry["detail"].as_str().unwrap()).unwrap();
+        detail["address"].clone()
+    };
+
+    let api = Api::start(db).await;
+    let (status, body, _) = api
+        .call_forwarded(
+            "POST",
+            "/v1/groups",
+            Some(&api.admin),
+            group("direct"),
+            Some("203.0.113.9"),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        address_of(&api, "direct").await,
+        "127.0.0.1",
+        "the peer is recorded; a header from an untrusted peer is not"
+    );
+
+    let mut config = ControlConfig::default();
+    config.rate_limits.trusted_proxies =
+        vec![latch_control::api::limits::parse_trusted_proxy("127.0.0.0/8").unwrap()];
+    let api = Api::start_with(api._db.another().await, config).await;
+    let (status, body, _) = api
+        .call_forwarded(
+            "POST",
+            "/v1/groups",
+            Some(&api.admin),
+            group("proxied"),
+            Some("203.0.113.9"),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(address_of(&api, "proxied").await, "203.0.113.9");
+}
+both_stores!(audit_entries_name_the_requests_address);

@@ -87,10 +87,12 @@ impl FromRequestParts<Arc<Control>> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let by = control.authenticate(bearer(parts)?).await?;
         super::limits::credential_accepted(&parts.extensions);
+        // The client's address as the limiter worked it out: the peer, or the address a
+        // trusted proxy forwarded for (never a header from anyone else).
         let address = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip().to_string());
+            .get::<super::limits::ClientAddress>()
+            .map(|client| client.0.to_string());
         Ok(Caller(by.from_address(address)))
     }
 }
