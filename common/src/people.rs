@@ -57,6 +57,14 @@ pub struct CreateUserRequest {
     pub password: Option<String>,
 }
 
+/// `PUT /v1/users/{name}/password`: a new local password, or `null` to remove local sign-in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPasswordRequest {
+    /// The new password (8 to 1024 characters); `null`: no local sign-in any more.
+    pub password: Option<String>,
+}
+
 /// A group as admins see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupView {

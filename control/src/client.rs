@@ -516,6 +516,18 @@ impl AdminClient {
         self.call(Method::POST, &path, &[], None::<&()>).await
     }
 
+    /// `PUT /v1/users/{name}/password`: a new local password, or `None` to remove local
+    /// sign-in; the user's sessions end.
+    pub async fn set_user_password(
+        &self,
+        name: &str,
+        password: Option<String>,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/users/{}/password", segment(name));
+        let body = latch_common::people::SetPasswordRequest { password };
+        self.call(Method::PUT, &path, &[], Some(&body)).await
+    }
+
     /// `GET /v1/groups`.
     pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
         self.whole_list("/v1/groups").await

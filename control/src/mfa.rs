@@ -72,6 +72,38 @@ impl SensitiveAction {
     }
 }
 
+/// The actions `--mfa-required` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredActions(pub Vec<SensitiveAction>);
+
+/// Parses `--mfa-required`: `all`, `none`, or a comma-separated list of action names (each
+/// once).
+pub fn parse_required_actions(text: &str) -> Result<RequiredActions, String> {
+    match text.trim() {
+        "all" => return Ok(RequiredActions(SensitiveAction::ALL.to_vec())),
+        "none" => return Ok(RequiredActions(Vec::new())),
+        _ => {}
+    }
+    let mut actions = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let action = SensitiveAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = SensitiveAction::ALL.iter().map(|a| a.as_str()).collect();
+                format!(
+                    "unknown action {name:?}: use all, none, or a comma-separated list of {}",
+                    names.join(", ")
+                )
+            })?;
+        if actions.contains(&action) {
+            return Err(format!("{name} is listed twice"));
+        }
+        actions.push(action);
+    }
+    Ok(RequiredActions(actions))
+}
+
 /// Which actions need a recent second factor, and how recent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MfaPolicy {
@@ -339,4 +371,25 @@ pub fn code_at(secret_base32: &str, at: DateTime<Utc>) -> Option<String> {
         String::new(),
     );
     Some(factor.generate(u64::try_from(at.timestamp()).ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_actions_parse_from_all_none_or_a_list() {
+        assert_eq!(
+            parse_required_actions("all").unwrap().0,
+            SensitiveAction::ALL.to_vec()
+        );
+        assert!(parse_required_actions("none").unwrap().0.is_empty());
+        assert_eq!(
+            parse_required_actions("approve, reveal").unwrap().0,
+            [SensitiveAction::Approve, SensitiveAction::Reveal]
+        );
+        assert!(parse_required_actions("approve,approve").is_err());
+        assert!(parse_required_actions("approve,everything").is_err());
+        assert!(parse_required_actions("").is_err());
+    }
 }

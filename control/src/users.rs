@@ -150,12 +150,7 @@ impl Control {
             }
         }
         let password_hash = match &user.password {
-            Some(password) => {
-                check_password(password)?;
-                let pepper = self.store.audit_key().password_pepper();
-                let password = password.clone();
-                Some(off_runtime(move || hash_password(&password, &pepper)).await??)
-            }
+            Some(password) => Some(self.hash_new_password(password).await?),
             None => None,
         };
         let now = Utc::now();
@@ -184,6 +179,52 @@ impl Control {
                 key: user.name.clone(),
             })?;
         Ok(record)
+    }
+
+    /// Checks a new local password and hashes it (Argon2id, peppered, off the runtime).
+    async fn hash_new_password(&self, password: &str) -> Result<String, ControlError> {
+        check_password(password)?;
+        let pepper = self.store.audit_key().password_pepper();
+        let password = password.to_owned();
+        off_runtime(move || hash_password(&password, &pepper)).await?
+    }
+
+    /// Sets a local user's password, or with `None` removes local sign-in (the user then signs
+    /// in through the identity provider only). Every session of the user ends at once.
+    pub async fn set_user_password(
+        &self,
+        by: &Authority,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<(), ControlError> {
+        self.require_people_change(by)?;
+        let not_found = || ControlError::NotFound {
+            what: "user",
+            key: name.to_owned(),
+        };
+        let user = self
+            .principal_named(name)
+            .await?
+            .filter(|p| p.kind == PrincipalKind::User)
+            .ok_or_else(not_found)?;
+        let hash = match password {
+            Some(password) => Some(self.hash_new_password(password).await?),
+            None => None,
+        };
+        let event = by.event("user.password_set").detail(serde_json::json!({
+            "user": user.name,
+            "id": user.id,
+            "local_password": hash.is_some(),
+        }));
+        if self
+            .store
+            .set_password_hash(&user.id, hash.as_deref(), event, Utc::now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(not_found())
+        }
     }
 
     /// Disables (ending every session and token at once) or enables a user or service user.

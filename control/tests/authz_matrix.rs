@@ -1057,6 +1057,13 @@ impl Matrix {
                     .await;
                 p(format!("/v1/users/{user}/enable"), None)
             }
+            "PUT /v1/users/{key}/password" => {
+                let user = self.user_without_password().await;
+                p(
+                    format!("/v1/users/{user}/password"),
+                    Some(json!({"password": "a long enough passphrase"})),
+                )
+            }
             "GET /v1/groups" => p("/v1/groups", None),
             "POST /v1/groups" => {
                 let name = self.fresh("group");

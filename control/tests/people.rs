@@ -1210,6 +1210,56 @@ async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
         control.authenticate(&token.token).await,
         Err(ControlError::AuthorizationRevoked(_))
     ));
+    // A new password ends every session; the old one stops working, the new one works; removing
+    // it leaves sign-in to the identity provider.
+    let before = control
+        .sign_in_local("carol", password, None)
+        .await
+        .unwrap();
+    let new_password = "a different long passphrase";
+    assert!(matches!(
+        control
+            .set_user_password(&admin, "carol", Some("short"))
+            .await,
+        Err(ControlError::Invalid(_))
+    ));
+    control
+        .set_user_password(&admin, "carol", Some(new_password))
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.authenticate(&before.token).await,
+        Err(ControlError::AuthorizationRevoked(_))
+    ));
+    assert!(matches!(
+        control.sign_in_local("carol", password, None).await,
+        Err(ControlError::Unauthenticated(_))
+    ));
+    control
+        .sign_in_local("carol", new_password, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            control
+                .set_user_password(&admin, "root-admin", Some(new_password))
+                .await,
+            Err(ControlError::NotFound { .. })
+        ),
+        "a service user has no password"
+    );
+    control
+        .set_user_password(&admin, "carol", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.sign_in_local("carol", new_password, None).await,
+        Err(ControlError::Unauthenticated(_))
+    ));
+    control
+        .set_user_password(&admin, "carol", Some(password))
+        .await
+        .unwrap();
     let again = control
         .sign_in_local("carol", password, None)
         .await
@@ -1237,6 +1287,7 @@ async fn local_users_sign_in_and_get_their_groups_roles(db: TestDb) {
         "session.logout",
         "principal.disable",
         "group.member_remove",
+        "user.password_set",
     ] {
         assert!(actions.iter().any(|a| a == action), "{action}");
     }

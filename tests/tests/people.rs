@@ -569,6 +569,27 @@ fn a_local_user_signs_in_enrolls_totp_and_steps_up() {
         Some(format!("{PASSWORD}\n").as_bytes()),
     )
     .ok("login --local again");
+    // An admin sets a new password: her session ends, the old password stops working.
+    cp.latchctl_stdin(
+        &["users", "set-password", "alice", "--password-stdin"],
+        Some(b"a brand new passphrase\n"),
+    )
+    .ok("users set-password");
+    let (code_name, _) = json_error(
+        as_alice(&["--output", "json", "whoami"], None),
+        "whoami after a password reset",
+    );
+    assert_eq!(code_name, "server_authorization_revoked");
+    let old = as_alice(
+        &["login", "--local", "alice", "--password-stdin"],
+        Some(format!("{PASSWORD}\n").as_bytes()),
+    );
+    assert_eq!(old.code, 1, "{old:?}");
+    as_alice(
+        &["login", "--local", "alice", "--password-stdin"],
+        Some(b"a brand new passphrase\n"),
+    )
+    .ok("login --local with the new password");
     let out = as_alice(&["logout"], None).ok("logout");
     assert!(out.contains("signed out"), "{out}");
     assert!(!session_file.exists());

@@ -26,6 +26,7 @@
 //! | POST | `/v1/login/local` (`{"name", "password"}`) | anyone | a local user's session token |
 //! | GET/POST | `/v1/users`, GET `/v1/users/{name}` | users.view / users.manage | users |
 //! | POST | `/v1/users/{name}/disable`, `/enable` | users.manage | end every session, or allow sign-in again |
+//! | PUT | `/v1/users/{name}/password` (`{"password"}` or `null`) | users.manage | set or remove the local password; sessions end |
 //! | GET/POST | `/v1/groups`, GET/DELETE `/v1/groups/{name}` | users.view / users.manage | groups |
 //! | PUT/DELETE | `/v1/groups/{name}/members/{member}` | users.manage | membership |
 //! | GET | `/v1/roles` | any signed-in caller | the five roles and their permissions |
@@ -103,6 +104,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/users/{key}", get(people::show_user))
         .route("/v1/users/{key}/disable", post(people::disable_user))
         .route("/v1/users/{key}/enable", post(people::enable_user))
+        .route("/v1/users/{key}/password", put(people::set_user_password))
         .route(
             "/v1/groups",
             get(people::list_groups).post(people::create_group),

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use latch_common::api::{ListResponse, TokenResponse};
 use latch_common::people::{
     BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
-    CreatedServiceUser, LocalLoginRequest, NewApiKeyResponse, SetLabelsRequest, TotpEnrollResponse,
-    TotpVerifyRequest, TotpVerifyResponse,
+    CreatedServiceUser, LocalLoginRequest, NewApiKeyResponse, SetLabelsRequest, SetPasswordRequest,
+    TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
 };
 
 use super::error::ApiError;
@@ -93,6 +93,19 @@ pub async fn enable_user(
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     set_disabled(&control, &by, &key, PrincipalKind::User, false).await
+}
+
+pub async fn set_user_password(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(key): Path<String>,
+    ApiJson(request): ApiJson<SetPasswordRequest>,
+) -> Result<Response, ApiError> {
+    check_name("user", &key)?;
+    control
+        .set_user_password(&by, &key, request.password.as_deref())
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub async fn list_groups(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {

@@ -156,6 +156,14 @@ enum Command {
         /// The window of a grant that names no end (no --expires-in) and is not --permanent.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         default_grant_duration: std::time::Duration,
+        /// Which sensitive actions need a second factor shown in the same session first:
+        /// `all`, `none`, or a comma-separated list of approve, reveal, break_glass,
+        /// change_policy, change_roles.
+        #[arg(long, default_value = "all", value_parser = latch_control::mfa::parse_required_actions)]
+        mfa_required: latch_control::mfa::RequiredActions,
+        /// How long a second factor counts after it was shown (1m to 12h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        mfa_window: std::time::Duration,
         /// Deliveries of one job before it fails with agent_unresponsive.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         max_attempts: u32,
@@ -251,9 +259,17 @@ async fn main() -> anyhow::Result<()> {
             new_ca,
             max_grant_duration,
             default_grant_duration,
+            mfa_required,
+            mfa_window,
             log_level,
             sso,
         } => {
+            if !(60..=12 * 3600).contains(&mfa_window.as_secs()) {
+                anyhow::bail!(
+                    "--mfa-window must be between 1m and 12h (it was {})",
+                    humantime::format_duration(mfa_window)
+                );
+            }
             if max_grant_duration.is_zero() || default_grant_duration.is_zero() {
                 anyhow::bail!(
                     "--max-grant-duration and --default-grant-duration must be more than 0 (e.g. 24h and 1h)"
@@ -320,7 +336,11 @@ async fn main() -> anyhow::Result<()> {
                     .context("--max-grant-duration is too long")?,
                 default_grant_duration: chrono::Duration::from_std(default_grant_duration)
                     .context("--default-grant-duration is too long")?,
-                mfa: latch_control::mfa::MfaPolicy::default(),
+                mfa: latch_control::mfa::MfaPolicy {
+                    required: mfa_required.0,
+                    window: chrono::Duration::from_std(mfa_window)
+                        .context("--mfa-window is too long")?,
+                },
                 ..ControlConfig::default()
             };
             println!(

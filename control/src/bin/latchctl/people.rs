@@ -64,6 +64,18 @@ pub enum UsersCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Set a user's local password (asked twice at a prompt that does not echo, or read from
+    /// standard input), or remove it with --remove; every session of theirs ends at once.
+    SetPassword {
+        /// Login name or id.
+        name: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long, conflicts_with = "remove")]
+        password_stdin: bool,
+        /// Remove the local password: the user signs in through the identity provider only.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Disable a user: every session of theirs ends at once and they cannot sign in.
     Disable {
         /// Login name or id.
@@ -488,6 +500,40 @@ async fn users(client: &AdminClient, command: &UsersCommand, json: bool) -> anyh
                     user.name, user.name
                 );
             }
+        }
+        UsersCommand::SetPassword {
+            name,
+            password_stdin,
+            remove,
+        } => {
+            let password = if *remove {
+                None
+            } else {
+                Some(
+                    terminal::password(
+                        *password_stdin,
+                        &format!("New local password for {name}: "),
+                        true,
+                    )
+                    .await?,
+                )
+            };
+            client
+                .set_user_password(name, password)
+                .await
+                .map_err(or_list("latchctl users list"))?;
+            let what = if *remove {
+                format!(
+                    "removed the local password of {name}; they sign in through the identity provider only"
+                )
+            } else {
+                format!("set the local password of {name}")
+            };
+            done(
+                json,
+                serde_json::json!({ "user": name, "local_password": !*remove }),
+                &format!("{what}; every session of theirs has ended"),
+            )?;
         }
         UsersCommand::Disable { name } => {
             client

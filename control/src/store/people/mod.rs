@@ -24,6 +24,10 @@ mod rows;
 pub use records::*;
 use rows::*;
 
+/// Ends every live session of principal `$2` at `$1` (disabling it, a new password).
+const END_SESSIONS: &str =
+    "UPDATE sessions SET revoked_at = $1 WHERE principal_id = $2 AND revoked_at IS NULL";
+
 /// Persistence of principals, groups, roles, credentials and host labels.
 #[async_trait]
 pub trait PeopleStore: Send + Sync {
@@ -52,6 +56,15 @@ pub trait PeopleStore: Send + Sync {
         &self,
         id: &str,
         disabled: bool,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Replaces a user's local password hash (`None` removes local sign-in) and ends every
+    /// session of theirs; false if no such user.
+    async fn set_password_hash(
+        &self,
+        id: &str,
+        hash: Option<&str>,
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
@@ -355,15 +368,41 @@ macro_rules! people_store {
                     return Ok(false);
                 }
                 if disabled {
-                    sqlx::query(
-                        "UPDATE sessions SET revoked_at = $1 \
-                         WHERE principal_id = $2 AND revoked_at IS NULL",
-                    )
+                    sqlx::query(END_SESSIONS)
                     .bind(millis(now))
                     .bind(id)
                     .execute(tx.conn())
                     .await?;
                 }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn set_password_hash(
+                &self,
+                id: &str,
+                hash: Option<&str>,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let changed = sqlx::query(
+                    "UPDATE principals SET password_hash = $1 WHERE id = $2 AND kind = 'user'",
+                )
+                .bind(hash)
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Ok(false);
+                }
+                sqlx::query(END_SESSIONS)
+                .bind(millis(now))
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(true)
