@@ -670,29 +670,33 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
             .starts_with("agent_unresponsive")
     );
     // The wait doubled, up to the cap.
-    assert_eq!(
-        revocation.next_retry_at.unwrap() - revocation.last_failed_at.unwrap(),
-        retry.max
-    );
+    let wait_until = revocation.next_retry_at.unwrap();
+    assert_eq!(wait_until - revocation.last_failed_at.unwrap(), retry.max);
     tokio::time::sleep(Duration::from_millis(450)).await;
+    let checked_at = chrono::Utc::now();
     control.revoke_expired_grants().await.unwrap();
-    assert!(
-        control
-            .next_job(&host, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_none(),
-        "queued again before the doubled wait was over"
-    );
-
-    // The third one is confirmed: the grant is revoked and nothing more is queued.
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    control.revoke_expired_grants().await.unwrap();
-    let third = control
-        .next_job(&host, Duration::ZERO)
-        .await
-        .unwrap()
-        .unwrap();
+    let early = control.next_job(&host, Duration::ZERO).await.unwrap();
+    let third = match early {
+        // A loaded machine may take longer than the doubled wait to get here: then the job
+        // is due and queued rightly.
+        Some(job) => {
+            assert!(
+                checked_at >= wait_until,
+                "queued again before the doubled wait was over"
+            );
+            job
+        }
+        // The third one is confirmed: the grant is revoked and nothing more is queued.
+        None => {
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            control.revoke_expired_grants().await.unwrap();
+            control
+                .next_job(&host, Duration::ZERO)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
     assert_ne!(third.id, second.id);
     control
         .report(

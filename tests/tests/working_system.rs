@@ -175,8 +175,17 @@ fn create_account_on_one_host_only() {
         .expect("expire field")
         .parse()
         .expect("expiry day set");
-    let today = chrono::Utc::now().timestamp() / 86_400;
-    assert!((today..=today + 1).contains(&expire_day), "{shadow}");
+    // The grant ends 2 h after the control plane took the job: the account expires on that day
+    // or the next (rounded up) — two days from today late in the evening (UTC).
+    let ends =
+        chrono::DateTime::parse_from_rfc3339(job["expires_at"].as_str().expect("expires_at"))
+            .expect("an RFC 3339 end")
+            .timestamp();
+    let end_day = ends.div_euclid(86_400);
+    assert!(
+        (end_day..=end_day + 1).contains(&expire_day),
+        "{shadow} (grant ends at {ends})"
+    );
     let modes = h1
         .exec(&[
             "stat",
