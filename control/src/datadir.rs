@@ -14,6 +14,10 @@
 //!   signing.next.key     0600  the next signing key, during a rotation
 //!   signing.key.old      0600  the previous signing key, after a promotion
 //!   ca.crt  ca.key       private CA (ca.key 0600); agents pin the CA's fingerprint
+//!   master.key           0600  the vault's master key (unless --master-key-file names another
+//!                        file): wraps each organization's data key; back it up apart from
+//!                        the database ([`crate::vault::master`])
+//!   master.key.next      0600  the new master key, during a rotation
 //! ```
 //!
 //! **Keys are made once, at initialisation, and never silently again.** Each key's public half
@@ -43,6 +47,7 @@ use crate::secret::RandomError;
 use crate::signing::{JobSigner, SigningError};
 use crate::store::{Page, PgStore, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
+use crate::vault::{MasterKeyFiles, Rotated, SecretKey};
 
 pub use crate::files::{
     ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
@@ -94,6 +99,9 @@ pub enum DataDirError {
     /// The bootstrap admin could not be made.
     #[error(transparent)]
     Bootstrap(#[from] crate::people::BootstrapError),
+    /// The vault's master key could not be opened, made or rotated.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
     /// Copying the SQLite database to PostgreSQL failed (nothing was committed).
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -251,6 +259,9 @@ pub struct Options {
     pub new_audit_key: bool,
     /// Make a new private CA if `ca.crt`/`ca.key` are missing (hosts must enroll again).
     pub new_ca: bool,
+    /// The vault's master key file (`--master-key-file`); `master.key` in the data directory
+    /// if `None`.
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// What [`open`] found or created.
@@ -267,6 +278,10 @@ pub struct DataDir {
     pub signer: JobSigner,
     /// The next signing key, while a rotation is under way (`signing.next.key`).
     pub next_signer: Option<JobSigner>,
+    /// The vault's master key, proven to open every organization's data key.
+    pub master_key: Arc<SecretKey>,
+    /// Where the master key file is.
+    pub master_key_files: MasterKeyFiles,
     dir: PathBuf,
     initialised_before_pins: bool,
     new_ca: bool,
@@ -380,6 +395,8 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     })
     .await?;
     let admin_token_created = matches!(made, crate::people::Bootstrap::Created(_));
+    let master_key_files = MasterKeyFiles::new(dir, options.master_key_file.as_deref());
+    let master_key = Arc::new(crate::vault::open_master_key(store, &master_key_files, now).await?);
     if let crate::people::Bootstrap::Migrated(keys) = made {
         tracing::info!(
             keys,
@@ -393,6 +410,8 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         admin_token_created,
         signer,
         next_signer,
+        master_key,
+        master_key_files,
         dir: dir.to_owned(),
         initialised_before_pins,
         new_ca: options.new_ca,
@@ -677,6 +696,22 @@ impl DataDir {
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Rotates the vault's master key ([`crate::vault::rotate_master_key`]: every data key
+    /// re-wrapped in one audited transaction, then the key file replaced). Run it with the
+    /// server stopped; from then on only the new key opens the database.
+    pub async fn rotate_master_key(&mut self) -> Result<Rotated, DataDirError> {
+        let (new, rotated) = crate::vault::rotate_master_key(
+            self.store.as_ref(),
+            &self.master_key_files,
+            &self.master_key,
+            crate::vault::CONTROL_PLANE,
+            Utc::now(),
+        )
+        .await?;
+        self.master_key = Arc::new(new);
+        Ok(rotated)
     }
 
     /// The private CA's TLS identity, with a server certificate for the loopback names plus

@@ -29,6 +29,8 @@ pub const AUDIT_HEAD_FILE: &str = "audit.head";
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// CA key file (PEM, 0600).
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The vault's master key (64 hex digits, 0600), unless `--master-key-file` names another file.
+pub const MASTER_KEY_FILE: &str = "master.key";
 
 /// What [`write_file`] does when the file exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,8 @@
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
 //! - [`people`], [`users`], [`mfa`]: principals and their permissions — service users and API
 //!   keys, role bindings and delegation by host labels, local users, TOTP step-up;
+//! - [`vault`]: the credential vault's keys — the master key file, organizations' data keys,
+//!   the AES-256-GCM envelope, master-key rotation;
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
@@ -75,6 +77,7 @@ pub mod sso;
 pub mod store;
 pub mod tls;
 pub mod users;
+pub mod vault;
 
 use std::sync::Arc;
 

@@ -386,6 +386,7 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'totp', principal_id || ':' || secret || ':' || COALESCE(pending, '-') || ':' || COALESCE(CAST(confirmed_at AS TEXT), '-') || ':' || CAST(last_step AS TEXT) || ':' || CAST(failures AS TEXT) FROM totp \
     UNION ALL SELECT 'key_pins', name || ':' || public FROM key_pins \
     UNION ALL SELECT 'sso_logins', id FROM sso_logins \
+    UNION ALL SELECT 'organizations', id || ':' || name || ':' || wrapped_data_key FROM organizations \
     ORDER BY 1, 2";
 
 async fn snapshot(attacker: &Attacker) -> Vec<(String, String)> {

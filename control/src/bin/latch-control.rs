@@ -180,11 +180,33 @@ enum Command {
         /// enrolled host must then be enrolled again. Audited.
         #[arg(long, conflicts_with_all = ["insecure_http", "tls_cert"])]
         new_ca: bool,
+        /// The credential vault's master key file (64 hex digits, mode 0600). Default:
+        /// DIR/master.key, made on the first start. It wraps every organization's data key and
+        /// is not in the database: back it up apart from the database. A start with another key,
+        /// or without it once organizations exist, is refused.
+        #[arg(long, env = "LATCH_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
         /// Log filter (error, warn, info, debug, or a tracing directive).
         #[arg(long, default_value = "info", env = "LATCH_LOG")]
         log_level: String,
         #[command(flatten)]
         sso: SsoArgs,
+    },
+    /// Rotate the credential vault's master key, with the server stopped: a new key re-wraps
+    /// every organization's data key in one transaction (audited), then replaces the master key
+    /// file (DIR/master.key or --master-key-file). An interrupted rotation is finished or undone
+    /// at the next start. Back up the new key at once: the old one no longer opens the database.
+    RotateMasterKey {
+        /// The data directory the server runs with.
+        #[arg(long, default_value = "./latch-data", env = "LATCH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The server's PostgreSQL database, if it uses one (postgres://USER@HOST:PORT/DATABASE;
+        /// the password in PGPASSWORD or ~/.pgpass, or the whole URL in LATCH_DATABASE_URL).
+        #[arg(long, env = "LATCH_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// The master key file the server runs with. Default: DIR/master.key.
+        #[arg(long, env = "LATCH_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
     },
     /// Move a control plane from SQLite to PostgreSQL: copy every row of DIR/latch.db into the
     /// empty PostgreSQL database of --database-url, in one transaction, then mark latch.db as
@@ -215,6 +237,35 @@ async fn main() -> anyhow::Result<()> {
         Err(error) => error.exit(),
     };
     match cli.command {
+        Command::RotateMasterKey {
+            data_dir,
+            database_url,
+            master_key_file,
+        } => {
+            let database = match database_url {
+                None => datadir::Database::Sqlite,
+                Some(url) => {
+                    refuse_password_on_command_line(&url, url_on_command_line)?;
+                    datadir::Database::Postgres(url)
+                }
+            };
+            let options = datadir::Options {
+                database,
+                master_key_file,
+                ..datadir::Options::default()
+            };
+            let mut data = datadir::open(&data_dir, &options).await?;
+            let rotated = data.rotate_master_key().await?;
+            println!(
+                "Rotated the master key {} -> {}: {} organization data key(s) re-wrapped.",
+                rotated.from, rotated.to, rotated.organizations
+            );
+            println!(
+                "{} holds the new key now; back it up apart from the database. The old key no longer opens this database (keep it only as long as you keep database backups made before now).",
+                data.master_key_files.path().display()
+            );
+            Ok(())
+        }
         Command::CopyToPostgres {
             data_dir,
             database_url,
@@ -257,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
             new_signing_key,
             new_audit_key,
             new_ca,
+            master_key_file,
             max_grant_duration,
             default_grant_duration,
             mfa_required,
@@ -305,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
                 new_signing_key,
                 new_audit_key,
                 new_ca,
+                master_key_file,
             };
             let data = datadir::open(&data_dir, &options).await?;
             // Every connected agent holds a socket during its long-poll: lift the soft limit on
@@ -313,6 +366,11 @@ async fn main() -> anyhow::Result<()> {
             println!("Latch control plane");
             println!("  data directory: {}", data_dir.display());
             println!("  database:       {}", data.database);
+            println!(
+                "  master key:     {} ({}; back it up apart from the database)",
+                data.master_key_files.path().display(),
+                data.master_key.id()
+            );
             if data.admin_token_created {
                 println!(
                     "  admin token:    created {} (mode 0600); latchctl reads it from there or from --token",

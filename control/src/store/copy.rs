@@ -263,6 +263,19 @@ pub const TABLES: &[Table] = &[
         ],
         identity: false,
     },
+    Table {
+        name: "organizations",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("name", Text),
+            ("data_key_id", Text),
+            ("wrapped_data_key", Text),
+            ("canary", Text),
+            ("created_at", Int),
+        ],
+        identity: false,
+    },
 ];
 
 /// Rows read from SQLite per batch.

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod people;
 mod postgres;
 mod sqlite;
+pub mod vault;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -382,7 +383,7 @@ pub struct Page {
 
 /// The control plane's persistence.
 #[async_trait]
-pub trait Store: people::PeopleStore + Send + Sync {
+pub trait Store: people::PeopleStore + vault::VaultStore + Send + Sync {
     /// How several control-plane processes on this database find each other (wake-ups, one
     /// leader), when the database can be shared (PostgreSQL); `None` for a database one process
     /// owns (SQLite).
