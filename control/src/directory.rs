@@ -21,7 +21,7 @@ use crate::Control;
 use crate::error::ControlError;
 use crate::people::Authority;
 use crate::store::people::{
-    ApiKeyRecord, BindingSubject, GroupRecord, PrincipalKind, PrincipalRecord,
+    ApiKeyRecord, BindingSubject, GroupRecord, PrincipalKind, PrincipalRecord, RoleBinding,
 };
 use crate::users::NewUser;
 
@@ -73,6 +73,23 @@ fn key_view(k: &ApiKeyRecord) -> ApiKeyView {
         created_at: k.created_at,
         last_used_at: k.last_used_at,
         revoked_at: k.revoked_at,
+    }
+}
+
+/// The API's view of a role binding whose subject is called `subject_name`.
+fn binding_view(b: RoleBinding, subject_name: String) -> RoleBindingView {
+    let (subject_kind, subject_id) = match b.subject {
+        BindingSubject::Principal(id) => (SubjectKind::Principal, id),
+        BindingSubject::Group(id) => (SubjectKind::Group, id),
+    };
+    RoleBindingView {
+        id: b.id,
+        role: b.role,
+        subject_kind,
+        subject_id,
+        subject_name,
+        selector: b.selector,
+        created_at: b.created_at,
     }
 }
 
@@ -314,19 +331,12 @@ impl Control {
             .await?
             .into_iter()
             .map(|b| {
-                let (subject_kind, subject_id) = match b.subject {
-                    BindingSubject::Principal(id) => (SubjectKind::Principal, id),
-                    BindingSubject::Group(id) => (SubjectKind::Group, id),
+                let name = match &b.subject {
+                    BindingSubject::Principal(id) | BindingSubject::Group(id) => {
+                        names.get(id).cloned().unwrap_or_default()
+                    }
                 };
-                RoleBindingView {
-                    subject_name: names.get(&subject_id).cloned().unwrap_or_default(),
-                    id: b.id,
-                    role: b.role,
-                    subject_kind,
-                    subject_id,
-                    selector: b.selector,
-                    created_at: b.created_at,
-                }
+                binding_view(b, name)
             })
             .collect())
     }
@@ -342,16 +352,21 @@ impl Control {
         let role = request
             .role
             .ok_or_else(|| ValidationError::new("role", "is required"))?;
-        let subject = match (&request.user, &request.service_user, &request.group) {
-            (Some(user), None, None) => BindingSubject::Principal(
-                self.principal_of_kind(user, PrincipalKind::User).await?.id,
-            ),
-            (None, Some(service), None) => BindingSubject::Principal(
-                self.principal_of_kind(service, PrincipalKind::Service)
-                    .await?
-                    .id,
-            ),
-            (None, None, Some(group)) => BindingSubject::Group(self.group_named(group).await?.id),
+        let (subject, subject_name) = match (&request.user, &request.service_user, &request.group) {
+            (Some(user), None, None) => {
+                let p = self.principal_of_kind(user, PrincipalKind::User).await?;
+                (BindingSubject::Principal(p.id), p.name)
+            }
+            (None, Some(service), None) => {
+                let p = self
+                    .principal_of_kind(service, PrincipalKind::Service)
+                    .await?;
+                (BindingSubject::Principal(p.id), p.name)
+            }
+            (None, None, Some(group)) => {
+                let g = self.group_named(group).await?;
+                (BindingSubject::Group(g.id), g.name)
+            }
             _ => {
                 return Err(ValidationError::new(
                     "subject",
@@ -377,15 +392,7 @@ impl Control {
         let binding = self
             .bind_role(by, role, &subject, request.selector.as_deref())
             .await?;
-        let view = self
-            .list_role_bindings(by)
-            .await?
-            .into_iter()
-            .find(|b| b.id == binding.id);
-        view.ok_or_else(|| ControlError::NotFound {
-            what: "role binding",
-            key: binding.id,
-        })
+        Ok(binding_view(binding, subject_name))
     }
 
     /// Removes a role binding, unless it is what keeps the last `pam_admin` one.
