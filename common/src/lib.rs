@@ -20,3 +20,4 @@ pub mod labels;
 pub mod names;
 pub mod people;
 pub mod signing;
+pub mod vault;
