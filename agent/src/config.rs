@@ -57,6 +57,7 @@ struct RawConfig {
     sudo_dynamic_groups: Option<bool>,
     log_level: Option<String>,
     servers: Option<Vec<String>>,
+    allow_adopt_system_accounts: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -83,6 +84,9 @@ pub struct Config {
     /// More URLs of the same control plane (replicas), tried after the enrolled one when it
     /// cannot be reached; all are pinned to the enrolled CA fingerprint.
     pub servers: Vec<String>,
+    /// Whether `adopt-account` may adopt a system account (UID 1–999), whose password Latch may
+    /// then set. Root (UID 0) is never adopted, whatever this says.
+    pub allow_adopt_system_accounts: bool,
 }
 
 /// The most replica URLs `servers` may list.
@@ -141,6 +145,7 @@ impl Config {
             sudo_dynamic_groups: true,
             log_level: "info".to_owned(),
             servers: Vec::new(),
+            allow_adopt_system_accounts: false,
         }
     }
 
@@ -218,6 +223,9 @@ impl Config {
                 .unwrap_or(defaults.sudo_dynamic_groups),
             log_level: raw.log_level.unwrap_or(defaults.log_level),
             servers: check_servers(raw.servers.unwrap_or_default())?,
+            allow_adopt_system_accounts: raw
+                .allow_adopt_system_accounts
+                .unwrap_or(defaults.allow_adopt_system_accounts),
         })
     }
 
@@ -266,6 +274,17 @@ mod tests {
             Config::parse(&uncommented).unwrap().allowed_groups,
             Some(vec!["sudo".to_owned()])
         );
+    }
+
+    #[test]
+    fn adopting_system_accounts_is_off_unless_allowed() {
+        assert!(!Config::parse("").unwrap().allow_adopt_system_accounts);
+        assert!(
+            Config::parse("allow_adopt_system_accounts = true")
+                .unwrap()
+                .allow_adopt_system_accounts
+        );
+        assert!(Config::parse("allow_adopt_system_accounts = \"yes\"").is_err());
     }
 
     #[test]

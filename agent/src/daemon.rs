@@ -348,6 +348,20 @@ pub async fn status(state: &StateDir) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    if !accounts.adopted.is_empty() {
+        println!(
+            "adopted accounts ({}; password only, never removed):",
+            accounts.adopted.len()
+        );
+        for (name, adopted) in &accounts.adopted {
+            println!(
+                "  {name:<32} uid {:<6} adopted {} by job {}",
+                adopted.uid,
+                adopted.adopted_at.to_rfc3339(),
+                adopted.adopted_by_job
+            );
+        }
+    }
     if !accounts.outbox.is_empty() {
         println!(
             "revocations not yet reported to the control plane: {}",

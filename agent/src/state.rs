@@ -3,8 +3,9 @@
 //! - `accounts.json`: the accounts Latch created here (one of the three ownership proofs, with
 //!   the marker group and the GECOS tag) and their active grants with expiries, the UID
 //!   high-water mark that keeps ephemeral UIDs from ever being reused, the highest job sequence
-//!   applied per account (stale jobs are refused), and the outbox of revocations done locally
-//!   that the control plane has not acknowledged yet;
+//!   applied per account (stale jobs are refused), the outbox of revocations done locally
+//!   that the control plane has not acknowledged yet, and the existing accounts Latch adopted
+//!   (name → UID, adopting job; their password may be set, they are never removed);
 //! - `journal/`: one file per job in flight (see `journal`);
 //! - `revoke-only.json`: present while the agent runs in revoke-only mode (its credential was
 //!   refused, or the machine-id changed): polling is stopped, local expiry goes on;
@@ -122,6 +123,20 @@ pub struct ManagedAccount {
     pub group_grants: BTreeMap<String, GroupGrant>,
 }
 
+/// An existing account Latch adopted (`adopt-account`): Latch may set its password, and never
+/// deletes, locks or expires it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdoptedAccount {
+    /// Its UID when it was adopted: an account of the same name with another UID (deleted and
+    /// re-created) is someone else's and is not adopted.
+    pub uid: u32,
+    /// The job that adopted it.
+    pub adopted_by_job: String,
+    /// When it was adopted.
+    pub adopted_at: DateTime<Utc>,
+}
+
 /// A group membership Latch granted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,6 +167,10 @@ pub struct Accounts {
     /// Jobs at or below this sequence fell out of `applied_jobs`: all count as applied.
     #[serde(default)]
     pub applied_floor: i64,
+    /// Existing accounts adopted by name (never deleted, locked or expired by Latch; only their
+    /// password is set). Kept apart from `accounts`, so no revocation path can reach them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adopted: BTreeMap<String, AdoptedAccount>,
 }
 
 /// Why the agent stopped polling and only revokes.
@@ -180,7 +199,7 @@ impl Accounts {
     /// Forgets everything tied to the previous enrollment (job sequence numbers, applied job
     /// ids, unsent revocation reports) before the host enrolls again. The accounts Latch
     /// created, their grants and the UID high-water mark stay: they are still revoked at their
-    /// end.
+    /// end. Adoptions stay too: they belong to the host's accounts, not to the enrollment.
     pub fn forget_enrollment(&mut self) {
         self.applied_seq.clear();
         self.applied_jobs.clear();
@@ -407,6 +426,30 @@ mod tests {
             accounts.was_applied(3, "anything"),
             "below the floor everything counts as applied"
         );
+    }
+
+    /// An `accounts.json` written before adoption existed reads as "nothing adopted", and one
+    /// without adoptions is written without the key (older agents refuse unknown keys).
+    #[test]
+    fn adoptions_are_optional_in_accounts_json() {
+        let old = br#"{"uid_high_water": 60000, "accounts": {}}"#;
+        let accounts: Accounts = serde_json::from_slice(old).unwrap();
+        assert!(accounts.adopted.is_empty());
+        let written = serde_json::to_value(&accounts).unwrap();
+        assert!(written.get("adopted").is_none(), "{written}");
+        let mut adopted = accounts;
+        adopted.adopted.insert(
+            "legacy".into(),
+            AdoptedAccount {
+                uid: 1001,
+                adopted_by_job: "j1".into(),
+                adopted_at: Utc::now(),
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        state.save_accounts(&adopted).unwrap();
+        assert_eq!(state.accounts().unwrap(), adopted);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use latch_common::signing::SignedJob;
 use crate::config::Config;
 use crate::crash_hook;
 use crate::plan::{self, Facts, GECOS_TAG, MARKER_GROUP, Ownership, Policy, Step};
-use crate::state::{Accounts, GroupGrant, ManagedAccount, StateDir, StateError};
+use crate::state::{Accounts, AdoptedAccount, GroupGrant, ManagedAccount, StateDir, StateError};
 use crate::system::accounts::ShadowUtils;
 use crate::system::cmd::CmdError;
 use crate::system::etc::Snapshot;
@@ -304,6 +304,7 @@ impl Worker {
             } else {
                 Vec::new()
             },
+            allow_adopt_system_accounts: self.config.allow_adopt_system_accounts,
         }
     }
 
@@ -746,6 +747,9 @@ impl Worker {
                 expires_at,
             } => {
                 accounts.uid_high_water = accounts.uid_high_water.max(uid);
+                // A name Latch now creates is no longer the adopted account it may once have
+                // been (that one is gone from /etc/passwd, or create-account was refused).
+                accounts.adopted.remove(&user);
                 accounts.accounts.insert(
                     user,
                     ManagedAccount {
@@ -814,6 +818,17 @@ impl Worker {
                         .insert(group, GroupGrant { job_id, expires_at });
                     self.state.save_accounts(accounts).map_err(state_error)?;
                 }
+            }
+            Step::RecordAdoption { user, uid } => {
+                accounts.adopted.insert(
+                    user,
+                    AdoptedAccount {
+                        uid,
+                        adopted_by_job: job_id.to_owned(),
+                        adopted_at: Utc::now(),
+                    },
+                );
+                self.state.save_accounts(accounts).map_err(state_error)?;
             }
             Step::ForgetGroupGrant { user, group } => {
                 if let Some(account) = accounts.accounts.get_mut(&user)

@@ -533,6 +533,12 @@ impl CreateJobRequest {
                 "rotate-signing-key jobs are queued by `latchctl signing-key rotate`, not through the jobs API",
             ));
         }
+        if self.kind == Some(JobKind::AdoptAccount) {
+            return Err(ValidationError::new(
+                "kind",
+                "adopt-account jobs are queued by the control plane's account enrollment, not through the jobs API",
+            ));
+        }
         let kind = self.kind.ok_or_else(|| {
             ValidationError::new("kind", "is required: create-account, delete-account, add-group, remove-group or set-password")
         })?;
@@ -602,7 +608,9 @@ impl CreateJobRequest {
                 };
                 (spec, GrantWindow::NotAGrant)
             }
-            JobKind::RotateSigningKey => (unreachable_kind()?, GrantWindow::NotAGrant),
+            JobKind::RotateSigningKey | JobKind::AdoptAccount => {
+                (unreachable_kind()?, GrantWindow::NotAGrant)
+            }
             JobKind::SetPassword => {
                 not_account_fields(&self)?;
                 no_window(&self)?;
@@ -701,7 +709,7 @@ impl CreateJobRequest {
 fn unreachable_kind() -> Result<JobSpec, ValidationError> {
     Err(ValidationError::new(
         "kind",
-        "rotate-signing-key jobs are not created through the jobs API",
+        "rotate-signing-key and adopt-account jobs are not created through the jobs API",
     ))
 }
 
@@ -829,6 +837,26 @@ mod tests {
                 password_hash: "$6$salt$hash".into()
             }
         );
+    }
+
+    /// adopt-account is queued by the control plane's account enrollment only: the jobs API
+    /// refuses it by name, whatever else the request says.
+    #[test]
+    fn adopt_account_is_not_queued_through_the_jobs_api() {
+        let request = CreateJobRequest {
+            host: "h".into(),
+            kind: Some(JobKind::AdoptAccount),
+            user: "legacy".into(),
+            ..Default::default()
+        };
+        let refused = spec(request).unwrap_err();
+        assert_eq!(refused.field, "kind");
+        assert!(refused.reason.contains("adopt-account"), "{refused}");
+        let parsed: CreateJobRequest = serde_json::from_value(
+            serde_json::json!({"host": "h", "kind": "adopt-account", "user": "legacy"}),
+        )
+        .unwrap();
+        assert_eq!(spec(parsed).unwrap_err().field, "kind");
     }
 
     #[test]

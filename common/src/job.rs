@@ -35,6 +35,10 @@ pub enum JobKind {
     /// Tell the agent the control plane's next job-signing key (queued by `latchctl signing-key
     /// rotate`, never through the jobs API).
     RotateSigningKey,
+    /// Record an existing host account as adopted, so that Latch may set its password from
+    /// then on (never delete, lock or expire it). Queued only by the control plane's account
+    /// enrollment ([`JobSpec::AdoptAccount`]), never through the jobs API.
+    AdoptAccount,
 }
 
 impl JobKind {
@@ -56,10 +60,11 @@ impl JobKind {
             JobKind::RemoveGroup => "remove-group",
             JobKind::SetPassword => "set-password",
             JobKind::RotateSigningKey => "rotate-signing-key",
+            JobKind::AdoptAccount => "adopt-account",
         }
     }
 
-    /// Parses the wire spelling of an account job kind.
+    /// Parses the wire spelling of a kind administrators may queue (one of [`JobKind::ALL`]).
     pub fn parse(s: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
@@ -126,6 +131,11 @@ pub enum JobSpec {
         /// The next Ed25519 public key, base64.
         next_key: String,
     },
+    /// See [`JobKind::AdoptAccount`].
+    AdoptAccount {
+        /// The existing account's name.
+        user: String,
+    },
 }
 
 impl JobSpec {
@@ -138,6 +148,7 @@ impl JobSpec {
             JobSpec::RemoveGroup { .. } => JobKind::RemoveGroup,
             JobSpec::SetPassword { .. } => JobKind::SetPassword,
             JobSpec::RotateSigningKey { .. } => JobKind::RotateSigningKey,
+            JobSpec::AdoptAccount { .. } => JobKind::AdoptAccount,
         }
     }
 
@@ -166,7 +177,8 @@ impl JobSpec {
             | JobSpec::DeleteAccount { user }
             | JobSpec::AddGroup { user, .. }
             | JobSpec::RemoveGroup { user, .. }
-            | JobSpec::SetPassword { user, .. } => user,
+            | JobSpec::SetPassword { user, .. }
+            | JobSpec::AdoptAccount { user } => user,
             JobSpec::RotateSigningKey { .. } => "",
         }
     }
@@ -215,7 +227,7 @@ impl JobSpec {
                 }
                 Ok(())
             }
-            JobSpec::DeleteAccount { .. } => Ok(()),
+            JobSpec::DeleteAccount { .. } | JobSpec::AdoptAccount { .. } => Ok(()),
             JobSpec::AddGroup { group, .. } | JobSpec::RemoveGroup { group, .. } => {
                 validate_group_name(group)
             }
@@ -321,6 +333,13 @@ pub enum JobErrorCode {
     /// A line of `/etc/passwd`, `/etc/group` or `/etc/shadow` does not parse: nothing is granted
     /// until the file is repaired (revocations still proceed).
     AccountFilesMalformed,
+    /// adopt-account (or set-password on an adopted account): the account is `root` (UID 0,
+    /// never) or a system account (UID below 1000) and the host's configuration does not allow
+    /// adopting system accounts.
+    SystemAccount,
+    /// adopt-account: the account is one Latch created (ephemeral); it ends with its grant and
+    /// is never adopted.
+    EphemeralAccount,
 }
 
 impl JobErrorCode {
@@ -350,6 +369,8 @@ impl JobErrorCode {
             JobErrorCode::JobExpired => "job_expired",
             JobErrorCode::ReplayedJob => "replayed_job",
             JobErrorCode::AccountFilesMalformed => "account_files_malformed",
+            JobErrorCode::SystemAccount => "system_account",
+            JobErrorCode::EphemeralAccount => "ephemeral_account",
         }
     }
 }
@@ -608,5 +629,38 @@ mod tests {
             assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(JobKind::parse("create_account"), None);
+        // Queued by the control plane itself only, never by name through the jobs API.
+        assert_eq!(JobKind::parse("adopt-account"), None);
+        assert_eq!(JobKind::parse("rotate-signing-key"), None);
+    }
+
+    #[test]
+    fn adopt_account_wire_shape_and_validation() {
+        let spec = JobSpec::AdoptAccount {
+            user: "legacy".into(),
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "adopt-account", "user": "legacy"})
+        );
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), spec);
+        assert_eq!(spec.kind(), JobKind::AdoptAccount);
+        assert_eq!(spec.kind().as_str(), "adopt-account");
+        assert_eq!(spec.user(), "legacy");
+        assert_eq!(spec.validate(), Ok(()));
+        for hostile in ["root", "-oops", "a:b", "a\nroot", ""] {
+            let spec = JobSpec::AdoptAccount {
+                user: hostile.into(),
+            };
+            assert!(spec.validate().is_err(), "{hostile:?}");
+        }
+        let extra = serde_json::json!({"kind": "adopt-account", "user": "legacy", "uid": 0});
+        assert!(serde_json::from_value::<JobSpec>(extra).is_err());
+        assert_eq!(
+            serde_json::to_value(JobErrorCode::SystemAccount).unwrap(),
+            "system_account"
+        );
+        assert_eq!(JobErrorCode::EphemeralAccount.as_str(), "ephemeral_account");
     }
 }

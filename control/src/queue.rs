@@ -410,11 +410,23 @@ impl Control {
             return Err(ValidationError::new("host", "must be a host id or host name").into());
         }
         let (spec, window) = request.into_spec(Utc::now(), &self.grant_limits(), hash_password)?;
+        self.queue_for_caller(by, &host_key, &spec, window).await
+    }
+
+    /// Queues the validated `spec` for the host `host_key` (id or name) on behalf of `by`, who
+    /// needs `hosts.manage_users` on it, and wakes an idle agent of that host.
+    async fn queue_for_caller(
+        &self,
+        by: &Authority,
+        host_key: &str,
+        spec: &JobSpec,
+        window: GrantWindow,
+    ) -> Result<JobView, ControlError> {
         let (host, _) = self
-            .host_for(by, Permission::HostsManageUsers, &host_key)
+            .host_for(by, Permission::HostsManageUsers, host_key)
             .await?;
         let job = self
-            .queue_signed(&host.id, &spec, None, &by.audit_actor(), window)
+            .queue_signed(&host.id, spec, None, &by.audit_actor(), window)
             .await?;
         tracing::info!(job_id = %job.id, host_id = %job.host_id, kind = %spec.kind(), window = window.as_str(), "job queued");
         self.wakeups.wake(&host.id);
@@ -427,6 +439,28 @@ impl Control {
             superseded_by: None,
         };
         Ok(job_view(job, Some(&context), self.config.revocation_retry))
+    }
+
+    /// Queues an `adopt-account` job: host `host` (id or name) is to record its existing
+    /// account `user` as adopted, so that later `set-password` jobs may reset its password
+    /// (Latch never deletes, locks or expires an adopted account). This is the one door for
+    /// adopt-account jobs — the jobs API refuses the kind — meant for the control plane's own
+    /// account enrollment; it needs `hosts.manage_users` on the host. The agent decides
+    /// whether the account may be adopted: it must exist, not be one Latch created, and not be
+    /// root or (unless the host's configuration allows it) a system account.
+    pub async fn queue_adopt_account(
+        &self,
+        by: &Authority,
+        host: &str,
+        user: &str,
+    ) -> Result<JobView, ControlError> {
+        by.require(Permission::HostsManageUsers)?;
+        let spec = JobSpec::AdoptAccount {
+            user: user.to_owned(),
+        };
+        spec.validate()?;
+        self.queue_for_caller(by, host, &spec, GrantWindow::NotAGrant)
+            .await
     }
 
     fn view(&self, job: JobRecord, context: &HashMap<String, JobContext>) -> JobView {

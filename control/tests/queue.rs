@@ -450,6 +450,79 @@ async fn set_password_stores_only_a_hash(db: TestDb) {
 }
 both_stores!(set_password_stores_only_a_hash);
 
+/// adopt-account reaches a host only through `queue_adopt_account` (the jobs API refuses the
+/// kind), signed like every job, with a deadline, and never for a hostile or reserved name.
+async fn adopt_account_is_queued_by_the_library_only(db: TestDb) {
+    let control = control(&db, ControlConfig::default()).await;
+    let host = enrolled_host(&control, "db1").await;
+    let through_api = control
+        .create_job(
+            &support::admin(),
+            CreateJobRequest {
+                host: "db1".into(),
+                kind: Some(JobKind::AdoptAccount),
+                user: "legacy".into(),
+                ..CreateJobRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&through_api, ControlError::Invalid(e) if e.field == "kind"),
+        "{through_api:?}"
+    );
+    for hostile in ["root", "-oops", "a:b", "x\ny"] {
+        let refused = control
+            .queue_adopt_account(&support::admin(), "db1", hostile)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, ControlError::Invalid(e) if e.field == "user"),
+            "{hostile:?}: {refused:?}"
+        );
+    }
+    let missing = control
+        .queue_adopt_account(&support::admin(), "nosuchhost", "legacy")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, ControlError::NotFound { .. }),
+        "{missing:?}"
+    );
+    assert!(
+        control
+            .next_job(&host, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing refused was queued"
+    );
+
+    let view = control
+        .queue_adopt_account(&support::admin(), "db1", "legacy")
+        .await
+        .unwrap();
+    assert_eq!(view.kind, JobKind::AdoptAccount);
+    assert_eq!(view.status, JobStatus::Pending);
+    let delivered = control
+        .next_job(&host, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered.id, view.id);
+    let payload: latch_common::signing::SignedJob =
+        serde_json::from_str(&delivered.payload).unwrap();
+    assert_eq!(
+        payload.spec,
+        JobSpec::AdoptAccount {
+            user: "legacy".into()
+        }
+    );
+    assert!(payload.not_after.is_some(), "adoption has a deadline");
+    assert!(!delivered.signature.is_empty(), "signed like every job");
+}
+both_stores!(adopt_account_is_queued_by_the_library_only);
+
 fn account(host: &str, user: &str) -> CreateJobRequest {
     CreateJobRequest {
         host: host.into(),

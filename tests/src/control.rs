@@ -263,6 +263,30 @@ impl ControlPlane {
         job["id"].as_str().expect("job id").to_owned()
     }
 
+    /// Queues a set-password job through `latchctl jobs create --password-stdin` (the plaintext
+    /// on stdin; the control plane sends only its SHA-512 crypt hash) and returns the job as
+    /// `latchctl --output json` printed it.
+    pub fn create_password_job(&self, host: &str, user: &str, password: &str) -> Value {
+        let out = self.latchctl_stdin(
+            &[
+                "--output",
+                "json",
+                "jobs",
+                "create",
+                "--host",
+                host,
+                "--user",
+                user,
+                "--kind",
+                "set-password",
+                "--password-stdin",
+            ],
+            Some(format!("{password}\n").as_bytes()),
+        );
+        serde_json::from_str(&out.ok("latchctl jobs create --kind set-password"))
+            .expect("set-password job JSON")
+    }
+
     /// `latchctl jobs show ID`.
     pub fn job(&self, id: &str) -> Value {
         self.json(&["jobs", "show", id])

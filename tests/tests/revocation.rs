@@ -329,23 +329,7 @@ fn passwords_go_through_pam_and_never_through_argv() {
         .ok("start argv sampler");
     let mut hashes = Vec::new();
     for password in ["first secret password", "second secret password"] {
-        let out = cp.latchctl_stdin(
-            &[
-                "--output",
-                "json",
-                "jobs",
-                "create",
-                "--host",
-                "e2e-pam1",
-                "--user",
-                "erin",
-                "--kind",
-                "set-password",
-                "--password-stdin",
-            ],
-            Some(format!("{password}\n").as_bytes()),
-        );
-        let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+        let job = cp.create_password_job("e2e-pam1", "erin", password);
         cp.expect_confirmed(job["id"].as_str().expect("id"));
         hashes.push(
             host.shadow_line("erin")

@@ -277,23 +277,7 @@ fn the_audit_trail_is_complete_secret_free_and_tamper_evident() {
         "lena",
     ]));
     let password = "audit trail password";
-    let out = cp.latchctl_stdin(
-        &[
-            "--output",
-            "json",
-            "jobs",
-            "create",
-            "--host",
-            "e2e-audit1",
-            "--user",
-            "lena",
-            "--kind",
-            "set-password",
-            "--password-stdin",
-        ],
-        Some(format!("{password}\n").as_bytes()),
-    );
-    let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+    let job = cp.create_password_job("e2e-audit1", "lena", password);
     cp.expect_confirmed(job["id"].as_str().expect("id"));
     cp.expect_failed(
         &cp.create_job(&[

@@ -242,23 +242,7 @@ fn remove_group_set_password_and_delete() {
     );
 
     let password = "correct horse battery staple";
-    let out = cp.latchctl_stdin(
-        &[
-            "--output",
-            "json",
-            "jobs",
-            "create",
-            "--host",
-            "e2e-app1",
-            "--user",
-            "bob",
-            "--kind",
-            "set-password",
-            "--password-stdin",
-        ],
-        Some(format!("{password}\n").as_bytes()),
-    );
-    let job: Value = serde_json::from_str(&out.ok("set-password")).expect("json");
+    let job = cp.create_password_job("e2e-app1", "bob", password);
     assert_eq!(job["params"]["password_hash"], "<redacted>");
     cp.expect_confirmed(job["id"].as_str().expect("id"));
     let shadow = host.shadow_line("bob").expect("shadow");

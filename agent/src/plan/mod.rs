@@ -23,8 +23,10 @@ pub use expiry::Expired;
 pub use expiry::{authorized_key_lines, expired, next_expiry, plan_expiry, shadow_expire_day};
 #[cfg(test)]
 pub use ownership::FilesOnly;
+use ownership::not_for_adopted;
 pub use ownership::{
-    GECOS_TAG, MARKER_GROUP, NameService, Ownership, choose_uid, managed_account, owned_account,
+    GECOS_TAG, MARKER_GROUP, NameService, Ownership, adoptable_uid, adopted_account, choose_uid,
+    managed_account, owned_account,
 };
 pub use verify::verify;
 
@@ -46,6 +48,8 @@ pub struct Policy {
     /// dynamic`): revoking one leaves the user's sessions alone. Revoking any other group ends
     /// the user's processes that still hold it (a process keeps its groups until it exits).
     pub sudo_checked_groups: Vec<String>,
+    /// Whether system accounts (UID 1–999) may be adopted (root never is).
+    pub allow_adopt_system_accounts: bool,
 }
 
 /// Everything the planner decides from.
@@ -153,6 +157,14 @@ pub enum Step {
         /// End.
         expires_at: Option<DateTime<Utc>>,
     },
+    /// Record an existing account as adopted (`accounts.json`): its password may be set from
+    /// then on; it is never deleted, locked or expired.
+    RecordAdoption {
+        /// Name.
+        user: String,
+        /// Its UID now (a later account of that name with another UID is not adopted).
+        uid: u32,
+    },
     /// Forget a group grant.
     ForgetGroupGrant {
         /// Name.
@@ -217,6 +229,9 @@ impl Step {
             }
             Step::ForgetGroupGrant { user, group } => {
                 format!("forget the '{group}' grant of '{user}'")
+            }
+            Step::RecordAdoption { user, uid } => {
+                format!("record '{user}' (UID {uid}) as adopted")
             }
             Step::EndProcesses { uid, .. } => format!("end the processes of UID {uid}"),
             Step::EndPrivilegedProcesses { uid, holding: None } => {
@@ -418,6 +433,79 @@ fn leftover_steps(user: &str, uid: u32, snapshot: &Snapshot) -> Vec<Step> {
     steps
 }
 
+/// Whose password a set-password job may set: an account Latch created and may still grant to
+/// ([`managed_account`]), or an adopted one whose UID is still the adopted one
+/// ([`adopted_account`]).
+fn password_account(user: &str, facts: &Facts<'_>) -> Result<(), JobError> {
+    if facts.accounts.adopted.contains_key(user) && !facts.accounts.accounts.contains_key(user) {
+        adopted_account(user, facts).map(|_| ())
+    } else {
+        managed_account(user, facts).map(|_| ())
+    }
+}
+
+/// adopt-account: an existing local account that Latch did not create (no record, no marker
+/// group), neither root nor — unless the host allows it — a system account, is recorded as
+/// adopted. Adopting it again with the same UID changes nothing.
+fn plan_adoption(user: &str, job_id: &str, facts: &Facts<'_>) -> Result<Plan, JobError> {
+    let snapshot = facts.snapshot;
+    files_well_formed(snapshot)?;
+    if !matches!(
+        owned_account(user, snapshot, facts.accounts),
+        Ownership::NotOurs
+    ) {
+        return Err(refuse(
+            JobErrorCode::EphemeralAccount,
+            format!(
+                "account '{user}' is one Latch created for a grant (ephemeral): it is removed when its grant ends and is never adopted. To adopt an ordinary account of that name, delete the ephemeral one first (delete-account)"
+            ),
+        ));
+    }
+    let Some(entry) = snapshot.user(user) else {
+        let why = if facts.names.user_exists(user) {
+            " (it resolves through the name service — LDAP, SSSD, … —, whose accounts Latch does not change)"
+        } else {
+            ""
+        };
+        return Err(refuse(
+            JobErrorCode::NoSuchAccount,
+            format!(
+                "account '{user}' does not exist in /etc/passwd on this host{why}; only an existing local account can be adopted"
+            ),
+        ));
+    };
+    if snapshot.is_member(user, MARKER_GROUP) {
+        return Err(refuse(
+            JobErrorCode::EphemeralAccount,
+            format!(
+                "account '{user}' is in the {MARKER_GROUP} group, the mark of accounts Latch creates for grants, but this agent has no record of it; an ephemeral account is never adopted. If it is an ordinary account, take it out of {MARKER_GROUP} (gpasswd -d {user} {MARKER_GROUP}) and adopt it again"
+            ),
+        ));
+    }
+    adoptable_uid(user, entry.uid, facts.policy)?;
+    let record = Step::RecordAdoption {
+        user: user.to_owned(),
+        uid: entry.uid,
+    };
+    Ok(match facts.accounts.adopted.get(user) {
+        Some(adopted) if adopted.uid == entry.uid && adopted.adopted_by_job == job_id => {
+            Plan::default()
+        }
+        Some(adopted) if adopted.uid == entry.uid => Plan::note(format!(
+            "account '{user}' (UID {}) was already adopted by job {}; nothing to do",
+            entry.uid, adopted.adopted_by_job
+        )),
+        Some(adopted) => Plan {
+            steps: vec![record],
+            notes: vec![format!(
+                "'{user}' had been adopted with UID {}, which it no longer has; the account that now has the name (UID {}) is adopted in its place",
+                adopted.uid, entry.uid
+            )],
+        },
+        None => Plan::steps(vec![record]),
+    })
+}
+
 /// Plans `spec`. An empty plan means the host is already in the requested state.
 pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, JobError> {
     spec.validate().map_err(|e| {
@@ -559,6 +647,11 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
                     "the account Latch created as '{user}' (UID {ours}) is gone; the name now has UID {now} and belongs to someone else, who was left alone"
                 )],
             }),
+            Ownership::NotOurs
+                if snapshot.user(user).is_some() && facts.accounts.adopted.contains_key(user) =>
+            {
+                Err(not_for_adopted(user, "it is never deleted"))
+            }
             Ownership::NotOurs if snapshot.user(user).is_some() => Err(refuse(
                 JobErrorCode::AccountNotManaged,
                 format!(
@@ -655,6 +748,12 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
                         "the account Latch created as '{user}' is gone; nothing to remove"
                     )],
                 }),
+                Ownership::NotOurs
+                    if snapshot.user(user).is_some()
+                        && facts.accounts.adopted.contains_key(user) =>
+                {
+                    Err(not_for_adopted(user, "its groups are never changed"))
+                }
                 Ownership::NotOurs if snapshot.user(user).is_some() => Err(refuse(
                     JobErrorCode::AccountNotManaged,
                     format!(
@@ -668,12 +767,13 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
         }
         // Handled by the worker: it changes the agent's identity, not the host.
         JobSpec::RotateSigningKey { .. } => Ok(Plan::default()),
+        JobSpec::AdoptAccount { user } => plan_adoption(user, job_id, facts),
         JobSpec::SetPassword {
             user,
             password_hash,
         } => {
             files_well_formed(snapshot)?;
-            managed_account(user, facts)?;
+            password_account(user, facts)?;
             let mut steps = Vec::new();
             if snapshot
                 .shadow(user)
@@ -692,7 +792,7 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{GroupGrant, ManagedAccount};
+    use crate::state::{AdoptedAccount, GroupGrant, ManagedAccount};
     use crate::system::etc::{parse_group, parse_passwd, parse_shadow};
     use latch_common::job::JobErrorCode as Code;
 
@@ -741,6 +841,7 @@ mod tests {
             uid_max: 60999,
             default_shell: "/bin/bash".into(),
             sudo_checked_groups: vec!["sudo".into()],
+            allow_adopt_system_accounts: false,
         }
     }
 
@@ -839,25 +940,29 @@ mod tests {
         );
     }
 
+    /// A directory (LDAP, SSSD) behind NSS that knows a user, a group, a UID and a GID the files
+    /// do not.
+    struct Directory;
+
+    impl NameService for Directory {
+        fn user_exists(&self, name: &str) -> bool {
+            name == "ldapuser"
+        }
+        fn group_exists(&self, name: &str) -> bool {
+            name == "ldapgroup"
+        }
+        fn uid_taken(&self, uid: u32) -> bool {
+            uid == 60003
+        }
+        fn gid_taken(&self, gid: u32) -> bool {
+            gid == 60004
+        }
+    }
+
     /// Finding 13 (second half): a UID or name known only to the name service (LDAP, SSSD,
     /// extrausers) is never handed out.
     #[test]
     fn finding_13_uids_and_names_known_to_nss_are_skipped() {
-        struct Directory;
-        impl NameService for Directory {
-            fn user_exists(&self, name: &str) -> bool {
-                name == "ldapuser"
-            }
-            fn group_exists(&self, name: &str) -> bool {
-                name == "ldapgroup"
-            }
-            fn uid_taken(&self, uid: u32) -> bool {
-                uid == 60003
-            }
-            fn gid_taken(&self, gid: u32) -> bool {
-                gid == 60004
-            }
-        }
         let (snapshot, accounts, policy) = (snapshot(), accounts(), policy());
         let facts = Facts {
             snapshot: &snapshot,
@@ -1139,23 +1244,265 @@ mod tests {
     fn only_accounts_latch_created_are_deleted_or_changed() {
         check(delete("legacy"), Err(Code::AccountNotManaged));
         check(delete("fake"), Err(Code::AccountNotManaged));
-        check(
-            JobSpec::SetPassword {
-                user: "legacy".into(),
-                password_hash: "$6$x$y".into(),
-            },
-            Err(Code::AccountNotManaged),
-        );
+        check(set_password("legacy"), Err(Code::AccountNotManaged));
         check(delete("eph"), Ok(eph_removal()));
         check(
-            JobSpec::SetPassword {
-                user: "eph".into(),
-                password_hash: "$6$x$y".into(),
-            },
+            set_password("eph"),
             Ok(vec![Step::SetPasswordHash {
                 user: "eph".into(),
                 hash: "$6$x$y".into(),
             }]),
+        );
+    }
+
+    fn adopt(user: &str) -> JobSpec {
+        JobSpec::AdoptAccount { user: user.into() }
+    }
+
+    fn set_password(user: &str) -> JobSpec {
+        JobSpec::SetPassword {
+            user: user.into(),
+            password_hash: "$6$x$y".into(),
+        }
+    }
+
+    /// The fixture's records with `legacy` (UID 1001) adopted by job `a1`.
+    fn with_legacy_adopted() -> Accounts {
+        let mut records = accounts();
+        records.adopted.insert(
+            "legacy".into(),
+            AdoptedAccount {
+                uid: 1001,
+                adopted_by_job: "a1".into(),
+                adopted_at: Utc::now(),
+            },
+        );
+        records
+    }
+
+    /// The fixture's files with `legacy` deleted and re-created with another UID.
+    fn legacy_recreated() -> Snapshot {
+        let mut files = snapshot();
+        for entry in &mut files.passwd {
+            if entry.name == "legacy" {
+                entry.uid = 1500;
+            }
+        }
+        files
+    }
+
+    /// The fixture's files plus a system account (`svc`, UID 998) and a root alias (`toor`).
+    fn with_system_accounts() -> Snapshot {
+        let mut files = snapshot();
+        files.passwd.extend(
+            parse_passwd(
+                "svc:x:998:998::/var/lib/svc:/usr/sbin/nologin\ntoor:x:0:0::/root:/bin/bash\n",
+            )
+            .unwrap(),
+        );
+        files
+            .shadow
+            .extend(parse_shadow("svc:!:1::::::\ntoor:*:1::::::\n").unwrap());
+        files
+    }
+
+    #[test]
+    fn adopting_an_existing_ordinary_account_records_it() {
+        check(
+            adopt("legacy"),
+            Ok(vec![Step::RecordAdoption {
+                user: "legacy".into(),
+                uid: 1001,
+            }]),
+        );
+        // Re-delivery of the adopting job: nothing to do, nothing to say.
+        let records = with_legacy_adopted();
+        let facts = Facts {
+            snapshot: &snapshot(),
+            accounts: &records,
+            policy: &policy(),
+            names: &FilesOnly,
+        };
+        assert_eq!(plan(&adopt("legacy"), "a1", &facts), Ok(Plan::default()));
+        // Another adopt of the same account changes nothing either, and says so.
+        let again = plan(&adopt("legacy"), "a2", &facts).unwrap();
+        assert!(again.steps.is_empty());
+        assert!(
+            again.notes[0].contains("already adopted by job a1"),
+            "{again:?}"
+        );
+        // Deleted and re-created under the same name: an explicit adopt takes the new account.
+        let files = legacy_recreated();
+        let replaced = plan_with(&adopt("legacy"), &files, &records, &policy()).unwrap();
+        assert_eq!(
+            replaced.steps,
+            vec![Step::RecordAdoption {
+                user: "legacy".into(),
+                uid: 1500
+            }]
+        );
+        assert!(replaced.notes[0].contains("UID 1001"), "{replaced:?}");
+    }
+
+    #[test]
+    fn adopting_what_is_missing_or_latchs_own_is_refused() {
+        check(adopt("alice"), Err(Code::NoSuchAccount));
+        check(adopt("eph"), Err(Code::EphemeralAccount));
+        // Marker group and GECOS tag but no record: an ephemeral account whose record is lost.
+        check(adopt("fake"), Err(Code::EphemeralAccount));
+        // A name whose Latch account is gone and now belongs to someone else: delete-account
+        // drops the record first.
+        let mut records = accounts();
+        records.accounts.get_mut("eph").unwrap().uid = 60005;
+        let err = plan_with(&adopt("eph"), &snapshot(), &records, &policy()).unwrap_err();
+        assert_eq!(err.code, Code::EphemeralAccount);
+        assert!(err.message.contains("delete-account"), "{err}");
+        check(adopt("root"), Err(Code::InvalidJob));
+        check(adopt("-oops"), Err(Code::InvalidJob));
+        let mut files = snapshot();
+        files.malformed = vec!["/etc/passwd line 9: expected 7 fields, found 1".into()];
+        let err = plan_with(&adopt("legacy"), &files, &accounts(), &policy()).unwrap_err();
+        assert_eq!(err.code, Code::AccountFilesMalformed);
+        // Known only to the name service (LDAP, SSSD): not a local account to adopt.
+        let (files, records, policy) = (snapshot(), accounts(), policy());
+        let facts = Facts {
+            snapshot: &files,
+            accounts: &records,
+            policy: &policy,
+            names: &Directory,
+        };
+        let err = plan(&adopt("ldapuser"), "j", &facts).unwrap_err();
+        assert_eq!(err.code, Code::NoSuchAccount);
+        assert!(err.message.contains("name service"), "{err}");
+    }
+
+    /// DESIGN.md §3 rule 1: root and system accounts are refused unless the host allows them;
+    /// root (UID 0, under any name) always.
+    #[test]
+    fn root_and_system_accounts_are_adopted_only_as_the_host_allows() {
+        let files = with_system_accounts();
+        let strict = policy();
+        let allowing = Policy {
+            allow_adopt_system_accounts: true,
+            ..policy()
+        };
+        let refused = |user: &str, policy: &Policy| {
+            plan_with(&adopt(user), &files, &accounts(), policy).unwrap_err()
+        };
+        let err = refused("svc", &strict);
+        assert_eq!(err.code, Code::SystemAccount);
+        assert!(err.message.contains("allow_adopt_system_accounts"), "{err}");
+        assert_eq!(
+            plan_with(&adopt("svc"), &files, &accounts(), &allowing)
+                .unwrap()
+                .steps,
+            vec![Step::RecordAdoption {
+                user: "svc".into(),
+                uid: 998
+            }]
+        );
+        for policy in [&strict, &allowing] {
+            let err = refused("toor", policy);
+            assert_eq!(err.code, Code::SystemAccount);
+            assert!(err.message.contains("UID 0"), "{err}");
+        }
+        // A system account adopted while allowed gets no password once the host stops
+        // allowing it.
+        let mut records = accounts();
+        records.adopted.insert(
+            "svc".into(),
+            AdoptedAccount {
+                uid: 998,
+                adopted_by_job: "a1".into(),
+                adopted_at: Utc::now(),
+            },
+        );
+        assert!(plan_with(&set_password("svc"), &files, &records, &allowing).is_ok());
+        let err = plan_with(&set_password("svc"), &files, &records, &strict).unwrap_err();
+        assert_eq!(err.code, Code::SystemAccount);
+    }
+
+    #[test]
+    fn set_password_reaches_adopted_accounts_with_their_uid_only() {
+        let records = with_legacy_adopted();
+        let set = |files: &Snapshot| {
+            plan_with(&set_password("legacy"), files, &records, &policy()).map(|p| p.steps)
+        };
+        assert_eq!(
+            set(&snapshot()),
+            Ok(vec![Step::SetPasswordHash {
+                user: "legacy".into(),
+                hash: "$6$x$y".into(),
+            }])
+        );
+        // Not adopted: refused as before.
+        check(set_password("legacy"), Err(Code::AccountNotManaged));
+        // Deleted and re-created with another UID: someone else's account now.
+        let err = set(&legacy_recreated()).unwrap_err();
+        assert_eq!(err.code, JobErrorCode::AccountNotManaged);
+        assert!(
+            err.message.contains("UID 1001") && err.message.contains("UID 1500"),
+            "{err}"
+        );
+        // Deleted.
+        let mut gone = snapshot();
+        gone.passwd.retain(|u| u.name != "legacy");
+        assert_eq!(set(&gone).unwrap_err().code, Code::NoSuchAccount);
+    }
+
+    /// Adopted accounts are never deleted, locked, expired or given groups: only their password
+    /// is set.
+    #[test]
+    fn adopted_accounts_are_never_revoked() {
+        let records = with_legacy_adopted();
+        for spec in [
+            delete("legacy"),
+            remove_sudo("legacy"),
+            JobSpec::AddGroup {
+                user: "legacy".into(),
+                group: "sudo".into(),
+                expires_at: None,
+            },
+            create("legacy", &[]),
+        ] {
+            let err = plan_with(&spec, &snapshot(), &records, &policy()).unwrap_err();
+            assert!(
+                matches!(err.code, Code::AccountNotManaged | Code::AccountExists),
+                "{spec:?}: {err}"
+            );
+            assert!(
+                err.code == Code::AccountExists || err.message.contains("adopted"),
+                "{spec:?}: {err}"
+            );
+        }
+        let far = Utc::now() + chrono::Duration::days(365 * 100);
+        assert!(expired(&records, far).is_empty());
+        assert_eq!(next_expiry(&records), None);
+    }
+
+    #[test]
+    fn adoption_is_verified_on_the_files_and_the_record() {
+        let files = snapshot();
+        let verify_with = |files: &Snapshot, records: &Accounts| {
+            let policy = policy();
+            let facts = Facts {
+                snapshot: files,
+                accounts: records,
+                policy: &policy,
+                names: &FilesOnly,
+            };
+            verify(&adopt("legacy"), &facts).map_err(|e| e.code)
+        };
+        assert_eq!(verify_with(&files, &with_legacy_adopted()), Ok(()));
+        assert_eq!(
+            verify_with(&files, &accounts()),
+            Err(Code::VerifyFailed),
+            "no record"
+        );
+        assert_eq!(
+            verify_with(&legacy_recreated(), &with_legacy_adopted()),
+            Err(Code::VerifyFailed),
+            "the record names another UID"
         );
     }
 

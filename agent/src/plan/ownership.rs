@@ -8,12 +8,21 @@
 //!   `usermod -G`) takes part, so revocation always reaches the end.
 //! - **may Latch grant more to it?** ([`managed_account`]): in addition, it is still in the
 //!   `latch-managed` marker group and its UID is in the configured range.
+//!
+//! Adopted accounts (`adopt-account`) are a third kind, recorded apart (`Accounts::adopted`):
+//! existing accounts whose password Latch may set ([`adopted_account`]: the record's UID is
+//! still the account's), and that no revocation ever reaches — [`owned_account`] does not know
+//! them, so they are never deleted, locked or expired.
 
 use latch_common::job::{JobError, JobErrorCode};
 
 use super::{Facts, Policy, refuse};
 use crate::state::Accounts;
 use crate::system::etc::{PasswdEntry, Snapshot};
+
+/// UIDs below this are system accounts: adopted only when the host's configuration allows it
+/// (`allow_adopt_system_accounts`); UID 0 never.
+pub const SYSTEM_UID_LIMIT: u32 = 1000;
 
 /// The group every account Latch creates belongs to (the on-host marker).
 pub const MARKER_GROUP: &str = "latch-managed";
@@ -110,6 +119,11 @@ pub fn managed_account<'a>(user: &str, facts: &Facts<'a>) -> Result<&'a PasswdEn
                 format!("the /etc/passwd line of '{user}' does not parse; repair it (`pwck`)"),
             ));
         }
+        Ownership::NotOurs
+            if facts.accounts.adopted.contains_key(user) && snapshot.user(user).is_some() =>
+        {
+            return Err(not_for_adopted(user, "only its password is set"));
+        }
         Ownership::NotOurs | Ownership::Replaced { .. } if snapshot.user(user).is_some() => {
             return Err(refuse(
                 JobErrorCode::AccountNotManaged,
@@ -145,6 +159,79 @@ pub fn managed_account<'a>(user: &str, facts: &Facts<'a>) -> Result<&'a PasswdEn
             ),
         ))
     }
+}
+
+/// The refusal of anything but a password change for an adopted account (`what` says what
+/// Latch does to it instead).
+pub(crate) fn not_for_adopted(user: &str, what: &str) -> JobError {
+    refuse(
+        JobErrorCode::AccountNotManaged,
+        format!(
+            "account '{user}' was adopted, not created by Latch: {what}; Latch never deletes, locks, expires or grants groups to an adopted account — do that by hand on the host"
+        ),
+    )
+}
+
+/// Whether an account with `uid` may be adopted (or keep getting its password set) under
+/// `policy`: never root (UID 0, whatever its name), a system account (UID below
+/// [`SYSTEM_UID_LIMIT`]) only with `allow_adopt_system_accounts`.
+pub fn adoptable_uid(user: &str, uid: u32, policy: &Policy) -> Result<(), JobError> {
+    if uid == 0 {
+        return Err(refuse(
+            JobErrorCode::SystemAccount,
+            format!(
+                "account '{user}' has UID 0 (root); Latch never adopts root or an alias of it, whatever the host's configuration says"
+            ),
+        ));
+    }
+    if uid < SYSTEM_UID_LIMIT && !policy.allow_adopt_system_accounts {
+        return Err(refuse(
+            JobErrorCode::SystemAccount,
+            format!(
+                "account '{user}' has UID {uid}, a system account (below {SYSTEM_UID_LIMIT}); set allow_adopt_system_accounts = true in the agent's configuration if Latch should manage its password"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The passwd entry of `user` if it is an adopted account whose password Latch may set: the
+/// adoption record's UID is the UID `/etc/passwd` has for the name now (an account deleted and
+/// re-created under the same name is someone else's), and the policy still allows its UID.
+pub fn adopted_account<'a>(user: &str, facts: &Facts<'a>) -> Result<&'a PasswdEntry, JobError> {
+    let snapshot = facts.snapshot;
+    let Some(record) = facts.accounts.adopted.get(user) else {
+        return Err(refuse(
+            JobErrorCode::AccountNotManaged,
+            format!("account '{user}' was not adopted by Latch on this host"),
+        ));
+    };
+    let Some(entry) = snapshot.user(user) else {
+        if snapshot.malformed_users.iter().any(|name| name == user) {
+            return Err(refuse(
+                JobErrorCode::AccountFilesMalformed,
+                format!("the /etc/passwd line of '{user}' does not parse; repair it (`pwck`)"),
+            ));
+        }
+        return Err(refuse(
+            JobErrorCode::NoSuchAccount,
+            format!(
+                "account '{user}' was adopted (UID {}) but no longer exists on this host",
+                record.uid
+            ),
+        ));
+    };
+    if entry.uid != record.uid {
+        return Err(refuse(
+            JobErrorCode::AccountNotManaged,
+            format!(
+                "account '{user}' was adopted with UID {} but now has UID {}: it was deleted and re-created, and the new account is not adopted; adopt it again if Latch should manage it",
+                record.uid, entry.uid
+            ),
+        ));
+    }
+    adoptable_uid(user, entry.uid, facts.policy)?;
+    Ok(entry)
 }
 
 /// The lowest UID of the policy's range that is above the high-water mark and known neither to

@@ -4,7 +4,7 @@
 use latch_common::job::{JobError, JobErrorCode, JobSpec};
 
 use super::expiry::shadow_expire_day;
-use super::ownership::{Ownership, managed_account, owned_account};
+use super::ownership::{Ownership, adopted_account, managed_account, owned_account};
 use super::{Facts, refuse};
 
 /// Checks, on files read back after applying, that `spec`'s post-condition holds.
@@ -114,6 +114,11 @@ pub fn verify(spec: &JobSpec, facts: &Facts<'_>) -> Result<(), JobError> {
                     "the password hash of '{user}' in /etc/shadow is not the new one"
                 )));
             }
+        }
+        JobSpec::AdoptAccount { user } => {
+            // The record exists and names the UID the account has now.
+            adopted_account(user, facts)
+                .map_err(|e| failed(format!("'{user}' is not adopted ({})", e.message)))?;
         }
         JobSpec::RotateSigningKey { .. } => {}
     }
