@@ -219,7 +219,7 @@ impl Control {
         Ok(self.store.groups().await?.iter().map(group_view).collect())
     }
 
-    async fn group_named(&self, key: &str) -> Result<GroupRecord, ControlError> {
+    pub(crate) async fn group_named(&self, key: &str) -> Result<GroupRecord, ControlError> {
         self.store
             .group(key)
             .await?

@@ -68,6 +68,9 @@ pub enum ControlError {
     /// The identity provider could not be reached or answered nonsense.
     #[error("{0}")]
     IdentityProvider(String),
+    /// Too many requests of this kind (e.g. break-glass past its per-minute limit).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -114,6 +114,8 @@ pub struct ControlConfig {
     pub poll_recheck: std::time::Duration,
     /// Which sensitive actions need a recent second factor (MFA step-up).
     pub mfa: mfa::MfaPolicy,
+    /// The credential vault's settings.
+    pub vault: vault::VaultConfig,
 }
 
 impl Default for ControlConfig {
@@ -132,6 +134,7 @@ impl Default for ControlConfig {
             },
             poll_recheck: std::time::Duration::from_secs(5),
             mfa: mfa::MfaPolicy::default(),
+            vault: vault::VaultConfig::default(),
         }
     }
 }
@@ -147,6 +150,8 @@ pub struct Control {
     /// Whether other processes may share the database (and wake-ups can come from them).
     shared_store: bool,
     sso: Option<sso::Sso>,
+    /// The vault's master key (from the data directory); without it the vault refuses to work.
+    master_key: Option<Arc<vault::SecretKey>>,
 }
 
 impl Control {
@@ -165,7 +170,14 @@ impl Control {
             ca_fingerprint: None,
             audit_head: audit::head::AuditHead::in_memory(),
             sso: None,
+            master_key: None,
         }
+    }
+
+    /// Opens the credential vault with this master key ([`datadir::DataDir::master_key`]).
+    pub fn with_master_key(mut self, master_key: Arc<vault::SecretKey>) -> Self {
+        self.master_key = Some(master_key);
+        self
     }
 
     /// Records the fingerprint of the CA agents must pin (shown with new enrollment tokens).

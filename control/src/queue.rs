@@ -303,6 +303,22 @@ impl Control {
         window: GrantWindow,
     ) -> Result<JobRecord, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
+        self.queue_signed_as(&id, host_id, spec, revokes, actor, window)
+            .await
+    }
+
+    /// [`Control::queue_signed`] with the job id chosen by the caller (recorded before the job
+    /// is queued, as a rotation does).
+    async fn queue_signed_as(
+        &self,
+        id: &str,
+        host_id: &str,
+        spec: &JobSpec,
+        revokes: Option<&str>,
+        actor: &Actor,
+        window: GrantWindow,
+    ) -> Result<JobRecord, ControlError> {
+        let id = id.to_owned();
         let now = Utc::now();
         let not_after = match spec {
             JobSpec::DeleteAccount { .. }
@@ -369,23 +385,36 @@ impl Control {
         }
     }
 
+    /// Queues an internal job with the id `job_id` (chosen and recorded beforehand) for
+    /// `host_id`, and wakes the host.
+    pub(crate) async fn queue_internal_job(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        spec: &JobSpec,
+    ) -> Result<(), ControlError> {
+        self.queue_signed_as(
+            job_id,
+            host_id,
+            spec,
+            None,
+            &Actor::new(crate::enroll::CONTROL_PLANE),
+            GrantWindow::NotAGrant,
+        )
+        .await?;
+        self.wakeups.wake(host_id);
+        Ok(())
+    }
+
     /// Queues an internal job (not from the jobs API) for `host_id`; returns its id.
     pub(crate) async fn queue_job_for(
         &self,
         host_id: &str,
         spec: &JobSpec,
     ) -> Result<String, ControlError> {
-        let job = self
-            .queue_signed(
-                host_id,
-                spec,
-                None,
-                &Actor::new(crate::enroll::CONTROL_PLANE),
-                GrantWindow::NotAGrant,
-            )
-            .await?;
-        self.wakeups.wake(host_id);
-        Ok(job.id)
+        let id = uuid::Uuid::new_v4().to_string();
+        self.queue_internal_job(host_id, &id, spec).await?;
+        Ok(id)
     }
 
     /// The grant windows this control plane allows.

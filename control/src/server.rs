@@ -49,6 +49,9 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The vault's schedules could not start.
+    #[error(transparent)]
+    Schedule(#[from] crate::vault::schedule::ScheduleError),
     /// The server loop failed.
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
@@ -106,6 +109,9 @@ pub async fn run(
                 if let Err(error) = control.revoke_expired_grants().await {
                     tracing::error!(%error, "queueing revocations of expired grants failed");
                 }
+                if let Err(error) = control.settle_rotations().await {
+                    tracing::error!(%error, "settling vault rotations failed");
+                }
                 ticks += 1;
                 if ticks.is_multiple_of(SESSION_PURGE_EVERY)
                     && let Err(error) = control.purge_ended_sessions().await
@@ -115,6 +121,8 @@ pub async fn run(
             }
         })
     };
+    let mut schedules =
+        crate::vault::schedule::start(control.clone(), replica.leadership.clone()).await?;
     // Its own task: nothing the audit head does can delay the sweep (revocations above all).
     let head_keeper = {
         let control = control.clone();
@@ -158,6 +166,9 @@ pub async fn run(
     };
     sweeper.abort();
     head_keeper.abort();
+    if let Err(error) = schedules.shutdown().await {
+        tracing::warn!(%error, "stopping the vault's schedules failed");
+    }
     drop(replica);
     result
 }

@@ -347,6 +347,11 @@ struct Matrix {
     leases: HashMap<String, (String, String)>,
     /// Whether a signing-key rotation is under way (promotion needs one).
     rotating: bool,
+    /// A vault nobody holds a grant on (the bootstrap admin owns it), its identity, and a
+    /// rotation of that identity.
+    vault_id: String,
+    identity: String,
+    rotation: String,
     _dir: tempfile::TempDir,
     _db: TestDb,
 }
@@ -387,6 +392,13 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'key_pins', name || ':' || public FROM key_pins \
     UNION ALL SELECT 'sso_logins', id FROM sso_logins \
     UNION ALL SELECT 'organizations', id || ':' || name || ':' || wrapped_data_key FROM organizations \
+    UNION ALL SELECT 'vaults', id || ':' || name || ':' || description FROM vaults \
+    UNION ALL SELECT 'vault_grants', id || ':' || level FROM vault_grants \
+    UNION ALL SELECT 'identities', id || ':' || name || ':' || COALESCE(secret, '-') || ':' || CAST(rotate_after_use AS TEXT) FROM identities \
+    UNION ALL SELECT 'identity_hosts', identity_id || ':' || host_id FROM identity_hosts \
+    UNION ALL SELECT 'checkouts', id || ':' || COALESCE(CAST(checked_in_at AS TEXT), '-') FROM checkouts \
+    UNION ALL SELECT 'rotations', id || ':' || state FROM rotations \
+    UNION ALL SELECT 'break_glass_uses', CAST(COUNT(*) AS TEXT) FROM break_glass_uses \
     ORDER BY 1, 2";
 
 async fn snapshot(attacker: &Attacker) -> Vec<(String, String)> {
@@ -444,7 +456,9 @@ impl Matrix {
             lease_ttl: Duration::hours(2),
             ..ControlConfig::default()
         };
-        let control = std::sync::Arc::new(Control::new(data.store, config, data.signer));
+        let control = std::sync::Arc::new(
+            Control::new(data.store, config, data.signer).with_master_key(data.master_key),
+        );
         let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
@@ -476,6 +490,9 @@ impl Matrix {
             target_group: String::new(),
             leases: HashMap::new(),
             rotating: false,
+            vault_id: String::new(),
+            identity: String::new(),
+            rotation: String::new(),
             _dir: dir,
             _db: db,
         };
@@ -489,7 +506,64 @@ impl Matrix {
         matrix.target_user = matrix.user(None).await;
         matrix.target_service = matrix.service_user(&[]).await;
         matrix.target_group = matrix.group().await;
+        let vault = matrix
+            .as_admin("POST", "/v1/vaults", Some(json!({"name": "matrix"})))
+            .await;
+        matrix.vault_id = vault["id"].as_str().unwrap().to_owned();
+        matrix.identity = matrix.identity_in("matrix").await;
+        let rotation = matrix
+            .as_admin(
+                "POST",
+                &format!("/v1/identities/{}/rotate", matrix.identity),
+                Some(json!({})),
+            )
+            .await;
+        matrix.rotation = rotation["id"].as_str().unwrap().to_owned();
         matrix
+    }
+
+    /// A new identity (no linked host) in `vault`.
+    async fn identity_in(&mut self, vault: &str) -> String {
+        let name = self.fresh("idn");
+        let made = self
+            .as_admin(
+                "POST",
+                &format!("/v1/vaults/{vault}/identities"),
+                Some(json!({"name": name, "username": "appsvc", "secret": "Matrix-Secret-2026!"})),
+            )
+            .await;
+        made["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A new vault whose identity the caller holds a checkout grant on (when it can be
+    /// named: a caller the server refuses holds none): the identity's id.
+    async fn granted_identity(&mut self, caller: &Caller) -> String {
+        let vault = self.fresh("vault");
+        self.as_admin("POST", "/v1/vaults", Some(json!({"name": vault})))
+            .await;
+        let (status, who) = self
+            .call("GET", "/v1/whoami", caller.token.as_deref(), None)
+            .await;
+        if status == 200 {
+            self.as_admin(
+                "POST",
+                &format!("/v1/vaults/{vault}/grants"),
+                Some(json!({"user": who["name"], "level": "checkout"})),
+            )
+            .await;
+        }
+        self.identity_in(&vault).await
+    }
+
+    /// Whether `caller` sees every vault (pam_vaults.view or manage, in force everywhere).
+    fn sees_vaults(caller: &Caller) -> bool {
+        match caller.kind {
+            Kind::Service => true,
+            Kind::User { role, .. } => {
+                matches!(role, "pam_admin" | "resource_admin" | "security_admin")
+            }
+            _ => false,
+        }
     }
 
     fn fresh(&mut self, prefix: &str) -> String {
@@ -1161,6 +1235,125 @@ impl Matrix {
                     None => "123456".to_owned(),
                 };
                 p("/v1/mfa/totp/verify", Some(json!({"code": code})))
+            }
+            "GET /v1/vaults" => {
+                let vault = self.vault_id.clone();
+                let (listed, unlisted) = if Self::sees_vaults(caller) {
+                    (vec![vault], Vec::new())
+                } else {
+                    (Vec::new(), vec![vault])
+                };
+                Prepared {
+                    listed,
+                    unlisted,
+                    ..p("/v1/vaults", None)
+                }
+            }
+            "POST /v1/vaults" => {
+                let name = self.fresh("vault");
+                p("/v1/vaults", Some(json!({"name": name})))
+            }
+            "GET /v1/vaults/{key}" => p("/v1/vaults/matrix", None),
+            "PATCH /v1/vaults/{key}" | "DELETE /v1/vaults/{key}" => {
+                let name = self.fresh("vault");
+                self.as_admin("POST", "/v1/vaults", Some(json!({"name": name})))
+                    .await;
+                let body = (route.method == "PATCH").then(|| json!({"description": "changed"}));
+                p(format!("/v1/vaults/{name}"), body)
+            }
+            "GET /v1/vaults/{key}/grants" => p("/v1/vaults/matrix/grants", None),
+            "POST /v1/vaults/{key}/grants" => p(
+                "/v1/vaults/matrix/grants",
+                Some(json!({"user": self.target_user, "level": "view_vault"})),
+            ),
+            "DELETE /v1/vaults/{key}/grants/{grant}" => {
+                let grant = self
+                    .as_admin(
+                        "POST",
+                        "/v1/vaults/matrix/grants",
+                        Some(json!({"user": self.target_user, "level": "view_vault"})),
+                    )
+                    .await;
+                p(
+                    format!("/v1/vaults/matrix/grants/{}", grant["id"].as_str().unwrap()),
+                    None,
+                )
+            }
+            "GET /v1/vaults/{key}/identities" => p("/v1/vaults/matrix/identities", None),
+            "POST /v1/vaults/{key}/identities" => {
+                let name = self.fresh("idn");
+                p(
+                    "/v1/vaults/matrix/identities",
+                    Some(
+                        json!({"name": name, "username": "appsvc", "secret": "Matrix-Secret-2026!"}),
+                    ),
+                )
+            }
+            "GET /v1/identities/{id}" => p(format!("/v1/identities/{}", self.identity), None),
+            "PATCH /v1/identities/{id}" | "DELETE /v1/identities/{id}" => {
+                let identity = self.identity_in("matrix").await;
+                let body = (route.method == "PATCH").then(|| json!({"rotate_after_use": true}));
+                p(format!("/v1/identities/{identity}"), body)
+            }
+            "POST /v1/identities/{id}/reveal" => {
+                let identity = self.granted_identity(caller).await;
+                p(format!("/v1/identities/{identity}/reveal"), None)
+            }
+            "POST /v1/identities/{id}/checkout" => {
+                let identity = self.granted_identity(caller).await;
+                p(
+                    format!("/v1/identities/{identity}/checkout"),
+                    Some(json!({"reason": "matrix", "duration_minutes": 30})),
+                )
+            }
+            "POST /v1/identities/{id}/break-glass" => {
+                let identity = self.identity_in("matrix").await;
+                p(
+                    format!("/v1/identities/{identity}/break-glass"),
+                    Some(json!({"reason": "matrix emergency"})),
+                )
+            }
+            "GET /v1/identities/{id}/checkouts" => {
+                p(format!("/v1/identities/{}/checkouts", self.identity), None)
+            }
+            "POST /v1/checkouts/{id}/checkin" => {
+                let identity = self.identity_in("matrix").await;
+                let checkout = self.fresh("co_matrix");
+                let now = Utc::now().timestamp_millis();
+                self.attacker
+                    .exec(&format!(
+                        "INSERT INTO checkouts (id, identity_id, principal_id, reason, break_glass, \
+                         started_at, expires_at) SELECT '{checkout}', '{identity}', id, 'held', 0, \
+                         {now}, {} FROM principals WHERE name = '{}'",
+                        now + 3_600_000,
+                        self.target_user
+                    ))
+                    .await;
+                p(
+                    format!("/v1/checkouts/{checkout}/checkin"),
+                    Some(json!({"force": true})),
+                )
+            }
+            "POST /v1/identities/{id}/rotate" => {
+                let identity = self.identity_in("matrix").await;
+                p(format!("/v1/identities/{identity}/rotate"), Some(json!({})))
+            }
+            "GET /v1/identities/{id}/rotations" => {
+                p(format!("/v1/identities/{}/rotations", self.identity), None)
+            }
+            "GET /v1/rotations/{id}" => p(format!("/v1/rotations/{}", self.rotation), None),
+            "POST /v1/hosts/{host}/enroll-account" => {
+                let host = self.fresh_target_host(caller).await;
+                // A poll makes the host online (it has no job to lease yet).
+                let (status, _) = self
+                    .call("GET", "/v1/agent/jobs?wait=0", Some(&host.credential), None)
+                    .await;
+                assert_eq!(status, 200);
+                let name = self.fresh("enrolled");
+                p(
+                    format!("/v1/hosts/{}/enroll-account", host.id),
+                    Some(json!({"user": "deploy", "vault": "matrix", "name": name})),
+                )
             }
             _ => return None,
         };

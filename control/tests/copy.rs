@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use latch_common::api::ReportRequest;
-use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, HostFacts};
+use latch_common::api::{CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest};
 use latch_common::job::{JobKind, JobOutcome};
 use latch_control::audit::AuditKey;
 use latch_control::datadir::{self, DataDirError, Options};
@@ -26,18 +26,6 @@ const ALL: Page = Page {
     offset: 0,
     count: 10_000,
 };
-
-fn facts(hostname: &str) -> HostFacts {
-    HostFacts {
-        hostname: hostname.into(),
-        os: "Debian GNU/Linux 12".into(),
-        kernel: "6.1.0".into(),
-        arch: "x86_64".into(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-    }
-}
 
 fn account(host: &str, user: &str, expires_in_ms: Option<u64>) -> CreateJobRequest {
     CreateJobRequest {
@@ -123,7 +111,7 @@ async fn a_sqlite_control_plane_moves_to_postgres_with_everything() {
         let enrolled = control
             .enroll(&EnrollRequest {
                 token: token.token,
-                facts: facts(name),
+                facts: support::facts(name),
             })
             .await
             .unwrap();

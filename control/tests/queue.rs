@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Duration as ChronoDuration;
 use latch_common::api::{
     CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantState, GrantView, GrantWindow,
-    HostFacts, ReportRequest, RevokedBy,
+    ReportRequest, RevokedBy,
 };
 use latch_common::job::{JobError, JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_control::audit::Actor;
@@ -22,49 +22,12 @@ use latch_control::store::{
 use latch_control::{Control, ControlConfig, ControlError};
 use support::TestDb;
 
-fn facts(hostname: &str) -> HostFacts {
-    HostFacts {
-        hostname: hostname.into(),
-        os: "Debian GNU/Linux 12".into(),
-        kernel: "6.1.0".into(),
-        arch: "x86_64".into(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-    }
-}
-
 async fn control(db: &TestDb, config: ControlConfig) -> Arc<Control> {
     Arc::new(Control::new(
         db.store().await,
         config,
         latch_control::signing::JobSigner::generate().unwrap(),
     ))
-}
-
-async fn enrolled_host(control: &Control, hostname: &str) -> HostRecord {
-    let token = control
-        .create_enroll_token(
-            &support::admin(),
-            &CreateEnrollTokenRequest {
-                ttl_seconds: Some(60),
-                uses: Some(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let enrolled = control
-        .enroll(&EnrollRequest {
-            token: token.token,
-            facts: facts(hostname),
-        })
-        .await
-        .unwrap();
-    control
-        .authenticate_host(&enrolled.credential)
-        .await
-        .unwrap()
 }
 
 fn delete(host: &str, user: &str) -> CreateJobRequest {
@@ -97,7 +60,7 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
         .unwrap();
     let request = EnrollRequest {
         token: token.token.clone(),
-        facts: facts("db1"),
+        facts: support::facts("db1"),
     };
     control.enroll(&request).await.unwrap();
     let again = control.enroll(&request).await.unwrap_err();
@@ -121,7 +84,7 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
     let expired = control
         .enroll(&EnrollRequest {
             token: short.token,
-            facts: facts("db2"),
+            facts: support::facts("db2"),
         })
         .await
         .unwrap_err();
@@ -132,7 +95,7 @@ async fn tokens_are_single_use_and_expire(db: TestDb) {
     let unknown = control
         .enroll(&EnrollRequest {
             token: "latch_enroll_guess".into(),
-            facts: facts("db3"),
+            facts: support::facts("db3"),
         })
         .await
         .unwrap_err();
@@ -146,7 +109,7 @@ both_stores!(tokens_are_single_use_and_expire);
 
 async fn jobs_are_delivered_in_order_one_at_a_time(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let first = control
         .create_job(&support::admin(), delete("db1", "alice"))
         .await
@@ -210,7 +173,7 @@ async fn an_expired_lease_is_delivered_again_and_the_old_lease_cannot_report(db:
         ..ControlConfig::default()
     };
     let control = control(&db, config).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let job = control
         .create_job(&support::admin(), delete("db1", "alice"))
         .await
@@ -255,7 +218,7 @@ async fn a_job_never_reported_fails_with_agent_unresponsive(db: TestDb) {
         ..ControlConfig::default()
     };
     let control = control(&db, config).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let job = control
         .create_job(&support::admin(), delete("db1", "alice"))
         .await
@@ -284,7 +247,7 @@ both_stores!(a_job_never_reported_fails_with_agent_unresponsive);
 
 async fn a_waiting_poll_is_woken_by_a_new_job(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let poller = {
         let control = control.clone();
         let host = host.clone();
@@ -315,7 +278,7 @@ both_stores!(a_waiting_poll_is_woken_by_a_new_job);
 /// (the poll checks the host again when a wake-up finds nothing to deliver).
 async fn removing_a_host_ends_its_long_poll_in_progress(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     control
         .create_job(&support::admin(), delete("db1", "alice"))
         .await
@@ -360,7 +323,7 @@ async fn polling_keeps_a_host_online_without_a_write_per_poll(db: TestDb) {
         },
     )
     .await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let seen = |control: Arc<Control>| async move {
         let hosts = control
             .list_hosts(
@@ -395,7 +358,7 @@ both_stores!(polling_keeps_a_host_online_without_a_write_per_poll);
 
 async fn hostile_jobs_are_refused_and_nothing_is_queued(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    enrolled_host(&control, "db1").await;
+    support::enrolled_host(&control, "db1").await;
     for user in ["-oops", "root", "a:b", "a\nb", &"a".repeat(33), "../x", ""] {
         let err = control
             .create_job(&support::admin(), delete("db1", user))
@@ -426,7 +389,7 @@ both_stores!(hostile_jobs_are_refused_and_nothing_is_queued);
 
 async fn set_password_stores_only_a_hash(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let request = CreateJobRequest {
         host: "db1".into(),
         kind: Some(JobKind::SetPassword),
@@ -454,7 +417,7 @@ both_stores!(set_password_stores_only_a_hash);
 /// kind), signed like every job, with a deadline, and never for a hostile or reserved name.
 async fn adopt_account_is_queued_by_the_library_only(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let through_api = control
         .create_job(
             &support::admin(),
@@ -622,7 +585,7 @@ async fn finding_7_failed_revocation_jobs_are_retried_with_backoff_until_confirm
         },
     )
     .await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let grant = confirmed(
         &control,
         &host,
@@ -813,7 +776,7 @@ async fn finding_14_the_store_refuses_jobs_for_removed_hosts(db: TestDb) {
         ControlConfig::default(),
         latch_control::signing::JobSigner::generate().unwrap(),
     );
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     control.remove_host(&support::admin(), "db1").await.unwrap();
     let spec = JobSpec::DeleteAccount {
         user: "alice".into(),
@@ -861,7 +824,7 @@ async fn finding_14_removed_hosts_get_no_revocation_jobs_and_show_as_host_remove
         config,
         latch_control::signing::JobSigner::generate().unwrap(),
     );
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let grant = confirmed(
         &control,
         &host,
@@ -943,7 +906,7 @@ async fn finding_20_grant_windows_outside_the_limit_are_refused_naming_it(db: Te
         },
     )
     .await;
-    enrolled_host(&control, "db1").await;
+    support::enrolled_host(&control, "db1").await;
     let now = chrono::Utc::now();
     let refused = [
         CreateJobRequest {
@@ -1028,7 +991,7 @@ async fn finding_20_no_end_means_the_default_window_and_permanent_is_audited(db:
         },
     )
     .await;
-    enrolled_host(&control, "db1").await;
+    support::enrolled_host(&control, "db1").await;
     for request in [account("db1", "alice"), membership("db1", "alice", "sudo")] {
         let job = control
             .create_job(&support::admin(), request)
@@ -1091,7 +1054,7 @@ both_stores!(finding_20_no_end_means_the_default_window_and_permanent_is_audited
 /// that job, and a later grant of the same access supersedes the earlier one.
 async fn delete_account_and_remove_group_revoke_the_earlier_grants_by_job(db: TestDb) {
     let control = control(&db, ControlConfig::default()).await;
-    let host = enrolled_host(&control, "db1").await;
+    let host = support::enrolled_host(&control, "db1").await;
     let account_grant = confirmed(&control, &host, account("db1", "alice")).await;
     let sudo_grant = confirmed(&control, &host, membership("db1", "alice", "sudo")).await;
     let bob = confirmed(&control, &host, account("db1", "bob")).await;

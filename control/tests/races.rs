@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use latch_common::api::{
-    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantWindow, HostFacts,
-    ReportRequest, RevokedBy,
+    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantWindow, ReportRequest,
+    RevokedBy,
 };
 use latch_common::job::{JobErrorCode, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_control::audit::Actor;
@@ -57,22 +57,10 @@ where
     results
 }
 
-fn facts(hostname: &str) -> HostFacts {
-    HostFacts {
-        hostname: hostname.into(),
-        os: "Debian GNU/Linux 12".into(),
-        kernel: "6.1.0".into(),
-        arch: "x86_64".into(),
-        cpus: 2,
-        memory_bytes: 1 << 30,
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
-    }
-}
-
 fn host_record(hostname: &str) -> HostRecord {
     HostRecord {
         id: uuid::Uuid::new_v4().to_string(),
-        facts: facts(hostname),
+        facts: support::facts(hostname),
         enrolled_at: Utc::now(),
         last_seen: None,
     }
@@ -761,7 +749,7 @@ async fn racing_sweeps_queue_one_revocation_per_expired_grant(db: TestDb) {
     let enrolled = control
         .enroll(&EnrollRequest {
             token: token.token,
-            facts: facts("db1"),
+            facts: support::facts("db1"),
         })
         .await
         .unwrap();

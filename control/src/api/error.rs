@@ -83,6 +83,11 @@ impl From<ControlError> for ApiError {
                 "resource_already_exists",
                 error.to_string(),
             ),
+            ControlError::TooManyRequests(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                error.to_string(),
+            ),
             ControlError::Store(_) | ControlError::Internal(_) => {
                 // The cause goes to the server log only; the client gets no internals.
                 tracing::error!(error = %error, "request failed");

@@ -36,6 +36,18 @@
 //! | GET/POST | `/v1/service-users/{name}/keys`, DELETE `…/keys/{key_id}` | users.view / users.manage | API keys: list, add (shown once), revoke |
 //! | POST | `/v1/mfa/totp`, `/v1/mfa/totp/verify` (`{"code"}`) | a signed-in user | enroll a TOTP factor; show a code (step-up) |
 //! | PUT | `/v1/hosts/{host}/labels` (`{"labels": {…}}`) | hosts.manage everywhere | replace a host's labels |
+//! | GET/POST | `/v1/vaults`, GET/PATCH/DELETE `/v1/vaults/{vault}` | pam_vaults.view or a grant / pam_vaults.manage | vaults (delete: only when empty) |
+//! | GET/POST | `/v1/vaults/{vault}/grants`, DELETE `…/grants/{id}` | pam_vaults.manage | vault access grants |
+//! | GET/POST | `/v1/vaults/{vault}/identities` | view / pam_vaults.manage (+ hosts.manage_users on linked hosts) | identities |
+//! | GET/PATCH/DELETE | `/v1/identities/{id}` | view / pam_vaults.manage | one identity |
+//! | POST | `/v1/identities/{id}/reveal` | grant ≥ view_credentials, MFA step-up | the credential (audited) |
+//! | POST | `/v1/identities/{id}/checkout` (`{"reason", "duration_minutes", "host"}`) | grant ≥ checkout, MFA step-up | check out |
+//! | POST | `/v1/identities/{id}/break-glass` (`{"reason"}`) | pam_vaults.break_glass, MFA step-up | emergency checkout, 3/min |
+//! | GET | `/v1/identities/{id}/checkouts` | view | checkouts (others' only with pam_vaults.view) |
+//! | POST | `/v1/checkouts/{id}/checkin` (`{"force"}`) | the holder; force: pam_vaults.manage | check in (rotates if configured) |
+//! | POST | `/v1/identities/{id}/rotate` (`{"password"}`) | pam_vaults.manage | rotate on every linked host |
+//! | GET | `/v1/identities/{id}/rotations`, `/v1/rotations/{id}` | view | rotations with per-host status |
+//! | POST | `/v1/hosts/{host}/enroll-account` (`{"user", "vault", "name"}`) | hosts.manage_users + pam_vaults.manage, host online | one-click enrollment |
 
 pub mod error;
 pub mod extract;
@@ -43,6 +55,7 @@ mod handlers;
 pub mod limits;
 mod pagination;
 mod people;
+mod vault;
 
 use std::sync::Arc;
 
@@ -147,6 +160,49 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/mfa/totp", post(people::enroll_totp))
         .route("/v1/mfa/totp/verify", post(people::verify_totp))
         .route("/v1/hosts/{host}/labels", put(people::set_host_labels))
+        .route(
+            "/v1/vaults",
+            get(vault::list_vaults).post(vault::create_vault),
+        )
+        .route(
+            "/v1/vaults/{key}",
+            get(vault::show_vault)
+                .patch(vault::update_vault)
+                .delete(vault::delete_vault),
+        )
+        .route(
+            "/v1/vaults/{key}/grants",
+            get(vault::list_vault_grants).post(vault::grant_vault_access),
+        )
+        .route(
+            "/v1/vaults/{key}/grants/{grant}",
+            delete(vault::revoke_vault_access),
+        )
+        .route(
+            "/v1/vaults/{key}/identities",
+            get(vault::list_identities).post(vault::create_identity),
+        )
+        .route(
+            "/v1/identities/{id}",
+            get(vault::show_identity)
+                .patch(vault::update_identity)
+                .delete(vault::delete_identity),
+        )
+        .route("/v1/identities/{id}/reveal", post(vault::reveal_identity))
+        .route(
+            "/v1/identities/{id}/checkout",
+            post(vault::checkout_identity),
+        )
+        .route("/v1/identities/{id}/break-glass", post(vault::break_glass))
+        .route("/v1/identities/{id}/checkouts", get(vault::list_checkouts))
+        .route("/v1/checkouts/{id}/checkin", post(vault::checkin))
+        .route("/v1/identities/{id}/rotate", post(vault::rotate_identity))
+        .route("/v1/identities/{id}/rotations", get(vault::list_rotations))
+        .route("/v1/rotations/{id}", get(vault::show_rotation))
+        .route(
+            "/v1/hosts/{host}/enroll-account",
+            post(vault::enroll_account),
+        )
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")
         })

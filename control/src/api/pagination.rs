@@ -65,3 +65,28 @@ pub fn link_header(
         HeaderValue::from_str(&links.join(", ")).ok()
     }
 }
+
+/// A page of a list the library answered whole (lists bounded by what one caller may see,
+/// such as vaults): `{"list": [...]}` with the `Link` header for `path`.
+pub fn paged<T: serde::Serialize>(
+    path: &str,
+    mut items: Vec<T>,
+    params: &PageParams,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    let page = params.page()?;
+    let total = items.len() as u64;
+    let start = usize::try_from(page.offset.min(total)).unwrap_or(usize::MAX);
+    let mut list = items.split_off(start.min(items.len()));
+    list.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    let has_next = page.offset.saturating_add(page.count) < total;
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(link) = link_header(path, &[], page, has_next) {
+        headers.insert(axum::http::header::LINK, link);
+    }
+    Ok((
+        headers,
+        axum::Json(latch_common::api::ListResponse { list }),
+    )
+        .into_response())
+}

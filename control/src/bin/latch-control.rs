@@ -52,6 +52,104 @@ struct SsoArgs {
     sso_mfa_acr: Option<String>,
 }
 
+/// The credential vault (README: "Credential vault").
+#[derive(clap::Args)]
+struct VaultArgs {
+    /// How long a break-glass checkout lasts before it is checked in and its password
+    /// rotated (1m to 24h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    break_glass_duration: std::time::Duration,
+    /// Break-glass uses allowed per person per minute (past that: 429).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
+    break_glass_per_minute: u32,
+    /// Where break-glass notifications are POSTed (https://, or http:// on loopback).
+    #[arg(long, env = "LATCH_BREAK_GLASS_WEBHOOK")]
+    break_glass_webhook: Option<String>,
+    /// A file holding the secret that signs break-glass notifications (HMAC-SHA-256 over
+    /// "<timestamp>.<body>", header X-Latch-Signature). Never on the command line.
+    #[arg(
+        long,
+        env = "LATCH_BREAK_GLASS_WEBHOOK_SECRET_FILE",
+        requires = "break_glass_webhook"
+    )]
+    break_glass_webhook_secret_file: Option<PathBuf>,
+    /// Length of generated vault passwords (12 to 128).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u16).range(12..=128))]
+    vault_password_length: u16,
+    /// When the scheduled-rotation sweep runs: cron with seconds (default every 30 minutes).
+    #[arg(long, default_value = "0 */30 * * * *")]
+    rotation_sweep_schedule: String,
+    /// When expired checkouts are checked in: cron with seconds (default every minute).
+    #[arg(long, default_value = "0 * * * * *")]
+    checkout_sweep_schedule: String,
+}
+
+impl VaultArgs {
+    fn build(self) -> anyhow::Result<latch_control::vault::VaultConfig> {
+        use latch_control::vault::schedule::check_schedule;
+        let seconds = self.break_glass_duration.as_secs();
+        if !(60..=86_400).contains(&seconds) {
+            anyhow::bail!(
+                "--break-glass-duration must be between 1m and 24h (it was {})",
+                humantime::format_duration(self.break_glass_duration)
+            );
+        }
+        check_schedule(&self.rotation_sweep_schedule)
+            .map_err(|e| anyhow::anyhow!("--rotation-sweep-schedule: {e}"))?;
+        check_schedule(&self.checkout_sweep_schedule)
+            .map_err(|e| anyhow::anyhow!("--checkout-sweep-schedule: {e}"))?;
+        let webhook = match self.break_glass_webhook {
+            None => None,
+            Some(url) => {
+                let parsed = url::Url::parse(&url)
+                    .with_context(|| format!("--break-glass-webhook {url:?} is not a URL"))?;
+                let loopback = parsed.host_str().is_some_and(|h| {
+                    h == "localhost"
+                        || h.parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                        || h == "[::1]"
+                });
+                if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
+                    anyhow::bail!(
+                        "--break-glass-webhook must be an https:// URL (http:// only on loopback), not {url:?}"
+                    );
+                }
+                let secret = match self.break_glass_webhook_secret_file {
+                    None => None,
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path).with_context(|| {
+                            format!(
+                                "cannot read --break-glass-webhook-secret-file {}",
+                                path.display()
+                            )
+                        })?;
+                        let text = text.trim();
+                        if text.len() < 16 {
+                            anyhow::bail!(
+                                "the break-glass webhook secret in {} is shorter than 16 characters; use a long random one (e.g. openssl rand -hex 32)",
+                                path.display()
+                            );
+                        }
+                        Some(text.as_bytes().to_vec())
+                    }
+                };
+                Some(latch_control::vault::notify::Webhook { url, secret })
+            }
+        };
+        Ok(latch_control::vault::VaultConfig {
+            password_policy: latch_control::vault::secrets::PasswordPolicy {
+                length: usize::from(self.vault_password_length),
+            },
+            break_glass_duration: chrono::Duration::from_std(self.break_glass_duration)
+                .context("--break-glass-duration is too long")?,
+            break_glass_per_minute: self.break_glass_per_minute,
+            break_glass_webhook: webhook,
+            sweep_schedule: self.rotation_sweep_schedule,
+            checkout_sweep_schedule: self.checkout_sweep_schedule,
+        })
+    }
+}
+
 impl SsoArgs {
     fn build(self) -> anyhow::Result<Option<latch_control::sso::Sso>> {
         let Some(issuer) = self.sso_issuer else {
@@ -191,6 +289,8 @@ enum Command {
         log_level: String,
         #[command(flatten)]
         sso: SsoArgs,
+        #[command(flatten)]
+        vault: VaultArgs,
     },
     /// Rotate the credential vault's master key, with the server stopped: a new key re-wraps
     /// every organization's data key in one transaction (audited), then replaces the master key
@@ -315,6 +415,7 @@ async fn main() -> anyhow::Result<()> {
             mfa_window,
             log_level,
             sso,
+            vault,
         } => {
             if !(60..=12 * 3600).contains(&mfa_window.as_secs()) {
                 anyhow::bail!(
@@ -399,6 +500,7 @@ async fn main() -> anyhow::Result<()> {
                     window: chrono::Duration::from_std(mfa_window)
                         .context("--mfa-window is too long")?,
                 },
+                vault: vault.build()?,
                 ..ControlConfig::default()
             };
             println!(
@@ -441,7 +543,8 @@ async fn main() -> anyhow::Result<()> {
                 Some(identity)
             };
             let mut control = Control::new(data.store, config, data.signer)
-                .with_key_dir(data_dir.clone(), data.next_signer);
+                .with_key_dir(data_dir.clone(), data.next_signer)
+                .with_master_key(data.master_key.clone());
             if let Some(sso) = sso.build()? {
                 println!("  single sign-on: {}", sso.config().issuer);
                 control = control.with_sso(sso);

@@ -1,21 +1,39 @@
-//! The credential vault's keys (issue 11, first slice): the master key outside the database,
-//! one data key per organization wrapped by it, and the one ciphertext format everything is
-//! sealed in.
+//! The credential vault: keys, vaults, identities, reveal, checkout/checkin, rotation,
+//! break-glass and one-click enrollment of host accounts.
 //!
 //! - [`envelope`]: AES-256-GCM (ring) as `v1:<key id>:<base64>`, bound to its record's id;
 //! - [`organizations`]: organizations, their data keys and canaries;
 //! - [`master`]: the master key file — made once, checked at start against every
-//!   organization, rotated crash-safely.
+//!   organization, rotated crash-safely;
+//! - [`access`]: who may see, reveal, check out and manage (permissions, grants, owners);
+//! - [`vaults`]: vaults and their grants;
+//! - [`identities`]: identities, linked hosts (adoption jobs), reveal;
+//! - [`checkouts`]: checkout/checkin, break-glass, the expired-checkout sweep;
+//! - [`rotation`]: password rotation across linked hosts and its settlement;
+//! - [`enroll`]: one-click enrollment of an existing host account;
+//! - [`secrets`]: sealing identity secrets, the password policy, the reuse history;
+//! - [`notify`]: the break-glass webhook;
+//! - [`schedule`]: the leader's cron sweeps (scheduled rotations, expired checkouts).
 //!
 //! Persistence is [`crate::store::vault::VaultStore`]; the data directory opens the master key
 //! at start ([`crate::datadir::open`]).
 
+pub mod access;
+pub mod checkouts;
+pub mod enroll;
 pub mod envelope;
+pub mod identities;
 pub mod master;
+pub mod notify;
 pub mod organizations;
+pub mod rotation;
+pub mod schedule;
+pub mod secrets;
+pub mod vaults;
 
 use std::path::PathBuf;
 
+use chrono::Duration;
 use thiserror::Error;
 
 pub use envelope::{EnvelopeError, SecretKey};
@@ -30,6 +48,38 @@ use crate::store::StoreError;
 /// The actor of changes the control plane makes on its own (at start, or from the server's
 /// command line with the server stopped).
 pub const CONTROL_PLANE: &str = "control_plane";
+
+/// The vault's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// How generated passwords look.
+    pub password_policy: secrets::PasswordPolicy,
+    /// How long a break-glass checkout lasts before it is checked in (and rotated).
+    pub break_glass_duration: Duration,
+    /// Break-glass uses allowed per person per minute.
+    pub break_glass_per_minute: u32,
+    /// Where break-glass notifications go.
+    pub break_glass_webhook: Option<notify::Webhook>,
+    /// When the scheduled-rotation sweep runs (cron, with seconds).
+    pub sweep_schedule: String,
+    /// When the expired-checkout sweep runs (cron, with seconds).
+    pub checkout_sweep_schedule: String,
+}
+
+impl Default for VaultConfig {
+    /// 24-character passwords, break-glass for 1 hour and 3 per minute, no webhook; scheduled
+    /// rotations every 30 minutes, expired checkouts every minute.
+    fn default() -> Self {
+        Self {
+            password_policy: secrets::PasswordPolicy::default(),
+            break_glass_duration: Duration::hours(1),
+            break_glass_per_minute: 3,
+            break_glass_webhook: None,
+            sweep_schedule: "0 */30 * * * *".to_owned(),
+            checkout_sweep_schedule: "0 * * * * *".to_owned(),
+        }
+    }
+}
 
 /// Why the vault's keys could not be opened, made or rotated.
 #[derive(Debug, Error)]

@@ -125,6 +125,43 @@ impl TestDb {
         })
     }
 
+    /// PostgreSQL: the URL of the test's schema (`None` for SQLite).
+    #[allow(dead_code)]
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+
+    /// PostgreSQL: every row of every table of the test's schema as text, one per line.
+    #[allow(dead_code)]
+    pub async fn dump_all_text(&self) -> String {
+        let url = self.url.as_deref().expect("a PostgreSQL test database");
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query(
+            "SELECT table_name::text AS name FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("name"))
+        .collect();
+        assert!(tables.len() > 10, "only {tables:?}");
+        let mut dump = String::new();
+        for table in tables {
+            let sql = format!("SELECT t::text AS row FROM \"{table}\" t");
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap()
+            {
+                dump.push_str(&row.get::<String, _>("row"));
+                dump.push('\n');
+            }
+        }
+        dump
+    }
+
     /// Another fresh database on the same engine.
     pub async fn another(&self) -> TestDb {
         match self.engine {
@@ -475,4 +512,48 @@ pub fn admin() -> latch_control::people::Authority {
         },
         vec![(latch_common::authz::Role::PamAdmin, None)],
     )
+}
+
+/// A test host's facts.
+#[allow(dead_code)]
+pub fn facts(hostname: &str) -> latch_common::api::HostFacts {
+    latch_common::api::HostFacts {
+        hostname: hostname.into(),
+        os: "Debian GNU/Linux 12".into(),
+        kernel: "6.1.0".into(),
+        arch: "x86_64".into(),
+        cpus: 2,
+        memory_bytes: 1 << 30,
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+    }
+}
+
+/// A host enrolled with a single-use token, as its agent sees itself.
+#[allow(dead_code)]
+pub async fn enrolled_host(
+    control: &latch_control::Control,
+    hostname: &str,
+) -> latch_control::store::HostRecord {
+    let token = control
+        .create_enroll_token(
+            &admin(),
+            &latch_common::api::CreateEnrollTokenRequest {
+                ttl_seconds: Some(60),
+                uses: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let enrolled = control
+        .enroll(&latch_common::api::EnrollRequest {
+            token: token.token,
+            facts: facts(hostname),
+        })
+        .await
+        .unwrap();
+    control
+        .authenticate_host(&enrolled.credential)
+        .await
+        .unwrap()
 }
