@@ -251,11 +251,13 @@ fn parse_role(text: &str) -> Result<Role, String> {
     })
 }
 
-fn time(at: DateTime<Utc>) -> String {
+/// A time as people read it (UTC, to the second).
+pub(super) fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-fn maybe_time(at: Option<DateTime<Utc>>, none: &str) -> String {
+/// [`time`], or `none` when there is none.
+pub(super) fn maybe_time(at: Option<DateTime<Utc>>, none: &str) -> String {
     at.map_or_else(|| none.to_owned(), time)
 }
 
@@ -418,7 +420,7 @@ fn print_new_key(key: &NewApiKeyResponse, server: &str) {
 }
 
 /// A JSON acknowledgement for a change the API answers with no body.
-fn done(json: bool, value: serde_json::Value, text: &str) -> anyhow::Result<()> {
+pub(super) fn done(json: bool, value: serde_json::Value, text: &str) -> anyhow::Result<()> {
     if json {
         print_json(&value)
     } else {
@@ -710,7 +712,7 @@ async fn roles(client: &AdminClient, command: &RolesCommand, json: bool) -> anyh
 }
 
 /// Adds to a "does not exist" answer the command that lists what does.
-fn or_list(
+pub(super) fn or_list(
     what_lists: &'static str,
 ) -> impl Fn(latch_control::client::ClientError) -> latch_control::client::ClientError {
     use latch_control::client::ClientError;
