@@ -868,7 +868,9 @@ impl AdminClient {
             let page: ListResponse<T> = self
                 .call(Method::GET, path, &page_query, None::<&()>)
                 .await?;
-            let done = page.list.len() < COUNT;
+            // Fewer than asked for: the last page. More: an endpoint that ignores `count` and
+            // answers its whole list at once.
+            let done = page.list.len() != COUNT;
             all.extend(page.list);
             if done {
                 return Ok(all);

@@ -355,7 +355,7 @@ fn latchctl_keeps_reveals_and_checks_out_a_shared_password() {
         "{message}"
     );
     assert!(
-        message.contains("latchctl identities delete"),
+        message.contains("`latchctl identities "),
         "the error says what to do: {message}"
     );
 

@@ -529,22 +529,29 @@ const LIST_GRANTS: &str = "latchctl vaults grants list VAULT";
 const LIST_CHECKOUTS: &str = "latchctl identities checkouts IDENTITY";
 const LIST_ROTATIONS: &str = "latchctl identities rotations IDENTITY";
 
-/// Adds what to do next to the refusals of a checkout that are about the identity's state.
-fn checkout_hint(id: &str) -> impl Fn(ClientError) -> ClientError + '_ {
+/// Adds `hint` to a refusal with HTTP `status`, unless the control plane's message already
+/// says what to run.
+fn hint_on(status: u16, hint: String) -> impl Fn(ClientError) -> ClientError {
     move |error| match error {
         ClientError::Api {
-            status: 409,
+            status: got,
             code,
             message,
-        } => ClientError::Api {
-            status: 409,
+        } if got == status && !message.contains("`latchctl ") => ClientError::Api {
+            status,
             code,
-            message: format!(
-                "{message}; `latchctl identities checkouts {id}` shows who holds it and until when"
-            ),
+            message: format!("{message}; {hint}"),
         },
         other => other,
     }
+}
+
+/// Adds what to do next to the refusals of a checkout that are about the identity's state.
+fn checkout_hint(id: &str) -> impl Fn(ClientError) -> ClientError {
+    hint_on(
+        409,
+        format!("`latchctl identities checkouts {id}` shows who holds it and until when"),
+    )
 }
 
 /// Runs a credential-vault command; the exit status tells a followed rotation's end.
@@ -643,20 +650,12 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
                 .delete_vault(vault)
                 .await
                 .map_err(or_list(LIST_VAULTS))
-                .map_err(|error| match error {
-                    ClientError::Api {
-                        status: 409,
-                        code,
-                        message,
-                    } => ClientError::Api {
-                        status: 409,
-                        code,
-                        message: format!(
-                            "{message}; delete them first (`latchctl identities list --vault {vault}`, then `latchctl identities delete ID`)"
-                        ),
-                    },
-                    other => other,
-                })?;
+                .map_err(hint_on(
+                    409,
+                    format!(
+                        "delete them first (`latchctl identities list --vault {vault}`, then `latchctl identities delete ID`)"
+                    ),
+                ))?;
             done(
                 json,
                 serde_json::json!({ "vault": vault, "deleted": true }),
