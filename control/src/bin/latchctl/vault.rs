@@ -26,7 +26,7 @@ use latch_common::vault::{
 };
 use latch_control::client::{AdminClient, ClientError};
 
-use super::people::{done, maybe_time, or_list, time};
+use super::people::{done, maybe_time, time};
 use super::terminal;
 use super::{print_json, print_table};
 
@@ -460,14 +460,50 @@ fn future_time_arg(text: &str) -> Result<DateTime<Utc>, String> {
     Ok(at)
 }
 
+/// What lists the things of each kind the control plane may say do not exist.
+const LISTS: &[(&str, &str)] = &[
+    ("vault", "latchctl vaults list"),
+    ("identity", "latchctl identities list --vault VAULT"),
+    ("grant", "latchctl vaults grants list VAULT"),
+    ("checkout", "latchctl identities checkouts IDENTITY"),
+    ("rotation", "latchctl identities rotations IDENTITY"),
+    ("host", "latchctl hosts list"),
+    ("user", "latchctl users list"),
+    ("group", "latchctl groups list"),
+];
+
+/// Adds to a "does not exist" the command that lists what does, chosen by what the control
+/// plane names as missing (`group 'dbas' does not exist`).
+fn not_found(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Api {
+            status: 404,
+            code,
+            message,
+        } => {
+            let kind = message.split_whitespace().next().unwrap_or_default();
+            let message = match LISTS.iter().find(|(k, _)| *k == kind) {
+                Some((_, list)) if !message.contains("`latchctl ") => {
+                    format!("{message}; `{list}` shows which exist")
+                }
+                _ => message,
+            };
+            ClientError::Api {
+                status: 404,
+                code,
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
 /// Names the command-line flag where the control plane names the API field (`field: …`), and
 /// adds the command that lists what exists to a "does not exist".
 fn in_cli_words(
     flags: &'static [(&'static str, &'static str)],
-    lists: &'static str,
 ) -> impl Fn(ClientError) -> ClientError {
-    let hint = or_list(lists);
-    move |error| match hint(error) {
+    move |error| match not_found(error) {
         ClientError::Api {
             status,
             code,
@@ -523,12 +559,6 @@ const VAULT_FLAGS: &[(&str, &str)] = &[
 const ENROLL_FLAGS: &[(&str, &str)] =
     &[("user", "--user"), ("vault", "--vault"), ("name", "--name")];
 
-const LIST_VAULTS: &str = "latchctl vaults list";
-const LIST_IDENTITIES: &str = "latchctl identities list --vault VAULT";
-const LIST_GRANTS: &str = "latchctl vaults grants list VAULT";
-const LIST_CHECKOUTS: &str = "latchctl identities checkouts IDENTITY";
-const LIST_ROTATIONS: &str = "latchctl identities rotations IDENTITY";
-
 /// Adds `hint` to a refusal with HTTP `status`, unless the control plane's message already
 /// says what to run.
 fn hint_on(status: u16, hint: String) -> impl Fn(ClientError) -> ClientError {
@@ -571,10 +601,7 @@ pub async fn run(
                     follow_rotation(client, rotation_id, wait, print).await
                 }
                 None => {
-                    let rotation = client
-                        .show_rotation(rotation_id)
-                        .await
-                        .map_err(or_list(LIST_ROTATIONS))?;
+                    let rotation = client.show_rotation(rotation_id).await.map_err(not_found)?;
                     show_rotation(&rotation, json)?;
                     Ok(ExitCode::SUCCESS)
                 }
@@ -594,10 +621,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
             print_vaults(&vaults);
         }
         VaultsCommand::Show { vault } => {
-            let vault = client
-                .show_vault(vault)
-                .await
-                .map_err(or_list(LIST_VAULTS))?;
+            let vault = client.show_vault(vault).await.map_err(not_found)?;
             if json {
                 return print_json(&vault);
             }
@@ -615,7 +639,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
                     organization: organization.clone(),
                 })
                 .await
-                .map_err(in_cli_words(VAULT_FLAGS, LIST_VAULTS))?;
+                .map_err(in_cli_words(VAULT_FLAGS))?;
             if json {
                 return print_json(&vault);
             }
@@ -639,7 +663,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
                     },
                 )
                 .await
-                .map_err(in_cli_words(VAULT_FLAGS, LIST_VAULTS))?;
+                .map_err(in_cli_words(VAULT_FLAGS))?;
             if json {
                 return print_json(&vault);
             }
@@ -649,7 +673,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
             client
                 .delete_vault(vault)
                 .await
-                .map_err(or_list(LIST_VAULTS))
+                .map_err(not_found)
                 .map_err(hint_on(
                     409,
                     format!(
@@ -663,10 +687,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
             )?;
         }
         VaultsCommand::Grants(VaultGrantsCommand::List { vault }) => {
-            let grants = client
-                .list_vault_grants(vault)
-                .await
-                .map_err(or_list(LIST_VAULTS))?;
+            let grants = client.list_vault_grants(vault).await.map_err(not_found)?;
             if json {
                 return print_json(&serde_json::json!({ "list": grants }));
             }
@@ -692,7 +713,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
                     },
                 )
                 .await
-                .map_err(in_cli_words(GRANT_FLAGS, LIST_VAULTS))?;
+                .map_err(in_cli_words(GRANT_FLAGS))?;
             if json {
                 return print_json(&grant);
             }
@@ -702,7 +723,7 @@ async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> an
             client
                 .delete_vault_grant(vault, grant_id)
                 .await
-                .map_err(or_list(LIST_GRANTS))?;
+                .map_err(not_found)?;
             done(
                 json,
                 serde_json::json!({ "vault": vault, "grant": grant_id, "removed": true }),
@@ -720,10 +741,7 @@ async fn identities(
 ) -> anyhow::Result<ExitCode> {
     match command {
         IdentitiesCommand::List { vault } => {
-            let identities = client
-                .list_identities(vault)
-                .await
-                .map_err(or_list(LIST_VAULTS))?;
+            let identities = client.list_identities(vault).await.map_err(not_found)?;
             if json {
                 print_json(&serde_json::json!({ "list": identities }))?;
             } else {
@@ -731,10 +749,7 @@ async fn identities(
             }
         }
         IdentitiesCommand::Show { id } => {
-            let identity = client
-                .show_identity(id)
-                .await
-                .map_err(or_list(LIST_IDENTITIES))?;
+            let identity = client.show_identity(id).await.map_err(not_found)?;
             if json {
                 print_json(&identity)?;
             } else {
@@ -746,7 +761,7 @@ async fn identities(
             let identity = client
                 .create_identity(&args.vault, &request)
                 .await
-                .map_err(in_cli_words(IDENTITY_FLAGS, LIST_VAULTS))?;
+                .map_err(in_cli_words(IDENTITY_FLAGS))?;
             if json {
                 print_json(&identity)?;
             } else {
@@ -763,7 +778,7 @@ async fn identities(
             let identity = client
                 .update_identity(&args.id, &update_request(args))
                 .await
-                .map_err(in_cli_words(IDENTITY_FLAGS, LIST_IDENTITIES))?;
+                .map_err(in_cli_words(IDENTITY_FLAGS))?;
             if json {
                 print_json(&identity)?;
             } else {
@@ -774,7 +789,7 @@ async fn identities(
             client
                 .delete_identity(id)
                 .await
-                .map_err(or_list(LIST_IDENTITIES))
+                .map_err(not_found)
                 .map_err(checkout_hint(id))?;
             done(
                 json,
@@ -783,10 +798,7 @@ async fn identities(
             )?;
         }
         IdentitiesCommand::Reveal { id, no_clear } => {
-            let secret = client
-                .reveal_identity(id)
-                .await
-                .map_err(or_list(LIST_IDENTITIES))?;
+            let secret = client.reveal_identity(id).await.map_err(not_found)?;
             if json {
                 print_json(&secret)?;
             } else {
@@ -804,7 +816,7 @@ async fn identities(
                     },
                 )
                 .await
-                .map_err(in_cli_words(CHECKOUT_FLAGS, LIST_IDENTITIES))
+                .map_err(in_cli_words(CHECKOUT_FLAGS))
                 .map_err(checkout_hint(&args.id))?;
             show_checkout(&granted, json, !args.no_clear).await?;
         }
@@ -812,7 +824,7 @@ async fn identities(
             let checkout = client
                 .checkin(checkout_id, *force)
                 .await
-                .map_err(or_list(LIST_CHECKOUTS))?;
+                .map_err(not_found)?;
             if json {
                 print_json(&checkout)?;
             } else {
@@ -828,10 +840,7 @@ async fn identities(
             }
         }
         IdentitiesCommand::Checkouts { id } => {
-            let checkouts = client
-                .list_checkouts(id)
-                .await
-                .map_err(or_list(LIST_IDENTITIES))?;
+            let checkouts = client.list_checkouts(id).await.map_err(not_found)?;
             if json {
                 print_json(&serde_json::json!({ "list": checkouts }))?;
             } else {
@@ -854,7 +863,7 @@ async fn identities(
                     },
                 )
                 .await
-                .map_err(in_cli_words(CHECKOUT_FLAGS, LIST_IDENTITIES))?;
+                .map_err(in_cli_words(CHECKOUT_FLAGS))?;
             show_checkout(&granted, json, !*no_clear).await?;
         }
         IdentitiesCommand::Rotate {
@@ -870,19 +879,13 @@ async fn identities(
             let rotation = client
                 .rotate_identity(id, &RotateRequest { password })
                 .await
-                .map_err(in_cli_words(
-                    &[("password", "--password-stdin")],
-                    LIST_IDENTITIES,
-                ))
+                .map_err(in_cli_words(&[("password", "--password-stdin")]))
                 .map_err(checkout_hint(id))?;
             let print = |rotation: &RotationView| show_rotation(rotation, json);
             return after_rotation_started(client, &rotation, *wait, json, print).await;
         }
         IdentitiesCommand::Rotations { id } => {
-            let rotations = client
-                .list_rotations(id)
-                .await
-                .map_err(or_list(LIST_IDENTITIES))?;
+            let rotations = client.list_rotations(id).await.map_err(not_found)?;
             if json {
                 print_json(&serde_json::json!({ "list": rotations }))?;
             } else {
@@ -910,10 +913,7 @@ pub async fn enroll_account(
             },
         )
         .await
-        .map_err(in_cli_words(
-            ENROLL_FLAGS,
-            "latchctl hosts list; latchctl vaults list",
-        ))?;
+        .map_err(in_cli_words(ENROLL_FLAGS))?;
     let identity = enrolled.identity;
     // Both, as JSON: the identity and the rotation as it is at the end.
     let print = |rotation: &RotationView| {
@@ -971,7 +971,7 @@ async fn follow_rotation(
                 continue;
             }
             Err(error @ ClientError::Api { status: 404, .. }) => {
-                return Err(or_list(LIST_ROTATIONS)(error).into());
+                return Err(not_found(error).into());
             }
             Err(error) => {
                 eprintln!(
@@ -1160,7 +1160,7 @@ async fn show_checkout(granted: &CheckoutGranted, json: bool, clear: bool) -> an
     );
     if checkout.break_glass {
         println!(
-            "it is checked in by itself then; every check-in of it rotates the credential. Done earlier: latchctl identities checkin {}",
+            "it is checked in by itself then, and its check-in (yours or that one) rotates the credential. Done earlier: latchctl identities checkin {}",
             checkout.id
         );
     } else {
@@ -1678,6 +1678,45 @@ mod tests {
             update_body("--exclusive"),
             serde_json::json!({ "concurrent_checkout": false })
         );
+    }
+
+    #[test]
+    fn a_missing_thing_is_answered_with_what_lists_its_kind() {
+        let refused = |status: u16, message: &str| ClientError::Api {
+            status,
+            code: "resource_does_not_exist".into(),
+            message: message.into(),
+        };
+        let said = |error: ClientError| error.to_string();
+        assert!(
+            said(not_found(refused(404, "group 'dbas' does not exist")))
+                .contains("`latchctl groups list` shows which exist")
+        );
+        assert!(
+            said(not_found(refused(404, "vault 'x' does not exist")))
+                .contains("`latchctl vaults list` shows which exist")
+        );
+        // Nothing added where the control plane already said what to run, to another status,
+        // or to a kind it has no list for.
+        for (status, message) in [
+            (
+                404,
+                "identity 'i' does not exist; `latchctl identities show` …",
+            ),
+            (409, "vault 'x' does not exist"),
+            (404, "organization 'o' does not exist"),
+        ] {
+            assert_eq!(
+                said(not_found(refused(status, message))),
+                said(refused(status, message))
+            );
+        }
+        let flagged = in_cli_words(CHECKOUT_FLAGS)(ClientError::Api {
+            status: 400,
+            code: "invalid_request".into(),
+            message: "duration_minutes: is 3".into(),
+        });
+        assert!(said(flagged).starts_with("--for: is 3"));
     }
 
     #[test]
