@@ -12,6 +12,12 @@ use latch_common::people::{
     CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
     RoleBindingView, RoleView, TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
 };
+use latch_common::vault::{
+    BreakGlassRequest, CheckinRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
+    CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, EnrollAccountRequest,
+    EnrolledAccount, IdentityView, RevealedSecret, RotateRequest, RotationView,
+    UpdateIdentityRequest, UpdateVaultRequest, VaultGrantView, VaultView,
+};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -668,6 +674,186 @@ impl AdminClient {
             .await
     }
 
+    /// `GET /v1/vaults` (all pages): the vaults the caller may see.
+    pub async fn list_vaults(&self) -> Result<Vec<VaultView>, ClientError> {
+        self.all_pages("/v1/vaults", Vec::new()).await
+    }
+
+    /// `GET /v1/vaults/{vault}` (id or name).
+    pub async fn show_vault(&self, vault: &str) -> Result<VaultView, ClientError> {
+        let path = format!("/v1/vaults/{}", segment(vault));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/vaults`: the caller becomes its owner.
+    pub async fn create_vault(
+        &self,
+        request: &CreateVaultRequest,
+    ) -> Result<VaultView, ClientError> {
+        self.call(Method::POST, "/v1/vaults", &[], Some(request))
+            .await
+    }
+
+    /// `PATCH /v1/vaults/{vault}`: fields left out stay as they are.
+    pub async fn update_vault(
+        &self,
+        vault: &str,
+        request: &UpdateVaultRequest,
+    ) -> Result<VaultView, ClientError> {
+        let path = format!("/v1/vaults/{}", segment(vault));
+        self.call(Method::PATCH, &path, &[], Some(request)).await
+    }
+
+    /// `DELETE /v1/vaults/{vault}`: refused (409) while it holds identities.
+    pub async fn delete_vault(&self, vault: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/vaults/{}", segment(vault));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/vaults/{vault}/grants` (all pages).
+    pub async fn list_vault_grants(&self, vault: &str) -> Result<Vec<VaultGrantView>, ClientError> {
+        self.all_pages(&format!("/v1/vaults/{}/grants", segment(vault)), Vec::new())
+            .await
+    }
+
+    /// `POST /v1/vaults/{vault}/grants`: access for a user or a group.
+    pub async fn create_vault_grant(
+        &self,
+        vault: &str,
+        request: &CreateVaultGrantRequest,
+    ) -> Result<VaultGrantView, ClientError> {
+        let path = format!("/v1/vaults/{}/grants", segment(vault));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
+    /// `DELETE /v1/vaults/{vault}/grants/{grant}`.
+    pub async fn delete_vault_grant(&self, vault: &str, grant: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/vaults/{}/grants/{}", segment(vault), segment(grant));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/vaults/{vault}/identities` (all pages).
+    pub async fn list_identities(&self, vault: &str) -> Result<Vec<IdentityView>, ClientError> {
+        self.all_pages(
+            &format!("/v1/vaults/{}/identities", segment(vault)),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `POST /v1/vaults/{vault}/identities`.
+    pub async fn create_identity(
+        &self,
+        vault: &str,
+        request: &CreateIdentityRequest,
+    ) -> Result<IdentityView, ClientError> {
+        let path = format!("/v1/vaults/{}/identities", segment(vault));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
+    /// `GET /v1/identities/{identity}` (id): with its linked hosts and latest rotation state.
+    pub async fn show_identity(&self, identity: &str) -> Result<IdentityView, ClientError> {
+        let path = format!("/v1/identities/{}", segment(identity));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `PATCH /v1/identities/{identity}`: fields left out stay as they are; `hosts` replaces
+    /// the linked hosts.
+    pub async fn update_identity(
+        &self,
+        identity: &str,
+        request: &UpdateIdentityRequest,
+    ) -> Result<IdentityView, ClientError> {
+        let path = format!("/v1/identities/{}", segment(identity));
+        self.call(Method::PATCH, &path, &[], Some(request)).await
+    }
+
+    /// `DELETE /v1/identities/{identity}`: refused (409) while checked out.
+    pub async fn delete_identity(&self, identity: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/identities/{}", segment(identity));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/identities/{identity}/reveal`: the current credential (audited; may need the
+    /// MFA step-up `reveal` first).
+    pub async fn reveal_identity(&self, identity: &str) -> Result<RevealedSecret, ClientError> {
+        let path = format!("/v1/identities/{}/reveal", segment(identity));
+        self.call(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/identities/{identity}/checkout`: the checkout and the credential.
+    pub async fn checkout_identity(
+        &self,
+        identity: &str,
+        request: &CheckoutRequest,
+    ) -> Result<CheckoutGranted, ClientError> {
+        let path = format!("/v1/identities/{}/checkout", segment(identity));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
+    /// `POST /v1/identities/{identity}/break-glass`: an emergency checkout (audited as
+    /// critical; every account admin is notified).
+    pub async fn break_glass(
+        &self,
+        identity: &str,
+        request: &BreakGlassRequest,
+    ) -> Result<CheckoutGranted, ClientError> {
+        let path = format!("/v1/identities/{}/break-glass", segment(identity));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
+    /// `GET /v1/identities/{identity}/checkouts` (all pages): open and past, newest first.
+    pub async fn list_checkouts(&self, identity: &str) -> Result<Vec<CheckoutView>, ClientError> {
+        self.all_pages(
+            &format!("/v1/identities/{}/checkouts", segment(identity)),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `POST /v1/checkouts/{checkout}/checkin`: `force` checks in someone else's checkout.
+    pub async fn checkin(&self, checkout: &str, force: bool) -> Result<CheckoutView, ClientError> {
+        let path = format!("/v1/checkouts/{}/checkin", segment(checkout));
+        self.call(Method::POST, &path, &[], Some(&CheckinRequest { force }))
+            .await
+    }
+
+    /// `POST /v1/identities/{identity}/rotate`: a new credential on every linked host.
+    pub async fn rotate_identity(
+        &self,
+        identity: &str,
+        request: &RotateRequest,
+    ) -> Result<RotationView, ClientError> {
+        let path = format!("/v1/identities/{}/rotate", segment(identity));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
+    /// `GET /v1/identities/{identity}/rotations` (all pages).
+    pub async fn list_rotations(&self, identity: &str) -> Result<Vec<RotationView>, ClientError> {
+        self.all_pages(
+            &format!("/v1/identities/{}/rotations", segment(identity)),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// `GET /v1/rotations/{rotation}`: its state and per-host jobs.
+    pub async fn show_rotation(&self, rotation: &str) -> Result<RotationView, ClientError> {
+        let path = format!("/v1/rotations/{}", segment(rotation));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/hosts/{host}/enroll-account`: adopts an existing account into a vault and
+    /// starts the rotation that sets its first password.
+    pub async fn enroll_account(
+        &self,
+        host: &str,
+        request: &EnrollAccountRequest,
+    ) -> Result<EnrolledAccount, ClientError> {
+        let path = format!("/v1/hosts/{}/enroll-account", segment(host));
+        self.call(Method::POST, &path, &[], Some(request)).await
+    }
+
     async fn all_pages<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -682,7 +868,9 @@ impl AdminClient {
             let page: ListResponse<T> = self
                 .call(Method::GET, path, &page_query, None::<&()>)
                 .await?;
-            let done = page.list.len() < COUNT;
+            // Fewer than asked for: the last page. More: an endpoint that ignores `count` and
+            // answers its whole list at once.
+            let done = page.list.len() != COUNT;
             all.extend(page.list);
             if done {
                 return Ok(all);

@@ -161,6 +161,25 @@ impl Ran {
         );
         self.stdout
     }
+
+    /// Panics unless the command succeeded; parses the JSON it printed
+    /// (`latchctl --output json …`).
+    pub fn json(self, what: &str) -> serde_json::Value {
+        let out = self.ok(what);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: invalid JSON ({e}): {out}"))
+    }
+
+    /// The `{"code", "message"}` a failed `latchctl --output json …` printed; panics unless it
+    /// failed with exit status 1.
+    pub fn json_error(self, what: &str) -> (String, String) {
+        assert_eq!(self.code, 1, "{what} should have failed: {self:?}");
+        let body: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{what}: invalid JSON error ({e}): {self:?}"));
+        (
+            body["code"].as_str().unwrap_or_default().to_owned(),
+            body["message"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
 }
 
 pub(crate) fn run(command: &mut Command, stdin: Option<&[u8]>) -> Ran {

@@ -12,19 +12,12 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// Parses the JSON a successful `latchctl --output json …` printed.
 fn json(ran: Ran, what: &str) -> Value {
-    let out = ran.ok(what);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: invalid JSON ({e}): {out}"))
+    ran.json(what)
 }
 
 /// The `{"code", "message"}` a failed `latchctl --output json …` printed (exit status 1).
 fn json_error(ran: Ran, what: &str) -> (String, String) {
-    assert_eq!(ran.code, 1, "{what} should have failed: {ran:?}");
-    let body: Value = serde_json::from_str(&ran.stdout)
-        .unwrap_or_else(|e| panic!("{what}: invalid JSON error ({e}): {ran:?}"));
-    (
-        body["code"].as_str().unwrap_or_default().to_owned(),
-        body["message"].as_str().unwrap_or_default().to_owned(),
-    )
+    ran.json_error(what)
 }
 
 /// The names in a `{"list": […]}`, sorted.

@@ -20,13 +20,16 @@ mod session;
 mod tables;
 #[path = "latchctl/terminal.rs"]
 mod terminal;
+#[path = "latchctl/vault.rs"]
+mod vault;
 
 use session::{admin_token, session_command};
 use tables::{print_grants, print_hosts, print_job_detail, print_jobs, print_json, print_table};
 
 /// Administer a Latch control plane: enrollment tokens, hosts, account jobs, grants (who has
-/// which access), the audit trail, the job-signing key, and people and permissions (users,
-/// groups, roles, service users, MFA).
+/// which access), the audit trail, the job-signing key, people and permissions (users,
+/// groups, roles, service users, MFA), and the credential vault (vaults, identities,
+/// checkouts, rotations).
 ///
 /// Credentials: --token (or LATCH_TOKEN) takes a bearer token or an API key (`latch_key_…`,
 /// e.g. a service user's in a pipeline: latchctl exchanges it for a short-lived bearer token
@@ -34,7 +37,9 @@ use tables::{print_grants, print_hosts, print_job_detail, print_jobs, print_json
 /// ./latch-data/admin.token.
 ///
 /// Exit status: 0 on success; 1 when the command failed (the message says why); for `jobs
-/// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed.
+/// wait`, 0 confirmed, 1 failed, 2 timed out, 3 the wait itself failed; the same for a
+/// rotation followed with --wait (`rotations show`, `identities rotate`, `hosts
+/// enroll-account`), 2 meaning still pending.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -112,6 +117,8 @@ enum Command {
     Whoami,
     #[command(flatten)]
     People(people::PeopleCommand),
+    #[command(flatten)]
+    Vault(vault::VaultCommand),
 }
 
 #[derive(Subcommand)]
@@ -208,6 +215,11 @@ enum HostsCommand {
         #[arg(long = "remove", value_name = "KEY", value_parser = label_key_arg)]
         remove: Vec<String>,
     },
+    /// One-click vault enrollment of an existing account on a host: Latch adopts the account,
+    /// makes an identity for it in a vault, and sets a new random password there (a rotation:
+    /// follow it with --wait). Needs `hosts.manage_users` and `pam_vaults.manage`, and the
+    /// host's agent online.
+    EnrollAccount(vault::EnrollAccountArgs),
 }
 
 #[derive(Subcommand)]
@@ -695,6 +707,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::People(command) => {
             people::run(&client, command, json, &cli.server).await?;
+        }
+        Command::Vault(command) => return vault::run(&client, command, json).await,
+        Command::Hosts(HostsCommand::EnrollAccount(args)) => {
+            return vault::enroll_account(&client, args, json).await;
         }
         // Handled by session_command above.
         Command::Login { .. } | Command::Logout | Command::Whoami => {}

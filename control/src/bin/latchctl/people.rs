@@ -251,11 +251,13 @@ fn parse_role(text: &str) -> Result<Role, String> {
     })
 }
 
-fn time(at: DateTime<Utc>) -> String {
+/// A time as people read it (UTC, to the second).
+pub(super) fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-fn maybe_time(at: Option<DateTime<Utc>>, none: &str) -> String {
+/// [`time`], or `none` when there is none.
+pub(super) fn maybe_time(at: Option<DateTime<Utc>>, none: &str) -> String {
     at.map_or_else(|| none.to_owned(), time)
 }
 
@@ -418,7 +420,7 @@ fn print_new_key(key: &NewApiKeyResponse, server: &str) {
 }
 
 /// A JSON acknowledgement for a change the API answers with no body.
-fn done(json: bool, value: serde_json::Value, text: &str) -> anyhow::Result<()> {
+pub(super) fn done(json: bool, value: serde_json::Value, text: &str) -> anyhow::Result<()> {
     if json {
         print_json(&value)
     } else {
