@@ -211,6 +211,13 @@ pub struct LinkedHostView {
     pub adopt_job_id: Option<String>,
     /// `pending`, `confirmed` or `failed`: the adoption job's status.
     pub adopt_status: Option<String>,
+    /// The job that set the current password there when the host was linked (`null`: none,
+    /// e.g. the first password comes from a rotation).
+    #[serde(default)]
+    pub password_job_id: Option<String>,
+    /// That job's status.
+    #[serde(default)]
+    pub password_status: Option<String>,
 }
 
 /// An identity (a shared account) as callers see it: never its secret.

@@ -492,6 +492,15 @@ async fn a_rotation_is_pending_until_every_host_confirms_and_names_the_host_it_w
                 user: "appsvc".into()
             }
         );
+        // Then the vault's password, so it works on every linked host.
+        match answer(c, h, JobOutcome::confirmed()).await.unwrap() {
+            JobSpec::SetPassword { password_hash, .. } => assert!(
+                ShaCrypt::default()
+                    .verify_password(b"First-Secret-2026!", password_hash.as_str())
+                    .is_ok()
+            ),
+            other => panic!("expected set-password, got {other:?}"),
+        }
     }
     let shown = c.show_identity(&admin, &identity.id).await.unwrap();
     assert!(
@@ -577,8 +586,11 @@ async fn a_failed_host_fails_the_rotation_and_keeps_the_previous_secret_everywhe
         )
         .await
         .unwrap();
-    answer(c, &good, JobOutcome::confirmed()).await.unwrap();
-    answer(c, &bad, JobOutcome::confirmed()).await.unwrap();
+    for h in [&good, &bad] {
+        // The adoption and the current password.
+        answer(c, h, JobOutcome::confirmed()).await.unwrap();
+        answer(c, h, JobOutcome::confirmed()).await.unwrap();
+    }
     let rotation = c
         .rotate_identity(&admin, &identity.id, &RotateRequest::default())
         .await
@@ -935,6 +947,7 @@ async fn no_secret_is_stored_in_plain_text(db: TestDb) {
         )
         .await
         .unwrap();
+    answer(c, &h, JobOutcome::confirmed()).await.unwrap();
     answer(c, &h, JobOutcome::confirmed()).await.unwrap();
     let rotated = "Rotated-Plaintext-Marker-9c1e!";
     c.rotate_identity(

@@ -287,6 +287,17 @@ impl TestHost {
         run(self.nsenter().args(args), Some(stdin))
     }
 
+    /// Whether PAM (`pamtester login USER authenticate`, the host's real stack) accepts
+    /// `password` for `user`.
+    pub fn pam_accepts(&self, user: &str, password: &str) -> bool {
+        self.exec_stdin(
+            &["pamtester", "login", user, "authenticate"],
+            format!("{password}\n").as_bytes(),
+        )
+        .code
+            == 0
+    }
+
     /// Reads a file inside the test host ("" if missing).
     pub fn read(&self, path: &str) -> String {
         self.exec(&["cat", path]).stdout

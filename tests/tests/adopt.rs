@@ -60,16 +60,6 @@ fn error_message(job: &Value) -> &str {
     job["error"]["message"].as_str().unwrap_or_default()
 }
 
-/// Whether PAM (`pamtester login USER authenticate`, the host's real stack) accepts `password`.
-fn pam_accepts(host: &TestHost, user: &str, password: &str) -> bool {
-    host.exec_stdin(
-        &["pamtester", "login", user, "authenticate"],
-        format!("{password}\n").as_bytes(),
-    )
-    .code
-        == 0
-}
-
 /// The agent's adoption record of `user` (`accounts.json` inside the host), or `Null`.
 fn adoption_record(host: &TestHost, user: &str) -> Value {
     let accounts: Value =
@@ -114,11 +104,11 @@ fn an_adopted_account_gets_its_password_set_and_is_never_deleted() {
         "{shadow}"
     );
     assert!(
-        pam_accepts(&host, "legacy", password),
+        host.pam_accepts("legacy", password),
         "PAM refused the new password"
     );
     assert!(
-        !pam_accepts(&host, "legacy", "wrong password"),
+        !host.pam_accepts("legacy", "wrong password"),
         "PAM accepted a wrong one"
     );
     assert!(
@@ -154,7 +144,7 @@ fn an_adopted_account_gets_its_password_set_and_is_never_deleted() {
         "the adopted account was deleted"
     );
     assert!(
-        pam_accepts(&host, "legacy", password),
+        host.pam_accepts("legacy", password),
         "the adopted account was locked"
     );
     host.assert_account_files_clean();
@@ -239,7 +229,7 @@ fn root_and_system_accounts_are_adopted_only_as_the_host_allows() {
     cp.expect_failed(&toor, "system_account");
     cp.expect_confirmed(&set);
     assert!(
-        pam_accepts(&host, "svcacct", password),
+        host.pam_accepts("svcacct", password),
         "PAM refused the new password"
     );
     assert_eq!(
@@ -289,7 +279,7 @@ fn an_adoption_interrupted_by_kill_9_is_confirmed_once() {
     assert_eq!(adopted["attempts"], 2, "{adopted:#}");
     cp.expect_confirmed(&set);
     assert!(
-        pam_accepts(&host, "legacy", password),
+        host.pam_accepts("legacy", password),
         "PAM refused the new password"
     );
     real.assert_unchanged();

@@ -47,6 +47,7 @@ CREATE TABLE identity_hosts (
     identity_id  TEXT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
     host_id      TEXT NOT NULL REFERENCES hosts (id),
     adopt_job_id TEXT,                           -- the adopt-account job queued when linked
+    password_job_id TEXT,                        -- the set-password job that gave it the current password
     PRIMARY KEY (identity_id, host_id)
 );
 

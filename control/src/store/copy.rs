@@ -330,6 +330,7 @@ pub const TABLES: &[Table] = &[
             ("identity_id", Text),
             ("host_id", Text),
             ("adopt_job_id", Text),
+            ("password_job_id", Text),
         ],
         identity: false,
     },

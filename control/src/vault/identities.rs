@@ -16,7 +16,7 @@ use serde_json::json;
 use super::access::Need;
 use crate::mfa::SensitiveAction;
 use crate::people::{Authority, new_id};
-use crate::store::vault::{IdentityRecord, RotationCause, VaultRefusal};
+use crate::store::vault::{HostLink, IdentityRecord, RotationCause, VaultRefusal};
 use crate::{Control, ControlError};
 
 /// The view of an identity (never its secret).
@@ -45,6 +45,8 @@ pub(crate) fn identity_view(identity: IdentityRecord) -> IdentityView {
                 hostname: h.hostname,
                 adopt_job_id: h.adopt_job_id,
                 adopt_status: h.adopt_status,
+                password_job_id: h.password_job_id,
+                password_status: h.password_status,
             })
             .collect(),
         created_at: identity.created_at,
@@ -125,18 +127,49 @@ impl Control {
         Ok(hosts)
     }
 
-    /// Queues the adoption jobs recorded for `hosts` (`(host id, job id)`).
-    async fn queue_adoptions(
+    /// New links to `hosts`: an adoption job each and, when the identity has a password
+    /// already, a job that sets it there (so the vault's password works on every linked host).
+    fn new_links(hosts: &[String], with_password: bool) -> Vec<HostLink> {
+        hosts
+            .iter()
+            .map(|host_id| HostLink {
+                host_id: host_id.clone(),
+                adopt_job_id: Some(uuid::Uuid::new_v4().to_string()),
+                password_job_id: with_password.then(|| uuid::Uuid::new_v4().to_string()),
+            })
+            .collect()
+    }
+
+    /// Queues the jobs recorded for new `links`: the adoption, then the current password.
+    async fn queue_links(
         &self,
-        username: &str,
-        hosts: &[(String, Option<String>)],
+        identity: &IdentityRecord,
+        links: &[HostLink],
     ) -> Result<(), ControlError> {
-        let spec = JobSpec::AdoptAccount {
-            user: username.to_owned(),
+        let password = match (&identity.secret, identity.credential_type) {
+            (Some(sealed), CredentialType::Password)
+                if links.iter().any(|l| l.password_job_id.is_some()) =>
+            {
+                let key = self.data_key(&identity.organization_id).await?;
+                Some(key.open(&identity.id, sealed)?)
+            }
+            _ => None,
         };
-        for (host_id, job_id) in hosts {
-            if let Some(job_id) = job_id {
-                self.queue_internal_job(host_id, job_id, &spec).await?;
+        let adopt = JobSpec::AdoptAccount {
+            user: identity.username.clone(),
+        };
+        for link in links {
+            if let Some(job_id) = &link.adopt_job_id {
+                self.queue_internal_job(&link.host_id, job_id, &adopt)
+                    .await?;
+            }
+            if let (Some(job_id), Some(password)) = (&link.password_job_id, &password) {
+                let spec = JobSpec::SetPassword {
+                    user: identity.username.clone(),
+                    password_hash: crate::password::hash_password(password)?,
+                };
+                self.queue_internal_job(&link.host_id, job_id, &spec)
+                    .await?;
             }
         }
         Ok(())
@@ -210,10 +243,11 @@ impl Control {
             rotation_state: None,
             active_checkouts: 0,
         };
-        let links: Vec<(String, Option<String>)> = hosts
-            .iter()
-            .map(|(host_id, _)| (host_id.clone(), Some(uuid::Uuid::new_v4().to_string())))
-            .collect();
+        let host_ids: Vec<String> = hosts.iter().map(|(id, _)| id.clone()).collect();
+        let links = Self::new_links(
+            &host_ids,
+            secret.is_some() && request.credential_type == CredentialType::Password,
+        );
         let history = match request.credential_type {
             CredentialType::Password => secret.map(|s| key.history_hash(&id, s)),
             CredentialType::SshKey => None,
@@ -235,9 +269,9 @@ impl Control {
             Ok(()) => {}
             Err(_) => return Err(identity_name_taken(&request.name)),
         }
-        self.queue_adoptions(&identity.username, &links).await?;
+        let stored = self.stored_identity(&id).await?;
+        self.queue_links(&stored, &links).await?;
         if secret.is_none() {
-            let stored = self.stored_identity(&id).await?;
             self.first_rotation(by, &stored, RotationCause::Enrollment)
                 .await?;
         }
@@ -348,29 +382,43 @@ impl Control {
         };
         identity.max_concurrent = check_concurrency(concurrent, max.filter(|_| concurrent))?;
         identity.concurrent_checkout = concurrent;
-        let links = match &request.hosts {
-            None => None,
+        // Hosts kept keep their links; new ones get new links (and their jobs, below).
+        let (links, new_links) = match &request.hosts {
+            None => (None, Vec::new()),
             Some(keys) => {
                 let hosts = self.linkable_hosts(by, keys).await?;
-                Some(
-                    hosts
-                        .into_iter()
-                        .map(|(host_id, _)| {
-                            let kept = identity.hosts.iter().find(|h| h.host_id == host_id);
-                            match kept {
-                                Some(h) => (host_id, h.adopt_job_id.clone(), false),
-                                None => (host_id, Some(uuid::Uuid::new_v4().to_string()), true),
-                            }
-                        })
-                        .collect::<Vec<_>>(),
-                )
+                let new: Vec<String> = hosts
+                    .iter()
+                    .filter(|(id, _)| !identity.hosts.iter().any(|h| h.host_id == *id))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let with_password = identity.secret.is_some()
+                    && identity.credential_type == CredentialType::Password;
+                let new_links = Self::new_links(&new, with_password);
+                let all: Vec<HostLink> = hosts
+                    .iter()
+                    .map(|(host_id, _)| {
+                        match identity.hosts.iter().find(|h| h.host_id == *host_id) {
+                            Some(kept) => HostLink {
+                                host_id: host_id.clone(),
+                                adopt_job_id: kept.adopt_job_id.clone(),
+                                password_job_id: kept.password_job_id.clone(),
+                            },
+                            None => new_links
+                                .iter()
+                                .find(|l| l.host_id == *host_id)
+                                .cloned()
+                                .unwrap_or_else(|| HostLink {
+                                    host_id: host_id.clone(),
+                                    adopt_job_id: None,
+                                    password_job_id: None,
+                                }),
+                        }
+                    })
+                    .collect();
+                (Some(all), new_links)
             }
         };
-        let stored: Option<Vec<(String, Option<String>)>> = links.as_ref().map(|l| {
-            l.iter()
-                .map(|(host, job, _)| (host.clone(), job.clone()))
-                .collect()
-        });
         let event = by.event("vault.identity_updated").detail(json!({
             "identity_id": identity.id,
             "name": identity.name,
@@ -378,11 +426,11 @@ impl Control {
             "rotate_after_use": identity.rotate_after_use,
             "concurrent_checkout": identity.concurrent_checkout,
             "max_concurrent_checkouts": identity.max_concurrent,
-            "hosts": stored.as_ref().map(|l| l.iter().map(|(h, _)| h).collect::<Vec<_>>()),
+            "hosts": links.as_ref().map(|l| l.iter().map(|h| &h.host_id).collect::<Vec<_>>()),
         }));
         match self
             .store
-            .update_identity(&identity, stored.as_deref(), event, Utc::now())
+            .update_identity(&identity, links.as_deref(), event, Utc::now())
             .await?
         {
             Ok(()) => {}
@@ -394,14 +442,7 @@ impl Control {
                 });
             }
         }
-        if let Some(links) = links {
-            let new: Vec<(String, Option<String>)> = links
-                .into_iter()
-                .filter(|(_, _, new)| *new)
-                .map(|(host, job, _)| (host, job))
-                .collect();
-            self.queue_adoptions(&identity.username, &new).await?;
-        }
+        self.queue_links(&identity, &new_links).await?;
         self.show_identity(by, id).await
     }
 

@@ -1394,10 +1394,11 @@ fn print_identity(i: &IdentityView) {
                 h.host_id.clone(),
                 h.adopt_status.clone().unwrap_or_else(|| "-".to_owned()),
                 h.adopt_job_id.clone().unwrap_or_else(|| "-".to_owned()),
+                h.password_status.clone().unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
-    print_table(&["HOST", "ID", "ADOPTION", "JOB"], rows);
+    print_table(&["HOST", "ID", "ADOPTION", "JOB", "PASSWORD SET"], rows);
 }
 
 fn print_checkouts(checkouts: &[CheckoutView]) {

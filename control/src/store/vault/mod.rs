@@ -128,7 +128,7 @@ pub trait VaultStore: Send + Sync {
     async fn insert_identity(
         &self,
         identity: &IdentityRecord,
-        hosts: &[(String, Option<String>)],
+        hosts: &[HostLink],
         history: Option<&str>,
         event: AuditEvent,
         now: DateTime<Utc>,
@@ -142,7 +142,7 @@ pub trait VaultStore: Send + Sync {
     async fn update_identity(
         &self,
         identity: &IdentityRecord,
-        hosts: Option<&[(String, Option<String>)]>,
+        hosts: Option<&[HostLink]>,
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<Result<(), VaultRefusal>, StoreError>;
@@ -266,8 +266,10 @@ const IDENTITY_SELECT: &str = "SELECT i.id, i.vault_id, v.name AS vault, v.organ
      FROM identities i JOIN vaults v ON v.id = i.vault_id";
 
 const LINKED_HOST_SELECT: &str = "SELECT ih.identity_id, ih.host_id, h.hostname, \
-     ih.adopt_job_id, j.status AS adopt_status FROM identity_hosts ih \
-     JOIN hosts h ON h.id = ih.host_id LEFT JOIN jobs j ON j.id = ih.adopt_job_id";
+     ih.adopt_job_id, j.status AS adopt_status, ih.password_job_id, \
+     pj.status AS password_status FROM identity_hosts ih \
+     JOIN hosts h ON h.id = ih.host_id LEFT JOIN jobs j ON j.id = ih.adopt_job_id \
+     LEFT JOIN jobs pj ON pj.id = ih.password_job_id";
 
 const CHECKOUT_SELECT: &str = "SELECT c.id, c.identity_id, c.principal_id, p.name AS holder, \
      c.reason, c.host_id, c.break_glass, c.started_at, c.expires_at, c.checked_in_at, \
@@ -556,7 +558,7 @@ macro_rules! vault_store {
             async fn insert_identity(
                 &self,
                 i: &IdentityRecord,
-                hosts: &[(String, Option<String>)],
+                hosts: &[HostLink],
                 history: Option<&str>,
                 event: AuditEvent,
                 now: DateTime<Utc>,
@@ -587,13 +589,15 @@ macro_rules! vault_store {
                     Err(e) if is_unique_violation(&e) => return Ok(Err(VaultRefusal::NameTaken)),
                     other => other?,
                 };
-                for (host_id, adopt_job_id) in hosts {
+                for link in hosts {
                     sqlx::query(
-                        "INSERT INTO identity_hosts (identity_id, host_id, adopt_job_id) VALUES ($1, $2, $3)",
+                        "INSERT INTO identity_hosts (identity_id, host_id, adopt_job_id, password_job_id) \
+                         VALUES ($1, $2, $3, $4)",
                     )
                     .bind(&i.id)
-                    .bind(host_id)
-                    .bind(adopt_job_id)
+                    .bind(&link.host_id)
+                    .bind(&link.adopt_job_id)
+                    .bind(&link.password_job_id)
                     .execute(tx.conn())
                     .await?;
                 }
@@ -664,7 +668,7 @@ macro_rules! vault_store {
             async fn update_identity(
                 &self,
                 i: &IdentityRecord,
-                hosts: Option<&[(String, Option<String>)]>,
+                hosts: Option<&[HostLink]>,
                 event: AuditEvent,
                 now: DateTime<Utc>,
             ) -> Result<Result<(), VaultRefusal>, StoreError> {
@@ -692,13 +696,15 @@ macro_rules! vault_store {
                         .bind(&i.id)
                         .execute(tx.conn())
                         .await?;
-                    for (host_id, adopt_job_id) in hosts {
+                    for link in hosts {
                         sqlx::query(
-                            "INSERT INTO identity_hosts (identity_id, host_id, adopt_job_id) VALUES ($1, $2, $3)",
+                            "INSERT INTO identity_hosts (identity_id, host_id, adopt_job_id, password_job_id) \
+                             VALUES ($1, $2, $3, $4)",
                         )
                         .bind(&i.id)
-                        .bind(host_id)
-                        .bind(adopt_job_id)
+                        .bind(&link.host_id)
+                        .bind(&link.adopt_job_id)
+                        .bind(&link.password_job_id)
                         .execute(tx.conn())
                         .await?;
                     }

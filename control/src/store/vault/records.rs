@@ -53,6 +53,17 @@ pub struct VaultGrantRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A host to link an identity to, with the jobs that bring the account there in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    /// The host.
+    pub host_id: String,
+    /// The adopt-account job (queued right after).
+    pub adopt_job_id: Option<String>,
+    /// The set-password job of the current password (queued after the adoption).
+    pub password_job_id: Option<String>,
+}
+
 /// A host an identity is linked to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkedHostRecord {
@@ -64,6 +75,10 @@ pub struct LinkedHostRecord {
     pub adopt_job_id: Option<String>,
     /// That job's status.
     pub adopt_status: Option<String>,
+    /// The set-password job that gave the account the current password when it was linked.
+    pub password_job_id: Option<String>,
+    /// That job's status.
+    pub password_status: Option<String>,
 }
 
 /// An identity: a shared account and its sealed credential.
@@ -334,6 +349,8 @@ pub(super) fn linked_host_from_row(
             hostname: row.text("hostname")?,
             adopt_job_id: row.opt_text("adopt_job_id")?,
             adopt_status: row.opt_text("adopt_status")?,
+            password_job_id: row.opt_text("password_job_id")?,
+            password_status: row.opt_text("password_status")?,
         },
     ))
 }
