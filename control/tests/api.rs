@@ -37,7 +37,9 @@ impl Api {
             .unwrap()
             .trim()
             .to_owned();
-        let control = Arc::new(Control::new(data.store, config, data.signer));
+        let control = Arc::new(
+            Control::new(data.store, config, data.signer).with_master_key(data.master_key),
+        );
         let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
@@ -808,9 +810,16 @@ async fn latchctl_refuses_a_zero_negative_or_garbage_ttl_in_plain_words() {
 async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing(db: TestDb) {
     let api = Api::start(db).await;
     let host = api.enroll("db1").await;
+    let (status, vault, _) = api
+        .admin("POST", "/v1/vaults", Some(json!({"name": "hv"})))
+        .await;
+    assert_eq!(status, 201, "{vault}");
     let before = (
         api.admin("GET", "/v1/hosts", None).await.1,
         api.admin("GET", "/v1/jobs", None).await.1,
+        api.admin("GET", "/v1/vaults", None).await.1,
+        api.admin("GET", "/v1/vaults/hv/identities", None).await.1,
+        api.admin("GET", "/v1/vaults/hv/grants", None).await.1,
     );
     let cases: Value = serde_json::from_str(include_str!("hostile_inputs.json")).unwrap();
     let cases = cases["cases"].as_array().unwrap();
@@ -855,6 +864,9 @@ async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing(db: Tes
     let after = (
         api.admin("GET", "/v1/hosts", None).await.1,
         api.admin("GET", "/v1/jobs", None).await.1,
+        api.admin("GET", "/v1/vaults", None).await.1,
+        api.admin("GET", "/v1/vaults/hv/identities", None).await.1,
+        api.admin("GET", "/v1/vaults/hv/grants", None).await.1,
     );
     assert_eq!(before, after, "a hostile request changed something");
 }
