@@ -497,6 +497,63 @@ pub struct EnrolledAccount {
     pub rotation: RotationView,
 }
 
+/// Longest support access, in days.
+pub const MAX_SUPPORT_DAYS: u32 = 365;
+
+/// A period of support access as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportAccessView {
+    /// Record id (`sa_…`).
+    pub id: String,
+    /// The organization's name.
+    pub organization: String,
+    /// Why it was enabled.
+    pub reason: String,
+    /// Who enabled it.
+    pub enabled_by: String,
+    /// When.
+    pub enabled_at: DateTime<Utc>,
+    /// When it ends on its own (`null`: when disabled).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether it is in force now.
+    pub active: bool,
+    /// When it was disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Who disabled it.
+    pub disabled_by: Option<String>,
+    /// `disabled` (that one) or `emergency` (all at once).
+    pub disabled_how: Option<String>,
+}
+
+/// `POST /v1/support-access`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableSupportAccessRequest {
+    /// Why (1–500 characters).
+    pub reason: String,
+    /// How many days it lasts (1–365; `null`: until disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
+    /// The organization (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+}
+
+/// `POST /v1/support-access/emergency-disable`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyDisableRequest {
+    /// Why (1–500 characters).
+    pub reason: String,
+}
+
+/// What an emergency disable ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyDisabled {
+    /// How many periods of support access were in force and ended.
+    pub disabled: u64,
+}
+
 /// Checks a vault or identity name: 1–64 of `a-z 0-9 . _ - @`, starting with a letter or digit.
 pub fn validate_vault_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
     if name.is_empty() || name.len() > 64 {

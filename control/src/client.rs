@@ -14,8 +14,9 @@ use latch_common::people::{
 };
 use latch_common::vault::{
     BreakGlassRequest, CheckinRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
-    CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, EnrollAccountRequest,
-    EnrolledAccount, IdentityView, RevealedSecret, RotateRequest, RotationView,
+    CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, EmergencyDisableRequest,
+    EmergencyDisabled, EnableSupportAccessRequest, EnrollAccountRequest, EnrolledAccount,
+    IdentityView, RevealedSecret, RotateRequest, RotationView, SupportAccessView,
     UpdateIdentityRequest, UpdateVaultRequest, VaultGrantView, VaultView,
 };
 use reqwest::{Method, StatusCode};
@@ -841,6 +842,40 @@ impl AdminClient {
     pub async fn show_rotation(&self, rotation: &str) -> Result<RotationView, ClientError> {
         let path = format!("/v1/rotations/{}", segment(rotation));
         self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/support-access` (all pages).
+    pub async fn list_support_access(&self) -> Result<Vec<SupportAccessView>, ClientError> {
+        self.all_pages("/v1/support-access", Vec::new()).await
+    }
+
+    /// `POST /v1/support-access`: lets the support group see the vault's metadata.
+    pub async fn enable_support_access(
+        &self,
+        request: &EnableSupportAccessRequest,
+    ) -> Result<SupportAccessView, ClientError> {
+        self.call(Method::POST, "/v1/support-access", &[], Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/support-access/{id}`.
+    pub async fn disable_support_access(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/support-access/{}", segment(id));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/support-access/emergency-disable`: ends every support access at once.
+    pub async fn emergency_disable_support_access(
+        &self,
+        request: &EmergencyDisableRequest,
+    ) -> Result<EmergencyDisabled, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/support-access/emergency-disable",
+            &[],
+            Some(request),
+        )
+        .await
     }
 
     /// `POST /v1/hosts/{host}/enroll-account`: adopts an existing account into a vault and

@@ -399,6 +399,7 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'checkouts', id || ':' || COALESCE(CAST(checked_in_at AS TEXT), '-') FROM checkouts \
     UNION ALL SELECT 'rotations', id || ':' || state FROM rotations \
     UNION ALL SELECT 'break_glass_uses', CAST(COUNT(*) AS TEXT) FROM break_glass_uses \
+    UNION ALL SELECT 'support_access', id || ':' || COALESCE(CAST(disabled_at AS TEXT), '-') FROM support_access \
     ORDER BY 1, 2";
 
 async fn snapshot(attacker: &Attacker) -> Vec<(String, String)> {
@@ -1355,6 +1356,28 @@ impl Matrix {
                     Some(json!({"user": "deploy", "vault": "matrix", "name": name})),
                 )
             }
+            "GET /v1/support-access" => p("/v1/support-access", None),
+            "POST /v1/support-access" => p(
+                "/v1/support-access",
+                Some(json!({"reason": "vendor ticket 42", "days": 7})),
+            ),
+            "DELETE /v1/support-access/{id}" => {
+                let access = self
+                    .as_admin(
+                        "POST",
+                        "/v1/support-access",
+                        Some(json!({"reason": "vendor ticket 43", "days": 1})),
+                    )
+                    .await;
+                p(
+                    format!("/v1/support-access/{}", access["id"].as_str().unwrap()),
+                    None,
+                )
+            }
+            "POST /v1/support-access/emergency-disable" => p(
+                "/v1/support-access/emergency-disable",
+                Some(json!({"reason": "the vendor was breached"})),
+            ),
             _ => return None,
         };
         Some(prepared)

@@ -149,6 +149,35 @@ fn message(error: ControlError) -> String {
     error.to_string()
 }
 
+/// A group `name` with `member` in it.
+async fn group_with(store: &dyn latch_control::store::Store, name: &str, member: &str) {
+    let now = Utc::now();
+    let id = format!("grp_{}", name.replace('-', "_"));
+    let group = GroupRecord {
+        id: id.clone(),
+        name: name.into(),
+        description: String::new(),
+        idp_group: None,
+        created_at: now,
+    };
+    store
+        .insert_group(&group, AuditEvent::new("test", "group.create"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .set_member(
+            &id,
+            member,
+            true,
+            AuditEvent::new("test", "group.member"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 async fn actions(store: &dyn latch_control::store::Store) -> Vec<(String, serde_json::Value)> {
     store
         .audit_chain()
@@ -211,30 +240,7 @@ async fn vault_access_follows_permissions_grants_and_ownership(db: TestDb) {
     assert!(message(refused).contains("view_credentials"));
 
     // A group grant of view_vault lets bob see, not reveal.
-    let now = Utc::now();
-    let group = GroupRecord {
-        id: "grp_dbas".into(),
-        name: "dbas".into(),
-        description: String::new(),
-        idp_group: None,
-        created_at: now,
-    };
-    s.store
-        .insert_group(&group, AuditEvent::new("test", "group.create"), now)
-        .await
-        .unwrap()
-        .unwrap();
-    s.store
-        .set_member(
-            "grp_dbas",
-            "usr_bob",
-            true,
-            AuditEvent::new("test", "group.member"),
-            now,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    group_with(&*s.store, "dbas", "usr_bob").await;
     c.grant_vault_access(
         &owner,
         "prod-db",
@@ -1010,4 +1016,132 @@ async fn no_secret_is_stored_in_plain_text(db: TestDb) {
             }
         }
     }
+}
+
+both_stores!(support_access_shows_metadata_only_while_enabled_and_emergency_disable_ends_it);
+async fn support_access_shows_metadata_only_while_enabled_and_emergency_disable_ends_it(
+    db: TestDb,
+) {
+    use latch_common::vault::{EmergencyDisableRequest, EnableSupportAccessRequest};
+    let s = setup(&db, VaultConfig::default()).await;
+    let c = &s.control;
+    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let vendor = person(&*s.store, "vera", &[]).await;
+    group_with(
+        &*s.store,
+        latch_control::vault::support::SUPPORT_GROUP,
+        "usr_vera",
+    )
+    .await;
+    c.create_vault(&admin, &vault_request("ops")).await.unwrap();
+    let identity = c
+        .create_identity(
+            &admin,
+            "ops",
+            &identity_request("app", Some("Support-Secret-2026!"), &[]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        c.list_vaults(&vendor).await.unwrap().is_empty(),
+        "not before it is enabled"
+    );
+
+    let enable = |reason: &str, days: Option<u32>| EnableSupportAccessRequest {
+        reason: reason.into(),
+        days,
+        organization: None,
+    };
+    for (reason, days) in [
+        ("", Some(3)),
+        ("ticket 7", Some(0)),
+        ("ticket 7", Some(366)),
+    ] {
+        assert!(matches!(
+            c.enable_support_access(&admin, &enable(reason, days)).await,
+            Err(ControlError::Invalid(_))
+        ));
+    }
+    assert!(matches!(
+        c.enable_support_access(&vendor, &enable("let me in", Some(1)))
+            .await,
+        Err(ControlError::Forbidden(_))
+    ));
+    let mut stale = admin.clone();
+    stale.session.mfa_at = None;
+    assert!(matches!(
+        c.enable_support_access(&stale, &enable("ticket 7", Some(3)))
+            .await,
+        Err(ControlError::StepUpRequired(_))
+    ));
+    let first = c
+        .enable_support_access(&admin, &enable("ticket 7: rotation stuck", Some(3)))
+        .await
+        .unwrap();
+    assert!(first.active);
+    assert!(first.expires_at.unwrap() > Utc::now() + Duration::days(2));
+    // The support engineer sees metadata, never the secret.
+    assert_eq!(c.list_vaults(&vendor).await.unwrap().len(), 1);
+    assert_eq!(
+        c.show_identity(&vendor, &identity.id).await.unwrap().name,
+        "app"
+    );
+    assert!(matches!(
+        c.reveal_identity(&vendor, &identity.id).await,
+        Err(ControlError::Forbidden(_))
+    ));
+    assert!(matches!(
+        c.checkout_identity(&vendor, &identity.id, &checkout("look", 5))
+            .await,
+        Err(ControlError::Forbidden(_))
+    ));
+    // Disabling one ends it; disabling it again finds none in force.
+    c.disable_support_access(&admin, &first.id).await.unwrap();
+    assert!(c.list_vaults(&vendor).await.unwrap().is_empty());
+    assert!(matches!(
+        c.disable_support_access(&admin, &first.id).await,
+        Err(ControlError::NotFound { .. })
+    ));
+    // Emergency: every period ends at once, without a step-up.
+    c.enable_support_access(&admin, &enable("ticket 8", Some(30)))
+        .await
+        .unwrap();
+    c.enable_support_access(&admin, &enable("ticket 9", None))
+        .await
+        .unwrap();
+    assert_eq!(c.list_vaults(&vendor).await.unwrap().len(), 1);
+    let ended = c
+        .emergency_disable_support_access(
+            &stale,
+            &EmergencyDisableRequest {
+                reason: "the vendor reported a breach".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ended.disabled, 2);
+    assert!(c.list_vaults(&vendor).await.unwrap().is_empty());
+    let listed = c.list_support_access(&admin).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|a| !a.active));
+    assert_eq!(
+        listed
+            .iter()
+            .filter(|a| a.disabled_how.as_deref() == Some("emergency"))
+            .count(),
+        2
+    );
+    let trail = actions(&*s.store).await;
+    let emergency = trail
+        .iter()
+        .find(|(a, _)| a == "support_access.emergency_disabled")
+        .unwrap();
+    assert_eq!(emergency.1["severity"], "critical");
+    assert_eq!(
+        trail
+            .iter()
+            .filter(|(a, _)| a == "support_access.enabled")
+            .count(),
+        3
+    );
 }

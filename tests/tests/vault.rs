@@ -463,3 +463,55 @@ fn a_recent_password_is_refused_and_a_wrong_master_key_stops_the_server() {
         "{stderr}"
     );
 }
+
+#[test]
+fn support_access_is_enabled_listed_and_emergency_disabled_with_latchctl() {
+    let cp = ControlPlane::start(&["--mfa-required", "none"]);
+    let refused = cp.latchctl(&["support-access", "enable", "--reason", "", "--days", "3"]);
+    assert_eq!(refused.code, 2, "an empty reason: {refused:?}");
+    let too_long = cp.latchctl(&["support-access", "enable", "--reason", "x", "--days", "366"]);
+    assert_eq!(too_long.code, 2, "366 days: {too_long:?}");
+    let first = cp.json(&[
+        "support-access",
+        "enable",
+        "--reason",
+        "vendor ticket 1234",
+        "--days",
+        "3",
+    ]);
+    assert_eq!(first["active"], true, "{first:#}");
+    let second = cp.json(&["support-access", "enable", "--reason", "vendor ticket 1235"]);
+    assert!(second["expires_at"].is_null(), "{second:#}");
+    let table = cp
+        .latchctl(&["support-access", "list"])
+        .ok("support-access list");
+    assert!(
+        table.contains("IN FORCE") && table.contains("vendor ticket 1234"),
+        "{table}"
+    );
+    let ended = cp.json(&[
+        "support-access",
+        "emergency-disable",
+        "--reason",
+        "the vendor was breached",
+    ]);
+    assert_eq!(ended["disabled"], 2, "{ended:#}");
+    let list = cp.json(&["support-access", "list"]);
+    let all = list["list"].as_array().expect("list");
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter()
+            .all(|a| a["active"] == false && a["disabled_how"] == "emergency")
+    );
+    let audit = cp.json(&["audit", "list"]);
+    let entries = audit
+        .as_array()
+        .or_else(|| audit["list"].as_array())
+        .expect("audit entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "support_access.emergency_disabled"),
+        "{audit:#}"
+    );
+}

@@ -104,3 +104,18 @@ CREATE TABLE break_glass_uses (
     at           INTEGER NOT NULL
 );
 CREATE INDEX break_glass_uses_by_principal ON break_glass_uses (principal_id, at);
+
+-- Support access: the vendor's support engineers (members of the group latch-support) may see
+-- an organization's vault metadata — never a secret — while one of these is in force.
+CREATE TABLE support_access (
+    id              TEXT PRIMARY KEY,             -- sa_…
+    organization_id TEXT NOT NULL REFERENCES organizations (id),
+    reason          TEXT NOT NULL,
+    enabled_by      TEXT NOT NULL,
+    enabled_at      INTEGER NOT NULL,
+    expires_at      INTEGER,                          -- null: until disabled
+    disabled_at     INTEGER,
+    disabled_by     TEXT,
+    disabled_how    TEXT CHECK (disabled_how IN ('disabled', 'emergency'))
+);
+CREATE INDEX support_access_by_organization ON support_access (organization_id);

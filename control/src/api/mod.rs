@@ -48,6 +48,8 @@
 //! | POST | `/v1/identities/{id}/rotate` (`{"password"}`) | pam_vaults.manage | rotate on every linked host |
 //! | GET | `/v1/identities/{id}/rotations`, `/v1/rotations/{id}` | view | rotations with per-host status |
 //! | POST | `/v1/hosts/{host}/enroll-account` (`{"user", "vault", "name"}`) | hosts.manage_users + pam_vaults.manage, host online | one-click enrollment |
+//! | GET/POST | `/v1/support-access` (`{"reason", "days", "organization"}`), DELETE `…/{id}` | settings.manage (+ step-up to change) | support access |
+//! | POST | `/v1/support-access/emergency-disable` (`{"reason"}`) | settings.manage | end every support access at once |
 
 pub mod error;
 pub mod extract;
@@ -202,6 +204,18 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(
             "/v1/hosts/{host}/enroll-account",
             post(vault::enroll_account),
+        )
+        .route(
+            "/v1/support-access",
+            get(vault::list_support_access).post(vault::enable_support_access),
+        )
+        .route(
+            "/v1/support-access/emergency-disable",
+            post(vault::emergency_disable_support_access),
+        )
+        .route(
+            "/v1/support-access/{id}",
+            delete(vault::disable_support_access),
         )
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")

@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use latch_common::vault::{
     BreakGlassRequest, CheckinRequest, CheckoutRequest, CreateIdentityRequest,
-    CreateVaultGrantRequest, CreateVaultRequest, EnrollAccountRequest, RotateRequest,
-    UpdateIdentityRequest, UpdateVaultRequest,
+    CreateVaultGrantRequest, CreateVaultRequest, EmergencyDisableRequest,
+    EnableSupportAccessRequest, EnrollAccountRequest, RotateRequest, UpdateIdentityRequest,
+    UpdateVaultRequest,
 };
 
 use super::error::ApiError;
@@ -264,4 +265,44 @@ pub async fn enroll_account(
 ) -> Result<Response, ApiError> {
     check_path_id("host", &host)?;
     Ok(created(control.enroll_account(&by, &host, &request).await?))
+}
+
+pub async fn list_support_access(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged(
+        "/v1/support-access",
+        control.list_support_access(&by).await?,
+        &page,
+    )
+}
+
+pub async fn enable_support_access(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiJson(request): ApiJson<EnableSupportAccessRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(control.enable_support_access(&by, &request).await?))
+}
+
+pub async fn disable_support_access(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("support access", &id)?;
+    control.disable_support_access(&by, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn emergency_disable_support_access(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiJson(request): ApiJson<EmergencyDisableRequest>,
+) -> Result<Response, ApiError> {
+    Ok(ok(control
+        .emergency_disable_support_access(&by, &request)
+        .await?))
 }

@@ -383,6 +383,22 @@ pub const TABLES: &[Table] = &[
         identity: false,
     },
     Table {
+        name: "support_access",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("organization_id", Text),
+            ("reason", Text),
+            ("enabled_by", Text),
+            ("enabled_at", Int),
+            ("expires_at", Int),
+            ("disabled_at", Int),
+            ("disabled_by", Text),
+            ("disabled_how", Text),
+        ],
+        identity: false,
+    },
+    Table {
         name: "break_glass_uses",
         key: &["id"],
         columns: &[("id", Text), ("principal_id", Text), ("at", Int)],

@@ -6,6 +6,9 @@
 //! Vaults carry no host labels, so a delegated binding (`delegated_resource_admin`) gives no
 //! vault permission: only bindings in force everywhere do.
 //!
+//! While support access is in force ([`super::support`]), the support group sees an
+//! organization's vaults and identities too — metadata only.
+//!
 //! A caller who may not see a vault gets "does not exist", so vault names do not leak.
 
 use chrono::Utc;
@@ -66,7 +69,8 @@ impl Control {
         let level = self.vault_level(by, vault).await?;
         let sees = level.is_some()
             || holds(by, Permission::PamVaultsView)
-            || holds(by, Permission::PamVaultsManage);
+            || holds(by, Permission::PamVaultsManage)
+            || self.support_sees(by, &vault.organization_id).await?;
         if !sees {
             return Err(ControlError::NotFound {
                 what: "vault",

@@ -13,6 +13,7 @@
 //! - [`enroll`]: one-click enrollment of an existing host account;
 //! - [`secrets`]: sealing identity secrets, the password policy, the reuse history;
 //! - [`notify`]: the break-glass webhook;
+//! - [`support`]: support access (the vendor's engineers see metadata, for a while);
 //! - [`schedule`]: the leader's cron sweeps (scheduled rotations, expired checkouts).
 //!
 //! Persistence is [`crate::store::vault::VaultStore`]; the data directory opens the master key
@@ -29,6 +30,7 @@ pub mod organizations;
 pub mod rotation;
 pub mod schedule;
 pub mod secrets;
+pub mod support;
 pub mod vaults;
 
 use std::path::PathBuf;

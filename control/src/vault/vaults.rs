@@ -9,7 +9,6 @@ use latch_common::vault::{
 };
 use serde_json::json;
 
-use super::DEFAULT_ORGANIZATION;
 use super::access::Need;
 use crate::people::{Authority, new_id};
 use crate::store::vault::{VaultGrantRecord, VaultRecord, VaultRefusal};
@@ -42,6 +41,23 @@ fn name_taken(name: &str) -> ControlError {
 }
 
 impl Control {
+    /// The organization `key` names (id or name; `None`: the default one).
+    pub(crate) async fn organization_named(
+        &self,
+        key: Option<&str>,
+    ) -> Result<crate::store::vault::OrganizationRecord, ControlError> {
+        let key = key.unwrap_or(super::DEFAULT_ORGANIZATION);
+        self.store
+            .organizations()
+            .await?
+            .into_iter()
+            .find(|o| o.name == key || o.id == key)
+            .ok_or_else(|| ControlError::NotFound {
+                what: "organization",
+                key: key.to_owned(),
+            })
+    }
+
     async fn vault_view(
         &self,
         by: &Authority,
@@ -92,20 +108,9 @@ impl Control {
         }
         validate_vault_name("name", &request.name)?;
         validate_description(&request.description)?;
-        let organization_name = request
-            .organization
-            .as_deref()
-            .unwrap_or(DEFAULT_ORGANIZATION);
         let organization = self
-            .store
-            .organizations()
-            .await?
-            .into_iter()
-            .find(|o| o.name == organization_name || o.id == organization_name)
-            .ok_or_else(|| ControlError::NotFound {
-                what: "organization",
-                key: organization_name.to_owned(),
-            })?;
+            .organization_named(request.organization.as_deref())
+            .await?;
         let now = Utc::now();
         let vault = VaultRecord {
             id: new_id("vlt_")?,

@@ -20,9 +20,10 @@ use clap::{ArgGroup, Args, Subcommand};
 use latch_common::vault::{
     AccessLevel, BreakGlassRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
     CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, CredentialType,
-    EnrollAccountRequest, IdentityView, MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS,
-    MAX_ROTATION_DAYS, MAX_SECRET_BYTES, RevealedSecret, RotateRequest, RotationView,
-    UpdateIdentityRequest, UpdateVaultRequest, VaultGrantView, VaultView,
+    EmergencyDisableRequest, EnableSupportAccessRequest, EnrollAccountRequest, IdentityView,
+    MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS, MAX_ROTATION_DAYS, MAX_SECRET_BYTES,
+    RevealedSecret, RotateRequest, RotationView, UpdateIdentityRequest, UpdateVaultRequest,
+    VaultGrantView, VaultView,
 };
 use latch_control::client::{AdminClient, ClientError};
 
@@ -54,6 +55,40 @@ pub enum VaultCommand {
     /// Rotations: a new credential set on every linked host, one `set-password` job per host.
     #[command(subcommand)]
     Rotations(RotationsCommand),
+    /// Support access: lets the vendor's support engineers (members of the group
+    /// latch-support) see the vaults' metadata — never a secret — for a stated reason and at
+    /// most a year. Needs `settings.manage`; enabling and disabling need the MFA step-up.
+    #[command(subcommand)]
+    SupportAccess(SupportAccessCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SupportAccessCommand {
+    /// Every period of support access, newest first, and whether it is in force.
+    List,
+    /// Let the support group in (audited).
+    Enable {
+        /// Why (1–500 characters), e.g. the vendor's ticket.
+        #[arg(long, value_parser = reason_arg)]
+        reason: String,
+        /// How many days it lasts (1–365); without it, until disabled.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
+        days: Option<u32>,
+        /// The organization (default: default).
+        #[arg(long)]
+        organization: Option<String>,
+    },
+    /// End one period of support access (audited).
+    Disable {
+        /// Its id (`sa_…`, see `latchctl support-access list`).
+        id: String,
+    },
+    /// End every period of support access at once (audited as critical; no step-up needed).
+    EmergencyDisable {
+        /// Why (1–500 characters).
+        #[arg(long, value_parser = reason_arg)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -592,6 +627,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         VaultCommand::Vaults(command) => vaults(client, command, json).await?,
+        VaultCommand::SupportAccess(command) => support_access(client, command, json).await?,
         VaultCommand::Identities(command) => return identities(client, command, json).await,
         VaultCommand::Rotations(RotationsCommand::Show { rotation_id, wait }) => {
             return match wait {
@@ -609,6 +645,91 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn support_access(
+    client: &AdminClient,
+    command: &SupportAccessCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        SupportAccessCommand::List => {
+            let list = client.list_support_access().await?;
+            if json {
+                return print_json(&serde_json::json!({ "list": list }));
+            }
+            let rows = list
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.id.clone(),
+                        a.organization.clone(),
+                        if a.active { "IN FORCE" } else { "ended" }.to_owned(),
+                        time(a.enabled_at),
+                        maybe_time(a.expires_at, "until disabled"),
+                        a.enabled_by.clone(),
+                        a.reason.clone(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "ORGANIZATION",
+                    "STATE",
+                    "ENABLED",
+                    "ENDS",
+                    "BY",
+                    "REASON",
+                ],
+                rows,
+            );
+        }
+        SupportAccessCommand::Enable {
+            reason,
+            days,
+            organization,
+        } => {
+            let access = client
+                .enable_support_access(&EnableSupportAccessRequest {
+                    reason: reason.clone(),
+                    days: *days,
+                    organization: organization.clone(),
+                })
+                .await?;
+            if json {
+                return print_json(&access);
+            }
+            println!(
+                "support access {} enabled for organization {} ({}); members of latch-support now see its vaults' metadata",
+                access.id,
+                access.organization,
+                maybe_time(access.expires_at, "until disabled")
+            );
+        }
+        SupportAccessCommand::Disable { id } => {
+            client.disable_support_access(id).await.map_err(not_found)?;
+            if json {
+                return print_json(&serde_json::json!({ "id": id, "disabled": true }));
+            }
+            println!("support access {id} ended");
+        }
+        SupportAccessCommand::EmergencyDisable { reason } => {
+            let ended = client
+                .emergency_disable_support_access(&EmergencyDisableRequest {
+                    reason: reason.clone(),
+                })
+                .await?;
+            if json {
+                return print_json(&ended);
+            }
+            println!(
+                "{} support access period(s) ended; the support group sees nothing now",
+                ended.disabled
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> anyhow::Result<()> {

@@ -21,7 +21,7 @@ mod records;
 pub use records::*;
 use records::{
     checkout_from_row, grant_from_row, identity_from_row, level_of, linked_host_from_row,
-    rotation_from_row, rotation_host_from_row, vault_from_row,
+    rotation_from_row, rotation_host_from_row, support_access_from_row, vault_from_row,
 };
 
 /// An organization as stored: its data key only in wrapped form.
@@ -229,6 +229,25 @@ pub trait VaultStore: Send + Sync {
         per_minute: u32,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Records a period of support access (audited).
+    async fn insert_support_access(
+        &self,
+        access: &SupportAccessRecord,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Every period of support access, newest first.
+    async fn support_accesses(&self) -> Result<Vec<SupportAccessRecord>, StoreError>;
+    /// Ends support access `id` (or, with `None`, every one in force) as `how`, by `by`,
+    /// audited; returns how many ended.
+    async fn disable_support_access(
+        &self,
+        id: Option<&str>,
+        how: &str,
+        by: &str,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 }
 
 fn organization_from_row(row: &impl Columns) -> Result<OrganizationRecord, StoreError> {
@@ -1043,6 +1062,70 @@ macro_rules! vault_store {
                     .await?;
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            async fn insert_support_access(
+                &self,
+                a: &SupportAccessRecord,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                sqlx::query(
+                    "INSERT INTO support_access (id, organization_id, reason, enabled_by, enabled_at, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&a.id)
+                .bind(&a.organization_id)
+                .bind(&a.reason)
+                .bind(&a.enabled_by)
+                .bind(millis(a.enabled_at))
+                .bind(a.expires_at.map(millis))
+                .execute(tx.conn())
+                .await?;
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn support_accesses(&self) -> Result<Vec<SupportAccessRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT id, organization_id, reason, enabled_by, enabled_at, expires_at, \
+                     disabled_at, disabled_by, disabled_how FROM support_access \
+                     ORDER BY enabled_at DESC, id DESC",
+                )
+                .fetch_all(self.pool())
+                .await?;
+                rows.iter().map(support_access_from_row).collect()
+            }
+
+            async fn disable_support_access(
+                &self,
+                id: Option<&str>,
+                how: &str,
+                by: &str,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<u64, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let ended = sqlx::query(
+                    "UPDATE support_access SET disabled_at = $1, disabled_by = $2, disabled_how = $3 \
+                     WHERE disabled_at IS NULL AND ($4 IS NULL OR id = $4) \
+                     AND (expires_at IS NULL OR expires_at > $1)",
+                )
+                .bind(millis(now))
+                .bind(by)
+                .bind(how)
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if id.is_some() && ended == 0 {
+                    return Ok(0);
+                }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(ended)
             }
         }
 

@@ -256,6 +256,29 @@ pub enum Settlement {
     Failed(String),
 }
 
+/// A period of support access to an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportAccessRecord {
+    /// `sa_…`.
+    pub id: String,
+    /// The organization.
+    pub organization_id: String,
+    /// Why it was enabled.
+    pub reason: String,
+    /// Who enabled it.
+    pub enabled_by: String,
+    /// When.
+    pub enabled_at: DateTime<Utc>,
+    /// When it ends on its own.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Who disabled it.
+    pub disabled_by: Option<String>,
+    /// `disabled` (that one) or `emergency` (all at once).
+    pub disabled_how: Option<String>,
+}
+
 /// Why a vault change was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VaultRefusal {
@@ -403,4 +426,20 @@ pub(super) fn rotation_host_from_row(
             error_message: row.opt_text("error_message")?,
         },
     ))
+}
+
+pub(super) fn support_access_from_row(
+    row: &impl Columns,
+) -> Result<SupportAccessRecord, StoreError> {
+    Ok(SupportAccessRecord {
+        id: row.text("id")?,
+        organization_id: row.text("organization_id")?,
+        reason: row.text("reason")?,
+        enabled_by: row.text("enabled_by")?,
+        enabled_at: from_millis(row.int("enabled_at")?),
+        expires_at: row.opt_int("expires_at")?.map(from_millis),
+        disabled_at: row.opt_int("disabled_at")?.map(from_millis),
+        disabled_by: row.opt_text("disabled_by")?,
+        disabled_how: row.opt_text("disabled_how")?,
+    })
 }
