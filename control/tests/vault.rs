@@ -1145,3 +1145,78 @@ async fn support_access_shows_metadata_only_while_enabled_and_emergency_disable_
         3
     );
 }
+
+both_stores!(links_a_crash_left_unqueued_are_queued_by_the_sweep);
+async fn links_a_crash_left_unqueued_are_queued_by_the_sweep(db: TestDb) {
+    use latch_control::store::vault::{HostLink, IdentityRecord};
+    let s = setup(&db, VaultConfig::default()).await;
+    let c = &s.control;
+    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let h = support::enrolled_host(c, "crash1").await;
+    let gone = support::enrolled_host(c, "crash2").await;
+    let vault = c
+        .create_vault(&admin, &vault_request("crash"))
+        .await
+        .unwrap();
+    // A password identity whose links were recorded, then the process died before queueing.
+    let seeded = c
+        .create_identity(
+            &admin,
+            "crash",
+            &identity_request("seed", Some("Crash-Secret-2026!"), &[]),
+        )
+        .await
+        .unwrap();
+    let mut identity: IdentityRecord = s.store.identity(&seeded.id).await.unwrap().unwrap();
+    identity.id = "idn_crashed".into();
+    identity.name = "crashed".into();
+    identity.created_at = Utc::now() - Duration::minutes(5);
+    identity.vault_id = vault.id.clone();
+    identity.secret = None;
+    let links = [
+        HostLink {
+            host_id: h.id.clone(),
+            adopt_job_id: Some("11111111-1111-4111-8111-111111111111".into()),
+            password_job_id: None,
+        },
+        HostLink {
+            host_id: gone.id.clone(),
+            adopt_job_id: Some("22222222-2222-4222-8222-222222222222".into()),
+            password_job_id: None,
+        },
+    ];
+    s.store
+        .insert_identity(
+            &identity,
+            &links,
+            None,
+            AuditEvent::new("test", "crash"),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    c.remove_host(&support::admin(), &gone.id).await.unwrap();
+    assert!(
+        c.next_job(&h, StdDuration::ZERO).await.unwrap().is_none(),
+        "nothing queued yet"
+    );
+    c.settle_rotations().await.unwrap();
+    let job = c.next_job(&h, StdDuration::ZERO).await.unwrap().unwrap();
+    assert_eq!(job.id, "11111111-1111-4111-8111-111111111111");
+    let shown = c.show_identity(&admin, "idn_crashed").await.unwrap();
+    let removed = shown.hosts.iter().find(|l| l.host_id == gone.id).unwrap();
+    assert_eq!(
+        removed.adopt_job_id, None,
+        "a removed host's link forgets its job"
+    );
+    // Once queued, the sweep leaves it alone.
+    c.settle_rotations().await.unwrap();
+    assert!(
+        s.store
+            .undispatched_links(Utc::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -175,6 +175,32 @@ impl Control {
         Ok(())
     }
 
+    /// Queues the jobs of links a crash left unqueued (recorded with their identity, never
+    /// sent); a link to a host removed meanwhile forgets its jobs. Run by the leader's sweep.
+    pub(crate) async fn repair_links(&self) -> Result<(), ControlError> {
+        let before = Utc::now() - Duration::seconds(super::rotation::DISPATCH_GRACE_SECONDS);
+        for (identity_id, link) in self.store.undispatched_links(before).await? {
+            let Some(identity) = self.store.identity(&identity_id).await? else {
+                continue;
+            };
+            match self
+                .queue_links(&identity, std::slice::from_ref(&link))
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(identity_id, host_id = %link.host_id, "queued the jobs of a link a crash left unqueued");
+                }
+                Err(ControlError::HostRemoved(_) | ControlError::NotFound { .. }) => {
+                    self.store
+                        .forget_link_jobs(&identity_id, &link.host_id)
+                        .await?;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
     /// Adds an identity to a vault (`pam_vaults.manage`; `hosts.manage_users` on each linked
     /// host). Each linked host gets an `adopt-account` job. A password identity with hosts and
     /// no password given gets a generated one, set on the hosts by a first rotation.

@@ -29,7 +29,7 @@ use crate::{Control, ControlError};
 
 /// How old an undispatched rotation must be before the sweep queues its jobs (the request
 /// that made it normally does so at once).
-const DISPATCH_GRACE_SECONDS: i64 = 30;
+pub(crate) const DISPATCH_GRACE_SECONDS: i64 = 30;
 
 /// The view of a rotation.
 pub(crate) fn rotation_view(rotation: RotationRecord) -> RotationView {
@@ -375,9 +375,10 @@ impl Control {
         Ok(())
     }
 
-    /// Settles every pending rotation whose hosts decided it, and queues the jobs of those a
-    /// crash left undispatched. Run by the leader's sweep every second.
+    /// Settles every pending rotation whose hosts decided it, and queues the jobs of those (and
+    /// of host links) a crash left undispatched. Run by the leader's sweep every second.
     pub async fn settle_rotations(&self) -> Result<(), ControlError> {
+        self.repair_links().await?;
         let now = Utc::now();
         for rotation in self.store.pending_rotations().await? {
             let undispatched = rotation.hosts.iter().any(|h| h.status.is_none());

@@ -248,6 +248,14 @@ pub trait VaultStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+    /// Links whose adoption or password job was recorded but never queued (a crash between
+    /// the two), of identities created before `before`.
+    async fn undispatched_links(
+        &self,
+        before: DateTime<Utc>,
+    ) -> Result<Vec<(String, HostLink)>, StoreError>;
+    /// Forgets the jobs of a link that can never be queued (its host was removed).
+    async fn forget_link_jobs(&self, identity_id: &str, host_id: &str) -> Result<(), StoreError>;
 }
 
 fn organization_from_row(row: &impl Columns) -> Result<OrganizationRecord, StoreError> {
@@ -1126,6 +1134,61 @@ macro_rules! vault_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(ended)
+            }
+
+            async fn undispatched_links(
+                &self,
+                before: DateTime<Utc>,
+            ) -> Result<Vec<(String, HostLink)>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT ih.identity_id, ih.host_id, \
+                     CASE WHEN ih.adopt_job_id IS NOT NULL AND NOT EXISTS \
+                       (SELECT 1 FROM jobs j WHERE j.id = ih.adopt_job_id) \
+                       THEN ih.adopt_job_id END AS adopt_job_id, \
+                     CASE WHEN ih.password_job_id IS NOT NULL AND NOT EXISTS \
+                       (SELECT 1 FROM jobs j WHERE j.id = ih.password_job_id) \
+                       THEN ih.password_job_id END AS password_job_id \
+                     FROM identity_hosts ih JOIN identities i ON i.id = ih.identity_id \
+                     WHERE i.created_at < $1 AND ( \
+                       (ih.adopt_job_id IS NOT NULL AND NOT EXISTS \
+                         (SELECT 1 FROM jobs j WHERE j.id = ih.adopt_job_id)) \
+                       OR (ih.password_job_id IS NOT NULL AND NOT EXISTS \
+                         (SELECT 1 FROM jobs j WHERE j.id = ih.password_job_id))) \
+                     ORDER BY ih.identity_id, ih.host_id LIMIT 100",
+                )
+                .bind(millis(before))
+                .fetch_all(self.pool())
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.text("identity_id")?,
+                            HostLink {
+                                host_id: row.text("host_id")?,
+                                adopt_job_id: row.opt_text("adopt_job_id")?,
+                                password_job_id: row.opt_text("password_job_id")?,
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn forget_link_jobs(
+                &self,
+                identity_id: &str,
+                host_id: &str,
+            ) -> Result<(), StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                sqlx::query(
+                    "UPDATE identity_hosts SET adopt_job_id = NULL, password_job_id = NULL \
+                     WHERE identity_id = $1 AND host_id = $2",
+                )
+                .bind(identity_id)
+                .bind(host_id)
+                .execute(tx.conn())
+                .await?;
+                tx.commit().await?;
+                Ok(())
             }
         }
 
