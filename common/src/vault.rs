@@ -595,13 +595,24 @@ pub fn validate_reason(reason: &str) -> Result<(), ValidationError> {
             format!("is {chars} characters long; at most {MAX_REASON_CHARS} are allowed"),
         ));
     }
-    if reason.chars().any(char::is_control) {
+    if reason
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(ValidationError::new(
             "reason",
-            "must not contain control characters (newlines, tabs, NUL)",
+            "must not contain control or invisible formatting characters (newlines, tabs, NUL, bidirectional overrides, zero-width characters)",
         ));
     }
     Ok(())
+}
+
+/// Whether `c` is an invisible formatting character that could make an audit entry read other
+/// than it is: bidirectional controls, zero-width characters, the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Checks a checkout's duration: 5–1440 minutes.
@@ -639,6 +650,8 @@ mod tests {
         assert!(validate_reason(&"é".repeat(500)).is_ok());
         assert!(validate_reason(&"é".repeat(501)).is_err());
         assert!(validate_reason("a\nb").is_err());
+        assert!(validate_reason("fix \u{202E}kcab").is_err());
+        assert!(validate_reason("zero\u{200B}width").is_err());
         assert!(validate_checkout_minutes(4).is_err());
         assert!(validate_checkout_minutes(5).is_ok());
         assert!(validate_checkout_minutes(1440).is_ok());

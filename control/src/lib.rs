@@ -152,6 +152,8 @@ pub struct Control {
     sso: Option<sso::Sso>,
     /// The vault's master key (from the data directory); without it the vault refuses to work.
     master_key: Option<Arc<vault::SecretKey>>,
+    /// One lock per vault identity for its rotations and host links ([`vault::rotation`]).
+    identity_locks: vault::rotation::IdentityLocks,
 }
 
 impl Control {
@@ -171,6 +173,7 @@ impl Control {
             audit_head: audit::head::AuditHead::in_memory(),
             sso: None,
             master_key: None,
+            identity_locks: vault::rotation::IdentityLocks::default(),
         }
     }
 

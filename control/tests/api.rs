@@ -1567,3 +1567,80 @@ async fn audit_entries_name_the_requests_address(db: TestDb) {
     assert_eq!(address_of(&api, "proxied").await, "203.0.113.9");
 }
 both_stores!(audit_entries_name_the_requests_address);
+
+/// Issue 11: a credential never rests in a cache on the way (`Cache-Control: no-store` on
+/// reveal), vault lists page with `Link` headers, and break-glass past its limit is `429
+/// too_many_requests`.
+async fn vault_answers_carry_no_store_page_and_limit_break_glass(db: TestDb) {
+    let config = ControlConfig {
+        mfa: latch_control::mfa::MfaPolicy {
+            required: Vec::new(),
+            ..Default::default()
+        },
+        ..ControlConfig::default()
+    };
+    let api = Api::start_with(db, config).await;
+    for name in ["v1", "v2", "v3"] {
+        let (status, body, _) = api
+            .admin("POST", "/v1/vaults", Some(json!({"name": name})))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, page, headers) = api.admin("GET", "/v1/vaults?count=2", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["list"].as_array().unwrap().len(), 2);
+    let link = headers["link"].to_str().unwrap();
+    assert!(
+        link.contains("offset=2") && link.contains("rel=\"next\""),
+        "{link}"
+    );
+    let (_, rest, headers) = api.admin("GET", "/v1/vaults?count=2&offset=2", None).await;
+    assert_eq!(rest["list"].as_array().unwrap().len(), 1);
+    assert!(headers["link"].to_str().unwrap().contains("rel=\"prev\""));
+    assert!(!headers["link"].to_str().unwrap().contains("rel=\"next\""));
+
+    let (status, identity, _) = api
+        .admin(
+            "POST",
+            "/v1/vaults/v1/identities",
+            Some(json!({"name": "app", "username": "app", "secret": "Api-Secret-2026!"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{identity}");
+    assert!(identity.get("secret").is_none(), "{identity}");
+    let id = identity["id"].as_str().unwrap();
+    let (status, revealed, headers) = api
+        .admin("POST", &format!("/v1/identities/{id}/reveal"), None)
+        .await;
+    assert_eq!(status, 200, "{revealed}");
+    assert_eq!(revealed["secret"], "Api-Secret-2026!");
+    assert_eq!(headers["cache-control"], "no-store");
+    let (status, _, headers) = api
+        .admin("GET", &format!("/v1/identities/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(headers.get("cache-control").is_none_or(|v| v != "no-store"));
+
+    let glass = json!({"reason": "api test"});
+    for _ in 0..3 {
+        let (status, body, headers) = api
+            .admin(
+                "POST",
+                &format!("/v1/identities/{id}/break-glass"),
+                Some(glass.clone()),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(headers["cache-control"], "no-store");
+    }
+    let (status, refused, _) = api
+        .admin(
+            "POST",
+            &format!("/v1/identities/{id}/break-glass"),
+            Some(glass),
+        )
+        .await;
+    assert_eq!(status, 429, "{refused}");
+    assert_eq!(refused["code"], "too_many_requests");
+}
+both_stores!(vault_answers_carry_no_store_page_and_limit_break_glass);

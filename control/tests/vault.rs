@@ -630,10 +630,21 @@ async fn a_failed_host_fails_the_rotation_and_keeps_the_previous_secret_everywhe
         }
         other => panic!("expected the roll-back, got {other:?}"),
     }
-    assert!(
-        answer(c, &bad, JobOutcome::confirmed()).await.is_none(),
-        "nothing for the failed host"
-    );
+    // The failed host too: it may have applied the new password before its job failed.
+    match answer(c, &bad, JobOutcome::confirmed()).await.unwrap() {
+        JobSpec::SetPassword { password_hash, .. } => assert!(
+            ShaCrypt::default()
+                .verify_password(b"Kept-Secret-2026!", password_hash.as_str())
+                .is_ok()
+        ),
+        other => panic!("expected the roll-back, got {other:?}"),
+    }
+    let rolled = actions(&*s.store).await;
+    let rolled = rolled
+        .iter()
+        .find(|(a, _)| a == "vault.rotation_rolled_back")
+        .unwrap();
+    assert_eq!(rolled.1["jobs"].as_array().unwrap().len(), 2, "{rolled:?}");
     let trail = actions(&*s.store).await;
     let settled = trail
         .iter()
@@ -1205,10 +1216,10 @@ async fn links_a_crash_left_unqueued_are_queued_by_the_sweep(db: TestDb) {
     let job = c.next_job(&h, StdDuration::ZERO).await.unwrap().unwrap();
     assert_eq!(job.id, "11111111-1111-4111-8111-111111111111");
     let shown = c.show_identity(&admin, "idn_crashed").await.unwrap();
-    let removed = shown.hosts.iter().find(|l| l.host_id == gone.id).unwrap();
     assert_eq!(
-        removed.adopt_job_id, None,
-        "a removed host's link forgets its job"
+        shown.hosts.len(),
+        1,
+        "a removed host is no linked host any more"
     );
     // Once queued, the sweep leaves it alone.
     c.settle_rotations().await.unwrap();
@@ -1218,5 +1229,133 @@ async fn links_a_crash_left_unqueued_are_queued_by_the_sweep(db: TestDb) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+both_stores!(due_identities_are_rotated_by_the_schedule_unless_checked_out);
+async fn due_identities_are_rotated_by_the_schedule_unless_checked_out(db: TestDb) {
+    let s = setup(&db, VaultConfig::default()).await;
+    let c = &s.control;
+    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    c.create_vault(&admin, &vault_request("sched"))
+        .await
+        .unwrap();
+    let request = |name: &str| CreateIdentityRequest {
+        rotation_interval_days: Some(30),
+        ..identity_request(name, Some("Scheduled-Secret-2026!"), &[])
+    };
+    let due = c
+        .create_identity(&admin, "sched", &request("due"))
+        .await
+        .unwrap();
+    let held = c
+        .create_identity(&admin, "sched", &request("held"))
+        .await
+        .unwrap();
+    let later = c
+        .create_identity(&admin, "sched", &request("later"))
+        .await
+        .unwrap();
+    assert!(later.next_rotation_at.unwrap() > Utc::now() + Duration::days(29));
+    assert_eq!(
+        c.rotate_due_identities().await.unwrap(),
+        0,
+        "nothing is due yet"
+    );
+    // Two come due; one of them is checked out.
+    for id in [&due.id, &held.id] {
+        let mut record = s.store.identity(id).await.unwrap().unwrap();
+        record.next_rotation_at = Some(Utc::now() - Duration::minutes(1));
+        s.store
+            .update_identity(&record, None, AuditEvent::new("test", "due"), Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let out = c
+        .checkout_identity(&admin, &held.id, &checkout("in use", 30))
+        .await
+        .unwrap();
+    assert_eq!(c.rotate_due_identities().await.unwrap(), 1);
+    let rotations = c.list_rotations(&admin, &due.id).await.unwrap();
+    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations[0].trigger, "scheduled");
+    assert_eq!(rotations[0].state, "confirmed");
+    assert!(c.list_rotations(&admin, &held.id).await.unwrap().is_empty());
+    let after = c.show_identity(&admin, &due.id).await.unwrap();
+    assert!(after.next_rotation_at.unwrap() > Utc::now() + Duration::days(29));
+    assert_ne!(
+        c.reveal_identity(&admin, &due.id).await.unwrap().secret,
+        "Scheduled-Secret-2026!"
+    );
+    assert_eq!(c.rotate_due_identities().await.unwrap(), 0, "once");
+    // The one skipped while checked out rotates at its check-in.
+    let back = c
+        .checkin(&admin, &out.checkout.id, &CheckinRequest::default())
+        .await
+        .unwrap();
+    let rotation = c
+        .show_rotation(&admin, &back.rotation_id.expect("a rotation at check-in"))
+        .await
+        .unwrap();
+    assert_eq!(rotation.trigger, "scheduled");
+    assert_eq!(rotation.state, "confirmed");
+}
+
+both_stores!(rotations_are_serialized_per_identity_and_skip_removed_hosts);
+async fn rotations_are_serialized_per_identity_and_skip_removed_hosts(db: TestDb) {
+    let s = setup(&db, VaultConfig::default()).await;
+    let c = &s.control;
+    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let kept = support::enrolled_host(c, "ser1").await;
+    let removed = support::enrolled_host(c, "ser2").await;
+    c.create_vault(&admin, &vault_request("ser")).await.unwrap();
+    let identity = c
+        .create_identity(
+            &admin,
+            "ser",
+            &identity_request("app", Some("Serial-Secret-2026!"), &["ser1", "ser2"]),
+        )
+        .await
+        .unwrap();
+    for h in [&kept, &removed] {
+        answer(c, h, JobOutcome::confirmed()).await.unwrap();
+        answer(c, h, JobOutcome::confirmed()).await.unwrap();
+    }
+    // A removed host is not part of later rotations.
+    c.remove_host(&support::admin(), &removed.id).await.unwrap();
+    // Two rotations at once: one supersedes the other, and on the host every job of the older
+    // one comes before the newer one's.
+    let generated = RotateRequest::default();
+    let (a, b) = tokio::join!(
+        c.rotate_identity(&admin, &identity.id, &generated),
+        c.rotate_identity(&admin, &identity.id, &generated),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.hosts.len(), 1, "{a:?}");
+    let mut hashes = Vec::new();
+    while let Some(spec) = answer(c, &kept, JobOutcome::confirmed()).await {
+        if let JobSpec::SetPassword { password_hash, .. } = spec {
+            hashes.push(password_hash);
+        }
+    }
+    c.settle_rotations().await.unwrap();
+    let states = [
+        c.show_rotation(&admin, &a.id).await.unwrap().state,
+        c.show_rotation(&admin, &b.id).await.unwrap().state,
+    ];
+    assert!(states.contains(&"confirmed".to_owned()), "{states:?}");
+    assert!(states.contains(&"failed".to_owned()), "{states:?}");
+    let current = c
+        .reveal_identity(&admin, &identity.id)
+        .await
+        .unwrap()
+        .secret;
+    let last = hashes.last().expect("set-password jobs");
+    assert!(
+        ShaCrypt::default()
+            .verify_password(current.as_bytes(), last.as_str())
+            .is_ok(),
+        "the host's last password is the vault's"
     );
 }

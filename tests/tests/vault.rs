@@ -515,3 +515,43 @@ fn support_access_is_enabled_listed_and_emergency_disabled_with_latchctl() {
         "{audit:#}"
     );
 }
+
+#[test]
+fn the_rotation_schedule_rotates_a_due_identity_on_its_host() {
+    if !e2e_enabled("the_rotation_schedule_rotates_a_due_identity_on_its_host") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[
+        "--mfa-required",
+        "none",
+        "--rotation-sweep-schedule",
+        "*/2 * * * * *",
+    ]);
+    let host = TestHost::start("e2e-sched1");
+    host.enroll_ok(&cp);
+    let _agent = host.start_agent();
+    useradd(&host, "batch");
+    cp.json(&["vaults", "create", "sched"]);
+    let id = enroll_account(&cp, "e2e-sched1", "batch", "sched");
+    cp.json(&["identities", "update", &id, "--rotation-days", "7"]);
+    let before = reveal(&cp, &id);
+    // Its next date is made to have passed (as a week later would).
+    cp.sql(&format!(
+        "UPDATE identities SET next_rotation_at = 1000 WHERE id = '{id}'"
+    ));
+    let scheduled = wait_for("the scheduled rotation", Duration::from_secs(60), || {
+        let list = cp.json(&["identities", "rotations", &id]);
+        list["list"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["trigger"] == "scheduled").cloned())
+    });
+    let done = rotation_after(&cp, scheduled["id"].as_str().expect("id"), 60);
+    assert_eq!(done["state"], "confirmed", "{done:#}");
+    let after = reveal(&cp, &id);
+    assert_ne!(after, before);
+    assert!(host.pam_accepts("batch", &after));
+    let shown = cp.json(&["identities", "show", &id]);
+    assert!(shown["next_rotation_at"].as_str().is_some(), "{shown:#}");
+    real.assert_unchanged();
+}

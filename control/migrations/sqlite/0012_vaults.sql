@@ -90,6 +90,8 @@ CREATE TABLE rotations (
 );
 CREATE INDEX rotations_by_identity ON rotations (identity_id, created_at);
 CREATE INDEX rotations_pending ON rotations (state);
+-- At most one pending rotation per identity (a newer one supersedes it in its transaction).
+CREATE UNIQUE INDEX rotations_one_pending ON rotations (identity_id) WHERE state = 'pending';
 
 CREATE TABLE rotation_hosts (
     rotation_id TEXT NOT NULL REFERENCES rotations (id) ON DELETE CASCADE,

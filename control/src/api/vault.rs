@@ -29,6 +29,19 @@ fn ok<T: serde::Serialize>(body: T) -> Response {
     Json(body).into_response()
 }
 
+/// An answer that carries a credential: never stored by a cache on the way.
+fn secret<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
+    (
+        status,
+        [
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+            (axum::http::header::PRAGMA, "no-cache"),
+        ],
+        Json(body),
+    )
+        .into_response()
+}
+
 /// Checks a vault key (id or name, which may hold `@`) taken from the path.
 fn check_vault(key: &str) -> Result<(), ApiError> {
     check_path_id("vault", &key.replace('@', "."))
@@ -175,7 +188,10 @@ pub async fn reveal_identity(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_path_id("identity", &id)?;
-    Ok(ok(control.reveal_identity(&by, &id).await?))
+    Ok(secret(
+        StatusCode::OK,
+        control.reveal_identity(&by, &id).await?,
+    ))
 }
 
 pub async fn checkout_identity(
@@ -185,7 +201,8 @@ pub async fn checkout_identity(
     ApiJson(request): ApiJson<CheckoutRequest>,
 ) -> Result<Response, ApiError> {
     check_path_id("identity", &id)?;
-    Ok(created(
+    Ok(secret(
+        StatusCode::CREATED,
         control.checkout_identity(&by, &id, &request).await?,
     ))
 }
@@ -197,7 +214,10 @@ pub async fn break_glass(
     ApiJson(request): ApiJson<BreakGlassRequest>,
 ) -> Result<Response, ApiError> {
     check_path_id("identity", &id)?;
-    Ok(created(control.break_glass(&by, &id, &request).await?))
+    Ok(secret(
+        StatusCode::CREATED,
+        control.break_glass(&by, &id, &request).await?,
+    ))
 }
 
 pub async fn list_checkouts(

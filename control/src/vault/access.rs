@@ -45,7 +45,11 @@ impl Control {
         by: &Authority,
         vault: &VaultRecord,
     ) -> Result<Option<AccessLevel>, ControlError> {
-        if vault.owner_id.as_deref() == Some(by.principal.id.as_str()) {
+        // The owner (its creator) bypasses grants only while it still may manage vaults: a
+        // creator demoted since keeps nothing through ownership.
+        if vault.owner_id.as_deref() == Some(by.principal.id.as_str())
+            && holds(by, Permission::PamVaultsManage)
+        {
             return Ok(Some(AccessLevel::Checkout));
         }
         Ok(self
@@ -116,7 +120,14 @@ impl Control {
             what: "vault",
             key: key.to_owned(),
         };
-        let mut found = self.store.find_vaults(key).await?;
+        // Only the vaults the caller may see count, so an ambiguous name says nothing about
+        // vaults it may not see.
+        let mut found = Vec::new();
+        for vault in self.store.find_vaults(key).await? {
+            if self.require_vault(by, &vault, Need::View).await.is_ok() {
+                found.push(vault);
+            }
+        }
         let vault = match found.len() {
             0 => return Err(not_found()),
             1 => found.remove(0),

@@ -161,6 +161,12 @@ impl Control {
                 what: "identity",
                 key: id.to_owned(),
             })?;
+        // Nothing to hand out: refuse before anything is counted, recorded or announced.
+        if identity.secret.is_none() {
+            return Err(ControlError::Conflict(format!(
+                "identity {id} has no credential yet: its first rotation is still pending (`latchctl identities rotations {id}`)"
+            )));
+        }
         let per_minute = self.config.vault.break_glass_per_minute;
         if !self
             .store
@@ -247,8 +253,7 @@ impl Control {
                 })?;
             if !request.force {
                 return Err(ControlError::Forbidden(format!(
-                    "checkout {checkout_id} belongs to {}; only its holder checks it in — an admin with pam_vaults.manage may force it (`--force`, audited)",
-                    checkout.holder
+                    "checkout {checkout_id} is someone else's; only its holder checks it in — an admin with pam_vaults.manage may force it (`--force`, audited)"
                 )));
             }
             if !holds(by, Permission::PamVaultsManage) {
@@ -282,15 +287,24 @@ impl Control {
         by: &str,
         event: AuditEvent,
     ) -> Result<(), ControlError> {
+        let _lock = self.identity_locks.lock(&checkout.identity_id).await;
         let now = Utc::now();
         let identity = self.store.identity(&checkout.identity_id).await?;
+        // A scheduled rotation skipped while the identity was checked out happens now, so
+        // back-to-back checkouts cannot put it off for ever.
+        let due = identity
+            .as_ref()
+            .is_some_and(|i| i.next_rotation_at.is_some_and(|at| at <= now));
         let cause = if checkout.break_glass {
             Some(RotationCause::BreakGlass)
         } else if identity.as_ref().is_some_and(|i| i.rotate_after_use) {
             Some(RotationCause::AfterUse)
+        } else if due {
+            Some(RotationCause::Scheduled)
         } else {
             None
         };
+        let owed = identity.clone();
         let mut rotation: Option<(RotationRecord, IdentityRecord, super::secrets::DataKey)> = None;
         let mut rotation_error = None;
         if let (Some(cause), Some(identity)) = (cause, identity) {
@@ -328,6 +342,24 @@ impl Control {
             .await?;
         if let Some(error) = &rotation_error {
             tracing::error!(checkout_id = %checkout.id, %error, "check-in without its rotation");
+            // The rotation is owed: the scheduled sweep tries again from now on.
+            if let Some(mut identity) =
+                owed.filter(|i| i.credential_type == CredentialType::Password)
+            {
+                identity.next_rotation_at = Some(now);
+                let event = AuditEvent::new(super::CONTROL_PLANE, "vault.rotation_owed").detail(
+                    json!({"identity_id": identity.id, "checkout_id": checkout.id, "error": error}),
+                );
+                self.store
+                    .update_identity(&identity, None, event, now)
+                    .await?
+                    .map_err(|refusal| {
+                        ControlError::Internal(format!(
+                            "cannot mark identity {} for rotation: {refusal:?}",
+                            identity.id
+                        ))
+                    })?;
+            }
         }
         if closed && let Some((record, identity, key)) = rotation {
             self.start_dispatched(record, &identity, &key).await?;

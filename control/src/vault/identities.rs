@@ -86,13 +86,20 @@ fn check_secret(kind: CredentialType, secret: &str) -> Result<(), ValidationErro
             format!("must be 1 to {MAX_SECRET_BYTES} bytes"),
         ));
     }
-    if secret.contains('\0') {
-        return Err(ValidationError::new("secret", "must not contain NUL"));
-    }
-    if kind == CredentialType::Password && secret.contains(['\n', '\r']) {
+    // Control characters (escape sequences above all) would reach the terminal of whoever
+    // reveals it; a key keeps its line breaks, a password has none.
+    let allowed = |c: char| kind == CredentialType::SshKey && (c == '\n' || c == '\r');
+    if secret.chars().any(|c| c.is_control() && !allowed(c)) {
         return Err(ValidationError::new(
             "secret",
-            "a password must not contain line breaks",
+            match kind {
+                CredentialType::Password => {
+                    "a password must not contain control characters (line breaks, tabs, escapes, NUL)"
+                }
+                CredentialType::SshKey => {
+                    "a key must not contain control characters other than line breaks"
+                }
+            },
         ));
     }
     Ok(())
@@ -413,6 +420,16 @@ impl Control {
             None => (None, Vec::new()),
             Some(keys) => {
                 let hosts = self.linkable_hosts(by, keys).await?;
+                // Unlinking takes a host out of future rotations: it needs the same right on
+                // that host as linking it.
+                for gone in identity
+                    .hosts
+                    .iter()
+                    .filter(|h| !hosts.iter().any(|(id, _)| *id == h.host_id))
+                {
+                    self.host_for(by, Permission::HostsManageUsers, &gone.host_id)
+                        .await?;
+                }
                 let new: Vec<String> = hosts
                     .iter()
                     .filter(|(id, _)| !identity.hosts.iter().any(|h| h.host_id == *id))
@@ -476,6 +493,12 @@ impl Control {
     /// stays on its hosts as it is.
     pub async fn delete_identity(&self, by: &Authority, id: &str) -> Result<(), ControlError> {
         let (identity, _) = self.identity_for(by, id, Need::Manage).await?;
+        let _lock = self.identity_locks.lock(&identity.id).await;
+        if identity.rotation_state.as_deref() == Some("pending") {
+            return Err(ControlError::Conflict(format!(
+                "identity {id} has a rotation pending: deleting it now would leave its hosts with a password nobody keeps; wait until it is settled (`latchctl identities rotations {id}`)"
+            )));
+        }
         let event = by.event("vault.identity_deleted").detail(json!({
             "identity_id": identity.id,
             "vault_id": identity.vault_id,

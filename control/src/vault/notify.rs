@@ -55,13 +55,15 @@ impl Control {
                 Ok(status) => ("vault.break_glass_notified", json!({"status": status})),
                 Err(error) => ("vault.break_glass_notify_failed", json!({"error": error})),
             };
+            // The URL may itself be a credential (chat webhooks): only its origin is written.
+            let origin = origin_of(&webhook.url);
             if let Err(error) = &outcome {
-                tracing::error!(%error, url = %webhook.url, "break-glass webhook failed");
+                tracing::error!(%error, %origin, "break-glass webhook failed");
             }
             let event = AuditEvent::new(super::CONTROL_PLANE, action).detail(json!({
                 "severity": "critical",
                 "checkout_id": checkout_id,
-                "url": webhook.url,
+                "webhook": origin,
                 "result": result,
             }));
             if let Err(error) = store.append_audit(&event, Utc::now()).await {
@@ -69,6 +71,13 @@ impl Control {
             }
         });
     }
+}
+
+/// `scheme://host[:port]` of `url` (no path or query, which may hold a token).
+fn origin_of(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| "<unparsable URL>".to_owned())
 }
 
 /// Posts `body` until the receiver answers 2xx, with backoff; the last error otherwise.
@@ -96,7 +105,7 @@ async fn deliver(webhook: &Webhook, body: &Value) -> Result<u16, String> {
                 return Ok(response.status().as_u16());
             }
             Ok(response) => last = format!("attempt {attempt}: HTTP {}", response.status()),
-            Err(error) => last = format!("attempt {attempt}: {error}"),
+            Err(error) => last = format!("attempt {attempt}: {}", error.without_url()),
         }
         tokio::time::sleep(wait).await;
         wait *= 2;

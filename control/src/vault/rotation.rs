@@ -13,6 +13,9 @@
 //!    password get the previous one back; a host that never answers leaves it `pending`,
 //!    naming the host.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use latch_common::job::JobSpec;
 use latch_common::vault::{CredentialType, RotateRequest, RotationHostView, RotationView};
@@ -30,6 +33,30 @@ use crate::{Control, ControlError};
 /// How old an undispatched rotation must be before the sweep queues its jobs (the request
 /// that made it normally does so at once).
 pub(crate) const DISPATCH_GRACE_SECONDS: i64 = 30;
+
+/// The associated data a rotation's secret is sealed under: its identity and its own id, so
+/// one rotation's ciphertext cannot stand in for another's (or for the identity's current one).
+fn sealed_as(identity_id: &str, rotation_id: &str) -> String {
+    format!("{identity_id}/rotation/{rotation_id}")
+}
+
+/// One lock per identity: creating a rotation and queueing its jobs, settling it (with its
+/// roll-back) and queueing a linked host's password happen one at a time per identity in this
+/// process, so no job of an older rotation is queued after a newer one's.
+#[derive(Debug, Default)]
+pub struct IdentityLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl IdentityLocks {
+    /// Waits for the lock of `identity_id`.
+    pub async fn lock(&self, identity_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(identity_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
 
 /// The view of a rotation.
 pub(crate) fn rotation_view(rotation: RotationRecord) -> RotationView {
@@ -89,7 +116,7 @@ fn outcome(rotation: &RotationRecord) -> Option<Settlement> {
         .hosts
         .iter()
         .all(|h| h.status.as_deref() == Some("confirmed"))
-        .then_some(Settlement::Confirmed)
+        .then(|| Settlement::Confirmed(String::new()))
 }
 
 impl Control {
@@ -131,6 +158,7 @@ impl Control {
                 }
             },
         };
+        let id = new_id("rot_")?;
         let mut hosts = Vec::new();
         for host in &identity.hosts {
             hosts.push(RotationHostRecord {
@@ -143,11 +171,11 @@ impl Control {
             });
         }
         let rotation = RotationRecord {
-            id: new_id("rot_")?,
+            secret: key.seal(&sealed_as(&identity.id, &id), &password)?,
+            id,
             identity_id: identity.id.clone(),
             cause: cause.as_str().to_owned(),
             state: "pending".to_owned(),
-            secret: key.seal(&identity.id, &password)?,
             secret_hash: key.history_hash(&identity.id, &password),
             started_by: started_by.to_owned(),
             created_at: now,
@@ -169,7 +197,8 @@ impl Control {
     }
 
     /// Queues the `set-password` jobs of `rotation` not queued yet (the SHA-512 crypt hash
-    /// only). A host that was removed meanwhile fails the rotation.
+    /// only), while it is still pending. A host removed meanwhile fails the rotation. The
+    /// caller holds the identity's lock.
     pub(crate) async fn dispatch_rotation(
         &self,
         rotation: &RotationRecord,
@@ -184,8 +213,16 @@ impl Control {
         if missing.is_empty() {
             return Ok(());
         }
-        let password = key.open(&rotation.identity_id, &rotation.secret)?;
+        let password = key.open(
+            &sealed_as(&rotation.identity_id, &rotation.id),
+            &rotation.secret,
+        )?;
         for host in missing {
+            // A rotation superseded (or failed) meanwhile queues nothing more.
+            let still = self.store.rotation(&rotation.id).await?;
+            if still.is_none_or(|r| r.state != "pending") {
+                return Ok(());
+            }
             let spec = JobSpec::SetPassword {
                 user: username.to_owned(),
                 password_hash: crate::password::hash_password(&password)?,
@@ -200,10 +237,7 @@ impl Control {
                         "host {} was removed before its job could be queued",
                         host.hostname
                     );
-                    let event = AuditEvent::new(super::CONTROL_PLANE, "vault.rotation_failed")
-                        .detail(json!({"rotation_id": rotation.id, "note": note}));
-                    self.store
-                        .settle_rotation(&rotation.id, &Settlement::Failed(note), event, Utc::now())
+                    self.finish_rotation(rotation.clone(), Settlement::Failed(note))
                         .await?;
                     return Ok(());
                 }
@@ -222,6 +256,7 @@ impl Control {
         request: &RotateRequest,
     ) -> Result<RotationView, ControlError> {
         let (identity, _) = self.identity_for(by, identity_id, Need::Manage).await?;
+        let _lock = self.identity_locks.lock(&identity.id).await;
         let now = Utc::now();
         let (rotation, key) = self
             .prepare_rotation(
@@ -255,7 +290,7 @@ impl Control {
     }
 
     /// Dispatches a stored rotation and returns its view (settled at once when it has no
-    /// hosts).
+    /// hosts). The caller holds the identity's lock.
     pub(crate) async fn start_dispatched(
         &self,
         rotation: RotationRecord,
@@ -265,7 +300,7 @@ impl Control {
         self.dispatch_rotation(&rotation, &identity.username, key)
             .await?;
         let current = self.store.rotation(&rotation.id).await?.unwrap_or(rotation);
-        let current = self.settle_rotation(current).await?;
+        let current = self.settle_locked(current).await?;
         Ok(rotation_view(current))
     }
 
@@ -309,8 +344,9 @@ impl Control {
             .collect())
     }
 
-    /// Settles `rotation` if its hosts decided it; returns it as it stands afterwards.
-    async fn settle_rotation(
+    /// Settles `rotation` if its hosts decided it; returns it as it stands afterwards. The
+    /// caller holds the identity's lock.
+    async fn settle_locked(
         &self,
         rotation: RotationRecord,
     ) -> Result<RotationRecord, ControlError> {
@@ -320,9 +356,35 @@ impl Control {
         let Some(settlement) = outcome(&rotation) else {
             return Ok(rotation);
         };
+        let id = rotation.id.clone();
+        let fallback = rotation.clone();
+        self.finish_rotation(rotation, settlement).await?;
+        Ok(self.store.rotation(&id).await?.unwrap_or(fallback))
+    }
+
+    /// Ends a pending rotation as `settlement` says (audited): confirmed makes its secret the
+    /// identity's current one; failed keeps the previous and rolls the hosts back to it.
+    async fn finish_rotation(
+        &self,
+        rotation: RotationRecord,
+        settlement: Settlement,
+    ) -> Result<(), ControlError> {
         let now = Utc::now();
+        let settlement = match settlement {
+            Settlement::Confirmed(_) => {
+                let identity = self.store.identity(&rotation.identity_id).await?;
+                let Some(identity) = identity else {
+                    return Ok(());
+                };
+                let key = self.data_key(&identity.organization_id).await?;
+                let password =
+                    key.open(&sealed_as(&identity.id, &rotation.id), &rotation.secret)?;
+                Settlement::Confirmed(key.seal(&identity.id, &password)?)
+            }
+            failed => failed,
+        };
         let action = match settlement {
-            Settlement::Confirmed => "vault.rotation_confirmed",
+            Settlement::Confirmed(_) => "vault.rotation_confirmed",
             Settlement::Failed(_) => "vault.rotation_failed",
         };
         let event = AuditEvent::new(super::CONTROL_PLANE, action).detail(json!({
@@ -340,61 +402,98 @@ impl Control {
                 self.roll_back(&rotation).await?;
             }
         }
-        Ok(self.store.rotation(&rotation.id).await?.unwrap_or(rotation))
+        Ok(())
     }
 
-    /// After a failed rotation: gives the hosts that took (or may still take) the new
-    /// password the current one back, so the secret in the vault works everywhere again.
+    /// After a failed rotation: gives every host of the rotation the current password again —
+    /// a host may have applied the new one even if its job failed afterwards (verification, a
+    /// lost report), and setting the current one again is harmless — unless a newer rotation
+    /// of the identity exists (it sets the password everywhere itself). Audited with the jobs.
     async fn roll_back(&self, rotation: &RotationRecord) -> Result<(), ControlError> {
         let Some(identity) = self.store.identity(&rotation.identity_id).await? else {
             return Ok(());
         };
+        let newer = self
+            .store
+            .rotations(&identity.id)
+            .await?
+            .into_iter()
+            .any(|r| r.id != rotation.id && r.created_at > rotation.created_at);
         let Some(current) = &identity.secret else {
             return Ok(());
         };
+        if newer {
+            return Ok(());
+        }
         let key = self.data_key(&identity.organization_id).await?;
         let password = key.open(&identity.id, current)?;
+        let mut jobs = Vec::new();
+        let mut missed = Vec::new();
         for host in &rotation.hosts {
-            if host.status.as_deref() == Some("failed") || host.status.is_none() {
-                continue;
-            }
             let spec = JobSpec::SetPassword {
                 user: identity.username.clone(),
                 password_hash: crate::password::hash_password(&password)?,
             };
             let job_id = uuid::Uuid::new_v4().to_string();
             match self.queue_internal_job(&host.host_id, &job_id, &spec).await {
-                Ok(()) => {
-                    tracing::warn!(rotation_id = %rotation.id, host_id = %host.host_id, job_id, "failed rotation: previous password set again");
-                }
+                Ok(()) => jobs.push(json!({"host": host.hostname, "job_id": job_id})),
                 Err(error) => {
                     tracing::error!(rotation_id = %rotation.id, host_id = %host.host_id, %error, "failed rotation: cannot queue the previous password again");
+                    missed.push(json!({"host": host.hostname, "error": error.to_string()}));
                 }
             }
         }
+        let event =
+            AuditEvent::new(super::CONTROL_PLANE, "vault.rotation_rolled_back").detail(json!({
+                "rotation_id": rotation.id,
+                "identity_id": identity.id,
+                "jobs": jobs,
+                "not_queued": missed,
+            }));
+        self.store.append_audit(&event, Utc::now()).await?;
         Ok(())
     }
 
     /// Settles every pending rotation whose hosts decided it, and queues the jobs of those (and
     /// of host links) a crash left undispatched. Run by the leader's sweep every second.
     pub async fn settle_rotations(&self) -> Result<(), ControlError> {
-        self.repair_links().await?;
+        if let Err(error) = self.repair_links().await {
+            tracing::error!(%error, "queueing unqueued host-link jobs failed");
+        }
         let now = Utc::now();
         for rotation in self.store.pending_rotations().await? {
+            let id = rotation.id.clone();
             let undispatched = rotation.hosts.iter().any(|h| h.status.is_none());
-            if undispatched {
-                if (now - rotation.created_at).num_seconds() < DISPATCH_GRACE_SECONDS {
-                    continue;
-                }
-                if let Some(identity) = self.store.identity(&rotation.identity_id).await? {
-                    let key = self.data_key(&identity.organization_id).await?;
-                    self.dispatch_rotation(&rotation, &identity.username, &key)
-                        .await?;
-                }
+            if undispatched && (now - rotation.created_at).num_seconds() < DISPATCH_GRACE_SECONDS {
                 continue;
             }
-            self.settle_rotation(rotation).await?;
+            // One rotation's trouble (a record that does not open) never holds up the others.
+            if let Err(error) = self.settle_one(rotation, undispatched).await {
+                tracing::error!(rotation_id = %id, %error, "settling a rotation failed");
+            }
         }
+        Ok(())
+    }
+
+    async fn settle_one(
+        &self,
+        rotation: RotationRecord,
+        undispatched: bool,
+    ) -> Result<(), ControlError> {
+        let _lock = self.identity_locks.lock(&rotation.identity_id).await;
+        // Read again under the lock: a request may have settled or superseded it meanwhile.
+        let Some(rotation) = self.store.rotation(&rotation.id).await? else {
+            return Ok(());
+        };
+        if undispatched {
+            if let Some(identity) = self.store.identity(&rotation.identity_id).await? {
+                let key = self.data_key(&identity.organization_id).await?;
+                self.dispatch_rotation(&rotation, &identity.username, &key)
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.settle_locked(rotation).await?;
         Ok(())
     }
 
@@ -404,39 +503,49 @@ impl Control {
         let now = Utc::now();
         let mut started = 0;
         for identity_id in self.store.due_rotations(now, 100).await? {
-            let Some(identity) = self.store.identity(&identity_id).await? else {
-                continue;
-            };
-            let (rotation, key) = match self
-                .prepare_rotation(
-                    &identity,
-                    RotationCause::Scheduled,
-                    None,
-                    super::CONTROL_PLANE,
-                    now,
-                )
-                .await
-            {
-                Ok(prepared) => prepared,
+            match self.rotate_due(&identity_id, now).await {
+                Ok(true) => started += 1,
+                Ok(false) => {}
                 Err(error) => {
                     tracing::error!(identity_id, %error, "scheduled rotation could not start");
-                    continue;
                 }
-            };
-            let event = Self::rotation_event(
-                AuditEvent::new(super::CONTROL_PLANE, "vault.rotation_started"),
-                &rotation,
-            );
-            if self
-                .store
-                .insert_rotation(&rotation, true, event, now)
-                .await?
-                .is_ok()
-            {
-                self.start_dispatched(rotation, &identity, &key).await?;
-                started += 1;
             }
         }
         Ok(started)
+    }
+
+    /// Starts the scheduled rotation of one identity; false if it was not due any more.
+    async fn rotate_due(
+        &self,
+        identity_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, ControlError> {
+        let _lock = self.identity_locks.lock(identity_id).await;
+        let Some(identity) = self.store.identity(identity_id).await? else {
+            return Ok(false);
+        };
+        let (rotation, key) = self
+            .prepare_rotation(
+                &identity,
+                RotationCause::Scheduled,
+                None,
+                super::CONTROL_PLANE,
+                now,
+            )
+            .await?;
+        let event = Self::rotation_event(
+            AuditEvent::new(super::CONTROL_PLANE, "vault.rotation_started"),
+            &rotation,
+        );
+        if self
+            .store
+            .insert_rotation(&rotation, true, event, now)
+            .await?
+            .is_err()
+        {
+            return Ok(false);
+        }
+        self.start_dispatched(rotation, &identity, &key).await?;
+        Ok(true)
     }
 }

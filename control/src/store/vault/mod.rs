@@ -204,7 +204,7 @@ pub trait VaultStore: Send + Sync {
     async fn rotations(&self, identity_id: &str) -> Result<Vec<RotationRecord>, StoreError>;
     /// Every pending rotation with its hosts.
     async fn pending_rotations(&self) -> Result<Vec<RotationRecord>, StoreError>;
-    /// Settles a pending rotation (audited): confirmed makes its secret current, records its
+    /// Settles a pending rotation (audited): confirmed makes the given secret current, records its
     /// hash in the history (keeping 10) and schedules the next; failed keeps the previous
     /// secret. False if it was not pending any more.
     async fn settle_rotation(
@@ -295,8 +295,8 @@ const IDENTITY_SELECT: &str = "SELECT i.id, i.vault_id, v.name AS vault, v.organ
 const LINKED_HOST_SELECT: &str = "SELECT ih.identity_id, ih.host_id, h.hostname, \
      ih.adopt_job_id, j.status AS adopt_status, ih.password_job_id, \
      pj.status AS password_status FROM identity_hosts ih \
-     JOIN hosts h ON h.id = ih.host_id LEFT JOIN jobs j ON j.id = ih.adopt_job_id \
-     LEFT JOIN jobs pj ON pj.id = ih.password_job_id";
+     JOIN hosts h ON h.id = ih.host_id AND h.removed_at IS NULL \
+     LEFT JOIN jobs j ON j.id = ih.adopt_job_id LEFT JOIN jobs pj ON pj.id = ih.password_job_id";
 
 const CHECKOUT_SELECT: &str = "SELECT c.id, c.identity_id, c.principal_id, p.name AS holder, \
      c.reason, c.host_id, c.break_glass, c.started_at, c.expires_at, c.checked_in_at, \
@@ -848,6 +848,10 @@ macro_rules! vault_store {
                 now: DateTime<Utc>,
             ) -> Result<bool, StoreError> {
                 let mut tx = $tx::begin(self).await?;
+                // The identity's row first: its rotations are written one transaction at a time.
+                if let Some(rotation) = rotation {
+                    Self::lock_row(tx.conn(), "identities", &rotation.identity_id).await?;
+                }
                 let closed = sqlx::query(
                     "UPDATE checkouts SET checked_in_at = $1, checked_in_how = $2, checked_in_by = $3, \
                      rotation_id = $4 WHERE id = $5 AND checked_in_at IS NULL",
@@ -967,7 +971,7 @@ macro_rules! vault_store {
             ) -> Result<bool, StoreError> {
                 let mut tx = $tx::begin(self).await?;
                 let (state, note) = match settlement {
-                    Settlement::Confirmed => ("confirmed", None),
+                    Settlement::Confirmed(_) => ("confirmed", None),
                     Settlement::Failed(note) => ("failed", Some(note.as_str())),
                 };
                 let settled = sqlx::query(
@@ -983,14 +987,14 @@ macro_rules! vault_store {
                 let Some(row) = settled else {
                     return Ok(false);
                 };
-                if *settlement == Settlement::Confirmed {
+                if let Settlement::Confirmed(current) = settlement {
                     let identity_id = row.text("identity_id")?;
                     sqlx::query(
                         "UPDATE identities SET secret = $1, last_rotated_at = $2, next_rotation_at = \
                          CASE WHEN rotation_interval_days IS NULL THEN NULL \
                          ELSE $2 + rotation_interval_days * 86400000 END WHERE id = $3",
                     )
-                    .bind(row.text("secret")?)
+                    .bind(current)
                     .bind(millis(now))
                     .bind(&identity_id)
                     .execute(tx.conn())

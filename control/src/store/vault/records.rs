@@ -250,8 +250,9 @@ pub struct RotationRecord {
 /// How a rotation ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// Every host confirmed: the new credential becomes current.
-    Confirmed,
+    /// Every host confirmed: the new credential becomes current — this, its rotation's secret
+    /// sealed again for the identity (bound to the identity's id, not the rotation's).
+    Confirmed(String),
     /// A host failed: the previous credential stays.
     Failed(String),
 }
