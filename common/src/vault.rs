@@ -497,6 +497,40 @@ pub struct EnrolledAccount {
     pub rotation: RotationView,
 }
 
+/// An organization: vaults belong to one, and its data key seals their secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganizationView {
+    /// Record id (`org_…`).
+    pub id: String,
+    /// Unique name (the first one is `default`).
+    pub name: String,
+    /// How long its break-glass checkouts last, in minutes.
+    pub break_glass_minutes: u32,
+    /// Whether that is the server's default (`--break-glass-duration`) rather than its own.
+    pub break_glass_default: bool,
+    /// Its vaults.
+    pub vaults: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/organizations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrganizationRequest {
+    /// Name (the vault-name rules).
+    pub name: String,
+}
+
+/// `PATCH /v1/organizations/{organization}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrganizationRequest {
+    /// How long its break-glass checkouts last, 1–1440 minutes; `0`: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass_minutes: Option<u32>,
+}
+
 /// Longest support access, in days.
 pub const MAX_SUPPORT_DAYS: u32 = 365;
 

@@ -14,10 +14,11 @@ use latch_common::people::{
 };
 use latch_common::vault::{
     BreakGlassRequest, CheckinRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
-    CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, EmergencyDisableRequest,
-    EmergencyDisabled, EnableSupportAccessRequest, EnrollAccountRequest, EnrolledAccount,
-    IdentityView, RevealedSecret, RotateRequest, RotationView, SupportAccessView,
-    UpdateIdentityRequest, UpdateVaultRequest, VaultGrantView, VaultView,
+    CreateIdentityRequest, CreateOrganizationRequest, CreateVaultGrantRequest, CreateVaultRequest,
+    EmergencyDisableRequest, EmergencyDisabled, EnableSupportAccessRequest, EnrollAccountRequest,
+    EnrolledAccount, IdentityView, OrganizationView, RevealedSecret, RotateRequest, RotationView,
+    SupportAccessView, UpdateIdentityRequest, UpdateOrganizationRequest, UpdateVaultRequest,
+    VaultGrantView, VaultView,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -842,6 +843,30 @@ impl AdminClient {
     pub async fn show_rotation(&self, rotation: &str) -> Result<RotationView, ClientError> {
         let path = format!("/v1/rotations/{}", segment(rotation));
         self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/organizations` (all pages).
+    pub async fn list_organizations(&self) -> Result<Vec<OrganizationView>, ClientError> {
+        self.all_pages("/v1/organizations", Vec::new()).await
+    }
+
+    /// `POST /v1/organizations`: a new organization with a data key of its own.
+    pub async fn create_organization(
+        &self,
+        request: &CreateOrganizationRequest,
+    ) -> Result<OrganizationView, ClientError> {
+        self.call(Method::POST, "/v1/organizations", &[], Some(request))
+            .await
+    }
+
+    /// `PATCH /v1/organizations/{organization}`.
+    pub async fn update_organization(
+        &self,
+        organization: &str,
+        request: &UpdateOrganizationRequest,
+    ) -> Result<OrganizationView, ClientError> {
+        let path = format!("/v1/organizations/{}", segment(organization));
+        self.call(Method::PATCH, &path, &[], Some(request)).await
     }
 
     /// `GET /v1/support-access` (all pages).

@@ -391,7 +391,7 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'totp', principal_id || ':' || secret || ':' || COALESCE(pending, '-') || ':' || COALESCE(CAST(confirmed_at AS TEXT), '-') || ':' || CAST(last_step AS TEXT) || ':' || CAST(failures AS TEXT) FROM totp \
     UNION ALL SELECT 'key_pins', name || ':' || public FROM key_pins \
     UNION ALL SELECT 'sso_logins', id FROM sso_logins \
-    UNION ALL SELECT 'organizations', id || ':' || name || ':' || wrapped_data_key FROM organizations \
+    UNION ALL SELECT 'organizations', id || ':' || name || ':' || wrapped_data_key || ':' || COALESCE(CAST(break_glass_minutes AS TEXT), '-') FROM organizations \
     UNION ALL SELECT 'vaults', id || ':' || name || ':' || description FROM vaults \
     UNION ALL SELECT 'vault_grants', id || ':' || level FROM vault_grants \
     UNION ALL SELECT 'identities', id || ':' || name || ':' || COALESCE(secret, '-') || ':' || CAST(rotate_after_use AS TEXT) FROM identities \
@@ -1356,6 +1356,15 @@ impl Matrix {
                     Some(json!({"user": "deploy", "vault": "matrix", "name": name})),
                 )
             }
+            "GET /v1/organizations" => p("/v1/organizations", None),
+            "POST /v1/organizations" => {
+                let name = self.fresh("org");
+                p("/v1/organizations", Some(json!({"name": name})))
+            }
+            "PATCH /v1/organizations/{key}" => p(
+                "/v1/organizations/default",
+                Some(json!({"break_glass_minutes": 30})),
+            ),
             "GET /v1/support-access" => p("/v1/support-access", None),
             "POST /v1/support-access" => p(
                 "/v1/support-access",

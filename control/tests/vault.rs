@@ -1359,3 +1359,111 @@ async fn rotations_are_serialized_per_identity_and_skip_removed_hosts(db: TestDb
         "the host's last password is the vault's"
     );
 }
+
+both_stores!(organizations_have_their_own_keys_and_break_glass_duration);
+async fn organizations_have_their_own_keys_and_break_glass_duration(db: TestDb) {
+    use latch_common::vault::{CreateOrganizationRequest, UpdateOrganizationRequest};
+    let s = setup(&db, VaultConfig::default()).await;
+    let c = &s.control;
+    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let rex = person(&*s.store, "rex", &[Role::ResourceAdmin]).await;
+    let acme = CreateOrganizationRequest {
+        name: "acme".into(),
+    };
+    assert!(matches!(
+        c.create_organization_from(&rex, &acme).await,
+        Err(ControlError::Forbidden(_))
+    ));
+    let made = c.create_organization_from(&admin, &acme).await.unwrap();
+    assert_eq!(made.break_glass_minutes, 60);
+    assert!(made.break_glass_default);
+    assert!(matches!(
+        c.create_organization_from(&admin, &acme).await,
+        Err(ControlError::AlreadyExists { .. })
+    ));
+    let vault = c
+        .create_vault(
+            &admin,
+            &CreateVaultRequest {
+                organization: Some("acme".into()),
+                ..vault_request("acme-prod")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(vault.organization, "acme");
+    let identity = c
+        .create_identity(
+            &admin,
+            "acme-prod",
+            &identity_request("app", Some("Acme-Secret-2026!"), &[]),
+        )
+        .await
+        .unwrap();
+    // Sealed under acme's own data key: the default organization's does not open it.
+    let orgs = s.store.organizations().await.unwrap();
+    let acme_key = orgs.iter().find(|o| o.name == "acme").unwrap();
+    let stored = s.store.identity(&identity.id).await.unwrap().unwrap();
+    assert!(
+        stored
+            .secret
+            .as_ref()
+            .unwrap()
+            .contains(&format!(":{}:", acme_key.data_key_id)),
+        "sealed under acme's key"
+    );
+    for minutes in [1441] {
+        assert!(matches!(
+            c.update_organization(
+                &admin,
+                "acme",
+                &UpdateOrganizationRequest {
+                    break_glass_minutes: Some(minutes)
+                }
+            )
+            .await,
+            Err(ControlError::Invalid(_))
+        ));
+    }
+    let updated = c
+        .update_organization(
+            &admin,
+            "acme",
+            &UpdateOrganizationRequest {
+                break_glass_minutes: Some(5),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.break_glass_minutes, updated.break_glass_default),
+        (5, false)
+    );
+    let glass = c
+        .break_glass(
+            &admin,
+            &identity.id,
+            &BreakGlassRequest {
+                reason: "acme outage".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let lasts = glass.checkout.expires_at - glass.checkout.started_at;
+    assert_eq!(lasts, Duration::minutes(5), "the organization's duration");
+    let listed = c.list_organizations(&rex).await.unwrap();
+    let names: Vec<(&str, u64)> = listed.iter().map(|o| (o.name.as_str(), o.vaults)).collect();
+    assert_eq!(names, [("acme", 1), ("default", 0)]);
+    let back = c
+        .update_organization(
+            &admin,
+            "acme",
+            &UpdateOrganizationRequest {
+                break_glass_minutes: Some(0),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(back.break_glass_default);
+    assert_eq!(back.break_glass_minutes, 60);
+}

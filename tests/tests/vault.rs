@@ -465,8 +465,31 @@ fn a_recent_password_is_refused_and_a_wrong_master_key_stops_the_server() {
 }
 
 #[test]
-fn support_access_is_enabled_listed_and_emergency_disabled_with_latchctl() {
+fn organizations_and_support_access_are_managed_with_latchctl() {
     let cp = ControlPlane::start(&["--mfa-required", "none"]);
+    // Organizations: a new one, and its break-glass duration.
+    let org = cp.json(&["organizations", "create", "acme"]);
+    assert_eq!(org["break_glass_default"], true, "{org:#}");
+    let org = cp.json(&[
+        "organizations",
+        "update",
+        "acme",
+        "--break-glass-duration",
+        "15m",
+    ]);
+    assert_eq!(org["break_glass_minutes"], 15, "{org:#}");
+    let bad = cp.latchctl(&[
+        "organizations",
+        "update",
+        "acme",
+        "--break-glass-duration",
+        "25h",
+    ]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    let table = cp
+        .latchctl(&["organizations", "list"])
+        .ok("organizations list");
+    assert!(table.contains("acme") && table.contains("15m"), "{table}");
     let refused = cp.latchctl(&["support-access", "enable", "--reason", "", "--days", "3"]);
     assert_eq!(refused.code, 2, "an empty reason: {refused:?}");
     let too_long = cp.latchctl(&["support-access", "enable", "--reason", "x", "--days", "366"]);

@@ -4,6 +4,10 @@
 -- of recent passwords. Every secret is sealed (AES-256-GCM, `v1:<data key id>:<base64>`) under
 -- its organization's data key with the identity's id as associated data; no plaintext is stored.
 
+-- How long a break-glass checkout of the organization lasts (null: the server's
+-- --break-glass-duration).
+ALTER TABLE organizations ADD COLUMN break_glass_minutes BIGINT;
+
 CREATE TABLE vaults (
     id              TEXT COLLATE "C" PRIMARY KEY,            -- vlt_…
     organization_id TEXT NOT NULL REFERENCES organizations (id),

@@ -48,6 +48,7 @@
 //! | POST | `/v1/identities/{id}/rotate` (`{"password"}`) | pam_vaults.manage | rotate on every linked host |
 //! | GET | `/v1/identities/{id}/rotations`, `/v1/rotations/{id}` | view | rotations with per-host status |
 //! | POST | `/v1/hosts/{host}/enroll-account` (`{"user", "vault", "name"}`) | hosts.manage_users + pam_vaults.manage, host online | one-click enrollment |
+//! | GET/POST | `/v1/organizations`, PATCH `/v1/organizations/{org}` (`{"break_glass_minutes"}`) | vault view or settings.manage / settings.manage | organizations |
 //! | GET/POST | `/v1/support-access` (`{"reason", "days", "organization"}`), DELETE `…/{id}` | settings.manage (+ step-up to change) | support access |
 //! | POST | `/v1/support-access/emergency-disable` (`{"reason"}`) | settings.manage | end every support access at once |
 
@@ -63,7 +64,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 
 use crate::Control;
 use error::ApiError;
@@ -205,6 +206,11 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/hosts/{host}/enroll-account",
             post(vault::enroll_account),
         )
+        .route(
+            "/v1/organizations",
+            get(vault::list_organizations).post(vault::create_organization),
+        )
+        .route("/v1/organizations/{key}", patch(vault::update_organization))
         .route(
             "/v1/support-access",
             get(vault::list_support_access).post(vault::enable_support_access),

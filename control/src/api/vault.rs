@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use latch_common::vault::{
     BreakGlassRequest, CheckinRequest, CheckoutRequest, CreateIdentityRequest,
-    CreateVaultGrantRequest, CreateVaultRequest, EmergencyDisableRequest,
-    EnableSupportAccessRequest, EnrollAccountRequest, RotateRequest, UpdateIdentityRequest,
-    UpdateVaultRequest,
+    CreateOrganizationRequest, CreateVaultGrantRequest, CreateVaultRequest,
+    EmergencyDisableRequest, EnableSupportAccessRequest, EnrollAccountRequest, RotateRequest,
+    UpdateIdentityRequest, UpdateOrganizationRequest, UpdateVaultRequest,
 };
 
 use super::error::ApiError;
@@ -325,4 +325,36 @@ pub async fn emergency_disable_support_access(
     Ok(ok(control
         .emergency_disable_support_access(&by, &request)
         .await?))
+}
+
+pub async fn list_organizations(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged(
+        "/v1/organizations",
+        control.list_organizations(&by).await?,
+        &page,
+    )
+}
+
+pub async fn create_organization(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiJson(request): ApiJson<CreateOrganizationRequest>,
+) -> Result<Response, ApiError> {
+    Ok(created(
+        control.create_organization_from(&by, &request).await?,
+    ))
+}
+
+pub async fn update_organization(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(key): Path<String>,
+    ApiJson(request): ApiJson<UpdateOrganizationRequest>,
+) -> Result<Response, ApiError> {
+    check_vault(&key)?;
+    Ok(ok(control.update_organization(&by, &key, &request).await?))
 }

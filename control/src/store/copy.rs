@@ -273,6 +273,7 @@ pub const TABLES: &[Table] = &[
             ("wrapped_data_key", Text),
             ("canary", Text),
             ("created_at", Int),
+            ("break_glass_minutes", Int),
         ],
         identity: false,
     },

@@ -161,6 +161,10 @@ impl Control {
                 what: "identity",
                 key: id.to_owned(),
             })?;
+        let organization = self
+            .organization_named(Some(&identity.organization_id))
+            .await?;
+        let break_glass_for = self.break_glass_duration(&organization);
         // Nothing to hand out: refuse before anything is counted, recorded or announced.
         if identity.secret.is_none() {
             return Err(ControlError::Conflict(format!(
@@ -187,7 +191,7 @@ impl Control {
             host_id: None,
             break_glass: true,
             started_at: now,
-            expires_at: now + self.config.vault.break_glass_duration,
+            expires_at: now + break_glass_for,
             checked_in_at: None,
             checked_in_how: None,
             checked_in_by: None,

@@ -137,7 +137,7 @@ impl DataKey {
 
 impl Control {
     /// The master key this control plane was started with.
-    fn master_key(&self) -> Result<&Arc<SecretKey>, ControlError> {
+    pub(crate) fn master_key(&self) -> Result<&Arc<SecretKey>, ControlError> {
         self.master_key.as_ref().ok_or_else(|| {
             ControlError::Internal(
                 "this control plane was started without the vault's master key; start it from its data directory (`latch-control serve`)".into(),

@@ -19,11 +19,11 @@ use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Subcommand};
 use latch_common::vault::{
     AccessLevel, BreakGlassRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
-    CreateIdentityRequest, CreateVaultGrantRequest, CreateVaultRequest, CredentialType,
-    EmergencyDisableRequest, EnableSupportAccessRequest, EnrollAccountRequest, IdentityView,
-    MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS, MAX_ROTATION_DAYS, MAX_SECRET_BYTES,
-    RevealedSecret, RotateRequest, RotationView, UpdateIdentityRequest, UpdateVaultRequest,
-    VaultGrantView, VaultView,
+    CreateIdentityRequest, CreateOrganizationRequest, CreateVaultGrantRequest, CreateVaultRequest,
+    CredentialType, EmergencyDisableRequest, EnableSupportAccessRequest, EnrollAccountRequest,
+    IdentityView, MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS, MAX_ROTATION_DAYS, MAX_SECRET_BYTES,
+    OrganizationView, RevealedSecret, RotateRequest, RotationView, UpdateIdentityRequest,
+    UpdateOrganizationRequest, UpdateVaultRequest, VaultGrantView, VaultView,
 };
 use latch_control::client::{AdminClient, ClientError};
 
@@ -60,6 +60,47 @@ pub enum VaultCommand {
     /// most a year. Needs `settings.manage`; enabling and disabling need the MFA step-up.
     #[command(subcommand)]
     SupportAccess(SupportAccessCommand),
+    /// Organizations: vaults belong to one; each has its own data key and break-glass
+    /// duration. Listing needs vault access or `settings.manage`; changes `settings.manage`.
+    #[command(subcommand)]
+    Organizations(OrganizationsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum OrganizationsCommand {
+    /// Every organization with its break-glass duration and its number of vaults.
+    List,
+    /// Make an organization with a data key of its own (audited).
+    Create {
+        /// Name: 1–64 of a-z 0-9 . _ - @, starting with a letter or digit.
+        #[arg(value_parser = name_arg)]
+        name: String,
+    },
+    /// Change an organization's settings (audited).
+    Update {
+        /// Organization name or id.
+        organization: String,
+        /// How long its break-glass checkouts last before they are checked in and rotated
+        /// (1m to 24h, e.g. 30m, 2h).
+        #[arg(long, value_parser = break_glass_arg, conflicts_with = "default_break_glass")]
+        break_glass_duration: Option<u32>,
+        /// Use the server's --break-glass-duration again.
+        #[arg(long)]
+        default_break_glass: bool,
+    },
+}
+
+/// A break-glass duration in whole minutes, 1m to 24h.
+fn break_glass_arg(text: &str) -> Result<u32, String> {
+    let duration =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30m, 2h)"))?;
+    let minutes = duration.as_secs() / 60;
+    if duration.as_secs() % 60 != 0 || !(1..=1440).contains(&minutes) {
+        return Err(format!(
+            "{text:?}: a break-glass lasts whole minutes, 1m to 24h"
+        ));
+    }
+    u32::try_from(minutes).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[derive(Subcommand)]
@@ -628,6 +669,7 @@ pub async fn run(
     match command {
         VaultCommand::Vaults(command) => vaults(client, command, json).await?,
         VaultCommand::SupportAccess(command) => support_access(client, command, json).await?,
+        VaultCommand::Organizations(command) => organizations(client, command, json).await?,
         VaultCommand::Identities(command) => return identities(client, command, json).await,
         VaultCommand::Rotations(RotationsCommand::Show { rotation_id, wait }) => {
             return match wait {
@@ -645,6 +687,78 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn organizations(
+    client: &AdminClient,
+    command: &OrganizationsCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let print = |organizations: &[OrganizationView]| {
+        let rows = organizations
+            .iter()
+            .map(|o| {
+                vec![
+                    o.name.clone(),
+                    o.id.clone(),
+                    o.vaults.to_string(),
+                    format!(
+                        "{}m{}",
+                        o.break_glass_minutes,
+                        if o.break_glass_default {
+                            " (server default)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    time(o.created_at),
+                ]
+            })
+            .collect();
+        print_table(&["NAME", "ID", "VAULTS", "BREAK-GLASS", "CREATED"], rows);
+    };
+    let organization = match command {
+        OrganizationsCommand::List => {
+            let list = client.list_organizations().await?;
+            if json {
+                return print_json(&serde_json::json!({ "list": list }));
+            }
+            print(&list);
+            return Ok(());
+        }
+        OrganizationsCommand::Create { name } => {
+            client
+                .create_organization(&CreateOrganizationRequest { name: name.clone() })
+                .await?
+        }
+        OrganizationsCommand::Update {
+            organization,
+            break_glass_duration,
+            default_break_glass,
+        } => {
+            let minutes = match (break_glass_duration, default_break_glass) {
+                (Some(minutes), _) => Some(*minutes),
+                (None, true) => Some(0),
+                (None, false) => bail!(
+                    "nothing to change: give --break-glass-duration DURATION or --default-break-glass"
+                ),
+            };
+            client
+                .update_organization(
+                    organization,
+                    &UpdateOrganizationRequest {
+                        break_glass_minutes: minutes,
+                    },
+                )
+                .await
+                .map_err(not_found)?
+        }
+    };
+    if json {
+        return print_json(&organization);
+    }
+    print(std::slice::from_ref(&organization));
+    Ok(())
 }
 
 async fn support_access(

@@ -40,6 +40,8 @@ pub struct OrganizationRecord {
     pub canary: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// How long its break-glass checkouts last, in minutes (`None`: the server's default).
+    pub break_glass_minutes: Option<u32>,
 }
 
 /// Why an organization change was refused.
@@ -72,6 +74,15 @@ pub trait VaultStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
 
+    /// Sets (or, with `None`, clears) an organization's break-glass duration (audited); false if
+    /// there is no such organization.
+    async fn set_organization_break_glass(
+        &self,
+        id: &str,
+        minutes: Option<u32>,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Adds a vault (audited); refused when its name is taken in its organization.
     async fn insert_vault(
         &self,
@@ -266,11 +277,14 @@ fn organization_from_row(row: &impl Columns) -> Result<OrganizationRecord, Store
         wrapped_data_key: row.text("wrapped_data_key")?,
         canary: row.text("canary")?,
         created_at: from_millis(row.int("created_at")?),
+        break_glass_minutes: row
+            .opt_int("break_glass_minutes")?
+            .and_then(|m| u32::try_from(m).ok()),
     })
 }
 
-const ORGANIZATION_COLUMNS: &str =
-    "SELECT id, name, data_key_id, wrapped_data_key, canary, created_at FROM organizations";
+const ORGANIZATION_COLUMNS: &str = "SELECT id, name, data_key_id, wrapped_data_key, canary, \
+     created_at, break_glass_minutes FROM organizations";
 
 const VAULT_SELECT: &str = "SELECT v.id, v.organization_id, o.name AS organization, v.name, \
      v.description, v.owner_id, p.name AS owner, \
@@ -329,7 +343,7 @@ macro_rules! vault_store {
                 let mut tx = $tx::begin(self).await?;
                 let inserted = sqlx::query(
                     "INSERT INTO organizations (id, name, data_key_id, wrapped_data_key, canary, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                     created_at, break_glass_minutes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&o.id)
                 .bind(&o.name)
@@ -337,6 +351,7 @@ macro_rules! vault_store {
                 .bind(&o.wrapped_data_key)
                 .bind(&o.canary)
                 .bind(millis(o.created_at))
+                .bind(o.break_glass_minutes.map(i64::from))
                 .execute(tx.conn())
                 .await;
                 match inserted {
@@ -401,6 +416,30 @@ macro_rules! vault_store {
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(changed)
+            }
+
+            async fn set_organization_break_glass(
+                &self,
+                id: &str,
+                minutes: Option<u32>,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let changed = sqlx::query(
+                    "UPDATE organizations SET break_glass_minutes = $1 WHERE id = $2",
+                )
+                .bind(minutes.map(i64::from))
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Ok(false);
+                }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn insert_vault(
