@@ -13,6 +13,7 @@
 //! Both the control plane (at the API edge) and the agent (before acting) call
 //! [`job::JobSpec::validate`], so hostile input is refused twice.
 
+pub mod access;
 pub mod api;
 pub mod authz;
 pub mod job;

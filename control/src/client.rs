@@ -845,6 +845,47 @@ impl AdminClient {
         self.call(Method::GET, &path, &[], None::<&()>).await
     }
 
+    /// `GET /v1/policies` (all pages).
+    pub async fn list_policies(
+        &self,
+    ) -> Result<Vec<latch_common::access::PolicyView>, ClientError> {
+        self.all_pages("/v1/policies", Vec::new()).await
+    }
+
+    /// `GET /v1/policies/{policy}` (id or name).
+    pub async fn show_policy(
+        &self,
+        policy: &str,
+    ) -> Result<latch_common::access::PolicyView, ClientError> {
+        let path = format!("/v1/policies/{}", segment(policy));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/policies`.
+    pub async fn create_policy(
+        &self,
+        request: &latch_common::access::PolicyRequest,
+    ) -> Result<latch_common::access::PolicyView, ClientError> {
+        self.call(Method::POST, "/v1/policies", &[], Some(request))
+            .await
+    }
+
+    /// `PUT /v1/policies/{policy}`: replaces every field.
+    pub async fn replace_policy(
+        &self,
+        policy: &str,
+        request: &latch_common::access::PolicyRequest,
+    ) -> Result<latch_common::access::PolicyView, ClientError> {
+        let path = format!("/v1/policies/{}", segment(policy));
+        self.call(Method::PUT, &path, &[], Some(request)).await
+    }
+
+    /// `DELETE /v1/policies/{policy}`.
+    pub async fn delete_policy(&self, policy: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/policies/{}", segment(policy));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
     /// `GET /v1/organizations` (all pages).
     pub async fn list_organizations(&self) -> Result<Vec<OrganizationView>, ClientError> {
         self.all_pages("/v1/organizations", Vec::new()).await

@@ -260,6 +260,14 @@ impl Control {
             ..Removal::default()
         })
         .await?;
+        let policies = self.policies_naming_group(&group.id).await?;
+        if !policies.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "group {} is named by the access policies {}; change or delete them first (`latchctl policies show NAME`)",
+                group.name,
+                policies.join(", ")
+            )));
+        }
         let event = by
             .event("group.delete")
             .detail(serde_json::json!({"group": group.name, "id": group.id}));

@@ -44,6 +44,7 @@
 //! - [`datadir`]: the data directory — its files, atomic writes, keys made once and pinned;
 //! - [`people`], [`users`], [`mfa`]: principals and their permissions — service users and API
 //!   keys, role bindings and delegation by host labels, local users, TOTP step-up;
+//! - [`access`]: just-in-time access — access policies and their evaluation;
 //! - [`vault`]: the credential vault's keys — the master key file, organizations' data keys,
 //!   the AES-256-GCM envelope, master-key rotation;
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
@@ -54,6 +55,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod client;

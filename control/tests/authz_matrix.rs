@@ -399,6 +399,7 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'checkouts', id || ':' || COALESCE(CAST(checked_in_at AS TEXT), '-') FROM checkouts \
     UNION ALL SELECT 'rotations', id || ':' || state FROM rotations \
     UNION ALL SELECT 'break_glass_uses', CAST(COUNT(*) AS TEXT) FROM break_glass_uses \
+    UNION ALL SELECT 'access_policies', id || ':' || name || ':' || CAST(max_minutes AS TEXT) FROM access_policies \
     UNION ALL SELECT 'support_access', id || ':' || COALESCE(CAST(disabled_at AS TEXT), '-') FROM support_access \
     ORDER BY 1, 2";
 
@@ -521,6 +522,13 @@ impl Matrix {
             .await;
         matrix.rotation = rotation["id"].as_str().unwrap().to_owned();
         matrix
+    }
+
+    /// A new access policy's body, for the target group.
+    fn policy_body(&mut self) -> Value {
+        let name = self.fresh("policy");
+        json!({"name": name, "group": self.target_group, "access": ["sudo"], "hosts": "team=db",
+               "max_minutes": 60, "approver_group": self.target_group})
     }
 
     /// A new identity (no linked host) in `vault`.
@@ -1355,6 +1363,23 @@ impl Matrix {
                     format!("/v1/hosts/{}/enroll-account", host.id),
                     Some(json!({"user": "deploy", "vault": "matrix", "name": name})),
                 )
+            }
+            "GET /v1/policies" => p("/v1/policies", None),
+            "POST /v1/policies" => {
+                let body = self.policy_body();
+                p("/v1/policies", Some(body))
+            }
+            "GET /v1/policies/{key}" | "PUT /v1/policies/{key}" | "DELETE /v1/policies/{key}" => {
+                let body = self.policy_body();
+                let made = self.as_admin("POST", "/v1/policies", Some(body)).await;
+                let name = made["name"].as_str().unwrap().to_owned();
+                let replacement = (route.method == "PUT").then(|| {
+                    let mut body = self.policy_body();
+                    body["name"] = json!(name);
+                    body["max_minutes"] = json!(30);
+                    body
+                });
+                p(format!("/v1/policies/{name}"), replacement)
             }
             "GET /v1/organizations" => p("/v1/organizations", None),
             "POST /v1/organizations" => {

@@ -22,11 +22,8 @@ use latch_common::vault::{
 use latch_control::audit::AuditEvent;
 use latch_control::datadir::{self, DataDir};
 use latch_control::error::ControlError;
-use latch_control::people::Authority;
 use latch_control::store::HostRecord;
-use latch_control::store::people::{
-    GroupRecord, PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
-};
+use latch_control::store::people::GroupRecord;
 use latch_control::vault::VaultConfig;
 use latch_control::{Control, ControlConfig};
 use sha_crypt::{PasswordVerifier as _, ShaCrypt};
@@ -55,43 +52,6 @@ async fn setup(db: &TestDb, vault: VaultConfig) -> Setup {
         dir: dir.path().to_owned(),
         _dir: dir,
     }
-}
-
-/// A stored user with `roles`, signed in with a second factor shown just now.
-async fn person(store: &dyn latch_control::store::Store, name: &str, roles: &[Role]) -> Authority {
-    let now = Utc::now();
-    let principal = PrincipalRecord {
-        id: format!("usr_{name}"),
-        kind: PrincipalKind::User,
-        name: name.into(),
-        display_name: name.into(),
-        email: None,
-        idp: None,
-        password_hash: None,
-        disabled_at: None,
-        created_at: now,
-        last_seen_at: None,
-    };
-    store
-        .insert_principal(&principal, AuditEvent::new("test", "user.create"), now)
-        .await
-        .unwrap()
-        .unwrap();
-    Authority::new(
-        principal,
-        SessionRecord {
-            id: format!("ses_{name}"),
-            principal_id: format!("usr_{name}"),
-            kind: SessionKind::Local,
-            api_key_id: None,
-            created_at: now,
-            expires_at: now + Duration::hours(1),
-            revoked_at: None,
-            mfa_at: Some(now),
-            address: None,
-        },
-        roles.iter().map(|r| (*r, None)).collect(),
-    )
 }
 
 /// Plays the host's agent for one job: takes the next one and reports `outcome`. Returns
@@ -192,9 +152,9 @@ both_stores!(vault_access_follows_permissions_grants_and_ownership);
 async fn vault_access_follows_permissions_grants_and_ownership(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let owner = person(&*s.store, "olivia", &[Role::ResourceAdmin]).await;
-    let bob = person(&*s.store, "bob", &[Role::EndUser]).await;
-    let auditor = person(&*s.store, "sam", &[Role::SecurityAdmin]).await;
+    let owner = support::person(&*s.store, "olivia", &[Role::ResourceAdmin]).await;
+    let bob = support::person(&*s.store, "bob", &[Role::EndUser]).await;
+    let auditor = support::person(&*s.store, "sam", &[Role::SecurityAdmin]).await;
     let vault = c
         .create_vault(&owner, &vault_request("prod-db"))
         .await
@@ -339,9 +299,9 @@ both_stores!(checkouts_are_bounded_exclusive_or_limited_and_checked_in_by_their_
 async fn checkouts_are_bounded_exclusive_or_limited_and_checked_in_by_their_holder(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
-    let bob = person(&*s.store, "bob", &[Role::EndUser]).await;
-    let carol = person(&*s.store, "carol", &[Role::EndUser]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let bob = support::person(&*s.store, "bob", &[Role::EndUser]).await;
+    let carol = support::person(&*s.store, "carol", &[Role::EndUser]).await;
     c.create_vault(&admin, &vault_request("ops")).await.unwrap();
     for user in ["bob", "carol"] {
         c.grant_vault_access(
@@ -474,7 +434,7 @@ async fn a_rotation_is_pending_until_every_host_confirms_and_names_the_host_it_w
 ) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     let hosts = [
         support::enrolled_host(c, "web1").await,
         support::enrolled_host(c, "web2").await,
@@ -580,7 +540,7 @@ both_stores!(a_failed_host_fails_the_rotation_and_keeps_the_previous_secret_ever
 async fn a_failed_host_fails_the_rotation_and_keeps_the_previous_secret_everywhere(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     let good = support::enrolled_host(c, "db1").await;
     let bad = support::enrolled_host(c, "db2").await;
     c.create_vault(&admin, &vault_request("db")).await.unwrap();
@@ -657,7 +617,7 @@ both_stores!(recent_passwords_are_refused_and_rotate_after_use_rotates_at_checki
 async fn recent_passwords_are_refused_and_rotate_after_use_rotates_at_checkin(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     c.create_vault(&admin, &vault_request("apps"))
         .await
         .unwrap();
@@ -794,8 +754,8 @@ async fn break_glass_is_limited_loud_and_rotates_when_it_ends(db: TestDb) {
     )
     .await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
-    let bob = person(&*s.store, "bob", &[Role::EndUser]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let bob = support::person(&*s.store, "bob", &[Role::EndUser]).await;
     c.create_vault(&admin, &vault_request("core"))
         .await
         .unwrap();
@@ -880,8 +840,8 @@ both_stores!(enrollment_adopts_the_account_then_sets_a_generated_password);
 async fn enrollment_adopts_the_account_then_sets_a_generated_password(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
-    let bob = person(&*s.store, "bob", &[Role::EndUser]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let bob = support::person(&*s.store, "bob", &[Role::EndUser]).await;
     let online = support::enrolled_host(c, "app1").await;
     c.create_vault(&admin, &vault_request("legacy"))
         .await
@@ -950,7 +910,7 @@ both_stores!(no_secret_is_stored_in_plain_text);
 async fn no_secret_is_stored_in_plain_text(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     let h = support::enrolled_host(c, "plain1").await;
     c.create_vault(&admin, &vault_request("scan"))
         .await
@@ -1036,8 +996,8 @@ async fn support_access_shows_metadata_only_while_enabled_and_emergency_disable_
     use latch_common::vault::{EmergencyDisableRequest, EnableSupportAccessRequest};
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
-    let vendor = person(&*s.store, "vera", &[]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let vendor = support::person(&*s.store, "vera", &[]).await;
     group_with(
         &*s.store,
         latch_control::vault::support::SUPPORT_GROUP,
@@ -1162,7 +1122,7 @@ async fn links_a_crash_left_unqueued_are_queued_by_the_sweep(db: TestDb) {
     use latch_control::store::vault::{HostLink, IdentityRecord};
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     let h = support::enrolled_host(c, "crash1").await;
     let gone = support::enrolled_host(c, "crash2").await;
     let vault = c
@@ -1236,7 +1196,7 @@ both_stores!(due_identities_are_rotated_by_the_schedule_unless_checked_out);
 async fn due_identities_are_rotated_by_the_schedule_unless_checked_out(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     c.create_vault(&admin, &vault_request("sched"))
         .await
         .unwrap();
@@ -1306,7 +1266,7 @@ both_stores!(rotations_are_serialized_per_identity_and_skip_removed_hosts);
 async fn rotations_are_serialized_per_identity_and_skip_removed_hosts(db: TestDb) {
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
     let kept = support::enrolled_host(c, "ser1").await;
     let removed = support::enrolled_host(c, "ser2").await;
     c.create_vault(&admin, &vault_request("ser")).await.unwrap();
@@ -1365,8 +1325,8 @@ async fn organizations_have_their_own_keys_and_break_glass_duration(db: TestDb) 
     use latch_common::vault::{CreateOrganizationRequest, UpdateOrganizationRequest};
     let s = setup(&db, VaultConfig::default()).await;
     let c = &s.control;
-    let admin = person(&*s.store, "ada", &[Role::PamAdmin]).await;
-    let rex = person(&*s.store, "rex", &[Role::ResourceAdmin]).await;
+    let admin = support::person(&*s.store, "ada", &[Role::PamAdmin]).await;
+    let rex = support::person(&*s.store, "rex", &[Role::ResourceAdmin]).await;
     let acme = CreateOrganizationRequest {
         name: "acme".into(),
     };

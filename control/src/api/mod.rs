@@ -48,10 +48,12 @@
 //! | POST | `/v1/identities/{id}/rotate` (`{"password"}`) | pam_vaults.manage | rotate on every linked host |
 //! | GET | `/v1/identities/{id}/rotations`, `/v1/rotations/{id}` | view | rotations with per-host status |
 //! | POST | `/v1/hosts/{host}/enroll-account` (`{"user", "vault", "name"}`) | hosts.manage_users + pam_vaults.manage, host online | one-click enrollment |
+//! | GET/POST | `/v1/policies`, GET/PUT/DELETE `/v1/policies/{policy}` | policies.manage or access.view / policies.manage + step-up | access policies |
 //! | GET/POST | `/v1/organizations`, PATCH `/v1/organizations/{org}` (`{"break_glass_minutes"}`) | vault view or settings.manage / settings.manage | organizations |
 //! | GET/POST | `/v1/support-access` (`{"reason", "days", "organization"}`), DELETE `…/{id}` | settings.manage (+ step-up to change) | support access |
 //! | POST | `/v1/support-access/emergency-disable` (`{"reason"}`) | settings.manage | end every support access at once |
 
+mod access;
 pub mod error;
 pub mod extract;
 mod handlers;
@@ -205,6 +207,16 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(
             "/v1/hosts/{host}/enroll-account",
             post(vault::enroll_account),
+        )
+        .route(
+            "/v1/policies",
+            get(access::list_policies).post(access::create_policy),
+        )
+        .route(
+            "/v1/policies/{key}",
+            get(access::show_policy)
+                .put(access::replace_policy)
+                .delete(access::delete_policy),
         )
         .route(
             "/v1/organizations",

@@ -12,6 +12,8 @@ use latch_common::job::{JobKind, JobStatus};
 use latch_common::labels::Labels;
 use latch_control::client::AdminClient;
 
+#[path = "latchctl/access.rs"]
+mod access;
 #[path = "latchctl/people.rs"]
 mod people;
 #[path = "latchctl/session.rs"]
@@ -119,6 +121,10 @@ enum Command {
     People(people::PeopleCommand),
     #[command(flatten)]
     Vault(vault::VaultCommand),
+    /// Just-in-time access policies: which group may request which access (ephemeral-account,
+    /// sudo) on which hosts, for how long, and who approves.
+    #[command(subcommand)]
+    Policies(access::PoliciesCommand),
 }
 
 #[derive(Subcommand)]
@@ -709,6 +715,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             people::run(&client, command, json, &cli.server).await?;
         }
         Command::Vault(command) => return vault::run(&client, command, json).await,
+        Command::Policies(command) => access::run(&client, command, json).await?,
         Command::Hosts(HostsCommand::EnrollAccount(args)) => {
             return vault::enroll_account(&client, args, json).await;
         }

@@ -2,6 +2,7 @@
 //! caller and every test. Each method is one transaction; the store never decides policy (how
 //! long a lease lasts, how many attempts) — callers pass it in.
 
+pub mod access;
 #[macro_use]
 mod rows;
 pub mod copy;
@@ -383,7 +384,9 @@ pub struct Page {
 
 /// The control plane's persistence.
 #[async_trait]
-pub trait Store: people::PeopleStore + vault::VaultStore + Send + Sync {
+pub trait Store:
+    people::PeopleStore + vault::VaultStore + access::AccessStore + Send + Sync
+{
     /// How several control-plane processes on this database find each other (wake-ups, one
     /// leader), when the database can be shared (PostgreSQL); `None` for a database one process
     /// owns (SQLite).

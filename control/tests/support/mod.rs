@@ -557,3 +557,54 @@ pub async fn enrolled_host(
         .await
         .unwrap()
 }
+
+/// A stored user (made if missing) with `roles`, signed in with a second factor shown just now.
+#[allow(dead_code)]
+pub async fn person(
+    store: &dyn Store,
+    name: &str,
+    roles: &[latch_common::authz::Role],
+) -> latch_control::people::Authority {
+    use latch_control::store::people::{
+        PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
+    };
+    let now = chrono::Utc::now();
+    let principal = PrincipalRecord {
+        id: format!("usr_{name}"),
+        kind: PrincipalKind::User,
+        name: name.into(),
+        display_name: name.into(),
+        email: None,
+        idp: None,
+        password_hash: None,
+        disabled_at: None,
+        created_at: now,
+        last_seen_at: None,
+    };
+    if store.principal(&principal.id).await.unwrap().is_none() {
+        store
+            .insert_principal(
+                &principal,
+                latch_control::audit::AuditEvent::new("test", "user.create"),
+                now,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    latch_control::people::Authority::new(
+        principal,
+        SessionRecord {
+            id: format!("ses_{name}"),
+            principal_id: format!("usr_{name}"),
+            kind: SessionKind::Local,
+            api_key_id: None,
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(1),
+            revoked_at: None,
+            mfa_at: Some(now),
+            address: None,
+        },
+        roles.iter().map(|r| (*r, None)).collect(),
+    )
+}

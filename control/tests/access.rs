@@ -1,0 +1,196 @@
+//! Access policies (issue 12, first part) through the library, on both stores: written by a
+//! security_admin with the step-up, refused to others, validated, audited; a group named by a
+//! policy is not deleted; stored policies evaluate as written.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use latch_common::access::{AccessKind, PolicyRequest};
+use latch_common::authz::Role;
+use latch_common::labels::Labels;
+use latch_control::access::{Approval, Ask, Requester, evaluate};
+use latch_control::audit::AuditEvent;
+use latch_control::datadir;
+use latch_control::error::ControlError;
+use latch_control::store::Store;
+use latch_control::store::people::GroupRecord;
+use latch_control::{Control, ControlConfig};
+use support::TestDb;
+
+async fn group(store: &dyn Store, name: &str) {
+    let now = Utc::now();
+    store
+        .insert_group(
+            &GroupRecord {
+                id: format!("grp_{name}"),
+                name: name.into(),
+                description: String::new(),
+                idp_group: None,
+                created_at: now,
+            },
+            AuditEvent::new("test", "group.create"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn dba_policy() -> PolicyRequest {
+    PolicyRequest {
+        name: "dba-prod".into(),
+        description: "DBAs on production databases".into(),
+        group: "dbas".into(),
+        access: vec![
+            AccessKind::Sudo,
+            AccessKind::EphemeralAccount,
+            AccessKind::Sudo,
+        ],
+        hosts: "env=prod,team=db".into(),
+        max_minutes: 120,
+        approval_required: true,
+        approver_group: Some("managers".into()),
+        approvals: 1,
+        auto_approve_service_minutes: None,
+        windows: Vec::new(),
+        exclusive: true,
+        mfa_at_request: false,
+        mfa_at_approval: true,
+        reauth_minutes: None,
+    }
+}
+
+both_stores!(policies_are_written_by_security_admins_and_evaluate_as_written);
+async fn policies_are_written_by_security_admins_and_evaluate_as_written(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = datadir::open(dir.path(), &db.options()).await.unwrap();
+    let store = data.store.clone();
+    let control = Arc::new(Control::new(
+        data.store,
+        ControlConfig::default(),
+        data.signer,
+    ));
+    let sec = support::person(&*store, "sam", &[Role::SecurityAdmin]).await;
+    let mut sec_no_step_up = sec.clone();
+    sec_no_step_up.session.mfa_at = None;
+    let rex = support::person(&*store, "rex", &[Role::ResourceAdmin]).await;
+    group(&*store, "dbas").await;
+    group(&*store, "managers").await;
+
+    assert!(matches!(
+        control.create_policy(&rex, &dba_policy()).await,
+        Err(ControlError::Forbidden(_))
+    ));
+    assert!(matches!(
+        control.create_policy(&sec_no_step_up, &dba_policy()).await,
+        Err(ControlError::StepUpRequired(_))
+    ));
+    let unknown_group = PolicyRequest {
+        group: "nobody".into(),
+        ..dba_policy()
+    };
+    assert!(matches!(
+        control.create_policy(&sec, &unknown_group).await,
+        Err(ControlError::NotFound { .. })
+    ));
+    let everywhere = PolicyRequest {
+        hosts: " ".into(),
+        ..dba_policy()
+    };
+    assert!(matches!(
+        control.create_policy(&sec, &everywhere).await,
+        Err(ControlError::Invalid(_))
+    ));
+    let made = control.create_policy(&sec, &dba_policy()).await.unwrap();
+    assert_eq!(
+        made.access,
+        [AccessKind::EphemeralAccount, AccessKind::Sudo]
+    );
+    assert_eq!(made.group, "dbas");
+    assert!(matches!(
+        control.create_policy(&sec, &dba_policy()).await,
+        Err(ControlError::AlreadyExists { .. })
+    ));
+    assert_eq!(control.list_policies(&sec).await.unwrap().len(), 1);
+    assert!(matches!(
+        control.list_policies(&rex).await,
+        Err(ControlError::Forbidden(_))
+    ));
+
+    // As stored, it decides requests.
+    let policies = store.policies().await.unwrap();
+    let prod_db: Labels = [("env", "prod"), ("team", "db")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let dbas = ["grp_dbas".to_owned()];
+    let ask = |minutes| Ask {
+        access: AccessKind::Sudo,
+        host_labels: &prod_db,
+        minutes,
+        at: Utc::now(),
+    };
+    let who = Requester {
+        groups: &dbas,
+        service: false,
+    };
+    let allowed = evaluate(&policies, who, ask(60)).unwrap();
+    assert_eq!(
+        allowed.approval,
+        Approval::Needed {
+            group_id: "grp_managers".into(),
+            approvals: 1
+        }
+    );
+    assert!(allowed.exclusive && allowed.mfa_at_approval);
+    assert!(
+        evaluate(&policies, who, ask(121))
+            .unwrap_err()
+            .contains("at most 120")
+    );
+
+    // A group a policy names is not deleted.
+    let refused = control
+        .delete_group(&support::admin(), "managers")
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("dba-prod"), "{refused}");
+
+    // Replaced whole, then deleted; every step audited.
+    let shorter = PolicyRequest {
+        max_minutes: 30,
+        approval_required: false,
+        approver_group: None,
+        ..dba_policy()
+    };
+    let replaced = control
+        .replace_policy(&sec, "dba-prod", &shorter)
+        .await
+        .unwrap();
+    assert_eq!(replaced.max_minutes, 30);
+    assert_eq!(replaced.created_at, made.created_at);
+    assert!(!replaced.approval_required);
+    control
+        .delete_group(&support::admin(), "managers")
+        .await
+        .unwrap();
+    control.delete_policy(&sec, "dba-prod").await.unwrap();
+    assert!(matches!(
+        control.show_policy(&sec, "dba-prod").await,
+        Err(ControlError::NotFound { .. })
+    ));
+    let actions: Vec<String> = store
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for wanted in ["policy.created", "policy.updated", "policy.deleted"] {
+        assert!(actions.iter().any(|a| a == wanted), "{wanted}: {actions:?}");
+    }
+}
