@@ -123,3 +123,46 @@ fn latchctl_writes_access_policies() {
     let list = cp.json(&["policies", "list"]);
     assert_eq!(list["list"], serde_json::json!([]), "{list:#}");
 }
+
+/// Shell completions: a script per shell that the shell itself accepts, covering the commands.
+#[test]
+fn latchctl_prints_shell_completions_bash_accepts() {
+    let out = std::process::Command::new(latch_e2e::binary("latchctl"))
+        .args(["completions", "bash"])
+        .output()
+        .expect("run latchctl");
+    assert!(out.status.success(), "{out:?}");
+    let script = String::from_utf8(out.stdout).expect("UTF-8");
+    for command in [
+        "policies",
+        "identities",
+        "vaults",
+        "support-access",
+        "enroll-account",
+    ] {
+        assert!(script.contains(command), "{command} is not completed");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("latchctl.bash");
+    std::fs::write(&path, &script).expect("write the script");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash -n");
+    assert!(
+        checked.status.success(),
+        "bash refuses the script: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = std::process::Command::new(latch_e2e::binary("latchctl"))
+            .args(["completions", shell])
+            .output()
+            .expect("run latchctl");
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{shell}: {out:?}"
+        );
+    }
+}

@@ -125,6 +125,12 @@ enum Command {
     /// sudo) on which hosts, for how long, and who approves.
     #[command(subcommand)]
     Policies(access::PoliciesCommand),
+    /// Print a shell completion script, e.g. `latchctl completions bash >
+    /// /etc/bash_completion.d/latchctl` (or zsh, fish, elvish, powershell). Needs no server.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,6 +339,21 @@ fn main() -> ExitCode {
         }
         Err(error) => error.exit(),
     };
+    if let Command::Completions { shell } = &cli.command {
+        use clap::CommandFactory as _;
+        use std::io::Write as _;
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "latchctl", &mut script);
+        return match std::io::stdout().write_all(&script) {
+            // `| head`: the reader has what it wanted.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: cannot write the completion script: {error}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let json = cli.output == Output::Json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -716,6 +737,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Vault(command) => return vault::run(&client, command, json).await,
         Command::Policies(command) => access::run(&client, command, json).await?,
+        // Answered in `main`, before any connection.
+        Command::Completions { .. } => {}
         Command::Hosts(HostsCommand::EnrollAccount(args)) => {
             return vault::enroll_account(&client, args, json).await;
         }
