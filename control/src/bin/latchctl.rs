@@ -22,6 +22,8 @@ mod tables;
 mod terminal;
 #[path = "latchctl/vault.rs"]
 mod vault;
+#[path = "latchctl/webhooks.rs"]
+mod webhooks;
 
 use session::{admin_token, session_command};
 use tables::{print_grants, print_hosts, print_job_detail, print_jobs, print_json, print_table};
@@ -119,6 +121,11 @@ enum Command {
     People(people::PeopleCommand),
     #[command(flatten)]
     Vault(vault::VaultCommand),
+    /// Signed webhooks: where the control plane POSTs events (pending access requests,
+    /// decisions, break-glass), signed with HMAC-SHA-256 and retried with backoff; each
+    /// delivery's status. Needs `settings.manage`.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 #[derive(Subcommand)]
@@ -709,6 +716,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             people::run(&client, command, json, &cli.server).await?;
         }
         Command::Vault(command) => return vault::run(&client, command, json).await,
+        Command::Webhooks(command) => webhooks::run(&client, command, json).await?,
         Command::Hosts(HostsCommand::EnrollAccount(args)) => {
             return vault::enroll_account(&client, args, json).await;
         }
