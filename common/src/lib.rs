@@ -22,3 +22,4 @@ pub mod names;
 pub mod people;
 pub mod signing;
 pub mod vault;
+pub mod webhooks;

@@ -20,6 +20,7 @@ use latch_common::vault::{
     SupportAccessView, UpdateIdentityRequest, UpdateOrganizationRequest, UpdateVaultRequest,
     VaultGrantView, VaultView,
 };
+use latch_common::webhooks::{CreateWebhookRequest, DeliveryView, WebhookView};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -908,6 +909,35 @@ impl AdminClient {
     ) -> Result<OrganizationView, ClientError> {
         let path = format!("/v1/organizations/{}", segment(organization));
         self.call(Method::PATCH, &path, &[], Some(request)).await
+    }
+
+    /// `GET /v1/webhooks` (all pages).
+    pub async fn list_webhooks(&self) -> Result<Vec<WebhookView>, ClientError> {
+        self.all_pages("/v1/webhooks", Vec::new()).await
+    }
+
+    /// `POST /v1/webhooks`: adds a webhook (its secret is sealed on the server).
+    pub async fn create_webhook(
+        &self,
+        request: &CreateWebhookRequest,
+    ) -> Result<WebhookView, ClientError> {
+        self.call(Method::POST, "/v1/webhooks", &[], Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/webhooks/{}", segment(id));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries` (all pages, newest first).
+    pub async fn list_webhook_deliveries(
+        &self,
+        id: &str,
+    ) -> Result<Vec<DeliveryView>, ClientError> {
+        let path = format!("/v1/webhooks/{}/deliveries", segment(id));
+        self.all_pages(&path, Vec::new()).await
     }
 
     /// `GET /v1/support-access` (all pages).

@@ -47,6 +47,7 @@
 //! - [`access`]: just-in-time access — access policies and their evaluation;
 //! - [`vault`]: the credential vault's keys — the master key file, organizations' data keys,
 //!   the AES-256-GCM envelope, master-key rotation;
+//! - [`webhooks`]: signed webhook delivery of events (durable, retried with backoff);
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
@@ -80,6 +81,7 @@ pub mod store;
 pub mod tls;
 pub mod users;
 pub mod vault;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -118,6 +120,8 @@ pub struct ControlConfig {
     pub mfa: mfa::MfaPolicy,
     /// The credential vault's settings.
     pub vault: vault::VaultConfig,
+    /// How webhook deliveries are attempted.
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 impl Default for ControlConfig {
@@ -137,6 +141,7 @@ impl Default for ControlConfig {
             poll_recheck: std::time::Duration::from_secs(5),
             mfa: mfa::MfaPolicy::default(),
             vault: vault::VaultConfig::default(),
+            webhooks: webhooks::WebhookConfig::default(),
         }
     }
 }

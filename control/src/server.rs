@@ -82,7 +82,8 @@ const SESSION_PURGE_EVERY: u64 = 300;
 /// of expired grants — on a database shared by several replicas, only in the one that leads
 /// ([`crate::replicas`]); a separate task records the audit chain's head outside the database
 /// ([`Control::refresh_audit_head`]) in every replica's own data directory, so audit work never
-/// delays a revocation.
+/// delays a revocation. The leader also sends due webhook deliveries in a task of their own
+/// ([`Control::deliver_webhooks`]).
 pub async fn run(
     control: Arc<Control>,
     listener: TcpListener,
@@ -136,6 +137,23 @@ pub async fn run(
             }
         })
     };
+    // Its own task too: a slow webhook receiver must not delay the sweep above.
+    let webhook_sender = {
+        let control = control.clone();
+        let leadership = replica.leadership.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if !leadership.is_leader() {
+                    continue;
+                }
+                if let Err(error) = control.deliver_webhooks().await {
+                    tracing::error!(%error, "delivering webhooks failed");
+                }
+            }
+        })
+    };
     let app = crate::api::router(control);
     let result = match tls {
         None => axum::serve(
@@ -166,6 +184,7 @@ pub async fn run(
     };
     sweeper.abort();
     head_keeper.abort();
+    webhook_sender.abort();
     if let Err(error) = schedules.shutdown().await {
         tracing::warn!(%error, "stopping the vault's schedules failed");
     }

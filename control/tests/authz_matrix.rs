@@ -375,6 +375,15 @@ fn p(path: impl Into<String>, body: Option<Value>) -> Prepared {
     }
 }
 
+/// A webhook that could be added (it is never sent anything: no event is raised here).
+fn webhook_body() -> Value {
+    json!({
+        "url": "https://hooks.example.com/latch",
+        "events": ["*"],
+        "secret": "matrix-webhook-secret-0123456789",
+    })
+}
+
 /// Every row the test compares before and after a denied call, as `(table, row)` text.
 const SNAPSHOT: &str = "\
     SELECT 'audit' AS t, CAST(COUNT(*) AS TEXT) AS v FROM audit_log WHERE action <> 'auth.failure' \
@@ -401,6 +410,8 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'break_glass_uses', CAST(COUNT(*) AS TEXT) FROM break_glass_uses \
     UNION ALL SELECT 'access_policies', id || ':' || name || ':' || CAST(max_minutes AS TEXT) FROM access_policies \
     UNION ALL SELECT 'support_access', id || ':' || COALESCE(CAST(disabled_at AS TEXT), '-') FROM support_access \
+    UNION ALL SELECT 'webhooks', id || ':' || url || ':' || secret || ':' || events FROM webhooks \
+    UNION ALL SELECT 'webhook_deliveries', id || ':' || status || ':' || CAST(attempts AS TEXT) FROM webhook_deliveries \
     ORDER BY 1, 2";
 
 async fn snapshot(attacker: &Attacker) -> Vec<(String, String)> {
@@ -1412,6 +1423,29 @@ impl Matrix {
                 "/v1/support-access/emergency-disable",
                 Some(json!({"reason": "the vendor was breached"})),
             ),
+            "GET /v1/webhooks" => p("/v1/webhooks", None),
+            "POST /v1/webhooks" => p("/v1/webhooks", Some(webhook_body())),
+            "DELETE /v1/webhooks/{id}" => {
+                let webhook = self
+                    .as_admin("POST", "/v1/webhooks", Some(webhook_body()))
+                    .await;
+                p(
+                    format!("/v1/webhooks/{}", webhook["id"].as_str().unwrap()),
+                    None,
+                )
+            }
+            "GET /v1/webhooks/{id}/deliveries" => {
+                let webhook = self
+                    .as_admin("POST", "/v1/webhooks", Some(webhook_body()))
+                    .await;
+                p(
+                    format!(
+                        "/v1/webhooks/{}/deliveries",
+                        webhook["id"].as_str().unwrap()
+                    ),
+                    None,
+                )
+            }
             _ => return None,
         };
         Some(prepared)

@@ -27,7 +27,7 @@ use latch_control::store::people::GroupRecord;
 use latch_control::vault::VaultConfig;
 use latch_control::{Control, ControlConfig};
 use sha_crypt::{PasswordVerifier as _, ShaCrypt};
-use support::TestDb;
+use support::{TestDb, audit_actions as actions};
 
 /// A control plane over a fresh data directory (its master key opens the vault).
 struct Setup {
@@ -136,16 +136,6 @@ async fn group_with(store: &dyn latch_control::store::Store, name: &str, member:
         .await
         .unwrap()
         .unwrap();
-}
-
-async fn actions(store: &dyn latch_control::store::Store) -> Vec<(String, serde_json::Value)> {
-    store
-        .audit_chain()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.action, serde_json::from_str(&e.detail).unwrap()))
-        .collect()
 }
 
 both_stores!(vault_access_follows_permissions_grants_and_ownership);

@@ -52,6 +52,8 @@
 //! | GET/POST | `/v1/organizations`, PATCH `/v1/organizations/{org}` (`{"break_glass_minutes"}`) | vault view or settings.manage / settings.manage | organizations |
 //! | GET/POST | `/v1/support-access` (`{"reason", "days", "organization"}`), DELETE `…/{id}` | settings.manage (+ step-up to change) | support access |
 //! | POST | `/v1/support-access/emergency-disable` (`{"reason"}`) | settings.manage | end every support access at once |
+//! | GET/POST | `/v1/webhooks` (`{"url", "events", "secret"}`), DELETE `/v1/webhooks/{id}` | settings.manage | signed webhooks |
+//! | GET | `/v1/webhooks/{id}/deliveries` | settings.manage | a webhook's deliveries, newest first |
 
 mod access;
 pub mod error;
@@ -61,6 +63,7 @@ pub mod limits;
 mod pagination;
 mod people;
 mod vault;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -234,6 +237,15 @@ pub fn router(control: Arc<Control>) -> Router {
         .route(
             "/v1/support-access/{id}",
             delete(vault::disable_support_access),
+        )
+        .route(
+            "/v1/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route("/v1/webhooks/{id}", delete(webhooks::delete_webhook))
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::list_deliveries),
         )
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")

@@ -24,6 +24,8 @@ mod tables;
 mod terminal;
 #[path = "latchctl/vault.rs"]
 mod vault;
+#[path = "latchctl/webhooks.rs"]
+mod webhooks;
 
 use session::{admin_token, session_command};
 use tables::{print_grants, print_hosts, print_job_detail, print_jobs, print_json, print_table};
@@ -131,6 +133,11 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Signed webhooks: where the control plane POSTs events (pending access requests,
+    /// decisions, break-glass), signed with HMAC-SHA-256 and retried with backoff; each
+    /// delivery's status. Needs `settings.manage`.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 #[derive(Subcommand)]
@@ -739,6 +746,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policies(command) => access::run(&client, command, json).await?,
         // Answered in `main`, before any connection.
         Command::Completions { .. } => {}
+        Command::Webhooks(command) => webhooks::run(&client, command, json).await?,
         Command::Hosts(HostsCommand::EnrollAccount(args)) => {
             return vault::enroll_account(&client, args, json).await;
         }

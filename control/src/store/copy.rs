@@ -430,6 +430,38 @@ pub const TABLES: &[Table] = &[
         columns: &[("id", Text), ("principal_id", Text), ("at", Int)],
         identity: false,
     },
+    Table {
+        name: "webhooks",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("organization_id", Text),
+            ("url", Text),
+            ("secret", Text),
+            ("events", Text),
+            ("created_by", Text),
+            ("created_at", Int),
+        ],
+        identity: false,
+    },
+    Table {
+        name: "webhook_deliveries",
+        key: &["id"],
+        columns: &[
+            ("id", Text),
+            ("webhook_id", Text),
+            ("event", Text),
+            ("body", Text),
+            ("status", Text),
+            ("attempts", Int),
+            ("next_attempt_at", Int),
+            ("last_status", Int),
+            ("last_error", Text),
+            ("created_at", Int),
+            ("delivered_at", Int),
+        ],
+        identity: false,
+    },
 ];
 
 /// Rows read from SQLite per batch.

@@ -10,6 +10,7 @@ pub mod people;
 mod postgres;
 mod sqlite;
 pub mod vault;
+pub mod webhooks;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -385,7 +386,7 @@ pub struct Page {
 /// The control plane's persistence.
 #[async_trait]
 pub trait Store:
-    people::PeopleStore + vault::VaultStore + access::AccessStore + Send + Sync
+    people::PeopleStore + vault::VaultStore + access::AccessStore + webhooks::WebhookStore + Send + Sync
 {
     /// How several control-plane processes on this database find each other (wake-ups, one
     /// leader), when the database can be shared (PostgreSQL); `None` for a database one process

@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use ring::hmac;
 use serde_json::{Value, json};
 
 use crate::Control;
 use crate::audit::AuditEvent;
+use crate::webhooks::origin_of;
 
 /// Attempts per notification.
 const ATTEMPTS: u32 = 5;
@@ -24,15 +24,8 @@ pub struct Webhook {
     pub secret: Option<Vec<u8>>,
 }
 
-/// The signature header's value for `body` sent at `timestamp`.
-pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut context = hmac::Context::with_key(&key);
-    context.update(timestamp.to_string().as_bytes());
-    context.update(b".");
-    context.update(body);
-    format!("sha256={}", hex::encode(context.sign().as_ref()))
-}
+/// The signature header's value (shared with every webhook: [`crate::webhooks::signature`]).
+pub use crate::webhooks::signature;
 
 impl Control {
     /// Sends the break-glass notification in the background (if a webhook is configured).
@@ -71,13 +64,6 @@ impl Control {
             }
         });
     }
-}
-
-/// `scheme://host[:port]` of `url` (no path or query, which may hold a token).
-fn origin_of(url: &str) -> String {
-    url::Url::parse(url)
-        .map(|u| u.origin().ascii_serialization())
-        .unwrap_or_else(|_| "<unparsable URL>".to_owned())
 }
 
 /// Posts `body` until the receiver answers 2xx, with backoff; the last error otherwise.

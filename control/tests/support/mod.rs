@@ -514,6 +514,18 @@ pub fn admin() -> latch_control::people::Authority {
     )
 }
 
+/// `(action, detail)` of every audit entry, oldest first.
+#[allow(dead_code)]
+pub async fn audit_actions(store: &dyn Store) -> Vec<(String, serde_json::Value)> {
+    store
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, serde_json::from_str(&e.detail).unwrap()))
+        .collect()
+}
+
 /// A test host's facts.
 #[allow(dead_code)]
 pub fn facts(hostname: &str) -> latch_common::api::HostFacts {

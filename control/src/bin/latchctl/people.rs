@@ -712,7 +712,7 @@ async fn roles(client: &AdminClient, command: &RolesCommand, json: bool) -> anyh
 }
 
 /// Adds to a "does not exist" answer the command that lists what does.
-fn or_list(
+pub(super) fn or_list(
     what_lists: &'static str,
 ) -> impl Fn(latch_control::client::ClientError) -> latch_control::client::ClientError {
     use latch_control::client::ClientError;

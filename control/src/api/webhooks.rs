@@ -1,0 +1,58 @@
+//! Handlers of the webhook endpoints: parse, authenticate, call [`Control`]. The permission
+//! (`settings.manage` everywhere) is checked in [`crate::webhooks`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use latch_common::webhooks::CreateWebhookRequest;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery, Caller, check_path_id};
+use super::pagination::{PageParams, paged};
+use crate::Control;
+
+type Ctl = State<Arc<Control>>;
+
+pub async fn list_webhooks(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged("/v1/webhooks", control.list_webhooks(&by).await?, &page)
+}
+
+pub async fn create_webhook(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiJson(request): ApiJson<CreateWebhookRequest>,
+) -> Result<Response, ApiError> {
+    let webhook = control.create_webhook(&by, &request).await?;
+    Ok((StatusCode::CREATED, Json(webhook)).into_response())
+}
+
+pub async fn delete_webhook(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("webhook", &id)?;
+    control.delete_webhook(&by, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn list_deliveries(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    check_path_id("webhook", &id)?;
+    paged(
+        &format!("/v1/webhooks/{id}/deliveries"),
+        control.list_webhook_deliveries(&by, &id).await?,
+        &page,
+    )
+}
