@@ -120,6 +120,8 @@ pub struct ControlConfig {
     pub mfa: mfa::MfaPolicy,
     /// The credential vault's settings.
     pub vault: vault::VaultConfig,
+    /// How long an access request may wait for its approvals before it expires.
+    pub access_pending_ttl: Duration,
     /// How webhook deliveries are attempted.
     pub webhooks: webhooks::WebhookConfig,
 }
@@ -141,6 +143,7 @@ impl Default for ControlConfig {
             poll_recheck: std::time::Duration::from_secs(5),
             mfa: mfa::MfaPolicy::default(),
             vault: vault::VaultConfig::default(),
+            access_pending_ttl: access::requests::DEFAULT_PENDING_TTL,
             webhooks: webhooks::WebhookConfig::default(),
         }
     }

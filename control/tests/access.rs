@@ -194,3 +194,173 @@ async fn policies_are_written_by_security_admins_and_evaluate_as_written(db: Tes
         assert!(actions.iter().any(|a| a == wanted), "{wanted}: {actions:?}");
     }
 }
+
+async fn member(store: &dyn Store, group: &str, principal: &str) {
+    store
+        .set_member(
+            &format!("grp_{group}"),
+            &format!("usr_{principal}"),
+            true,
+            AuditEvent::new("test", "group.member"),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+both_stores!(requests_are_decided_by_other_approvers_exclusively_and_expire_undecided);
+async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecided(db: TestDb) {
+    use latch_control::access::requests::NewRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let data = datadir::open(dir.path(), &db.options()).await.unwrap();
+    let store = data.store.clone();
+    let config = ControlConfig {
+        access_pending_ttl: chrono::Duration::seconds(1),
+        ..ControlConfig::default()
+    };
+    let control = Arc::new(Control::new(data.store, config, data.signer));
+    let sec = support::person(&*store, "sam", &[Role::SecurityAdmin]).await;
+    let alice = support::person(&*store, "alice", &[Role::EndUser, Role::SecurityAdmin]).await;
+    let bob = support::person(&*store, "bob", &[Role::EndUser]).await;
+    let mark = support::person(&*store, "mark", &[Role::SecurityAdmin]).await;
+    let mia = support::person(&*store, "mia", &[Role::SecurityAdmin]).await;
+    group(&*store, "dbas").await;
+    group(&*store, "managers").await;
+    member(&*store, "dbas", "alice").await;
+    for approver in ["alice", "mark", "mia"] {
+        member(&*store, "managers", approver).await;
+    }
+    let host = support::enrolled_host(&control, "db1").await;
+    let labels: Labels = [("env", "prod"), ("team", "db")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    control
+        .set_host_labels(&support::admin(), &host.id, labels)
+        .await
+        .unwrap();
+    control
+        .create_policy(
+            &sec,
+            &PolicyRequest {
+                approvals: 2,
+                ..dba_policy()
+            },
+        )
+        .await
+        .unwrap();
+    let ask = |minutes| NewRequest {
+        host: "db1".into(),
+        access: AccessKind::Sudo,
+        minutes,
+        reason: "INC-42: replication stuck".into(),
+        ssh_public_key: None,
+    };
+
+    // Refused with the reason: too long, or no policy for the requester's groups.
+    let long = control.request_access(&alice, &ask(121)).await.unwrap_err();
+    assert!(
+        matches!(&long, ControlError::Forbidden(m) if m.contains("at most 120")),
+        "{long}"
+    );
+    let stranger = control.request_access(&bob, &ask(30)).await.unwrap_err();
+    assert!(
+        matches!(&stranger, ControlError::Forbidden(m) if m.contains("no access policy")),
+        "{stranger}"
+    );
+
+    let first = control.request_access(&alice, &ask(60)).await.unwrap();
+    assert_eq!(first.state, "pending_approval");
+    assert_eq!(first.approvals_needed, 2);
+    // Never the requester, even in the approver group; never someone outside it.
+    assert!(matches!(
+        control.decide_access(&alice, &first.id, true, "").await,
+        Err(ControlError::Forbidden(_))
+    ));
+    assert!(matches!(
+        control.decide_access(&sec, &first.id, true, "").await,
+        Err(ControlError::Forbidden(_))
+    ));
+    let mut stale = mark.clone();
+    stale.session.mfa_at = None;
+    assert!(matches!(
+        control.decide_access(&stale, &first.id, true, "").await,
+        Err(ControlError::StepUpRequired(_))
+    ));
+    let half = control
+        .decide_access(&mark, &first.id, true, "ok")
+        .await
+        .unwrap();
+    assert_eq!(half.state, "pending_approval", "one of two");
+    assert!(matches!(
+        control.decide_access(&mark, &first.id, true, "again").await,
+        Err(ControlError::Conflict(_))
+    ));
+    let approved = control
+        .decide_access(&mia, &first.id, true, "ok")
+        .await
+        .unwrap();
+    assert_eq!(approved.state, "approved");
+    assert_eq!(approved.decisions.len(), 2);
+
+    // Exclusive: a second holder is not approved while the first holds it.
+    let second = control.request_access(&alice, &ask(30)).await.unwrap();
+    control
+        .decide_access(&mark, &second.id, true, "")
+        .await
+        .unwrap();
+    let held = control
+        .decide_access(&mia, &second.id, true, "")
+        .await
+        .unwrap_err();
+    assert!(held.to_string().contains(&first.id), "{held}");
+    // Only the requester cancels; once the first is cancelled, the second may be approved.
+    assert!(matches!(
+        control.cancel_access(&mark, &first.id, "mine now").await,
+        Err(ControlError::Forbidden(_))
+    ));
+    let cancelled = control
+        .cancel_access(&alice, &first.id, "done early")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    let approved = control
+        .decide_access(&mia, &second.id, true, "")
+        .await
+        .unwrap();
+    assert_eq!(approved.state, "approved");
+
+    // A denial ends a request; an undecided one expires.
+    let third = control.request_access(&alice, &ask(10)).await.unwrap();
+    let denied = control
+        .decide_access(&mark, &third.id, false, "not during the freeze")
+        .await
+        .unwrap();
+    assert_eq!(denied.state, "denied");
+    assert!(matches!(
+        control.decide_access(&mia, &third.id, true, "").await,
+        Err(ControlError::Conflict(_))
+    ));
+    let fourth = control.request_access(&alice, &ask(10)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(control.expire_pending_requests().await.unwrap(), 1);
+    let expired = store.access_request(&fourth.id).await.unwrap().unwrap();
+    assert_eq!(expired.state, "expired");
+    let actions: Vec<String> = store
+        .audit_chain()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    for wanted in [
+        "access.requested",
+        "access.approved",
+        "access.denied",
+        "access.cancelled",
+        "access.request_expired",
+    ] {
+        assert!(actions.iter().any(|a| a == wanted), "{wanted}: {actions:?}");
+    }
+}

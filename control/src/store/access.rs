@@ -1,4 +1,5 @@
-//! Just-in-time access in the database: access policies (issue 12).
+//! Just-in-time access in the database: access policies, requests and their decisions
+//! (issue 12).
 //!
 //! One body of SQL for both engines (`$n` placeholders), instantiated per store by
 //! `access_store!` with its write transaction; every change is audited in it.
@@ -6,6 +7,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use latch_common::access::{AccessKind, TimeWindow};
+
+use sqlx::Row as _;
 
 use super::rows::{Columns, corrupt, from_millis, millis};
 use super::{PgStore, SqliteStore, StoreError};
@@ -65,6 +68,73 @@ pub enum PolicyRefusal {
     Missing,
 }
 
+/// An access request as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// `ar_…`.
+    pub id: String,
+    /// Who asks.
+    pub requester_id: String,
+    /// On which host.
+    pub host_id: String,
+    /// What.
+    pub access: AccessKind,
+    /// For how long, once active.
+    pub minutes: u32,
+    /// Why.
+    pub reason: String,
+    /// The requester's SSH public key.
+    pub ssh_public_key: Option<String>,
+    /// The policy that allowed it.
+    pub policy_id: String,
+    /// Its name then.
+    pub policy_name: String,
+    /// Who approves.
+    pub approver_group_id: Option<String>,
+    /// How many approvals (0: approved by the policy).
+    pub approvals_needed: u32,
+    /// One holder at a time per host and access.
+    pub exclusive: bool,
+    /// `pending_approval`, `approved`, `denied`, `cancelled`, `expired`, …
+    pub state: String,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// A pending request expires then.
+    pub pending_until: Option<DateTime<Utc>>,
+    /// When it was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The deciding reason (a denial's, a cancellation's).
+    pub decision_reason: Option<String>,
+    /// Approvers' decisions (filled in on reads).
+    pub decisions: Vec<DecisionRecord>,
+}
+
+/// One approver's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The approver.
+    pub principal_id: String,
+    /// `approve` or `deny`.
+    pub decision: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Why a request change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// No such request.
+    Missing,
+    /// It is no longer in a state that allows this (its state).
+    NotInState(String),
+    /// This approver decided already.
+    AlreadyDecided,
+    /// An exclusive access is held by this other request.
+    Held(String),
+}
+
 /// Persistence of access policies.
 #[async_trait]
 pub trait AccessStore: Send + Sync {
@@ -91,6 +161,36 @@ pub trait AccessStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<Result<(), PolicyRefusal>, StoreError>;
+    /// Records a request (audited); with `exclusive` and state `approved`, refused while another
+    /// request holds the same access on the host.
+    async fn insert_request(
+        &self,
+        request: &RequestRecord,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), RequestRefusal>, StoreError>;
+    /// One request with its decisions.
+    async fn access_request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// Records an approver's decision on a pending request (audited): a denial denies it, the
+    /// last approval needed approves it (refused while an exclusive access is held). Returns
+    /// the request's state afterwards.
+    async fn decide_request(
+        &self,
+        id: &str,
+        decision: &DecisionRecord,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Result<String, RequestRefusal>, StoreError>;
+    /// Cancels a pending or approved request (audited).
+    async fn cancel_request(
+        &self,
+        id: &str,
+        reason: &str,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), RequestRefusal>, StoreError>;
+    /// Expires the pending requests nobody decided in time (each audited); their ids.
+    async fn expire_pending_requests(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
 }
 
 fn flag(value: i64) -> bool {
@@ -135,6 +235,39 @@ const POLICY_SELECT: &str = "SELECT p.id, p.name, p.description, p.group_id, g.n
      p.updated_at FROM access_policies p JOIN groups g ON g.id = p.group_id \
      LEFT JOIN groups a ON a.id = p.approver_group_id";
 
+const REQUEST_SELECT: &str = "SELECT id, requester_id, host_id, access, minutes, reason, \
+     ssh_public_key, policy_id, policy_name, approver_group_id, approvals_needed, exclusive, state, \
+     created_at, pending_until, decided_at, decision_reason FROM access_requests";
+
+/// States in which a request holds its access (for exclusivity).
+const HOLDING: &str = "('approved', 'provisioning', 'active')";
+
+fn request_from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
+    Ok(RequestRecord {
+        id: row.text("id")?,
+        requester_id: row.text("requester_id")?,
+        host_id: row.text("host_id")?,
+        access: row
+            .text("access")?
+            .parse()
+            .map_err(|e| corrupt("request access", e))?,
+        minutes: minutes(Some(row.int("minutes")?)).unwrap_or(0),
+        reason: row.text("reason")?,
+        ssh_public_key: row.opt_text("ssh_public_key")?,
+        policy_id: row.text("policy_id")?,
+        policy_name: row.text("policy_name")?,
+        approver_group_id: row.opt_text("approver_group_id")?,
+        approvals_needed: minutes(Some(row.int("approvals_needed")?)).unwrap_or(0),
+        exclusive: flag(row.int("exclusive")?),
+        state: row.text("state")?,
+        created_at: from_millis(row.int("created_at")?),
+        pending_until: row.opt_int("pending_until")?.map(from_millis),
+        decided_at: row.opt_int("decided_at")?.map(from_millis),
+        decision_reason: row.opt_text("decision_reason")?,
+        decisions: Vec::new(),
+    })
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
@@ -146,7 +279,7 @@ fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
 }
 
 macro_rules! access_store {
-    ($store:ty, $tx:ident) => {
+    ($store:ty, $tx:ident, $conn:ty, $lock:literal) => {
         #[async_trait]
         impl AccessStore for $store {
             async fn insert_policy(
@@ -262,6 +395,248 @@ macro_rules! access_store {
                 tx.commit().await?;
                 Ok(Ok(()))
             }
+
+            async fn insert_request(
+                &self,
+                r: &RequestRecord,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<Result<(), RequestRefusal>, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                if r.exclusive && r.state == "approved" {
+                    if let Some(holder) = Self::holder(tx.conn(), &r.host_id, r.access, &r.id).await? {
+                        return Ok(Err(RequestRefusal::Held(holder)));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO access_requests (id, requester_id, host_id, access, minutes, reason, \
+                     ssh_public_key, policy_id, policy_name, approver_group_id, approvals_needed, \
+                     exclusive, state, created_at, pending_until, decided_at, decision_reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                )
+                .bind(&r.id)
+                .bind(&r.requester_id)
+                .bind(&r.host_id)
+                .bind(r.access.as_str())
+                .bind(i64::from(r.minutes))
+                .bind(&r.reason)
+                .bind(&r.ssh_public_key)
+                .bind(&r.policy_id)
+                .bind(&r.policy_name)
+                .bind(&r.approver_group_id)
+                .bind(i64::from(r.approvals_needed))
+                .bind(i64::from(r.exclusive))
+                .bind(&r.state)
+                .bind(millis(r.created_at))
+                .bind(r.pending_until.map(millis))
+                .bind(r.decided_at.map(millis))
+                .bind(&r.decision_reason)
+                .execute(tx.conn())
+                .await?;
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+
+            async fn access_request(&self, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+                let sql = format!("{REQUEST_SELECT} WHERE id = $1");
+                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(self.pool())
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let mut request = request_from_row(&row)?;
+                let rows = sqlx::query(
+                    "SELECT principal_id, decision, reason, at FROM access_decisions \
+                     WHERE request_id = $1 ORDER BY at, principal_id",
+                )
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?;
+                for row in &rows {
+                    request.decisions.push(DecisionRecord {
+                        principal_id: row.text("principal_id")?,
+                        decision: row.text("decision")?,
+                        reason: row.text("reason")?,
+                        at: from_millis(row.int("at")?),
+                    });
+                }
+                Ok(Some(request))
+            }
+
+            async fn decide_request(
+                &self,
+                id: &str,
+                d: &DecisionRecord,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<Result<String, RequestRefusal>, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let sql = format!("{REQUEST_SELECT} WHERE id = $1{}", $lock);
+                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(tx.conn())
+                    .await?
+                else {
+                    return Ok(Err(RequestRefusal::Missing));
+                };
+                let request = request_from_row(&row)?;
+                if request.state != "pending_approval" {
+                    return Ok(Err(RequestRefusal::NotInState(request.state)));
+                }
+                let inserted = sqlx::query(
+                    "INSERT INTO access_decisions (request_id, principal_id, decision, reason, at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(&d.principal_id)
+                .bind(&d.decision)
+                .bind(&d.reason)
+                .bind(millis(d.at))
+                .execute(tx.conn())
+                .await;
+                match inserted {
+                    Err(e) if is_unique_violation(&e) => return Ok(Err(RequestRefusal::AlreadyDecided)),
+                    other => other?,
+                };
+                let state = if d.decision == "deny" {
+                    "denied"
+                } else {
+                    let approvals: i64 = sqlx::query(
+                        "SELECT count(*) AS n FROM access_decisions WHERE request_id = $1 \
+                         AND decision = 'approve'",
+                    )
+                    .bind(id)
+                    .fetch_one(tx.conn())
+                    .await?
+                    .try_get("n")?;
+                    if approvals < i64::from(request.approvals_needed) {
+                        "pending_approval"
+                    } else {
+                        if request.exclusive {
+                            if let Some(holder) =
+                                Self::holder(tx.conn(), &request.host_id, request.access, id).await?
+                            {
+                                return Ok(Err(RequestRefusal::Held(holder)));
+                            }
+                        }
+                        "approved"
+                    }
+                };
+                if state != "pending_approval" {
+                    sqlx::query(
+                        "UPDATE access_requests SET state = $1, decided_at = $2, \
+                         decision_reason = $3, pending_until = NULL WHERE id = $4",
+                    )
+                    .bind(state)
+                    .bind(millis(now))
+                    .bind(&d.reason)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(Ok(state.to_owned()))
+            }
+
+            async fn cancel_request(
+                &self,
+                id: &str,
+                reason: &str,
+                event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<Result<(), RequestRefusal>, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let changed = sqlx::query(
+                    "UPDATE access_requests SET state = 'cancelled', decided_at = $1, \
+                     decision_reason = $2, pending_until = NULL \
+                     WHERE id = $3 AND state IN ('pending_approval', 'approved')",
+                )
+                .bind(millis(now))
+                .bind(reason)
+                .bind(id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    let state: Option<String> =
+                        sqlx::query("SELECT state FROM access_requests WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(tx.conn())
+                            .await?
+                            .map(|row| row.try_get("state"))
+                            .transpose()?;
+                    return Ok(Err(match state {
+                        Some(state) => RequestRefusal::NotInState(state),
+                        None => RequestRefusal::Missing,
+                    }));
+                }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+
+            async fn expire_pending_requests(
+                &self,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<String>, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let rows = sqlx::query(
+                    "UPDATE access_requests SET state = 'expired', decided_at = $1, \
+                     decision_reason = 'nobody decided in time', pending_until = NULL \
+                     WHERE state = 'pending_approval' AND pending_until <= $1 RETURNING id",
+                )
+                .bind(millis(now))
+                .fetch_all(tx.conn())
+                .await?;
+                let ids: Vec<String> = rows
+                    .iter()
+                    .map(|row| row.text("id"))
+                    .collect::<Result<_, _>>()?;
+                if ids.is_empty() {
+                    return Ok(ids);
+                }
+                for id in &ids {
+                    tx.audit(
+                        AuditEvent::new(crate::vault::CONTROL_PLANE, "access.request_expired")
+                            .detail(serde_json::json!({"request_id": id})),
+                        now,
+                    );
+                }
+                tx.commit().await?;
+                Ok(ids)
+            }
+        }
+
+        impl $store {
+            /// The request holding `access` on `host_id` now (other than `except`), locking
+            /// the host's row on PostgreSQL so two approvals cannot both pass.
+            async fn holder(
+                conn: &mut $conn,
+                host_id: &str,
+                access: AccessKind,
+                except: &str,
+            ) -> Result<Option<String>, StoreError> {
+                let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
+                sqlx::query(sqlx::AssertSqlSafe(lock))
+                    .bind(host_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let sql = format!(
+                    "SELECT id FROM access_requests WHERE host_id = $1 AND access = $2 \
+                     AND id <> $3 AND exclusive = 1 AND state IN {HOLDING} ORDER BY created_at LIMIT 1"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(host_id)
+                    .bind(access.as_str())
+                    .bind(except)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.map(|r| r.text("id")).transpose().map_err(StoreError::from)
+            }
         }
     };
 }
@@ -269,5 +644,5 @@ macro_rules! access_store {
 use super::postgres::Tx as PgTx;
 use super::sqlite::SqliteTx;
 
-access_store!(SqliteStore, SqliteTx);
-access_store!(PgStore, PgTx);
+access_store!(SqliteStore, SqliteTx, sqlx::SqliteConnection, "");
+access_store!(PgStore, PgTx, sqlx::PgConnection, " FOR UPDATE");
