@@ -219,7 +219,20 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
         access_pending_ttl: chrono::Duration::seconds(1),
         ..ControlConfig::default()
     };
-    let control = Arc::new(Control::new(data.store, config, data.signer));
+    let control =
+        Arc::new(Control::new(data.store, config, data.signer).with_master_key(data.master_key));
+    // A webhook subscribed to every event: each step of a request queues a signed delivery.
+    let hook = control
+        .create_webhook(
+            &support::admin(),
+            &latch_common::webhooks::CreateWebhookRequest {
+                url: "http://127.0.0.1:9/hook".into(),
+                events: vec!["*".into()],
+                secret: "access-webhook-secret-0123".into(),
+            },
+        )
+        .await
+        .unwrap();
     let sec = support::person(&*store, "sam", &[Role::SecurityAdmin]).await;
     let alice = support::person(&*store, "alice", &[Role::EndUser, Role::SecurityAdmin]).await;
     let bob = support::person(&*store, "bob", &[Role::EndUser]).await;
@@ -363,4 +376,30 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
     ] {
         assert!(actions.iter().any(|a| a == wanted), "{wanted}: {actions:?}");
     }
+    // Approvers were told of each pending request, the requester of each decision.
+    let deliveries = control
+        .list_webhook_deliveries(&support::admin(), &hook.id)
+        .await
+        .unwrap();
+    let events: Vec<&str> = deliveries.iter().map(|d| d.event.as_str()).collect();
+    for (event, count) in [
+        ("access.requested", 4),
+        ("access.approved", 2),
+        ("access.denied", 1),
+        ("access.cancelled", 1),
+        ("access.expired", 1),
+    ] {
+        assert_eq!(
+            events.iter().filter(|e| **e == event).count(),
+            count,
+            "{event}: {events:?}"
+        );
+    }
+    let first_event = deliveries
+        .iter()
+        .find(|d| {
+            d.event == "access.requested" && d.body["detail"]["request_id"] == first.id.as_str()
+        })
+        .unwrap();
+    assert_eq!(first_event.body["detail"]["approvals_needed"], 2);
 }

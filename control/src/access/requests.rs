@@ -52,6 +52,25 @@ fn refusal(id: &str, refused: RequestRefusal) -> ControlError {
 }
 
 impl Control {
+    /// Tells the subscribed webhooks (`access.requested`, `access.approved`, …) about a
+    /// request. After the change is committed; a failure to queue is logged, never undoes it.
+    async fn notify_request(&self, event: &'static str, request: &RequestRecord) {
+        let detail = json!({
+            "request_id": request.id,
+            "state": request.state,
+            "host_id": request.host_id,
+            "access": request.access.as_str(),
+            "minutes": request.minutes,
+            "policy": request.policy_name,
+            "approver_group_id": request.approver_group_id,
+            "approvals_needed": request.approvals_needed,
+            "approvals": request.decisions.iter().filter(|d| d.decision == "approve").count(),
+        });
+        if let Err(error) = self.notify(event, detail).await {
+            tracing::error!(request_id = %request.id, event, %error, "cannot queue the access notification");
+        }
+    }
+
     /// A recent second factor, whatever `--mfa-required` says (a policy asks for it).
     fn require_factor(&self, by: &Authority, action: SensitiveAction) -> Result<(), ControlError> {
         let policy = MfaPolicy {
@@ -150,7 +169,15 @@ impl Control {
             .insert_request(&record, event, now)
             .await?
             .map_err(|r| refusal(&record.id, r))?;
-        self.request_named(&record.id).await
+        let stored = self.request_named(&record.id).await?;
+        // Approvers learn of a pending request; everyone subscribed of one approved at once.
+        let event = if stored.state == "approved" {
+            "access.approved"
+        } else {
+            "access.requested"
+        };
+        self.notify_request(event, &stored).await;
+        Ok(stored)
     }
 
     async fn request_named(&self, id: &str) -> Result<RequestRecord, ControlError> {
@@ -226,11 +253,19 @@ impl Control {
             })
             .host(&request.host_id)
             .detail(json!({"request_id": id, "reason": reason}));
-        self.store
+        let state = self
+            .store
             .decide_request(id, &decision, event, now)
             .await?
             .map_err(|r| refusal(id, r))?;
-        self.request_named(id).await
+        let stored = self.request_named(id).await?;
+        // The requester learns of the decision.
+        match state.as_str() {
+            "approved" => self.notify_request("access.approved", &stored).await,
+            "denied" => self.notify_request("access.denied", &stored).await,
+            _ => {}
+        }
+        Ok(stored)
     }
 
     /// Cancels the caller's own pending or approved request. Audited.
@@ -254,12 +289,20 @@ impl Control {
             .cancel_request(id, reason, event, Utc::now())
             .await?
             .map_err(|r| refusal(id, r))?;
-        self.request_named(id).await
+        let stored = self.request_named(id).await?;
+        self.notify_request("access.cancelled", &stored).await;
+        Ok(stored)
     }
 
     /// Expires the pending requests nobody decided in time; run by the leader's sweep.
     pub async fn expire_pending_requests(&self) -> Result<usize, ControlError> {
-        Ok(self.store.expire_pending_requests(Utc::now()).await?.len())
+        let expired = self.store.expire_pending_requests(Utc::now()).await?;
+        for id in &expired {
+            if let Some(request) = self.store.access_request(id).await? {
+                self.notify_request("access.expired", &request).await;
+            }
+        }
+        Ok(expired.len())
     }
 }
 
