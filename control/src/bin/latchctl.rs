@@ -24,6 +24,10 @@ mod tables;
 mod terminal;
 #[path = "latchctl/vault.rs"]
 mod vault;
+#[path = "latchctl/vault_settings.rs"]
+mod vault_settings;
+#[path = "latchctl/vault_views.rs"]
+mod vault_views;
 #[path = "latchctl/webhooks.rs"]
 mod webhooks;
 

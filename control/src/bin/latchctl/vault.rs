@@ -9,7 +9,7 @@
 //! here — names, reasons, durations, levels — is checked with `latch_common::vault`'s rules
 //! before anything is sent.
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,18 +18,20 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, Subcommand};
 use latch_common::vault::{
-    AccessLevel, BreakGlassRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
-    CreateIdentityRequest, CreateOrganizationRequest, CreateVaultGrantRequest, CreateVaultRequest,
-    CredentialType, EmergencyDisableRequest, EnableSupportAccessRequest, EnrollAccountRequest,
-    IdentityView, MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS, MAX_ROTATION_DAYS, MAX_SECRET_BYTES,
-    OrganizationView, RevealedSecret, RotateRequest, RotationView, UpdateIdentityRequest,
-    UpdateOrganizationRequest, UpdateVaultRequest, VaultGrantView, VaultView,
+    AccessLevel, BreakGlassRequest, CheckoutRequest, CreateIdentityRequest,
+    CreateVaultGrantRequest, CreateVaultRequest, CredentialType, EnrollAccountRequest,
+    MAX_CONCURRENT_CHECKOUTS, MAX_LINKED_HOSTS, MAX_ROTATION_DAYS, MAX_SECRET_BYTES, RotateRequest,
+    RotationView, UpdateIdentityRequest, UpdateVaultRequest,
 };
 use latch_control::client::{AdminClient, ClientError};
 
-use super::people::{done, maybe_time, time};
+use super::people::done;
+use super::print_json;
 use super::terminal;
-use super::{print_json, print_table};
+use super::vault_views::{
+    print_checkouts, print_identities, print_identity, print_rotations, print_vault,
+    print_vault_grants, print_vaults, show_checkout, show_credential, show_rotation,
+};
 
 /// How long a credential stays on a terminal before it is erased.
 pub const CLEAR_AFTER: Duration = Duration::from_secs(30);
@@ -59,77 +61,11 @@ pub enum VaultCommand {
     /// latch-support) see the vaults' metadata — never a secret — for a stated reason and at
     /// most a year. Needs `settings.manage`; enabling and disabling need the MFA step-up.
     #[command(subcommand)]
-    SupportAccess(SupportAccessCommand),
+    SupportAccess(super::vault_settings::SupportAccessCommand),
     /// Organizations: vaults belong to one; each has its own data key and break-glass
     /// duration. Listing needs vault access or `settings.manage`; changes `settings.manage`.
     #[command(subcommand)]
-    Organizations(OrganizationsCommand),
-}
-
-#[derive(Subcommand)]
-pub enum OrganizationsCommand {
-    /// Every organization with its break-glass duration and its number of vaults.
-    List,
-    /// Make an organization with a data key of its own (audited).
-    Create {
-        /// Name: 1–64 of a-z 0-9 . _ - @, starting with a letter or digit.
-        #[arg(value_parser = name_arg)]
-        name: String,
-    },
-    /// Change an organization's settings (audited).
-    Update {
-        /// Organization name or id.
-        organization: String,
-        /// How long its break-glass checkouts last before they are checked in and rotated
-        /// (1m to 24h, e.g. 30m, 2h).
-        #[arg(long, value_parser = break_glass_arg, conflicts_with = "default_break_glass")]
-        break_glass_duration: Option<u32>,
-        /// Use the server's --break-glass-duration again.
-        #[arg(long)]
-        default_break_glass: bool,
-    },
-}
-
-/// A break-glass duration in whole minutes, 1m to 24h.
-fn break_glass_arg(text: &str) -> Result<u32, String> {
-    let duration =
-        humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30m, 2h)"))?;
-    let minutes = duration.as_secs() / 60;
-    if duration.as_secs() % 60 != 0 || !(1..=1440).contains(&minutes) {
-        return Err(format!(
-            "{text:?}: a break-glass lasts whole minutes, 1m to 24h"
-        ));
-    }
-    u32::try_from(minutes).map_err(|_| format!("{text:?} is too long"))
-}
-
-#[derive(Subcommand)]
-pub enum SupportAccessCommand {
-    /// Every period of support access, newest first, and whether it is in force.
-    List,
-    /// Let the support group in (audited).
-    Enable {
-        /// Why (1–500 characters), e.g. the vendor's ticket.
-        #[arg(long, value_parser = reason_arg)]
-        reason: String,
-        /// How many days it lasts (1–365); without it, until disabled.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=365))]
-        days: Option<u32>,
-        /// The organization (default: default).
-        #[arg(long)]
-        organization: Option<String>,
-    },
-    /// End one period of support access (audited).
-    Disable {
-        /// Its id (`sa_…`, see `latchctl support-access list`).
-        id: String,
-    },
-    /// End every period of support access at once (audited as critical; no step-up needed).
-    EmergencyDisable {
-        /// Why (1–500 characters).
-        #[arg(long, value_parser = reason_arg)]
-        reason: String,
-    },
+    Organizations(super::vault_settings::OrganizationsCommand),
 }
 
 #[derive(Subcommand)]
@@ -452,7 +388,7 @@ pub struct EnrollAccountArgs {
 }
 
 /// A vault or identity name, checked with the server's rule.
-fn name_arg(text: &str) -> Result<String, String> {
+pub(super) fn name_arg(text: &str) -> Result<String, String> {
     latch_common::vault::validate_vault_name("name", text).map_err(|e| e.reason)?;
     Ok(text.to_owned())
 }
@@ -464,7 +400,7 @@ fn username_arg(text: &str) -> Result<String, String> {
 }
 
 /// A checkout or break-glass reason: 1–500 characters, no control characters.
-fn reason_arg(text: &str) -> Result<String, String> {
+pub(super) fn reason_arg(text: &str) -> Result<String, String> {
     latch_common::vault::validate_reason(text).map_err(|e| e.reason)?;
     Ok(text.to_owned())
 }
@@ -550,7 +486,7 @@ const LISTS: &[(&str, &str)] = &[
 
 /// Adds to a "does not exist" the command that lists what does, chosen by what the control
 /// plane names as missing (`group 'dbas' does not exist`).
-fn not_found(error: ClientError) -> ClientError {
+pub(super) fn not_found(error: ClientError) -> ClientError {
     match error {
         ClientError::Api {
             status: 404,
@@ -668,8 +604,12 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         VaultCommand::Vaults(command) => vaults(client, command, json).await?,
-        VaultCommand::SupportAccess(command) => support_access(client, command, json).await?,
-        VaultCommand::Organizations(command) => organizations(client, command, json).await?,
+        VaultCommand::SupportAccess(command) => {
+            super::vault_settings::support_access(client, command, json).await?
+        }
+        VaultCommand::Organizations(command) => {
+            super::vault_settings::organizations(client, command, json).await?
+        }
         VaultCommand::Identities(command) => return identities(client, command, json).await,
         VaultCommand::Rotations(RotationsCommand::Show { rotation_id, wait }) => {
             return match wait {
@@ -687,163 +627,6 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn organizations(
-    client: &AdminClient,
-    command: &OrganizationsCommand,
-    json: bool,
-) -> anyhow::Result<()> {
-    let print = |organizations: &[OrganizationView]| {
-        let rows = organizations
-            .iter()
-            .map(|o| {
-                vec![
-                    o.name.clone(),
-                    o.id.clone(),
-                    o.vaults.to_string(),
-                    format!(
-                        "{}m{}",
-                        o.break_glass_minutes,
-                        if o.break_glass_default {
-                            " (server default)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    time(o.created_at),
-                ]
-            })
-            .collect();
-        print_table(&["NAME", "ID", "VAULTS", "BREAK-GLASS", "CREATED"], rows);
-    };
-    let organization = match command {
-        OrganizationsCommand::List => {
-            let list = client.list_organizations().await?;
-            if json {
-                return print_json(&serde_json::json!({ "list": list }));
-            }
-            print(&list);
-            return Ok(());
-        }
-        OrganizationsCommand::Create { name } => {
-            client
-                .create_organization(&CreateOrganizationRequest { name: name.clone() })
-                .await?
-        }
-        OrganizationsCommand::Update {
-            organization,
-            break_glass_duration,
-            default_break_glass,
-        } => {
-            let minutes = match (break_glass_duration, default_break_glass) {
-                (Some(minutes), _) => Some(*minutes),
-                (None, true) => Some(0),
-                (None, false) => bail!(
-                    "nothing to change: give --break-glass-duration DURATION or --default-break-glass"
-                ),
-            };
-            client
-                .update_organization(
-                    organization,
-                    &UpdateOrganizationRequest {
-                        break_glass_minutes: minutes,
-                    },
-                )
-                .await
-                .map_err(not_found)?
-        }
-    };
-    if json {
-        return print_json(&organization);
-    }
-    print(std::slice::from_ref(&organization));
-    Ok(())
-}
-
-async fn support_access(
-    client: &AdminClient,
-    command: &SupportAccessCommand,
-    json: bool,
-) -> anyhow::Result<()> {
-    match command {
-        SupportAccessCommand::List => {
-            let list = client.list_support_access().await?;
-            if json {
-                return print_json(&serde_json::json!({ "list": list }));
-            }
-            let rows = list
-                .iter()
-                .map(|a| {
-                    vec![
-                        a.id.clone(),
-                        a.organization.clone(),
-                        if a.active { "IN FORCE" } else { "ended" }.to_owned(),
-                        time(a.enabled_at),
-                        maybe_time(a.expires_at, "until disabled"),
-                        a.enabled_by.clone(),
-                        a.reason.clone(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "ID",
-                    "ORGANIZATION",
-                    "STATE",
-                    "ENABLED",
-                    "ENDS",
-                    "BY",
-                    "REASON",
-                ],
-                rows,
-            );
-        }
-        SupportAccessCommand::Enable {
-            reason,
-            days,
-            organization,
-        } => {
-            let access = client
-                .enable_support_access(&EnableSupportAccessRequest {
-                    reason: reason.clone(),
-                    days: *days,
-                    organization: organization.clone(),
-                })
-                .await?;
-            if json {
-                return print_json(&access);
-            }
-            println!(
-                "support access {} enabled for organization {} ({}); members of latch-support now see its vaults' metadata",
-                access.id,
-                access.organization,
-                maybe_time(access.expires_at, "until disabled")
-            );
-        }
-        SupportAccessCommand::Disable { id } => {
-            client.disable_support_access(id).await.map_err(not_found)?;
-            if json {
-                return print_json(&serde_json::json!({ "id": id, "disabled": true }));
-            }
-            println!("support access {id} ended");
-        }
-        SupportAccessCommand::EmergencyDisable { reason } => {
-            let ended = client
-                .emergency_disable_support_access(&EmergencyDisableRequest {
-                    reason: reason.clone(),
-                })
-                .await?;
-            if json {
-                return print_json(&ended);
-            }
-            println!(
-                "{} support access period(s) ended; the support group sees nothing now",
-                ended.disabled
-            );
-        }
-    }
-    Ok(())
 }
 
 async fn vaults(client: &AdminClient, command: &VaultsCommand, json: bool) -> anyhow::Result<()> {
@@ -1250,7 +1033,7 @@ async fn follow_rotation(
     })
 }
 
-fn waiting_text(rotation: &RotationView) -> String {
+pub(super) fn waiting_text(rotation: &RotationView) -> String {
     if rotation.waiting_for.is_empty() {
         "its jobs to be queued".to_owned()
     } else {
@@ -1375,377 +1158,12 @@ fn stdin_password(flag: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
-/// Prints a checkout (or break-glass) and its credential; the credential is erased from a
-/// terminal after [`CLEAR_AFTER`] when `clear`.
-async fn show_checkout(granted: &CheckoutGranted, json: bool, clear: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(granted);
-    }
-    let checkout = &granted.checkout;
-    let what = if checkout.break_glass {
-        "break-glass checkout"
-    } else {
-        "checked out"
-    };
-    println!(
-        "{what} {} of identity {} until {} UTC",
-        checkout.id,
-        checkout.identity_id,
-        time(checkout.expires_at)
-    );
-    if checkout.break_glass {
-        println!(
-            "it is checked in by itself then, and its check-in (yours or that one) rotates the credential. Done earlier: latchctl identities checkin {}",
-            checkout.id
-        );
-    } else {
-        println!(
-            "check it in when done: latchctl identities checkin {}",
-            checkout.id
-        );
-    }
-    show_credential(&granted.credential, clear).await
-}
-
-/// The lines that show a credential.
-fn credential_lines(secret: &RevealedSecret) -> Vec<String> {
-    let mut lines = vec![format!("username: {}", secret.username)];
-    match secret.credential_type {
-        CredentialType::Password => lines.push(format!("password: {}", secret.secret)),
-        CredentialType::SshKey => {
-            lines.push("private key:".to_owned());
-            lines.extend(secret.secret.lines().map(str::to_owned));
-        }
-    }
-    lines
-}
-
-/// How many terminal rows `lines` take on a terminal `columns` wide (long lines wrap).
-fn rows(lines: &[String], columns: usize) -> usize {
-    let columns = columns.max(1);
-    lines
-        .iter()
-        .map(|line| line.chars().count().div_ceil(columns).max(1))
-        .sum()
-}
-
-/// Shows a credential. On a terminal, unless `clear` is off, it is erased from the screen after
-/// [`CLEAR_AFTER`], or at once on Ctrl-C (then the program ends, status 130); piped, it is
-/// printed once.
-async fn show_credential(secret: &RevealedSecret, clear: bool) -> anyhow::Result<()> {
-    let mut lines = credential_lines(secret);
-    let on_terminal = std::io::stdout().is_terminal();
-    if !(clear && on_terminal) {
-        let mut out = std::io::stdout().lock();
-        for line in &lines {
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-        return Ok(());
-    }
-    lines.push(format!(
-        "(erased from the screen in {} s; Ctrl-C erases it now)",
-        CLEAR_AFTER.as_secs()
-    ));
-    {
-        let mut out = std::io::stdout().lock();
-        for line in &lines {
-            writeln!(out, "{line}")?;
-        }
-        out.flush()?;
-    }
-    let interrupted = tokio::select! {
-        () = tokio::time::sleep(CLEAR_AFTER) => false,
-        _ = tokio::signal::ctrl_c() => true,
-    };
-    let columns = terminal_size::terminal_size_of(std::io::stdout())
-        .map_or(80, |(width, _)| usize::from(width.0));
-    let mut out = std::io::stdout().lock();
-    // Up to the first row of the credential, then erase everything below.
-    write!(out, "\r\x1b[{}F\x1b[J", rows(&lines, columns))?;
-    writeln!(
-        out,
-        "(credential erased from the screen; your terminal's scrollback may still hold it if it scrolled)"
-    )?;
-    out.flush()?;
-    if interrupted {
-        std::process::exit(130);
-    }
-    Ok(())
-}
-
-fn level_text(level: Option<AccessLevel>) -> String {
-    level.map_or_else(|| "-".to_owned(), |l| l.to_string())
-}
-
-fn print_vaults(vaults: &[VaultView]) {
-    let rows = vaults
-        .iter()
-        .map(|v| {
-            vec![
-                v.name.clone(),
-                v.id.clone(),
-                v.organization.clone(),
-                v.identities.to_string(),
-                v.owner.clone().unwrap_or_else(|| "-".to_owned()),
-                level_text(v.my_access),
-                v.description.clone(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "NAME",
-            "ID",
-            "ORGANIZATION",
-            "IDENTITIES",
-            "OWNER",
-            "MY ACCESS",
-            "DESCRIPTION",
-        ],
-        rows,
-    );
-}
-
-fn print_vault(v: &VaultView) {
-    println!("name:          {}", v.name);
-    println!("id:            {}", v.id);
-    println!("organization:  {}", v.organization);
-    println!("description:   {}", v.description);
-    println!("owner:         {}", v.owner.as_deref().unwrap_or("-"));
-    println!("identities:    {}", v.identities);
-    println!("my access:     {}", level_text(v.my_access));
-    println!("created:       {}", time(v.created_at));
-}
-
-fn print_vault_grants(grants: &[VaultGrantView]) {
-    let rows = grants
-        .iter()
-        .map(|g| {
-            let to = match (&g.principal, &g.group) {
-                (Some(user), _) => format!("user {user}"),
-                (None, Some(group)) => format!("group {group}"),
-                (None, None) => "(gone)".to_owned(),
-            };
-            vec![
-                g.id.clone(),
-                to,
-                g.level.to_string(),
-                maybe_time(g.expires_at, "never"),
-                time(g.created_at),
-            ]
-        })
-        .collect();
-    print_table(&["ID", "GIVEN TO", "LEVEL", "EXPIRES", "CREATED"], rows);
-}
-
-/// How many may hold an identity at once, and how many do.
-fn checkouts_text(i: &IdentityView) -> String {
-    let most = if i.concurrent_checkout {
-        i.max_concurrent_checkouts
-    } else {
-        1
-    };
-    format!("{}/{most}", i.active_checkouts)
-}
-
-fn print_identities(identities: &[IdentityView]) {
-    let rows = identities
-        .iter()
-        .map(|i| {
-            vec![
-                i.id.clone(),
-                i.name.clone(),
-                i.username.clone(),
-                i.credential_type.as_str().to_owned(),
-                i.hosts.len().to_string(),
-                i.rotation_state.clone().unwrap_or_else(|| "-".to_owned()),
-                maybe_time(i.last_rotated_at, "never"),
-                maybe_time(i.next_rotation_at, "-"),
-                checkouts_text(i),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ID",
-            "NAME",
-            "USERNAME",
-            "TYPE",
-            "HOSTS",
-            "ROTATION",
-            "ROTATED",
-            "NEXT ROTATION",
-            "CHECKED OUT",
-        ],
-        rows,
-    );
-}
-
-fn print_identity(i: &IdentityView) {
-    let yes_no = |b: bool| if b { "yes" } else { "no" };
-    println!("name:              {}", i.name);
-    println!("id:                {}", i.id);
-    println!("vault:             {} ({})", i.vault, i.vault_id);
-    println!("username:          {}", i.username);
-    println!("type:              {}", i.credential_type.as_str());
-    println!("credential stored: {}", yes_no(i.has_secret));
-    println!(
-        "rotation:          {}",
-        i.rotation_interval_days
-            .map_or("not scheduled".to_owned(), |d| format!("every {d} day(s)"))
-    );
-    println!("rotate after use:  {}", yes_no(i.rotate_after_use));
-    println!(
-        "checkouts:         {} open ({})",
-        i.active_checkouts,
-        if i.concurrent_checkout {
-            format!("up to {} at once", i.max_concurrent_checkouts)
-        } else {
-            "one at a time".to_owned()
-        }
-    );
-    println!(
-        "latest rotation:   {}",
-        i.rotation_state.as_deref().unwrap_or("none yet")
-    );
-    println!(
-        "last rotated:      {}",
-        maybe_time(i.last_rotated_at, "never")
-    );
-    println!("next rotation:     {}", maybe_time(i.next_rotation_at, "-"));
-    println!("created:           {}", time(i.created_at));
-    println!("hosts:");
-    if i.hosts.is_empty() {
-        println!("  (none)");
-        return;
-    }
-    let rows = i
-        .hosts
-        .iter()
-        .map(|h| {
-            vec![
-                h.hostname.clone(),
-                h.host_id.clone(),
-                h.adopt_status.clone().unwrap_or_else(|| "-".to_owned()),
-                h.adopt_job_id.clone().unwrap_or_else(|| "-".to_owned()),
-                h.password_status.clone().unwrap_or_else(|| "-".to_owned()),
-            ]
-        })
-        .collect();
-    print_table(&["HOST", "ID", "ADOPTION", "JOB", "PASSWORD SET"], rows);
-}
-
-fn print_checkouts(checkouts: &[CheckoutView]) {
-    let rows = checkouts
-        .iter()
-        .map(|c| {
-            let state = match (c.checked_in_at, &c.checked_in_how) {
-                (Some(at), how) => {
-                    format!("in {} ({})", time(at), how.as_deref().unwrap_or("-"))
-                }
-                (None, _) => "open".to_owned(),
-            };
-            vec![
-                c.id.clone(),
-                c.holder.clone(),
-                if c.break_glass { "break-glass" } else { "" }.to_owned(),
-                time(c.started_at),
-                time(c.expires_at),
-                state,
-                c.host_id.clone().unwrap_or_default(),
-                c.reason.clone(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ID", "HOLDER", "KIND", "STARTED", "ENDS", "STATE", "HOST", "REASON",
-        ],
-        rows,
-    );
-}
-
-/// How many of a rotation's hosts confirmed, of all.
-fn confirmed_text(r: &RotationView) -> String {
-    let confirmed = r.hosts.iter().filter(|h| h.status == "confirmed").count();
-    format!("{confirmed}/{}", r.hosts.len())
-}
-
-fn print_rotations(rotations: &[RotationView]) {
-    let rows = rotations
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.clone(),
-                r.trigger.clone(),
-                r.state.clone(),
-                confirmed_text(r),
-                r.started_by.clone(),
-                time(r.created_at),
-                maybe_time(r.finished_at, "-"),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "ID",
-            "TRIGGER",
-            "STATE",
-            "CONFIRMED",
-            "STARTED BY",
-            "CREATED",
-            "FINISHED",
-        ],
-        rows,
-    );
-}
-
-fn show_rotation(r: &RotationView, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(r);
-    }
-    println!("rotation:     {}", r.id);
-    println!("identity:     {}", r.identity_id);
-    println!("trigger:      {}", r.trigger);
-    println!("state:        {}", r.state);
-    if r.state == "pending" {
-        println!("waiting for:  {}", waiting_text(r));
-    }
-    println!("started by:   {}", r.started_by);
-    println!("created:      {}", time(r.created_at));
-    println!("finished:     {}", maybe_time(r.finished_at, "-"));
-    println!("hosts:");
-    if r.hosts.is_empty() {
-        println!("  (none: the credential changes in the vault only)");
-        return Ok(());
-    }
-    let rows = r
-        .hosts
-        .iter()
-        .map(|h| {
-            let error = match (&h.error_code, &h.error_message) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.clone(),
-                (None, Some(message)) => message.clone(),
-                (None, None) => String::new(),
-            };
-            vec![
-                h.hostname.clone(),
-                h.status.clone(),
-                h.job_id.clone(),
-                error,
-            ]
-        })
-        .collect();
-    print_table(&["HOST", "STATUS", "JOB", "ERROR"], rows);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::vault_views::{credential_lines, rows};
     use super::*;
     use clap::{CommandFactory as _, Parser as _};
+    use latch_common::vault::RevealedSecret;
 
     #[test]
     fn checkout_durations_are_whole_minutes_from_5m_to_24h() {
