@@ -8,6 +8,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::system::etc::Snapshot;
+use crate::system::sshd::Reload;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/latch/agent.toml";
@@ -58,6 +59,8 @@ struct RawConfig {
     log_level: Option<String>,
     servers: Option<Vec<String>>,
     allow_adopt_system_accounts: Option<bool>,
+    sshd_reload_command: Option<Vec<String>>,
+    sshd_pid_file: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -87,6 +90,33 @@ pub struct Config {
     /// Whether `adopt-account` may adopt a system account (UID 1–999), whose password Latch may
     /// then set. Root (UID 0) is never adopted, whatever this says.
     pub allow_adopt_system_accounts: bool,
+    /// How sshd is told to reload after the agent installed the SSH user CA (hosts enrolled
+    /// with `--ssh-ca`).
+    pub sshd_reload: Reload,
+}
+
+/// Default file of sshd's PID (Debian's sshd writes `/run/sshd.pid`).
+pub const DEFAULT_SSHD_PID_FILE: &str = "/run/sshd.pid";
+
+/// Checks `sshd_reload_command`: a program (absolute path, or a name found in the system
+/// directories) and its arguments.
+fn check_reload_command(command: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let bad = |reason: &str| ConfigError::Value {
+        key: "sshd_reload_command",
+        reason: reason.to_owned(),
+    };
+    let Some(program) = command.first() else {
+        return Err(bad(
+            "must name a program, e.g. [\"systemctl\", \"reload\", \"ssh\"]",
+        ));
+    };
+    if program.is_empty() || (program.contains('/') && !program.starts_with('/')) {
+        return Err(bad("the program must be an absolute path or a bare name"));
+    }
+    if command.iter().any(|arg| arg.contains('\0')) {
+        return Err(bad("arguments may not contain NUL"));
+    }
+    Ok(command)
 }
 
 /// The most replica URLs `servers` may list.
@@ -146,6 +176,10 @@ impl Config {
             log_level: "info".to_owned(),
             servers: Vec::new(),
             allow_adopt_system_accounts: false,
+            sshd_reload: Reload {
+                command: None,
+                pid_file: PathBuf::from(DEFAULT_SSHD_PID_FILE),
+            },
         }
     }
 
@@ -226,6 +260,22 @@ impl Config {
             allow_adopt_system_accounts: raw
                 .allow_adopt_system_accounts
                 .unwrap_or(defaults.allow_adopt_system_accounts),
+            sshd_reload: Reload {
+                command: raw
+                    .sshd_reload_command
+                    .map(check_reload_command)
+                    .transpose()?,
+                pid_file: match raw.sshd_pid_file {
+                    Some(path) if path.is_absolute() => path,
+                    Some(_) => {
+                        return Err(ConfigError::Value {
+                            key: "sshd_pid_file",
+                            reason: "must be an absolute path".into(),
+                        });
+                    }
+                    None => defaults.sshd_reload.pid_file,
+                },
+            },
         })
     }
 
@@ -288,6 +338,29 @@ mod tests {
     }
 
     #[test]
+    fn sshd_reload_is_configurable() {
+        let config = Config::parse(
+            "sshd_reload_command = [\"/usr/sbin/service\", \"ssh\", \"reload\"]\nsshd_pid_file = \"/run/sshd-e2e.pid\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.sshd_reload,
+            Reload {
+                command: Some(vec![
+                    "/usr/sbin/service".into(),
+                    "ssh".into(),
+                    "reload".into()
+                ]),
+                pid_file: PathBuf::from("/run/sshd-e2e.pid"),
+            }
+        );
+        assert_eq!(
+            Config::parse("").unwrap().sshd_reload.pid_file,
+            PathBuf::from("/run/sshd.pid")
+        );
+    }
+
+    #[test]
     fn takes_replica_urls() {
         let config =
             Config::parse("servers = [\"https://b.example:8443\", \"https://c.example:8443\"]")
@@ -327,6 +400,12 @@ mod tests {
             ("lock_wait_seconds = 100000", "lock_wait_seconds"),
             ("kill_grace_seconds = 3600", "kill_grace_seconds"),
             ("servers = [\"latch-b:8443\"]", "servers"),
+            ("sshd_reload_command = []", "sshd_reload_command"),
+            (
+                "sshd_reload_command = [\"bin/reload\"]",
+                "sshd_reload_command",
+            ),
+            ("sshd_pid_file = \"sshd.pid\"", "sshd_pid_file"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");

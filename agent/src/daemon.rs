@@ -64,6 +64,17 @@ pub async fn run(
         // Not fatal: revocation must run whatever sudo.conf looks like.
         tracing::error!(%error, "cannot set 'group_source dynamic' in /etc/sudo.conf; sudo in sessions opened before a revocation may keep working until they end");
     }
+    match worker.prepare_sshd() {
+        Ok(warnings) => {
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
+        }
+        // Not fatal either: accounts, keys and revocation work without the CA.
+        Err(error) => {
+            tracing::error!(%error, "cannot install the Latch SSH user CA for sshd; SSH certificates from Latch are not accepted on this host");
+        }
+    }
     // Grants that ended while the agent was down are revoked before anything else (before any
     // network call).
     {

@@ -88,6 +88,7 @@ pub async fn enroll(
             Transport::Pinned(fingerprint) => Some(fingerprint.clone()),
             Transport::InsecureHttp => None,
         },
+        user_ca_key: response.user_ca_key,
     };
     if replace {
         let mut accounts = state.accounts()?;

@@ -94,6 +94,10 @@ pub struct Identity {
     /// A new credential being rotated in, kept until the control plane confirmed the switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_credential: Option<String>,
+    /// The control plane's SSH user CA (OpenSSH public key line), when the host was enrolled
+    /// with `--ssh-ca`: installed for sshd at every start of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ca_key: Option<String>,
 }
 
 impl Identity {
@@ -396,6 +400,7 @@ mod tests {
             ca_fingerprint: None,
             pending_credential: None,
             next_signing_key: None,
+            user_ca_key: Some("ssh-ed25519 AAAA latch-user-ca".into()),
         };
         state.save_identity(&identity).unwrap();
         assert_eq!(state.identity().unwrap(), identity);

@@ -23,7 +23,7 @@ use crate::system::accounts::ShadowUtils;
 use crate::system::cmd::CmdError;
 use crate::system::etc::Snapshot;
 use crate::system::nss::Nss;
-use crate::system::{keys, procs, sudo};
+use crate::system::{keys, procs, sshd, sudo};
 
 /// Above this size of `/etc/group` (about 2,000 groups) an account is created in three calls
 /// instead of one `useradd` (see [`ShadowUtils::add_user`]).
@@ -35,6 +35,7 @@ pub struct Worker {
     state: StateDir,
     host_id: String,
     etc: PathBuf,
+    ssh: sshd::SshPaths,
     tools: ShadowUtils,
     /// Held while a job or a revocation runs.
     busy: Mutex<()>,
@@ -92,6 +93,7 @@ impl Worker {
             state,
             host_id,
             etc: PathBuf::from("/etc"),
+            ssh: sshd::SshPaths::default(),
             tools,
             busy: Mutex::new(()),
         }
@@ -106,6 +108,34 @@ impl Worker {
             tracing::info!("set 'group_source dynamic' in /etc/sudo.conf");
         }
         Ok(())
+    }
+
+    /// On a host enrolled with `--ssh-ca`: installs the control plane's SSH user CA for sshd
+    /// (the key file, the principals directory, the `sshd_config.d` drop-in) and, if a file
+    /// changed, tells sshd to reload. Run at every start, so files removed or edited by hand are
+    /// put back. Returns what a person should know (sshd may not read the drop-in, or was not
+    /// reloaded); an error means the files could not be written.
+    pub fn prepare_sshd(&self) -> Result<Vec<String>, sshd::SshdError> {
+        let Some(ca_key) = self
+            .state
+            .identity()
+            .ok()
+            .and_then(|identity| identity.user_ca_key)
+        else {
+            return Ok(Vec::new());
+        };
+        let _busy = self.lock();
+        let installed = sshd::install_user_ca(&self.ssh, &ca_key)?;
+        let mut warnings = installed.warnings;
+        if installed.changed {
+            match sshd::reload(&self.config.sshd_reload) {
+                Ok(how) => {
+                    tracing::info!(%how, "installed the Latch SSH user CA for sshd and reloaded it")
+                }
+                Err(error) => warnings.push(error.to_string()),
+            }
+        }
+        Ok(warnings)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -530,6 +560,19 @@ impl Worker {
         let policy = self.policy(&after);
         plan::verify(spec, &self.facts(&after, &records, &policy)).map_err(incomplete)?;
         for step in &act {
+            if let Step::RemovePrincipals { user } = step
+                && sshd::principals_present(&self.ssh, user)
+            {
+                return Err(incomplete(JobError::new(
+                    JobErrorCode::VerifyFailed,
+                    format!(
+                        "after applying, {} is still there: certificates with its principals could still log in as '{user}'",
+                        self.ssh.principals_file(user).display()
+                    ),
+                )));
+            }
+        }
+        for step in &act {
             let (uid, left) = match step {
                 Step::EndProcesses { uid, .. } => (*uid, procs::processes_of(*uid)),
                 Step::EndPrivilegedProcesses { uid, holding } => {
@@ -798,6 +841,12 @@ impl Worker {
                 .remove_from_group(&user, &group)
                 .map_err(tool_error)?,
             Step::WriteKeys { user, lines } => self.write_keys(&user, &lines)?,
+            Step::WritePrincipals { user, principals } => {
+                sshd::write_principals(&self.ssh, &user, &principals)
+                    .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?
+            }
+            Step::RemovePrincipals { user } => sshd::remove_principals(&self.ssh, &user)
+                .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?,
             Step::RemoveKeys { user } => self.remove_keys(&user)?,
             Step::ClearSudoTimestamps { user } => sudo::clear_timestamps(&user)
                 .map_err(|e| JobError::new(JobErrorCode::ToolFailed, e.to_string()))?,
@@ -889,6 +938,7 @@ impl Worker {
             user,
             ssh_keys,
             expires_at,
+            principals,
             ..
         } = spec
         {
@@ -916,6 +966,22 @@ impl Worker {
                         return Err(failed(
                                 "authorized_keys does not hold exactly the job's keys with owner and mode 0600".into(),
                             ));
+                    }
+                    Err(e) => return Err(failed(e.to_string())),
+                }
+            }
+            if !principals.is_empty() {
+                let me = nix::unistd::geteuid().as_raw();
+                match sshd::read_principals(&self.ssh, user) {
+                    Ok(Some((text, owner, mode)))
+                        if text == sshd::principals_text(principals)
+                            && owner == me
+                            && mode == 0o644 => {}
+                    Ok(_) => {
+                        return Err(failed(format!(
+                            "{} does not hold exactly the job's principals, owned by root with mode 0644",
+                            self.ssh.principals_file(user).display()
+                        )));
                     }
                     Err(e) => return Err(failed(e.to_string())),
                 }

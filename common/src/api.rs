@@ -106,6 +106,11 @@ pub struct EnrollResponse {
     /// job that carries it on).
     #[serde(default)]
     pub next_signing_key: Option<String>,
+    /// The control plane's SSH user CA (an OpenSSH public key line) when the enrollment token
+    /// asked for it (`--ssh-ca`): the agent installs it as sshd's `TrustedUserCAKeys`, with an
+    /// `AuthorizedPrincipalsFile` per account.
+    #[serde(default)]
+    pub user_ca_key: Option<String>,
 }
 
 /// A job as delivered to the agent by `GET /v1/agent/jobs`: the delivery (id, lease, attempt)
@@ -350,6 +355,10 @@ pub struct CreateEnrollTokenRequest {
     /// Labels every host enrolled with the token gets (`env=prod`).
     #[serde(default, skip_serializing_if = "crate::labels::Labels::is_empty")]
     pub labels: crate::labels::Labels,
+    /// Hosts enrolled with the token trust the control plane's SSH user CA: their agent
+    /// installs it in sshd, and grants there may use OpenSSH user certificates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ssh_ca: bool,
 }
 
 /// A new enrollment token. The token is shown once.
@@ -368,6 +377,9 @@ pub struct EnrollTokenView {
     /// Labels every host enrolled with the token gets.
     #[serde(default)]
     pub labels: crate::labels::Labels,
+    /// Whether hosts enrolled with it trust the control plane's SSH user CA.
+    #[serde(default)]
+    pub ssh_ca: bool,
 }
 
 /// A host as administrators see it.
@@ -387,6 +399,9 @@ pub struct HostView {
     /// Labels (`env=prod`), which scope delegated administration.
     #[serde(default)]
     pub labels: crate::labels::Labels,
+    /// Whether the host was enrolled to trust the control plane's SSH user CA (`--ssh-ca`).
+    #[serde(default)]
+    pub ssh_ca: bool,
 }
 
 /// `POST /v1/service_token`: a service user's API key, exchanged for a short-lived bearer token.
@@ -431,6 +446,14 @@ pub struct CreateJobRequest {
     /// create-account: SSH public keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
+    /// create-account: also join the host's sudo group (the first of its allowed groups that
+    /// exists there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sudo: bool,
+    /// create-account: SSH certificate principals the account accepts (hosts enrolled with
+    /// `--ssh-ca`); at most 8, each 1–64 characters of `A-Z a-z 0-9 _ . @ -`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub principals: Vec<String>,
     /// create-account / add-group: when the access ends (at most the control plane's maximum
     /// grant duration ahead). Without it, and without `expires_in_ms` or `permanent`, the
     /// control plane's default window applies.
@@ -558,7 +581,9 @@ impl CreateJobRequest {
         let not_account_fields = |r: &CreateJobRequest| -> Result<(), ValidationError> {
             refuse("groups", !r.groups.is_empty())?;
             refuse("shell", r.shell.is_some())?;
-            refuse("ssh_keys", !r.ssh_keys.is_empty())
+            refuse("ssh_keys", !r.ssh_keys.is_empty())?;
+            refuse("sudo", r.sudo)?;
+            refuse("principals", !r.principals.is_empty())
         };
         let no_window = |r: &CreateJobRequest| -> Result<(), ValidationError> {
             refuse("expires_at", r.expires_at.is_some())?;
@@ -576,6 +601,8 @@ impl CreateJobRequest {
                     shell: self.shell,
                     ssh_keys: self.ssh_keys,
                     expires_at,
+                    sudo: self.sudo,
+                    principals: self.principals,
                 };
                 (spec, window)
             }
@@ -857,6 +884,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec(parsed).unwrap_err().field, "kind");
+    }
+
+    #[test]
+    fn create_account_carries_sudo_and_principals_which_other_kinds_refuse() {
+        let (made, _) = grant(|r| {
+            r.sudo = true;
+            r.principals = vec!["p-test".into()];
+        })
+        .unwrap();
+        let JobSpec::CreateAccount {
+            sudo, principals, ..
+        } = made
+        else {
+            panic!("{made:?}")
+        };
+        assert!(sudo);
+        assert_eq!(principals, vec!["p-test"]);
+        let hostile = grant(|r| r.principals = vec!["a\nroot".into()]).unwrap_err();
+        assert_eq!(hostile.field, "principals");
+        for (field, f) in [
+            (
+                "sudo",
+                (|r: &mut CreateJobRequest| r.sudo = true) as fn(&mut CreateJobRequest),
+            ),
+            ("principals", |r| r.principals = vec!["p".into()]),
+        ] {
+            let mut request = CreateJobRequest {
+                host: "h".into(),
+                kind: Some(JobKind::DeleteAccount),
+                user: "alice".into(),
+                ..Default::default()
+            };
+            f(&mut request);
+            assert_eq!(spec(request).unwrap_err().field, field);
+        }
     }
 
     #[test]

@@ -9,14 +9,16 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use crate::names::{
-    ValidationError, validate_group_name, validate_password_hash, validate_shell,
-    validate_ssh_public_key, validate_user_name,
+    ValidationError, validate_group_name, validate_password_hash, validate_principal,
+    validate_shell, validate_ssh_public_key, validate_user_name,
 };
 
 /// Most SSH keys one account may carry.
 pub const MAX_SSH_KEYS: usize = 16;
 /// Most extra groups one create-account job may name.
 pub const MAX_GROUPS: usize = 16;
+/// Most SSH certificate principals one create-account job may name.
+pub const MAX_PRINCIPALS: usize = 8;
 
 /// The kinds of job, spelled as on the command line and on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -96,6 +98,16 @@ pub enum JobSpec {
         /// When the access ends.
         #[serde(default)]
         expires_at: Option<DateTime<Utc>>,
+        /// Also make the account a member of the host's sudo group: the first group of the
+        /// host's allowed groups that exists there. Absent from payloads that do not ask for
+        /// it, so jobs signed before the field existed keep their bytes.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sudo: bool,
+        /// SSH certificate principals the account accepts (`AuthorizedPrincipalsFile`, on hosts
+        /// that trust Latch's user CA): at most [`MAX_PRINCIPALS`], each checked by
+        /// [`validate_principal`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        principals: Vec<String>,
     },
     /// See [`JobKind::DeleteAccount`].
     DeleteAccount {
@@ -201,6 +213,7 @@ impl JobSpec {
                 groups,
                 shell,
                 ssh_keys,
+                principals,
                 ..
             } => {
                 if groups.len() > MAX_GROUPS {
@@ -224,6 +237,15 @@ impl JobSpec {
                 }
                 for key in ssh_keys {
                     validate_ssh_public_key(key)?;
+                }
+                if principals.len() > MAX_PRINCIPALS {
+                    return Err(ValidationError::new(
+                        "principals",
+                        format!("at most {MAX_PRINCIPALS} principals"),
+                    ));
+                }
+                for principal in principals {
+                    validate_principal(principal)?;
                 }
                 Ok(())
             }
@@ -340,6 +362,9 @@ pub enum JobErrorCode {
     /// adopt-account: the account is one Latch created (ephemeral); it ends with its grant and
     /// is never adopted.
     EphemeralAccount,
+    /// create-account with `sudo`: none of the groups the host allows granting exists on the
+    /// host, so there is no sudo group to join.
+    NoSudoGroup,
 }
 
 impl JobErrorCode {
@@ -371,6 +396,7 @@ impl JobErrorCode {
             JobErrorCode::AccountFilesMalformed => "account_files_malformed",
             JobErrorCode::SystemAccount => "system_account",
             JobErrorCode::EphemeralAccount => "ephemeral_account",
+            JobErrorCode::NoSudoGroup => "no_sudo_group",
         }
     }
 }
@@ -562,6 +588,8 @@ mod tests {
                 shell: None,
                 ssh_keys: vec![],
                 expires_at: None,
+                sudo: false,
+                principals: vec![],
             },
             JobSpec::CreateAccount {
                 user: "alice".into(),
@@ -569,10 +597,58 @@ mod tests {
                 shell: Some("/bin/sh -i".into()),
                 ssh_keys: vec![],
                 expires_at: None,
+                sudo: false,
+                principals: vec![],
             },
         ];
         for spec in bad {
             assert!(spec.validate().is_err(), "{spec:?}");
+        }
+    }
+
+    fn create_with(sudo: bool, principals: &[&str]) -> JobSpec {
+        JobSpec::CreateAccount {
+            user: "alice".into(),
+            groups: vec![],
+            shell: None,
+            ssh_keys: vec![],
+            expires_at: None,
+            sudo,
+            principals: principals.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn sudo_and_principals_are_absent_from_payloads_that_do_not_use_them() {
+        // A payload signed before the fields existed decodes, and encodes to the same bytes.
+        let old = r#"{"kind":"create-account","user":"alice","groups":[],"shell":null,"ssh_keys":[],"expires_at":null}"#;
+        let spec: JobSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec, create_with(false, &[]));
+        assert_eq!(serde_json::to_string(&spec).unwrap(), old);
+        let new = create_with(true, &["p-test"]);
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["sudo"], true);
+        assert_eq!(json["principals"], serde_json::json!(["p-test"]));
+        assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), new);
+    }
+
+    #[test]
+    fn principals_are_validated() {
+        assert_eq!(
+            create_with(true, &["p-test", "ops@example.com"]).validate(),
+            Ok(())
+        );
+        let nine: Vec<String> = (0..=MAX_PRINCIPALS).map(|i| format!("p{i}")).collect();
+        let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+        for bad in [
+            create_with(false, &nine),
+            create_with(false, &[""]),
+            create_with(false, &["a\nroot"]),
+            create_with(false, &["from=\"*\" x"]),
+            create_with(false, &[&"p".repeat(65)]),
+        ] {
+            let err = bad.validate().unwrap_err();
+            assert_eq!(err.field, "principals", "{bad:?}");
         }
     }
 

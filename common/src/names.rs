@@ -230,6 +230,34 @@ pub fn validate_password_hash(hash: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Longest SSH certificate principal accepted.
+pub const MAX_PRINCIPAL_LEN: usize = 64;
+
+/// Checks an SSH certificate principal, as written one per line into an
+/// `AuthorizedPrincipalsFile` and matched by sshd against a certificate's principals: 1 to
+/// [`MAX_PRINCIPAL_LEN`] characters of `A-Z a-z 0-9 _ . @ -`. A newline would add a principal,
+/// a space or `"` would turn the line into principal options (`command=`, `from=`), a `,`
+/// would make a list, and `*` `?` `!` would be patterns.
+pub fn validate_principal(principal: &str) -> Result<(), ValidationError> {
+    const FIELD: &str = "principals";
+    if principal.is_empty() || principal.len() > MAX_PRINCIPAL_LEN {
+        return Err(ValidationError::new(
+            FIELD,
+            format!("each principal must be 1 to {MAX_PRINCIPAL_LEN} characters"),
+        ));
+    }
+    if !principal
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'))
+    {
+        return Err(ValidationError::new(
+            FIELD,
+            format!("{principal:?} may contain only ASCII letters, digits, '_', '.', '@' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a base64 Ed25519 public key (32 bytes); `None` if it is not one.
 pub fn decode_public_key(key: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
@@ -302,6 +330,27 @@ mod tests {
                 validate_ssh_public_key(key).is_err(),
                 "{key:?} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn principals_are_plain_words() {
+        for ok in ["p-test", "alice@example.com", "db.admin_1", &"a".repeat(64)] {
+            assert_eq!(validate_principal(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            &"a".repeat(65),
+            "a\nroot",
+            "a b",
+            "command=\"/bin/sh\" x",
+            "a,b",
+            "*",
+            "!root",
+            "é",
+            "a\0",
+        ] {
+            assert!(validate_principal(bad).is_err(), "{bad:?} was accepted");
         }
     }
 

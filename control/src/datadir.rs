@@ -18,6 +18,8 @@
 //!                        file): wraps each organization's data key; back it up apart from
 //!                        the database ([`crate::vault::master`])
 //!   master.key.next      0600  the new master key, during a rotation
+//!   user_ca.key          0600  SSH user CA (Ed25519, OpenSSH format): signs user certificates;
+//!                        hosts enrolled with --ssh-ca trust its public key in sshd
 //! ```
 //!
 //! **Keys are made once, at initialisation, and never silently again.** Each key's public half
@@ -49,10 +51,11 @@ use crate::store::{Page, PgStore, PinnedKey, SqliteStore, Store, StoreError};
 use crate::tls::{TlsError, TlsIdentity};
 use crate::vault::{MasterKeyFiles, Rotated, SecretKey};
 
+use crate::access::certificates::{CertificateError, UserCa};
 pub use crate::files::{
     ADMIN_TOKEN_FILE, AUDIT_HEAD_FILE, AUDIT_KEY_FILE, AUDIT_KEY_PENDING_FILE, CA_CERT_FILE,
     CA_KEY_FILE, DATABASE_FILE, Existing, MOVED_FILE, NEXT_KEY_FILE, OLD_KEY_FILE,
-    SIGNING_KEY_FILE, sync_parent, write_file,
+    SIGNING_KEY_FILE, USER_CA_KEY_FILE, sync_parent, write_file,
 };
 use crate::store::copy::CopyError;
 
@@ -102,6 +105,9 @@ pub enum DataDirError {
     /// The vault's master key could not be opened, made or rotated.
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
+    /// The SSH user CA key could not be read or made.
+    #[error(transparent)]
+    UserCa(#[from] CertificateError),
     /// Copying the SQLite database to PostgreSQL failed (nothing was committed).
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -207,6 +213,12 @@ static AUDIT_TEXT: KeyText = KeyText {
     flag: "--new-audit-key",
     consequence: "the chain's hash links are checked and its entries keyed again under a new key, recorded in the audit log; edits made before that are then no longer detectable, and checkpoints exported before can no longer be checked",
 };
+static USER_CA_TEXT: KeyText = KeyText {
+    what: "the SSH user CA key",
+    why: "hosts enrolled with --ssh-ca trust its public key in sshd and refuse certificates signed by another",
+    flag: "--new-user-ca",
+    consequence: "a new CA key is made and recorded in the audit log; every host enrolled with --ssh-ca must then be enrolled again (until then it refuses the new certificates)",
+};
 static CA_TEXT: KeyText = KeyText {
     what: "the private CA",
     why: "every enrolled agent pinned its fingerprint and refuses any other certificate",
@@ -259,6 +271,9 @@ pub struct Options {
     pub new_audit_key: bool,
     /// Make a new private CA if `ca.crt`/`ca.key` are missing (hosts must enroll again).
     pub new_ca: bool,
+    /// Make a new SSH user CA key if `user_ca.key` is missing (hosts enrolled with `--ssh-ca`
+    /// must enroll again).
+    pub new_user_ca: bool,
     /// The vault's master key file (`--master-key-file`); `master.key` in the data directory
     /// if `None`.
     pub master_key_file: Option<PathBuf>,
@@ -282,6 +297,8 @@ pub struct DataDir {
     pub master_key: Arc<SecretKey>,
     /// Where the master key file is.
     pub master_key_files: MasterKeyFiles,
+    /// The SSH user CA (`user_ca.key`, made on the first start that has none recorded).
+    pub user_ca: UserCa,
     dir: PathBuf,
     initialised_before_pins: bool,
     new_ca: bool,
@@ -372,6 +389,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
     .await?;
     let (signer, next_signer) =
         settle_signing_key(dir, store, initialised_before_pins, options, now).await?;
+    let user_ca = settle_user_ca(dir, store, options, now).await?;
 
     // Record the CA as soon as it exists, also when this start does not serve TLS with it.
     if store.key_pin(PinnedKey::Ca).await?.is_none()
@@ -412,6 +430,7 @@ pub async fn open(dir: &Path, options: &Options) -> Result<DataDir, DataDirError
         next_signer,
         master_key,
         master_key_files,
+        user_ca,
         dir: dir.to_owned(),
         initialised_before_pins,
         new_ca: options.new_ca,
@@ -646,6 +665,55 @@ async fn settle_signing_key(
     };
 
     Ok((signer, next_signer))
+}
+
+/// Loads the SSH user CA key and checks it against its record; makes it when none is recorded
+/// (a new data directory, or the first start of a version that has it) or with
+/// `--new-user-ca`; refuses a missing or different key otherwise.
+async fn settle_user_ca(
+    dir: &Path,
+    store: &dyn Store,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Result<UserCa, DataDirError> {
+    let path = dir.join(USER_CA_KEY_FILE);
+    let pin = store.key_pin(PinnedKey::UserCa).await?;
+    if let Some(ca) = UserCa::load(&path)? {
+        let public = ca.public_key()?;
+        match pin.as_deref() {
+            Some(pin) if pin == public => {}
+            Some(pin) => return Err(USER_CA_TEXT.mismatch(path, pin, &public)),
+            None => {
+                let event = AuditEvent::new("control_plane", "ssh_user_ca.recorded")
+                    .detail(serde_json::json!({"public_key": public}));
+                store
+                    .set_key_pin(PinnedKey::UserCa, &public, &event, now)
+                    .await?;
+            }
+        }
+        return Ok(ca);
+    }
+    let event = match pin.as_deref() {
+        None => AuditEvent::new("control_plane", "ssh_user_ca.created"),
+        Some(previous) if options.new_user_ca => {
+            tracing::warn!(
+                "made a new SSH user CA key (--new-user-ca): every host enrolled with --ssh-ca must be enrolled again"
+            );
+            AuditEvent::new(crate::enroll::CONTROL_PLANE, "ssh_user_ca.replaced")
+                .detail(serde_json::json!({"previous": previous}))
+        }
+        Some(_) => return Err(USER_CA_TEXT.missing(path, pin.as_deref())),
+    };
+    let ca = UserCa::create(&path)?;
+    let public = ca.public_key()?;
+    let mut detail = event.detail.clone();
+    if let Some(object) = detail.as_object_mut() {
+        object.insert("public_key".into(), serde_json::json!(public));
+    }
+    store
+        .set_key_pin(PinnedKey::UserCa, &public, &event.detail(detail), now)
+        .await?;
+    Ok(ca)
 }
 
 /// Keys the entries already in the chain (on the first start after an upgrade from unkeyed

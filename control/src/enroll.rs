@@ -59,6 +59,7 @@ impl Control {
                 expires_at,
                 uses,
                 &request.labels,
+                request.ssh_ca,
                 &by.audit_actor(),
             )
             .await?;
@@ -68,11 +69,13 @@ impl Control {
             uses,
             ca_fingerprint: self.ca_fingerprint.clone(),
             labels: request.labels.clone(),
+            ssh_ca: request.ssh_ca,
         })
     }
 
     /// Enrolls a host: spends one use of the token, records the host's facts with the token's
-    /// labels and returns a new host credential (stored hashed).
+    /// labels and returns a new host credential (stored hashed); a token made with `ssh_ca`
+    /// also hands over the SSH user CA's public key for the agent to install.
     pub async fn enroll(&self, request: &EnrollRequest) -> Result<EnrollResponse, ControlError> {
         request.facts.validate()?;
         if request.token.is_empty() || request.token.len() > 256 {
@@ -85,18 +88,26 @@ impl Control {
             facts: request.facts.clone(),
             enrolled_at: Utc::now(),
             last_seen: None,
+            // Decided by the token.
+            ssh_ca: false,
         };
         let credential = new_token("latch_host_")?;
         self.store
             .enroll_host(&hash_token(&request.token), &host, &hash_token(&credential))
             .await?
             .map_err(ControlError::EnrollRefused)?;
-        tracing::info!(host_id = %host.id, hostname = %host.facts.hostname, "host enrolled");
+        let ssh_ca = self.host_uses_ssh_ca(&host.id).await?;
+        tracing::info!(host_id = %host.id, hostname = %host.facts.hostname, ssh_ca, "host enrolled");
         Ok(EnrollResponse {
             host_id: host.id,
             credential,
             signing_key: self.signing_key(),
             next_signing_key: self.keys.next().map(|next| next.public_key()),
+            user_ca_key: if ssh_ca {
+                Some(self.user_ca_public_key()?)
+            } else {
+                None
+            },
         })
     }
 }

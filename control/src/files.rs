@@ -29,6 +29,9 @@ pub const AUDIT_HEAD_FILE: &str = "audit.head";
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// CA key file (PEM, 0600).
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The SSH user CA key (OpenSSH private key, 0600): signs user certificates for hosts enrolled
+/// with `--ssh-ca`.
+pub const USER_CA_KEY_FILE: &str = "user_ca.key";
 /// The vault's master key (64 hex digits, 0600), unless `--master-key-file` names another file.
 pub const MASTER_KEY_FILE: &str = "master.key";
 

@@ -200,6 +200,23 @@ impl Control {
             last_seen: host.last_seen,
             online,
             labels,
+            ssh_ca: host.ssh_ca,
         }
+    }
+
+    /// Whether the host `host_id` was enrolled to trust the SSH user CA (`latchctl
+    /// enroll-token create --ssh-ca`): its sshd accepts certificates from
+    /// [`Control::issue_user_certificate`] for the principals a create-account job wrote.
+    pub async fn host_uses_ssh_ca(&self, host_id: &str) -> Result<bool, ControlError> {
+        self.store
+            .find_hosts(host_id)
+            .await?
+            .into_iter()
+            .find(|host| host.id == host_id)
+            .map(|host| host.ssh_ca)
+            .ok_or_else(|| ControlError::NotFound {
+                what: "host",
+                key: host_id.to_owned(),
+            })
     }
 }

@@ -164,6 +164,8 @@ pub struct Control {
     master_key: Option<Arc<vault::SecretKey>>,
     /// One lock per vault identity for its rotations and host links ([`vault::rotation`]).
     identity_locks: vault::rotation::IdentityLocks,
+    /// The SSH user CA ([`access::certificates`]): the data directory's, or one made in memory.
+    user_ca: Option<Arc<access::certificates::UserCa>>,
 }
 
 impl Control {
@@ -184,6 +186,7 @@ impl Control {
             sso: None,
             master_key: None,
             identity_locks: vault::rotation::IdentityLocks::default(),
+            user_ca: access::certificates::UserCa::generate().ok().map(Arc::new),
         }
     }
 

@@ -63,6 +63,7 @@ fn host_record(hostname: &str) -> HostRecord {
         facts: support::facts(hostname),
         enrolled_at: Utc::now(),
         last_seen: None,
+        ssh_ca: false,
     }
 }
 
@@ -80,6 +81,7 @@ async fn enrolled(store: &dyn Store, hostname: &str) -> HostRecord {
             now + Duration::minutes(5),
             1,
             &Default::default(),
+            false,
             &Actor::new("admin"),
         )
         .await
@@ -122,6 +124,8 @@ fn create(user: &str) -> JobSpec {
         ssh_keys: Vec::new(),
         shell: None,
         expires_at: None,
+        sudo: false,
+        principals: Vec::new(),
     }
 }
 
@@ -170,6 +174,7 @@ async fn racing_enrollments_never_spend_a_token_twice(db: TestDb) {
             now + Duration::minutes(5),
             3,
             &Default::default(),
+            false,
             &Actor::new("admin"),
         )
         .await
@@ -839,6 +844,7 @@ async fn racing_writers_keep_one_audit_chain(db: TestDb) {
                         now + Duration::minutes(1),
                         1,
                         &Default::default(),
+                        false,
                         &Actor::new("admin"),
                     )
                     .await

@@ -139,6 +139,19 @@ pub enum Step {
         /// Complete `authorized_keys` lines.
         lines: Vec<String>,
     },
+    /// Replace the account's SSH certificate principals file
+    /// (`/etc/ssh/latch/principals/USER`, root-owned) with these principals, one per line.
+    WritePrincipals {
+        /// Name.
+        user: String,
+        /// The principals (validated).
+        principals: Vec<String>,
+    },
+    /// Remove the account's SSH certificate principals file, so no certificate logs in as it.
+    RemovePrincipals {
+        /// Name.
+        user: String,
+    },
     /// `chpasswd --encrypted`.
     SetPasswordHash {
         /// Name.
@@ -223,6 +236,12 @@ impl Step {
             Step::AddToGroup { user, group } => format!("add '{user}' to '{group}'"),
             Step::RemoveFromGroup { user, group } => format!("remove '{user}' from '{group}'"),
             Step::WriteKeys { user, .. } => format!("write the SSH keys of '{user}'"),
+            Step::WritePrincipals { user, .. } => {
+                format!("write the SSH certificate principals of '{user}'")
+            }
+            Step::RemovePrincipals { user } => {
+                format!("remove the SSH certificate principals of '{user}'")
+            }
             Step::SetPasswordHash { user, .. } => format!("set the password of '{user}'"),
             Step::RecordGroupGrant { user, group, .. } => {
                 format!("record the '{group}' grant of '{user}'")
@@ -349,6 +368,46 @@ fn allowed_group(group: &str, facts: &Facts<'_>) -> Result<(), JobError> {
     Ok(())
 }
 
+/// The host's sudo group: the first group the host allows granting that exists on it (by
+/// default the distribution's `sudo` or `wheel`).
+pub fn sudo_group<'a>(facts: &Facts<'a>) -> Result<&'a str, JobError> {
+    let allowed = &facts.policy.allowed_groups;
+    allowed
+        .iter()
+        .find(|g| !never_granted(g) && facts.snapshot.group(g).is_some())
+        .map(String::as_str)
+        .ok_or_else(|| {
+            refuse(
+                JobErrorCode::NoSudoGroup,
+                format!(
+                    "the job asks for sudo, but none of the groups this host allows granting exists on it (allowed: {}); create the sudo group or set allowed_groups in the agent's configuration, its first existing group being the one that gives sudo",
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ),
+            )
+        })
+}
+
+/// The groups a create-account job grants: the ones it names, then the host's sudo group when
+/// it asks for `sudo` (once, if it also named it).
+pub fn granted_groups(
+    groups: &[String],
+    sudo: bool,
+    facts: &Facts<'_>,
+) -> Result<Vec<String>, JobError> {
+    let mut granted = groups.to_vec();
+    if sudo {
+        let group = sudo_group(facts)?;
+        if !granted.iter().any(|g| g == group) {
+            granted.push(group.to_owned());
+        }
+    }
+    Ok(granted)
+}
+
 /// Granting refuses while an account file has a line that does not parse: shadow-utils would
 /// work around it, but the agent could not check what it changes.
 fn files_well_formed(snapshot: &Snapshot) -> Result<(), JobError> {
@@ -390,6 +449,9 @@ fn removal_steps(
             user: user.to_owned(),
         });
     }
+    steps.push(Step::RemovePrincipals {
+        user: user.to_owned(),
+    });
     steps.push(Step::LockAccount {
         user: user.to_owned(),
     });
@@ -416,12 +478,15 @@ fn removal_steps(
 
 /// What is left of an account Latch created that is no longer in `/etc/passwd` (deleted by
 /// hand, or a `useradd` that failed half-way): its processes (unless another account now has
-/// its UID), a private group, then the record.
+/// its UID), its certificate principals, a private group, then the record.
 fn leftover_steps(user: &str, uid: u32, snapshot: &Snapshot) -> Vec<Step> {
     let mut steps = Vec::new();
     if !snapshot.passwd.iter().any(|u| u.uid == uid) {
         steps.push(Step::EndProcesses { uid, gid: uid });
     }
+    steps.push(Step::RemovePrincipals {
+        user: user.to_owned(),
+    });
     if snapshot.group(user).is_some_and(|g| g.gid == uid) {
         steps.push(Step::DeleteGroup {
             group: user.to_owned(),
@@ -522,8 +587,11 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
             shell,
             ssh_keys,
             expires_at,
+            sudo,
+            principals,
         } => {
             files_well_formed(snapshot)?;
+            let groups = &granted_groups(groups, *sudo, facts)?;
             for group in groups {
                 allowed_group(group, facts)?;
             }
@@ -619,6 +687,12 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
                     lines: authorized_key_lines(ssh_keys, *expires_at),
                 });
             }
+            if !principals.is_empty() {
+                steps.push(Step::WritePrincipals {
+                    user: user.clone(),
+                    principals: principals.clone(),
+                });
+            }
             Ok(Plan::steps(steps))
         }
         JobSpec::DeleteAccount { user } => match owned_account(user, snapshot, facts.accounts) {
@@ -641,8 +715,13 @@ pub fn plan(spec: &JobSpec, job_id: &str, facts: &Facts<'_>) -> Result<Plan, Job
                     "account '{user}' was already gone from /etc/passwd; the agent's record was dropped"
                 )],
             }),
+            // The principals file is Latch's own: certificates must not log in as the new
+            // owner of the name.
             Ownership::Replaced { ours, now } => Ok(Plan {
-                steps: vec![Step::ForgetAccount { user: user.clone() }],
+                steps: vec![
+                    Step::RemovePrincipals { user: user.clone() },
+                    Step::ForgetAccount { user: user.clone() },
+                ],
                 notes: vec![format!(
                     "the account Latch created as '{user}' (UID {ours}) is gone; the name now has UID {now} and belongs to someone else, who was left alone"
                 )],
@@ -874,6 +953,8 @@ mod tests {
             shell: None,
             ssh_keys: vec![],
             expires_at: None,
+            sudo: false,
+            principals: vec![],
         }
     }
 
@@ -897,6 +978,7 @@ mod tests {
             Step::ClearSudoTimestamps { user: "eph".into() },
             end.clone(),
             Step::RemoveKeys { user: "eph".into() },
+            Step::RemovePrincipals { user: "eph".into() },
             Step::LockAccount { user: "eph".into() },
             Step::RemoveFromGroup {
                 user: "eph".into(),
@@ -998,6 +1080,8 @@ mod tests {
                 shell: Some("/usr/bin/evil".into()),
                 ssh_keys: vec![],
                 expires_at: None,
+                sudo: false,
+                principals: vec![],
             },
             Err(Code::ShellNotAllowed),
         );
@@ -1028,6 +1112,122 @@ mod tests {
         }
     }
 
+    fn create_with(user: &str, groups: &[&str], sudo: bool, principals: &[&str]) -> JobSpec {
+        JobSpec::CreateAccount {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            shell: None,
+            ssh_keys: vec![],
+            expires_at: None,
+            sudo,
+            principals: principals.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    /// `sudo` joins the host's sudo group (the first allowed group that exists), once, recorded
+    /// as a grant like a named group; principals are written after the account exists.
+    #[test]
+    fn sudo_joins_the_first_existing_allowed_group_and_principals_are_written() {
+        let steps = plan_with(
+            &create_with("alice", &[], true, &["p-test", "ops"]),
+            &snapshot(),
+            &accounts(),
+            &Policy {
+                allowed_groups: vec!["wheel".into(), "sudo".into(), "adm".into()],
+                ..policy()
+            },
+        )
+        .unwrap()
+        .steps;
+        let add = steps
+            .iter()
+            .find_map(|s| match s {
+                Step::AddUser { groups, .. } => Some(groups.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(add, vec![MARKER_GROUP.to_owned(), "sudo".to_owned()]);
+        assert!(steps.contains(&Step::RecordGroupGrant {
+            user: "alice".into(),
+            group: "sudo".into(),
+            job_id: "job-1".into(),
+            expires_at: None,
+        }));
+        assert_eq!(
+            steps.last(),
+            Some(&Step::WritePrincipals {
+                user: "alice".into(),
+                principals: vec!["p-test".into(), "ops".into()],
+            })
+        );
+        // Naming the group as well as asking for sudo joins it once.
+        let steps = plan_with(
+            &create_with("alice", &["sudo"], true, &[]),
+            &snapshot(),
+            &accounts(),
+            &policy(),
+        )
+        .unwrap()
+        .steps;
+        let grants = steps
+            .iter()
+            .filter(|s| matches!(s, Step::RecordGroupGrant { .. }))
+            .count();
+        assert_eq!(grants, 1, "{steps:?}");
+        assert!(
+            !steps
+                .iter()
+                .any(|s| matches!(s, Step::WritePrincipals { .. }))
+        );
+        // Re-delivered to the existing account: the membership is already there.
+        check(
+            create_with("eph", &[], true, &["p-test"]),
+            Ok(vec![
+                Step::RecordGroupGrant {
+                    user: "eph".into(),
+                    group: "sudo".into(),
+                    job_id: "job-1".into(),
+                    expires_at: None,
+                },
+                Step::WritePrincipals {
+                    user: "eph".into(),
+                    principals: vec!["p-test".into()],
+                },
+            ]),
+        );
+    }
+
+    #[test]
+    fn sudo_without_a_sudo_group_on_the_host_is_refused_clearly() {
+        for allowed in [vec![], vec!["wheel".to_owned()], vec!["root".to_owned()]] {
+            let err = plan_with(
+                &create_with("alice", &[], true, &[]),
+                &snapshot(),
+                &accounts(),
+                &Policy {
+                    allowed_groups: allowed.clone(),
+                    ..policy()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err.code, Code::NoSudoGroup, "{allowed:?}");
+            assert!(err.message.contains("allowed_groups"), "{err}");
+        }
+        // Without sudo the same host creates the account.
+        assert!(
+            plan_with(
+                &create_with("alice", &[], false, &[]),
+                &snapshot(),
+                &accounts(),
+                &Policy {
+                    allowed_groups: vec![],
+                    ..policy()
+                },
+            )
+            .is_ok()
+        );
+    }
+
     #[test]
     fn create_redelivered_converges() {
         check(
@@ -1051,6 +1251,8 @@ mod tests {
             shell: None,
             ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBu2K6/pB0pY+4p2eGZq1jWbA5i6RzkmVfO2hXmLHqXh k".into()],
             expires_at: Some(end),
+            sudo: false,
+            principals: vec![],
         };
         let steps = plan_with(&spec, &snapshot(), &accounts(), &policy())
             .unwrap()
@@ -1538,6 +1740,9 @@ mod tests {
                     uid: 60002,
                     gid: 60002
                 },
+                Step::RemovePrincipals {
+                    user: "half".into()
+                },
                 Step::DeleteGroup {
                     group: "half".into()
                 },
@@ -1557,9 +1762,14 @@ mod tests {
         let plan = plan_with(&delete("half"), &files, &records, &policy()).unwrap();
         assert_eq!(
             plan.steps,
-            vec![Step::ForgetAccount {
-                user: "half".into()
-            }]
+            vec![
+                Step::RemovePrincipals {
+                    user: "half".into()
+                },
+                Step::ForgetAccount {
+                    user: "half".into()
+                }
+            ]
         );
         assert!(plan.notes[0].contains("belongs to someone else"));
     }

@@ -1,5 +1,6 @@
 //! Post-conditions: after a job, the account files read back must show what the job asked for.
-//! Home directories, `authorized_keys` and processes need I/O and are checked by the worker.
+//! Home directories, `authorized_keys`, SSH certificate principals files and processes need I/O
+//! and are checked by the worker.
 
 use latch_common::job::{JobError, JobErrorCode, JobSpec};
 
@@ -21,6 +22,7 @@ pub fn verify(spec: &JobSpec, facts: &Facts<'_>) -> Result<(), JobError> {
             user,
             groups,
             shell,
+            sudo,
             ..
         } => {
             let entry = managed_account(user, facts)
@@ -50,6 +52,9 @@ pub fn verify(spec: &JobSpec, facts: &Facts<'_>) -> Result<(), JobError> {
                     "the agent's record of '{user}' does not end with the job's expiry"
                 )));
             }
+            // With `sudo`, the host's sudo group is among them.
+            let groups = super::granted_groups(groups, *sudo, facts)
+                .map_err(|e| failed(format!("the sudo group cannot be found ({})", e.message)))?;
             if let Some(group) = groups.iter().find(|g| !snapshot.is_member(user, g)) {
                 return Err(failed(format!("'{user}' is not a member of '{group}'")));
             }

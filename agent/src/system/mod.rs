@@ -1,5 +1,5 @@
 //! The only code that touches the host: running shadow-utils, reading account files, writing
-//! `authorized_keys`, ending processes. Everything above this module decides; this module acts.
+//! `authorized_keys` and sshd's certificate files, ending processes. Everything above this module decides; this module acts.
 
 pub mod accounts;
 pub mod cmd;
@@ -9,4 +9,5 @@ pub mod keys;
 pub mod mounts;
 pub mod nss;
 pub mod procs;
+pub mod sshd;
 pub mod sudo;

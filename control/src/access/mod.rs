@@ -2,6 +2,8 @@
 //! access on which hosts, for how long, approved by whom — and requests up to their decision
 //! ([`requests`]). Provisioning and revocation build on them next.
 
+pub mod certificates;
+pub mod keys;
 pub mod policy;
 pub mod requests;
 

@@ -278,6 +278,10 @@ enum Command {
         /// enrolled host must then be enrolled again. Audited.
         #[arg(long, conflicts_with_all = ["insecure_http", "tls_cert"])]
         new_ca: bool,
+        /// Recovery only: make a new SSH user CA key because user_ca.key is lost for good.
+        /// Every host enrolled with --ssh-ca must then be enrolled again. Audited.
+        #[arg(long)]
+        new_user_ca: bool,
         /// The credential vault's master key file (64 hex digits, mode 0600). Default:
         /// DIR/master.key, made on the first start. It wraps every organization's data key and
         /// is not in the database: back it up apart from the database. A start with another key,
@@ -408,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
             new_signing_key,
             new_audit_key,
             new_ca,
+            new_user_ca,
             master_key_file,
             max_grant_duration,
             default_grant_duration,
@@ -458,6 +463,7 @@ async fn main() -> anyhow::Result<()> {
                 new_signing_key,
                 new_audit_key,
                 new_ca,
+                new_user_ca,
                 master_key_file,
             };
             let data = datadir::open(&data_dir, &options).await?;
@@ -542,9 +548,11 @@ async fn main() -> anyhow::Result<()> {
                 println!("  CA fingerprint: {}", identity.ca_fingerprint);
                 Some(identity)
             };
+            println!("  SSH user CA:    {}", data.user_ca.fingerprint());
             let mut control = Control::new(data.store, config, data.signer)
                 .with_key_dir(data_dir.clone(), data.next_signer)
-                .with_master_key(data.master_key.clone());
+                .with_master_key(data.master_key.clone())
+                .with_user_ca(data.user_ca);
             if let Some(sso) = sso.build()? {
                 println!("  single sign-on: {}", sso.config().issuer);
                 control = control.with_sso(sso);

@@ -203,6 +203,11 @@ enum EnrollTokenCommand {
         /// repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label_arg)]
         labels: Vec<(String, String)>,
+        /// Hosts enrolled with the token trust this control plane's SSH user CA: their agent
+        /// installs it in sshd (TrustedUserCAKeys, AuthorizedPrincipalsFile), so grants there can
+        /// use OpenSSH user certificates valid exactly for their window.
+        #[arg(long)]
+        ssh_ca: bool,
     },
 }
 
@@ -328,6 +333,14 @@ struct CreateJobArgs {
     /// create-account: login shell (default: the host's configured default).
     #[arg(long)]
     shell: Option<String>,
+    /// create-account: also join the host's sudo group (the first of its allowed_groups that
+    /// exists there; refused with no_sudo_group if none does).
+    #[arg(long)]
+    sudo: bool,
+    /// create-account: an SSH certificate principal the account accepts, on hosts enrolled
+    /// with --ssh-ca (repeatable, at most 8; letters, digits, _ . @ -).
+    #[arg(long = "principal", value_name = "PRINCIPAL")]
+    principals: Vec<String>,
     /// set-password: read the new password from the first line of standard input. The control
     /// plane hashes it; only the hash reaches the host.
     #[arg(long)]
@@ -548,13 +561,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let client = AdminClient::new(&cli.server, &admin_token(&cli)?, ca_pem.as_deref())?;
     match &cli.command {
-        Command::EnrollToken(EnrollTokenCommand::Create { ttl, uses, labels }) => {
+        Command::EnrollToken(EnrollTokenCommand::Create {
+            ttl,
+            uses,
+            labels,
+            ssh_ca,
+        }) => {
             let token = client
                 .create_enroll_token(&CreateEnrollTokenRequest {
                     // Whole seconds, rounded up: 1.5s is 2s, never 1s.
                     ttl_seconds: Some(ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)),
                     uses: Some(*uses),
                     labels: labels.iter().cloned().collect(),
+                    ssh_ca: *ssh_ca,
                 })
                 .await?;
             if json {
@@ -597,10 +616,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_hosts(std::slice::from_ref(&host));
                 println!(
-                    "machine-id: {}  enrolled: {}\nlabels: {}",
+                    "machine-id: {}  enrolled: {}\nlabels: {}\nSSH user CA trusted: {}",
                     host.facts.machine_id,
                     host.enrolled_at.to_rfc3339(),
-                    labels_text(&host.labels)
+                    labels_text(&host.labels),
+                    if host.ssh_ca { "yes" } else { "no" }
                 );
             }
         }
@@ -891,6 +911,8 @@ fn job_request(args: &CreateJobArgs) -> anyhow::Result<CreateJobRequest> {
         kind: Some(kind),
         user: args.user.clone(),
         shell: args.shell.clone(),
+        sudo: args.sudo,
+        principals: args.principals.clone(),
         ..CreateJobRequest::default()
     };
     match kind {

@@ -118,6 +118,8 @@ pub struct HostRecord {
     pub enrolled_at: DateTime<Utc>,
     /// Last poll.
     pub last_seen: Option<DateTime<Utc>>,
+    /// Whether it was enrolled to trust the SSH user CA (its token's `--ssh-ca`).
+    pub ssh_ca: bool,
 }
 
 /// A job as stored.
@@ -332,6 +334,8 @@ pub enum PinnedKey {
     Audit,
     /// The private CA (its fingerprint, `sha256:…`).
     Ca,
+    /// The SSH user CA (its public key, an OpenSSH line).
+    UserCa,
 }
 
 impl PinnedKey {
@@ -341,6 +345,7 @@ impl PinnedKey {
             PinnedKey::Signing => "signing",
             PinnedKey::Audit => "audit",
             PinnedKey::Ca => "ca",
+            PinnedKey::UserCa => "user_ca",
         }
     }
 }
@@ -401,7 +406,9 @@ pub trait Store:
     /// Whether `hash` is the hash of a valid admin token.
     async fn admin_token_exists(&self, hash: &str) -> Result<bool, StoreError>;
 
-    /// Stores a new enrollment token; the hosts it enrolls get `labels`.
+    /// Stores a new enrollment token; the hosts it enrolls get `labels`, and trust the SSH user
+    /// CA when `ssh_ca`.
+    #[allow(clippy::too_many_arguments)]
     async fn insert_enroll_token(
         &self,
         hash: &str,
@@ -409,10 +416,11 @@ pub trait Store:
         expires_at: DateTime<Utc>,
         uses: u32,
         labels: &Labels,
+        ssh_ca: bool,
         actor: &Actor,
     ) -> Result<(), StoreError>;
-    /// Spends one use of the token and creates the host with the token's labels, in one
-    /// transaction.
+    /// Spends one use of the token and creates the host with the token's labels and SSH CA
+    /// choice (whatever `host.ssh_ca` says), in one transaction.
     async fn enroll_host(
         &self,
         token_hash: &str,

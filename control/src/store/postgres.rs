@@ -634,18 +634,20 @@ impl Store for PgStore {
         expires_at: DateTime<Utc>,
         uses: u32,
         labels: &Labels,
+        ssh_ca: bool,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let mut tx = Tx::begin(self).await?;
         sqlx::query(
-            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels) \
-             VALUES ($1, $2, $3, $4, $4, $5)",
+            "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels, ssh_ca) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6)",
         )
         .bind(hash)
         .bind(millis(now))
         .bind(millis(expires_at))
         .bind(i64::from(uses))
         .bind(labels_to_text(labels)?)
+        .bind(i64::from(ssh_ca))
         .execute(tx.conn())
         .await?;
         let event = actor
@@ -655,6 +657,7 @@ impl Store for PgStore {
                 "expires_at": expires_at.to_rfc3339(),
                 "uses": uses,
                 "labels": labels,
+                "ssh_ca": ssh_ca,
             }));
         tx.audit(event, now);
         tx.commit().await
@@ -675,7 +678,7 @@ impl Store for PgStore {
         // updates the row and the others find `uses_left > 0` false once it commits.
         let spent = sqlx::query(
             "UPDATE enroll_tokens SET uses_left = uses_left - 1 \
-             WHERE hash = $1 AND expires_at > $2 AND uses_left > 0 RETURNING labels",
+             WHERE hash = $1 AND expires_at > $2 AND uses_left > 0 RETURNING labels, ssh_ca",
         )
         .bind(token_hash)
         .bind(millis(host.enrolled_at))
@@ -704,11 +707,12 @@ impl Store for PgStore {
             return Ok(Err(refusal));
         };
         let labels = labels_from_text(&spent.try_get::<String, _>("labels")?)?;
+        let ssh_ca = spent.try_get::<i64, _>("ssh_ca")? != 0;
         let facts = &host.facts;
         sqlx::query(
             "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
-             credential_hash, enrolled_at, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             credential_hash, enrolled_at, labels, ssh_ca) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&host.id)
         .bind(&facts.hostname)
@@ -721,6 +725,7 @@ impl Store for PgStore {
         .bind(credential_hash)
         .bind(millis(host.enrolled_at))
         .bind(labels_to_text(&labels)?)
+        .bind(i64::from(ssh_ca))
         .execute(tx.conn())
         .await?;
         let event = AuditEvent::new(token_actor, "host.enroll")
@@ -729,6 +734,7 @@ impl Store for PgStore {
                 "hostname": facts.hostname,
                 "machine_id": facts.machine_id,
                 "labels": labels,
+                "ssh_ca": ssh_ca,
             }));
         tx.audit(event, host.enrolled_at);
         tx.commit().await?;

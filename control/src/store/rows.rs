@@ -24,7 +24,7 @@ macro_rules! job_columns {
 /// The columns [`host_from_row`] reads.
 macro_rules! host_columns {
     () => {
-        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen"
+        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen, ssh_ca"
     };
 }
 
@@ -103,6 +103,7 @@ pub(super) fn host_from_row(row: &impl Columns) -> Result<HostRecord, StoreError
         },
         enrolled_at: from_millis(row.int("enrolled_at")?),
         last_seen: row.opt_int("last_seen")?.map(from_millis),
+        ssh_ca: row.int("ssh_ca")? != 0,
     })
 }
 

@@ -670,20 +670,22 @@ impl Store for SqliteStore {
         expires_at: DateTime<Utc>,
         uses: u32,
         labels: &Labels,
+        ssh_ca: bool,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let labels_text = labels_to_text(labels)?;
         self.write(|tx| {
             tx.exec(
-                "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO enroll_tokens (hash, created_at, expires_at, uses_total, uses_left, labels, ssh_ca) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
                 params![
                     hash,
                     millis(now),
                     millis(expires_at),
                     i64::from(uses),
                     i64::from(uses),
-                    labels_text
+                    labels_text,
+                    i64::from(ssh_ca)
                 ],
             )?;
             let event = actor
@@ -693,6 +695,7 @@ impl Store for SqliteStore {
                     "expires_at": expires_at.to_rfc3339(),
                     "uses": uses,
                     "labels": labels,
+                    "ssh_ca": ssh_ca,
                 }));
             tx.audit(&event, now)?;
             Ok(End::Commit(()))
@@ -709,22 +712,23 @@ impl Store for SqliteStore {
         let token_actor = format!("enroll_token:{}", &token_hash[..token_hash.len().min(12)]);
         self.write(|tx| {
             let token = tx.row(
-                "SELECT expires_at, uses_left, labels FROM enroll_tokens WHERE hash = ?",
+                "SELECT expires_at, uses_left, labels, ssh_ca FROM enroll_tokens WHERE hash = ?",
                 params![token_hash],
                 |row| {
                     Ok((
                         row.int("expires_at")?,
                         row.int("uses_left")?,
                         row.text("labels")?,
+                        row.int("ssh_ca")? != 0,
                     ))
                 },
             )?;
             let refusal = match &token {
                 None => Some(TokenRefusal::Unknown),
-                Some((expires_at, _, _)) if *expires_at <= millis(host.enrolled_at) => {
+                Some((expires_at, ..)) if *expires_at <= millis(host.enrolled_at) => {
                     Some(TokenRefusal::Expired)
                 }
-                Some((_, uses_left, _)) if *uses_left <= 0 => Some(TokenRefusal::UsedUp),
+                Some((_, uses_left, ..)) if *uses_left <= 0 => Some(TokenRefusal::UsedUp),
                 Some(_) => None,
             };
             if let Some(refusal) = refusal {
@@ -736,7 +740,9 @@ impl Store for SqliteStore {
                 tx.audit(&event, host.enrolled_at)?;
                 return Ok(End::Commit(Err(refusal)));
             }
-            let labels_text = token.map(|(_, _, labels)| labels).unwrap_or_default();
+            let (labels_text, ssh_ca) = token
+                .map(|(_, _, labels, ssh_ca)| (labels, ssh_ca))
+                .unwrap_or_default();
             let labels = labels_from_text(&labels_text)?;
             tx.exec(
                 "UPDATE enroll_tokens SET uses_left = uses_left - 1 WHERE hash = ?",
@@ -745,7 +751,7 @@ impl Store for SqliteStore {
             let facts = &host.facts;
             tx.exec(
                 "INSERT INTO hosts (id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, \
-                 credential_hash, enrolled_at, labels) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 credential_hash, enrolled_at, labels, ssh_ca) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     host.id,
                     facts.hostname,
@@ -757,7 +763,8 @@ impl Store for SqliteStore {
                     facts.machine_id,
                     credential_hash,
                     millis(host.enrolled_at),
-                    labels_to_text(&labels)?
+                    labels_to_text(&labels)?,
+                    i64::from(ssh_ca)
                 ],
             )?;
             let event = AuditEvent::new(&token_actor, "host.enroll")
@@ -766,6 +773,7 @@ impl Store for SqliteStore {
                     "hostname": facts.hostname,
                     "machine_id": facts.machine_id,
                     "labels": labels,
+                    "ssh_ca": ssh_ca,
                 }));
             tx.audit(&event, host.enrolled_at)?;
             Ok(End::Commit(Ok(())))
