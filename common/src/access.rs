@@ -420,3 +420,185 @@ mod tests {
         assert!("root".parse::<AccessKind>().is_err());
     }
 }
+
+/// Most hosts one request (a label selector) may span.
+pub const MAX_REQUEST_HOSTS: usize = 100;
+
+/// Body of `POST /v1/access/requests`: one host (`host`) or every host matching a label
+/// selector (`hosts`), never both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequestCreate {
+    /// One host, by id or name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// A label selector over several hosts (`env=prod,role=db`).
+    #[serde(default)]
+    pub hosts: Option<String>,
+    /// What: `ephemeral-account` or `sudo`.
+    pub access: AccessKind,
+    /// For how long once active, in minutes.
+    pub minutes: u32,
+    /// Why (1–500 characters).
+    pub reason: String,
+    /// The requester's SSH public key; without one Latch generates a key pair and returns its
+    /// private half once, in the answer.
+    #[serde(default)]
+    pub ssh_public_key: Option<String>,
+}
+
+impl AccessRequestCreate {
+    /// Checks the shape: exactly one of `host` and `hosts`, a valid selector, at least a minute.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match (&self.host, &self.hosts) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "hosts",
+                    "give either host (one host) or hosts (a label selector), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ValidationError::new(
+                    "host",
+                    "name a host, or a label selector in hosts",
+                ));
+            }
+            (Some(host), None) => {
+                if host.is_empty() || host.len() > 253 || host.chars().any(char::is_control) {
+                    return Err(ValidationError::new(
+                        "host",
+                        "must be a host id or host name",
+                    ));
+                }
+            }
+            (None, Some(selector)) => {
+                let parsed = Selector::parse(selector)
+                    .map_err(|e| ValidationError::new("hosts", e.reason))?;
+                if parsed.is_empty() {
+                    return Err(ValidationError::new(
+                        "hosts",
+                        "an empty selector would match every host; name the labels",
+                    ));
+                }
+            }
+        }
+        if self.minutes == 0 || self.minutes > MAX_POLICY_MINUTES {
+            return Err(ValidationError::new(
+                "minutes",
+                format!("must be 1 to {MAX_POLICY_MINUTES}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Body of `POST /v1/access/requests/{id}/approve|deny|revoke|cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessDecision {
+    /// Why (optional for approvals, 1–500 characters when given).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One approver's decision, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionView {
+    /// The approver's name.
+    pub by: String,
+    /// `approve` or `deny`.
+    pub decision: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One host of a request, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHostView {
+    /// Host id.
+    pub host_id: String,
+    /// Host name.
+    pub host: String,
+    /// `waiting`, `provisioning`, `active`, `failed`, `revoking` or `revoked`.
+    pub state: String,
+    /// The create-account job.
+    pub provision_job: Option<String>,
+    /// The delete-account job.
+    pub revoke_job: Option<String>,
+    /// What went wrong on this host.
+    pub error: Option<String>,
+    /// Whether the host trusts Latch's SSH certificate authority (log in with the certificate).
+    pub ssh_certificate: bool,
+}
+
+/// An access request, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequestView {
+    /// `ar_…`.
+    pub id: String,
+    /// The requester's name.
+    pub requester: String,
+    /// What was asked for: a host, or a label selector.
+    pub target: String,
+    /// What.
+    pub access: AccessKind,
+    /// The window, in minutes, from activation.
+    pub minutes: u32,
+    /// Why.
+    pub reason: String,
+    /// `pending_approval`, `approved`, `provisioning`, `active`, `revoking`, `expired`,
+    /// `revoked`, `denied`, `cancelled` or `failed`.
+    pub state: String,
+    /// The policy that allowed it.
+    pub policy: String,
+    /// Who approves (a group's name), when approval is needed.
+    pub approver_group: Option<String>,
+    /// How many approvals it needs.
+    pub approvals_needed: u32,
+    /// The approvers' decisions.
+    pub decisions: Vec<DecisionView>,
+    /// The account on the hosts, once provisioning started.
+    pub account: Option<String>,
+    /// The hosts, with their status.
+    pub hosts: Vec<RequestHostView>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// An undecided request expires then.
+    pub pending_until: Option<DateTime<Utc>>,
+    /// When it was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The last decision's reason (a denial's, a cancellation's, a revocation's).
+    pub decision_reason: Option<String>,
+    /// When every host confirmed: the window started.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// When the window ends.
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Why it ended (`expired`, `revoked`, `failed`).
+    pub end_reason: Option<String>,
+    /// When every host confirmed the removal.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The holder re-confirms (`latchctl access confirm`) before this, or the grant ends.
+    pub confirm_by: Option<DateTime<Utc>>,
+    /// The SSH public key installed.
+    pub ssh_public_key: Option<String>,
+    /// Latch generated the key pair.
+    pub key_generated: bool,
+    /// The OpenSSH user certificate for the window (hosts that trust Latch's CA).
+    pub certificate: Option<String>,
+    /// The generated private key (OpenSSH format): only in the answer that created the
+    /// request, never again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl AccessRequestView {
+    /// Whether the request is over (nothing will change any more).
+    pub fn is_over(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "expired" | "revoked" | "denied" | "cancelled" | "failed"
+        )
+    }
+}

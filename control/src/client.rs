@@ -887,6 +887,59 @@ impl AdminClient {
         self.call(Method::DELETE, &path, &[], None::<&()>).await
     }
 
+    /// `GET /v1/access/requests` (all pages): the caller's own (`mine`), or every request it
+    /// may see; optionally only those in `state`.
+    pub async fn list_access_requests(
+        &self,
+        mine: bool,
+        state: Option<&str>,
+    ) -> Result<Vec<latch_common::access::AccessRequestView>, ClientError> {
+        let mut query = Vec::new();
+        if mine {
+            query.push(("mine", "true".to_owned()));
+        }
+        if let Some(state) = state {
+            query.push(("state", state.to_owned()));
+        }
+        self.all_pages("/v1/access/requests", query).await
+    }
+
+    /// `POST /v1/access/requests`: the answer carries the generated private key, if any.
+    pub async fn create_access_request(
+        &self,
+        request: &latch_common::access::AccessRequestCreate,
+    ) -> Result<latch_common::access::AccessRequestView, ClientError> {
+        self.call(Method::POST, "/v1/access/requests", &[], Some(request))
+            .await
+    }
+
+    /// `GET /v1/access/requests/{id}`.
+    pub async fn show_access_request(
+        &self,
+        id: &str,
+    ) -> Result<latch_common::access::AccessRequestView, ClientError> {
+        let path = format!("/v1/access/requests/{}", segment(id));
+        self.call(Method::GET, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/access/requests/{id}/{action}` with `approve`, `deny`, `cancel`, `revoke`
+    /// or `confirm`.
+    pub async fn act_on_access_request(
+        &self,
+        id: &str,
+        action: &str,
+        reason: &str,
+    ) -> Result<latch_common::access::AccessRequestView, ClientError> {
+        let path = format!("/v1/access/requests/{}/{action}", segment(id));
+        if action == "confirm" {
+            return self.call(Method::POST, &path, &[], None::<&()>).await;
+        }
+        let body = latch_common::access::AccessDecision {
+            reason: reason.to_owned(),
+        };
+        self.call(Method::POST, &path, &[], Some(&body)).await
+    }
+
     /// `GET /v1/organizations` (all pages).
     pub async fn list_organizations(&self) -> Result<Vec<OrganizationView>, ClientError> {
         self.all_pages("/v1/organizations", Vec::new()).await

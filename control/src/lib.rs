@@ -122,6 +122,9 @@ pub struct ControlConfig {
     pub vault: vault::VaultConfig,
     /// How long an access request may wait for its approvals before it expires.
     pub access_pending_ttl: Duration,
+    /// How long every host of an approved access request has to confirm its provisioning
+    /// before the request fails (and what the hosts got is removed).
+    pub access_provision_timeout: Duration,
     /// How webhook deliveries are attempted.
     pub webhooks: webhooks::WebhookConfig,
 }
@@ -144,6 +147,7 @@ impl Default for ControlConfig {
             mfa: mfa::MfaPolicy::default(),
             vault: vault::VaultConfig::default(),
             access_pending_ttl: access::requests::DEFAULT_PENDING_TTL,
+            access_provision_timeout: access::provision::DEFAULT_PROVISION_TIMEOUT,
             webhooks: webhooks::WebhookConfig::default(),
         }
     }

@@ -303,12 +303,14 @@ impl Control {
         window: GrantWindow,
     ) -> Result<JobRecord, ControlError> {
         let id = uuid::Uuid::new_v4().to_string();
-        self.queue_signed_as(&id, host_id, spec, revokes, actor, window)
+        self.queue_signed_as(&id, host_id, spec, revokes, actor, window, None)
             .await
     }
 
     /// [`Control::queue_signed`] with the job id chosen by the caller (recorded before the job
     /// is queued, as a rotation does).
+    // Each argument is one fact of the job; a struct for them would only rename them.
+    #[allow(clippy::too_many_arguments)]
     async fn queue_signed_as(
         &self,
         id: &str,
@@ -317,6 +319,7 @@ impl Control {
         revokes: Option<&str>,
         actor: &Actor,
         window: GrantWindow,
+        deadline: Option<DateTime<Utc>>,
     ) -> Result<JobRecord, ControlError> {
         let id = id.to_owned();
         let now = Utc::now();
@@ -324,9 +327,13 @@ impl Control {
             JobSpec::DeleteAccount { .. }
             | JobSpec::RemoveGroup { .. }
             | JobSpec::RotateSigningKey { .. } => None,
-            _ => Some(spec.expires_at().map_or(now + self.config.job_ttl, |end| {
-                end.min(now + self.config.job_ttl)
-            })),
+            _ => Some(
+                spec.expires_at()
+                    .map_or(now + self.config.job_ttl, |end| {
+                        end.min(now + self.config.job_ttl)
+                    })
+                    .min(deadline.unwrap_or(DateTime::<Utc>::MAX_UTC)),
+            ),
         };
         let signer = self.keys.current();
         if self.shared_store {
@@ -400,6 +407,37 @@ impl Control {
             None,
             &Actor::new(crate::enroll::CONTROL_PLANE),
             GrantWindow::NotAGrant,
+            None,
+        )
+        .await?;
+        self.wakeups.wake(host_id);
+        Ok(())
+    }
+
+    /// Queues a job of an access request with the id `job_id` (recorded beforehand) for
+    /// `host_id`: a grant (`window` requested) that the agent must not apply after `deadline`,
+    /// or a revocation of grant `revokes`. Wakes the host.
+    pub(crate) async fn queue_access_job(
+        &self,
+        host_id: &str,
+        job_id: &str,
+        spec: &JobSpec,
+        revokes: Option<&str>,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Result<(), ControlError> {
+        let window = if spec.expires_at().is_some() {
+            GrantWindow::Requested
+        } else {
+            GrantWindow::NotAGrant
+        };
+        self.queue_signed_as(
+            job_id,
+            host_id,
+            spec,
+            revokes,
+            &Actor::new(crate::enroll::CONTROL_PLANE),
+            window,
+            deadline,
         )
         .await?;
         self.wakeups.wake(host_id);

@@ -116,6 +116,9 @@ pub async fn run(
                 if let Err(error) = control.expire_pending_requests().await {
                     tracing::error!(%error, "expiring undecided access requests failed");
                 }
+                if let Err(error) = control.advance_access_requests().await {
+                    tracing::error!(%error, "advancing access requests failed");
+                }
                 ticks += 1;
                 if ticks.is_multiple_of(SESSION_PURGE_EVERY)
                     && let Err(error) = control.purge_ended_sessions().await

@@ -820,6 +820,7 @@ async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing(db: Tes
         api.admin("GET", "/v1/vaults", None).await.1,
         api.admin("GET", "/v1/vaults/hv/identities", None).await.1,
         api.admin("GET", "/v1/vaults/hv/grants", None).await.1,
+        api.admin("GET", "/v1/access/requests", None).await.1,
     );
     let cases: Value = serde_json::from_str(include_str!("hostile_inputs.json")).unwrap();
     let cases = cases["cases"].as_array().unwrap();
@@ -867,6 +868,7 @@ async fn hostile_inputs_to_every_endpoint_are_refused_and_change_nothing(db: Tes
         api.admin("GET", "/v1/vaults", None).await.1,
         api.admin("GET", "/v1/vaults/hv/identities", None).await.1,
         api.admin("GET", "/v1/vaults/hv/grants", None).await.1,
+        api.admin("GET", "/v1/access/requests", None).await.1,
     );
     assert_eq!(before, after, "a hostile request changed something");
 }

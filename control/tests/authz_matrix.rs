@@ -41,6 +41,9 @@ const ROLES: [&str; 5] = [
 ];
 /// The label a delegated admin's selector names (`team=db`), and one outside it.
 const INSIDE: &str = "db";
+/// An SSH public key for access requests.
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGp5Zm9ydGVzdHNvbmx5MDEyMzQ1Njc4OWFiY2RlZmdo matrix";
 const OUTSIDE: &str = "web";
 
 #[derive(Deserialize)]
@@ -342,6 +345,9 @@ struct Matrix {
     target_service: (String, String),
     /// A group to look at.
     target_group: String,
+    /// The groups of the access policy `matrix-access`: who requests, who approves.
+    requesters: String,
+    approvers: String,
     /// The delivery each host's agent holds: `(job id, lease)`. A host's jobs are delivered in
     /// sequence, so a job leased and not reported (a refused report) must be the next one used.
     leases: HashMap<String, (String, String)>,
@@ -375,11 +381,13 @@ fn p(path: impl Into<String>, body: Option<Value>) -> Prepared {
     }
 }
 
-/// A webhook that could be added (it is never sent anything: no event is raised here).
+/// A webhook that could be added. It subscribes to break-glass only, which no cell raises
+/// (access requests made here raise events; their deliveries must not change rows while a
+/// cell is compared).
 fn webhook_body() -> Value {
     json!({
         "url": "https://hooks.example.com/latch",
-        "events": ["*"],
+        "events": ["break_glass"],
         "secret": "matrix-webhook-secret-0123456789",
     })
 }
@@ -409,6 +417,9 @@ const SNAPSHOT: &str = "\
     UNION ALL SELECT 'rotations', id || ':' || state FROM rotations \
     UNION ALL SELECT 'break_glass_uses', CAST(COUNT(*) AS TEXT) FROM break_glass_uses \
     UNION ALL SELECT 'access_policies', id || ':' || name || ':' || CAST(max_minutes AS TEXT) FROM access_policies \
+    UNION ALL SELECT 'access_requests', id || ':' || state || ':' || CAST(version AS TEXT) FROM access_requests \
+    UNION ALL SELECT 'access_request_hosts', request_id || ':' || host_id || ':' || state FROM access_request_hosts \
+    UNION ALL SELECT 'access_decisions', request_id || ':' || principal_id FROM access_decisions \
     UNION ALL SELECT 'support_access', id || ':' || COALESCE(CAST(disabled_at AS TEXT), '-') FROM support_access \
     UNION ALL SELECT 'webhooks', id || ':' || url || ':' || secret || ':' || events FROM webhooks \
     UNION ALL SELECT 'webhook_deliveries', id || ':' || status || ':' || CAST(attempts AS TEXT) FROM webhook_deliveries \
@@ -501,6 +512,8 @@ impl Matrix {
             target_user: String::new(),
             target_service: (String::new(), String::new()),
             target_group: String::new(),
+            requesters: String::new(),
+            approvers: String::new(),
             leases: HashMap::new(),
             rotating: false,
             vault_id: String::new(),
@@ -519,6 +532,16 @@ impl Matrix {
         matrix.target_user = matrix.user(None).await;
         matrix.target_service = matrix.service_user(&[]).await;
         matrix.target_group = matrix.group().await;
+        matrix.requesters = matrix.group().await;
+        matrix.approvers = matrix.group().await;
+        let policy = json!({"name": "matrix-access", "group": matrix.requesters,
+            "access": ["sudo"], "hosts": "team in (db,web)", "max_minutes": 60,
+            "approver_group": matrix.approvers, "reauth_minutes": 60});
+        matrix.as_admin("POST", "/v1/policies", Some(policy)).await;
+        let watch = json!({"name": "matrix-watch", "group": matrix.target_group,
+            "access": ["sudo"], "hosts": "team=none", "max_minutes": 60,
+            "approver_group": matrix.target_group});
+        matrix.as_admin("POST", "/v1/policies", Some(watch)).await;
         let vault = matrix
             .as_admin("POST", "/v1/vaults", Some(json!({"name": "matrix"})))
             .await;
@@ -540,6 +563,84 @@ impl Matrix {
         let name = self.fresh("policy");
         json!({"name": name, "group": self.target_group, "access": ["sudo"], "hosts": "team=db",
                "max_minutes": 60, "approver_group": self.target_group})
+    }
+
+    /// The caller's principal name, when the server knows the caller.
+    async fn caller_name(&self, caller: &Caller) -> Option<String> {
+        let (status, who) = self
+            .call("GET", "/v1/whoami", caller.token.as_deref(), None)
+            .await;
+        (status == 200).then(|| who["name"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Puts the caller (when the server knows it) into `group`.
+    async fn join(&mut self, caller: &Caller, group: &str) {
+        if let Some(name) = self.caller_name(caller).await {
+            self.as_admin("PUT", &format!("/v1/groups/{group}/members/{name}"), None)
+                .await;
+        }
+    }
+
+    /// A new access request of policy `matrix-access` (approved by `approvers`, whom
+    /// approve and deny calls join) or, with `watched`, of `matrix-watch` (approved by a group
+    /// nobody joins) in `state` on a host of its own, made by the caller (when given and the
+    /// server knows it) or by the target user: its id. An `active` one ends in an hour and is
+    /// re-confirmed within ten minutes; the sweep has nothing to do on any of them.
+    async fn access_request(
+        &mut self,
+        caller: Option<&Caller>,
+        state: &str,
+        watched: bool,
+    ) -> String {
+        let host = self.enroll(Some(INSIDE)).await;
+        let policy = if watched {
+            "matrix-watch"
+        } else {
+            "matrix-access"
+        };
+        let requester = match caller {
+            Some(caller) => self.caller_name(caller).await,
+            None => None,
+        }
+        .unwrap_or_else(|| self.target_user.clone());
+        let id = self.fresh("ar_matrix");
+        let now = Utc::now().timestamp_millis();
+        let hour = now + 3_600_000;
+        let (pending, active) = if state == "pending_approval" {
+            (hour.to_string(), "NULL".to_owned())
+        } else {
+            ("NULL".to_owned(), now.to_string())
+        };
+        let (ends, confirm) = if state == "active" {
+            (hour.to_string(), (now + 600_000).to_string())
+        } else {
+            ("NULL".to_owned(), "NULL".to_owned())
+        };
+        self.attacker
+            .exec(&format!(
+                "INSERT INTO access_requests (id, requester_id, target, access, minutes, reason, \
+                 ssh_public_key, key_generated, policy_id, policy_name, approver_group_id, \
+                 approvals_needed, exclusive, state, created_at, pending_until, account, \
+                 activated_at, ends_at, confirm_by, version) SELECT '{id}', p.id, 'matrix', \
+                 'sudo', 30, 'matrix', 'ssh-ed25519 AAAA', 0, a.id, a.name, a.approver_group_id, 1, \
+                 0, '{state}', {now}, {pending}, 'matrix', {active}, {ends}, {confirm}, 0 \
+                 FROM principals p, access_policies a WHERE p.name = '{requester}' \
+                 AND a.name = '{policy}'"
+            ))
+            .await;
+        let host_state = if state == "active" {
+            "active"
+        } else {
+            "waiting"
+        };
+        self.attacker
+            .exec(&format!(
+                "INSERT INTO access_request_hosts (request_id, host_id, state, updated_at) \
+                 VALUES ('{id}', '{}', '{host_state}', {now})",
+                host.id
+            ))
+            .await;
+        id
     }
 
     /// A new identity (no linked host) in `vault`.
@@ -1391,6 +1492,51 @@ impl Matrix {
                     body
                 });
                 p(format!("/v1/policies/{name}"), replacement)
+            }
+            "GET /v1/access/requests" => p("/v1/access/requests?mine=true", None),
+            "POST /v1/access/requests" => {
+                let host = self.fresh_target_host(caller).await;
+                let group = self.requesters.clone();
+                self.join(caller, &group).await;
+                p(
+                    "/v1/access/requests",
+                    Some(json!({"host": host.id, "access": "sudo", "minutes": 30,
+                        "reason": "matrix", "ssh_public_key": KEY})),
+                )
+            }
+            "GET /v1/access/requests/{id}" => {
+                let id = self.access_request(None, "pending_approval", true).await;
+                p(format!("/v1/access/requests/{id}"), None)
+            }
+            "POST /v1/access/requests/{id}/approve" | "POST /v1/access/requests/{id}/deny" => {
+                let group = self.approvers.clone();
+                self.join(caller, &group).await;
+                let id = self.access_request(None, "pending_approval", false).await;
+                let action = route.path.rsplit('/').next().unwrap_or_default().to_owned();
+                p(
+                    format!("/v1/access/requests/{id}/{action}"),
+                    Some(json!({"reason": "matrix"})),
+                )
+            }
+            "POST /v1/access/requests/{id}/cancel" => {
+                let id = self
+                    .access_request(Some(caller), "pending_approval", false)
+                    .await;
+                p(
+                    format!("/v1/access/requests/{id}/cancel"),
+                    Some(json!({"reason": "matrix"})),
+                )
+            }
+            "POST /v1/access/requests/{id}/revoke" => {
+                let id = self.access_request(None, "active", true).await;
+                p(
+                    format!("/v1/access/requests/{id}/revoke"),
+                    Some(json!({"reason": "matrix"})),
+                )
+            }
+            "POST /v1/access/requests/{id}/confirm" => {
+                let id = self.access_request(Some(caller), "active", false).await;
+                p(format!("/v1/access/requests/{id}/confirm"), None)
             }
             "GET /v1/organizations" => p("/v1/organizations", None),
             "POST /v1/organizations" => {

@@ -2,35 +2,84 @@
 //! service users alike) and allowed by a policy ([`super::policy::evaluate`]), approved by
 //! the number of members of the policy's approver group it asks for — never by the requester
 //! — or at once; denied, cancelled by the requester, or expired when nobody decides within
-//! the pending time. Provisioning (jobs on the host) follows approval in a later part.
+//! the pending time. What follows approval (jobs on the hosts) is in [`super::provision`].
+
+use std::collections::HashMap;
 
 use chrono::{Duration, Utc};
-use latch_common::access::AccessKind;
+use latch_common::access::{
+    AccessKind, AccessRequestCreate, AccessRequestView, DecisionView, MAX_REQUEST_HOSTS,
+    RequestHostView,
+};
 use latch_common::authz::Permission;
+use latch_common::labels::Selector;
 use latch_common::names::{ValidationError, validate_ssh_public_key};
 use latch_common::vault::validate_reason;
 use serde_json::json;
+use zeroize::Zeroizing;
 
-use super::policy::{Approval, Ask, Requester, evaluate};
+use super::policy::{Allowed, Approval, Ask, Requester, evaluate};
 use crate::mfa::{MfaPolicy, SensitiveAction};
 use crate::people::{Authority, new_id};
-use crate::store::access::{DecisionRecord, RequestRecord, RequestRefusal};
+use crate::store::HostRecord;
+use crate::store::access::{
+    DecisionRecord, RequestFilter, RequestHostRecord, RequestRecord, RequestRefusal,
+};
 use crate::store::people::PrincipalKind;
 use crate::{Control, ControlError};
 
 /// What a requester asks for.
 #[derive(Debug, Clone)]
 pub struct NewRequest {
-    /// The host (id or name).
-    pub host: String,
+    /// One host (id or name), or several by label selector.
+    pub target: Target,
     /// Which access.
     pub access: AccessKind,
     /// For how long once active, in minutes.
     pub minutes: u32,
     /// Why (1–500 characters).
     pub reason: String,
-    /// The requester's SSH public key (none: a temporary one, later).
+    /// The requester's SSH public key (none: Latch generates a key pair).
     pub ssh_public_key: Option<String>,
+}
+
+/// The hosts a request is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One host, by id or name.
+    Host(String),
+    /// Every host matching a label selector.
+    Selector(String),
+}
+
+impl TryFrom<&AccessRequestCreate> for NewRequest {
+    type Error = ValidationError;
+
+    fn try_from(body: &AccessRequestCreate) -> Result<Self, Self::Error> {
+        body.validate()?;
+        let target = match (&body.host, &body.hosts) {
+            (Some(host), _) => Target::Host(host.clone()),
+            (None, Some(selector)) => Target::Selector(selector.clone()),
+            (None, None) => return Err(ValidationError::new("host", "name a host")),
+        };
+        Ok(NewRequest {
+            target,
+            access: body.access,
+            minutes: body.minutes,
+            reason: body.reason.clone(),
+            ssh_public_key: body.ssh_public_key.clone(),
+        })
+    }
+}
+
+/// A request just made: the record, and the private key Latch generated for it (given out
+/// this once, never stored).
+#[derive(Debug)]
+pub struct MadeRequest {
+    /// The request as stored.
+    pub request: RequestRecord,
+    /// The generated private key (OpenSSH format), when the requester gave no key.
+    pub private_key: Option<Zeroizing<String>>,
 }
 
 fn refusal(id: &str, refused: RequestRefusal) -> ControlError {
@@ -54,11 +103,15 @@ fn refusal(id: &str, refused: RequestRefusal) -> ControlError {
 impl Control {
     /// Tells the subscribed webhooks (`access.requested`, `access.approved`, …) about a
     /// request. After the change is committed; a failure to queue is logged, never undoes it.
-    async fn notify_request(&self, event: &'static str, request: &RequestRecord) {
+    pub(crate) async fn notify_request(&self, event: &'static str, request: &RequestRecord) {
         let detail = json!({
             "request_id": request.id,
             "state": request.state,
-            "host_id": request.host_id,
+            "target": request.target,
+            "host_ids": request.hosts.iter().map(|h| &h.host_id).collect::<Vec<_>>(),
+            "account": request.account,
+            "ends_at": request.ends_at,
+            "end_reason": request.end_reason,
             "access": request.access.as_str(),
             "minutes": request.minutes,
             "policy": request.policy_name,
@@ -80,13 +133,116 @@ impl Control {
         by.require_mfa(&policy, action, Utc::now())
     }
 
-    /// Makes a request: allowed by a policy (else `forbidden_error` saying why), pending
-    /// approval or approved at once. Audited.
+    /// The hosts `target` names: one host, or every host (not removed) matching the selector.
+    async fn target_hosts(&self, target: &Target) -> Result<Vec<HostRecord>, ControlError> {
+        match target {
+            Target::Host(key) => Ok(vec![self.find_host(key).await?]),
+            Target::Selector(text) => {
+                let selector = Selector::parse(text)?;
+                let mut ids: Vec<String> = self
+                    .store
+                    .host_labels()
+                    .await?
+                    .into_iter()
+                    .filter(|(_, labels)| selector.matches(labels))
+                    .map(|(id, _)| id)
+                    .collect();
+                ids.sort();
+                if ids.is_empty() {
+                    return Err(ValidationError::new(
+                        "hosts",
+                        format!(
+                            "no host matches {text:?}; check the labels with latchctl hosts list"
+                        ),
+                    )
+                    .into());
+                }
+                if ids.len() > MAX_REQUEST_HOSTS {
+                    return Err(ValidationError::new(
+                        "hosts",
+                        format!(
+                            "{text:?} matches {} hosts; one request spans at most {MAX_REQUEST_HOSTS}",
+                            ids.len()
+                        ),
+                    )
+                    .into());
+                }
+                let mut hosts = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if self.store.host_is_active(&id).await? {
+                        hosts.push(self.find_host(&id).await?);
+                    }
+                }
+                Ok(hosts)
+            }
+        }
+    }
+
+    /// The one policy that allows `request` on every host, or `forbidden_error` naming the
+    /// host no policy allows it on (or the hosts that fall under different policies).
+    async fn policy_for_hosts(
+        &self,
+        by: &Authority,
+        request: &NewRequest,
+        hosts: &[HostRecord],
+    ) -> Result<Allowed, ControlError> {
+        let groups: Vec<String> = self
+            .store
+            .groups_of(&by.principal.id)
+            .await?
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        let policies = self.store.policies().await?;
+        let now = Utc::now();
+        let mut chosen: Option<(Allowed, String)> = None;
+        for host in hosts {
+            let labels = self.labels_of(&host.id).await?;
+            let allowed = evaluate(
+                &policies,
+                Requester {
+                    groups: &groups,
+                    service: by.principal.kind == PrincipalKind::Service,
+                },
+                Ask {
+                    access: request.access,
+                    host_labels: &labels,
+                    minutes: request.minutes,
+                    at: now,
+                },
+            )
+            .map_err(|why| {
+                ControlError::Forbidden(if hosts.len() > 1 {
+                    format!("on host {}: {why}", host.facts.hostname)
+                } else {
+                    why
+                })
+            })?;
+            match &chosen {
+                Some((first, first_host)) if first.policy_id != allowed.policy_id => {
+                    return Err(ControlError::Forbidden(format!(
+                        "host {first_host} falls under policy {} and host {} under policy {}; request them separately",
+                        first.policy, host.facts.hostname, allowed.policy
+                    )));
+                }
+                Some(_) => {}
+                None => chosen = Some((allowed, host.facts.hostname.clone())),
+            }
+        }
+        chosen
+            .map(|(allowed, _)| allowed)
+            .ok_or_else(|| ControlError::Forbidden("the request names no host".to_owned()))
+    }
+
+    /// Makes a request: allowed by a policy on each of its hosts (else `forbidden_error`
+    /// saying why), pending approval or approved at once, and provisioned at once when
+    /// approved. Without an SSH key Latch generates a key pair and returns its private half
+    /// this once. Audited.
     pub async fn request_access(
         &self,
         by: &Authority,
         request: &NewRequest,
-    ) -> Result<RequestRecord, ControlError> {
+    ) -> Result<MadeRequest, ControlError> {
         by.require(Permission::AccessRequest)?;
         validate_reason(&request.reason)?;
         if request.minutes == 0 {
@@ -95,34 +251,22 @@ impl Control {
         if let Some(key) = &request.ssh_public_key {
             validate_ssh_public_key(key)?;
         }
-        let host = self.find_host(&request.host).await?;
-        let labels = self.labels_of(&host.id).await?;
-        let groups: Vec<String> = self
-            .store
-            .groups_of(&by.principal.id)
-            .await?
-            .into_iter()
-            .map(|g| g.id)
-            .collect();
-        let now = Utc::now();
-        let policies = self.store.policies().await?;
-        let allowed = evaluate(
-            &policies,
-            Requester {
-                groups: &groups,
-                service: by.principal.kind == PrincipalKind::Service,
-            },
-            Ask {
-                access: request.access,
-                host_labels: &labels,
-                minutes: request.minutes,
-                at: now,
-            },
-        )
-        .map_err(ControlError::Forbidden)?;
+        let hosts = self.target_hosts(&request.target).await?;
+        let allowed = self.policy_for_hosts(by, request, &hosts).await?;
         if allowed.mfa_at_request {
             self.require_factor(by, SensitiveAction::Approve)?;
         }
+        for host in &hosts {
+            for (other, requester, _) in self.store.live_requests_on_host(&host.id).await? {
+                if requester == by.principal.id {
+                    return Err(ControlError::Conflict(format!(
+                        "you have access request {other} on host {} not over yet; one at a time per host: wait for it to end, or revoke it (latchctl access revoke {other})",
+                        host.facts.hostname
+                    )));
+                }
+            }
+        }
+        let now = Utc::now();
         let (state, approver_group_id, approvals_needed, pending_until, decided_at) =
             match &allowed.approval {
                 Approval::Automatic => ("approved", None, 0, None, Some(now)),
@@ -137,14 +281,26 @@ impl Control {
                     None,
                 ),
             };
+        let id = new_id("ar_")?;
+        let (ssh_public_key, private_key) = match &request.ssh_public_key {
+            Some(key) => (key.clone(), None),
+            None => {
+                let pair = super::keys::generate_temporary_key(&format!("latch {id}"))?;
+                (pair.public_openssh, Some(pair.private_openssh))
+            }
+        };
         let record = RequestRecord {
-            id: new_id("ar_")?,
+            id,
             requester_id: by.principal.id.clone(),
-            host_id: host.id.clone(),
+            target: match &request.target {
+                Target::Host(host) => host.clone(),
+                Target::Selector(selector) => selector.clone(),
+            },
             access: request.access,
             minutes: request.minutes,
             reason: request.reason.clone(),
-            ssh_public_key: request.ssh_public_key.clone(),
+            ssh_public_key: Some(ssh_public_key),
+            key_generated: private_key.is_some(),
             policy_id: allowed.policy_id.clone(),
             policy_name: allowed.policy.clone(),
             approver_group_id,
@@ -155,32 +311,61 @@ impl Control {
             pending_until,
             decided_at,
             decision_reason: (state == "approved").then(|| format!("policy {}", allowed.policy)),
+            account: String::new(),
+            activated_at: None,
+            ends_at: None,
+            end_reason: None,
+            ended_at: None,
+            confirm_by: None,
+            certificate: None,
+            version: 0,
             decisions: Vec::new(),
+            hosts: hosts
+                .iter()
+                .map(|h| RequestHostRecord {
+                    host_id: h.id.clone(),
+                    state: "waiting".to_owned(),
+                    provision_job_id: None,
+                    revoke_job_id: None,
+                    error: None,
+                    updated_at: now,
+                })
+                .collect(),
         };
-        let event = by.event("access.requested").host(&host.id).detail(json!({
+        let event = by.event("access.requested").detail(json!({
             "request_id": record.id,
+            "target": record.target,
+            "hosts": hosts.iter().map(|h| &h.id).collect::<Vec<_>>(),
             "access": request.access.as_str(),
             "minutes": request.minutes,
             "reason": request.reason,
             "policy": allowed.policy,
             "state": state,
+            "key_generated": record.key_generated,
         }));
+        let event = match hosts.as_slice() {
+            [one] => event.host(&one.id),
+            _ => event,
+        };
         self.store
             .insert_request(&record, event, now)
             .await?
             .map_err(|r| refusal(&record.id, r))?;
         let stored = self.request_named(&record.id).await?;
         // Approvers learn of a pending request; everyone subscribed of one approved at once.
-        let event = if stored.state == "approved" {
-            "access.approved"
+        if stored.state == "approved" {
+            self.notify_request("access.approved", &stored).await;
+            self.advance_request(&stored.id).await?;
         } else {
-            "access.requested"
-        };
-        self.notify_request(event, &stored).await;
-        Ok(stored)
+            self.notify_request("access.requested", &stored).await;
+        }
+        Ok(MadeRequest {
+            request: self.request_named(&record.id).await?,
+            private_key,
+        })
     }
 
-    async fn request_named(&self, id: &str) -> Result<RequestRecord, ControlError> {
+    pub(crate) async fn request_named(&self, id: &str) -> Result<RequestRecord, ControlError> {
         self.store
             .access_request(id)
             .await?
@@ -200,27 +385,17 @@ impl Control {
         approve: bool,
         reason: &str,
     ) -> Result<RequestRecord, ControlError> {
-        by.require(Permission::AccessApprove)?;
         if !reason.is_empty() {
             validate_reason(reason)?;
         }
-        let request = self.request_named(id).await?;
+        let request = self.visible_request(by, id).await?;
         if request.requester_id == by.principal.id {
             return Err(ControlError::Forbidden(format!(
                 "{} made access request {id}; a request is never decided by its requester",
                 by.actor()
             )));
         }
-        let approver = match &request.approver_group_id {
-            Some(group) => self
-                .store
-                .groups_of(&by.principal.id)
-                .await?
-                .iter()
-                .any(|g| g.id == *group),
-            None => false,
-        };
-        if !approver {
+        if !self.is_approver(by, &request).await? {
             return Err(ControlError::Forbidden(format!(
                 "{} is not in the approver group of policy {}",
                 by.actor(),
@@ -251,8 +426,8 @@ impl Control {
             } else {
                 "access.denied"
             })
-            .host(&request.host_id)
             .detail(json!({"request_id": id, "reason": reason}));
+        let event = single_host(event, &request);
         let state = self
             .store
             .decide_request(id, &decision, event, now)
@@ -261,7 +436,11 @@ impl Control {
         let stored = self.request_named(id).await?;
         // The requester learns of the decision.
         match state.as_str() {
-            "approved" => self.notify_request("access.approved", &stored).await,
+            "approved" => {
+                self.notify_request("access.approved", &stored).await;
+                self.advance_request(id).await?;
+                return self.request_named(id).await;
+            }
             "denied" => self.notify_request("access.denied", &stored).await,
             _ => {}
         }
@@ -275,7 +454,10 @@ impl Control {
         id: &str,
         reason: &str,
     ) -> Result<RequestRecord, ControlError> {
-        let request = self.request_named(id).await?;
+        if !reason.is_empty() {
+            validate_reason(reason)?;
+        }
+        let request = self.visible_request(by, id).await?;
         if request.requester_id != by.principal.id {
             return Err(ControlError::Forbidden(format!(
                 "access request {id} is someone else's; only its requester cancels it"
@@ -283,8 +465,8 @@ impl Control {
         }
         let event = by
             .event("access.cancelled")
-            .host(&request.host_id)
             .detail(json!({"request_id": id, "reason": reason}));
+        let event = single_host(event, &request);
         self.store
             .cancel_request(id, reason, event, Utc::now())
             .await?
@@ -303,6 +485,307 @@ impl Control {
             }
         }
         Ok(expired.len())
+    }
+}
+
+/// The event, naming the host when the request has exactly one.
+fn single_host(
+    event: crate::audit::AuditEvent,
+    request: &RequestRecord,
+) -> crate::audit::AuditEvent {
+    match request.hosts.as_slice() {
+        [one] => event.host(&one.host_id),
+        _ => event,
+    }
+}
+
+impl Control {
+    /// Request `id`, if `by` may see it: its requester, a member of its approver group, or a
+    /// holder of `access.view`. Anyone else is told it does not exist.
+    pub(crate) async fn visible_request(
+        &self,
+        by: &Authority,
+        id: &str,
+    ) -> Result<RequestRecord, ControlError> {
+        let request = self.request_named(id).await?;
+        if request.requester_id == by.principal.id || by.scope(Permission::AccessView).is_some() {
+            return Ok(request);
+        }
+        if self.is_approver(by, &request).await? {
+            return Ok(request);
+        }
+        Err(ControlError::NotFound {
+            what: "access request",
+            key: id.to_owned(),
+        })
+    }
+
+    /// Whether `by` is in the approver group of `request`'s policy.
+    async fn is_approver(
+        &self,
+        by: &Authority,
+        request: &RequestRecord,
+    ) -> Result<bool, ControlError> {
+        let Some(group) = &request.approver_group_id else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .groups_of(&by.principal.id)
+            .await?
+            .iter()
+            .any(|g| g.id == *group))
+    }
+
+    /// One request as `by` may see it.
+    pub async fn show_access(
+        &self,
+        by: &Authority,
+        id: &str,
+    ) -> Result<AccessRequestView, ControlError> {
+        let request = self.visible_request(by, id).await?;
+        let mut names = Names::default();
+        self.request_view(request, &mut names).await
+    }
+
+    /// A page of requests, newest first: `mine` only the caller's; otherwise everyone's for a
+    /// holder of `access.view`, and for anyone else theirs plus those they may approve.
+    pub async fn list_access(
+        &self,
+        by: &Authority,
+        mine: bool,
+        state: Option<String>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<AccessRequestView>, ControlError> {
+        let visible_to = if by.scope(Permission::AccessView).is_some() {
+            None
+        } else {
+            let groups = self
+                .store
+                .groups_of(&by.principal.id)
+                .await?
+                .into_iter()
+                .map(|g| g.id)
+                .collect();
+            Some((by.principal.id.clone(), groups))
+        };
+        let filter = RequestFilter {
+            requester_id: mine.then(|| by.principal.id.clone()),
+            state,
+            visible_to,
+        };
+        let mut names = Names::default();
+        let mut views = Vec::new();
+        for request in self.store.list_requests(&filter, limit, offset).await? {
+            views.push(self.request_view(request, &mut names).await?);
+        }
+        Ok(views)
+    }
+
+    /// Ends a request early: its requester, a member of its approver group, or a holder of
+    /// `access.approve`. A request not yet provisioned ends at once; a provisioning or active
+    /// one once every host confirmed the removal. Audited.
+    pub async fn revoke_access(
+        &self,
+        by: &Authority,
+        id: &str,
+        reason: &str,
+    ) -> Result<AccessRequestView, ControlError> {
+        if !reason.is_empty() {
+            validate_reason(reason)?;
+        }
+        let request = self.visible_request(by, id).await?;
+        if request.requester_id != by.principal.id
+            && !self.is_approver(by, &request).await?
+            && by.scope(Permission::AccessApprove).is_none()
+        {
+            return Err(ControlError::Forbidden(format!(
+                "{} may not revoke access request {id}: its requester, its approvers and holders of access.approve may",
+                by.actor()
+            )));
+        }
+        match request.state.as_str() {
+            "approved" | "provisioning" | "active" => {}
+            "pending_approval" => {
+                return Err(ControlError::Conflict(format!(
+                    "access request {id} is still pending approval; cancel it (latchctl access cancel {id}) or deny it"
+                )));
+            }
+            state => {
+                return Err(ControlError::Conflict(format!(
+                    "access request {id} is {state}; there is nothing to revoke"
+                )));
+            }
+        }
+        let why = if reason.is_empty() {
+            format!("revoked by {}", by.actor())
+        } else {
+            reason.to_owned()
+        };
+        let event = single_host(by.event("access.revoke"), &request);
+        self.begin_revocation(request, "revoked", &why, event, Utc::now())
+            .await?;
+        self.show_access(by, id).await
+    }
+
+    /// The holder re-confirms an active grant whose policy asks for it, with a recent second
+    /// factor: the next deadline is the policy's interval from now. Audited.
+    pub async fn confirm_access(
+        &self,
+        by: &Authority,
+        id: &str,
+    ) -> Result<AccessRequestView, ControlError> {
+        let mut request = self.visible_request(by, id).await?;
+        if request.requester_id != by.principal.id {
+            return Err(ControlError::Forbidden(format!(
+                "only the holder of access request {id} re-confirms it"
+            )));
+        }
+        if request.state != "active" {
+            return Err(ControlError::Conflict(format!(
+                "access request {id} is {}; only an active grant is re-confirmed",
+                request.state
+            )));
+        }
+        let Some(interval) = self
+            .store
+            .policies()
+            .await?
+            .into_iter()
+            .find(|p| p.id == request.policy_id)
+            .and_then(|p| p.reauth_minutes)
+        else {
+            return Err(ControlError::Conflict(format!(
+                "access request {id} needs no re-confirmation"
+            )));
+        };
+        self.require_factor(by, SensitiveAction::Approve)?;
+        let now = Utc::now();
+        let next = now + Duration::minutes(i64::from(interval));
+        request.confirm_by = request
+            .ends_at
+            .filter(|end| next >= *end)
+            .map_or(Some(next), |_| None);
+        let event = single_host(by.event("access.confirmed"), &request)
+            .detail(json!({"request_id": id, "confirm_by": request.confirm_by}));
+        if !self.store.save_request(&request, vec![event], now).await? {
+            return Err(ControlError::Conflict(format!(
+                "access request {id} changed meanwhile; look at it again and retry"
+            )));
+        }
+        self.show_access(by, id).await
+    }
+
+    /// A request as shown, with names for ids.
+    async fn request_view(
+        &self,
+        request: RequestRecord,
+        names: &mut Names,
+    ) -> Result<AccessRequestView, ControlError> {
+        let mut decisions = Vec::new();
+        for d in &request.decisions {
+            decisions.push(DecisionView {
+                by: names.principal(self, &d.principal_id).await?,
+                decision: d.decision.clone(),
+                reason: d.reason.clone(),
+                at: d.at,
+            });
+        }
+        let mut hosts = Vec::new();
+        for h in &request.hosts {
+            hosts.push(RequestHostView {
+                host_id: h.host_id.clone(),
+                host: names.host(self, &h.host_id).await?,
+                state: h.state.clone(),
+                provision_job: h.provision_job_id.clone(),
+                revoke_job: h.revoke_job_id.clone(),
+                error: h.error.clone(),
+                ssh_certificate: self.host_uses_ssh_ca(&h.host_id).await?,
+            });
+        }
+        let approver_group = match &request.approver_group_id {
+            Some(id) => Some(
+                self.store
+                    .group(id)
+                    .await?
+                    .map_or_else(|| id.clone(), |g| g.name),
+            ),
+            None => None,
+        };
+        Ok(AccessRequestView {
+            requester: names.principal(self, &request.requester_id).await?,
+            id: request.id,
+            target: request.target,
+            access: request.access,
+            minutes: request.minutes,
+            reason: request.reason,
+            state: request.state,
+            policy: request.policy_name,
+            approver_group,
+            approvals_needed: request.approvals_needed,
+            decisions,
+            account: (!request.account.is_empty()).then_some(request.account),
+            hosts,
+            created_at: request.created_at,
+            pending_until: request.pending_until,
+            decided_at: request.decided_at,
+            decision_reason: request.decision_reason,
+            activated_at: request.activated_at,
+            ends_at: request.ends_at,
+            end_reason: request.end_reason,
+            ended_at: request.ended_at,
+            confirm_by: request.confirm_by,
+            ssh_public_key: request.ssh_public_key,
+            key_generated: request.key_generated,
+            certificate: request.certificate,
+            private_key: None,
+        })
+    }
+
+    /// The view of a request just made, with its generated private key (this once).
+    pub async fn made_request_view(
+        &self,
+        made: MadeRequest,
+    ) -> Result<AccessRequestView, ControlError> {
+        let mut names = Names::default();
+        let mut view = self.request_view(made.request, &mut names).await?;
+        view.private_key = made.private_key.map(|key| key.as_str().to_owned());
+        Ok(view)
+    }
+}
+
+/// Names of principals and hosts looked up once per answer.
+#[derive(Default)]
+struct Names {
+    principals: HashMap<String, String>,
+    hosts: HashMap<String, String>,
+}
+
+impl Names {
+    async fn principal(&mut self, control: &Control, id: &str) -> Result<String, ControlError> {
+        if let Some(name) = self.principals.get(id) {
+            return Ok(name.clone());
+        }
+        let name = control
+            .store
+            .principal(id)
+            .await?
+            .map_or_else(|| id.to_owned(), |p| p.name);
+        self.principals.insert(id.to_owned(), name.clone());
+        Ok(name)
+    }
+
+    async fn host(&mut self, control: &Control, id: &str) -> Result<String, ControlError> {
+        if let Some(name) = self.hosts.get(id) {
+            return Ok(name.clone());
+        }
+        let name = match control.store.find_hosts(id).await?.into_iter().next() {
+            Some(host) => host.facts.hostname,
+            None => id.to_owned(),
+        };
+        self.hosts.insert(id.to_owned(), name.clone());
+        Ok(name)
     }
 }
 

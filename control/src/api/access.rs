@@ -1,5 +1,5 @@
-//! Handlers of the just-in-time access endpoints (`/v1/policies`): parse, authenticate, call
-//! [`Control`]; the permission each needs is checked in [`crate::access`].
+//! Handlers of the just-in-time access endpoints (`/v1/policies`, `/v1/access/requests`):
+//! parse, authenticate, call [`Control`]; who may do what is checked in [`crate::access`].
 
 use std::sync::Arc;
 
@@ -7,12 +7,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use latch_common::access::PolicyRequest;
+use latch_common::access::{AccessDecision, AccessRequestCreate, PolicyRequest};
+use serde::Deserialize;
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller, check_path_id};
-use super::pagination::{PageParams, paged};
+use super::pagination::{PageParams, link_header, paged};
 use crate::Control;
+use crate::access::requests::NewRequest;
 
 type Ctl = State<Arc<Control>>;
 
@@ -60,4 +62,144 @@ pub async fn delete_policy(
     check_path_id("policy", &key.replace('@', "."))?;
     control.delete_policy(&by, &key).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The query of `GET /v1/access/requests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestListParams {
+    /// Only the caller's own requests.
+    pub mine: Option<bool>,
+    /// Only requests in this state.
+    pub state: Option<String>,
+    /// Page size.
+    pub count: Option<u64>,
+    /// Items to skip.
+    pub offset: Option<u64>,
+}
+
+/// Every state a request can be in.
+const REQUEST_STATES: [&str; 10] = [
+    "pending_approval",
+    "approved",
+    "provisioning",
+    "active",
+    "revoking",
+    "expired",
+    "revoked",
+    "denied",
+    "cancelled",
+    "failed",
+];
+
+pub async fn list_requests(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(params): ApiQuery<RequestListParams>,
+) -> Result<Response, ApiError> {
+    let page = PageParams {
+        count: params.count,
+        offset: params.offset,
+    }
+    .page()?;
+    let mut filters = Vec::new();
+    if let Some(state) = &params.state {
+        if !REQUEST_STATES.contains(&state.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "state must be one of {}",
+                REQUEST_STATES.join(", ")
+            )));
+        }
+        filters.push(("state", state.clone()));
+    }
+    let mine = params.mine.unwrap_or(false);
+    if mine {
+        filters.push(("mine", "true".to_owned()));
+    }
+    let limit = u32::try_from(page.count + 1).unwrap_or(u32::MAX);
+    let offset =
+        u32::try_from(page.offset).map_err(|_| ApiError::invalid("offset is too large"))?;
+    let mut list = control
+        .list_access(&by, mine, params.state.clone(), limit, offset)
+        .await?;
+    let has_next = list.len() as u64 > page.count;
+    list.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(link) = link_header("/v1/access/requests", &filters, page, has_next) {
+        headers.insert(axum::http::header::LINK, link);
+    }
+    Ok((headers, Json(latch_common::api::ListResponse { list })).into_response())
+}
+
+pub async fn create_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiJson(body): ApiJson<AccessRequestCreate>,
+) -> Result<Response, ApiError> {
+    let request = NewRequest::try_from(&body).map_err(crate::ControlError::from)?;
+    let made = control.request_access(&by, &request).await?;
+    let view = control.made_request_view(made).await?;
+    // The answer may carry the generated private key: never kept by a cache on the way.
+    Ok(super::vault::secret(StatusCode::CREATED, view))
+}
+
+pub async fn show_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    Ok(Json(control.show_access(&by, &id).await?).into_response())
+}
+
+pub async fn approve_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AccessDecision>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    control.decide_access(&by, &id, true, &body.reason).await?;
+    Ok(Json(control.show_access(&by, &id).await?).into_response())
+}
+
+pub async fn deny_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AccessDecision>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    control.decide_access(&by, &id, false, &body.reason).await?;
+    Ok(Json(control.show_access(&by, &id).await?).into_response())
+}
+
+pub async fn cancel_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AccessDecision>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    control.cancel_access(&by, &id, &body.reason).await?;
+    Ok(Json(control.show_access(&by, &id).await?).into_response())
+}
+
+pub async fn revoke_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AccessDecision>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    Ok(Json(control.revoke_access(&by, &id, &body.reason).await?).into_response())
+}
+
+pub async fn confirm_request(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", &id)?;
+    Ok(Json(control.confirm_access(&by, &id).await?).into_response())
 }

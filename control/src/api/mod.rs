@@ -247,6 +247,28 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/webhooks/{id}/deliveries",
             get(webhooks::list_deliveries),
         )
+        .route(
+            "/v1/access/requests",
+            get(access::list_requests).post(access::create_request),
+        )
+        .route("/v1/access/requests/{id}", get(access::show_request))
+        .route(
+            "/v1/access/requests/{id}/approve",
+            post(access::approve_request),
+        )
+        .route("/v1/access/requests/{id}/deny", post(access::deny_request))
+        .route(
+            "/v1/access/requests/{id}/cancel",
+            post(access::cancel_request),
+        )
+        .route(
+            "/v1/access/requests/{id}/revoke",
+            post(access::revoke_request),
+        )
+        .route(
+            "/v1/access/requests/{id}/confirm",
+            post(access::confirm_request),
+        )
         .fallback(|| async {
             ApiError::not_found("no such endpoint; see the API table in README.md")
         })

@@ -30,7 +30,7 @@ fn ok<T: serde::Serialize>(body: T) -> Response {
 }
 
 /// An answer that carries a credential: never stored by a cache on the way.
-fn secret<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
+pub(super) fn secret<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
     (
         status,
         [

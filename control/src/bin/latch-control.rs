@@ -230,6 +230,15 @@ enum Command {
         /// (its signed `not_after`); revocations never expire.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         job_ttl: std::time::Duration,
+        /// How long an access request waits for its approvals before it expires.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        access_pending_ttl: std::time::Duration,
+        /// How long every host of an approved access request has to confirm its provisioning;
+        /// after that the request fails and what the hosts got is removed. Hosts remove the
+        /// access on their own at the window's end plus this time, should the control plane
+        /// be unreachable then.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        access_provision_timeout: std::time::Duration,
         /// Requests per minute allowed to one principal (admin token, host, or address).
         #[arg(long, default_value_t = 3000)]
         rate_limit: u32,
@@ -404,6 +413,8 @@ async fn main() -> anyhow::Result<()> {
             tls_key,
             lease_timeout,
             job_ttl,
+            access_pending_ttl,
+            access_provision_timeout,
             rate_limit,
             auth_failure_limit,
             address_auth_failure_limit,
@@ -491,6 +502,10 @@ async fn main() -> anyhow::Result<()> {
                     .context("--lease-timeout is too long")?,
                 max_attempts,
                 job_ttl: chrono::Duration::from_std(job_ttl).context("--job-ttl is too long")?,
+                access_pending_ttl: chrono::Duration::from_std(access_pending_ttl)
+                    .context("--access-pending-ttl is too long")?,
+                access_provision_timeout: chrono::Duration::from_std(access_provision_timeout)
+                    .context("--access-provision-timeout is too long")?,
                 rate_limits: latch_control::api::limits::RateLimits {
                     per_principal: rate_limit.max(1),
                     auth_failures: auth_failure_limit.max(1),

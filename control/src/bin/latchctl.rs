@@ -16,6 +16,8 @@ use latch_control::client::AdminClient;
 mod access;
 #[path = "latchctl/people.rs"]
 mod people;
+#[path = "latchctl/requests.rs"]
+mod requests;
 #[path = "latchctl/session.rs"]
 mod session;
 #[path = "latchctl/tables.rs"]
@@ -131,6 +133,10 @@ enum Command {
     /// sudo) on which hosts, for how long, and who approves.
     #[command(subcommand)]
     Policies(access::PoliciesCommand),
+    /// Just-in-time access requests: ask for sudo or an account on hosts for a while, approve
+    /// or deny, follow one live, re-confirm, end one early.
+    #[command(subcommand)]
+    Access(requests::AccessCommand),
     /// Print a shell completion script, e.g. `latchctl completions bash >
     /// /etc/bash_completion.d/latchctl` (or zsh, fish, elvish, powershell). Needs no server.
     Completions {
@@ -768,6 +774,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Vault(command) => return vault::run(&client, command, json).await,
         Command::Policies(command) => access::run(&client, command, json).await?,
+        Command::Access(command) => return requests::run(&client, command, json).await,
         // Answered in `main`, before any connection.
         Command::Completions { .. } => {}
         Command::Webhooks(command) => webhooks::run(&client, command, json).await?,

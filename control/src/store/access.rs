@@ -75,16 +75,18 @@ pub struct RequestRecord {
     pub id: String,
     /// Who asks.
     pub requester_id: String,
-    /// On which host.
-    pub host_id: String,
+    /// What was asked for: a host (id or name as given), or a label selector.
+    pub target: String,
     /// What.
     pub access: AccessKind,
     /// For how long, once active.
     pub minutes: u32,
     /// Why.
     pub reason: String,
-    /// The requester's SSH public key.
+    /// The requester's SSH public key (or the public half of the key pair Latch made).
     pub ssh_public_key: Option<String>,
+    /// Latch generated the key pair (its private half was returned once, never stored).
+    pub key_generated: bool,
     /// The policy that allowed it.
     pub policy_id: String,
     /// Its name then.
@@ -95,7 +97,7 @@ pub struct RequestRecord {
     pub approvals_needed: u32,
     /// One holder at a time per host and access.
     pub exclusive: bool,
-    /// `pending_approval`, `approved`, `denied`, `cancelled`, `expired`, …
+    /// `pending_approval`, `approved`, `provisioning`, `active`, `revoking`, `expired`, …
     pub state: String,
     /// When it was made.
     pub created_at: DateTime<Utc>,
@@ -103,10 +105,57 @@ pub struct RequestRecord {
     pub pending_until: Option<DateTime<Utc>>,
     /// When it was decided.
     pub decided_at: Option<DateTime<Utc>>,
-    /// The deciding reason (a denial's, a cancellation's).
+    /// The deciding reason (a denial's, a cancellation's, a revocation's).
     pub decision_reason: Option<String>,
+    /// The account on the hosts (set when provisioning starts).
+    pub account: String,
+    /// When every host confirmed: the window starts.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// When the window ends.
+    pub ends_at: Option<DateTime<Utc>>,
+    /// Why it ends (`expired`, `revoked`, `failed`), set when revoking starts.
+    pub end_reason: Option<String>,
+    /// When every host confirmed the removal.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The holder re-confirms with a second factor before this, or the grant ends.
+    pub confirm_by: Option<DateTime<Utc>>,
+    /// The OpenSSH user certificate issued for the window.
+    pub certificate: Option<String>,
+    /// Bumped by every change; updates compare it.
+    pub version: i64,
     /// Approvers' decisions (filled in on reads).
     pub decisions: Vec<DecisionRecord>,
+    /// Its hosts (filled in on reads).
+    pub hosts: Vec<RequestHostRecord>,
+}
+
+/// One host of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHostRecord {
+    /// The host.
+    pub host_id: String,
+    /// `waiting`, `provisioning`, `active`, `failed`, `revoking`, `revoked`.
+    pub state: String,
+    /// The create-account job.
+    pub provision_job_id: Option<String>,
+    /// The delete-account job.
+    pub revoke_job_id: Option<String>,
+    /// What went wrong here.
+    pub error: Option<String>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which requests to list.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only this requester's.
+    pub requester_id: Option<String>,
+    /// Only in this state.
+    pub state: Option<String>,
+    /// Only those this principal made, or may decide as a member of these approver groups
+    /// (`None`: everyone's).
+    pub visible_to: Option<(String, Vec<String>)>,
 }
 
 /// One approver's decision.
@@ -191,6 +240,32 @@ pub trait AccessStore: Send + Sync {
     ) -> Result<Result<(), RequestRefusal>, StoreError>;
     /// Expires the pending requests nobody decided in time (each audited); their ids.
     async fn expire_pending_requests(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+    /// A page of requests, newest first, with their decisions and hosts.
+    async fn list_requests(
+        &self,
+        filter: &RequestFilter,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// The ids of requests the provisioning sweep has work on at `now`: approved,
+    /// provisioning and revoking ones, and active ones whose window or re-confirmation
+    /// deadline has passed.
+    async fn requests_to_advance(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+    /// Writes a request's changeable fields and its hosts' rows, if its version is still
+    /// `request.version` (then bumped); `false` when someone else changed it first. The
+    /// events are audited in the same transaction.
+    async fn save_request(
+        &self,
+        request: &RequestRecord,
+        events: Vec<AuditEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// The requests not over yet (pending to revoking) that involve `host_id`: (request id,
+    /// requester id, account).
+    async fn live_requests_on_host(
+        &self,
+        host_id: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
 }
 
 fn flag(value: i64) -> bool {
@@ -235,18 +310,23 @@ const POLICY_SELECT: &str = "SELECT p.id, p.name, p.description, p.group_id, g.n
      p.updated_at FROM access_policies p JOIN groups g ON g.id = p.group_id \
      LEFT JOIN groups a ON a.id = p.approver_group_id";
 
-const REQUEST_SELECT: &str = "SELECT id, requester_id, host_id, access, minutes, reason, \
-     ssh_public_key, policy_id, policy_name, approver_group_id, approvals_needed, exclusive, state, \
-     created_at, pending_until, decided_at, decision_reason FROM access_requests";
+const REQUEST_SELECT: &str = "SELECT id, requester_id, target, access, minutes, reason, \
+     ssh_public_key, key_generated, policy_id, policy_name, approver_group_id, approvals_needed, \
+     exclusive, state, created_at, pending_until, decided_at, decision_reason, account, \
+     activated_at, ends_at, end_reason, ended_at, confirm_by, certificate, version \
+     FROM access_requests";
 
 /// States in which a request holds its access (for exclusivity).
-const HOLDING: &str = "('approved', 'provisioning', 'active')";
+const HOLDING: &str = "('approved', 'provisioning', 'active', 'revoking')";
+
+/// States of a request that is not over.
+const LIVE: &str = "('pending_approval', 'approved', 'provisioning', 'active', 'revoking')";
 
 fn request_from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
     Ok(RequestRecord {
         id: row.text("id")?,
         requester_id: row.text("requester_id")?,
-        host_id: row.text("host_id")?,
+        target: row.text("target")?,
         access: row
             .text("access")?
             .parse()
@@ -254,6 +334,7 @@ fn request_from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
         minutes: minutes(Some(row.int("minutes")?)).unwrap_or(0),
         reason: row.text("reason")?,
         ssh_public_key: row.opt_text("ssh_public_key")?,
+        key_generated: flag(row.int("key_generated")?),
         policy_id: row.text("policy_id")?,
         policy_name: row.text("policy_name")?,
         approver_group_id: row.opt_text("approver_group_id")?,
@@ -264,7 +345,27 @@ fn request_from_row(row: &impl Columns) -> Result<RequestRecord, StoreError> {
         pending_until: row.opt_int("pending_until")?.map(from_millis),
         decided_at: row.opt_int("decided_at")?.map(from_millis),
         decision_reason: row.opt_text("decision_reason")?,
+        account: row.text("account")?,
+        activated_at: row.opt_int("activated_at")?.map(from_millis),
+        ends_at: row.opt_int("ends_at")?.map(from_millis),
+        end_reason: row.opt_text("end_reason")?,
+        ended_at: row.opt_int("ended_at")?.map(from_millis),
+        confirm_by: row.opt_int("confirm_by")?.map(from_millis),
+        certificate: row.opt_text("certificate")?,
+        version: row.int("version")?,
         decisions: Vec::new(),
+        hosts: Vec::new(),
+    })
+}
+
+fn request_host_from_row(row: &impl Columns) -> Result<RequestHostRecord, StoreError> {
+    Ok(RequestHostRecord {
+        host_id: row.text("host_id")?,
+        state: row.text("state")?,
+        provision_job_id: row.opt_text("provision_job_id")?,
+        revoke_job_id: row.opt_text("revoke_job_id")?,
+        error: row.opt_text("error")?,
+        updated_at: from_millis(row.int("updated_at")?),
     })
 }
 
@@ -404,23 +505,29 @@ macro_rules! access_store {
             ) -> Result<Result<(), RequestRefusal>, StoreError> {
                 let mut tx = $tx::begin(self).await?;
                 if r.exclusive && r.state == "approved" {
-                    if let Some(holder) = Self::holder(tx.conn(), &r.host_id, r.access, &r.id).await? {
-                        return Ok(Err(RequestRefusal::Held(holder)));
+                    for host in &r.hosts {
+                        if let Some(holder) =
+                            Self::holder(tx.conn(), &host.host_id, r.access, &r.id).await?
+                        {
+                            return Ok(Err(RequestRefusal::Held(holder)));
+                        }
                     }
                 }
                 sqlx::query(
-                    "INSERT INTO access_requests (id, requester_id, host_id, access, minutes, reason, \
-                     ssh_public_key, policy_id, policy_name, approver_group_id, approvals_needed, \
-                     exclusive, state, created_at, pending_until, decided_at, decision_reason) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                    "INSERT INTO access_requests (id, requester_id, target, access, minutes, reason, \
+                     ssh_public_key, key_generated, policy_id, policy_name, approver_group_id, \
+                     approvals_needed, exclusive, state, created_at, pending_until, decided_at, \
+                     decision_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                     $13, $14, $15, $16, $17, $18)",
                 )
                 .bind(&r.id)
                 .bind(&r.requester_id)
-                .bind(&r.host_id)
+                .bind(&r.target)
                 .bind(r.access.as_str())
                 .bind(i64::from(r.minutes))
                 .bind(&r.reason)
                 .bind(&r.ssh_public_key)
+                .bind(i64::from(r.key_generated))
                 .bind(&r.policy_id)
                 .bind(&r.policy_name)
                 .bind(&r.approver_group_id)
@@ -433,6 +540,18 @@ macro_rules! access_store {
                 .bind(&r.decision_reason)
                 .execute(tx.conn())
                 .await?;
+                for host in &r.hosts {
+                    sqlx::query(
+                        "INSERT INTO access_request_hosts (request_id, host_id, state, updated_at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&r.id)
+                    .bind(&host.host_id)
+                    .bind(&host.state)
+                    .bind(millis(host.updated_at))
+                    .execute(tx.conn())
+                    .await?;
+                }
                 tx.audit(event, now);
                 tx.commit().await?;
                 Ok(Ok(()))
@@ -448,22 +567,140 @@ macro_rules! access_store {
                     return Ok(None);
                 };
                 let mut request = request_from_row(&row)?;
+                self.fill_request(&mut request).await?;
+                Ok(Some(request))
+            }
+
+            async fn list_requests(
+                &self,
+                filter: &RequestFilter,
+                limit: u32,
+                offset: u32,
+            ) -> Result<Vec<RequestRecord>, StoreError> {
+                let mut sql = format!(
+                    "{REQUEST_SELECT} WHERE (CAST($1 AS TEXT) IS NULL OR requester_id = $1) \
+                     AND (CAST($2 AS TEXT) IS NULL OR state = $2)"
+                );
+                let (viewer, groups) = match &filter.visible_to {
+                    Some((viewer, groups)) => (Some(viewer.clone()), groups.clone()),
+                    None => (None, Vec::new()),
+                };
+                if viewer.is_some() {
+                    sql.push_str(" AND (requester_id = $5");
+                    for n in 0..groups.len() {
+                        sql.push_str(&format!(" OR approver_group_id = ${}", n + 6));
+                    }
+                    sql.push(')');
+                }
+                sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4");
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&filter.requester_id)
+                    .bind(&filter.state)
+                    .bind(i64::from(limit))
+                    .bind(i64::from(offset));
+                if let Some(viewer) = &viewer {
+                    query = query.bind(viewer);
+                    for group in &groups {
+                        query = query.bind(group);
+                    }
+                }
+                let rows = query.fetch_all(self.pool()).await?;
+                let mut requests = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut request = request_from_row(row)?;
+                    self.fill_request(&mut request).await?;
+                    requests.push(request);
+                }
+                Ok(requests)
+            }
+
+            async fn requests_to_advance(
+                &self,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<String>, StoreError> {
                 let rows = sqlx::query(
-                    "SELECT principal_id, decision, reason, at FROM access_decisions \
-                     WHERE request_id = $1 ORDER BY at, principal_id",
+                    "SELECT id FROM access_requests WHERE state IN ('approved', 'provisioning', \
+                     'revoking') OR (state = 'active' AND (ends_at <= $1 OR confirm_by <= $1)) \
+                     ORDER BY created_at LIMIT 500",
                 )
-                .bind(id)
+                .bind(millis(now))
                 .fetch_all(self.pool())
                 .await?;
-                for row in &rows {
-                    request.decisions.push(DecisionRecord {
-                        principal_id: row.text("principal_id")?,
-                        decision: row.text("decision")?,
-                        reason: row.text("reason")?,
-                        at: from_millis(row.int("at")?),
-                    });
+                rows.iter()
+                    .map(|row| row.text("id").map_err(StoreError::from))
+                    .collect()
+            }
+
+            async fn save_request(
+                &self,
+                r: &RequestRecord,
+                events: Vec<AuditEvent>,
+                now: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = $tx::begin(self).await?;
+                let changed = sqlx::query(
+                    "UPDATE access_requests SET state = $1, decision_reason = $2, account = $3, \
+                     activated_at = $4, ends_at = $5, end_reason = $6, ended_at = $7, \
+                     confirm_by = $8, certificate = $9, pending_until = $10, \
+                     version = version + 1 WHERE id = $11 AND version = $12",
+                )
+                .bind(&r.state)
+                .bind(&r.decision_reason)
+                .bind(&r.account)
+                .bind(r.activated_at.map(millis))
+                .bind(r.ends_at.map(millis))
+                .bind(&r.end_reason)
+                .bind(r.ended_at.map(millis))
+                .bind(r.confirm_by.map(millis))
+                .bind(&r.certificate)
+                .bind(r.pending_until.map(millis))
+                .bind(&r.id)
+                .bind(r.version)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Ok(false);
                 }
-                Ok(Some(request))
+                for host in &r.hosts {
+                    sqlx::query(
+                        "UPDATE access_request_hosts SET state = $1, provision_job_id = $2, \
+                         revoke_job_id = $3, error = $4, updated_at = $5 \
+                         WHERE request_id = $6 AND host_id = $7",
+                    )
+                    .bind(&host.state)
+                    .bind(&host.provision_job_id)
+                    .bind(&host.revoke_job_id)
+                    .bind(&host.error)
+                    .bind(millis(host.updated_at))
+                    .bind(&r.id)
+                    .bind(&host.host_id)
+                    .execute(tx.conn())
+                    .await?;
+                }
+                for event in events {
+                    tx.audit(event, now);
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn live_requests_on_host(
+                &self,
+                host_id: &str,
+            ) -> Result<Vec<(String, String, String)>, StoreError> {
+                let sql = format!(
+                    "SELECT r.id, r.requester_id, r.account FROM access_requests r \
+                     JOIN access_request_hosts h ON h.request_id = r.id \
+                     WHERE h.host_id = $1 AND r.state IN {LIVE} ORDER BY r.created_at"
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(host_id)
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter()
+                    .map(|row| Ok((row.text("id")?, row.text("requester_id")?, row.text("account")?)))
+                    .collect()
             }
 
             async fn decide_request(
@@ -516,10 +753,12 @@ macro_rules! access_store {
                         "pending_approval"
                     } else {
                         if request.exclusive {
-                            if let Some(holder) =
-                                Self::holder(tx.conn(), &request.host_id, request.access, id).await?
-                            {
-                                return Ok(Err(RequestRefusal::Held(holder)));
+                            for host_id in Self::request_hosts(tx.conn(), id).await? {
+                                if let Some(holder) =
+                                    Self::holder(tx.conn(), &host_id, request.access, id).await?
+                                {
+                                    return Ok(Err(RequestRefusal::Held(holder)));
+                                }
                             }
                         }
                         "approved"
@@ -528,7 +767,8 @@ macro_rules! access_store {
                 if state != "pending_approval" {
                     sqlx::query(
                         "UPDATE access_requests SET state = $1, decided_at = $2, \
-                         decision_reason = $3, pending_until = NULL WHERE id = $4",
+                         decision_reason = $3, pending_until = NULL, version = version + 1 \
+                         WHERE id = $4",
                     )
                     .bind(state)
                     .bind(millis(now))
@@ -552,7 +792,7 @@ macro_rules! access_store {
                 let mut tx = $tx::begin(self).await?;
                 let changed = sqlx::query(
                     "UPDATE access_requests SET state = 'cancelled', decided_at = $1, \
-                     decision_reason = $2, pending_until = NULL \
+                     decision_reason = $2, pending_until = NULL, version = version + 1 \
                      WHERE id = $3 AND state IN ('pending_approval', 'approved')",
                 )
                 .bind(millis(now))
@@ -586,7 +826,8 @@ macro_rules! access_store {
                 let mut tx = $tx::begin(self).await?;
                 let rows = sqlx::query(
                     "UPDATE access_requests SET state = 'expired', decided_at = $1, \
-                     decision_reason = 'nobody decided in time', pending_until = NULL \
+                     decision_reason = 'nobody decided in time', pending_until = NULL, \
+                     version = version + 1 \
                      WHERE state = 'pending_approval' AND pending_until <= $1 RETURNING id",
                 )
                 .bind(millis(now))
@@ -626,8 +867,10 @@ macro_rules! access_store {
                     .fetch_optional(&mut *conn)
                     .await?;
                 let sql = format!(
-                    "SELECT id FROM access_requests WHERE host_id = $1 AND access = $2 \
-                     AND id <> $3 AND exclusive = 1 AND state IN {HOLDING} ORDER BY created_at LIMIT 1"
+                    "SELECT r.id FROM access_requests r JOIN access_request_hosts h \
+                     ON h.request_id = r.id WHERE h.host_id = $1 AND r.access = $2 \
+                     AND r.id <> $3 AND r.exclusive = 1 AND r.state IN {HOLDING} \
+                     ORDER BY r.created_at LIMIT 1"
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(host_id)
@@ -636,6 +879,50 @@ macro_rules! access_store {
                     .fetch_optional(&mut *conn)
                     .await?;
                 row.map(|r| r.text("id")).transpose().map_err(StoreError::from)
+            }
+
+            /// The hosts of request `id`.
+            async fn request_hosts(conn: &mut $conn, id: &str) -> Result<Vec<String>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT host_id FROM access_request_hosts WHERE request_id = $1 ORDER BY host_id",
+                )
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|row| row.text("host_id").map_err(StoreError::from))
+                    .collect()
+            }
+
+            /// Fills in a request's decisions and hosts.
+            async fn fill_request(&self, request: &mut RequestRecord) -> Result<(), StoreError> {
+                let rows = sqlx::query(
+                    "SELECT principal_id, decision, reason, at FROM access_decisions \
+                     WHERE request_id = $1 ORDER BY at, principal_id",
+                )
+                .bind(&request.id)
+                .fetch_all(self.pool())
+                .await?;
+                for row in &rows {
+                    request.decisions.push(DecisionRecord {
+                        principal_id: row.text("principal_id")?,
+                        decision: row.text("decision")?,
+                        reason: row.text("reason")?,
+                        at: from_millis(row.int("at")?),
+                    });
+                }
+                let rows = sqlx::query(
+                    "SELECT host_id, state, provision_job_id, revoke_job_id, error, updated_at \
+                     FROM access_request_hosts WHERE request_id = $1 ORDER BY host_id",
+                )
+                .bind(&request.id)
+                .fetch_all(self.pool())
+                .await?;
+                request.hosts = rows
+                    .iter()
+                    .map(request_host_from_row)
+                    .collect::<Result<_, _>>()?;
+                Ok(())
             }
         }
     };

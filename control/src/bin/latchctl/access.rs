@@ -87,13 +87,13 @@ pub struct PolicyArgs {
     reauth: Option<u32>,
 }
 
-fn access_arg(text: &str) -> Result<AccessKind, String> {
+pub(super) fn access_arg(text: &str) -> Result<AccessKind, String> {
     text.parse()
         .map_err(|e: latch_common::names::ValidationError| e.reason)
 }
 
 /// A duration in whole minutes.
-fn minutes_arg(text: &str) -> Result<u32, String> {
+pub(super) fn minutes_arg(text: &str) -> Result<u32, String> {
     let duration =
         humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e} (e.g. 30m, 2h)"))?;
     if duration.as_secs() % 60 != 0 || duration.as_secs() == 0 {

@@ -1,6 +1,9 @@
 //! The tables `latchctl` prints for people (hosts, jobs, grants, a job's history) and the
 //! JSON it prints for scripts.
 
+use std::io::IsTerminal as _;
+
+use chrono::{DateTime, Utc};
 use latch_common::api::{GrantState, GrantView, HostView, JobView};
 use latch_common::job::JobKind;
 
@@ -222,19 +225,126 @@ pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(visible_width(cell));
         }
     }
     let line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(visible_width(c)))))
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in &rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// The width of `text` on a terminal: its characters, without colour escape sequences.
+fn visible_width(text: &str) -> usize {
+    let mut width = 0;
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => width += 1,
+        }
+    }
+    width
+}
+
+/// `at` relative to `now`, as people say it: `in 1h 59m`, `3m ago`, `just now`.
+pub(crate) fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (at - now).num_seconds();
+    let span = seconds.unsigned_abs();
+    if span < 5 {
+        return "just now".to_owned();
+    }
+    let text = if span < 60 {
+        format!("{span}s")
+    } else if span < 3600 {
+        format!("{}m", span / 60)
+    } else if span < 86_400 {
+        format!("{}h {}m", span / 3600, span % 3600 / 60)
+    } else {
+        format!("{}d {}h", span / 86_400, span % 86_400 / 3600)
+    };
+    if seconds > 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// Colours for states, only on a terminal and unless `NO_COLOR` is set (no-color.org).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn new(terminal: bool) -> Self {
+        Self {
+            on: terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
+    /// For what goes to standard output.
+    pub(crate) fn stdout() -> Self {
+        Self::new(std::io::stdout().is_terminal())
+    }
+
+    /// For what goes to standard error.
+    pub(crate) fn stderr() -> Self {
+        Self::new(std::io::stderr().is_terminal())
+    }
+
+    /// A state in its colour: green when in force or done well, yellow while on its way,
+    /// red when refused or failed, plain otherwise.
+    pub(crate) fn state(self, state: &str) -> String {
+        if !self.on {
+            return state.to_owned();
+        }
+        let colour = match state {
+            "active" | "confirmed" | "revoked" | "expired" => "32",
+            "pending" | "pending_approval" | "approved" | "provisioning" | "revoking"
+            | "waiting" => "33",
+            "failed" | "denied" | "revocation_stuck" => "31",
+            _ => return state.to_owned(),
+        };
+        format!("\x1b[{colour}m{state}\x1b[0m")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_like_speech() {
+        let now = Utc::now();
+        assert_eq!(relative(now, now), "just now");
+        assert_eq!(relative(now + chrono::Duration::seconds(30), now), "in 30s");
+        assert_eq!(relative(now - chrono::Duration::minutes(3), now), "3m ago");
+        assert_eq!(
+            relative(now + chrono::Duration::minutes(119), now),
+            "in 1h 59m"
+        );
+        assert_eq!(
+            relative(now - chrono::Duration::hours(50), now),
+            "2d 2h ago"
+        );
+    }
+
+    #[test]
+    fn colour_codes_take_no_width() {
+        let painted = Paint { on: true }.state("active");
+        assert_ne!(painted, "active");
+        assert_eq!(visible_width(&painted), "active".len());
+        assert_eq!(Paint { on: false }.state("active"), "active");
     }
 }
