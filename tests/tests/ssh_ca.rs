@@ -63,9 +63,9 @@ fn a_user_certificate_logs_in_with_sudo_until_the_account_is_deleted() {
     // PID in the test host's pid file).
     host.write_agent_config("sshd_pid_file = \"/run/sshd-e2e.pid\"\n");
     let port = host.start_sshd();
-    let _agent = host.start_agent();
+    let agent = host.start_agent();
 
-    let ca_key = cp.data_dir.path().join("user_ca.key");
+    let ca_key = cp.data_dir.path().join("data/user_ca.key");
     let derived = Command::new("ssh-keygen")
         .args(["-y", "-f"])
         .arg(&ca_key)
@@ -88,6 +88,14 @@ fn a_user_certificate_logs_in_with_sudo_until_the_account_is_deleted() {
         },
     );
     assert_eq!(blob(&installed), blob(&ca_public));
+    host.wait("the agent to reload sshd", Duration::from_secs(10), || {
+        host.agent_log().contains("SIGHUP to sshd").then_some(())
+    });
+    assert!(
+        !host.agent_log().contains("Include"),
+        "no warning about sshd_config expected: {}",
+        host.agent_log()
+    );
     let drop_in = host.read("/etc/ssh/sshd_config.d/50-latch.conf");
     assert!(
         drop_in.contains("\nTrustedUserCAKeys /etc/ssh/latch/user_ca.pub\n")
@@ -101,7 +109,8 @@ fn a_user_certificate_logs_in_with_sudo_until_the_account_is_deleted() {
                "sudo": true, "principals": ["p-test"], "expires_in_ms": 600_000}),
     );
     let job = cp.expect_confirmed(&id);
-    assert_eq!(job["spec"]["principals"], json!(["p-test"]), "{job:#}");
+    assert_eq!(job["params"]["principals"], json!(["p-test"]), "{job:#}");
+    assert_eq!(job["params"]["sudo"], true, "{job:#}");
     assert!(host.group_members("sudo").contains(&"alice".to_owned()));
     assert_eq!(host.read("/etc/ssh/latch/principals/alice"), "p-test\n");
     let modes = host
@@ -151,6 +160,23 @@ fn a_user_certificate_logs_in_with_sudo_until_the_account_is_deleted() {
     let after = alice.run("id -u");
     assert_eq!(after.code, 255, "{after:?}");
     host.assert_account_files_clean();
+
+    // The CA stays in the agent's state: a restart puts back a drop-in removed by hand.
+    agent.stop();
+    host.exec(&["rm", "/etc/ssh/sshd_config.d/50-latch.conf"])
+        .ok("rm drop-in");
+    let _agent = host.start_agent();
+    host.wait(
+        "the agent to restore the drop-in",
+        Duration::from_secs(20),
+        || {
+            (host
+                .exec(&["cat", "/etc/ssh/sshd_config.d/50-latch.conf"])
+                .stdout
+                == drop_in)
+                .then_some(())
+        },
+    );
     real.assert_unchanged();
 }
 

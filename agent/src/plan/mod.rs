@@ -1938,4 +1938,29 @@ mod tests {
         );
         assert_eq!(verify(&delete("nobody-here"), &facts), Ok(()));
     }
+
+    /// A create-account with `sudo` is confirmed only once the account is in the host's sudo
+    /// group.
+    #[test]
+    fn verify_checks_the_sudo_membership() {
+        let (records, policy) = (accounts(), policy());
+        let spec = create_with("eph", &[], true, &["p-test"]);
+        let files = snapshot();
+        let facts = Facts {
+            snapshot: &files,
+            accounts: &records,
+            policy: &policy,
+            names: &FilesOnly,
+        };
+        assert_eq!(verify(&spec, &facts), Ok(()));
+        let mut without = snapshot();
+        without.group = parse_group(&GROUP.replace("sudo:x:27:eph", "sudo:x:27:")).unwrap();
+        let facts = Facts {
+            snapshot: &without,
+            ..facts
+        };
+        let err = verify(&spec, &facts).unwrap_err();
+        assert_eq!(err.code, Code::VerifyFailed);
+        assert!(err.message.contains("'sudo'"), "{err}");
+    }
 }
