@@ -361,6 +361,8 @@ impl Control {
         if due.is_empty() {
             return Ok(sweep);
         }
+        // reqwest's rustls needs a process-wide crypto provider; without one it panics.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -340,6 +340,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One crypto provider for every rustls user in the process (the TLS listener, webhook
+    // deliveries, the identity provider client): reqwest panics without one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let matches = Cli::command().get_matches();
     let url_on_command_line = matches
         .subcommand()
