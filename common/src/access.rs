@@ -531,6 +531,10 @@ pub struct RequestHostView {
     pub error: Option<String>,
     /// Whether the host trusts Latch's SSH certificate authority (log in with the certificate).
     pub ssh_certificate: bool,
+    /// The create-account job's status (`pending`, `confirmed`, `failed`).
+    pub provision_status: Option<String>,
+    /// The delete-account job's status.
+    pub revoke_status: Option<String>,
 }
 
 /// An access request, as shown.

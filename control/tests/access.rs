@@ -219,23 +219,29 @@ async fn agent_answers(
     host: &latch_control::store::HostRecord,
     confirm: bool,
 ) -> latch_common::job::JobSpec {
+    let code = (!confirm).then_some(latch_common::job::JobErrorCode::AccountExists);
+    agent_reports(control, host, code).await
+}
+
+/// The host's agent: takes its next job and reports it confirmed, or failed with `code`.
+async fn agent_reports(
+    control: &Control,
+    host: &latch_control::store::HostRecord,
+    code: Option<latch_common::job::JobErrorCode>,
+) -> latch_common::job::JobSpec {
     use latch_common::api::ReportRequest;
-    use latch_common::job::{JobError, JobErrorCode, JobOutcome};
+    use latch_common::job::{JobError, JobOutcome};
     let job = control
         .next_job(host, std::time::Duration::ZERO)
         .await
         .unwrap()
         .expect("a job for the host");
     let signed: latch_common::signing::SignedJob = serde_json::from_str(&job.payload).unwrap();
-    let outcome = if confirm {
-        JobOutcome::confirmed()
-    } else {
-        JobOutcome::Failed {
-            error: JobError::new(
-                JobErrorCode::AccountExists,
-                "the account exists and is not Latch's",
-            ),
-        }
+    let outcome = match code {
+        None => JobOutcome::confirmed(),
+        Some(code) => JobOutcome::Failed {
+            error: JobError::new(code, "it did not work\u{1b}[2J on this host"),
+        },
     };
     control
         .report(
@@ -729,6 +735,111 @@ async fn approved_requests_are_provisioned_on_every_host_and_removed_at_the_end(
     control.advance_access_requests().await.unwrap();
     assert_eq!(
         control.show_access(&alice, &late.id).await.unwrap().state,
+        "revoked"
+    );
+    // A host fails for another reason (it may have applied part of it, or report late): the
+    // account is removed there too; the request ends failed once both hosts confirmed.
+    let broken = control
+        .request_access(&alice, &ask(Target::Selector("team=db".into())))
+        .await
+        .unwrap()
+        .request;
+    agent_answers(&control, &hosts[0], true).await;
+    agent_reports(
+        &control,
+        &hosts[1],
+        Some(latch_common::job::JobErrorCode::ToolFailed),
+    )
+    .await;
+    control.advance_access_requests().await.unwrap();
+    let cleaning = control.show_access(&alice, &broken.id).await.unwrap();
+    assert_eq!(cleaning.state, "revoking");
+    assert!(
+        cleaning.hosts.iter().all(|h| h.state == "revoking"),
+        "{cleaning:?}"
+    );
+    let db2 = cleaning.hosts.iter().find(|h| h.host == "db2").unwrap();
+    assert!(
+        !db2.error.as_deref().unwrap().contains('\u{1b}'),
+        "no terminal escapes from a host: {db2:?}"
+    );
+    for host in &hosts {
+        assert_eq!(
+            agent_answers(&control, host, true).await,
+            JobSpec::DeleteAccount {
+                user: "alice".into()
+            }
+        );
+    }
+    control.advance_access_requests().await.unwrap();
+    let failed = control.show_access(&alice, &broken.id).await.unwrap();
+    assert_eq!(failed.state, "failed");
+    assert!(failed.hosts.iter().all(|h| h.state == "revoked"));
+    assert_eq!(failed.hosts[0].revoke_status.as_deref(), Some("confirmed"));
+
+    // An account Latch made on the host for something else is not taken over: the request
+    // gets another name.
+    let admin_grant = control
+        .create_job(
+            &support::admin(),
+            latch_common::api::CreateJobRequest {
+                host: "db1".into(),
+                kind: Some(latch_common::job::JobKind::CreateAccount),
+                user: "carol".into(),
+                expires_in_ms: Some(3_600_000),
+                ..latch_common::api::CreateJobRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent_answers(&control, &hosts[0], true).await;
+    assert_eq!(
+        store
+            .get_job(&admin_grant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        latch_common::job::JobStatus::Confirmed
+    );
+    let renamed = control
+        .request_access(&carol, &ask(Target::Host("db1".into())))
+        .await
+        .unwrap()
+        .request;
+    assert_eq!(renamed.account, "carol2");
+    agent_answers(&control, &hosts[0], true).await;
+    control.advance_access_requests().await.unwrap();
+    assert_eq!(
+        control
+            .show_access(&carol, &renamed.id)
+            .await
+            .unwrap()
+            .state,
+        "active"
+    );
+
+    // Disabling the requester ends her active grant.
+    control
+        .set_disabled(&support::admin(), "carol", true)
+        .await
+        .unwrap();
+    control.advance_access_requests().await.unwrap();
+    let ending = store.access_request(&renamed.id).await.unwrap().unwrap();
+    assert_eq!(ending.state, "revoking");
+    assert_eq!(
+        ending.decision_reason.as_deref(),
+        Some("the requester was disabled")
+    );
+    agent_answers(&control, &hosts[0], true).await;
+    control.advance_access_requests().await.unwrap();
+    assert_eq!(
+        store
+            .access_request(&renamed.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         "revoked"
     );
 }

@@ -770,8 +770,29 @@ async fn break_glass_is_limited_loud_and_rotates_when_it_ends(db: TestDb) {
         c.break_glass(&stale, &identity.id, &request).await,
         Err(ControlError::StepUpRequired(_))
     ));
+    // Security admins subscribe to break-glass on the signed webhooks too.
+    let hook = c
+        .create_webhook(
+            &support::admin(),
+            &latch_common::webhooks::CreateWebhookRequest {
+                url: "http://127.0.0.1:9/security".into(),
+                events: vec!["break_glass".into()],
+                secret: "security-team-secret-0123".into(),
+            },
+        )
+        .await
+        .unwrap();
     let glass = c.break_glass(&admin, &identity.id, &request).await.unwrap();
     assert!(glass.checkout.break_glass);
+    let queued = c
+        .list_webhook_deliveries(&support::admin(), &hook.id)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].event, "break_glass");
+    assert_eq!(queued[0].body["detail"]["severity"], "critical");
+    assert_eq!(queued[0].body["detail"]["actor"], "user:ada");
+    assert!(!queued[0].body.to_string().contains("Glass-Secret-2026!"));
     assert_eq!(glass.credential.secret, "Glass-Secret-2026!");
     assert!(glass.checkout.expires_at <= Utc::now() + Duration::seconds(2));
     // Critical audit event and a signed webhook, without the secret.

@@ -19,12 +19,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use latch_common::access::AccessKind;
-use latch_common::job::{JobSpec, JobStatus};
+use latch_common::api::GrantState;
+use latch_common::job::{JobError, JobErrorCode, JobSpec, JobStatus};
 use latch_common::names::validate_user_name;
 use serde_json::json;
 
 use crate::audit::AuditEvent;
 use crate::store::access::{RequestHostRecord, RequestRecord};
+use crate::store::{GrantFilter, Page};
 use crate::{Control, ControlError};
 
 /// How long every host of a request has to confirm its provisioning before the request fails.
@@ -68,6 +70,19 @@ pub fn account_base(principal_name: &str) -> String {
     name
 }
 
+/// A job's failure as shown on the request's host: `code: message`, without control
+/// characters (the message comes from the host; a terminal must not run what it holds).
+fn job_failure(error: Option<&JobError>, otherwise: &str) -> String {
+    let text = error.map_or_else(
+        || otherwise.to_owned(),
+        |e| format!("{}: {}", e.code, e.message),
+    );
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(500)
+        .collect()
+}
+
 impl Control {
     /// Moves every request with work to do one step on: provisions approved ones, activates
     /// or fails provisioning ones, ends active ones whose window (or re-confirmation
@@ -88,7 +103,17 @@ impl Control {
             return Ok(());
         };
         let now = Utc::now();
+        let disabled = self
+            .store
+            .principal(&request.requester_id)
+            .await?
+            .is_none_or(|p| p.disabled_at.is_some());
         match request.state.as_str() {
+            "approved" | "provisioning" | "active" if disabled => {
+                let event = AuditEvent::new(CONTROL_PLANE, "access.requester_disabled");
+                self.begin_revocation(request, "revoked", "the requester was disabled", event, now)
+                    .await
+            }
             "approved" => self.start_provisioning(request, now).await,
             "provisioning" => self.settle_provisioning(request, now).await,
             "active" if request.ends_at.is_some_and(|end| end <= now) => {
@@ -136,7 +161,10 @@ impl Control {
         }
         let mut name = base.clone();
         let mut n = 2;
-        while taken.contains(&name) {
+        // Taken: another person's live request uses it on one of the hosts, or an account
+        // Latch made there for something else (a job, an earlier grant) is not gone yet —
+        // create-account would take that account over.
+        while taken.contains(&name) || self.account_in_use(&request.hosts, &name).await? {
             let suffix = n.to_string();
             let mut stem = base.clone();
             stem.truncate(28 - suffix.len());
@@ -146,9 +174,49 @@ impl Control {
         Ok(name)
     }
 
-    /// Whether `host_id` trusts Latch's SSH certificate authority (set at enrollment).
-    async fn uses_certificates(&self, host_id: &str) -> Result<bool, ControlError> {
-        self.host_uses_ssh_ca(host_id).await
+    /// Whether a grant of the account `user` (a confirmed create-account or add-group) is
+    /// not over on one of `hosts`.
+    async fn account_in_use(
+        &self,
+        hosts: &[RequestHostRecord],
+        user: &str,
+    ) -> Result<bool, ControlError> {
+        for host in hosts {
+            let filter = GrantFilter {
+                host: Some(host.host_id.clone()),
+                user: Some(user.to_owned()),
+                ..GrantFilter::default()
+            };
+            let grants = self
+                .store
+                .list_grants(
+                    &filter,
+                    Utc::now(),
+                    Page {
+                        offset: 0,
+                        count: 50,
+                    },
+                )
+                .await?;
+            if grants.iter().any(|g| {
+                matches!(
+                    g.context.grant_state,
+                    Some(GrantState::Active | GrantState::Revoking | GrantState::RevocationStuck)
+                )
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `host_id` trusts Latch's SSH certificate authority (set at enrollment); a host
+    /// removed since is no longer asked anything.
+    pub(crate) async fn uses_certificates(&self, host_id: &str) -> Result<bool, ControlError> {
+        match self.host_uses_ssh_ca(host_id).await {
+            Err(ControlError::NotFound { .. }) => Ok(false),
+            other => other,
+        }
     }
 
     /// The create-account job for `request` on `host_id`.
@@ -254,11 +322,7 @@ impl Control {
                     JobStatus::Confirmed => Some(("active", None)),
                     JobStatus::Failed => Some((
                         "failed",
-                        Some(
-                            job.error
-                                .map(|e| format!("{}: {}", e.code, e.message))
-                                .unwrap_or_else(|| "the job failed".to_owned()),
-                        ),
+                        Some(job_failure(job.error.as_ref(), "the job failed")),
                     )),
                     _ if deadline_passed => Some((
                         "failed",
@@ -334,13 +398,23 @@ impl Control {
         }
         if let (true, Some(key)) = (certificates, &request.ssh_public_key) {
             // Valid from a minute before (clocks differ a little) to the window's end.
-            request.certificate = Some(self.issue_user_certificate(
+            match self.issue_user_certificate(
                 key,
                 &format!("{} {}", request.id, request.account),
                 std::slice::from_ref(&request.id),
                 now - Duration::minutes(1),
                 ends_at,
-            )?);
+            ) {
+                Ok(certificate) => request.certificate = Some(certificate),
+                Err(error) => {
+                    let reason = format!("cannot issue the SSH certificate: {error}");
+                    let event = AuditEvent::new(CONTROL_PLANE, "access.provisioning_failed")
+                        .detail(json!({"request_id": request.id, "reason": reason}));
+                    return self
+                        .begin_revocation(request, "failed", &reason, event, now)
+                        .await;
+                }
+            }
         }
         let reauth = self
             .store
@@ -381,7 +455,20 @@ impl Control {
     ) -> Result<(), ControlError> {
         let mut queue = Vec::new();
         for host in &mut request.hosts {
+            let foreign = host.state == "failed"
+                && host.error.as_deref().is_some_and(|e| {
+                    e.starts_with("account_exists") || e.starts_with("group_exists")
+                });
             match host.state.as_str() {
+                // A host that failed may still have applied the job (a report lost, a late
+                // agent): remove the account there too, unless the failure was that the name
+                // belongs to an account Latch did not make.
+                "failed" if !foreign => {
+                    let job_id = uuid::Uuid::new_v4().to_string();
+                    queue.push((host.host_id.clone(), job_id.clone(), None));
+                    host.state = "revoking".to_owned();
+                    host.revoke_job_id = Some(job_id);
+                }
                 "active" | "provisioning" => {
                     let job_id = uuid::Uuid::new_v4().to_string();
                     // A confirmed grant's removal revokes it; a create-account job still on
@@ -476,11 +563,21 @@ impl Control {
                     false
                 }
                 Some(job) if job.status == JobStatus::Failed => {
-                    let message = job
+                    let message = job_failure(job.error.as_ref(), "the removal failed");
+                    if job
                         .error
                         .as_ref()
-                        .map(|e| format!("{}: {}", e.code, e.message))
-                        .unwrap_or_else(|| "the removal failed".to_owned());
+                        .is_some_and(|e| e.code == JobErrorCode::AccountNotManaged)
+                    {
+                        // The name belongs to an account Latch did not make (or adopted):
+                        // nothing of this request is there, and it is left alone.
+                        let slot = &mut request.hosts[index];
+                        slot.state = "revoked".to_owned();
+                        slot.error = Some(format!("{message} (left alone)"));
+                        slot.updated_at = now;
+                        changed = true;
+                        continue;
+                    }
                     if request.hosts[index].error.as_deref() != Some(&message) {
                         request.hosts[index].error = Some(message);
                         changed = true;

@@ -97,6 +97,9 @@ fn refusal(id: &str, refused: RequestRefusal) -> ControlError {
         RequestRefusal::Held(other) => ControlError::Conflict(format!(
             "this access is exclusive and held by request {other}; wait until it ends"
         )),
+        RequestRefusal::Overlaps(other) => ControlError::Conflict(format!(
+            "you have access request {other} on this host, not over yet; one at a time per host: wait for it to end, or revoke it (latchctl access revoke {other})"
+        )),
     }
 }
 
@@ -355,7 +358,10 @@ impl Control {
         // Approvers learn of a pending request; everyone subscribed of one approved at once.
         if stored.state == "approved" {
             self.notify_request("access.approved", &stored).await;
-            self.advance_request(&stored.id).await?;
+            // The sweep provisions it too: a failure here must not lose the key given out once.
+            if let Err(error) = self.advance_request(&stored.id).await {
+                tracing::warn!(request_id = %stored.id, %error, "cannot start provisioning at once; the sweep retries");
+            }
         } else {
             self.notify_request("access.requested", &stored).await;
         }
@@ -701,7 +707,9 @@ impl Control {
                 provision_job: h.provision_job_id.clone(),
                 revoke_job: h.revoke_job_id.clone(),
                 error: h.error.clone(),
-                ssh_certificate: self.host_uses_ssh_ca(&h.host_id).await?,
+                ssh_certificate: self.uses_certificates(&h.host_id).await?,
+                provision_status: self.job_status(h.provision_job_id.as_deref()).await?,
+                revoke_status: self.job_status(h.revoke_job_id.as_deref()).await?,
             });
         }
         let approver_group = match &request.approver_group_id {
@@ -741,6 +749,14 @@ impl Control {
             certificate: request.certificate,
             private_key: None,
         })
+    }
+
+    /// The status of job `id` (`pending`, `confirmed`, `failed`), if there is one.
+    async fn job_status(&self, id: Option<&str>) -> Result<Option<String>, ControlError> {
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        Ok(self.store.get_job(id).await?.map(|j| j.status.to_string()))
     }
 
     /// The view of a request just made, with its generated private key (this once).

@@ -1071,8 +1071,10 @@ async fn wait_for_job(
             return Ok(ExitCode::from(2));
         }
         if show_progress {
+            const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
+            let frame = SPINNER[(started.elapsed().as_millis() / 100) as usize % SPINNER.len()];
             eprint!(
-                "\rwaiting for job {id}: pending, {} delivery attempt(s), {:.0?} elapsed ",
+                "\r{frame} waiting for job {id}: pending, {} delivery attempt(s), {:.0?} elapsed ",
                 job.attempts,
                 started.elapsed()
             );

@@ -182,6 +182,8 @@ pub enum RequestRefusal {
     AlreadyDecided,
     /// An exclusive access is held by this other request.
     Held(String),
+    /// The requester has this other request, not over yet, on one of the hosts.
+    Overlaps(String),
 }
 
 /// Persistence of access policies.
@@ -210,8 +212,9 @@ pub trait AccessStore: Send + Sync {
         event: AuditEvent,
         now: DateTime<Utc>,
     ) -> Result<Result<(), PolicyRefusal>, StoreError>;
-    /// Records a request (audited); with `exclusive` and state `approved`, refused while another
-    /// request holds the same access on the host.
+    /// Records a request (audited): refused while the requester has another request not over
+    /// on one of its hosts, and, approved at once, while another request holds the access
+    /// there exclusively (or at all, when this one is exclusive).
     async fn insert_request(
         &self,
         request: &RequestRecord,
@@ -504,10 +507,19 @@ macro_rules! access_store {
                 now: DateTime<Utc>,
             ) -> Result<Result<(), RequestRefusal>, StoreError> {
                 let mut tx = $tx::begin(self).await?;
-                if r.exclusive && r.state == "approved" {
-                    for host in &r.hosts {
+                for host in &r.hosts {
+                    // Under the host's lock (PostgreSQL; SQLite writes one at a time): one
+                    // request not over per requester and host, so two made at once cannot
+                    // share an account.
+                    if let Some(other) =
+                        Self::live_of(tx.conn(), &host.host_id, &r.requester_id).await?
+                    {
+                        return Ok(Err(RequestRefusal::Overlaps(other)));
+                    }
+                    if r.state == "approved" {
                         if let Some(holder) =
-                            Self::holder(tx.conn(), &host.host_id, r.access, &r.id).await?
+                            Self::holder(tx.conn(), &host.host_id, r.access, &r.id, r.exclusive)
+                                .await?
                         {
                             return Ok(Err(RequestRefusal::Held(holder)));
                         }
@@ -620,8 +632,10 @@ macro_rules! access_store {
             ) -> Result<Vec<String>, StoreError> {
                 let rows = sqlx::query(
                     "SELECT id FROM access_requests WHERE state IN ('approved', 'provisioning', \
-                     'revoking') OR (state = 'active' AND (ends_at <= $1 OR confirm_by <= $1)) \
-                     ORDER BY created_at LIMIT 500",
+                     'revoking') OR (state = 'active' AND (ends_at <= $1 OR confirm_by <= $1 \
+                     OR requester_id IN (SELECT id FROM principals WHERE disabled_at IS NOT NULL))) \
+                     ORDER BY CASE state WHEN 'active' THEN 0 WHEN 'approved' THEN 1 \
+                     WHEN 'provisioning' THEN 2 ELSE 3 END, created_at LIMIT 500",
                 )
                 .bind(millis(now))
                 .fetch_all(self.pool())
@@ -752,13 +766,17 @@ macro_rules! access_store {
                     if approvals < i64::from(request.approvals_needed) {
                         "pending_approval"
                     } else {
-                        if request.exclusive {
-                            for host_id in Self::request_hosts(tx.conn(), id).await? {
-                                if let Some(holder) =
-                                    Self::holder(tx.conn(), &host_id, request.access, id).await?
-                                {
-                                    return Ok(Err(RequestRefusal::Held(holder)));
-                                }
+                        for host_id in Self::request_hosts(tx.conn(), id).await? {
+                            if let Some(holder) = Self::holder(
+                                tx.conn(),
+                                &host_id,
+                                request.access,
+                                id,
+                                request.exclusive,
+                            )
+                            .await?
+                            {
+                                return Ok(Err(RequestRefusal::Held(holder)));
                             }
                         }
                         "approved"
@@ -853,13 +871,16 @@ macro_rules! access_store {
         }
 
         impl $store {
-            /// The request holding `access` on `host_id` now (other than `except`), locking
-            /// the host's row on PostgreSQL so two approvals cannot both pass.
+            /// The request holding `access` on `host_id` now (other than `except`) in a way
+            /// that excludes another: an exclusive holder, or any holder when the newcomer is
+            /// `exclusive`. Locks the host's row on PostgreSQL so two approvals cannot both
+            /// pass.
             async fn holder(
                 conn: &mut $conn,
                 host_id: &str,
                 access: AccessKind,
                 except: &str,
+                exclusive: bool,
             ) -> Result<Option<String>, StoreError> {
                 let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
                 sqlx::query(sqlx::AssertSqlSafe(lock))
@@ -869,13 +890,39 @@ macro_rules! access_store {
                 let sql = format!(
                     "SELECT r.id FROM access_requests r JOIN access_request_hosts h \
                      ON h.request_id = r.id WHERE h.host_id = $1 AND r.access = $2 \
-                     AND r.id <> $3 AND r.exclusive = 1 AND r.state IN {HOLDING} \
+                     AND r.id <> $3 AND (r.exclusive = 1 OR $4 = 1) AND r.state IN {HOLDING} \
                      ORDER BY r.created_at LIMIT 1"
                 );
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(host_id)
                     .bind(access.as_str())
                     .bind(except)
+                    .bind(i64::from(exclusive))
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                row.map(|r| r.text("id")).transpose().map_err(StoreError::from)
+            }
+
+            /// The request of `requester_id` on `host_id` that is not over, if any (locking the
+            /// host's row on PostgreSQL).
+            async fn live_of(
+                conn: &mut $conn,
+                host_id: &str,
+                requester_id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
+                sqlx::query(sqlx::AssertSqlSafe(lock))
+                    .bind(host_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let sql = format!(
+                    "SELECT r.id FROM access_requests r JOIN access_request_hosts h \
+                     ON h.request_id = r.id WHERE h.host_id = $1 AND r.requester_id = $2 \
+                     AND r.state IN {LIVE} LIMIT 1"
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(host_id)
+                    .bind(requester_id)
                     .fetch_optional(&mut *conn)
                     .await?;
                 row.map(|r| r.text("id")).transpose().map_err(StoreError::from)

@@ -218,7 +218,14 @@ impl Control {
             )));
         }
         tracing::warn!(checkout_id = %checkout.id, identity_id = %identity.id, actor = %by.actor(), "BREAK-GLASS checkout");
-        self.notify_break_glass(&by.actor(), detail);
+        self.notify_break_glass(&by.actor(), detail.clone());
+        // Security admins subscribed to `break_glass` on the signed webhooks learn of it too.
+        let mut signed = detail;
+        signed["actor"] = serde_json::Value::String(by.actor());
+        signed["severity"] = serde_json::Value::String("critical".to_owned());
+        if let Err(error) = self.notify("break_glass", signed).await {
+            tracing::error!(checkout_id = %checkout.id, %error, "cannot queue the break-glass webhook event");
+        }
         let credential = self.open_identity(&identity).await?;
         Ok(CheckoutGranted {
             checkout: checkout_view(checkout),

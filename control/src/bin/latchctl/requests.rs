@@ -478,6 +478,15 @@ fn print_requests(list: &[AccessRequestView]) {
     );
 }
 
+/// A job id with its status, e.g. `3f2a… confirmed`.
+fn job_cell(id: Option<&str>, status: Option<&str>, paint: Paint) -> String {
+    match (id, status) {
+        (Some(id), Some(status)) => format!("{id} {}", paint.state(status)),
+        (Some(id), None) => format!("{id} (not queued yet)"),
+        _ => "-".to_owned(),
+    }
+}
+
 fn print_request(r: &AccessRequestView) {
     let now = Utc::now();
     let paint = Paint::stdout();
@@ -571,8 +580,12 @@ fn print_request(r: &AccessRequestView) {
                 vec![
                     h.host.clone(),
                     paint.state(&h.state),
-                    h.provision_job.clone().unwrap_or_else(|| "-".to_owned()),
-                    h.revoke_job.clone().unwrap_or_else(|| "-".to_owned()),
+                    job_cell(
+                        h.provision_job.as_deref(),
+                        h.provision_status.as_deref(),
+                        paint,
+                    ),
+                    job_cell(h.revoke_job.as_deref(), h.revoke_status.as_deref(), paint),
                     h.error.clone().unwrap_or_default(),
                 ]
             })

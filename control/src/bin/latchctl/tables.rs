@@ -21,6 +21,8 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 pub(crate) fn print_hosts(hosts: &[HostView]) {
+    let paint = Paint::stdout();
+    let now = Utc::now();
     let rows = hosts
         .iter()
         .map(|h| {
@@ -32,10 +34,9 @@ pub(crate) fn print_hosts(hosts: &[HostView]) {
                 h.facts.arch.clone(),
                 h.facts.cpus.to_string(),
                 format!("{} MiB", h.facts.memory_bytes / (1024 * 1024)),
-                if h.online { "yes" } else { "no" }.to_owned(),
-                h.last_seen.map_or("never".to_owned(), |t| {
-                    t.format("%Y-%m-%d %H:%M:%S").to_string()
-                }),
+                paint.state(if h.online { "yes" } else { "no" }),
+                h.last_seen
+                    .map_or("never".to_owned(), |t| paint.time(t, now)),
                 labels_text(&h.labels),
             ]
         })
@@ -66,6 +67,8 @@ fn host_label(name: &str, id: &str) -> String {
 }
 
 pub(crate) fn print_jobs(jobs: &[JobView]) {
+    let paint = Paint::stdout();
+    let now = Utc::now();
     let rows = jobs
         .iter()
         .map(|j| {
@@ -79,12 +82,13 @@ pub(crate) fn print_jobs(jobs: &[JobView]) {
                     .and_then(|u| u.as_str())
                     .unwrap_or("")
                     .to_owned(),
-                j.status.to_string(),
+                paint.state(&j.status.to_string()),
                 j.error
                     .as_ref()
                     .map_or(String::new(), |e| e.code.to_string()),
-                j.grant_state.map_or(String::new(), |s| s.to_string()),
-                j.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                j.grant_state
+                    .map_or(String::new(), |s| paint.state(&s.to_string())),
+                paint.time(j.created_at, now),
             ]
         })
         .collect();
@@ -303,6 +307,15 @@ impl Paint {
         Self::new(std::io::stderr().is_terminal())
     }
 
+    /// A time: relative (`3m ago`) on a terminal, to the second (UTC) for scripts and pipes.
+    pub(crate) fn time(self, at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+        if self.on {
+            relative(at, now)
+        } else {
+            at.format("%Y-%m-%d %H:%M:%S").to_string()
+        }
+    }
+
     /// A state in its colour: green when in force or done well, yellow while on its way,
     /// red when refused or failed, plain otherwise.
     pub(crate) fn state(self, state: &str) -> String {
@@ -310,10 +323,10 @@ impl Paint {
             return state.to_owned();
         }
         let colour = match state {
-            "active" | "confirmed" | "revoked" | "expired" => "32",
+            "active" | "confirmed" | "revoked" | "expired" | "yes" => "32",
             "pending" | "pending_approval" | "approved" | "provisioning" | "revoking"
             | "waiting" => "33",
-            "failed" | "denied" | "revocation_stuck" => "31",
+            "failed" | "denied" | "revocation_stuck" | "no" => "31",
             _ => return state.to_owned(),
         };
         format!("\x1b[{colour}m{state}\x1b[0m")
