@@ -871,20 +871,32 @@ async fn a_request_without_a_key_gets_a_key_pair_whose_private_half_is_never_sto
         )
         .await
         .unwrap();
-    control.create_policy(&sec, &dba_policy()).await.unwrap();
-    let made = control
-        .request_access(
-            &alice,
-            &NewRequest {
-                target: Target::Host("db1".into()),
-                access: AccessKind::EphemeralAccount,
-                minutes: 30,
-                reason: "look at the slow query log".into(),
-                ssh_public_key: None,
+    control
+        .create_policy(
+            &sec,
+            &PolicyRequest {
+                mfa_at_request: true,
+                ..dba_policy()
             },
         )
         .await
         .unwrap();
+    let ask = NewRequest {
+        target: Target::Host("db1".into()),
+        access: AccessKind::EphemeralAccount,
+        minutes: 30,
+        reason: "look at the slow query log".into(),
+        ssh_public_key: None,
+    };
+    // The policy asks for a second factor at request time: a session without a recent one is
+    // sent to step up, and nothing is stored.
+    let mut stale = alice.clone();
+    stale.session.mfa_at = None;
+    assert!(matches!(
+        control.request_access(&stale, &ask).await,
+        Err(ControlError::StepUpRequired(_))
+    ));
+    let made = control.request_access(&alice, &ask).await.unwrap();
     let private = made.private_key.expect("a generated private key");
     let key = ssh_key::PrivateKey::from_openssh(private.as_str()).unwrap();
     let public = key.public_key().to_openssh().unwrap();
