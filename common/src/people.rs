@@ -46,6 +46,7 @@ pub struct PrincipalView {
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// Login name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// Name to show (default: the login name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +90,7 @@ pub struct GroupView {
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {
     /// Name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// What it is for.
     #[serde(default)]
@@ -163,6 +165,7 @@ pub struct BindRoleRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceUserRequest {
     /// Name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// Roles to bind at once (a delegated role needs a selector: bind it afterwards).
     #[serde(default)]

@@ -146,6 +146,7 @@ pub struct VaultView {
 #[serde(deny_unknown_fields)]
 pub struct CreateVaultRequest {
     /// Name: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// What it holds.
     #[serde(default)]
@@ -522,6 +523,7 @@ pub struct OrganizationView {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganizationRequest {
     /// Name (the vault-name rules).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
 }
 

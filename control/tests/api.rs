@@ -1664,6 +1664,20 @@ fn references(value: &Value, found: &mut Vec<String>) {
     }
 }
 
+/// Every member of every `allOf` in `value`.
+fn all_of_members<'a>(value: &'a Value, found: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(members)) = map.get("allOf") {
+                found.extend(members);
+            }
+            map.values().for_each(|v| all_of_members(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| all_of_members(v, found)),
+        _ => {}
+    }
+}
+
 /// `schema`, with a `$ref` followed.
 fn schema_of<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
     match schema["$ref"].as_str() {
@@ -1702,6 +1716,19 @@ async fn the_openapi_document_names_every_route(db: TestDb) {
         assert!(
             resolve(&document, reference).is_some(),
             "a $ref that resolves to nothing: {reference}"
+        );
+    }
+    // A flattened struct that refuses unknown fields must not close the `allOf` it is part of
+    // (HostView flattens HostFacts: every host answer failed the schema), in a component or
+    // inlined (a generic `ListResponse<HostView>`).
+    let mut all_ofs = Vec::new();
+    all_of_members(&document, &mut all_ofs);
+    assert!(!all_ofs.is_empty());
+    for member in all_ofs {
+        assert_ne!(
+            schema_of(&document, member)["additionalProperties"],
+            json!(false),
+            "an allOf member refuses the other members' properties: {member}"
         );
     }
     let mut documented = std::collections::BTreeSet::new();

@@ -38,7 +38,7 @@ pub async fn create_policy(
 }
 
 /// Shows an access policy.
-#[utoipa::path(get, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id")), responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
+#[utoipa::path(get, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
 pub async fn show_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -49,7 +49,7 @@ pub async fn show_policy(
 }
 
 /// Replaces an access policy.
-#[utoipa::path(put, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id")), request_body = PolicyRequest, responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
+#[utoipa::path(put, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = PolicyRequest, responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
 pub async fn replace_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -61,7 +61,7 @@ pub async fn replace_policy(
 }
 
 /// Deletes an access policy.
-#[utoipa::path(delete, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Deleted")))]
 pub async fn delete_policy(
     State(control): Ctl,
     Caller(by): Caller,

@@ -175,7 +175,7 @@ pub struct ReportParams {
 }
 
 /// Reports a job's outcome with the delivery's lease (a host credential).
-#[utoipa::path(post, path = "/v1/agent/jobs/{id}/report", tag = "agent", params(("id" = String, Path, description = "The job's id"), ReportParams), request_body = ReportRequest, responses((status = 200, description = "Recorded; with `next=true`: the host's next job, leased", body = ListResponse<AgentJob>), (status = 204, description = "Recorded")))]
+#[utoipa::path(post, path = "/v1/agent/jobs/{id}/report", tag = "agent", params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), ReportParams), request_body = ReportRequest, responses((status = 200, description = "Recorded; with `next=true`: the host's next job, leased", body = ListResponse<AgentJob>), (status = 204, description = "Recorded")))]
 pub async fn report_job(
     State(control): Ctl,
     Host(host): Host,
@@ -268,6 +268,7 @@ pub struct HostListParams {
     /// A label selector (`env=prod,team in (db,web)`): only the hosts whose labels match.
     selector: Option<String>,
     /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
     /// Items to skip.
     offset: Option<u64>,
@@ -306,7 +307,7 @@ pub async fn list_hosts(
 }
 
 /// Shows a host.
-#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname")), responses((status = 200, description = "The host", body = HostView)))]
+#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The host", body = HostView)))]
 pub async fn show_host(
     State(control): Ctl,
     Caller(by): Caller,
@@ -317,7 +318,7 @@ pub async fn show_host(
 }
 
 /// Removes a host: its credential is revoked, its pending jobs cancelled.
-#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname")), responses((status = 200, description = "Removed", body = HostRemoved)))]
+#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "Removed", body = HostRemoved)))]
 pub async fn remove_host(
     State(control): Ctl,
     Caller(by): Caller,
@@ -356,6 +357,7 @@ pub struct JobListParams {
     /// Only jobs of hosts whose labels match this selector.
     selector: Option<String>,
     /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
     /// Items to skip.
     offset: Option<u64>,
@@ -411,7 +413,7 @@ pub async fn list_jobs(
 }
 
 /// Shows a job with its history, host name and grant state.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id")), responses((status = 200, description = "The job", body = JobView)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The job", body = JobView)))]
 pub async fn show_job(
     State(control): Ctl,
     Caller(by): Caller,
@@ -437,6 +439,7 @@ pub struct GrantListParams {
     /// Only grants on hosts whose labels match this selector.
     selector: Option<String>,
     /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
     /// Items to skip.
     offset: Option<u64>,
@@ -512,6 +515,7 @@ pub struct AuditParams {
     /// Only entries about this host (id or hostname).
     host: Option<String>,
     /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
     /// Items to skip.
     offset: Option<u64>,

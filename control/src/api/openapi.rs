@@ -369,7 +369,60 @@ pub fn document() -> serde_json::Value {
             }
         }
     }
+    open_flattened_schemas(&mut document);
     document
+}
+
+/// A struct that flattens another (`#[serde(flatten)]`, as `HostView` does `HostFacts`) is an
+/// `allOf` of the two; when the flattened one refuses unknown fields (`deny_unknown_fields`, so
+/// `additionalProperties: false`) that `allOf` would refuse every field of the outer struct. In
+/// every such `allOf` (in a component, or inlined as in a generic `ListResponse`), the flattened
+/// schema is put inline without `additionalProperties`.
+fn open_flattened_schemas(document: &mut serde_json::Value) {
+    let Some(schemas) = document
+        .pointer("/components/schemas")
+        .and_then(serde_json::Value::as_object)
+        .cloned()
+    else {
+        return;
+    };
+    open_all_of(document, &schemas);
+}
+
+fn open_all_of(
+    value: &mut serde_json::Value,
+    schemas: &serde_json::Map<String, serde_json::Value>,
+) {
+    match value {
+        serde_json::Value::Object(object) => {
+            if let Some(serde_json::Value::Array(members)) = object.get_mut("allOf") {
+                for member in members {
+                    let referenced = member
+                        .get("$ref")
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                        .and_then(|name| schemas.get(name));
+                    if let Some(serde_json::Value::Object(referenced)) = referenced
+                        && referenced.get("additionalProperties")
+                            == Some(&serde_json::Value::Bool(false))
+                    {
+                        let mut open = referenced.clone();
+                        open.remove("additionalProperties");
+                        *member = serde_json::Value::Object(open);
+                    }
+                }
+            }
+            for nested in object.values_mut() {
+                open_all_of(nested, schemas);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                open_all_of(item, schemas);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The OpenAPI document of this API (OpenAPI 3.1), generated from the code.

@@ -16,6 +16,7 @@ pub const MAX_COUNT: u64 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<u64>,
     /// Items to skip.
     pub offset: Option<u64>,

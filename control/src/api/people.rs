@@ -62,7 +62,7 @@ pub async fn create_user(
 }
 
 /// Shows a user with its groups and roles.
-#[utoipa::path(get, path = "/v1/users/{key}", tag = "people", params(("key" = String, Path, description = "The user's name or id")), responses((status = 200, description = "The user", body = PrincipalView)))]
+#[utoipa::path(get, path = "/v1/users/{key}", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The user", body = PrincipalView)))]
 pub async fn show_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -90,7 +90,7 @@ async fn set_disabled(
 }
 
 /// Disables a user: every session ends at once.
-#[utoipa::path(post, path = "/v1/users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The user's name or id")), responses((status = 204, description = "Disabled")))]
+#[utoipa::path(post, path = "/v1/users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Disabled")))]
 pub async fn disable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -100,7 +100,7 @@ pub async fn disable_user(
 }
 
 /// Enables a user again.
-#[utoipa::path(post, path = "/v1/users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The user's name or id")), responses((status = 204, description = "Enabled")))]
+#[utoipa::path(post, path = "/v1/users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Enabled")))]
 pub async fn enable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -110,7 +110,7 @@ pub async fn enable_user(
 }
 
 /// Sets or removes a user's local password; every session of the user ends.
-#[utoipa::path(put, path = "/v1/users/{key}/password", tag = "people", params(("key" = String, Path, description = "The user's name or id")), request_body = SetPasswordRequest, responses((status = 204, description = "Set")))]
+#[utoipa::path(put, path = "/v1/users/{key}/password", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = SetPasswordRequest, responses((status = 204, description = "Set")))]
 pub async fn set_user_password(
     State(control): Ctl,
     Caller(by): Caller,
@@ -153,7 +153,7 @@ pub async fn create_group(
 }
 
 /// Shows a group with its members.
-#[utoipa::path(get, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id")), responses((status = 200, description = "The group", body = GroupView)))]
+#[utoipa::path(get, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The group", body = GroupView)))]
 pub async fn show_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -164,7 +164,7 @@ pub async fn show_group(
 }
 
 /// Deletes a group.
-#[utoipa::path(delete, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Deleted")))]
 pub async fn delete_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -190,7 +190,7 @@ async fn change_member(
 }
 
 /// Adds a user or service user to a group.
-#[utoipa::path(put, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id"), ("member" = String, Path, description = "The user's or service user's name")), responses((status = 204, description = "A member")))]
+#[utoipa::path(put, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "A member")))]
 pub async fn add_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -200,7 +200,7 @@ pub async fn add_member(
 }
 
 /// Removes a user or service user from a group.
-#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id"), ("member" = String, Path, description = "The user's or service user's name")), responses((status = 204, description = "Not a member")))]
+#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Not a member")))]
 pub async fn remove_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -244,7 +244,7 @@ pub async fn bind_role(
 }
 
 /// Removes a role binding.
-#[utoipa::path(delete, path = "/v1/role-bindings/{id}", tag = "people", params(("id" = String, Path, description = "The binding's id")), responses((status = 204, description = "Removed")))]
+#[utoipa::path(delete, path = "/v1/role-bindings/{id}", tag = "people", params(("id" = String, Path, description = "The binding's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Removed")))]
 pub async fn unbind_role(
     State(control): Ctl,
     Caller(by): Caller,
@@ -290,7 +290,7 @@ pub async fn create_service_user(
 }
 
 /// Shows a service user.
-#[utoipa::path(get, path = "/v1/service-users/{key}", tag = "people", params(("key" = String, Path, description = "The service user's name or id")), responses((status = 200, description = "The service user", body = PrincipalView)))]
+#[utoipa::path(get, path = "/v1/service-users/{key}", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The service user", body = PrincipalView)))]
 pub async fn show_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -304,7 +304,7 @@ pub async fn show_service_user(
 }
 
 /// Disables a service user: every token ends at once.
-#[utoipa::path(post, path = "/v1/service-users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The service user's name or id")), responses((status = 204, description = "Disabled")))]
+#[utoipa::path(post, path = "/v1/service-users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Disabled")))]
 pub async fn disable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -314,7 +314,7 @@ pub async fn disable_service_user(
 }
 
 /// Enables a service user again.
-#[utoipa::path(post, path = "/v1/service-users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The service user's name or id")), responses((status = 204, description = "Enabled")))]
+#[utoipa::path(post, path = "/v1/service-users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Enabled")))]
 pub async fn enable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -324,7 +324,7 @@ pub async fn enable_service_user(
 }
 
 /// Lists a service user's API keys (never the keys).
-#[utoipa::path(get, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id"), PageParams), responses((status = 200, description = "A page of API keys", body = ListResponse<ApiKeyView>)))]
+#[utoipa::path(get, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), PageParams), responses((status = 200, description = "A page of API keys", body = ListResponse<ApiKeyView>)))]
 pub async fn list_api_keys(
     State(control): Ctl,
     Caller(by): Caller,
@@ -340,7 +340,7 @@ pub async fn list_api_keys(
 }
 
 /// Adds an API key (shown once).
-#[utoipa::path(post, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id")), responses((status = 201, description = "The new key", body = NewApiKeyResponse)))]
+#[utoipa::path(post, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 201, description = "The new key", body = NewApiKeyResponse)))]
 pub async fn create_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -351,7 +351,7 @@ pub async fn create_api_key(
 }
 
 /// Revokes an API key.
-#[utoipa::path(delete, path = "/v1/service-users/{key}/keys/{key_id}", tag = "people", params(("key" = String, Path, description = "The service user's name or id"), ("key_id" = String, Path, description = "The key's id")), responses((status = 204, description = "Revoked")))]
+#[utoipa::path(delete, path = "/v1/service-users/{key}/keys/{key_id}", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("key_id" = String, Path, description = "The key's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Revoked")))]
 pub async fn revoke_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -409,7 +409,7 @@ pub async fn login_local(
 }
 
 /// Replaces a host's labels; answers the host.
-#[utoipa::path(put, path = "/v1/hosts/{host}/labels", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname")), request_body = SetLabelsRequest, responses((status = 200, description = "The host", body = HostView)))]
+#[utoipa::path(put, path = "/v1/hosts/{host}/labels", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = SetLabelsRequest, responses((status = 200, description = "The host", body = HostView)))]
 pub async fn set_host_labels(
     State(control): Ctl,
     Caller(by): Caller,

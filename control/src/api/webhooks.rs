@@ -39,7 +39,7 @@ pub async fn create_webhook(
 }
 
 /// Deletes a webhook.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Deleted")))]
 pub async fn delete_webhook(
     State(control): Ctl,
     Caller(by): Caller,
@@ -51,7 +51,7 @@ pub async fn delete_webhook(
 }
 
 /// Lists a webhook's deliveries, newest first.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id"), PageParams), responses((status = 200, description = "A page of deliveries", body = ListResponse<DeliveryView>)))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), PageParams), responses((status = 200, description = "A page of deliveries", body = ListResponse<DeliveryView>)))]
 pub async fn list_deliveries(
     State(control): Ctl,
     Caller(by): Caller,
