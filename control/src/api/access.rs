@@ -17,7 +17,15 @@ use crate::Control;
 type Ctl = State<Arc<Control>>;
 
 /// Lists access policies.
-#[utoipa::path(get, path = "/v1/policies", tag = "access", params(PageParams), responses((status = 200, description = "A page of policies", body = latch_common::api::ListResponse<latch_common::access::PolicyView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/policies",
+    tag = "access",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of policies", body = latch_common::api::ListResponse<latch_common::access::PolicyView>),
+    ),
+)]
 pub async fn list_policies(
     State(control): Ctl,
     Caller(by): Caller,
@@ -27,7 +35,13 @@ pub async fn list_policies(
 }
 
 /// Creates an access policy.
-#[utoipa::path(post, path = "/v1/policies", tag = "access", request_body = PolicyRequest, responses((status = 201, description = "The policy", body = latch_common::access::PolicyView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/policies",
+    tag = "access",
+    request_body = PolicyRequest,
+    responses((status = 201, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn create_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -38,7 +52,15 @@ pub async fn create_policy(
 }
 
 /// Shows an access policy.
-#[utoipa::path(get, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn show_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -49,7 +71,16 @@ pub async fn show_policy(
 }
 
 /// Replaces an access policy.
-#[utoipa::path(put, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = PolicyRequest, responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)))]
+#[utoipa::path(
+    put,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = PolicyRequest,
+    responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn replace_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -61,7 +92,15 @@ pub async fn replace_policy(
 }
 
 /// Deletes an access policy.
-#[utoipa::path(delete, path = "/v1/policies/{key}", tag = "access", params(("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_policy(
     State(control): Ctl,
     Caller(by): Caller,

@@ -37,7 +37,13 @@ use std::net::SocketAddr;
 type Ctl = State<Arc<Control>>;
 
 /// Liveness: answers while the control plane serves.
-#[utoipa::path(get, path = "/v1/health", tag = "service", security(()), responses((status = 200, description = "The control plane serves", body = HealthResponse)))]
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The control plane serves", body = HealthResponse)),
+)]
 pub async fn health() -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "ok".to_owned(),
@@ -45,7 +51,14 @@ pub async fn health() -> Json<HealthResponse> {
 }
 
 /// Enrolls a host with an enrollment token: facts in, host id and credential out.
-#[utoipa::path(post, path = "/v1/enroll", tag = "agent", security(()), request_body = EnrollRequest, responses((status = 201, description = "Enrolled", body = EnrollResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/enroll",
+    tag = "agent",
+    security(()),
+    request_body = EnrollRequest,
+    responses((status = 201, description = "Enrolled", body = EnrollResponse)),
+)]
 pub async fn enroll(
     State(control): Ctl,
     attempt: AuthAttempt,
@@ -58,7 +71,18 @@ pub async fn enroll(
 }
 
 /// Begins a single sign-on (authorization-code flow).
-#[utoipa::path(post, path = "/v1/login/start", tag = "sessions", security(()), request_body = LoginStartRequest, responses((status = 201, description = "Where to send the user", body = LoginStartResponse), (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody), (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/login/start",
+    tag = "sessions",
+    security(()),
+    request_body = LoginStartRequest,
+    responses(
+        (status = 201, description = "Where to send the user", body = LoginStartResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_start(
     State(control): Ctl,
     ApiJson(request): ApiJson<LoginStartRequest>,
@@ -73,7 +97,18 @@ pub async fn login_start(
 }
 
 /// Finishes a single sign-on: a session token.
-#[utoipa::path(post, path = "/v1/login/finish", tag = "sessions", security(()), request_body = LoginFinishRequest, responses((status = 201, description = "Signed in", body = LoginFinishResponse), (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody), (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/login/finish",
+    tag = "sessions",
+    security(()),
+    request_body = LoginFinishRequest,
+    responses(
+        (status = 201, description = "Signed in", body = LoginFinishResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_finish(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -94,14 +129,35 @@ pub async fn login_finish(
 }
 
 /// Begins a device-flow sign-in: a user code and where to enter it.
-#[utoipa::path(post, path = "/v1/login/device", tag = "sessions", security(()), responses((status = 201, description = "The device flow started", body = SsoDeviceStart), (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody), (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/login/device",
+    tag = "sessions",
+    security(()),
+    responses(
+        (status = 201, description = "The device flow started", body = SsoDeviceStart),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_device(State(control): Ctl) -> Result<Response, ApiError> {
     let start = control.sso_device_start().await?;
     Ok((StatusCode::CREATED, Json(start)).into_response())
 }
 
 /// Polls a device-flow sign-in: still pending, or the session token.
-#[utoipa::path(post, path = "/v1/login/device/poll", tag = "sessions", security(()), request_body = DevicePollRequest, responses((status = 200, description = "Pending, or done with the session", body = DevicePollResponse), (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody), (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/login/device/poll",
+    tag = "sessions",
+    security(()),
+    request_body = DevicePollRequest,
+    responses(
+        (status = 200, description = "Pending, or done with the session", body = DevicePollResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_device_poll(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -117,14 +173,24 @@ pub async fn login_device_poll(
 }
 
 /// Ends the caller's session (or service token).
-#[utoipa::path(post, path = "/v1/logout", tag = "sessions", responses((status = 204, description = "The session ended")))]
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "sessions",
+    responses((status = 204, description = "The session ended")),
+)]
 pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
     control.logout(&who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Who the token belongs to: name, kind, roles, groups, session.
-#[utoipa::path(get, path = "/v1/whoami", tag = "sessions", responses((status = 200, description = "The caller", body = WhoAmI)))]
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "sessions",
+    responses((status = 200, description = "The caller", body = WhoAmI)),
+)]
 pub async fn whoami(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
     Ok(Json(control.whoami(&who).await?).into_response())
 }
@@ -142,7 +208,15 @@ pub struct PollParams {
 }
 
 /// Long-polls for the host's next job (a host credential).
-#[utoipa::path(get, path = "/v1/agent/jobs", tag = "agent", params(PollParams), responses((status = 200, description = "The next job, leased (an empty list when none came within the wait)", body = ListResponse<AgentJob>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agent/jobs",
+    tag = "agent",
+    params(PollParams),
+    responses(
+        (status = 200, description = "The next job, leased (an empty list when none came within the wait)", body = ListResponse<AgentJob>),
+    ),
+)]
 pub async fn poll_jobs(
     State(control): Ctl,
     Host(host): Host,
@@ -175,7 +249,20 @@ pub struct ReportParams {
 }
 
 /// Reports a job's outcome with the delivery's lease (a host credential).
-#[utoipa::path(post, path = "/v1/agent/jobs/{id}/report", tag = "agent", params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), ReportParams), request_body = ReportRequest, responses((status = 200, description = "Recorded; with `next=true`: the host's next job, leased", body = ListResponse<AgentJob>), (status = 204, description = "Recorded")))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/report",
+    tag = "agent",
+    params(
+        ("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ReportParams,
+    ),
+    request_body = ReportRequest,
+    responses(
+        (status = 200, description = "Recorded; with `next=true`: the host's next job, leased", body = ListResponse<AgentJob>),
+        (status = 204, description = "Recorded"),
+    ),
+)]
 pub async fn report_job(
     State(control): Ctl,
     Host(host): Host,
@@ -204,7 +291,13 @@ pub async fn report_job(
 }
 
 /// Reports a grant the agent revoked at its expiry (a host credential).
-#[utoipa::path(post, path = "/v1/agent/revocations", tag = "agent", request_body = RevocationReport, responses((status = 204, description = "Recorded")))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/revocations",
+    tag = "agent",
+    request_body = RevocationReport,
+    responses((status = 204, description = "Recorded")),
+)]
 pub async fn report_revocation(
     State(control): Ctl,
     Host(host): Host,
@@ -216,13 +309,24 @@ pub async fn report_revocation(
 }
 
 /// The host the presented host credential belongs to.
-#[utoipa::path(get, path = "/v1/agent/self", tag = "agent", responses((status = 200, description = "The host", body = AgentSelf)))]
+#[utoipa::path(
+    get,
+    path = "/v1/agent/self",
+    tag = "agent",
+    responses((status = 200, description = "The host", body = AgentSelf)),
+)]
 pub async fn agent_self(Host(host): Host) -> Json<AgentSelf> {
     Json(AgentSelf { host_id: host.id })
 }
 
 /// Replaces the host credential (a host credential).
-#[utoipa::path(post, path = "/v1/agent/credential", tag = "agent", request_body = RotateCredentialRequest, responses((status = 204, description = "The new credential replaces the old one")))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/credential",
+    tag = "agent",
+    request_body = RotateCredentialRequest,
+    responses((status = 204, description = "The new credential replaces the old one")),
+)]
 pub async fn rotate_credential(
     State(control): Ctl,
     Host(host): Host,
@@ -233,7 +337,13 @@ pub async fn rotate_credential(
 }
 
 /// Creates an enrollment token.
-#[utoipa::path(post, path = "/v1/enroll-tokens", tag = "hosts", request_body = CreateEnrollTokenRequest, responses((status = 201, description = "The token (shown once)", body = EnrollTokenView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/enroll-tokens",
+    tag = "hosts",
+    request_body = CreateEnrollTokenRequest,
+    responses((status = 201, description = "The token (shown once)", body = EnrollTokenView)),
+)]
 pub async fn create_enroll_token(
     State(control): Ctl,
     Caller(by): Caller,
@@ -275,7 +385,13 @@ pub struct HostListParams {
 }
 
 /// Lists hosts; a label selector filters.
-#[utoipa::path(get, path = "/v1/hosts", tag = "hosts", params(HostListParams), responses((status = 200, description = "A page of hosts", body = ListResponse<HostView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/hosts",
+    tag = "hosts",
+    params(HostListParams),
+    responses((status = 200, description = "A page of hosts", body = ListResponse<HostView>)),
+)]
 pub async fn list_hosts(
     State(control): Ctl,
     Caller(by): Caller,
@@ -307,7 +423,15 @@ pub async fn list_hosts(
 }
 
 /// Shows a host.
-#[utoipa::path(get, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The host", body = HostView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/hosts/{host}",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The host", body = HostView)),
+)]
 pub async fn show_host(
     State(control): Ctl,
     Caller(by): Caller,
@@ -318,7 +442,15 @@ pub async fn show_host(
 }
 
 /// Removes a host: its credential is revoked, its pending jobs cancelled.
-#[utoipa::path(delete, path = "/v1/hosts/{host}", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "Removed", body = HostRemoved)))]
+#[utoipa::path(
+    delete,
+    path = "/v1/hosts/{host}",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "Removed", body = HostRemoved)),
+)]
 pub async fn remove_host(
     State(control): Ctl,
     Caller(by): Caller,
@@ -335,7 +467,13 @@ pub async fn remove_host(
 }
 
 /// Queues a job for a host.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = CreateJobRequest, responses((status = 201, description = "Queued", body = JobView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = CreateJobRequest,
+    responses((status = 201, description = "Queued", body = JobView)),
+)]
 pub async fn create_job(
     State(control): Ctl,
     Caller(by): Caller,
@@ -364,7 +502,13 @@ pub struct JobListParams {
 }
 
 /// Lists jobs, newest first.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobListParams), responses((status = 200, description = "A page of jobs", body = ListResponse<JobView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(JobListParams),
+    responses((status = 200, description = "A page of jobs", body = ListResponse<JobView>)),
+)]
 pub async fn list_jobs(
     State(control): Ctl,
     Caller(by): Caller,
@@ -413,7 +557,13 @@ pub async fn list_jobs(
 }
 
 /// Shows a job with its history, host name and grant state.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The job", body = JobView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 200, description = "The job", body = JobView)),
+)]
 pub async fn show_job(
     State(control): Ctl,
     Caller(by): Caller,
@@ -446,7 +596,13 @@ pub struct GrantListParams {
 }
 
 /// Lists grants, newest first: who has which access, how each ended.
-#[utoipa::path(get, path = "/v1/grants", tag = "jobs", params(GrantListParams), responses((status = 200, description = "A page of grants", body = ListResponse<GrantView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    tag = "jobs",
+    params(GrantListParams),
+    responses((status = 200, description = "A page of grants", body = ListResponse<GrantView>)),
+)]
 pub async fn list_grants(
     State(control): Ctl,
     Caller(by): Caller,
@@ -522,7 +678,15 @@ pub struct AuditParams {
 }
 
 /// Lists the audit trail.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams), responses((status = 200, description = "A page of audit entries", body = ListResponse<AuditEntry>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of audit entries", body = ListResponse<AuditEntry>),
+    ),
+)]
 pub async fn list_audit(
     State(control): Ctl,
     Caller(by): Caller,
@@ -585,7 +749,12 @@ pub async fn list_audit(
 }
 
 /// Checks the audit chain (ids, links, hashes, MACs) and the recorded head.
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "What the check found", body = Verification)))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    responses((status = 200, description = "What the check found", body = Verification)),
+)]
 pub async fn verify_audit(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
     by.require_everywhere(Permission::AuditView)?;
     Ok(Json(control.verify_audit().await?).into_response())
@@ -600,7 +769,13 @@ pub struct VerifyRequest {
 }
 
 /// Checks the audit chain, also against checkpoints exported earlier.
-#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", request_body = VerifyRequest, responses((status = 200, description = "What the check found", body = Verification)))]
+#[utoipa::path(
+    post,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    request_body = VerifyRequest,
+    responses((status = 200, description = "What the check found", body = Verification)),
+)]
 pub async fn verify_audit_with(
     State(control): Ctl,
     Caller(by): Caller,
@@ -611,7 +786,12 @@ pub async fn verify_audit_with(
 }
 
 /// Signs a checkpoint of the audit chain's head.
-#[utoipa::path(post, path = "/v1/audit/checkpoints", tag = "audit", responses((status = 201, description = "The signed checkpoint", body = Checkpoint)))]
+#[utoipa::path(
+    post,
+    path = "/v1/audit/checkpoints",
+    tag = "audit",
+    responses((status = 201, description = "The signed checkpoint", body = Checkpoint)),
+)]
 pub async fn audit_checkpoint(
     State(control): Ctl,
     Caller(by): Caller,
@@ -621,7 +801,12 @@ pub async fn audit_checkpoint(
 }
 
 /// Starts (or continues) a rotation of the job-signing key.
-#[utoipa::path(post, path = "/v1/signing-key/rotate", tag = "service", responses((status = 200, description = "The rotation under way", body = SigningKeyRotation)))]
+#[utoipa::path(
+    post,
+    path = "/v1/signing-key/rotate",
+    tag = "service",
+    responses((status = 200, description = "The rotation under way", body = SigningKeyRotation)),
+)]
 pub async fn rotate_signing_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -640,7 +825,13 @@ pub struct PromoteParams {
 }
 
 /// Switches to the next job-signing key.
-#[utoipa::path(post, path = "/v1/signing-key/promote", tag = "service", params(PromoteParams), responses((status = 200, description = "Promoted", body = SigningKeyPromoted)))]
+#[utoipa::path(
+    post,
+    path = "/v1/signing-key/promote",
+    tag = "service",
+    params(PromoteParams),
+    responses((status = 200, description = "Promoted", body = SigningKeyPromoted)),
+)]
 pub async fn promote_signing_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -666,7 +857,14 @@ fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> 
 }
 
 /// Exchanges a service user's API key for a short-lived bearer token.
-#[utoipa::path(post, path = "/v1/service_token", tag = "sessions", security(()), request_body = ServiceTokenRequest, responses((status = 201, description = "The bearer token", body = TokenResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/service_token",
+    tag = "sessions",
+    security(()),
+    request_body = ServiceTokenRequest,
+    responses((status = 201, description = "The bearer token", body = TokenResponse)),
+)]
 pub async fn service_token(
     State(control): Ctl,
     address: Option<axum::Extension<super::limits::ClientAddress>>,

@@ -426,7 +426,15 @@ fn open_all_of(
 }
 
 /// The OpenAPI document of this API (OpenAPI 3.1), generated from the code.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(()), responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "service",
+    security(()),
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+    ),
+)]
 pub async fn openapi_json() -> Response {
     static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
     let body = DOCUMENT.get_or_init(|| serde_json::to_vec(&document()).unwrap_or_default());

@@ -38,7 +38,13 @@ fn created<T: serde::Serialize>(body: T) -> Response {
 }
 
 /// Lists users.
-#[utoipa::path(get, path = "/v1/users", tag = "people", params(PageParams), responses((status = 200, description = "A page of users", body = ListResponse<PrincipalView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of users", body = ListResponse<PrincipalView>)),
+)]
 pub async fn list_users(
     State(control): Ctl,
     Caller(by): Caller,
@@ -52,7 +58,13 @@ pub async fn list_users(
 }
 
 /// Creates a user.
-#[utoipa::path(post, path = "/v1/users", tag = "people", request_body = CreateUserRequest, responses((status = 201, description = "The user", body = PrincipalView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "people",
+    request_body = CreateUserRequest,
+    responses((status = 201, description = "The user", body = PrincipalView)),
+)]
 pub async fn create_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -62,7 +74,15 @@ pub async fn create_user(
 }
 
 /// Shows a user with its groups and roles.
-#[utoipa::path(get, path = "/v1/users/{key}", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The user", body = PrincipalView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/users/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The user", body = PrincipalView)),
+)]
 pub async fn show_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -90,7 +110,15 @@ async fn set_disabled(
 }
 
 /// Disables a user: every session ends at once.
-#[utoipa::path(post, path = "/v1/users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Disabled")))]
+#[utoipa::path(
+    post,
+    path = "/v1/users/{key}/disable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Disabled")),
+)]
 pub async fn disable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -100,7 +128,15 @@ pub async fn disable_user(
 }
 
 /// Enables a user again.
-#[utoipa::path(post, path = "/v1/users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Enabled")))]
+#[utoipa::path(
+    post,
+    path = "/v1/users/{key}/enable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Enabled")),
+)]
 pub async fn enable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -110,7 +146,16 @@ pub async fn enable_user(
 }
 
 /// Sets or removes a user's local password; every session of the user ends.
-#[utoipa::path(put, path = "/v1/users/{key}/password", tag = "people", params(("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = SetPasswordRequest, responses((status = 204, description = "Set")))]
+#[utoipa::path(
+    put,
+    path = "/v1/users/{key}/password",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = SetPasswordRequest,
+    responses((status = 204, description = "Set")),
+)]
 pub async fn set_user_password(
     State(control): Ctl,
     Caller(by): Caller,
@@ -125,7 +170,13 @@ pub async fn set_user_password(
 }
 
 /// Lists groups.
-#[utoipa::path(get, path = "/v1/groups", tag = "people", params(PageParams), responses((status = 200, description = "A page of groups", body = ListResponse<GroupView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of groups", body = ListResponse<GroupView>)),
+)]
 pub async fn list_groups(
     State(control): Ctl,
     Caller(by): Caller,
@@ -135,7 +186,13 @@ pub async fn list_groups(
 }
 
 /// Creates a group.
-#[utoipa::path(post, path = "/v1/groups", tag = "people", request_body = CreateGroupRequest, responses((status = 201, description = "The group", body = GroupView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    tag = "people",
+    request_body = CreateGroupRequest,
+    responses((status = 201, description = "The group", body = GroupView)),
+)]
 pub async fn create_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -153,7 +210,15 @@ pub async fn create_group(
 }
 
 /// Shows a group with its members.
-#[utoipa::path(get, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The group", body = GroupView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The group", body = GroupView)),
+)]
 pub async fn show_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -164,7 +229,15 @@ pub async fn show_group(
 }
 
 /// Deletes a group.
-#[utoipa::path(delete, path = "/v1/groups/{key}", tag = "people", params(("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -190,7 +263,16 @@ async fn change_member(
 }
 
 /// Adds a user or service user to a group.
-#[utoipa::path(put, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "A member")))]
+#[utoipa::path(
+    put,
+    path = "/v1/groups/{group}/members/{member}",
+    tag = "people",
+    params(
+        ("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "A member")),
+)]
 pub async fn add_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -200,7 +282,16 @@ pub async fn add_member(
 }
 
 /// Removes a user or service user from a group.
-#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", tag = "people", params(("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Not a member")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group}/members/{member}",
+    tag = "people",
+    params(
+        ("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Not a member")),
+)]
 pub async fn remove_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -211,7 +302,13 @@ pub async fn remove_member(
 
 /// The roles and their permissions: any signed-in caller may read them (they are the
 /// product's fixed table, the same for every installation).
-#[utoipa::path(get, path = "/v1/roles", tag = "people", params(PageParams), responses((status = 200, description = "A page of roles", body = ListResponse<RoleView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/roles",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of roles", body = ListResponse<RoleView>)),
+)]
 pub async fn list_roles(
     Caller(_by): Caller,
     ApiQuery(page): ApiQuery<PageParams>,
@@ -220,7 +317,15 @@ pub async fn list_roles(
 }
 
 /// Lists role bindings: who has which role.
-#[utoipa::path(get, path = "/v1/role-bindings", tag = "people", params(PageParams), responses((status = 200, description = "A page of role bindings", body = ListResponse<RoleBindingView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/role-bindings",
+    tag = "people",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of role bindings", body = ListResponse<RoleBindingView>),
+    ),
+)]
 pub async fn list_role_bindings(
     State(control): Ctl,
     Caller(by): Caller,
@@ -234,7 +339,13 @@ pub async fn list_role_bindings(
 }
 
 /// Binds a role to a user, service user or group.
-#[utoipa::path(post, path = "/v1/role-bindings", tag = "people", request_body = BindRoleRequest, responses((status = 201, description = "The binding", body = RoleBindingView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/role-bindings",
+    tag = "people",
+    request_body = BindRoleRequest,
+    responses((status = 201, description = "The binding", body = RoleBindingView)),
+)]
 pub async fn bind_role(
     State(control): Ctl,
     Caller(by): Caller,
@@ -244,7 +355,15 @@ pub async fn bind_role(
 }
 
 /// Removes a role binding.
-#[utoipa::path(delete, path = "/v1/role-bindings/{id}", tag = "people", params(("id" = String, Path, description = "The binding's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Removed")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/role-bindings/{id}",
+    tag = "people",
+    params(
+        ("id" = String, Path, description = "The binding's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Removed")),
+)]
 pub async fn unbind_role(
     State(control): Ctl,
     Caller(by): Caller,
@@ -256,7 +375,15 @@ pub async fn unbind_role(
 }
 
 /// Lists service users.
-#[utoipa::path(get, path = "/v1/service-users", tag = "people", params(PageParams), responses((status = 200, description = "A page of service users", body = ListResponse<PrincipalView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/service-users",
+    tag = "people",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of service users", body = ListResponse<PrincipalView>),
+    ),
+)]
 pub async fn list_service_users(
     State(control): Ctl,
     Caller(by): Caller,
@@ -270,7 +397,15 @@ pub async fn list_service_users(
 }
 
 /// Creates a service user and its first API key (shown once).
-#[utoipa::path(post, path = "/v1/service-users", tag = "people", request_body = CreateServiceUserRequest, responses((status = 201, description = "The service user and its key", body = CreatedServiceUser)))]
+#[utoipa::path(
+    post,
+    path = "/v1/service-users",
+    tag = "people",
+    request_body = CreateServiceUserRequest,
+    responses(
+        (status = 201, description = "The service user and its key", body = CreatedServiceUser),
+    ),
+)]
 pub async fn create_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -290,7 +425,15 @@ pub async fn create_service_user(
 }
 
 /// Shows a service user.
-#[utoipa::path(get, path = "/v1/service-users/{key}", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The service user", body = PrincipalView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/service-users/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The service user", body = PrincipalView)),
+)]
 pub async fn show_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -304,7 +447,15 @@ pub async fn show_service_user(
 }
 
 /// Disables a service user: every token ends at once.
-#[utoipa::path(post, path = "/v1/service-users/{key}/disable", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Disabled")))]
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/disable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Disabled")),
+)]
 pub async fn disable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -314,7 +465,15 @@ pub async fn disable_service_user(
 }
 
 /// Enables a service user again.
-#[utoipa::path(post, path = "/v1/service-users/{key}/enable", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Enabled")))]
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/enable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Enabled")),
+)]
 pub async fn enable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -324,7 +483,16 @@ pub async fn enable_service_user(
 }
 
 /// Lists a service user's API keys (never the keys).
-#[utoipa::path(get, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), PageParams), responses((status = 200, description = "A page of API keys", body = ListResponse<ApiKeyView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/service-users/{key}/keys",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        PageParams,
+    ),
+    responses((status = 200, description = "A page of API keys", body = ListResponse<ApiKeyView>)),
+)]
 pub async fn list_api_keys(
     State(control): Ctl,
     Caller(by): Caller,
@@ -340,7 +508,15 @@ pub async fn list_api_keys(
 }
 
 /// Adds an API key (shown once).
-#[utoipa::path(post, path = "/v1/service-users/{key}/keys", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 201, description = "The new key", body = NewApiKeyResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/keys",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 201, description = "The new key", body = NewApiKeyResponse)),
+)]
 pub async fn create_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -351,7 +527,16 @@ pub async fn create_api_key(
 }
 
 /// Revokes an API key.
-#[utoipa::path(delete, path = "/v1/service-users/{key}/keys/{key_id}", tag = "people", params(("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("key_id" = String, Path, description = "The key's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Revoked")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/service-users/{key}/keys/{key_id}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("key_id" = String, Path, description = "The key's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Revoked")),
+)]
 pub async fn revoke_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -364,7 +549,14 @@ pub async fn revoke_api_key(
 }
 
 /// Enrolls a TOTP factor for the signed-in user.
-#[utoipa::path(post, path = "/v1/mfa/totp", tag = "sessions", responses((status = 201, description = "The secret and its otpauth URI", body = TotpEnrollResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/mfa/totp",
+    tag = "sessions",
+    responses(
+        (status = 201, description = "The secret and its otpauth URI", body = TotpEnrollResponse),
+    ),
+)]
 pub async fn enroll_totp(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
     let enrollment = control.enroll_totp(&by).await?;
     Ok(created(TotpEnrollResponse {
@@ -374,7 +566,13 @@ pub async fn enroll_totp(State(control): Ctl, Caller(by): Caller) -> Result<Resp
 }
 
 /// Shows a TOTP code: the session's MFA step-up.
-#[utoipa::path(post, path = "/v1/mfa/totp/verify", tag = "sessions", request_body = TotpVerifyRequest, responses((status = 200, description = "Stepped up", body = TotpVerifyResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/mfa/totp/verify",
+    tag = "sessions",
+    request_body = TotpVerifyRequest,
+    responses((status = 200, description = "Stepped up", body = TotpVerifyResponse)),
+)]
 pub async fn verify_totp(
     State(control): Ctl,
     Caller(by): Caller,
@@ -385,7 +583,14 @@ pub async fn verify_totp(
 }
 
 /// Signs a local user in with a password.
-#[utoipa::path(post, path = "/v1/login/local", tag = "sessions", security(()), request_body = LocalLoginRequest, responses((status = 201, description = "The session token", body = TokenResponse)))]
+#[utoipa::path(
+    post,
+    path = "/v1/login/local",
+    tag = "sessions",
+    security(()),
+    request_body = LocalLoginRequest,
+    responses((status = 201, description = "The session token", body = TokenResponse)),
+)]
 pub async fn login_local(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -409,7 +614,16 @@ pub async fn login_local(
 }
 
 /// Replaces a host's labels; answers the host.
-#[utoipa::path(put, path = "/v1/hosts/{host}/labels", tag = "hosts", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = SetLabelsRequest, responses((status = 200, description = "The host", body = HostView)))]
+#[utoipa::path(
+    put,
+    path = "/v1/hosts/{host}/labels",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = SetLabelsRequest,
+    responses((status = 200, description = "The host", body = HostView)),
+)]
 pub async fn set_host_labels(
     State(control): Ctl,
     Caller(by): Caller,

@@ -51,7 +51,13 @@ fn check_vault(key: &str) -> Result<(), ApiError> {
 }
 
 /// Lists the vaults the caller may see.
-#[utoipa::path(get, path = "/v1/vaults", tag = "vault", params(PageParams), responses((status = 200, description = "A page of vaults", body = ListResponse<VaultView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vaults",
+    tag = "vault",
+    params(PageParams),
+    responses((status = 200, description = "A page of vaults", body = ListResponse<VaultView>)),
+)]
 pub async fn list_vaults(
     State(control): Ctl,
     Caller(by): Caller,
@@ -61,7 +67,13 @@ pub async fn list_vaults(
 }
 
 /// Creates a vault.
-#[utoipa::path(post, path = "/v1/vaults", tag = "vault", request_body = CreateVaultRequest, responses((status = 201, description = "The vault", body = VaultView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/vaults",
+    tag = "vault",
+    request_body = CreateVaultRequest,
+    responses((status = 201, description = "The vault", body = VaultView)),
+)]
 pub async fn create_vault(
     State(control): Ctl,
     Caller(by): Caller,
@@ -71,7 +83,15 @@ pub async fn create_vault(
 }
 
 /// Shows a vault.
-#[utoipa::path(get, path = "/v1/vaults/{key}", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 200, description = "The vault", body = VaultView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vaults/{key}",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The vault", body = VaultView)),
+)]
 pub async fn show_vault(
     State(control): Ctl,
     Caller(by): Caller,
@@ -82,7 +102,16 @@ pub async fn show_vault(
 }
 
 /// Changes a vault's name or description.
-#[utoipa::path(patch, path = "/v1/vaults/{key}", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = UpdateVaultRequest, responses((status = 200, description = "The vault", body = VaultView)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/vaults/{key}",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = UpdateVaultRequest,
+    responses((status = 200, description = "The vault", body = VaultView)),
+)]
 pub async fn update_vault(
     State(control): Ctl,
     Caller(by): Caller,
@@ -94,7 +123,15 @@ pub async fn update_vault(
 }
 
 /// Deletes an empty vault.
-#[utoipa::path(delete, path = "/v1/vaults/{key}", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/vaults/{key}",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_vault(
     State(control): Ctl,
     Caller(by): Caller,
@@ -106,7 +143,18 @@ pub async fn delete_vault(
 }
 
 /// Lists who may use a vault, and how.
-#[utoipa::path(get, path = "/v1/vaults/{key}/grants", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), PageParams), responses((status = 200, description = "A page of vault grants", body = ListResponse<VaultGrantView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vaults/{key}/grants",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of vault grants", body = ListResponse<VaultGrantView>),
+    ),
+)]
 pub async fn list_vault_grants(
     State(control): Ctl,
     Caller(by): Caller,
@@ -122,7 +170,16 @@ pub async fn list_vault_grants(
 }
 
 /// Grants a user or group access to a vault.
-#[utoipa::path(post, path = "/v1/vaults/{key}/grants", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = CreateVaultGrantRequest, responses((status = 201, description = "The grant", body = VaultGrantView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/vaults/{key}/grants",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = CreateVaultGrantRequest,
+    responses((status = 201, description = "The grant", body = VaultGrantView)),
+)]
 pub async fn grant_vault_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -136,7 +193,16 @@ pub async fn grant_vault_access(
 }
 
 /// Revokes a vault grant.
-#[utoipa::path(delete, path = "/v1/vaults/{key}/grants/{grant}", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), ("grant" = String, Path, description = "The grant's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Revoked")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/vaults/{key}/grants/{grant}",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("grant" = String, Path, description = "The grant's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Revoked")),
+)]
 pub async fn revoke_vault_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -149,7 +215,18 @@ pub async fn revoke_vault_access(
 }
 
 /// Lists a vault's identities (never their secrets).
-#[utoipa::path(get, path = "/v1/vaults/{key}/identities", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"), PageParams), responses((status = 200, description = "A page of identities", body = ListResponse<IdentityView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/vaults/{key}/identities",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of identities", body = ListResponse<IdentityView>),
+    ),
+)]
 pub async fn list_identities(
     State(control): Ctl,
     Caller(by): Caller,
@@ -165,7 +242,16 @@ pub async fn list_identities(
 }
 
 /// Creates an identity in a vault.
-#[utoipa::path(post, path = "/v1/vaults/{key}/identities", tag = "vault", params(("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = CreateIdentityRequest, responses((status = 201, description = "The identity", body = IdentityView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/vaults/{key}/identities",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The vault's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = CreateIdentityRequest,
+    responses((status = 201, description = "The identity", body = IdentityView)),
+)]
 pub async fn create_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -177,7 +263,15 @@ pub async fn create_identity(
 }
 
 /// Shows an identity (never its secret).
-#[utoipa::path(get, path = "/v1/identities/{id}", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The identity", body = IdentityView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/identities/{id}",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The identity", body = IdentityView)),
+)]
 pub async fn show_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -188,7 +282,16 @@ pub async fn show_identity(
 }
 
 /// Changes an identity.
-#[utoipa::path(patch, path = "/v1/identities/{id}", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = UpdateIdentityRequest, responses((status = 200, description = "The identity", body = IdentityView)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/identities/{id}",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = UpdateIdentityRequest,
+    responses((status = 200, description = "The identity", body = IdentityView)),
+)]
 pub async fn update_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -200,7 +303,15 @@ pub async fn update_identity(
 }
 
 /// Deletes an identity.
-#[utoipa::path(delete, path = "/v1/identities/{id}", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/identities/{id}",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -212,7 +323,15 @@ pub async fn delete_identity(
 }
 
 /// Reveals an identity's credential (audited; MFA step-up).
-#[utoipa::path(post, path = "/v1/identities/{id}/reveal", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The credential", body = RevealedSecret)))]
+#[utoipa::path(
+    post,
+    path = "/v1/identities/{id}/reveal",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The credential", body = RevealedSecret)),
+)]
 pub async fn reveal_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -226,7 +345,18 @@ pub async fn reveal_identity(
 }
 
 /// Checks an identity out (MFA step-up).
-#[utoipa::path(post, path = "/v1/identities/{id}/checkout", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = CheckoutRequest, responses((status = 201, description = "The checkout and the credential", body = CheckoutGranted)))]
+#[utoipa::path(
+    post,
+    path = "/v1/identities/{id}/checkout",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = CheckoutRequest,
+    responses(
+        (status = 201, description = "The checkout and the credential", body = CheckoutGranted),
+    ),
+)]
 pub async fn checkout_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -241,7 +371,18 @@ pub async fn checkout_identity(
 }
 
 /// Emergency checkout (MFA step-up; limited per minute).
-#[utoipa::path(post, path = "/v1/identities/{id}/break-glass", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = BreakGlassRequest, responses((status = 201, description = "The checkout and the credential", body = CheckoutGranted)))]
+#[utoipa::path(
+    post,
+    path = "/v1/identities/{id}/break-glass",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = BreakGlassRequest,
+    responses(
+        (status = 201, description = "The checkout and the credential", body = CheckoutGranted),
+    ),
+)]
 pub async fn break_glass(
     State(control): Ctl,
     Caller(by): Caller,
@@ -256,7 +397,18 @@ pub async fn break_glass(
 }
 
 /// Lists an identity's checkouts.
-#[utoipa::path(get, path = "/v1/identities/{id}/checkouts", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), PageParams), responses((status = 200, description = "A page of checkouts", body = ListResponse<CheckoutView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/identities/{id}/checkouts",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of checkouts", body = ListResponse<CheckoutView>),
+    ),
+)]
 pub async fn list_checkouts(
     State(control): Ctl,
     Caller(by): Caller,
@@ -272,7 +424,16 @@ pub async fn list_checkouts(
 }
 
 /// Checks a checkout in (rotates the credential if configured).
-#[utoipa::path(post, path = "/v1/checkouts/{id}/checkin", tag = "vault", params(("id" = String, Path, description = "The checkout's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = CheckinRequest, responses((status = 200, description = "The checkout", body = CheckoutView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/checkouts/{id}/checkin",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The checkout's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = CheckinRequest,
+    responses((status = 200, description = "The checkout", body = CheckoutView)),
+)]
 pub async fn checkin(
     State(control): Ctl,
     Caller(by): Caller,
@@ -284,7 +445,16 @@ pub async fn checkin(
 }
 
 /// Rotates an identity's credential on every linked host.
-#[utoipa::path(post, path = "/v1/identities/{id}/rotate", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = RotateRequest, responses((status = 201, description = "The rotation", body = RotationView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/identities/{id}/rotate",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = RotateRequest,
+    responses((status = 201, description = "The rotation", body = RotationView)),
+)]
 pub async fn rotate_identity(
     State(control): Ctl,
     Caller(by): Caller,
@@ -296,7 +466,18 @@ pub async fn rotate_identity(
 }
 
 /// Lists an identity's rotations.
-#[utoipa::path(get, path = "/v1/identities/{id}/rotations", tag = "vault", params(("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), PageParams), responses((status = 200, description = "A page of rotations", body = ListResponse<RotationView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/identities/{id}/rotations",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The identity's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of rotations", body = ListResponse<RotationView>),
+    ),
+)]
 pub async fn list_rotations(
     State(control): Ctl,
     Caller(by): Caller,
@@ -312,7 +493,15 @@ pub async fn list_rotations(
 }
 
 /// Shows a rotation with its per-host status.
-#[utoipa::path(get, path = "/v1/rotations/{id}", tag = "vault", params(("id" = String, Path, description = "The rotation's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 200, description = "The rotation", body = RotationView)))]
+#[utoipa::path(
+    get,
+    path = "/v1/rotations/{id}",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The rotation's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The rotation", body = RotationView)),
+)]
 pub async fn show_rotation(
     State(control): Ctl,
     Caller(by): Caller,
@@ -323,7 +512,18 @@ pub async fn show_rotation(
 }
 
 /// Adopts an existing account on a host into a vault and starts its first rotation.
-#[utoipa::path(post, path = "/v1/hosts/{host}/enroll-account", tag = "vault", params(("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$")), request_body = EnrollAccountRequest, responses((status = 201, description = "The identity and its rotation", body = EnrolledAccount)))]
+#[utoipa::path(
+    post,
+    path = "/v1/hosts/{host}/enroll-account",
+    tag = "vault",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = EnrollAccountRequest,
+    responses(
+        (status = 201, description = "The identity and its rotation", body = EnrolledAccount),
+    ),
+)]
 pub async fn enroll_account(
     State(control): Ctl,
     Caller(by): Caller,
@@ -335,7 +535,15 @@ pub async fn enroll_account(
 }
 
 /// Lists support access.
-#[utoipa::path(get, path = "/v1/support-access", tag = "vault", params(PageParams), responses((status = 200, description = "A page of support access", body = ListResponse<SupportAccessView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/support-access",
+    tag = "vault",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of support access", body = ListResponse<SupportAccessView>),
+    ),
+)]
 pub async fn list_support_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -349,7 +557,13 @@ pub async fn list_support_access(
 }
 
 /// Enables support access for a while.
-#[utoipa::path(post, path = "/v1/support-access", tag = "vault", request_body = EnableSupportAccessRequest, responses((status = 201, description = "The support access", body = SupportAccessView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/support-access",
+    tag = "vault",
+    request_body = EnableSupportAccessRequest,
+    responses((status = 201, description = "The support access", body = SupportAccessView)),
+)]
 pub async fn enable_support_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -359,7 +573,15 @@ pub async fn enable_support_access(
 }
 
 /// Ends a support access.
-#[utoipa::path(delete, path = "/v1/support-access/{id}", tag = "vault", params(("id" = String, Path, description = "The support access's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Ended")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/support-access/{id}",
+    tag = "vault",
+    params(
+        ("id" = String, Path, description = "The support access's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Ended")),
+)]
 pub async fn disable_support_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -371,7 +593,13 @@ pub async fn disable_support_access(
 }
 
 /// Ends every support access at once.
-#[utoipa::path(post, path = "/v1/support-access/emergency-disable", tag = "vault", request_body = EmergencyDisableRequest, responses((status = 200, description = "How many ended", body = EmergencyDisabled)))]
+#[utoipa::path(
+    post,
+    path = "/v1/support-access/emergency-disable",
+    tag = "vault",
+    request_body = EmergencyDisableRequest,
+    responses((status = 200, description = "How many ended", body = EmergencyDisabled)),
+)]
 pub async fn emergency_disable_support_access(
     State(control): Ctl,
     Caller(by): Caller,
@@ -383,7 +611,15 @@ pub async fn emergency_disable_support_access(
 }
 
 /// Lists organizations.
-#[utoipa::path(get, path = "/v1/organizations", tag = "vault", params(PageParams), responses((status = 200, description = "A page of organizations", body = ListResponse<OrganizationView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/organizations",
+    tag = "vault",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of organizations", body = ListResponse<OrganizationView>),
+    ),
+)]
 pub async fn list_organizations(
     State(control): Ctl,
     Caller(by): Caller,
@@ -397,7 +633,13 @@ pub async fn list_organizations(
 }
 
 /// Creates an organization.
-#[utoipa::path(post, path = "/v1/organizations", tag = "vault", request_body = CreateOrganizationRequest, responses((status = 201, description = "The organization", body = OrganizationView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/organizations",
+    tag = "vault",
+    request_body = CreateOrganizationRequest,
+    responses((status = 201, description = "The organization", body = OrganizationView)),
+)]
 pub async fn create_organization(
     State(control): Ctl,
     Caller(by): Caller,
@@ -409,7 +651,16 @@ pub async fn create_organization(
 }
 
 /// Changes an organization's settings.
-#[utoipa::path(patch, path = "/v1/organizations/{key}", tag = "vault", params(("key" = String, Path, description = "The organization's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$")), request_body = UpdateOrganizationRequest, responses((status = 200, description = "The organization", body = OrganizationView)))]
+#[utoipa::path(
+    patch,
+    path = "/v1/organizations/{key}",
+    tag = "vault",
+    params(
+        ("key" = String, Path, description = "The organization's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = UpdateOrganizationRequest,
+    responses((status = 200, description = "The organization", body = OrganizationView)),
+)]
 pub async fn update_organization(
     State(control): Ctl,
     Caller(by): Caller,

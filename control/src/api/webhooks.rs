@@ -18,7 +18,13 @@ use crate::Control;
 type Ctl = State<Arc<Control>>;
 
 /// Lists webhooks (never their secrets).
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", params(PageParams), responses((status = 200, description = "A page of webhooks", body = ListResponse<WebhookView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    params(PageParams),
+    responses((status = 200, description = "A page of webhooks", body = ListResponse<WebhookView>)),
+)]
 pub async fn list_webhooks(
     State(control): Ctl,
     Caller(by): Caller,
@@ -28,7 +34,13 @@ pub async fn list_webhooks(
 }
 
 /// Creates a signed webhook.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest, responses((status = 201, description = "The webhook", body = WebhookView)))]
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    request_body = CreateWebhookRequest,
+    responses((status = 201, description = "The webhook", body = WebhookView)),
+)]
 pub async fn create_webhook(
     State(control): Ctl,
     Caller(by): Caller,
@@ -39,7 +51,15 @@ pub async fn create_webhook(
 }
 
 /// Deletes a webhook.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$")), responses((status = 204, description = "Deleted")))]
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_webhook(
     State(control): Ctl,
     Caller(by): Caller,
@@ -51,7 +71,18 @@ pub async fn delete_webhook(
 }
 
 /// Lists a webhook's deliveries, newest first.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"), PageParams), responses((status = 200, description = "A page of deliveries", body = ListResponse<DeliveryView>)))]
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = ListResponse<DeliveryView>),
+    ),
+)]
 pub async fn list_deliveries(
     State(control): Ctl,
     Caller(by): Caller,
