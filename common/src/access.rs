@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, NaiveTime, Utc, Weekday};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::labels::Selector;
 use crate::names::ValidationError;
@@ -21,7 +22,9 @@ pub const MAX_APPROVALS: u32 = 10;
 pub const MAX_WINDOWS: usize = 14;
 
 /// What a request asks for on a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AccessKind {
     /// An ephemeral account for the requester (with her SSH key).
@@ -67,7 +70,7 @@ impl FromStr for AccessKind {
 
 /// When requests are allowed: on these days (UTC), between `start` and `end` (UTC, `HH:MM`;
 /// `end` after `start`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeWindow {
     /// Days of the week: `mon` … `sun`.
@@ -141,7 +144,7 @@ impl TimeWindow {
 }
 
 /// A policy as callers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PolicyView {
     /// Record id (`pol_…`).
     pub id: String,
@@ -182,7 +185,7 @@ pub struct PolicyView {
 }
 
 /// `POST /v1/policies`; `PUT /v1/policies/{policy}` replaces every field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRequest {
     /// Unique name (the vault-name rules).

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::job::{JobError, JobKind, JobOutcome, JobSpec, JobStatus};
 use crate::names::ValidationError;
@@ -11,7 +12,7 @@ use crate::names::ValidationError;
 pub const MAX_POLL_WAIT_SECS: u64 = 30;
 
 /// Every error body: `{"code": "...", "message": "..."}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {
     /// One of the codes of DESIGN.md §5 (`invalid_request`, `authentication_error`, …).
     pub code: String,
@@ -20,14 +21,69 @@ pub struct ApiErrorBody {
 }
 
 /// Every list response: `{"list": [...]}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ListResponse<T> {
     /// The page's items.
     pub list: Vec<T>,
 }
 
+/// `GET /v1/health`: `{"status": "ok"}` while the control plane serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthResponse {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /v1/agent/self`: the host the presented credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentSelf {
+    /// The host's id.
+    pub host_id: String,
+}
+
+/// `DELETE /v1/hosts/{host}`: the host is gone, its credential revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostRemoved {
+    /// The removed host's id.
+    pub id: String,
+    /// Always `true`.
+    pub removed: bool,
+    /// How many of its pending jobs were cancelled.
+    pub cancelled_jobs: u64,
+}
+
+/// `POST /v1/signing-key/rotate`: the next job-signing key and the job queued for each host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyRotation {
+    /// The next public key (Ed25519, base64).
+    pub next_key: String,
+    /// The `rotate-signing-key` job queued for each active host.
+    pub jobs: Vec<SigningKeyRotationJob>,
+}
+
+/// One host's `rotate-signing-key` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyRotationJob {
+    /// The host.
+    pub host_id: String,
+    /// Its job.
+    pub job_id: String,
+}
+
+/// `POST /v1/signing-key/promote`: the next key now signs every job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyPromoted {
+    /// Always `true`.
+    pub promoted: bool,
+    /// The signing key now in use (Ed25519, base64).
+    pub signing_key: String,
+    /// Hosts that had not confirmed the key (only with `force`): they refuse every new job
+    /// until enrolled again.
+    pub hosts_left_behind: Vec<String>,
+}
+
 /// Facts an agent reports about its host at enrollment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostFacts {
     /// The host name (`uname -n`).
@@ -84,7 +140,7 @@ impl HostFacts {
 }
 
 /// `POST /v1/enroll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The enrollment token from `latchctl enroll-token create`.
@@ -94,7 +150,7 @@ pub struct EnrollRequest {
 }
 
 /// Answer to [`EnrollRequest`]. The credential is shown once; the control plane keeps its hash.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrollResponse {
     /// The new host id.
     pub host_id: String,
@@ -116,7 +172,7 @@ pub struct EnrollResponse {
 /// A job as delivered to the agent by `GET /v1/agent/jobs`: the delivery (id, lease, attempt)
 /// around the signed payload, exactly as the control plane signed it when the job was created.
 /// Everything the agent acts on comes from the payload, after the signature is verified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentJob {
     /// Job id (must equal the payload's `job_id`).
@@ -132,7 +188,7 @@ pub struct AgentJob {
 }
 
 /// `POST /v1/agent/jobs/{id}/report`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportRequest {
     /// The lease token of the delivery being reported.
@@ -144,7 +200,7 @@ pub struct ReportRequest {
 /// `POST /v1/agent/credential`: replace this host's credential (authenticated with the current
 /// one). The agent makes the new secret itself and keeps it as pending until the control plane
 /// has switched, so a crash in between never locks the host out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateCredentialRequest {
     /// The new credential: `latch_host_` followed by 64 lowercase hex digits.
@@ -174,7 +230,7 @@ impl RotateCredentialRequest {
 }
 
 /// Who ended a grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokedBy {
     /// The agent's local timer, at `expires_at` (works without the network).
@@ -209,7 +265,7 @@ impl RevokedBy {
 }
 
 /// Where a grant (a confirmed create-account or add-group job) stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantState {
     /// In force: before its end, or permanent.
@@ -270,7 +326,7 @@ impl std::fmt::Display for GrantState {
 }
 
 /// How the revocation of a grant past its end is going.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RevocationView {
     /// The revocation job now queued or delivered, if any.
     pub job_id: Option<String>,
@@ -286,7 +342,7 @@ pub struct RevocationView {
 
 /// A grant as administrators see it: who has (or had) which access on which host, and how it
 /// ended. `GET /v1/grants`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GrantView {
     /// The job that granted the access.
     pub job_id: String,
@@ -333,7 +389,7 @@ pub struct GrantView {
 }
 
 /// `POST /v1/agent/revocations`: the agent ended a grant on its own, at its expiry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationReport {
     /// The job that granted the access (a create-account or add-group job of this host).
@@ -343,7 +399,7 @@ pub struct RevocationReport {
 }
 
 /// `POST /v1/enroll-tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollTokenRequest {
     /// Lifetime in seconds (default 3600, at most 30 days).
@@ -362,7 +418,7 @@ pub struct CreateEnrollTokenRequest {
 }
 
 /// A new enrollment token. The token is shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrollTokenView {
     /// The secret token.
     pub token: String,
@@ -383,7 +439,7 @@ pub struct EnrollTokenView {
 }
 
 /// A host as administrators see it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     /// Host id.
     pub id: String,
@@ -405,7 +461,7 @@ pub struct HostView {
 }
 
 /// `POST /v1/service_token`: a service user's API key, exchanged for a short-lived bearer token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTokenRequest {
     /// The API key (`latch_key_…`).
@@ -416,7 +472,7 @@ pub struct ServiceTokenRequest {
 }
 
 /// The bearer token issued for an API key or a sign-in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     /// `Authorization: Bearer <token>`.
     pub token: String,
@@ -425,7 +481,7 @@ pub struct TokenResponse {
 }
 
 /// `POST /v1/jobs`. Fields that do not apply to `kind` must be absent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
     /// Host id or host name.
@@ -741,7 +797,7 @@ fn unreachable_kind() -> Result<JobSpec, ValidationError> {
 }
 
 /// One step in a job's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JobEvent {
     /// When it happened.
     pub at: DateTime<Utc>,
@@ -752,7 +808,7 @@ pub struct JobEvent {
 }
 
 /// A job as administrators see it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobView {
     /// Job id.
     pub id: String,

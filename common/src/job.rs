@@ -7,6 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use utoipa::ToSchema;
 
 use crate::names::{
     ValidationError, validate_group_name, validate_password_hash, validate_principal,
@@ -21,7 +22,7 @@ pub const MAX_GROUPS: usize = 16;
 pub const MAX_PRINCIPALS: usize = 8;
 
 /// The kinds of job, spelled as on the command line and on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// Ensure an ephemeral account exists (`useradd`).
@@ -79,7 +80,7 @@ impl fmt::Display for JobKind {
 }
 
 /// A job's parameters, tagged by kind. This is exactly what the agent receives.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum JobSpec {
     /// See [`JobKind::CreateAccount`].
@@ -269,7 +270,7 @@ impl JobSpec {
 }
 
 /// A job's status as administrators see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Queued or delivered, no outcome yet.
@@ -305,7 +306,7 @@ impl fmt::Display for JobStatus {
 }
 
 /// Stable, machine-readable reasons a job failed. Scripts may match on them; never rename one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobErrorCode {
     /// The job failed validation on the host (hostile or malformed parameters).
@@ -408,7 +409,7 @@ impl fmt::Display for JobErrorCode {
 }
 
 /// Why a job failed: a stable code and a message that says what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobError {
     /// Machine-readable reason.
@@ -434,7 +435,7 @@ impl fmt::Display for JobError {
 }
 
 /// What the agent reports for a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobOutcome {
     /// Applied and verified.

@@ -289,9 +289,10 @@ impl<'a> Parser<'a> {
     /// `in` or `notin` as a whole word (so a key called `index` is not read as `in`).
     fn keyword(&mut self, word: &str) -> bool {
         self.skip_spaces();
-        let rest = self.rest();
-        let after = rest[word.len().min(rest.len())..].chars().next();
-        if rest.starts_with(word) && matches!(after, Some(' ' | '(')) {
+        // What follows the word, if the text holds it (never a slice at a byte offset, which
+        // could fall inside a multi-byte character).
+        let after = self.rest().strip_prefix(word).map(|r| r.chars().next());
+        if matches!(after, Some(Some(' ' | '('))) {
             self.pos += word.len();
             true
         } else {
@@ -406,6 +407,13 @@ mod tests {
             "env=-prod",
             "!",
             "env in ()",
+            // Found by schemathesis: a multi-byte character where `in`/`notin` might start
+            // panicked the parser (a slice inside the character).
+            "0:\u{80}",
+            "k \u{e9}",
+            "k \u{1F600}x",
+            "k\u{80}",
+            "k notin\u{a0}(a)",
         ] {
             let err = Selector::parse(text).expect_err(text);
             assert_eq!(err.field, "selector", "{text:?}");

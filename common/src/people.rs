@@ -6,11 +6,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::authz::{Permission, Role};
 
 /// A user or service user as admins see it (never a password hash or key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PrincipalView {
     /// Record id (`usr_…` or `svc_…`).
     pub id: String,
@@ -41,10 +42,11 @@ pub struct PrincipalView {
 }
 
 /// `POST /v1/users`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// Login name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// Name to show (default: the login name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +60,7 @@ pub struct CreateUserRequest {
 }
 
 /// `PUT /v1/users/{name}/password`: a new local password, or `null` to remove local sign-in.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPasswordRequest {
     /// The new password (8 to 1024 characters); `null`: no local sign-in any more.
@@ -66,7 +68,7 @@ pub struct SetPasswordRequest {
 }
 
 /// A group as admins see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GroupView {
     /// Record id (`grp_…`).
     pub id: String,
@@ -84,10 +86,11 @@ pub struct GroupView {
 }
 
 /// `POST /v1/groups`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {
     /// Name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// What it is for.
     #[serde(default)]
@@ -98,7 +101,7 @@ pub struct CreateGroupRequest {
 }
 
 /// A role and what it allows (`GET /v1/roles`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoleView {
     /// The role.
     pub role: Role,
@@ -109,7 +112,7 @@ pub struct RoleView {
 }
 
 /// Who a role binding gives its role to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubjectKind {
     /// A user or service user.
@@ -119,7 +122,7 @@ pub enum SubjectKind {
 }
 
 /// A role binding (`GET /v1/role-bindings`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoleBindingView {
     /// Record id (`rb_…`).
     pub id: String,
@@ -138,7 +141,7 @@ pub struct RoleBindingView {
 }
 
 /// `POST /v1/role-bindings`: exactly one of `user`, `service_user`, `group`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindRoleRequest {
     /// The role to give.
@@ -158,10 +161,11 @@ pub struct BindRoleRequest {
 }
 
 /// `POST /v1/service-users`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateServiceUserRequest {
     /// Name: 1–64 of `a-z 0-9 . _ - @`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// Roles to bind at once (a delegated role needs a selector: bind it afterwards).
     #[serde(default)]
@@ -169,7 +173,7 @@ pub struct CreateServiceUserRequest {
 }
 
 /// A new API key, shown once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewApiKeyResponse {
     /// The service user.
     pub service_user: String,
@@ -180,7 +184,7 @@ pub struct NewApiKeyResponse {
 }
 
 /// `POST /v1/service-users` answer: the new service user and its first API key (shown once).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedServiceUser {
     /// The service user.
     pub service_user: PrincipalView,
@@ -189,7 +193,7 @@ pub struct CreatedServiceUser {
 }
 
 /// An API key's record (never the key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyView {
     /// Its id.
     pub id: String,
@@ -202,7 +206,7 @@ pub struct ApiKeyView {
 }
 
 /// `POST /v1/mfa/totp`: a new factor to add to an authenticator app.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TotpEnrollResponse {
     /// The secret, base32.
     pub secret: String,
@@ -211,7 +215,7 @@ pub struct TotpEnrollResponse {
 }
 
 /// `POST /v1/mfa/totp/verify`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpVerifyRequest {
     /// The 6-digit code the authenticator shows now.
@@ -219,14 +223,14 @@ pub struct TotpVerifyRequest {
 }
 
 /// `POST /v1/mfa/totp/verify` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TotpVerifyResponse {
     /// When the second factor was shown (the step-up counts from then).
     pub mfa_at: DateTime<Utc>,
 }
 
 /// `POST /v1/login/local`: a local user's name and password.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalLoginRequest {
     /// Login name.
@@ -236,7 +240,7 @@ pub struct LocalLoginRequest {
 }
 
 /// `PUT /v1/hosts/{host}/labels`: the host's labels, replacing the ones it has.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetLabelsRequest {
     /// Every label the host should have.

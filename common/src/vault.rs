@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::names::ValidationError;
 
@@ -32,7 +33,9 @@ pub const MAX_ROTATION_DAYS: u32 = 3650;
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 
 /// How much of a vault a grant opens; each level includes the ones below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessLevel {
     /// See the vault and its identities' metadata.
@@ -82,7 +85,7 @@ impl FromStr for AccessLevel {
 }
 
 /// What an identity's credential is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialType {
     /// A password (rotated by Latch on the linked hosts).
@@ -118,7 +121,7 @@ impl FromStr for CredentialType {
 }
 
 /// A vault as callers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VaultView {
     /// Record id (`vlt_…`).
     pub id: String,
@@ -139,10 +142,11 @@ pub struct VaultView {
 }
 
 /// `POST /v1/vaults`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVaultRequest {
     /// Name: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
     /// What it holds.
     #[serde(default)]
@@ -153,7 +157,7 @@ pub struct CreateVaultRequest {
 }
 
 /// `PATCH /v1/vaults/{vault}`: fields left out stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateVaultRequest {
     /// New name.
@@ -165,7 +169,7 @@ pub struct UpdateVaultRequest {
 }
 
 /// A grant of vault access to a user or a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VaultGrantView {
     /// Record id (`vg_…`).
     pub id: String,
@@ -184,7 +188,7 @@ pub struct VaultGrantView {
 }
 
 /// `POST /v1/vaults/{vault}/grants`: exactly one of `user` and `group`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVaultGrantRequest {
     /// A user's or service user's name.
@@ -201,7 +205,7 @@ pub struct CreateVaultGrantRequest {
 }
 
 /// A linked host of an identity and the state of the account there.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LinkedHostView {
     /// Host id.
     pub host_id: String,
@@ -221,7 +225,7 @@ pub struct LinkedHostView {
 }
 
 /// An identity (a shared account) as callers see it: never its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct IdentityView {
     /// Record id (`idn_…`).
     pub id: String,
@@ -260,7 +264,7 @@ pub struct IdentityView {
 }
 
 /// `POST /v1/vaults/{vault}/identities`.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateIdentityRequest {
     /// Name, unique in the vault (the vault-name rules).
@@ -304,7 +308,7 @@ impl fmt::Debug for CreateIdentityRequest {
 }
 
 /// `PATCH /v1/identities/{identity}`: fields left out stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateIdentityRequest {
     /// New name.
@@ -328,7 +332,7 @@ pub struct UpdateIdentityRequest {
 }
 
 /// A credential handed out (reveal, checkout, break-glass).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RevealedSecret {
     /// The identity's id.
     pub identity_id: String,
@@ -351,7 +355,7 @@ impl fmt::Debug for RevealedSecret {
 }
 
 /// `POST /v1/identities/{identity}/checkout`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// Why (1–500 characters).
@@ -364,7 +368,7 @@ pub struct CheckoutRequest {
 }
 
 /// `POST /v1/identities/{identity}/break-glass`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakGlassRequest {
     /// Why (1–500 characters).
@@ -372,7 +376,7 @@ pub struct BreakGlassRequest {
 }
 
 /// A checkout as callers see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckoutView {
     /// Record id (`co_…`).
     pub id: String,
@@ -399,7 +403,7 @@ pub struct CheckoutView {
 }
 
 /// What a checkout or break-glass returns: the checkout and the credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckoutGranted {
     /// The checkout.
     pub checkout: CheckoutView,
@@ -408,7 +412,7 @@ pub struct CheckoutGranted {
 }
 
 /// `POST /v1/checkouts/{checkout}/checkin`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckinRequest {
     /// Check in someone else's checkout (needs `pam_vaults.manage`; audited).
@@ -417,7 +421,7 @@ pub struct CheckinRequest {
 }
 
 /// `POST /v1/identities/{identity}/rotate`.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRequest {
     /// Set this password instead of a generated one (checked against the policy and the
@@ -435,7 +439,7 @@ impl fmt::Debug for RotateRequest {
 }
 
 /// One host of a rotation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RotationHostView {
     /// Host id.
     pub host_id: String,
@@ -452,7 +456,7 @@ pub struct RotationHostView {
 }
 
 /// A rotation: its state is the aggregate of its hosts' jobs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RotationView {
     /// Record id (`rot_…`).
     pub id: String,
@@ -476,7 +480,7 @@ pub struct RotationView {
 }
 
 /// `POST /v1/hosts/{host}/enroll-account`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollAccountRequest {
     /// The existing account on the host.
@@ -489,7 +493,7 @@ pub struct EnrollAccountRequest {
 }
 
 /// What an enrollment made: the identity and the rotation that sets its first password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EnrolledAccount {
     /// The identity.
     pub identity: IdentityView,
@@ -498,7 +502,7 @@ pub struct EnrolledAccount {
 }
 
 /// An organization: vaults belong to one, and its data key seals their secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrganizationView {
     /// Record id (`org_…`).
     pub id: String,
@@ -515,15 +519,16 @@ pub struct OrganizationView {
 }
 
 /// `POST /v1/organizations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganizationRequest {
     /// Name (the vault-name rules).
+    #[schema(pattern = "^[a-z0-9][a-z0-9._@-]{0,63}$")]
     pub name: String,
 }
 
 /// `PATCH /v1/organizations/{organization}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrganizationRequest {
     /// How long its break-glass checkouts last, 1–1440 minutes; `0`: the server's default.
@@ -535,7 +540,7 @@ pub struct UpdateOrganizationRequest {
 pub const MAX_SUPPORT_DAYS: u32 = 365;
 
 /// A period of support access as admins see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SupportAccessView {
     /// Record id (`sa_…`).
     pub id: String,
@@ -560,7 +565,7 @@ pub struct SupportAccessView {
 }
 
 /// `POST /v1/support-access`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnableSupportAccessRequest {
     /// Why (1–500 characters).
@@ -574,7 +579,7 @@ pub struct EnableSupportAccessRequest {
 }
 
 /// `POST /v1/support-access/emergency-disable`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmergencyDisableRequest {
     /// Why (1–500 characters).
@@ -582,7 +587,7 @@ pub struct EmergencyDisableRequest {
 }
 
 /// What an emergency disable ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EmergencyDisabled {
     /// How many periods of support access were in force and ended.
     pub disabled: u64,

@@ -9,6 +9,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::names::ValidationError;
 
@@ -22,7 +23,7 @@ pub const MAX_EVENTS: usize = 32;
 pub const ALL_EVENTS: &str = "*";
 
 /// `POST /v1/webhooks`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
     /// Where to `POST`: `https://…`, or `http://` on a loopback address.
@@ -44,7 +45,7 @@ impl fmt::Debug for CreateWebhookRequest {
 }
 
 /// A webhook as admins see it (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookView {
     /// Record id (`wh_…`).
     pub id: String,
@@ -59,7 +60,7 @@ pub struct WebhookView {
 }
 
 /// How a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Not yet answered with 2xx; another attempt is due at `next_attempt_at`.
@@ -92,7 +93,7 @@ impl DeliveryStatus {
 }
 
 /// One delivery of one event to one webhook.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
     /// Record id (`whd_…`).
     pub id: String,

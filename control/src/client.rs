@@ -483,12 +483,6 @@ impl AdminClient {
             .await
     }
 
-    /// `GET PATH` of an endpoint that answers its whole list at once (`{"list": […]}`).
-    async fn whole_list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
-        let answer: ListResponse<T> = self.call(Method::GET, path, &[], None::<&()>).await?;
-        Ok(answer.list)
-    }
-
     /// `POST /v1/login/local` (no token needed): a local user's session token.
     pub async fn login_local(
         &self,
@@ -500,7 +494,7 @@ impl AdminClient {
 
     /// `GET /v1/users`.
     pub async fn list_users(&self) -> Result<Vec<PrincipalView>, ClientError> {
-        self.whole_list("/v1/users").await
+        self.all_pages("/v1/users", Vec::new()).await
     }
 
     /// `GET /v1/users/{name}`: the user with their groups and roles.
@@ -539,7 +533,7 @@ impl AdminClient {
 
     /// `GET /v1/groups`.
     pub async fn list_groups(&self) -> Result<Vec<GroupView>, ClientError> {
-        self.whole_list("/v1/groups").await
+        self.all_pages("/v1/groups", Vec::new()).await
     }
 
     /// `GET /v1/groups/{name}`: the group with its members.
@@ -577,12 +571,12 @@ impl AdminClient {
 
     /// `GET /v1/roles`: the five roles and their permissions.
     pub async fn list_roles(&self) -> Result<Vec<RoleView>, ClientError> {
-        self.whole_list("/v1/roles").await
+        self.all_pages("/v1/roles", Vec::new()).await
     }
 
     /// `GET /v1/role-bindings`.
     pub async fn list_role_bindings(&self) -> Result<Vec<RoleBindingView>, ClientError> {
-        self.whole_list("/v1/role-bindings").await
+        self.all_pages("/v1/role-bindings", Vec::new()).await
     }
 
     /// `POST /v1/role-bindings`.
@@ -602,7 +596,7 @@ impl AdminClient {
 
     /// `GET /v1/service-users`.
     pub async fn list_service_users(&self) -> Result<Vec<PrincipalView>, ClientError> {
-        self.whole_list("/v1/service-users").await
+        self.all_pages("/v1/service-users", Vec::new()).await
     }
 
     /// `GET /v1/service-users/{name}`: the service user with its groups and roles.
@@ -633,8 +627,8 @@ impl AdminClient {
 
     /// `GET /v1/service-users/{name}/keys`: the API keys' records (never the keys).
     pub async fn list_api_keys(&self, service_user: &str) -> Result<Vec<ApiKeyView>, ClientError> {
-        self.whole_list(&format!("/v1/service-users/{}/keys", segment(service_user)))
-            .await
+        let path = format!("/v1/service-users/{}/keys", segment(service_user));
+        self.all_pages(&path, Vec::new()).await
     }
 
     /// `POST /v1/service-users/{name}/keys`: a new API key (shown once).
@@ -1052,8 +1046,8 @@ impl AdminClient {
             let page: ListResponse<T> = self
                 .call(Method::GET, path, &page_query, None::<&()>)
                 .await?;
-            // Fewer than asked for: the last page. More: an endpoint that ignores `count` and
-            // answers its whole list at once.
+            // Fewer than asked for: the last page. (More: a server from before every list was
+            // paged, which answered its whole list at once.)
             let done = page.list.len() != COUNT;
             all.extend(page.list);
             if done {

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
+use latch_common::api::{SigningKeyRotation, SigningKeyRotationJob};
 use latch_common::job::{JobKind, JobSpec, JobStatus};
-use serde::Serialize;
 
 use latch_common::authz::Permission;
 
@@ -66,15 +66,6 @@ impl SigningKeys {
     }
 }
 
-/// A rotation under way.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rotation {
-    /// The next public key.
-    pub next_key: String,
-    /// The rotation job queued for each host.
-    pub jobs: Vec<serde_json::Value>,
-}
-
 /// Switches the signing-key files after a promotion was recorded: the current key is kept as
 /// `signing.key.old` (hard link, then rename over any older one), then `signing.next.key` is
 /// renamed over `signing.key` (atomic). Every step can be repeated, so a restart after a crash
@@ -122,7 +113,10 @@ impl Control {
 
     /// Starts (or continues) a rotation: makes the next key if there is none and queues a
     /// `rotate-signing-key` job for every host.
-    pub async fn start_key_rotation(&self, by: &Authority) -> Result<Rotation, ControlError> {
+    pub async fn start_key_rotation(
+        &self,
+        by: &Authority,
+    ) -> Result<SigningKeyRotation, ControlError> {
         by.require_everywhere(Permission::SettingsManage)?;
         let next = match self.keys.next() {
             Some(next) => next,
@@ -149,13 +143,16 @@ impl Control {
         let mut jobs = Vec::new();
         for host_id in self.active_hosts().await? {
             let job = self.queue_job_for(&host_id, &spec).await?;
-            jobs.push(serde_json::json!({"host_id": host_id, "job_id": job}));
+            jobs.push(SigningKeyRotationJob {
+                host_id,
+                job_id: job,
+            });
         }
         let event = by
             .event("signing_key.rotation_started")
             .detail(serde_json::json!({"next_key": next_key, "hosts": jobs.len()}));
         self.store.append_audit(&event, Utc::now()).await?;
-        Ok(Rotation { next_key, jobs })
+        Ok(SigningKeyRotation { next_key, jobs })
     }
 
     /// Switches to the next key. Refused while a host has not confirmed it, unless `force`

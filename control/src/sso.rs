@@ -637,7 +637,7 @@ impl Control {
 }
 
 /// `POST /v1/login/start`: where `latchctl login` listens for the redirect.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginStartRequest {
     /// A loopback `http` URI.
@@ -645,7 +645,7 @@ pub struct LoginStartRequest {
 }
 
 /// The answer to `POST /v1/login/start`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginStartResponse {
     /// Open this in a browser.
     pub authorization_url: String,
@@ -656,7 +656,7 @@ pub struct LoginStartResponse {
 }
 
 /// `POST /v1/login/finish`: what the provider's redirect carried.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginFinishRequest {
     /// The `state` parameter.
@@ -666,7 +666,7 @@ pub struct LoginFinishRequest {
 }
 
 /// The answer to `POST /v1/login/finish`: the session's bearer token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginFinishResponse {
     /// `Authorization: Bearer <token>`; shown once.
     pub token: String,
@@ -693,7 +693,7 @@ impl From<SsoSession> for LoginFinishResponse {
 }
 
 /// `GET /v1/whoami`: the caller as the control plane sees them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct WhoAmI {
     /// The principal's name.
     pub name: String,
@@ -754,7 +754,7 @@ fn form_encoded(text: &str) -> String {
 }
 
 /// A begun device-flow sign-in: what the person enters, where, and how to poll.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SsoDeviceStart {
     /// Poll with this (`POST /v1/login/device/poll`).
     pub id: String,
@@ -784,7 +784,7 @@ pub enum SsoDevicePoll {
 }
 
 /// `POST /v1/login/device/poll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePollRequest {
     /// The id [`Control::sso_device_start`] returned.
@@ -793,7 +793,7 @@ pub struct DevicePollRequest {
 
 /// The answer to `POST /v1/login/device/poll`: `{"status": "pending", "slow_down"}` or
 /// `{"status": "done", "session": {…}}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum DevicePollResponse {
     /// Not finished at the provider yet: poll again after the interval.

@@ -1646,3 +1646,366 @@ async fn vault_answers_carry_no_store_page_and_limit_break_glass(db: TestDb) {
     assert_eq!(refused["code"], "too_many_requests");
 }
 both_stores!(vault_answers_carry_no_store_page_and_limit_break_glass);
+
+/// The value `reference` (`#/components/…`) points at in `document`.
+fn resolve<'a>(document: &'a Value, reference: &str) -> Option<&'a Value> {
+    document.pointer(reference.strip_prefix('#')?)
+}
+
+/// Every `$ref` in `value`.
+fn references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                found.push(reference.clone());
+            }
+            map.values().for_each(|v| references(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+        _ => {}
+    }
+}
+
+/// Every member of every `allOf` in `value`.
+fn all_of_members<'a>(value: &'a Value, found: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Array(members)) = map.get("allOf") {
+                found.extend(members);
+            }
+            map.values().for_each(|v| all_of_members(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| all_of_members(v, found)),
+        _ => {}
+    }
+}
+
+/// `schema`, with a `$ref` followed.
+fn schema_of<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => resolve(document, reference).unwrap_or(&Value::Null),
+        None => schema,
+    }
+}
+
+/// Issue 12: `GET /v1/openapi.json` answers an OpenAPI 3 document, without a token, that names
+/// every route of `control/src/api/mod.rs` (and no other), with the conventions on every
+/// operation: the error answers, the rate-limit headers, and paging on every list.
+async fn the_openapi_document_names_every_route(db: TestDb) {
+    let api = Api::start(db).await;
+    let (status, document, headers) = api.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200, "{document}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert!(headers.contains_key("x-ratelimit-limit"));
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.")),
+        "not an OpenAPI 3 document: {:?}",
+        document["openapi"]
+    );
+    assert!(document["info"]["title"].is_string() && document["info"]["version"].is_string());
+    // Every reference resolves.
+    let mut found = Vec::new();
+    references(&document, &mut found);
+    assert!(found.len() > 100, "{}", found.len());
+    for reference in &found {
+        assert!(
+            resolve(&document, reference).is_some(),
+            "a $ref that resolves to nothing: {reference}"
+        );
+    }
+    // A flattened struct that refuses unknown fields must not close the `allOf` it is part of
+    // (HostView flattens HostFacts: every host answer failed the schema), in a component or
+    // inlined (a generic `ListResponse<HostView>`).
+    let mut all_ofs = Vec::new();
+    all_of_members(&document, &mut all_ofs);
+    assert!(!all_ofs.is_empty());
+    for member in all_ofs {
+        assert_ne!(
+            schema_of(&document, member)["additionalProperties"],
+            json!(false),
+            "an allOf member refuses the other members' properties: {member}"
+        );
+    }
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+            let name = format!("{} {path}", method.to_uppercase());
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["400", "401", "403", "404", "429", "500"] {
+                assert!(responses.contains_key(status), "{name} lacks {status}");
+            }
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{name} documents no success"
+            );
+            for (status, response) in responses {
+                let response = schema_of(&document, response);
+                for header in [
+                    "X-RateLimit-Limit",
+                    "X-RateLimit-Remaining",
+                    "X-RateLimit-Reset",
+                    "X-RateLimit-Retry-At",
+                ] {
+                    assert!(
+                        response["headers"].get(header).is_some(),
+                        "{name} {status} lacks {header}"
+                    );
+                }
+                if !status.starts_with('2') {
+                    let schema = &response["content"]["application/json"]["schema"];
+                    assert_eq!(
+                        schema["$ref"], "#/components/schemas/ApiErrorBody",
+                        "{name} {status}"
+                    );
+                }
+            }
+            // Every list is paged: `count` and `offset`, and `Link` on its answer. (The agent's
+            // long-poll answers at most one leased job in a list: a delivery, not a listing.)
+            let ok = &responses.get("200").map(|r| schema_of(&document, r));
+            let body =
+                ok.map(|r| schema_of(&document, &r["content"]["application/json"]["schema"]));
+            let is_list = body.is_some_and(|b| b["properties"]["list"].is_object());
+            if method == "get" && is_list && path != "/v1/agent/jobs" {
+                let parameters: Vec<&str> = operation["parameters"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                assert!(
+                    parameters.contains(&"count") && parameters.contains(&"offset"),
+                    "{name} is a list without paging: {parameters:?}"
+                );
+                assert!(
+                    ok.unwrap()["headers"].get("Link").is_some(),
+                    "{name}: no Link header"
+                );
+            }
+        }
+    }
+    let declared = support::declared_routes(include_str!("../src/api/mod.rs"));
+    assert!(declared.len() > 80, "{declared:?}");
+    let missing: Vec<_> = declared.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "routes of control/src/api/mod.rs missing from the OpenAPI document (annotate the handler with #[utoipa::path] and name it in control/src/api/openapi.rs): {missing:?}"
+    );
+    let stale: Vec<_> = documented.difference(&declared).collect();
+    assert!(
+        stale.is_empty(),
+        "the OpenAPI document names routes that mod.rs does not declare: {stale:?}"
+    );
+    // Only the endpoints that take no bearer token say so.
+    let anonymous: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, op)| op["security"] == json!([{}]))
+                .map(move |(method, _)| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    let matrix: Value = serde_json::from_str(include_str!("authz_matrix.json")).unwrap();
+    let mut open: Vec<String> = matrix["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["allow"] == json!(["*"]))
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap(),
+                r["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut anonymous = anonymous;
+    anonymous.sort();
+    open.sort();
+    assert_eq!(
+        anonymous, open,
+        "security(()) must mark exactly the routes anyone may call"
+    );
+}
+both_stores!(the_openapi_document_names_every_route);
+
+/// A request (method, path, bearer, body) and the status and error code it must answer.
+type AnswerCase<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<(&'a str, Vec<u8>)>,
+    u16,
+    Option<&'a str>,
+);
+
+/// Issue 12: every answer carries the rate-limit headers — successes, each kind of error,
+/// unknown routes and methods, and axum's own rejections — and every error is
+/// `{"code", "message"}` with a documented code.
+async fn every_kind_of_answer_carries_the_rate_limit_headers(db: TestDb) {
+    let api = Api::start(db).await;
+    let admin = api.admin.clone();
+    let json_body = |body: &str| Some(("application/json", body.as_bytes().to_vec()));
+    let cases: Vec<AnswerCase> = vec![
+        ("GET", "/v1/health", None, None, 200, None),
+        ("GET", "/v1/openapi.json", None, None, 200, None),
+        ("GET", "/v1/users?count=1", Some(&admin), None, 200, None),
+        (
+            "POST",
+            "/v1/groups",
+            Some(&admin),
+            json_body(r#"{"name": "g1", "description": "d"}"#),
+            201,
+            None,
+        ),
+        ("DELETE", "/v1/groups/g1", Some(&admin), None, 204, None),
+        (
+            "GET",
+            "/v1/hosts?count=0",
+            Some(&admin),
+            None,
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "GET",
+            "/v1/hosts?colour=red",
+            Some(&admin),
+            None,
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "GET",
+            "/v1/hosts/%FF",
+            Some(&admin),
+            None,
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            Some(&admin),
+            json_body("{"),
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            Some(&admin),
+            Some(("text/plain", b"{}".to_vec())),
+            415,
+            Some("unsupported_content_type"),
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            Some(&admin),
+            Some(("application/json", vec![b' '; 100_000])),
+            413,
+            Some("invalid_request"),
+        ),
+        (
+            "GET",
+            "/v1/hosts",
+            None,
+            None,
+            401,
+            Some("authentication_error"),
+        ),
+        (
+            "GET",
+            "/v1/hosts",
+            Some("not-a-token"),
+            None,
+            401,
+            Some("authentication_error"),
+        ),
+        (
+            "GET",
+            "/v1/hosts/nope",
+            Some(&admin),
+            None,
+            404,
+            Some("resource_does_not_exist"),
+        ),
+        (
+            "GET",
+            "/v1/no-such-endpoint",
+            None,
+            None,
+            404,
+            Some("resource_does_not_exist"),
+        ),
+        (
+            "GET",
+            "/nowhere",
+            Some(&admin),
+            None,
+            404,
+            Some("resource_does_not_exist"),
+        ),
+        (
+            "DELETE",
+            "/v1/health",
+            None,
+            None,
+            405,
+            Some("invalid_request"),
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(&admin),
+            json_body(r#"{"name": "admins", "description": "d"}"#),
+            201,
+            None,
+        ),
+        (
+            "POST",
+            "/v1/groups",
+            Some(&admin),
+            json_body(r#"{"name": "admins", "description": "d"}"#),
+            409,
+            Some("resource_already_exists"),
+        ),
+    ];
+    for (method, path, token, body, want, code) in cases {
+        let (status, answer, headers) = api.call(method, path, token, body).await;
+        let what = format!("{method} {path}");
+        assert_eq!(status, want, "{what}: {answer}");
+        for header in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "x-ratelimit-retry-at",
+        ] {
+            assert!(
+                headers.contains_key(header),
+                "{what} ({status}) lacks {header}"
+            );
+        }
+        if let Some(code) = code {
+            assert_error(status, &answer, want, code);
+            assert!(
+                headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/json"),
+                "{what}"
+            );
+        }
+    }
+}
+both_stores!(every_kind_of_answer_carries_the_rate_limit_headers);

@@ -26,7 +26,7 @@ use latch_control::{Control, ControlConfig, datadir, server};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row as _;
-use support::{Attacker, TestDb};
+use support::{Attacker, TestDb, declared_routes};
 
 const MATRIX: &str = include_str!("authz_matrix.json");
 const ROUTER: &str = include_str!("../src/api/mod.rs");
@@ -103,60 +103,6 @@ fn status_of(code: &str) -> u16 {
 
 fn load_matrix() -> MatrixFile {
     serde_json::from_str(MATRIX).expect("authz_matrix.json parses")
-}
-
-/// The routes `mod.rs` declares: `METHOD PATH` for every `.route("PATH", METHOD(…).METHOD(…))`.
-fn declared_routes(source: &str) -> BTreeSet<String> {
-    let mut routes = BTreeSet::new();
-    let mut rest = source;
-    while let Some(start) = rest.find(".route(") {
-        let after = &rest[start + ".route(".len()..];
-        // The call's text: up to the parenthesis that closes `.route(`.
-        let mut depth = 1;
-        let mut end = None;
-        for (i, c) in after.char_indices() {
-            match c {
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = Some(i);
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-        let call = &after[..end.expect("a .route( call is closed")];
-        let open = call.find('"').expect("a route's path is a string literal");
-        let close = open + 1 + call[open + 1..].find('"').expect("the path literal ends");
-        let path = &call[open + 1..close];
-        let handlers = &call[close + 1..];
-        let mut methods = Vec::new();
-        for method in ["get", "post", "put", "delete", "patch", "head", "options"] {
-            let needle = format!("{method}(");
-            let mut from = 0;
-            while let Some(at) = handlers[from..].find(&needle) {
-                let at = from + at;
-                let before = handlers[..at].chars().next_back();
-                // A method router (`get(` or `.get(`), not part of a longer name (`list_get(`,
-                // `handlers::get(`).
-                if !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-                    methods.push(method.to_uppercase());
-                }
-                from = at + needle.len();
-            }
-        }
-        assert!(
-            !methods.is_empty(),
-            "cannot find the method of the route {path:?} in mod.rs: {call}"
-        );
-        for method in methods {
-            routes.insert(format!("{method} {path}"));
-        }
-        rest = &after[end.unwrap_or(0)..];
-    }
-    routes
 }
 
 /// Issue 10: a route the router declares without a row in the matrix fails here, and so does a
@@ -1116,6 +1062,7 @@ impl Matrix {
     async fn prepare(&mut self, route: &Route, caller: &mut Caller) -> Option<Prepared> {
         let prepared = match route.key().as_str() {
             "GET /v1/health" => p("/v1/health", None),
+            "GET /v1/openapi.json" => p("/v1/openapi.json", None),
             "POST /v1/enroll" => {
                 let body = self.enroll_body().await;
                 p("/v1/enroll", Some(body))

@@ -18,6 +18,16 @@ use crate::access::requests::NewRequest;
 
 type Ctl = State<Arc<Control>>;
 
+/// Lists access policies.
+#[utoipa::path(
+    get,
+    path = "/v1/policies",
+    tag = "access",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of policies", body = latch_common::api::ListResponse<latch_common::access::PolicyView>),
+    ),
+)]
 pub async fn list_policies(
     State(control): Ctl,
     Caller(by): Caller,
@@ -26,6 +36,14 @@ pub async fn list_policies(
     paged("/v1/policies", control.list_policies(&by).await?, &page)
 }
 
+/// Creates an access policy.
+#[utoipa::path(
+    post,
+    path = "/v1/policies",
+    tag = "access",
+    request_body = PolicyRequest,
+    responses((status = 201, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn create_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -35,6 +53,16 @@ pub async fn create_policy(
     Ok((StatusCode::CREATED, Json(policy)).into_response())
 }
 
+/// Shows an access policy.
+#[utoipa::path(
+    get,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn show_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -44,6 +72,17 @@ pub async fn show_policy(
     Ok(Json(control.show_policy(&by, &key).await?).into_response())
 }
 
+/// Replaces an access policy.
+#[utoipa::path(
+    put,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = PolicyRequest,
+    responses((status = 200, description = "The policy", body = latch_common::access::PolicyView)),
+)]
 pub async fn replace_policy(
     State(control): Ctl,
     Caller(by): Caller,
@@ -54,6 +93,16 @@ pub async fn replace_policy(
     Ok(Json(control.replace_policy(&by, &key, &request).await?).into_response())
 }
 
+/// Deletes an access policy.
+#[utoipa::path(
+    delete,
+    path = "/v1/policies/{key}",
+    tag = "access",
+    params(
+        ("key" = String, Path, description = "The policy's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_policy(
     State(control): Ctl,
     Caller(by): Caller,

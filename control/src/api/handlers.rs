@@ -9,8 +9,11 @@ use axum::http::header::LINK;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use latch_common::api::{
-    CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest, GrantState, ListResponse,
-    MAX_POLL_WAIT_SECS, ReportRequest, RevocationReport,
+    AgentJob, AgentSelf, ApiErrorBody, CreateEnrollTokenRequest, CreateJobRequest, EnrollRequest,
+    EnrollResponse, EnrollTokenView, GrantState, GrantView, HealthResponse, HostRemoved, HostView,
+    JobView, ListResponse, MAX_POLL_WAIT_SECS, ReportRequest, RevocationReport,
+    RotateCredentialRequest, ServiceTokenRequest, SigningKeyPromoted, SigningKeyRotation,
+    TokenResponse,
 };
 use latch_common::job::JobStatus;
 use latch_common::labels::Selector;
@@ -21,10 +24,10 @@ use super::extract::{ApiJson, ApiQuery, Caller, Host, check_path_id};
 use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
-use crate::audit::Checkpoint;
+use crate::audit::{AuditEntry, Checkpoint, Verification};
 use crate::sso::{
     DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
-    LoginStartRequest, LoginStartResponse,
+    LoginStartRequest, LoginStartResponse, SsoDeviceStart, WhoAmI,
 };
 use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
 use axum::extract::ConnectInfo;
@@ -33,10 +36,29 @@ use std::net::SocketAddr;
 
 type Ctl = State<Arc<Control>>;
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+/// Liveness: answers while the control plane serves.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The control plane serves", body = HealthResponse)),
+)]
+pub async fn health() -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok".to_owned(),
+    })
 }
 
+/// Enrolls a host with an enrollment token: facts in, host id and credential out.
+#[utoipa::path(
+    post,
+    path = "/v1/enroll",
+    tag = "agent",
+    security(()),
+    request_body = EnrollRequest,
+    responses((status = 201, description = "Enrolled", body = EnrollResponse)),
+)]
 pub async fn enroll(
     State(control): Ctl,
     attempt: AuthAttempt,
@@ -48,6 +70,19 @@ pub async fn enroll(
     Ok((StatusCode::CREATED, Json(response)).into_response())
 }
 
+/// Begins a single sign-on (authorization-code flow).
+#[utoipa::path(
+    post,
+    path = "/v1/login/start",
+    tag = "sessions",
+    security(()),
+    request_body = LoginStartRequest,
+    responses(
+        (status = 201, description = "Where to send the user", body = LoginStartResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_start(
     State(control): Ctl,
     ApiJson(request): ApiJson<LoginStartRequest>,
@@ -61,6 +96,19 @@ pub async fn login_start(
     Ok((StatusCode::CREATED, Json(response)).into_response())
 }
 
+/// Finishes a single sign-on: a session token.
+#[utoipa::path(
+    post,
+    path = "/v1/login/finish",
+    tag = "sessions",
+    security(()),
+    request_body = LoginFinishRequest,
+    responses(
+        (status = 201, description = "Signed in", body = LoginFinishResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_finish(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -80,11 +128,36 @@ pub async fn login_finish(
         .into_response())
 }
 
+/// Begins a device-flow sign-in: a user code and where to enter it.
+#[utoipa::path(
+    post,
+    path = "/v1/login/device",
+    tag = "sessions",
+    security(()),
+    responses(
+        (status = 201, description = "The device flow started", body = SsoDeviceStart),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_device(State(control): Ctl) -> Result<Response, ApiError> {
     let start = control.sso_device_start().await?;
     Ok((StatusCode::CREATED, Json(start)).into_response())
 }
 
+/// Polls a device-flow sign-in: still pending, or the session token.
+#[utoipa::path(
+    post,
+    path = "/v1/login/device/poll",
+    tag = "sessions",
+    security(()),
+    request_body = DevicePollRequest,
+    responses(
+        (status = 200, description = "Pending, or done with the session", body = DevicePollResponse),
+        (status = 501, description = "Single sign-on is not configured (`sso_not_configured`)", body = ApiErrorBody),
+        (status = 502, description = "The identity provider failed (`identity_provider_error`)", body = ApiErrorBody),
+    ),
+)]
 pub async fn login_device_poll(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -99,22 +172,51 @@ pub async fn login_device_poll(
     Ok(Json(DevicePollResponse::from(poll)).into_response())
 }
 
+/// Ends the caller's session (or service token).
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "sessions",
+    responses((status = 204, description = "The session ended")),
+)]
 pub async fn logout(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
     control.logout(&who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Who the token belongs to: name, kind, roles, groups, session.
+#[utoipa::path(
+    get,
+    path = "/v1/whoami",
+    tag = "sessions",
+    responses((status = 200, description = "The caller", body = WhoAmI)),
+)]
 pub async fn whoami(State(control): Ctl, Caller(who): Caller) -> Result<Response, ApiError> {
     Ok(Json(control.whoami(&who).await?).into_response())
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/agent/jobs`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollParams {
+    /// Seconds to wait for a job (at most 30, the default).
     wait: Option<u64>,
+    /// The highest job sequence number the agent has applied (catches the queue up after a
+    /// restore).
     applied: Option<i64>,
 }
 
+/// Long-polls for the host's next job (a host credential).
+#[utoipa::path(
+    get,
+    path = "/v1/agent/jobs",
+    tag = "agent",
+    params(PollParams),
+    responses(
+        (status = 200, description = "The next job, leased (an empty list when none came within the wait)", body = ListResponse<AgentJob>),
+    ),
+)]
 pub async fn poll_jobs(
     State(control): Ctl,
     Host(host): Host,
@@ -136,7 +238,9 @@ pub async fn poll_jobs(
     .into_response())
 }
 
-#[derive(Deserialize)]
+/// The query of `POST /v1/agent/jobs/{id}/report`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportParams {
     /// `?next=true`: answer with the host's next job (leased now, as a poll with `wait=0`
     /// would) instead of 204, saving the agent a round trip per job. Servers without it ignore
@@ -144,6 +248,21 @@ pub struct ReportParams {
     next: Option<bool>,
 }
 
+/// Reports a job's outcome with the delivery's lease (a host credential).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/report",
+    tag = "agent",
+    params(
+        ("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        ReportParams,
+    ),
+    request_body = ReportRequest,
+    responses(
+        (status = 200, description = "Recorded; with `next=true`: the host's next job, leased", body = ListResponse<AgentJob>),
+        (status = 204, description = "Recorded"),
+    ),
+)]
 pub async fn report_job(
     State(control): Ctl,
     Host(host): Host,
@@ -171,6 +290,14 @@ pub async fn report_job(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Reports a grant the agent revoked at its expiry (a host credential).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/revocations",
+    tag = "agent",
+    request_body = RevocationReport,
+    responses((status = 204, description = "Recorded")),
+)]
 pub async fn report_revocation(
     State(control): Ctl,
     Host(host): Host,
@@ -181,19 +308,42 @@ pub async fn report_revocation(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn agent_self(Host(host): Host) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"host_id": host.id}))
+/// The host the presented host credential belongs to.
+#[utoipa::path(
+    get,
+    path = "/v1/agent/self",
+    tag = "agent",
+    responses((status = 200, description = "The host", body = AgentSelf)),
+)]
+pub async fn agent_self(Host(host): Host) -> Json<AgentSelf> {
+    Json(AgentSelf { host_id: host.id })
 }
 
+/// Replaces the host credential (a host credential).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/credential",
+    tag = "agent",
+    request_body = RotateCredentialRequest,
+    responses((status = 204, description = "The new credential replaces the old one")),
+)]
 pub async fn rotate_credential(
     State(control): Ctl,
     Host(host): Host,
-    ApiJson(request): ApiJson<latch_common::api::RotateCredentialRequest>,
+    ApiJson(request): ApiJson<RotateCredentialRequest>,
 ) -> Result<Response, ApiError> {
     control.rotate_host_credential(&host, &request).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Creates an enrollment token.
+#[utoipa::path(
+    post,
+    path = "/v1/enroll-tokens",
+    tag = "hosts",
+    request_body = CreateEnrollTokenRequest,
+    responses((status = 201, description = "The token (shown once)", body = EnrollTokenView)),
+)]
 pub async fn create_enroll_token(
     State(control): Ctl,
     Caller(by): Caller,
@@ -220,14 +370,28 @@ fn selector_param(
     Ok(selector)
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/hosts`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HostListParams {
+    /// A label selector (`env=prod,team in (db,web)`): only the hosts whose labels match.
     selector: Option<String>,
+    /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
+    /// Items to skip.
     offset: Option<u64>,
 }
 
+/// Lists hosts; a label selector filters.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts",
+    tag = "hosts",
+    params(HostListParams),
+    responses((status = 200, description = "A page of hosts", body = ListResponse<HostView>)),
+)]
 pub async fn list_hosts(
     State(control): Ctl,
     Caller(by): Caller,
@@ -258,6 +422,16 @@ pub async fn list_hosts(
     ))
 }
 
+/// Shows a host.
+#[utoipa::path(
+    get,
+    path = "/v1/hosts/{host}",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The host", body = HostView)),
+)]
 pub async fn show_host(
     State(control): Ctl,
     Caller(by): Caller,
@@ -267,19 +441,39 @@ pub async fn show_host(
     Ok(Json(control.show_host(&by, &key).await?).into_response())
 }
 
+/// Removes a host: its credential is revoked, its pending jobs cancelled.
+#[utoipa::path(
+    delete,
+    path = "/v1/hosts/{host}",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "Removed", body = HostRemoved)),
+)]
 pub async fn remove_host(
     State(control): Ctl,
     Caller(by): Caller,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
     check_path_id("host", &key)?;
-    let (id, cancelled) = control.remove_host(&by, &key).await?;
-    Ok(
-        Json(serde_json::json!({"id": id, "removed": true, "cancelled_jobs": cancelled}))
-            .into_response(),
-    )
+    let (id, cancelled_jobs) = control.remove_host(&by, &key).await?;
+    Ok(Json(HostRemoved {
+        id,
+        removed: true,
+        cancelled_jobs,
+    })
+    .into_response())
 }
 
+/// Queues a job for a host.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = CreateJobRequest,
+    responses((status = 201, description = "Queued", body = JobView)),
+)]
 pub async fn create_job(
     State(control): Ctl,
     Caller(by): Caller,
@@ -289,16 +483,32 @@ pub async fn create_job(
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/jobs`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobListParams {
+    /// Only this host's jobs (id or hostname).
     host: Option<String>,
+    /// Only jobs in this status: `pending`, `confirmed` or `failed`.
     status: Option<String>,
+    /// Only jobs of hosts whose labels match this selector.
     selector: Option<String>,
+    /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
+    /// Items to skip.
     offset: Option<u64>,
 }
 
+/// Lists jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(JobListParams),
+    responses((status = 200, description = "A page of jobs", body = ListResponse<JobView>)),
+)]
 pub async fn list_jobs(
     State(control): Ctl,
     Caller(by): Caller,
@@ -346,6 +556,14 @@ pub async fn list_jobs(
     ))
 }
 
+/// Shows a job with its history, host name and grant state.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 200, description = "The job", body = JobView)),
+)]
 pub async fn show_job(
     State(control): Ctl,
     Caller(by): Caller,
@@ -355,18 +573,36 @@ pub async fn show_job(
     Ok(Json(control.get_job(&by, &id).await?).into_response())
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/grants`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GrantListParams {
+    /// Only grants on this host (id or hostname).
     host: Option<String>,
+    /// Only grants to this account.
     user: Option<String>,
+    /// Only grants in this state.
     state: Option<String>,
+    /// Only grants made since (RFC 3339).
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only grants on hosts whose labels match this selector.
     selector: Option<String>,
+    /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
+    /// Items to skip.
     offset: Option<u64>,
 }
 
+/// Lists grants, newest first: who has which access, how each ended.
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    tag = "jobs",
+    params(GrantListParams),
+    responses((status = 200, description = "A page of grants", body = ListResponse<GrantView>)),
+)]
 pub async fn list_grants(
     State(control): Ctl,
     Caller(by): Caller,
@@ -423,16 +659,34 @@ pub async fn list_grants(
     ))
 }
 
-#[derive(Deserialize)]
+/// The query of `GET /v1/audit`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// Only entries since (RFC 3339).
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only entries by this actor.
     actor: Option<String>,
+    /// Only entries about this host (id or hostname).
     host: Option<String>,
+    /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
+    /// Items to skip.
     offset: Option<u64>,
 }
 
+/// Lists the audit trail.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of audit entries", body = ListResponse<AuditEntry>),
+    ),
+)]
 pub async fn list_audit(
     State(control): Ctl,
     Caller(by): Caller,
@@ -494,17 +748,34 @@ pub async fn list_audit(
     ))
 }
 
+/// Checks the audit chain (ids, links, hashes, MACs) and the recorded head.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    responses((status = 200, description = "What the check found", body = Verification)),
+)]
 pub async fn verify_audit(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
     by.require_everywhere(Permission::AuditView)?;
     Ok(Json(control.verify_audit().await?).into_response())
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/audit/verify`: checkpoints exported earlier.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
+    /// The checkpoints to check against the chain.
     checkpoints: Vec<Checkpoint>,
 }
 
+/// Checks the audit chain, also against checkpoints exported earlier.
+#[utoipa::path(
+    post,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    request_body = VerifyRequest,
+    responses((status = 200, description = "What the check found", body = Verification)),
+)]
 pub async fn verify_audit_with(
     State(control): Ctl,
     Caller(by): Caller,
@@ -514,6 +785,13 @@ pub async fn verify_audit_with(
     Ok(Json(control.verify_audit_with(&request.checkpoints).await?).into_response())
 }
 
+/// Signs a checkpoint of the audit chain's head.
+#[utoipa::path(
+    post,
+    path = "/v1/audit/checkpoints",
+    tag = "audit",
+    responses((status = 201, description = "The signed checkpoint", body = Checkpoint)),
+)]
 pub async fn audit_checkpoint(
     State(control): Ctl,
     Caller(by): Caller,
@@ -522,6 +800,13 @@ pub async fn audit_checkpoint(
     Ok((StatusCode::CREATED, Json(control.audit_checkpoint().await?)).into_response())
 }
 
+/// Starts (or continues) a rotation of the job-signing key.
+#[utoipa::path(
+    post,
+    path = "/v1/signing-key/rotate",
+    tag = "service",
+    responses((status = 200, description = "The rotation under way", body = SigningKeyRotation)),
+)]
 pub async fn rotate_signing_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -529,12 +814,24 @@ pub async fn rotate_signing_key(
     Ok(Json(control.start_key_rotation(&by).await?).into_response())
 }
 
-#[derive(Deserialize)]
+/// The query of `POST /v1/signing-key/promote`.
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PromoteParams {
+    /// Promote although some hosts have not confirmed the next key (they must be enrolled
+    /// again).
     force: Option<bool>,
 }
 
+/// Switches to the next job-signing key.
+#[utoipa::path(
+    post,
+    path = "/v1/signing-key/promote",
+    tag = "service",
+    params(PromoteParams),
+    responses((status = 200, description = "Promoted", body = SigningKeyPromoted)),
+)]
 pub async fn promote_signing_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -543,7 +840,12 @@ pub async fn promote_signing_key(
     let behind = control
         .promote_signing_key(&by, params.force.unwrap_or(false))
         .await?;
-    Ok(Json(serde_json::json!({"promoted": true, "signing_key": control.signing_key(), "hosts_left_behind": behind})).into_response())
+    Ok(Json(SigningKeyPromoted {
+        promoted: true,
+        signing_key: control.signing_key(),
+        hosts_left_behind: behind,
+    })
+    .into_response())
 }
 
 fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> Response {
@@ -554,10 +856,19 @@ fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> 
     (headers, body).into_response()
 }
 
+/// Exchanges a service user's API key for a short-lived bearer token.
+#[utoipa::path(
+    post,
+    path = "/v1/service_token",
+    tag = "sessions",
+    security(()),
+    request_body = ServiceTokenRequest,
+    responses((status = 201, description = "The bearer token", body = TokenResponse)),
+)]
 pub async fn service_token(
     State(control): Ctl,
     address: Option<axum::Extension<super::limits::ClientAddress>>,
-    ApiJson(request): ApiJson<latch_common::api::ServiceTokenRequest>,
+    ApiJson(request): ApiJson<ServiceTokenRequest>,
 ) -> Result<Response, ApiError> {
     let address = address.map(|axum::Extension(a)| a.0.to_string());
     let issued = control.exchange_api_key(&request, address).await?;

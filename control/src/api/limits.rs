@@ -460,14 +460,16 @@ pub async fn limit(
     })));
     request.extensions_mut().insert(attempt.clone());
     request.extensions_mut().insert(ClientAddress(client));
-    let Ok(mut response) = tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(request)).await else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_offline",
-            "the request took too long and was stopped; try again",
-        )
-        .into_response();
-    };
+    let mut response = tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(request))
+        .await
+        .unwrap_or_else(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_offline",
+                "the request took too long and was stopped; try again",
+            )
+            .into_response()
+        });
     if let Some(id) = attempt.credential() {
         let mut state = limiter.state();
         if response.status() == StatusCode::UNAUTHORIZED {

@@ -4,6 +4,7 @@
 //! | method | path | who | what |
 //! |---|---|---|---|
 //! | GET | `/v1/health` | anyone | liveness |
+//! | GET | `/v1/openapi.json` | anyone | this API's OpenAPI document ([`openapi`]) |
 //! | POST | `/v1/enroll` | enrollment token | enroll a host |
 //! | POST | `/v1/login/start` (`{"redirect_uri"}`) | anyone | begin a single sign-on (code flow) |
 //! | POST | `/v1/login/finish` (`{"state", "code"}`) | anyone | finish it: a session token |
@@ -60,6 +61,7 @@ pub mod error;
 pub mod extract;
 mod handlers;
 pub mod limits;
+pub mod openapi;
 mod pagination;
 mod people;
 mod vault;
@@ -81,6 +83,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(control: Arc<Control>) -> Router {
     Router::new()
         .route("/v1/health", get(handlers::health))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/service_token", post(handlers::service_token))
         .route("/v1/login/start", post(handlers::login_start))
@@ -280,6 +283,7 @@ pub fn router(control: Arc<Control>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             limits::Limiter::new(control.config().rate_limits.clone()),
             limits::limit,

@@ -12,9 +12,13 @@ pub const DEFAULT_COUNT: u64 = 100;
 pub const MAX_COUNT: u64 = 1000;
 
 /// The paging parameters of a list request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Page size (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<u64>,
+    /// Items to skip.
     pub offset: Option<u64>,
 }
 

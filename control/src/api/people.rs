@@ -9,16 +9,18 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use latch_common::api::{ListResponse, TokenResponse};
+use latch_common::api::{HostView, ListResponse, TokenResponse};
 use latch_common::people::{
-    BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
-    CreatedServiceUser, LocalLoginRequest, NewApiKeyResponse, SetLabelsRequest, SetPasswordRequest,
-    TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
+    ApiKeyView, BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
+    CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
+    RoleBindingView, RoleView, SetLabelsRequest, SetPasswordRequest, TotpEnrollResponse,
+    TotpVerifyRequest, TotpVerifyResponse,
 };
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Caller, check_path_id};
+use super::extract::{ApiJson, ApiQuery, Caller, check_path_id};
 use super::limits::AuthAttempt;
+use super::pagination::{PageParams, paged};
 use crate::Control;
 use crate::directory::principal_view;
 use crate::store::people::PrincipalKind;
@@ -31,20 +33,38 @@ fn check_name(what: &str, key: &str) -> Result<(), ApiError> {
     check_path_id(what, &key.replace('@', "."))
 }
 
-fn list<T: serde::Serialize>(list: Vec<T>) -> Response {
-    Json(ListResponse { list }).into_response()
-}
-
 fn created<T: serde::Serialize>(body: T) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-pub async fn list_users(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
-    Ok(list(
+/// Lists users.
+#[utoipa::path(
+    get,
+    path = "/v1/users",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of users", body = ListResponse<PrincipalView>)),
+)]
+pub async fn list_users(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged(
+        "/v1/users",
         control.list_principals(&by, PrincipalKind::User).await?,
-    ))
+        &page,
+    )
 }
 
+/// Creates a user.
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "people",
+    request_body = CreateUserRequest,
+    responses((status = 201, description = "The user", body = PrincipalView)),
+)]
 pub async fn create_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -53,6 +73,16 @@ pub async fn create_user(
     Ok(created(control.create_user_from(&by, &request).await?))
 }
 
+/// Shows a user with its groups and roles.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The user", body = PrincipalView)),
+)]
 pub async fn show_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -79,6 +109,16 @@ async fn set_disabled(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Disables a user: every session ends at once.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{key}/disable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Disabled")),
+)]
 pub async fn disable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -87,6 +127,16 @@ pub async fn disable_user(
     set_disabled(&control, &by, &key, PrincipalKind::User, true).await
 }
 
+/// Enables a user again.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{key}/enable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Enabled")),
+)]
 pub async fn enable_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -95,6 +145,17 @@ pub async fn enable_user(
     set_disabled(&control, &by, &key, PrincipalKind::User, false).await
 }
 
+/// Sets or removes a user's local password; every session of the user ends.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{key}/password",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    request_body = SetPasswordRequest,
+    responses((status = 204, description = "Set")),
+)]
 pub async fn set_user_password(
     State(control): Ctl,
     Caller(by): Caller,
@@ -108,10 +169,30 @@ pub async fn set_user_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub async fn list_groups(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
-    Ok(list(control.list_groups(&by).await?))
+/// Lists groups.
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of groups", body = ListResponse<GroupView>)),
+)]
+pub async fn list_groups(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged("/v1/groups", control.list_groups(&by).await?, &page)
 }
 
+/// Creates a group.
+#[utoipa::path(
+    post,
+    path = "/v1/groups",
+    tag = "people",
+    request_body = CreateGroupRequest,
+    responses((status = 201, description = "The group", body = GroupView)),
+)]
 pub async fn create_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -128,6 +209,16 @@ pub async fn create_group(
     Ok(created(control.show_group(&by, &group.id).await?))
 }
 
+/// Shows a group with its members.
+#[utoipa::path(
+    get,
+    path = "/v1/groups/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The group", body = GroupView)),
+)]
 pub async fn show_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -137,6 +228,16 @@ pub async fn show_group(
     Ok(Json(control.show_group(&by, &key).await?).into_response())
 }
 
+/// Deletes a group.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_group(
     State(control): Ctl,
     Caller(by): Caller,
@@ -161,6 +262,17 @@ async fn change_member(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Adds a user or service user to a group.
+#[utoipa::path(
+    put,
+    path = "/v1/groups/{group}/members/{member}",
+    tag = "people",
+    params(
+        ("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "A member")),
+)]
 pub async fn add_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -169,6 +281,17 @@ pub async fn add_member(
     change_member(&control, &by, path, true).await
 }
 
+/// Removes a user or service user from a group.
+#[utoipa::path(
+    delete,
+    path = "/v1/groups/{group}/members/{member}",
+    tag = "people",
+    params(
+        ("group" = String, Path, description = "The group's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("member" = String, Path, description = "The user's or service user's name", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Not a member")),
+)]
 pub async fn remove_member(
     State(control): Ctl,
     Caller(by): Caller,
@@ -179,17 +302,50 @@ pub async fn remove_member(
 
 /// The roles and their permissions: any signed-in caller may read them (they are the
 /// product's fixed table, the same for every installation).
-pub async fn list_roles(Caller(_by): Caller) -> Response {
-    list(crate::directory::role_views())
+#[utoipa::path(
+    get,
+    path = "/v1/roles",
+    tag = "people",
+    params(PageParams),
+    responses((status = 200, description = "A page of roles", body = ListResponse<RoleView>)),
+)]
+pub async fn list_roles(
+    Caller(_by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged("/v1/roles", crate::directory::role_views(), &page)
 }
 
+/// Lists role bindings: who has which role.
+#[utoipa::path(
+    get,
+    path = "/v1/role-bindings",
+    tag = "people",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of role bindings", body = ListResponse<RoleBindingView>),
+    ),
+)]
 pub async fn list_role_bindings(
     State(control): Ctl,
     Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    Ok(list(control.list_role_bindings(&by).await?))
+    paged(
+        "/v1/role-bindings",
+        control.list_role_bindings(&by).await?,
+        &page,
+    )
 }
 
+/// Binds a role to a user, service user or group.
+#[utoipa::path(
+    post,
+    path = "/v1/role-bindings",
+    tag = "people",
+    request_body = BindRoleRequest,
+    responses((status = 201, description = "The binding", body = RoleBindingView)),
+)]
 pub async fn bind_role(
     State(control): Ctl,
     Caller(by): Caller,
@@ -198,6 +354,16 @@ pub async fn bind_role(
     Ok(created(control.bind_role_from(&by, &request).await?))
 }
 
+/// Removes a role binding.
+#[utoipa::path(
+    delete,
+    path = "/v1/role-bindings/{id}",
+    tag = "people",
+    params(
+        ("id" = String, Path, description = "The binding's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Removed")),
+)]
 pub async fn unbind_role(
     State(control): Ctl,
     Caller(by): Caller,
@@ -208,15 +374,38 @@ pub async fn unbind_role(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Lists service users.
+#[utoipa::path(
+    get,
+    path = "/v1/service-users",
+    tag = "people",
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of service users", body = ListResponse<PrincipalView>),
+    ),
+)]
 pub async fn list_service_users(
     State(control): Ctl,
     Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
-    Ok(list(
+    paged(
+        "/v1/service-users",
         control.list_principals(&by, PrincipalKind::Service).await?,
-    ))
+        &page,
+    )
 }
 
+/// Creates a service user and its first API key (shown once).
+#[utoipa::path(
+    post,
+    path = "/v1/service-users",
+    tag = "people",
+    request_body = CreateServiceUserRequest,
+    responses(
+        (status = 201, description = "The service user and its key", body = CreatedServiceUser),
+    ),
+)]
 pub async fn create_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -235,6 +424,16 @@ pub async fn create_service_user(
     }))
 }
 
+/// Shows a service user.
+#[utoipa::path(
+    get,
+    path = "/v1/service-users/{key}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The service user", body = PrincipalView)),
+)]
 pub async fn show_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -247,6 +446,16 @@ pub async fn show_service_user(
     Ok(Json(view).into_response())
 }
 
+/// Disables a service user: every token ends at once.
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/disable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Disabled")),
+)]
 pub async fn disable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -255,6 +464,16 @@ pub async fn disable_service_user(
     set_disabled(&control, &by, &key, PrincipalKind::Service, true).await
 }
 
+/// Enables a service user again.
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/enable",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Enabled")),
+)]
 pub async fn enable_service_user(
     State(control): Ctl,
     Caller(by): Caller,
@@ -263,15 +482,41 @@ pub async fn enable_service_user(
     set_disabled(&control, &by, &key, PrincipalKind::Service, false).await
 }
 
+/// Lists a service user's API keys (never the keys).
+#[utoipa::path(
+    get,
+    path = "/v1/service-users/{key}/keys",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        PageParams,
+    ),
+    responses((status = 200, description = "A page of API keys", body = ListResponse<ApiKeyView>)),
+)]
 pub async fn list_api_keys(
     State(control): Ctl,
     Caller(by): Caller,
     Path(key): Path<String>,
+    ApiQuery(page): ApiQuery<PageParams>,
 ) -> Result<Response, ApiError> {
     check_name("service user", &key)?;
-    Ok(list(control.api_key_views(&by, &key).await?))
+    paged(
+        &format!("/v1/service-users/{key}/keys"),
+        control.api_key_views(&by, &key).await?,
+        &page,
+    )
 }
 
+/// Adds an API key (shown once).
+#[utoipa::path(
+    post,
+    path = "/v1/service-users/{key}/keys",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+    ),
+    responses((status = 201, description = "The new key", body = NewApiKeyResponse)),
+)]
 pub async fn create_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -281,6 +526,17 @@ pub async fn create_api_key(
     Ok(created(control.new_api_key(&by, &key).await?))
 }
 
+/// Revokes an API key.
+#[utoipa::path(
+    delete,
+    path = "/v1/service-users/{key}/keys/{key_id}",
+    tag = "people",
+    params(
+        ("key" = String, Path, description = "The service user's name or id", pattern = "^[A-Za-z0-9._@-]{1,64}$"),
+        ("key_id" = String, Path, description = "The key's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Revoked")),
+)]
 pub async fn revoke_api_key(
     State(control): Ctl,
     Caller(by): Caller,
@@ -292,6 +548,15 @@ pub async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Enrolls a TOTP factor for the signed-in user.
+#[utoipa::path(
+    post,
+    path = "/v1/mfa/totp",
+    tag = "sessions",
+    responses(
+        (status = 201, description = "The secret and its otpauth URI", body = TotpEnrollResponse),
+    ),
+)]
 pub async fn enroll_totp(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
     let enrollment = control.enroll_totp(&by).await?;
     Ok(created(TotpEnrollResponse {
@@ -300,6 +565,14 @@ pub async fn enroll_totp(State(control): Ctl, Caller(by): Caller) -> Result<Resp
     }))
 }
 
+/// Shows a TOTP code: the session's MFA step-up.
+#[utoipa::path(
+    post,
+    path = "/v1/mfa/totp/verify",
+    tag = "sessions",
+    request_body = TotpVerifyRequest,
+    responses((status = 200, description = "Stepped up", body = TotpVerifyResponse)),
+)]
 pub async fn verify_totp(
     State(control): Ctl,
     Caller(by): Caller,
@@ -309,6 +582,15 @@ pub async fn verify_totp(
     Ok(Json(TotpVerifyResponse { mfa_at }).into_response())
 }
 
+/// Signs a local user in with a password.
+#[utoipa::path(
+    post,
+    path = "/v1/login/local",
+    tag = "sessions",
+    security(()),
+    request_body = LocalLoginRequest,
+    responses((status = 201, description = "The session token", body = TokenResponse)),
+)]
 pub async fn login_local(
     State(control): Ctl,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -331,6 +613,17 @@ pub async fn login_local(
     }))
 }
 
+/// Replaces a host's labels; answers the host.
+#[utoipa::path(
+    put,
+    path = "/v1/hosts/{host}/labels",
+    tag = "hosts",
+    params(
+        ("host" = String, Path, description = "The host's id or hostname", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = SetLabelsRequest,
+    responses((status = 200, description = "The host", body = HostView)),
+)]
 pub async fn set_host_labels(
     State(control): Ctl,
     Caller(by): Caller,

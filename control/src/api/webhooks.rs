@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use latch_common::webhooks::CreateWebhookRequest;
+use latch_common::api::ListResponse;
+use latch_common::webhooks::{CreateWebhookRequest, DeliveryView, WebhookView};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller, check_path_id};
@@ -16,6 +17,14 @@ use crate::Control;
 
 type Ctl = State<Arc<Control>>;
 
+/// Lists webhooks (never their secrets).
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    params(PageParams),
+    responses((status = 200, description = "A page of webhooks", body = ListResponse<WebhookView>)),
+)]
 pub async fn list_webhooks(
     State(control): Ctl,
     Caller(by): Caller,
@@ -24,6 +33,14 @@ pub async fn list_webhooks(
     paged("/v1/webhooks", control.list_webhooks(&by).await?, &page)
 }
 
+/// Creates a signed webhook.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    tag = "webhooks",
+    request_body = CreateWebhookRequest,
+    responses((status = 201, description = "The webhook", body = WebhookView)),
+)]
 pub async fn create_webhook(
     State(control): Ctl,
     Caller(by): Caller,
@@ -33,6 +50,16 @@ pub async fn create_webhook(
     Ok((StatusCode::CREATED, Json(webhook)).into_response())
 }
 
+/// Deletes a webhook.
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_webhook(
     State(control): Ctl,
     Caller(by): Caller,
@@ -43,6 +70,19 @@ pub async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Lists a webhook's deliveries, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The webhook's id", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+        PageParams,
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = ListResponse<DeliveryView>),
+    ),
+)]
 pub async fn list_deliveries(
     State(control): Ctl,
     Caller(by): Caller,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::AuditKey;
 
 /// A signed statement "the chain had `id` entries, the last with hash `hash`, at `at`".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     /// The id of the chain's last entry (0 for an empty chain).

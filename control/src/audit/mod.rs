@@ -106,7 +106,7 @@ impl Actor {
 }
 
 /// A stored entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the chain, from 1.
     pub id: i64,
@@ -163,7 +163,7 @@ pub fn entry_hash(
 }
 
 /// Where the chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainBreak {
     /// The first entry that does not verify.
     pub id: i64,
@@ -291,7 +291,7 @@ pub fn check_checkpoint(
 }
 
 /// One checkpoint checked against the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointCheck {
     /// Where it came from: `audit.head` (kept by the server) or `supplied` (exported earlier).
     pub source: String,
@@ -306,7 +306,7 @@ pub struct CheckpointCheck {
 }
 
 /// What a verification found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Verification {
     /// The chain is intact and holds every checkpoint checked.
     pub ok: bool,

@@ -9,6 +9,7 @@
 //! fails with `LATCH_E2E=required` (CI).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -619,4 +620,58 @@ pub async fn person(
         },
         roles.iter().map(|r| (*r, None)).collect(),
     )
+}
+
+/// The routes `mod.rs` declares: `METHOD PATH` for every `.route("PATH", METHOD(…).METHOD(…))`.
+pub fn declared_routes(source: &str) -> BTreeSet<String> {
+    let mut routes = BTreeSet::new();
+    let mut rest = source;
+    while let Some(start) = rest.find(".route(") {
+        let after = &rest[start + ".route(".len()..];
+        // The call's text: up to the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let mut end = None;
+        for (i, c) in after.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(i);
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let call = &after[..end.expect("a .route( call is closed")];
+        let open = call.find('"').expect("a route's path is a string literal");
+        let close = open + 1 + call[open + 1..].find('"').expect("the path literal ends");
+        let path = &call[open + 1..close];
+        let handlers = &call[close + 1..];
+        let mut methods = Vec::new();
+        for method in ["get", "post", "put", "delete", "patch", "head", "options"] {
+            let needle = format!("{method}(");
+            let mut from = 0;
+            while let Some(at) = handlers[from..].find(&needle) {
+                let at = from + at;
+                let before = handlers[..at].chars().next_back();
+                // A method router (`get(` or `.get(`), not part of a longer name (`list_get(`,
+                // `handlers::get(`).
+                if !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                    methods.push(method.to_uppercase());
+                }
+                from = at + needle.len();
+            }
+        }
+        assert!(
+            !methods.is_empty(),
+            "cannot find the method of the route {path:?} in mod.rs: {call}"
+        );
+        for method in methods {
+            routes.insert(format!("{method} {path}"));
+        }
+        rest = &after[end.unwrap_or(0)..];
+    }
+    routes
 }
