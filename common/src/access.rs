@@ -429,7 +429,7 @@ pub const MAX_REQUEST_HOSTS: usize = 100;
 
 /// Body of `POST /v1/access/requests`: one host (`host`) or every host matching a label
 /// selector (`hosts`), never both.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRequestCreate {
     /// One host, by id or name.
@@ -496,7 +496,7 @@ impl AccessRequestCreate {
 }
 
 /// Body of `POST /v1/access/requests/{id}/approve|deny|revoke|cancel`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessDecision {
     /// Why (optional for approvals, 1–500 characters when given).
@@ -505,7 +505,7 @@ pub struct AccessDecision {
 }
 
 /// One approver's decision, as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DecisionView {
     /// The approver's name.
     pub by: String,
@@ -518,7 +518,7 @@ pub struct DecisionView {
 }
 
 /// One host of a request, as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RequestHostView {
     /// Host id.
     pub host_id: String,
@@ -541,7 +541,7 @@ pub struct RequestHostView {
 }
 
 /// An access request, as shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AccessRequestView {
     /// `ar_…`.
     pub id: String,

@@ -114,7 +114,8 @@ pub async fn delete_policy(
 }
 
 /// The query of `GET /v1/access/requests`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RequestListParams {
     /// Only the caller's own requests.
@@ -122,6 +123,7 @@ pub struct RequestListParams {
     /// Only requests in this state.
     pub state: Option<String>,
     /// Page size.
+    #[param(minimum = 1, maximum = 1000)]
     pub count: Option<u64>,
     /// Items to skip.
     pub offset: Option<u64>,
@@ -141,6 +143,15 @@ const REQUEST_STATES: [&str; 10] = [
     "failed",
 ];
 
+#[utoipa::path(
+    get,
+    path = "/v1/access/requests",
+    tag = "access",
+    params(RequestListParams),
+    responses(
+        (status = 200, description = "A page of requests, newest first", body = latch_common::api::ListResponse<latch_common::access::AccessRequestView>),
+    ),
+)]
 pub async fn list_requests(
     State(control): Ctl,
     Caller(by): Caller,
@@ -180,6 +191,13 @@ pub async fn list_requests(
     Ok((headers, Json(latch_common::api::ListResponse { list })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests",
+    tag = "access",
+    request_body = AccessRequestCreate,
+    responses((status = 201, description = "The request; `private_key` only here, when Latch generated the key pair", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn create_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -192,6 +210,15 @@ pub async fn create_request(
     Ok(super::vault::secret(StatusCode::CREATED, view))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/access/requests/{id}",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The request with its decisions, hosts and jobs", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn show_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -201,6 +228,16 @@ pub async fn show_request(
     Ok(Json(control.show_access(&by, &id).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests/{id}/approve",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = latch_common::access::AccessDecision,
+    responses((status = 200, description = "The request after the approval", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn approve_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -212,6 +249,16 @@ pub async fn approve_request(
     Ok(Json(control.show_access(&by, &id).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests/{id}/deny",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = latch_common::access::AccessDecision,
+    responses((status = 200, description = "The denied request", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn deny_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -223,6 +270,16 @@ pub async fn deny_request(
     Ok(Json(control.show_access(&by, &id).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests/{id}/cancel",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = latch_common::access::AccessDecision,
+    responses((status = 200, description = "The cancelled request", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn cancel_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -234,6 +291,16 @@ pub async fn cancel_request(
     Ok(Json(control.show_access(&by, &id).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests/{id}/revoke",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    request_body = latch_common::access::AccessDecision,
+    responses((status = 200, description = "The request, revoking (or revoked)", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn revoke_request(
     State(control): Ctl,
     Caller(by): Caller,
@@ -244,6 +311,15 @@ pub async fn revoke_request(
     Ok(Json(control.revoke_access(&by, &id, &body.reason).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/access/requests/{id}/confirm",
+    tag = "access",
+    params(
+        ("id" = String, Path, description = "The request's id (ar_…)", pattern = "^[A-Za-z0-9._-]{1,64}$"),
+    ),
+    responses((status = 200, description = "The request with its next re-confirmation deadline", body = latch_common::access::AccessRequestView)),
+)]
 pub async fn confirm_request(
     State(control): Ctl,
     Caller(by): Caller,
