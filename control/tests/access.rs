@@ -334,6 +334,45 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
         "{stranger}"
     );
 
+    // Removed from the requesting group while pending: approved, but never provisioned.
+    let dropped = control
+        .request_access(&carol, &ask(20))
+        .await
+        .unwrap()
+        .request;
+    store
+        .set_member(
+            "grp_dbas",
+            "usr_carol",
+            false,
+            AuditEvent::new("test", "group.member"),
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    control
+        .decide_access(&mark, &dropped.id, true, "")
+        .await
+        .unwrap();
+    let gone = control
+        .decide_access(&mia, &dropped.id, true, "")
+        .await
+        .unwrap();
+    assert_eq!(gone.state, "revoking", "{gone:?}");
+    assert!(
+        gone.decision_reason
+            .as_deref()
+            .unwrap()
+            .contains("no longer allowed"),
+        "{gone:?}"
+    );
+    control.advance_access_requests().await.unwrap();
+    let settled = store.access_request(&dropped.id).await.unwrap().unwrap();
+    assert_eq!(settled.state, "revoked");
+    assert!(settled.hosts.iter().all(|h| h.provision_job_id.is_none()));
+    member(&*store, "dbas", "carol").await;
+
     let first = control
         .request_access(&alice, &ask(60))
         .await
@@ -504,9 +543,9 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
         .unwrap();
     let events: Vec<&str> = deliveries.iter().map(|d| d.event.as_str()).collect();
     for (event, count) in [
-        ("access.requested", 5),
-        ("access.approved", 2),
-        ("access.revoked", 1),
+        ("access.requested", 6),
+        ("access.approved", 3),
+        ("access.revoked", 2),
         ("access.denied", 1),
         ("access.cancelled", 1),
         ("access.expired", 1),

@@ -24,8 +24,10 @@ use latch_common::job::{JobError, JobErrorCode, JobSpec, JobStatus};
 use latch_common::names::validate_user_name;
 use serde_json::json;
 
+use super::policy::{Ask, Requester, evaluate};
 use crate::audit::AuditEvent;
 use crate::store::access::{RequestHostRecord, RequestRecord};
+use crate::store::people::PrincipalKind;
 use crate::store::{GrantFilter, Page};
 use crate::{Control, ControlError};
 
@@ -254,13 +256,62 @@ impl Control {
         now + Duration::minutes(i64::from(request.minutes)) + self.config.access_provision_timeout
     }
 
-    /// approved → provisioning: picks the account, records one create-account job per host,
-    /// then queues them.
+    /// Whether a policy still allows `request` on each of its hosts for its requester as she
+    /// is now (her groups, the policies as they are now), as of when it was made (a policy's
+    /// hours are about when requests are made); the reason when not.
+    async fn still_allowed(&self, request: &RequestRecord) -> Result<Option<String>, ControlError> {
+        let service = self
+            .store
+            .principal(&request.requester_id)
+            .await?
+            .is_some_and(|p| p.kind == PrincipalKind::Service);
+        let groups: Vec<String> = self
+            .store
+            .groups_of(&request.requester_id)
+            .await?
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        let policies = self.store.policies().await?;
+        for host in &request.hosts {
+            let labels = self.labels_of(&host.host_id).await?;
+            let verdict = evaluate(
+                &policies,
+                Requester {
+                    groups: &groups,
+                    service,
+                },
+                Ask {
+                    access: request.access,
+                    host_labels: &labels,
+                    minutes: request.minutes,
+                    at: request.created_at,
+                },
+            );
+            if let Err(why) = verdict {
+                return Ok(Some(format!(
+                    "no longer allowed on {}: {why}",
+                    self.host_name(&host.host_id).await?
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// approved → provisioning: checks that a policy still allows it (the requester's groups
+    /// and the policies may have changed since), picks the account, records one
+    /// create-account job per host, then queues them.
     async fn start_provisioning(
         &self,
         mut request: RequestRecord,
         now: DateTime<Utc>,
     ) -> Result<(), ControlError> {
+        if let Some(why) = self.still_allowed(&request).await? {
+            let event = AuditEvent::new(CONTROL_PLANE, "access.no_longer_allowed");
+            return self
+                .begin_revocation(request, "revoked", &why, event, now)
+                .await;
+        }
         request.account = self.account_for(&request).await?;
         for host in &mut request.hosts {
             host.state = "provisioning".to_owned();
