@@ -68,6 +68,7 @@ pub mod files;
 pub mod hosts;
 pub mod keys;
 pub mod login;
+pub mod metrics;
 pub mod mfa;
 pub mod password;
 pub mod people;

@@ -1063,6 +1063,9 @@ impl Matrix {
         let prepared = match route.key().as_str() {
             "GET /v1/health" => p("/v1/health", None),
             "GET /v1/openapi.json" => p("/v1/openapi.json", None),
+            "GET /healthz" => p("/healthz", None),
+            "GET /readyz" => p("/readyz", None),
+            "GET /metrics" => p("/metrics", None),
             "POST /v1/enroll" => {
                 let body = self.enroll_body().await;
                 p("/v1/enroll", Some(body))

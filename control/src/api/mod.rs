@@ -4,6 +4,8 @@
 //! | method | path | who | what |
 //! |---|---|---|---|
 //! | GET | `/v1/health` | anyone | liveness |
+//! | GET | `/healthz`, `/readyz` | anyone | the process serves; it can reach its database ([`metrics`]) |
+//! | GET | `/metrics` | hosts.view everywhere | Prometheus metrics ([`metrics`]) |
 //! | GET | `/v1/openapi.json` | anyone | this API's OpenAPI document ([`openapi`]) |
 //! | POST | `/v1/enroll` | enrollment token | enroll a host |
 //! | POST | `/v1/login/start` (`{"redirect_uri"}`) | anyone | begin a single sign-on (code flow) |
@@ -61,6 +63,7 @@ pub mod error;
 pub mod extract;
 mod handlers;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 mod pagination;
 mod people;
@@ -81,9 +84,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The API's router over `control`.
 pub fn router(control: Arc<Control>) -> Router {
+    let http_metrics = metrics::HttpMetrics::default();
     Router::new()
         .route("/v1/health", get(handlers::health))
         .route("/v1/openapi.json", get(openapi::openapi_json))
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/enroll", post(handlers::enroll))
         .route("/v1/service_token", post(handlers::service_token))
         .route("/v1/login/start", post(handlers::login_start))
@@ -288,5 +295,11 @@ pub fn router(control: Arc<Control>) -> Router {
             limits::Limiter::new(control.config().rate_limits.clone()),
             limits::limit,
         ))
+        // Outermost: times every answer, the limiter's refusals included.
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics.clone(),
+            metrics::time_requests,
+        ))
+        .layer(axum::Extension(http_metrics))
         .with_state(control)
 }

@@ -27,7 +27,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 
-use super::{access, handlers, people, vault, webhooks};
+use super::{access, handlers, metrics, people, vault, webhooks};
 
 /// The document's paths and the schemas they name.
 #[derive(utoipa::OpenApi)]
@@ -39,6 +39,9 @@ use super::{access, handlers, people, vault, webhooks};
     paths(
         openapi_json,
         handlers::health,
+        metrics::healthz,
+        metrics::readyz,
+        metrics::metrics,
         handlers::enroll,
         handlers::service_token,
         handlers::login_start,

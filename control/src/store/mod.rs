@@ -6,6 +6,7 @@ pub mod access;
 #[macro_use]
 mod rows;
 pub mod copy;
+pub mod metrics;
 pub mod people;
 mod postgres;
 mod sqlite;
@@ -391,7 +392,13 @@ pub struct Page {
 /// The control plane's persistence.
 #[async_trait]
 pub trait Store:
-    people::PeopleStore + vault::VaultStore + access::AccessStore + webhooks::WebhookStore + Send + Sync
+    people::PeopleStore
+    + vault::VaultStore
+    + access::AccessStore
+    + webhooks::WebhookStore
+    + metrics::MetricsStore
+    + Send
+    + Sync
 {
     /// How several control-plane processes on this database find each other (wake-ups, one
     /// leader), when the database can be shared (PostgreSQL); `None` for a database one process
