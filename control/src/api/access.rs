@@ -14,7 +14,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller, check_path_id};
 use super::pagination::{PageParams, link_header, paged};
 use crate::Control;
-use crate::access::requests::NewRequest;
+use crate::access::requests::{Action, NewRequest};
+use crate::people::Authority;
 
 type Ctl = State<Arc<Control>>;
 
@@ -244,9 +245,7 @@ pub async fn approve_request(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AccessDecision>,
 ) -> Result<Response, ApiError> {
-    check_path_id("access request", &id)?;
-    control.decide_access(&by, &id, true, &body.reason).await?;
-    Ok(Json(control.show_access(&by, &id).await?).into_response())
+    act(&control, &by, &id, Action::Approve, &body.reason).await
 }
 
 #[utoipa::path(
@@ -265,9 +264,7 @@ pub async fn deny_request(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AccessDecision>,
 ) -> Result<Response, ApiError> {
-    check_path_id("access request", &id)?;
-    control.decide_access(&by, &id, false, &body.reason).await?;
-    Ok(Json(control.show_access(&by, &id).await?).into_response())
+    act(&control, &by, &id, Action::Deny, &body.reason).await
 }
 
 #[utoipa::path(
@@ -286,9 +283,7 @@ pub async fn cancel_request(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AccessDecision>,
 ) -> Result<Response, ApiError> {
-    check_path_id("access request", &id)?;
-    control.cancel_access(&by, &id, &body.reason).await?;
-    Ok(Json(control.show_access(&by, &id).await?).into_response())
+    act(&control, &by, &id, Action::Cancel, &body.reason).await
 }
 
 #[utoipa::path(
@@ -307,8 +302,7 @@ pub async fn revoke_request(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AccessDecision>,
 ) -> Result<Response, ApiError> {
-    check_path_id("access request", &id)?;
-    Ok(Json(control.revoke_access(&by, &id, &body.reason).await?).into_response())
+    act(&control, &by, &id, Action::Revoke, &body.reason).await
 }
 
 #[utoipa::path(
@@ -325,6 +319,17 @@ pub async fn confirm_request(
     Caller(by): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_path_id("access request", &id)?;
-    Ok(Json(control.confirm_access(&by, &id).await?).into_response())
+    act(&control, &by, &id, Action::Confirm, "").await
+}
+
+/// Takes `action` on request `id` and answers the request as the caller now sees it.
+async fn act(
+    control: &Control,
+    by: &Authority,
+    id: &str,
+    action: Action,
+    reason: &str,
+) -> Result<Response, ApiError> {
+    check_path_id("access request", id)?;
+    Ok(Json(control.act_on_access(by, id, action, reason).await?).into_response())
 }

@@ -882,11 +882,7 @@ macro_rules! access_store {
                 except: &str,
                 exclusive: bool,
             ) -> Result<Option<String>, StoreError> {
-                let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
-                sqlx::query(sqlx::AssertSqlSafe(lock))
-                    .bind(host_id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                Self::lock_host(conn, host_id).await?;
                 let sql = format!(
                     "SELECT r.id FROM access_requests r JOIN access_request_hosts h \
                      ON h.request_id = r.id WHERE h.host_id = $1 AND r.access = $2 \
@@ -910,11 +906,7 @@ macro_rules! access_store {
                 host_id: &str,
                 requester_id: &str,
             ) -> Result<Option<String>, StoreError> {
-                let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
-                sqlx::query(sqlx::AssertSqlSafe(lock))
-                    .bind(host_id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+                Self::lock_host(conn, host_id).await?;
                 let sql = format!(
                     "SELECT r.id FROM access_requests r JOIN access_request_hosts h \
                      ON h.request_id = r.id WHERE h.host_id = $1 AND r.requester_id = $2 \
@@ -926,6 +918,17 @@ macro_rules! access_store {
                     .fetch_optional(&mut *conn)
                     .await?;
                 row.map(|r| r.text("id")).transpose().map_err(StoreError::from)
+            }
+
+            /// Locks the host's row on PostgreSQL (SQLite writes one at a time), so checks
+            /// of what holds the host and the change that follows them cannot interleave.
+            async fn lock_host(conn: &mut $conn, host_id: &str) -> Result<(), StoreError> {
+                let lock = format!("SELECT id FROM hosts WHERE id = $1{}", $lock);
+                sqlx::query(sqlx::AssertSqlSafe(lock))
+                    .bind(host_id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                Ok(())
             }
 
             /// The hosts of request `id`.
