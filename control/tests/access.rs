@@ -359,7 +359,10 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
         .decide_access(&mia, &dropped.id, true, "")
         .await
         .unwrap();
-    assert_eq!(gone.state, "revoking", "{gone:?}");
+    assert_eq!(
+        gone.state, "revoked",
+        "nothing was provisioned: it ends at once: {gone:?}"
+    );
     assert!(
         gone.decision_reason
             .as_deref()

@@ -574,7 +574,9 @@ impl Matrix {
                  AND a.name = '{policy}'"
             ))
             .await;
-        let host_state = if state == "active" {
+        // An active request whose host has nothing yet (`waiting`): revoking it ends it at
+        // once, with no job for the sweep to settle while later cells compare rows.
+        let host_state = if state == "active" && !watched {
             "active"
         } else {
             "waiting"

@@ -545,6 +545,15 @@ impl Control {
             "end": end_reason,
             "reason": reason,
         }));
+        if queue.is_empty() {
+            // No host has (or may get) the account: the request ends now.
+            if !self.end_request(request, vec![event], now).await? {
+                return Err(ControlError::Conflict(
+                    "the access request changed meanwhile; look at it again and retry".into(),
+                ));
+            }
+            return Ok(());
+        }
         if !self.store.save_request(&request, vec![event], now).await? {
             return Err(ControlError::Conflict(format!(
                 "access request {} changed meanwhile; look at it again and retry",
@@ -671,46 +680,49 @@ impl Control {
             .iter()
             .all(|h| h.state == "revoked" || h.state == "failed")
         {
-            let end = request
-                .end_reason
-                .clone()
-                .unwrap_or_else(|| "revoked".to_owned());
-            request.state = end.clone();
-            request.ended_at = Some(now);
-            let event = AuditEvent::new(
-                CONTROL_PLANE,
-                match end.as_str() {
-                    "expired" => "access.expired",
-                    "failed" => "access.failed",
-                    _ => "access.revoked",
-                },
-            )
-            .detail(json!({
-                "request_id": request.id,
-                "account": request.account,
-                "hosts": request.hosts.iter().map(|h| json!({
-                    "host_id": h.host_id, "state": h.state, "error": h.error,
-                })).collect::<Vec<_>>(),
-            }));
-            if self.store.save_request(&request, vec![event], now).await? {
-                tracing::info!(request_id = %request.id, state = %end, "access ended");
-                let stored = self.request_named(&request.id).await?;
-                self.notify_request(
-                    match end.as_str() {
-                        "expired" => "access.expired",
-                        "failed" => "access.failed",
-                        _ => "access.revoked",
-                    },
-                    &stored,
-                )
-                .await;
-            }
+            self.end_request(request, Vec::new(), now).await?;
             return Ok(());
         }
         if changed {
             self.store.save_request(&request, Vec::new(), now).await?;
         }
         Ok(())
+    }
+
+    /// revoking → expired, revoked or failed (its `end_reason`): written with `events` and
+    /// the end's own audit event, then notified. Whether it was written (not changed
+    /// meanwhile).
+    async fn end_request(
+        &self,
+        mut request: RequestRecord,
+        mut events: Vec<AuditEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, ControlError> {
+        let end = request
+            .end_reason
+            .clone()
+            .unwrap_or_else(|| "revoked".to_owned());
+        let action = match end.as_str() {
+            "expired" => "access.expired",
+            "failed" => "access.failed",
+            _ => "access.revoked",
+        };
+        request.state = end.clone();
+        request.ended_at = Some(now);
+        events.push(AuditEvent::new(CONTROL_PLANE, action).detail(json!({
+            "request_id": request.id,
+            "account": request.account,
+            "hosts": request.hosts.iter().map(|h| json!({
+                "host_id": h.host_id, "state": h.state, "error": h.error,
+            })).collect::<Vec<_>>(),
+        })));
+        if !self.store.save_request(&request, events, now).await? {
+            return Ok(false);
+        }
+        tracing::info!(request_id = %request.id, state = %end, "access ended");
+        let stored = self.request_named(&request.id).await?;
+        self.notify_request(action, &stored).await;
+        Ok(true)
     }
 
     /// A host's name for messages (its id if it has none any more).
