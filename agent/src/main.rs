@@ -115,6 +115,27 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// The configuration file (`/etc/latch/agent.toml`; every key in packaging/agent.toml).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check the configuration as `run` would read it — the file, then the LATCH_AGENT_<KEY>
+    /// environment variables that override its keys — without starting anything or touching
+    /// the state directory. Prints "FILE: ok" and every key's effective value with where it
+    /// came from (the file's line, the environment or the default); or each mistake as
+    /// FILE:LINE:COLUMN (or the variable) with what to write instead. Exit status 0 when the
+    /// configuration is valid, 1 when it is not (the agent would then only revoke).
+    Check {
+        /// Configuration file. At the default path a missing file means all defaults; a file
+        /// named here must exist.
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -244,6 +265,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => Ok(check_config(&config)),
         Command::Status { config, state_dir } => {
             let config = match load_config(&config, state_dir.clone()) {
                 Ok(config) => config,
@@ -259,6 +283,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             daemon::status(&StateDir::open(&config.state_dir)?).await
+        }
+    }
+}
+
+/// `latch-agent config check`: prints the report, or each mistake; exit status 1 if any.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let explicit = path.as_os_str() != config::DEFAULT_CONFIG_PATH;
+    match config::check(explicit.then_some(path), &|name| std::env::var(name).ok()) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(mistakes) => {
+            for mistake in &mistakes.0 {
+                eprintln!("{mistake}");
+            }
+            eprintln!(
+                "{}: not valid ({} mistake(s)); `latch-agent run` would only revoke until it is fixed",
+                path.display(),
+                mistakes.0.len()
+            );
+            ExitCode::FAILURE
         }
     }
 }

@@ -8,7 +8,9 @@
 //! - [`signing`]: the signed job payload and its verification (Ed25519, ring);
 //! - [`authz`]: the named permissions and the five fixed roles;
 //! - [`labels`]: host labels and label selectors;
-//! - [`people`]: bodies of the people-and-permissions endpoints.
+//! - [`people`]: bodies of the people-and-permissions endpoints;
+//! - [`config_file`]: the binaries' TOML configuration files read with positions, and mistakes
+//!   that point at a line.
 //!
 //! Both the control plane (at the API edge) and the agent (before acting) call
 //! [`job::JobSpec::validate`], so hostile input is refused twice.
@@ -16,6 +18,7 @@
 pub mod access;
 pub mod api;
 pub mod authz;
+pub mod config_file;
 pub mod job;
 pub mod labels;
 pub mod names;

@@ -51,6 +51,8 @@
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
 //! - [`server`]: the listening loop and the periodic sweep;
+//! - [`settings`]: the server's configuration file under its command line (one definition of
+//!   each option: its clap argument);
 //! - [`replicas`]: several processes on one PostgreSQL database — wake-ups, one leader;
 //! - [`client`]: an HTTP client for the admin API (used by `latchctl`).
 
@@ -76,6 +78,7 @@ pub mod queue;
 pub mod replicas;
 pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod signing;
 pub mod sso;
 pub mod store;

@@ -319,7 +319,9 @@ fn the_server_refuses_a_default_window_beyond_the_maximum() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--default-grant-duration (2h) is longer than --max-grant-duration (1h)"),
+        stderr.contains(
+            "command line --default-grant-duration: `default_grant_duration` (2h) is longer than `max_grant_duration` (1h)"
+        ),
         "{stderr}"
     );
     assert!(

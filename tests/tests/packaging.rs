@@ -105,6 +105,7 @@ fn the_readme_gives_the_test_command_ci_runs() {
         "## Quickstart",
         "## Running the tests",
         "## Job kinds",
+        "## Configuration",
         "## Error codes",
         "## Security",
     ] {
