@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
+use crate::watchdog::Heartbeat;
 use crate::worker::Worker;
 
 /// Longest sleep between checks, so a changed system clock is noticed.
@@ -20,9 +21,15 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// removed a grant; `outbox_ready` is signalled after a revocation.
 /// A revocation that could not be completed is retried after 1 s, then less and less often
 /// (up to every 30 s) until it is; a new or changed grant wakes the timer at once.
-pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<Notify>) {
+pub async fn run(
+    worker: Arc<Worker>,
+    changed: Arc<Notify>,
+    outbox_ready: Arc<Notify>,
+    heartbeat: Arc<Heartbeat>,
+) {
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
+        heartbeat.beat();
         let next = match worker.next_expiry() {
             Ok(next) => next,
             Err(error) => {
@@ -46,11 +53,11 @@ pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<No
             continue;
         }
         let revoking = worker.clone();
-        let progress = match tokio::task::spawn_blocking(move || {
-            revoking.revoke_expired(Utc::now())
-        })
-        .await
-        {
+        heartbeat.busy();
+        let revoked =
+            tokio::task::spawn_blocking(move || revoking.revoke_expired(Utc::now())).await;
+        heartbeat.idle();
+        let progress = match revoked {
             Ok(Ok(count)) if count > 0 => {
                 outbox_ready.notify_one();
                 true

@@ -48,6 +48,8 @@ pub struct Agent {
     /// start, and after a job was refused as replayed or stale: a database restored from an older
     /// backup hands out sequences the agent has seen; the control plane then raises them).
     pub catch_up: std::sync::atomic::AtomicBool,
+    /// Records the last successful poll for `latch-agent status`.
+    pub recorder: crate::status::PollRecorder,
 }
 
 impl Agent {
@@ -73,6 +75,7 @@ impl Agent {
             };
             match polled {
                 Ok(delivered) => {
+                    self.recorder.succeeded();
                     if was_offline {
                         tracing::info!("control plane reachable again");
                         was_offline = false;
@@ -88,11 +91,16 @@ impl Agent {
                     return Err(PollError::Unauthorized(message));
                 }
                 Err(error) => {
+                    self.recorder.failed(&error.to_string());
                     let delay = backoff.delay();
                     if was_offline {
                         tracing::debug!(%error, ?delay, "still cannot poll the control plane");
                     } else {
-                        tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
+                        if matches!(error, ClientError::Protocol(_)) {
+                            tracing::error!(%error, "the agent and the control plane cannot work together; retrying until one of them is upgraded");
+                        } else {
+                            tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
+                        }
                         was_offline = true;
                     }
                     tokio::time::sleep(delay).await;
@@ -189,7 +197,7 @@ impl Agent {
         let signed = match self.verify(job) {
             Ok(signed) => signed,
             Err(error) => {
-                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "refused a job before acting");
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, outcome = "failed", code = %error.code, message = %error.message, "refused a job before acting");
                 return Ok(JobOutcome::Failed { error });
             }
         };
@@ -206,7 +214,11 @@ impl Agent {
         // A job an earlier delivery started applying (then the agent died) is finished now,
         // whatever its deadline: its changes may be half made.
         let started = earlier.is_some_and(|entry| entry.stage == Stage::Applying);
-        tracing::info!(job_id = %job.id, kind = %signed.spec.kind(), user = %signed.spec.user(), seq = signed.seq, attempt = job.attempt, started, "job received");
+        let (kind, user) = (
+            signed.spec.kind().to_string(),
+            signed.spec.user().to_owned(),
+        );
+        tracing::info!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, seq = signed.seq, attempt = job.attempt, started, "job received");
         if !started {
             if let Err(error) = self.journal(job, Stage::Received, None) {
                 return Ok(JobOutcome::Failed { error });
@@ -233,14 +245,11 @@ impl Agent {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         match &outcome {
-            JobOutcome::Confirmed { notes } if notes.is_empty() => {
-                tracing::info!(job_id = %job.id, "job confirmed")
-            }
             JobOutcome::Confirmed { notes } => {
-                tracing::info!(job_id = %job.id, notes = %notes.join("; "), "job confirmed")
+                tracing::info!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "confirmed", notes = %notes.join("; "), "job confirmed")
             }
             JobOutcome::Failed { error } => {
-                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "job failed")
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "failed", code = %error.code, message = %error.message, "job failed")
             }
         }
         if let Err(error) = self.journal(job, Stage::Done, Some(outcome.clone())) {

@@ -298,11 +298,11 @@ impl Worker {
                 .collect();
             match self.revoke_verified(&expired.spec(), plan, &snapshot, &mut accounts, reports) {
                 Ok(notes) => {
-                    tracing::info!(%user, %group, %jobs, notes = %notes.join("; "), "grant expired: access revoked");
+                    tracing::info!(host_id = %self.host_id, %user, %group, job_id = %jobs, kind = "expiry", outcome = "revoked", notes = %notes.join("; "), "grant expired: access revoked");
                     revoked += 1;
                 }
                 Err(error) => {
-                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %error.message, "revoking an expired grant is not complete; will retry");
+                    tracing::error!(host_id = %self.host_id, %user, %group, job_id = %jobs, kind = "expiry", outcome = "incomplete", code = %error.code, message = %error.message, "revoking an expired grant is not complete; will retry");
                 }
             }
             accounts = self.state.accounts().map_err(state_error)?;
