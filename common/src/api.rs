@@ -496,6 +496,40 @@ pub struct HostView {
     /// Whether the host was enrolled to trust the control plane's SSH user CA (`--ssh-ca`).
     #[serde(default)]
     pub ssh_ca: bool,
+    /// The agent the host last polled with (`None` until its first poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+}
+
+/// Which agent a host runs, as its last poll said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    /// The agent's version (`latch-agent/VERSION` in its User-Agent), or `unknown`.
+    pub version: String,
+    /// The agent protocol it speaks (its `latch-protocol` header; none is 1).
+    pub protocol: u32,
+}
+
+impl AgentInfo {
+    /// The agent named by a request's User-Agent and protocol: the version after
+    /// `latch-agent/` when it is a plain version (at most 32 of `0-9A-Za-z.+~-`), else
+    /// `unknown` (a host's requests never put arbitrary text in the database).
+    pub fn from_request(user_agent: Option<&str>, protocol: u32) -> AgentInfo {
+        let version = user_agent
+            .and_then(|agent| agent.strip_prefix("latch-agent/"))
+            .filter(|version| {
+                !version.is_empty()
+                    && version.len() <= 32
+                    && version
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+.~-".contains(&b))
+            })
+            .unwrap_or("unknown");
+        AgentInfo {
+            version: version.to_owned(),
+            protocol,
+        }
+    }
 }
 
 /// `POST /v1/service_token`: a service user's API key, exchanged for a short-lived bearer token.
@@ -907,6 +941,30 @@ pub struct JobView {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_agent_version_is_kept() {
+        let info = AgentInfo::from_request(Some("latch-agent/0.2.0"), 1);
+        assert_eq!((info.version.as_str(), info.protocol), ("0.2.0", 1));
+        assert_eq!(
+            AgentInfo::from_request(Some("latch-agent/1.0.0-rc.1+deb12"), 2).version,
+            "1.0.0-rc.1+deb12"
+        );
+        for odd in [
+            None,
+            Some("curl/8.0"),
+            Some("latch-agent/"),
+            Some("latch-agent/1.0 <script>"),
+            Some("latch-agent/1.0\u{202e}"),
+            Some("latch-agent/0123456789012345678901234567890123"),
+        ] {
+            assert_eq!(
+                AgentInfo::from_request(odd, 1).version,
+                "unknown",
+                "{odd:?}"
+            );
+        }
+    }
 
     #[test]
     fn protocol_headers_are_numbers_and_a_missing_one_is_protocol_1() {

@@ -141,6 +141,16 @@ fn status_is_a_health_check_with_grants_reports_and_journal() {
         .find(|g| g["user"] == "opsuser" && g["group"].is_null())
         .unwrap_or_else(|| panic!("opsuser not among the grants: {report:#}"));
     assert_eq!(grant["expires_at"], cp.job(&job)["expires_at"]);
+    // The control plane recorded which agent the host runs.
+    assert_eq!(
+        cp.json(&["hosts", "show", "e2e-ops1"])["agent"],
+        serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "protocol": 1})
+    );
+    let table = cp.latchctl(&["hosts", "list"]).ok("hosts list");
+    assert!(
+        table.contains("AGENT") && table.contains(env!("CARGO_PKG_VERSION")),
+        "{table}"
+    );
     let text = host
         .exec(&[latch_e2e::AGENT, "status", "--state-dir", "/var/lib/latch"])
         .ok("status text");

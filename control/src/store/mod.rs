@@ -121,6 +121,8 @@ pub struct HostRecord {
     pub last_seen: Option<DateTime<Utc>>,
     /// Whether it was enrolled to trust the SSH user CA (its token's `--ssh-ca`).
     pub ssh_ca: bool,
+    /// The agent its last poll came from (`None` before its first poll).
+    pub agent: Option<latch_common::api::AgentInfo>,
 }
 
 /// A job as stored.
@@ -439,6 +441,12 @@ pub trait Store:
     async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError>;
     /// Records that the host polled at `now`.
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records which agent the host runs.
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError>;
     /// Raises the host's next job sequence above `applied`, the highest sequence its agent
     /// applied (after the database was restored from a backup older than what the agent saw,
     /// every new job would otherwise be refused as replayed or stale). Audited. Returns whether

@@ -765,6 +765,20 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET agent_version = $1, agent_protocol = $2 WHERE id = $3")
+            .bind(&agent.version)
+            .bind(i64::from(agent.protocol))
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn list_hosts(
         &self,
         filter: &HostFilter,

@@ -802,6 +802,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError> {
+        let (version, protocol) = (agent.version.clone(), i64::from(agent.protocol));
+        let host_id = host_id.to_owned();
+        self.write(move |tx| {
+            tx.exec(
+                "UPDATE hosts SET agent_version = ?, agent_protocol = ? WHERE id = ?",
+                params![version, protocol, host_id],
+            )?;
+            Ok(End::Commit(()))
+        })
+        .await
+    }
+
     async fn list_hosts(
         &self,
         filter: &HostFilter,
