@@ -7,6 +7,7 @@ pub mod access;
 mod rows;
 pub mod copy;
 pub mod metrics;
+mod migrations;
 pub mod people;
 mod postgres;
 mod sqlite;
@@ -95,6 +96,16 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A newer release migrated the database: its schema is one this binary does not know.
+    #[error(
+        "the database's schema is at migration {database}, newer than this latch-control knows (migration {binary}): a newer release has run on it, and migrations only go forward; upgrade latch-control to that release, or restore the backup taken before the upgrade"
+    )]
+    SchemaNewer {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The newest migration this binary carries.
+        binary: i64,
+    },
     /// The audit key could not be made.
     #[error(transparent)]
     AuditKey(#[from] crate::audit::key::AuditKeyError),

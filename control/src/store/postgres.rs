@@ -579,7 +579,10 @@ async fn migrate(pool: &PgPool, schema_key: i32) -> Result<(), StoreError> {
         .bind(schema_key)
         .execute(&mut *conn)
         .await?;
-    let migrated = migrator.run(&mut *conn).await;
+    let migrated = match super::migrations::refuse_newer_schema(&migrator, &mut *conn).await {
+        Ok(()) => migrator.run(&mut *conn).await.map_err(StoreError::from),
+        Err(refused) => Err(refused),
+    };
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
         .bind(MIGRATION_LOCK)
         .bind(schema_key)

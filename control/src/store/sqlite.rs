@@ -529,7 +529,13 @@ impl SqliteStore {
                 location: location.clone(),
                 source,
             })?;
-        MIGRATOR.run(&pool).await?;
+        let mut migrating = pool.acquire().await.map_err(|source| StoreError::Open {
+            location: location.clone(),
+            source,
+        })?;
+        super::migrations::refuse_newer_schema(&MIGRATOR, &mut *migrating).await?;
+        MIGRATOR.run(&mut *migrating).await?;
+        drop(migrating);
         let conn = open_connection(path, false)
             .and_then(|conn| {
                 // Checkpoints run on their own thread instead of in the commit that fills the
