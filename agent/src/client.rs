@@ -212,10 +212,11 @@ fn pinned_tls_config(fingerprint: &str) -> Result<rustls::ClientConfig, ClientEr
 }
 
 impl ClientError {
-    /// Whether retrying later can help (network trouble, server errors).
+    /// Whether retrying later can help (network trouble, server errors, and a protocol
+    /// mismatch, which ends when one side is upgraded: nothing is dropped meanwhile).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport(_) => true,
+            ClientError::Transport(_) | ClientError::Protocol(_) => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -445,8 +446,10 @@ impl AgentClient {
 
     async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         let status = response.status();
-        check_control_protocol(response.headers().get(PROTOCOL_HEADER))?;
         if status.is_success() {
+            // Only the control plane's own answers are checked: a proxy's error page or the
+            // rate limiter's 429 carries no header and is handled by its status.
+            check_control_protocol(response.headers().get(PROTOCOL_HEADER))?;
             let bytes = response.bytes().await?;
             let bytes = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
                 &b"null"[..]
@@ -579,18 +582,13 @@ impl AgentClient {
     }
 }
 
+/// Test support: a one-request HTTP server standing in for the control plane.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
-    async fn answer_once(status: u16) -> String {
-        answer_with(status, "", "{}").await.0
-    }
-
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_server {
     /// A one-request HTTP server on loopback answering `status` with `headers` (each line ending
     /// in CRLF) and `body`; the receiver gets the request's head.
-    async fn answer_with(
+    pub(crate) async fn answer_with(
         status: u16,
         headers: &'static str,
         body: &'static str,
@@ -612,6 +610,17 @@ mod tests {
             socket.write_all(reply.as_bytes()).await.unwrap();
         });
         (url, receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::answer_with;
+    use super::*;
+
+    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
+    async fn answer_once(status: u16) -> String {
+        answer_with(status, "", "{}").await.0
     }
 
     fn client_for(url: &str) -> AgentClient {
@@ -677,7 +686,10 @@ mod tests {
         else {
             panic!("426 agent_protocol_unsupported must be a protocol error");
         };
-        assert!(!error.is_transient());
+        assert!(
+            error.is_transient(),
+            "kept and retried until one side is upgraded, never dropped"
+        );
         let text = error.to_string();
         assert!(
             text.contains("upgrade latch-agent") && text.contains("protocol 1"),

@@ -35,7 +35,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let state = StateDir::open(&config.state_dir)?;
-    let _lock = state.lock()?;
+    let _lock = state.lock_waiting(Duration::from_secs(5))?;
     let replicas = config.servers.clone();
     let identity = match state.identity() {
         Ok(identity) => Some(identity),
@@ -72,20 +72,36 @@ pub async fn run(
     }
     // Grants that ended while the agent was down are revoked before anything else (before any
     // network call).
+    let heartbeat = Arc::new(watchdog::Heartbeat::default());
     {
         let worker = worker.clone();
-        match tokio::task::spawn_blocking(move || worker.revoke_expired(Utc::now())).await? {
+        let progress = heartbeat.clone();
+        match tokio::task::spawn_blocking(move || {
+            worker.revoke_expired(Utc::now(), &|| progress.revoking())
+        })
+        .await?
+        {
             Ok(0) => {}
             Ok(count) => tracing::info!(
                 count,
                 "revoked grants that expired while the agent was stopped"
             ),
             Err(error) => {
-                tracing::error!(code = %error.code, message = %error.message, "revoking expired grants at start failed; the expiry timer retries")
+                tracing::error!(code = %error.code, error = %error.message, "revoking expired grants at start failed; the expiry timer retries")
             }
         }
     }
-    // Finish a credential rotation a crash interrupted, if any.
+    heartbeat.revoked();
+    let grants_changed = Arc::new(tokio::sync::Notify::new());
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    let expiry = tokio::spawn(expiry::run(
+        worker.clone(),
+        grants_changed.clone(),
+        outbox_ready.clone(),
+        heartbeat.clone(),
+    ));
+    // Finish a credential rotation a crash interrupted, if any (network: the expiry timer
+    // already runs).
     let identity = match identity {
         Some(identity) if identity.pending_credential.is_some() && problem.is_none() => {
             match credential::settle_pending(&state).await {
@@ -98,17 +114,6 @@ pub async fn run(
         }
         other => other,
     };
-    let grants_changed = Arc::new(tokio::sync::Notify::new());
-    let outbox_ready = Arc::new(tokio::sync::Notify::new());
-    let heartbeat = Arc::new(watchdog::Heartbeat::default());
-    heartbeat.beat();
-    let expiry = tokio::spawn(expiry::run(
-        worker.clone(),
-        grants_changed.clone(),
-        outbox_ready.clone(),
-        heartbeat.clone(),
-    ));
-    let watchdog = tokio::spawn(watchdog::run(heartbeat));
 
     let mut mode = match (&problem, &identity) {
         (Some(reason), _) => Some(enter_revoke_only(&state, reason.clone(), false)),
@@ -120,6 +125,8 @@ pub async fn run(
         (Some(_), Some(_)) => "REVOKE-ONLY: the configuration is not usable (see the log)",
         (Some(_), None) => "REVOKE-ONLY: see `latch-agent status`",
     });
+    // After READY=1: systemd counts pings from then on.
+    let watchdog = tokio::spawn(watchdog::run(heartbeat.clone()));
     tokio::pin!(shutdown);
     let result = loop {
         match mode.take() {
@@ -150,6 +157,8 @@ pub async fn run(
                     grants_changed: grants_changed.clone(),
                     catch_up: std::sync::atomic::AtomicBool::new(true),
                     recorder: crate::status::PollRecorder::new(state.path()),
+                    state: state.clone(),
+                    heartbeat: heartbeat.clone(),
                 };
                 let polled = tokio::select! {
                     result = agent.run() => Some(result),

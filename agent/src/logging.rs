@@ -12,7 +12,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The log's format (`--log-format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// The journal when systemd connected stderr to it (`JOURNAL_STREAM` is set), else text.
     Auto,
@@ -24,13 +24,35 @@ pub enum LogFormat {
     Journald,
 }
 
+impl LogFormat {
+    /// Reads `auto`, `text`, `json` or `journald` (any case). Anything else is `auto` with the
+    /// note to log: a mistyped log format must never keep the agent — the thing that revokes —
+    /// from starting.
+    pub fn parse_or_auto(text: &str) -> (LogFormat, Option<String>) {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => (LogFormat::Auto, None),
+            "text" => (LogFormat::Text, None),
+            "json" => (LogFormat::Json, None),
+            "journald" => (LogFormat::Journald, None),
+            _ => (
+                LogFormat::Auto,
+                Some(format!(
+                    "unknown log format {:?} (use auto, text, json or journald); using auto",
+                    text.chars().take(32).collect::<String>()
+                )),
+            ),
+        }
+    }
+}
+
 /// Prefix of the agent's own journal fields.
 const JOURNAL_FIELD_PREFIX: &str = "LATCH";
 
-/// The filter: `RUST_LOG` when set (and valid), else `log_level`, else `info`.
+/// The filter: `RUST_LOG` when set, not empty and valid, else `log_level`, else `info`.
 fn filter(log_level: &str) -> EnvFilter {
     std::env::var("RUST_LOG")
         .ok()
+        .filter(|directive| !directive.trim().is_empty())
         .and_then(|directive| EnvFilter::try_new(directive).ok())
         .or_else(|| EnvFilter::try_new(log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"))
@@ -82,4 +104,22 @@ pub fn init(format: LogFormat, log_level: &str, host_id: Option<&str>) -> Option
         builder.with_ansi(std::io::stderr().is_terminal()).init();
     }
     note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_log_format_text_starts_the_agent() {
+        assert_eq!(LogFormat::parse_or_auto("JSON"), (LogFormat::Json, None));
+        assert_eq!(
+            LogFormat::parse_or_auto(" journald "),
+            (LogFormat::Journald, None)
+        );
+        assert_eq!(LogFormat::parse_or_auto("text").0, LogFormat::Text);
+        let (format, note) = LogFormat::parse_or_auto("jsno");
+        assert_eq!(format, LogFormat::Auto);
+        assert!(note.is_some_and(|n| n.contains("\"jsno\"")));
+    }
 }

@@ -101,9 +101,10 @@ enum Command {
         state_dir: Option<PathBuf>,
         /// Log format: auto (the journal, with structured fields, when systemd connected the
         /// output to it; text otherwise), text, json (one object per line on stderr, for log
-        /// shippers) or journald. The level is RUST_LOG when set, else log_level.
-        #[arg(long, value_enum, default_value = "auto", env = "LATCH_LOG_FORMAT")]
-        log_format: logging::LogFormat,
+        /// shippers) or journald. The level is RUST_LOG when set, else log_level. An unknown
+        /// value falls back to auto with a warning (it never keeps the agent from starting).
+        #[arg(long, default_value = "auto", env = "LATCH_LOG_FORMAT")]
+        log_format: String,
     },
     /// Replace this host's credential with a new one (the old one stops working). Stop the
     /// agent first: `systemctl stop latch-agent; latch-agent rotate-credential; systemctl start
@@ -256,7 +257,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .and_then(|state| state.identity())
                 .ok()
                 .map(|identity| identity.host_id);
-            if let Some(note) = logging::init(log_format, &config.log_level, host_id.as_deref()) {
+            let (format, unknown) = logging::LogFormat::parse_or_auto(&log_format);
+            let unusable = logging::init(format, &config.log_level, host_id.as_deref());
+            for note in unknown.into_iter().chain(unusable) {
                 tracing::warn!("{note}");
             }
             daemon::run(config, problem, shutdown_signal()).await

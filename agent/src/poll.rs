@@ -50,6 +50,10 @@ pub struct Agent {
     pub catch_up: std::sync::atomic::AtomicBool,
     /// Records the last successful poll for `latch-agent status`.
     pub recorder: crate::status::PollRecorder,
+    /// The state directory (to clear a revoke-only marker once polling works again).
+    pub state: crate::state::StateDir,
+    /// The watchdog's view of a job being applied.
+    pub heartbeat: Arc<crate::watchdog::Heartbeat>,
 }
 
 impl Agent {
@@ -75,7 +79,7 @@ impl Agent {
             };
             match polled {
                 Ok(delivered) => {
-                    self.recorder.succeeded();
+                    self.polled();
                     if was_offline {
                         tracing::info!("control plane reachable again");
                         was_offline = false;
@@ -105,6 +109,19 @@ impl Agent {
                     }
                     tokio::time::sleep(delay).await;
                 }
+            }
+        }
+    }
+
+    /// A poll (or a report) went through: recorded for `status`; a revoke-only marker left by
+    /// an earlier run (the agent tried the credential again at start) is cleared.
+    fn polled(&self) {
+        if self.recorder.succeeded() && matches!(self.state.revoke_only(), Ok(Some(_))) {
+            match self.state.clear_revoke_only() {
+                Ok(()) => tracing::warn!(
+                    "the control plane accepts this host again; left revoke-only mode"
+                ),
+                Err(error) => tracing::error!(%error, "cannot clear the revoke-only marker"),
             }
         }
     }
@@ -197,7 +214,7 @@ impl Agent {
         let signed = match self.verify(job) {
             Ok(signed) => signed,
             Err(error) => {
-                tracing::warn!(job_id = %job.id, host_id = %self.host_id, outcome = "failed", code = %error.code, message = %error.message, "refused a job before acting");
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, outcome = "failed", code = %error.code, error = %error.message, "refused a job before acting");
                 return Ok(JobOutcome::Failed { error });
             }
         };
@@ -231,9 +248,11 @@ impl Agent {
         crash_hook::pause("applying").await;
         let outcome = {
             let worker = self.worker.clone();
-            tokio::task::spawn_blocking(move || worker.execute(&signed, started))
-                .await
-                .map_err(|e| PollError::Worker(e.to_string()))?
+            self.heartbeat.job_started();
+            let applied =
+                tokio::task::spawn_blocking(move || worker.execute(&signed, started)).await;
+            self.heartbeat.job_done();
+            applied.map_err(|e| PollError::Worker(e.to_string()))?
         };
         if let JobOutcome::Failed { error } = &outcome
             && matches!(
@@ -249,11 +268,11 @@ impl Agent {
                 tracing::info!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "confirmed", notes = %notes.join("; "), "job confirmed")
             }
             JobOutcome::Failed { error } => {
-                tracing::warn!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "failed", code = %error.code, message = %error.message, "job failed")
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "failed", code = %error.code, error = %error.message, "job failed")
             }
         }
         if let Err(error) = self.journal(job, Stage::Done, Some(outcome.clone())) {
-            tracing::error!(job_id = %job.id, code = %error.code, message = %error.message, "cannot journal the outcome");
+            tracing::error!(job_id = %job.id, code = %error.code, error = %error.message, "cannot journal the outcome");
         }
         Ok(outcome)
     }
@@ -322,6 +341,7 @@ impl Agent {
             };
             match sent {
                 Ok(delivered) => {
+                    self.polled();
                     if let Err(error) = self.journal.remove(job_id) {
                         tracing::warn!(job_id, %error, "cannot remove the job's journal entry");
                     }

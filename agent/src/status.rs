@@ -74,10 +74,11 @@ impl PollRecorder {
         recorder
     }
 
-    /// A poll succeeded.
-    pub fn succeeded(&self) {
+    /// A poll succeeded. Returns whether it is the first of this run.
+    pub fn succeeded(&self) -> bool {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (record, written) = &mut *guard;
+        let first = written.is_none();
         let due =
             record.failing_since.is_some() || written.is_none_or(|at| at.elapsed() >= RECORD_EVERY);
         record.last_success = Some(Utc::now());
@@ -87,6 +88,7 @@ impl PollRecorder {
             *written = Some(Instant::now());
             self.write(record);
         }
+        first
     }
 
     /// A poll failed with `error`.
@@ -160,21 +162,38 @@ pub struct Report {
     pub uid_high_water: u32,
 }
 
-/// What needs attention, from the facts `status` gathered.
-fn problems(
-    report: &Report,
-    check_ok: bool,
-    overdue: &[String],
-    now: DateTime<Utc>,
-) -> Vec<String> {
+/// What the credential check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Reachable and accepted.
+    Ok,
+    /// Not reachable (or no answer within [`PROBE_TIMEOUT`]).
+    Unreachable,
+    /// Reachable, but this host's credential or protocol is refused (or the URL is unusable).
+    Refused,
+}
+
+/// How long `status` waits for the control plane.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What needs attention, from the facts `status` gathered. A control plane this run of
+/// `status` cannot reach is not a problem while the running agent polls successfully (a
+/// restarting control plane must not turn the whole fleet red); the poll's own staleness
+/// covers a longer outage.
+fn problems(report: &Report, check: Check, overdue: &[String], now: DateTime<Utc>) -> Vec<String> {
     let mut problems = Vec::new();
+    let polls_fresh = report
+        .poll
+        .last_success
+        .is_some_and(|at| now - at <= POLL_STALE);
     if !report.agent_running {
         problems.push(
             "the agent is not running: nothing revokes grants at their end; start it (systemctl start latch-agent)"
                 .to_owned(),
         );
     }
-    if !check_ok {
+    let tolerated = check == Check::Unreachable && report.agent_running && polls_fresh;
+    if check != Check::Ok && !tolerated {
         problems.push(format!("control plane: {}", report.control_plane_check));
     }
     if let Some(reason) = &report.revoke_only_reason {
@@ -235,20 +254,30 @@ pub async fn gather(state: &StateDir) -> anyhow::Result<Report> {
     let server = in_use
         .as_ref()
         .map_or(identity.server.clone(), |used| used.server.clone());
-    let check = match AgentClient::new(
+    let (check, check_text) = match AgentClient::new(
         &server,
         &identity.transport(),
         Some(identity.credential.clone()),
     ) {
-        Ok(client) => match client.check_credential().await {
-            Ok(()) => Ok("reachable, credential accepted".to_owned()),
-            Err(ClientError::Unauthorized(message)) => Err(format!(
-                "reachable, but this host's credential is REFUSED ({message}); the host was removed or the control plane's database restored: enroll again with `latch-agent enroll --replace`"
-            )),
-            Err(error @ ClientError::Protocol(_)) => Err(error.to_string()),
-            Err(error) => Err(format!("NOT reachable: {error}")),
+        Ok(client) => match tokio::time::timeout(PROBE_TIMEOUT, client.check_credential()).await {
+            Ok(Ok(())) => (Check::Ok, "reachable, credential accepted".to_owned()),
+            Ok(Err(ClientError::Unauthorized(message))) => (
+                Check::Refused,
+                format!(
+                    "reachable, but this host's credential is REFUSED ({message}); the host was removed or the control plane's database restored: enroll again with `latch-agent enroll --replace`"
+                ),
+            ),
+            Ok(Err(error @ ClientError::Protocol(_))) => (Check::Refused, error.to_string()),
+            Ok(Err(error)) => (Check::Unreachable, format!("NOT reachable: {error}")),
+            Err(_) => (
+                Check::Unreachable,
+                format!(
+                    "NOT reachable: no answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            ),
         },
-        Err(error) => Err(format!("NOT usable: {error}")),
+        Err(error) => (Check::Refused, format!("NOT usable: {error}")),
     };
     let revoke_only = state
         .revoke_only()
@@ -286,9 +315,7 @@ pub async fn gather(state: &StateDir) -> anyhow::Result<Report> {
         host_id: identity.host_id.clone(),
         control_plane: server,
         enrolled_with: identity.server.clone(),
-        control_plane_check: match &check {
-            Ok(text) | Err(text) => text.clone(),
-        },
+        control_plane_check: check_text,
         enrolled_at: identity.enrolled_at,
         agent_running: running,
         mode: if revoke_only.is_some() {
@@ -309,7 +336,7 @@ pub async fn gather(state: &StateDir) -> anyhow::Result<Report> {
         adopted: accounts.adopted.keys().cloned().collect(),
         uid_high_water: accounts.uid_high_water,
     };
-    report.problems = problems(&report, check.is_ok(), &overdue, now);
+    report.problems = problems(&report, check, &overdue, now);
     report.healthy = report.problems.is_empty();
     Ok(report)
 }
@@ -491,7 +518,7 @@ mod tests {
     #[test]
     fn a_running_polling_agent_with_nothing_overdue_is_healthy() {
         let now = Utc::now();
-        assert!(problems(&report(now), true, &[], now).is_empty());
+        assert!(problems(&report(now), Check::Ok, &[], now).is_empty());
     }
 
     #[test]
@@ -499,22 +526,32 @@ mod tests {
         let now = Utc::now();
         let mut stopped = report(now);
         stopped.agent_running = false;
-        let found = problems(&stopped, true, &[], now);
+        let found = problems(&stopped, Check::Ok, &[], now);
         assert!(
             found[0].contains("systemctl start latch-agent"),
             "{found:?}"
         );
 
-        let found = problems(&report(now), false, &[], now);
+        let found = problems(&report(now), Check::Refused, &[], now);
         assert!(found[0].starts_with("control plane:"), "{found:?}");
+        // Unreachable from here while the agent polls fine: not a problem (a control plane
+        // restarting must not turn every host red); with stale polls, it is.
+        assert!(problems(&report(now), Check::Unreachable, &[], now).is_empty());
+        let mut stale_too = report(now);
+        stale_too.poll.last_success = Some(now - POLL_STALE - chrono::Duration::seconds(1));
+        let found = problems(&stale_too, Check::Unreachable, &[], now);
+        assert!(
+            found.iter().any(|p| p.starts_with("control plane:")),
+            "{found:?}"
+        );
 
         let mut stale = report(now);
         stale.poll.last_success = Some(now - POLL_STALE - chrono::Duration::seconds(1));
-        let found = problems(&stale, true, &[], now);
+        let found = problems(&stale, Check::Ok, &[], now);
         assert!(found[0].contains("no successful poll"), "{found:?}");
         stale.poll.failing_since = Some(now - chrono::Duration::minutes(9));
         stale.poll.last_error = Some("cannot reach the control plane: refused".into());
-        let found = problems(&stale, true, &[], now);
+        let found = problems(&stale, Check::Ok, &[], now);
         assert!(
             found[0].contains("cannot reach the control plane"),
             "{found:?}"
@@ -527,14 +564,14 @@ mod tests {
             started_at: Some(now - chrono::Duration::seconds(20)),
             ..PollRecord::default()
         };
-        assert!(problems(&never, true, &[], now).is_empty());
+        assert!(problems(&never, Check::Ok, &[], now).is_empty());
         never.poll.started_at = Some(now - POLL_STALE - chrono::Duration::seconds(1));
-        let found = problems(&never, true, &[], now);
+        let found = problems(&never, Check::Ok, &[], now);
         assert!(found[0].contains("(last: never)"), "{found:?}");
         never.poll.started_at = None;
-        assert_eq!(problems(&never, true, &[], now).len(), 1);
+        assert_eq!(problems(&never, Check::Ok, &[], now).len(), 1);
 
-        let found = problems(&report(now), true, &["account alice".to_owned()], now);
+        let found = problems(&report(now), Check::Ok, &["account alice".to_owned()], now);
         assert!(
             found[0].contains("revocation overdue: account alice"),
             "{found:?}"
@@ -542,13 +579,13 @@ mod tests {
 
         let mut broken = report(now);
         broken.journal.unreadable.push("journal/x.json".into());
-        assert!(problems(&broken, true, &[], now)[0].contains("journal/x.json"));
+        assert!(problems(&broken, Check::Ok, &[], now)[0].contains("journal/x.json"));
 
         // Revoke-only: named, and a stale poll is expected then (polling stopped).
         let mut revoke_only = report(now);
         revoke_only.revoke_only_reason = Some("credential refused".into());
         revoke_only.poll = PollRecord::default();
-        let found = problems(&revoke_only, true, &[], now);
+        let found = problems(&revoke_only, Check::Ok, &[], now);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("revoke-only mode"));
     }

@@ -1,61 +1,117 @@
 //! systemd's service protocol (`Type=notify`, `WatchdogSec=`): the agent says `READY=1` once
-//! it has revoked what ended while it was stopped and its tasks run, and then pings the
-//! watchdog at half its interval — but only while the expiry timer is alive and no revocation
-//! has been running for longer than [`STUCK`]. A stuck or dead expiry timer stops the pings, so
+//! it has revoked what ended while it was stopped and its expiry timer runs, and then pings the
+//! watchdog at half its interval — but only while the agent makes progress: the expiry timer
+//! goes round (at least every [`QUIET`]), a revocation pass advances (a grant at least every
+//! [`STUCK`]), and no job holds the worker longer than [`JOB_STUCK`]. Otherwise the pings stop,
 //! systemd restarts the agent (`Restart=always`), and the restarted agent revokes at start.
-//! Without `NOTIFY_SOCKET` (not started by systemd) all of this does nothing.
+//! Times are monotonic: a changed wall clock never stops the pings. Without `NOTIFY_SOCKET`
+//! (not started by systemd) all of this does nothing.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-/// A revocation pass running longer than this means the expiry timer is stuck (a pass takes
-/// seconds: lock waits are bounded by `lock_wait_seconds`, process kills by the grace period).
+/// A revocation pass that revoked nothing for this long is stuck (one grant takes seconds: lock
+/// waits are bounded by `lock_wait_seconds`, process kills by the grace period).
 pub const STUCK: Duration = Duration::from_secs(300);
 
-/// The expiry timer's sign of life: when its loop last went round, and when its current
-/// revocation pass started (Unix seconds; 0 while it is not revoking).
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    beat: AtomicI64,
-    busy_since: AtomicI64,
-}
+/// A job applied for longer than this is stuck (a tool hanging, e.g. on an unreachable name
+/// service), and it holds up every other job, revocations included.
+pub const JOB_STUCK: Duration = Duration::from_secs(900);
 
 /// The expiry loop goes round at least this often while it is not revoking (it sleeps at most
 /// 60 s, and retries failed revocations within 30 s).
-const QUIET: i64 = 120;
+pub const QUIET: Duration = Duration::from_secs(120);
+
+/// Marks "not running" in the heartbeat's fields.
+const IDLE: i64 = -1;
+
+/// Milliseconds on the monotonic clock since the first call.
+fn now_ms() -> i64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    i64::try_from(BASE.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The agent's sign of life: when the expiry loop last went round, when the current revocation
+/// pass last made progress, and since when the current job runs (monotonic milliseconds).
+#[derive(Debug)]
+pub struct Heartbeat {
+    beat: AtomicI64,
+    revoking: AtomicI64,
+    job: AtomicI64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            beat: AtomicI64::new(now_ms()),
+            revoking: AtomicI64::new(IDLE),
+            job: AtomicI64::new(IDLE),
+        }
+    }
+}
 
 impl Heartbeat {
-    /// The loop went round.
+    /// The expiry loop went round.
     pub fn beat(&self) {
-        self.beat
-            .store(chrono::Utc::now().timestamp(), Ordering::Release);
+        self.beat.store(now_ms(), Ordering::Release);
     }
 
-    /// A revocation pass starts.
-    pub fn busy(&self) {
-        self.busy_since
-            .store(chrono::Utc::now().timestamp().max(1), Ordering::Release);
+    /// A revocation pass starts, or revoked one more grant.
+    pub fn revoking(&self) {
+        self.revoking.store(now_ms(), Ordering::Release);
     }
 
-    /// The pass ended.
-    pub fn idle(&self) {
-        self.busy_since.store(0, Ordering::Release);
+    /// The revocation pass ended.
+    pub fn revoked(&self) {
+        self.revoking.store(IDLE, Ordering::Release);
         self.beat();
     }
 
-    /// Why the expiry timer looks dead or stuck at `now` (Unix seconds), if it does.
-    pub fn trouble(&self, now: i64) -> Option<String> {
-        let busy_since = self.busy_since.load(Ordering::Acquire);
-        let stuck = i64::try_from(STUCK.as_secs()).unwrap_or(i64::MAX);
-        if busy_since != 0 {
-            (now - busy_since > stuck)
-                .then(|| format!("a revocation pass has been running for more than {stuck} s"))
-        } else {
-            let quiet = now - self.beat.load(Ordering::Acquire);
-            (quiet > QUIET).then(|| format!("the expiry timer has not run for {quiet} s"))
+    /// A job starts being applied.
+    pub fn job_started(&self) {
+        self.job.store(now_ms(), Ordering::Release);
+    }
+
+    /// The job is done.
+    pub fn job_done(&self) {
+        self.job.store(IDLE, Ordering::Release);
+    }
+
+    /// Why the agent looks stuck at `now` (monotonic milliseconds), if it does.
+    fn trouble_at(&self, now: i64) -> Option<String> {
+        let revoking = self.revoking.load(Ordering::Acquire);
+        let job = self.job.load(Ordering::Acquire);
+        if revoking != IDLE && now - revoking > ms(STUCK) {
+            return Some(format!(
+                "a revocation pass has not advanced for more than {} s",
+                STUCK.as_secs()
+            ));
         }
+        if revoking == IDLE && now - self.beat.load(Ordering::Acquire) > ms(QUIET) {
+            return Some(format!(
+                "the expiry timer has not run for more than {} s",
+                QUIET.as_secs()
+            ));
+        }
+        if job != IDLE && now - job > ms(JOB_STUCK) {
+            return Some(format!(
+                "a job has been applied for more than {} s",
+                JOB_STUCK.as_secs()
+            ));
+        }
+        None
+    }
+
+    /// Why the agent looks stuck now, if it does.
+    pub fn trouble(&self) -> Option<String> {
+        self.trouble_at(now_ms())
     }
 }
 
@@ -71,8 +127,8 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// Pings the watchdog while the expiry timer is alive and not stuck; stops pinging for good
-/// once it is not (systemd then restarts the agent). Returns at once when systemd set no
+/// Pings the watchdog at half its interval while the heartbeat shows progress; skips the pings
+/// (systemd then restarts the agent) while it does not. Returns at once when systemd set no
 /// watchdog.
 pub async fn run(heartbeat: std::sync::Arc<Heartbeat>) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
@@ -80,14 +136,22 @@ pub async fn run(heartbeat: std::sync::Arc<Heartbeat>) {
     };
     let mut tick = tokio::time::interval(interval / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = false;
     loop {
         tick.tick().await;
-        if let Some(trouble) = heartbeat.trouble(chrono::Utc::now().timestamp()) {
-            tracing::error!(%trouble, "no longer pinging systemd's watchdog: systemd restarts the agent, which revokes at start");
-            return;
-        }
-        if let Err(error) = sd_notify::notify(&[NotifyState::Watchdog]) {
-            tracing::warn!(%error, "cannot ping systemd's watchdog");
+        match heartbeat.trouble() {
+            Some(trouble) => {
+                if !reported {
+                    tracing::error!(%trouble, "not pinging systemd's watchdog: systemd restarts the agent, which revokes at start");
+                    reported = true;
+                }
+            }
+            None => {
+                reported = false;
+                if let Err(error) = sd_notify::notify(&[NotifyState::Watchdog]) {
+                    tracing::warn!(%error, "cannot ping systemd's watchdog");
+                }
+            }
         }
     }
 }
@@ -97,25 +161,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_timer_is_in_trouble_only_when_quiet_or_revoking_for_too_long() {
+    fn trouble_is_a_quiet_timer_a_pass_without_progress_or_a_long_job() {
         let heartbeat = Heartbeat::default();
-        let now = chrono::Utc::now().timestamp();
+        let start = now_ms();
         heartbeat.beat();
-        assert_eq!(heartbeat.trouble(now), None);
-        assert_eq!(heartbeat.trouble(now + QUIET), None);
+        assert_eq!(heartbeat.trouble_at(start), None);
+        assert_eq!(heartbeat.trouble_at(start + ms(QUIET)), None);
         assert!(
-            heartbeat.trouble(now + QUIET + 1).is_some(),
-            "quiet too long"
+            heartbeat.trouble_at(start + ms(QUIET) + 10).is_some(),
+            "quiet"
         );
-        heartbeat.busy();
-        let limit = i64::try_from(STUCK.as_secs()).unwrap();
+
+        heartbeat.revoking();
+        let pass = now_ms();
         assert_eq!(
-            heartbeat.trouble(now + limit),
+            heartbeat.trouble_at(pass + ms(STUCK)),
             None,
-            "revoking, within the limit"
+            "revoking, advancing"
         );
-        assert!(heartbeat.trouble(now + limit + 2).is_some(), "stuck");
-        heartbeat.idle();
-        assert_eq!(heartbeat.trouble(now + 1), None);
+        assert!(
+            heartbeat.trouble_at(pass + ms(STUCK) + 10).is_some(),
+            "stuck"
+        );
+        heartbeat.revoked();
+        assert_eq!(heartbeat.trouble_at(now_ms()), None);
+
+        heartbeat.job_started();
+        let job = now_ms();
+        heartbeat.beat();
+        assert_eq!(heartbeat.trouble_at(job + ms(QUIET) / 2), None);
+        // (The timer would have gone round meanwhile: beat again to look at the job alone.)
+        heartbeat.beat.store(job + ms(JOB_STUCK), Ordering::Release);
+        assert!(
+            heartbeat.trouble_at(job + ms(JOB_STUCK) + 10).is_some(),
+            "long job"
+        );
+        heartbeat.job_done();
+        assert_eq!(heartbeat.trouble_at(job + ms(JOB_STUCK) + 10), None);
     }
 }

@@ -197,6 +197,50 @@ fn status_is_a_health_check_with_grants_reports_and_journal() {
     real.assert_unchanged();
 }
 
+/// Neither a mistyped log format nor a revoke-only marker left by an earlier run (the problem
+/// since fixed) keeps the agent from working: it starts on the `auto` format with a warning,
+/// tries the control plane again, clears the marker at its first successful poll, and `status`
+/// is healthy.
+#[test]
+fn a_bad_log_format_or_a_stale_revoke_only_marker_does_not_stop_the_agent() {
+    if !e2e_enabled("a_bad_log_format_or_a_stale_revoke_only_marker_does_not_stop_the_agent") {
+        return;
+    }
+    let real = RealEtc::snapshot();
+    let cp = ControlPlane::start(&[]);
+    let host = TestHost::start("e2e-ops4");
+    host.enroll_ok(&cp);
+    host.write(
+        "/var/lib/latch/revoke-only.json",
+        &serde_json::json!({
+            "reason": "the configuration is not usable (fixed since)",
+            "since": "2026-01-01T00:00:00Z"
+        })
+        .to_string(),
+    );
+    let agent = host.start_agent_with("LATCH_LOG_FORMAT=jsno");
+    let job = create_account(&cp, "e2e-ops4", "fmtuser", "1h");
+    cp.expect_confirmed(&job);
+    assert!(
+        host.agent_log().contains("unknown log format \"jsno\""),
+        "{}",
+        host.agent_log()
+    );
+    let report = wait_for("healthy, marker cleared", Duration::from_secs(20), || {
+        let (code, report) = status(&host);
+        (code == 0).then_some(report)
+    });
+    assert_eq!(report["mode"], "polling");
+    assert_eq!(
+        host.exec(&["test", "-e", "/var/lib/latch/revoke-only.json"])
+            .code,
+        1,
+        "the marker is gone"
+    );
+    agent.stop();
+    real.assert_unchanged();
+}
+
 /// `--log-format json` writes one JSON object per line with the job's id, the host's id, the
 /// job's kind and its outcome as fields.
 #[test]
@@ -252,6 +296,14 @@ fn json_logs_carry_job_host_kind_and_outcome() {
     assert_eq!(bad["kind"], "add-group");
     assert_eq!(bad["outcome"], "failed");
     assert_eq!(bad["code"], "group_not_allowed");
+    // The failure's text is its own field; `message` stays the event's message (one key).
+    assert_eq!(bad["message"], "job failed");
+    assert!(
+        bad["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nosuchgroup")),
+        "{bad}"
+    );
     agent.stop();
     real.assert_unchanged();
 }

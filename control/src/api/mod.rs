@@ -293,11 +293,12 @@ pub fn router(control: Arc<Control>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(error::json_errors))
-        .layer(axum::middleware::from_fn(protocol::handshake))
         .layer(axum::middleware::from_fn_with_state(
             limits::Limiter::new(control.config().rate_limits.clone()),
             limits::limit,
         ))
+        // Outside the limiter: its refusals name the protocol too.
+        .layer(axum::middleware::from_fn(protocol::handshake))
         // Outermost: times every answer, the limiter's refusals included.
         .layer(axum::middleware::from_fn_with_state(
             http_metrics.clone(),
