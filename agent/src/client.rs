@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use latch_common::api::{
-    AgentJob, ApiErrorBody, EnrollRequest, EnrollResponse, ReportRequest, RevocationReport,
+    AgentJob, ApiErrorBody, EnrollRequest, EnrollResponse, MIN_CONTROL_PROTOCOL, PROTOCOL_HEADER,
+    PROTOCOL_VERSION, ReportRequest, RevocationReport, parse_protocol,
 };
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -47,6 +48,10 @@ pub enum ClientError {
     /// Network or TLS failure (the message includes every cause, e.g. a fingerprint mismatch).
     #[error("cannot reach the control plane: {0}")]
     Transport(String),
+    /// The agent and the control plane speak agent-protocol versions that do not work together
+    /// (either side refused); the message names both versions and what to upgrade.
+    #[error("{0}")]
+    Protocol(String),
 }
 
 impl From<reqwest::Error> for ClientError {
@@ -60,6 +65,22 @@ impl From<reqwest::Error> for ClientError {
         }
         ClientError::Transport(message)
     }
+}
+
+/// Checks the control plane's protocol header (none: protocol 1, release 0.1): an older
+/// protocol than this agent works with is refused before any job from it is applied.
+fn check_control_protocol(
+    header: Option<&reqwest::header::HeaderValue>,
+) -> Result<(), ClientError> {
+    let protocol = parse_protocol(header.map(reqwest::header::HeaderValue::as_bytes))
+        .map_err(|reason| ClientError::Protocol(format!("the control plane's answer: {reason}")))?;
+    if protocol < MIN_CONTROL_PROTOCOL {
+        return Err(ClientError::Protocol(format!(
+            "the control plane speaks agent protocol {protocol}, older than this agent (latch-agent {}) works with (protocols {MIN_CONTROL_PROTOCOL} to {PROTOCOL_VERSION}): upgrade latch-control, or install an older latch-agent",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(())
 }
 
 /// How the agent reaches the control plane.
@@ -191,10 +212,11 @@ fn pinned_tls_config(fingerprint: &str) -> Result<rustls::ClientConfig, ClientEr
 }
 
 impl ClientError {
-    /// Whether retrying later can help (network trouble, server errors).
+    /// Whether retrying later can help (network trouble, server errors, and a protocol
+    /// mismatch, which ends when one side is upgraded: nothing is dropped meanwhile).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Transport(_) => true,
+            ClientError::Transport(_) | ClientError::Protocol(_) => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -327,6 +349,10 @@ impl AgentClient {
                 latch_common::api::MAX_POLL_WAIT_SECS + 20,
             ))
             .user_agent(concat!("latch-agent/", env!("CARGO_PKG_VERSION")))
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::HeaderName::from_static(PROTOCOL_HEADER),
+                reqwest::header::HeaderValue::from(PROTOCOL_VERSION),
+            )]))
             .build()?;
         Ok(AgentClient {
             http,
@@ -421,6 +447,9 @@ impl AgentClient {
     async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         let status = response.status();
         if status.is_success() {
+            // Only the control plane's own answers are checked: a proxy's error page or the
+            // rate limiter's 429 carries no header and is handled by its status.
+            check_control_protocol(response.headers().get(PROTOCOL_HEADER))?;
             let bytes = response.bytes().await?;
             let bytes = if status == StatusCode::NO_CONTENT || bytes.is_empty() {
                 &b"null"[..]
@@ -439,6 +468,13 @@ impl AgentClient {
         });
         if status == StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized(body.message));
+        }
+        if status == StatusCode::UPGRADE_REQUIRED && body.code == "agent_protocol_unsupported" {
+            return Err(ClientError::Protocol(format!(
+                "the control plane refuses this agent (latch-agent {}, protocol {PROTOCOL_VERSION}): {}",
+                env!("CARGO_PKG_VERSION"),
+                body.message
+            )));
         }
         Err(ClientError::Api {
             status: status.as_u16(),
@@ -546,26 +582,119 @@ impl AgentClient {
     }
 }
 
+/// Test support: a one-request HTTP server standing in for the control plane.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
-    async fn answer_once(status: u16) -> String {
+#[allow(clippy::unwrap_used)]
+pub(crate) mod test_server {
+    /// A one-request HTTP server on loopback answering `status` with `headers` (each line ending
+    /// in CRLF) and `body`; the receiver gets the request's head.
+    pub(crate) async fn answer_with(
+        status: u16,
+        headers: &'static str,
+        body: &'static str,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let (sender, receiver) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut request = [0_u8; 4096];
-            let _ = socket.read(&mut request).await.unwrap();
+            let read = socket.read(&mut request).await.unwrap();
+            let _ = sender.send(String::from_utf8_lossy(&request[..read]).into_owned());
             let reply = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}connection: close\r\n\r\n{body}",
+                body.len()
             );
             socket.write_all(reply.as_bytes()).await.unwrap();
         });
-        url
+        (url, receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::answer_with;
+    use super::*;
+
+    /// A one-request HTTP server on loopback answering `status` with an empty JSON object.
+    async fn answer_once(status: u16) -> String {
+        answer_with(status, "", "{}").await.0
+    }
+
+    fn client_for(url: &str) -> AgentClient {
+        AgentClient::new(url, &Transport::InsecureHttp, Some("credential".into())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_request_names_the_agent_protocol() {
+        let (url, request) = answer_with(200, "latch-protocol: 1\r\n", "{}").await;
+        client_for(&url).check_credential().await.unwrap();
+        let head = request.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("\r\nlatch-protocol: {PROTOCOL_VERSION}\r\n")),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn a_control_plane_too_old_for_this_agent_is_refused_with_what_to_upgrade() {
+        use reqwest::header::HeaderValue;
+        assert!(
+            check_control_protocol(None).is_ok(),
+            "no header: a 0.1 control plane"
+        );
+        assert!(check_control_protocol(Some(&HeaderValue::from(PROTOCOL_VERSION))).is_ok());
+        assert!(check_control_protocol(Some(&HeaderValue::from(MIN_CONTROL_PROTOCOL))).is_ok());
+        if MIN_CONTROL_PROTOCOL > 1 {
+            let older = HeaderValue::from(MIN_CONTROL_PROTOCOL - 1);
+            let Err(ClientError::Protocol(message)) = check_control_protocol(Some(&older)) else {
+                panic!("an older control plane must be refused");
+            };
+            assert!(message.contains("upgrade latch-control"), "{message}");
+        }
+        for garbled in ["0", "two", ""] {
+            assert!(matches!(
+                check_control_protocol(Some(&HeaderValue::from_static(garbled))),
+                Err(ClientError::Protocol(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn no_job_is_taken_from_an_answer_with_an_unusable_protocol() {
+        let (url, _) = answer_with(200, "latch-protocol: 0\r\n", r#"{"list": []}"#).await;
+        assert!(matches!(
+            client_for(&url).poll(Duration::ZERO, None).await,
+            Err(ClientError::Protocol(_))
+        ));
+        // No header at all: a 0.1 control plane, protocol 1, served.
+        let (url, _) = answer_with(200, "", "{}").await;
+        client_for(&url).check_credential().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_control_plane_refusing_this_agent_s_protocol_is_reported_as_such() {
+        let (url, _) = answer_with(
+            426,
+            "latch-protocol: 9\r\n",
+            r#"{"code": "agent_protocol_unsupported", "message": "this agent speaks protocol 1, older than this control plane serves (protocols 5 to 9): upgrade latch-agent on this host"}"#,
+        )
+        .await;
+        let Err(error @ ClientError::Protocol(_)) = client_for(&url).check_credential().await
+        else {
+            panic!("426 agent_protocol_unsupported must be a protocol error");
+        };
+        assert!(
+            error.is_transient(),
+            "kept and retried until one side is upgraded, never dropped"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("upgrade latch-agent") && text.contains("protocol 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

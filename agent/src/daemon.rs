@@ -16,21 +16,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::Utc;
 use tokio::task::JoinHandle;
 
 use crate::client::{AgentClient, ClientError};
 use crate::config::Config;
 use crate::state::{Identity, RevokeOnly, StateDir};
-use crate::{credential, expiry, facts, journal, poll, worker};
+use crate::{credential, expiry, facts, journal, poll, watchdog, worker};
 
 /// How often a refused credential is tried again in revoke-only mode.
 const RECHECK: Duration = Duration::from_secs(600);
-
-/// The control-plane URL the running agent uses (of the enrolled one and `servers`), for
-/// `latch-agent status`.
-const SERVER_IN_USE_FILE: &str = "server-in-use.json";
 
 /// Runs the agent until SIGTERM/SIGINT. `problem` (a configuration that could not be used)
 /// puts it in revoke-only mode from the start.
@@ -40,7 +35,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<ExitCode> {
     let state = StateDir::open(&config.state_dir)?;
-    let _lock = state.lock()?;
+    let _lock = state.lock_waiting(Duration::from_secs(5))?;
     let replicas = config.servers.clone();
     let identity = match state.identity() {
         Ok(identity) => Some(identity),
@@ -77,20 +72,36 @@ pub async fn run(
     }
     // Grants that ended while the agent was down are revoked before anything else (before any
     // network call).
+    let heartbeat = Arc::new(watchdog::Heartbeat::default());
     {
         let worker = worker.clone();
-        match tokio::task::spawn_blocking(move || worker.revoke_expired(Utc::now())).await? {
+        let progress = heartbeat.clone();
+        match tokio::task::spawn_blocking(move || {
+            worker.revoke_expired(Utc::now(), &|| progress.revoking())
+        })
+        .await?
+        {
             Ok(0) => {}
             Ok(count) => tracing::info!(
                 count,
                 "revoked grants that expired while the agent was stopped"
             ),
             Err(error) => {
-                tracing::error!(code = %error.code, message = %error.message, "revoking expired grants at start failed; the expiry timer retries")
+                tracing::error!(code = %error.code, error = %error.message, "revoking expired grants at start failed; the expiry timer retries")
             }
         }
     }
-    // Finish a credential rotation a crash interrupted, if any.
+    heartbeat.revoked();
+    let grants_changed = Arc::new(tokio::sync::Notify::new());
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    let expiry = tokio::spawn(expiry::run(
+        worker.clone(),
+        grants_changed.clone(),
+        outbox_ready.clone(),
+        heartbeat.clone(),
+    ));
+    // Finish a credential rotation a crash interrupted, if any (network: the expiry timer
+    // already runs).
     let identity = match identity {
         Some(identity) if identity.pending_credential.is_some() && problem.is_none() => {
             match credential::settle_pending(&state).await {
@@ -103,19 +114,19 @@ pub async fn run(
         }
         other => other,
     };
-    let grants_changed = Arc::new(tokio::sync::Notify::new());
-    let outbox_ready = Arc::new(tokio::sync::Notify::new());
-    let expiry = tokio::spawn(expiry::run(
-        worker.clone(),
-        grants_changed.clone(),
-        outbox_ready.clone(),
-    ));
 
     let mut mode = match (&problem, &identity) {
         (Some(reason), _) => Some(enter_revoke_only(&state, reason.clone(), false)),
         (None, Some(identity)) => first_mode(&state, identity),
         (None, None) => Some(Mode::RevokeOnly { recheck: false }),
     };
+    watchdog::ready(match (&mode, &problem) {
+        (None, _) => "revoking grants at their end; polling the control plane",
+        (Some(_), Some(_)) => "REVOKE-ONLY: the configuration is not usable (see the log)",
+        (Some(_), None) => "REVOKE-ONLY: see `latch-agent status`",
+    });
+    // After READY=1: systemd counts pings from then on.
+    let watchdog = tokio::spawn(watchdog::run(heartbeat.clone()));
     tokio::pin!(shutdown);
     let result = loop {
         match mode.take() {
@@ -132,7 +143,7 @@ pub async fn run(
                     &identity.transport(),
                     Some(identity.credential.clone()),
                 )?
-                .recording_in(state.path().join(SERVER_IN_USE_FILE));
+                .recording_in(state.path().join(crate::status::SERVER_IN_USE_FILE));
                 let flush: JoinHandle<()> = tokio::spawn(expiry::flush_loop(
                     client.clone(),
                     worker.clone(),
@@ -145,6 +156,9 @@ pub async fn run(
                     host_id: identity.host_id.clone(),
                     grants_changed: grants_changed.clone(),
                     catch_up: std::sync::atomic::AtomicBool::new(true),
+                    recorder: crate::status::PollRecorder::new(state.path()),
+                    state: state.clone(),
+                    heartbeat: heartbeat.clone(),
                 };
                 let polled = tokio::select! {
                     result = agent.run() => Some(result),
@@ -181,7 +195,9 @@ pub async fn run(
             }
         }
     };
+    watchdog::stopping();
     expiry.abort();
+    watchdog.abort();
     tracing::info!("stopping");
     result
 }
@@ -263,125 +279,4 @@ async fn credential_accepted(identity: &Identity) -> bool {
         },
         Err(_) => false,
     }
-}
-
-/// Reads the configuration-independent parts `status` shows.
-pub async fn status(state: &StateDir) -> anyhow::Result<ExitCode> {
-    let identity = state.identity()?;
-    // A running agent records the replica it uses (it may have moved off the enrolled URL).
-    let in_use = state
-        .is_locked()
-        .then(|| {
-            crate::state::read_json_file::<crate::client::ServerInUse>(
-                &state.path().join(SERVER_IN_USE_FILE),
-            )
-        })
-        .and_then(Result::ok)
-        .flatten();
-    let server = in_use
-        .as_ref()
-        .map_or(identity.server.as_str(), |used| used.server.as_str());
-    let probe = match AgentClient::new(
-        server,
-        &identity.transport(),
-        Some(identity.credential.clone()),
-    ) {
-        Ok(client) => match client.check_credential().await {
-            Ok(()) => Ok("reachable, credential accepted".to_owned()),
-            Err(ClientError::Unauthorized(message)) => Err(format!(
-                "reachable, but this host's credential is REFUSED ({message}); the host was removed or the control plane's database restored: enroll again with `latch-agent enroll --replace`"
-            )),
-            Err(error) => Err(format!("NOT reachable: {error}")),
-        },
-        Err(error) => Err(format!("NOT usable: {error}")),
-    };
-    println!("host id:       {}", identity.host_id);
-    println!(
-        "control plane: {server} ({})",
-        match &probe {
-            Ok(text) | Err(text) => text,
-        }
-    );
-    match &in_use {
-        Some(used) if used.server != identity.server => println!(
-            "               in use since {}; enrolled with {}",
-            used.since.to_rfc3339(),
-            identity.server
-        ),
-        Some(used) => println!("               in use since {}", used.since.to_rfc3339()),
-        None => {}
-    }
-    println!("enrolled:      {}", identity.enrolled_at.to_rfc3339());
-    println!(
-        "agent:         {}",
-        if state.is_locked() {
-            "running"
-        } else {
-            "not running"
-        }
-    );
-    let revoke_only = state
-        .revoke_only()
-        .context("cannot read the agent's mode")?;
-    match &revoke_only {
-        Some(mode) => println!(
-            "mode:          REVOKE-ONLY since {} — polling stopped, grants still end on time: {}",
-            mode.since.to_rfc3339(),
-            mode.reason
-        ),
-        None => println!("mode:          polling"),
-    }
-    let accounts = state.accounts()?;
-    println!(
-        "managed accounts ({}), UID high-water mark {}:",
-        accounts.accounts.len(),
-        accounts.uid_high_water
-    );
-    for (name, account) in &accounts.accounts {
-        let groups: Vec<String> = account
-            .group_grants
-            .iter()
-            .map(|(group, grant)| match grant.expires_at {
-                Some(end) => format!("{group} (until {})", end.to_rfc3339()),
-                None => group.clone(),
-            })
-            .collect();
-        println!(
-            "  {name:<32} uid {:<6} expires {:<25} groups {}",
-            account.uid,
-            account
-                .expires_at
-                .map_or("never".to_owned(), |t| t.to_rfc3339()),
-            if groups.is_empty() {
-                "-".to_owned()
-            } else {
-                groups.join(",")
-            }
-        );
-    }
-    if !accounts.adopted.is_empty() {
-        println!(
-            "adopted accounts ({}; password only, never removed):",
-            accounts.adopted.len()
-        );
-        for (name, adopted) in &accounts.adopted {
-            println!(
-                "  {name:<32} uid {:<6} adopted {} by job {}",
-                adopted.uid,
-                adopted.adopted_at.to_rfc3339(),
-                adopted.adopted_by_job
-            );
-        }
-    }
-    if !accounts.outbox.is_empty() {
-        println!(
-            "revocations not yet reported to the control plane: {}",
-            accounts.outbox.len()
-        );
-    }
-    Ok(if probe.is_ok() && revoke_only.is_none() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }

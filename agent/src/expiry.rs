@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::client::{AgentClient, ClientError};
+use crate::watchdog::Heartbeat;
 use crate::worker::Worker;
 
 /// Longest sleep between checks, so a changed system clock is noticed.
@@ -20,9 +21,15 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// removed a grant; `outbox_ready` is signalled after a revocation.
 /// A revocation that could not be completed is retried after 1 s, then less and less often
 /// (up to every 30 s) until it is; a new or changed grant wakes the timer at once.
-pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<Notify>) {
+pub async fn run(
+    worker: Arc<Worker>,
+    changed: Arc<Notify>,
+    outbox_ready: Arc<Notify>,
+    heartbeat: Arc<Heartbeat>,
+) {
     let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
+        heartbeat.beat();
         let next = match worker.next_expiry() {
             Ok(next) => next,
             Err(error) => {
@@ -46,18 +53,21 @@ pub async fn run(worker: Arc<Worker>, changed: Arc<Notify>, outbox_ready: Arc<No
             continue;
         }
         let revoking = worker.clone();
-        let progress = match tokio::task::spawn_blocking(move || {
-            revoking.revoke_expired(Utc::now())
+        heartbeat.revoking();
+        let progress_beat = heartbeat.clone();
+        let revoked = tokio::task::spawn_blocking(move || {
+            revoking.revoke_expired(Utc::now(), &|| progress_beat.revoking())
         })
-        .await
-        {
+        .await;
+        heartbeat.revoked();
+        let progress = match revoked {
             Ok(Ok(count)) if count > 0 => {
                 outbox_ready.notify_one();
                 true
             }
             Ok(Ok(_)) => false,
             Ok(Err(error)) => {
-                tracing::error!(code = %error.code, message = %error.message, "revoking expired grants failed; retrying");
+                tracing::error!(code = %error.code, error = %error.message, "revoking expired grants failed; retrying");
                 false
             }
             Err(error) => {
@@ -119,5 +129,44 @@ pub async fn flush_loop(client: AgentClient, worker: Arc<Worker>, outbox_ready: 
             () = outbox_ready.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(3)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::client::Transport;
+    use crate::client::test_server::answer_with;
+    use crate::state::{Accounts, StateDir};
+    use latch_common::api::RevocationReport;
+
+    /// During a protocol mismatch (the control plane answers 426), the revocation reports stay
+    /// in the outbox until one side is upgraded: none is dropped.
+    #[tokio::test]
+    async fn a_refused_protocol_keeps_the_revocation_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let report = RevocationReport {
+            job_id: "job-1".into(),
+            revoked_at: Utc::now(),
+        };
+        state
+            .save_accounts(&Accounts {
+                outbox: vec![report.clone()],
+                ..Accounts::default()
+            })
+            .unwrap();
+        let worker = Worker::new(crate::config::Config::defaults(), state, "host-1".into());
+        let (url, _) = answer_with(
+            426,
+            "latch-protocol: 9\r\n",
+            r#"{"code": "agent_protocol_unsupported", "message": "upgrade latch-agent"}"#,
+        )
+        .await;
+        let client = AgentClient::new(&url, &Transport::InsecureHttp, Some("c".into())).unwrap();
+        let sent = flush_outbox(&client, &worker).await;
+        assert!(matches!(sent, Err(ClientError::Protocol(_))), "{sent:?}");
+        assert_eq!(worker.outbox().unwrap(), vec![report]);
     }
 }

@@ -41,6 +41,21 @@ pub struct Entry {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What `latch-agent status` says of the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JournalHealth {
+    /// Entries in the journal.
+    pub entries: usize,
+    /// Jobs with a final outcome not yet acknowledged by the control plane.
+    pub pending_reports: usize,
+    /// Jobs received or being applied (interrupted ones when the agent is not running).
+    pub in_progress: usize,
+    /// Entries that cannot be read (file names in the journal directory).
+    pub unreadable: Vec<String>,
+    /// Why the journal directory cannot be listed, if it cannot.
+    pub error: Option<String>,
+}
+
 /// The journal directory.
 pub struct Journal {
     dir: PathBuf,
@@ -65,6 +80,35 @@ impl Journal {
                 source,
             })?;
         Ok(Journal { dir })
+    }
+
+    /// Reads every entry of `state_dir/journal` without changing anything (a missing directory
+    /// is an empty journal).
+    pub fn inspect(state_dir: &Path) -> JournalHealth {
+        let dir = state_dir.join("journal");
+        let mut health = JournalHealth::default();
+        let listing = match std::fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return health,
+            Err(error) => {
+                health.error = Some(format!("cannot list {}: {error}", dir.display()));
+                return health;
+            }
+        };
+        for file in listing.filter_map(Result::ok) {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // an atomic write's temporary file
+            }
+            health.entries += 1;
+            match read_json_file::<Entry>(&file.path()) {
+                Ok(Some(entry)) if entry.stage == Stage::Done => health.pending_reports += 1,
+                Ok(Some(_)) => health.in_progress += 1,
+                Ok(None) => health.entries -= 1,
+                Err(_) => health.unreadable.push(format!("journal/{name}")),
+            }
+        }
+        health
     }
 
     fn path(&self, job_id: &str) -> PathBuf {

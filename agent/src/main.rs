@@ -4,7 +4,9 @@
 //! (the only transport), [`daemon`] (`run`: tasks and the revoke-only mode), [`poll`] (the
 //! polling loop), [`expiry`] (the local expiry timer), [`worker`] (applies one job, revokes
 //! expired grants), [`plan`] (pure decisions), [`journal`] (crash journal), [`system`] (the only
-//! code that changes the host), [`facts`], [`backoff`], [`crash_hook`] (crash-test hook).
+//! code that changes the host), [`status`] (`latch-agent status`, health), [`watchdog`]
+//! (systemd readiness and watchdog), [`logging`] (journal, JSON or text), [`facts`],
+//! [`backoff`], [`crash_hook`] (crash-test hook).
 
 #![forbid(unsafe_code)]
 
@@ -18,13 +20,16 @@ mod enroll;
 mod expiry;
 mod facts;
 mod journal;
+mod logging;
 mod plan;
 mod poll;
 mod state;
+mod status;
 mod system;
+mod watchdog;
 mod worker;
 
-use std::io::{IsTerminal as _, Read as _};
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -84,7 +89,9 @@ enum Command {
         #[arg(long)]
         replace: bool,
     },
-    /// Run the agent: long-poll for jobs and apply them. Normally started by systemd.
+    /// Run the agent: long-poll for jobs and apply them. Normally started by systemd
+    /// (Type=notify: ready once grants that ended while it was stopped are revoked; pings the
+    /// watchdog while its expiry timer runs).
     Run {
         /// Configuration file.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
@@ -92,6 +99,12 @@ enum Command {
         /// State directory (overrides state_dir in the configuration).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Log format: auto (the journal, with structured fields, when systemd connected the
+        /// output to it; text otherwise), text, json (one object per line on stderr, for log
+        /// shippers) or journald. The level is RUST_LOG when set, else log_level. An unknown
+        /// value falls back to auto with a warning (it never keeps the agent from starting).
+        #[arg(long, default_value = "auto", env = "LATCH_LOG_FORMAT")]
+        log_format: String,
     },
     /// Replace this host's credential with a new one (the old one stops working). Stop the
     /// agent first: `systemctl stop latch-agent; latch-agent rotate-credential; systemctl start
@@ -104,9 +117,11 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
-    /// Show this host's enrollment, whether the control plane accepts its credential, the
-    /// agent's mode (polling or revoke-only), and the accounts Latch manages here. Exit status 1
-    /// when the control plane cannot be used.
+    /// Show this host's health: enrollment, whether the control plane accepts the agent, the
+    /// agent's mode (polling or revoke-only), the last successful poll, reports not yet
+    /// acknowledged, the job journal, and the grants on this host with their ends. Exit status
+    /// 1 when unhealthy (agent stopped, control plane unusable, revoke-only, no successful poll
+    /// for 5 minutes, a revocation overdue, journal unreadable), so monitoring can run it.
     Status {
         /// Configuration file.
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
@@ -114,6 +129,9 @@ enum Command {
         /// State directory (overrides state_dir in the configuration).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// text for people, json for scripts and monitoring.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// The configuration file (`/etc/latch/agent.toml`; every key in packaging/agent.toml).
     Config {
@@ -136,6 +154,15 @@ enum ConfigCommand {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+}
+
+/// `status --output`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A report for people.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -226,7 +253,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, state_dir } => {
+        Command::Run {
+            config,
+            state_dir,
+            log_format,
+        } => {
             // A configuration that cannot be used must not stop revocation: the agent then runs
             // on the defaults, only revoking, and says why (here, in its log and in `status`).
             let (config, problem) = match load_config(&config, state_dir.clone()) {
@@ -243,13 +274,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     (defaults, Some(problem))
                 }
             };
-            let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init();
+            let host_id = StateDir::open(&config.state_dir)
+                .and_then(|state| state.identity())
+                .ok()
+                .map(|identity| identity.host_id);
+            let (format, unknown) = logging::LogFormat::parse_or_auto(&log_format);
+            let unusable = logging::init(format, &config.log_level, host_id.as_deref());
+            for note in unknown.into_iter().chain(unusable) {
+                tracing::warn!("{note}");
+            }
             daemon::run(config, problem, shutdown_signal()).await
         }
         Command::RotateCredential { config, state_dir } => {
@@ -268,7 +301,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(check_config(&config)),
-        Command::Status { config, state_dir } => {
+        Command::Status {
+            config,
+            state_dir,
+            output,
+        } => {
             let config = match load_config(&config, state_dir.clone()) {
                 Ok(config) => config,
                 Err(error) => {
@@ -282,7 +319,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     defaults
                 }
             };
-            daemon::status(&StateDir::open(&config.state_dir)?).await
+            status::status(&StateDir::open(&config.state_dir)?, output == Output::Json).await
         }
     }
 }

@@ -48,6 +48,12 @@ pub struct Agent {
     /// start, and after a job was refused as replayed or stale: a database restored from an older
     /// backup hands out sequences the agent has seen; the control plane then raises them).
     pub catch_up: std::sync::atomic::AtomicBool,
+    /// Records the last successful poll for `latch-agent status`.
+    pub recorder: crate::status::PollRecorder,
+    /// The state directory (to clear a revoke-only marker once polling works again).
+    pub state: crate::state::StateDir,
+    /// The watchdog's view of a job being applied.
+    pub heartbeat: Arc<crate::watchdog::Heartbeat>,
 }
 
 impl Agent {
@@ -73,6 +79,7 @@ impl Agent {
             };
             match polled {
                 Ok(delivered) => {
+                    self.polled();
                     if was_offline {
                         tracing::info!("control plane reachable again");
                         was_offline = false;
@@ -88,15 +95,33 @@ impl Agent {
                     return Err(PollError::Unauthorized(message));
                 }
                 Err(error) => {
+                    self.recorder.failed(&error.to_string());
                     let delay = backoff.delay();
                     if was_offline {
                         tracing::debug!(%error, ?delay, "still cannot poll the control plane");
                     } else {
-                        tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
+                        if matches!(error, ClientError::Protocol(_)) {
+                            tracing::error!(%error, "the agent and the control plane cannot work together; retrying until one of them is upgraded");
+                        } else {
+                            tracing::warn!(%error, "cannot poll the control plane; retrying with backoff");
+                        }
                         was_offline = true;
                     }
                     tokio::time::sleep(delay).await;
                 }
+            }
+        }
+    }
+
+    /// A poll (or a report) went through: recorded for `status`; a revoke-only marker left by
+    /// an earlier run (the agent tried the credential again at start) is cleared.
+    fn polled(&self) {
+        if self.recorder.succeeded() && matches!(self.state.revoke_only(), Ok(Some(_))) {
+            match self.state.clear_revoke_only() {
+                Ok(()) => tracing::warn!(
+                    "the control plane accepts this host again; left revoke-only mode"
+                ),
+                Err(error) => tracing::error!(%error, "cannot clear the revoke-only marker"),
             }
         }
     }
@@ -189,7 +214,7 @@ impl Agent {
         let signed = match self.verify(job) {
             Ok(signed) => signed,
             Err(error) => {
-                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "refused a job before acting");
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, outcome = "failed", code = %error.code, error = %error.message, "refused a job before acting");
                 return Ok(JobOutcome::Failed { error });
             }
         };
@@ -206,7 +231,11 @@ impl Agent {
         // A job an earlier delivery started applying (then the agent died) is finished now,
         // whatever its deadline: its changes may be half made.
         let started = earlier.is_some_and(|entry| entry.stage == Stage::Applying);
-        tracing::info!(job_id = %job.id, kind = %signed.spec.kind(), user = %signed.spec.user(), seq = signed.seq, attempt = job.attempt, started, "job received");
+        let (kind, user) = (
+            signed.spec.kind().to_string(),
+            signed.spec.user().to_owned(),
+        );
+        tracing::info!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, seq = signed.seq, attempt = job.attempt, started, "job received");
         if !started {
             if let Err(error) = self.journal(job, Stage::Received, None) {
                 return Ok(JobOutcome::Failed { error });
@@ -219,9 +248,11 @@ impl Agent {
         crash_hook::pause("applying").await;
         let outcome = {
             let worker = self.worker.clone();
-            tokio::task::spawn_blocking(move || worker.execute(&signed, started))
-                .await
-                .map_err(|e| PollError::Worker(e.to_string()))?
+            self.heartbeat.job_started();
+            let applied =
+                tokio::task::spawn_blocking(move || worker.execute(&signed, started)).await;
+            self.heartbeat.job_done();
+            applied.map_err(|e| PollError::Worker(e.to_string()))?
         };
         if let JobOutcome::Failed { error } = &outcome
             && matches!(
@@ -233,18 +264,15 @@ impl Agent {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         match &outcome {
-            JobOutcome::Confirmed { notes } if notes.is_empty() => {
-                tracing::info!(job_id = %job.id, "job confirmed")
-            }
             JobOutcome::Confirmed { notes } => {
-                tracing::info!(job_id = %job.id, notes = %notes.join("; "), "job confirmed")
+                tracing::info!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "confirmed", notes = %notes.join("; "), "job confirmed")
             }
             JobOutcome::Failed { error } => {
-                tracing::warn!(job_id = %job.id, code = %error.code, message = %error.message, "job failed")
+                tracing::warn!(job_id = %job.id, host_id = %self.host_id, kind = %kind, user = %user, outcome = "failed", code = %error.code, error = %error.message, "job failed")
             }
         }
         if let Err(error) = self.journal(job, Stage::Done, Some(outcome.clone())) {
-            tracing::error!(job_id = %job.id, code = %error.code, message = %error.message, "cannot journal the outcome");
+            tracing::error!(job_id = %job.id, code = %error.code, error = %error.message, "cannot journal the outcome");
         }
         Ok(outcome)
     }
@@ -313,6 +341,7 @@ impl Agent {
             };
             match sent {
                 Ok(delivered) => {
+                    self.polled();
                     if let Err(error) = self.journal.remove(job_id) {
                         tracing::warn!(job_id, %error, "cannot remove the job's journal entry");
                     }

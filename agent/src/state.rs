@@ -271,13 +271,27 @@ impl StateDir {
             .map_err(|_| StateError::Locked(self.path.clone()))
     }
 
-    /// Whether the lock is held by a running agent.
-    pub fn is_locked(&self) -> bool {
-        match self.lock() {
-            Ok(_guard) => false,
-            Err(StateError::Locked(_)) => true,
-            Err(_) => false,
+    /// Takes the lock, waiting up to `wait` while another process holds it (a `status` run
+    /// peeking at it, a stopping agent).
+    pub fn lock_waiting(&self, wait: std::time::Duration) -> Result<Flock<File>, StateError> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match self.lock() {
+                Err(StateError::Locked(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => return other,
+            }
         }
+    }
+
+    /// Whether the lock is held by a running agent. Peeks with a shared lock, so two `status`
+    /// runs at once do not mistake each other for the agent.
+    pub fn is_locked(&self) -> bool {
+        let Ok(file) = std::fs::File::open(self.path.join(LOCK_FILE)) else {
+            return false;
+        };
+        Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
     }
 
     /// The identity, or [`StateError::NotEnrolled`].

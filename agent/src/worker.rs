@@ -270,11 +270,17 @@ impl Worker {
     /// Revokes every grant that has ended by `now` and queues a report for each in the outbox.
     /// Returns how many grants were revoked; a grant whose revocation could not be verified
     /// stays recorded and is retried by the caller.
-    pub fn revoke_expired(&self, now: DateTime<Utc>) -> Result<usize, JobError> {
+    /// `progress` is called before each grant (the watchdog's sign that the pass advances).
+    pub fn revoke_expired(
+        &self,
+        now: DateTime<Utc>,
+        progress: &dyn Fn(),
+    ) -> Result<usize, JobError> {
         let _busy = self.lock();
         let mut accounts = self.state.accounts().map_err(state_error)?;
         let mut revoked = 0;
         for expired in plan::expired(&accounts, now) {
+            progress();
             let snapshot = self.read_files()?;
             let policy = self.policy(&snapshot);
             let planned = plan::plan_expiry(&expired, &self.facts(&snapshot, &accounts, &policy));
@@ -286,7 +292,7 @@ impl Worker {
             let plan = match planned {
                 Ok(plan) => plan,
                 Err(error) => {
-                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %error.message, "cannot plan the revocation of an expired grant; will retry");
+                    tracing::error!(%user, %group, %jobs, code = %error.code, error = %error.message, "cannot plan the revocation of an expired grant; will retry");
                     continue;
                 }
             };
@@ -298,11 +304,11 @@ impl Worker {
                 .collect();
             match self.revoke_verified(&expired.spec(), plan, &snapshot, &mut accounts, reports) {
                 Ok(notes) => {
-                    tracing::info!(%user, %group, %jobs, notes = %notes.join("; "), "grant expired: access revoked");
+                    tracing::info!(host_id = %self.host_id, %user, %group, job_id = %jobs, kind = "expiry", outcome = "revoked", notes = %notes.join("; "), "grant expired: access revoked");
                     revoked += 1;
                 }
                 Err(error) => {
-                    tracing::error!(%user, %group, %jobs, code = %error.code, message = %error.message, "revoking an expired grant is not complete; will retry");
+                    tracing::error!(host_id = %self.host_id, %user, %group, job_id = %jobs, kind = "expiry", outcome = "incomplete", code = %error.code, error = %error.message, "revoking an expired grant is not complete; will retry");
                 }
             }
             accounts = self.state.accounts().map_err(state_error)?;
@@ -621,7 +627,7 @@ impl Worker {
                     Ok(combined) => done = combined,
                     Err(error) => {
                         files_locked |= error.code == JobErrorCode::HostBusy;
-                        tracing::debug!(code = %error.code, message = %error.message, "locking and leaving the groups in one call failed; one step at a time");
+                        tracing::debug!(code = %error.code, error = %error.message, "locking and leaving the groups in one call failed; one step at a time");
                     }
                 }
                 if done.contains(&index) {
@@ -642,7 +648,7 @@ impl Worker {
             };
             if let Err(error) = result {
                 files_locked |= error.code == JobErrorCode::HostBusy;
-                tracing::warn!(step = %step.describe(), code = %error.code, message = %error.message, "a revocation step failed; going on with the others");
+                tracing::warn!(step = %step.describe(), code = %error.code, error = %error.message, "a revocation step failed; going on with the others");
                 failures.push(format!("could not {}: {}", step.describe(), error.message));
             }
         }
@@ -720,7 +726,7 @@ impl Worker {
                     .read_files()
                     .is_ok_and(|snapshot| snapshot.user(user).is_none());
                 if gone {
-                    tracing::warn!(user, message = %error.message, "userdel reported an error but the account is gone");
+                    tracing::warn!(user, error = %error.message, "userdel reported an error but the account is gone");
                     Ok(())
                 } else {
                     Err(error)

@@ -90,6 +90,8 @@ impl Control {
             last_seen: None,
             // Decided by the token.
             ssh_ca: false,
+            // Recorded at its first poll.
+            agent: None,
         };
         let credential = new_token("latch_host_")?;
         self.store

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use latch_common::api::HostView;
+use latch_common::api::{AgentInfo, HostView};
 use latch_common::authz::Permission;
 use latch_common::labels::{Labels, Selector};
 
@@ -201,7 +201,21 @@ impl Control {
             online,
             labels,
             ssh_ca: host.ssh_ca,
+            agent: host.agent,
         }
+    }
+
+    /// Records which agent `host` runs, when it differs from what is recorded (a poll's
+    /// User-Agent and protocol; written only when an agent was installed or upgraded).
+    pub async fn note_agent(
+        &self,
+        host: &HostRecord,
+        agent: AgentInfo,
+    ) -> Result<(), ControlError> {
+        if host.agent.as_ref() != Some(&agent) {
+            self.store.record_agent(&host.id, &agent).await?;
+        }
+        Ok(())
     }
 
     /// Whether the host `host_id` was enrolled to trust the SSH user CA (`latchctl

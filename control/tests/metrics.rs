@@ -384,6 +384,30 @@ async fn scrape_matches_the_store(db: TestDb) {
         metrics.by("latch_hosts", "state"),
         BTreeMap::from([("offline".to_owned(), 1.0), ("online".to_owned(), 2.0)])
     );
+    // Their agents, by the version and protocol of their last poll: the test's polls send no
+    // latch-agent User-Agent ("unknown") and no protocol header (protocol 1); b never polled.
+    let agents: BTreeMap<(String, String), f64> = metrics
+        .samples("latch_hosts_agent")
+        .map(|s| {
+            let Metric::Gauge(v) = s.value else {
+                panic!("latch_hosts_agent is not a gauge")
+            };
+            (
+                (
+                    s.labels.get("version").unwrap().to_owned(),
+                    s.labels.get("protocol").unwrap().to_owned(),
+                ),
+                v,
+            )
+        })
+        .collect();
+    assert_eq!(
+        agents,
+        BTreeMap::from([
+            (("none".to_owned(), "0".to_owned()), 1.0),
+            (("unknown".to_owned(), "1".to_owned()), 2.0),
+        ])
+    );
 
     // Access requests and rotations by state: every state, each as the store counts it.
     let requests = metrics.by("latch_access_requests", "state");

@@ -64,6 +64,7 @@ fn host_record(hostname: &str) -> HostRecord {
         enrolled_at: Utc::now(),
         last_seen: None,
         ssh_ca: false,
+        agent: None,
     }
 }
 

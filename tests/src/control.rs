@@ -426,7 +426,7 @@ impl ControlPlane {
     }
 
     /// A blocking HTTP client that trusts only this control plane's CA.
-    fn http(&self) -> reqwest::blocking::Client {
+    pub fn http(&self) -> reqwest::blocking::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca_file()).expect("ca.crt"))
             .expect("CA");

@@ -33,6 +33,36 @@ echo ready
 exec /bin/sh -c 'while :; do sleep 3600; done'
 "#;
 
+/// Run inside a test host by [`TestHost::private_packages`].
+const PRIVATE_PACKAGES: &str = r#"
+set -eu
+for dir in /usr /var/lib; do
+  name=$(echo "$dir" | tr / _)
+  mkdir -p "/mnt/overlay/$name/upper" "/mnt/overlay/$name/work"
+  mount -t overlay latch-test-overlay \
+    -o "lowerdir=$dir,upperdir=/mnt/overlay/$name/upper,workdir=/mnt/overlay/$name/work" "$dir"
+done
+"#;
+
+/// Run inside a test host by [`TestHost::pretend_systemd`].
+const PRETEND_SYSTEMD: &str = r#"
+set -eu
+mkdir -p /run/systemd/system
+: > /run/systemctl.calls
+mv /usr/bin/systemctl /usr/bin/systemctl.real
+cat > /usr/bin/systemctl <<'EOF'
+#!/bin/sh
+echo "$*" >> /run/systemctl.calls
+case " $* " in
+  *" --root="*) exec /usr/bin/systemctl.real "$@" ;;
+  *" is-enabled "*) for unit; do :; done; exec /usr/bin/systemctl.real --root=/ is-enabled "$unit" ;;
+  *" is-active "*) exit 3 ;;
+esac
+exit 0
+EOF
+chmod 0755 /usr/bin/systemctl
+"#;
+
 /// A running test host.
 pub struct TestHost {
     /// Its host name.
@@ -169,6 +199,37 @@ impl TestHost {
             || host.can_reach_control_plane().then_some(()),
         );
         (host, "https://127.0.0.1:8443".to_owned())
+    }
+
+    /// Makes `dpkg -i` inside the test host change the test host only: overlays on `/usr` and
+    /// `/var/lib` (dpkg's database, systemd's and deb-systemd-helper's state, `/var/lib/latch`
+    /// now in the overlay as well) whose changes stay on the host's tmpfs. Call it right after
+    /// the start, before anything is written to `/var/lib`.
+    pub fn private_packages(&self) {
+        self.exec(&["/bin/sh", "-c", PRIVATE_PACKAGES])
+            .ok("overlays for dpkg");
+    }
+
+    /// After [`TestHost::private_packages`]: lets the maintainer scripts see a systemd as PID 1.
+    /// `/run/systemd/system` exists and `systemctl` (in the overlay) records each call for
+    /// [`TestHost::systemctl_calls`]; what works without a running systemd it hands to the real
+    /// one on the test host's files (`--root=/`: presets; `is-enabled`), `is-active` says
+    /// inactive, and anything else (start, stop, daemon-reload, …) does nothing.
+    pub fn pretend_systemd(&self) {
+        self.exec(&["/bin/sh", "-c", PRETEND_SYSTEMD])
+            .ok("a systemctl that records");
+    }
+
+    /// The `systemctl` calls recorded since [`TestHost::pretend_systemd`], one a line.
+    pub fn systemctl_calls(&self) -> String {
+        self.read("/run/systemctl.calls")
+    }
+
+    /// Copies the machine's file `from` to `to` inside the test host (whose `/tmp` is its own).
+    pub fn copy_in(&self, from: &std::path::Path, to: &str) {
+        let bytes = std::fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        self.exec_stdin(&["/bin/sh", "-c", "cat > \"$1\"", "sh", to], &bytes)
+            .ok(&format!("copy {} into the test host", from.display()));
     }
 
     /// Whether `GET /v1/health` through the test host's link answers within 2 s.
@@ -374,26 +435,28 @@ impl TestHost {
 
     /// Enrolls with `control` using a token given on stdin; returns the host id.
     pub fn enroll(&self, control: &ControlPlane, token: &str) -> Ran {
-        run(
-            self.nsenter().args([
-                AGENT,
-                "enroll",
-                "--server",
-                &control.url,
-                "--ca-fingerprint",
-                &control.fingerprint,
-                "--token-file",
-                "-",
-            ]),
-            Some(token.as_bytes()),
-        )
+        self.enroll_via(&control.url, &control.fingerprint, token)
     }
 
     /// Enrolls with the control plane at `url` (as the test host sees it).
     pub fn enroll_via(&self, url: &str, fingerprint: &str, token: &str) -> Ran {
+        self.enroll_with(AGENT, url, fingerprint, token)
+    }
+
+    /// Enrolls with `control` through the agent a package installed (`/usr/bin/latch-agent`).
+    pub fn enroll_installed(&self, control: &ControlPlane, token: &str) -> Ran {
+        self.enroll_with(
+            "/usr/bin/latch-agent",
+            &control.url,
+            &control.fingerprint,
+            token,
+        )
+    }
+
+    fn enroll_with(&self, agent: &str, url: &str, fingerprint: &str, token: &str) -> Ran {
         run(
             self.nsenter().args([
-                AGENT,
+                agent,
                 "enroll",
                 "--server",
                 url,
@@ -431,9 +494,20 @@ impl TestHost {
     /// Starts the agent behind `prefix` (environment assignments and/or a wrapper command such
     /// as `setpriv …`), shell syntax.
     pub fn start_agent_with(&self, prefix: &str) -> Agent {
-        let script = format!(
-            "echo $$; exec env {prefix} /mnt/bin/latch-agent run --state-dir /var/lib/latch >>/var/log/latch-agent.log 2>&1"
-        );
+        self.spawn_agent(&format!(
+            "env {prefix} {AGENT} run --state-dir /var/lib/latch"
+        ))
+    }
+
+    /// Starts the agent a package installed (`/usr/bin/latch-agent run`, with its default
+    /// configuration file and state directory), as its systemd unit would.
+    pub fn start_installed_agent(&self) -> Agent {
+        self.spawn_agent("/usr/bin/latch-agent run")
+    }
+
+    /// Runs `command` (shell syntax) as the agent, logging to `/var/log/latch-agent.log`.
+    fn spawn_agent(&self, command: &str) -> Agent {
+        let script = format!("echo $$; exec {command} >>/var/log/latch-agent.log 2>&1");
         let mut child = self
             .nsenter()
             .args(["/bin/sh", "-c", &script])

@@ -219,6 +219,7 @@ pub struct PollParams {
 )]
 pub async fn poll_jobs(
     State(control): Ctl,
+    headers: axum::http::HeaderMap,
     Host(host): Host,
     ApiQuery(params): ApiQuery<PollParams>,
 ) -> Result<Response, ApiError> {
@@ -231,11 +232,29 @@ pub async fn poll_jobs(
     if let Some(applied) = params.applied {
         control.catch_up_sequence(&host, applied).await?;
     }
+    control.note_agent(&host, agent_info(&headers)).await?;
     let job = control.next_job(&host, Duration::from_secs(wait)).await?;
     Ok(Json(ListResponse {
         list: job.into_iter().collect(),
     })
     .into_response())
+}
+
+/// The agent a request came from: its User-Agent and protocol header (checked by
+/// [`super::protocol::handshake`] before any handler runs).
+fn agent_info(headers: &axum::http::HeaderMap) -> latch_common::api::AgentInfo {
+    let protocol = latch_common::api::parse_protocol(
+        headers
+            .get(latch_common::api::PROTOCOL_HEADER)
+            .map(axum::http::HeaderValue::as_bytes),
+    )
+    .unwrap_or(1);
+    latch_common::api::AgentInfo::from_request(
+        headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|value| value.to_str().ok()),
+        protocol,
+    )
 }
 
 /// The query of `POST /v1/agent/jobs/{id}/report`.

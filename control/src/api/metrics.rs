@@ -316,6 +316,19 @@ fn encode(counts: &FleetCounts, http: &HttpMetrics) -> Result<String, std::fmt::
         count_family(by_state(&ACCESS_REQUEST_STATES, &counts.access_requests)),
     );
     registry.register(
+        "hosts_agent",
+        "Enrolled hosts (not removed) by the agent version and protocol of their last poll (version \"none\": not polled since versions were recorded)",
+        count_family(counts.agents.iter().map(|(version, protocol, count)| {
+            (
+                vec![
+                    ("version", version.clone()),
+                    ("protocol", protocol.to_string()),
+                ],
+                n(*count),
+            )
+        })),
+    );
+    registry.register(
         "http_request_duration_seconds",
         "Time to answer an API request, by method, route template and status class (this process only)",
         http.requests.clone(),

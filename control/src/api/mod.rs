@@ -1,5 +1,6 @@
 //! The HTTP API (DESIGN.md §5). Handlers only parse, authenticate and call [`Control`]; every
-//! decision lives in the library modules.
+//! decision lives in the library modules. `/v1/enroll` and `/v1/agent/*` carry the agent
+//! protocol's version in both directions ([`protocol`]).
 //!
 //! | method | path | who | what |
 //! |---|---|---|---|
@@ -67,6 +68,7 @@ pub mod metrics;
 pub mod openapi;
 mod pagination;
 mod people;
+pub mod protocol;
 mod vault;
 mod webhooks;
 
@@ -295,6 +297,8 @@ pub fn router(control: Arc<Control>) -> Router {
             limits::Limiter::new(control.config().rate_limits.clone()),
             limits::limit,
         ))
+        // Outside the limiter: its refusals name the protocol too.
+        .layer(axum::middleware::from_fn(protocol::handshake))
         // Outermost: times every answer, the limiter's refusals included.
         .layer(axum::middleware::from_fn_with_state(
             http_metrics.clone(),

@@ -549,11 +549,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print_hosts(std::slice::from_ref(&host));
                 println!(
-                    "machine-id: {}  enrolled: {}\nlabels: {}\nSSH user CA trusted: {}",
+                    "machine-id: {}  enrolled: {}\nlabels: {}\nSSH user CA trusted: {}\nagent: {}",
                     host.facts.machine_id,
                     host.enrolled_at.to_rfc3339(),
                     labels_text(&host.labels),
-                    if host.ssh_ca { "yes" } else { "no" }
+                    if host.ssh_ca { "yes" } else { "no" },
+                    host.agent
+                        .as_ref()
+                        .map_or("not polled yet".to_owned(), |agent| format!(
+                            "latch-agent {} (protocol {})",
+                            agent.version, agent.protocol
+                        ))
                 );
             }
         }

@@ -77,6 +77,8 @@ pub const TABLES: &[Table] = &[
             ("removed_at", Int),
             ("labels", Text),
             ("ssh_ca", Int),
+            ("agent_version", Text),
+            ("agent_protocol", Int),
         ],
         identity: false,
     },

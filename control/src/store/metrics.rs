@@ -32,6 +32,9 @@ pub struct FleetCounts {
     pub rotations: Vec<(String, u64)>,
     /// Access requests per state.
     pub access_requests: Vec<(String, u64)>,
+    /// Hosts (not removed) per `(agent version, agent protocol)` of their last poll; `("none",
+    /// 0)` for hosts that have not polled since the control plane recorded versions.
+    pub agents: Vec<(String, u32, u64)>,
 }
 
 /// The counting queries behind [`FleetCounts`] and the readiness probe.
@@ -135,6 +138,22 @@ macro_rules! metrics_store {
                 )
                 .fetch_all(pool)
                 .await?;
+                let agents = sqlx::query(
+                    "SELECT COALESCE(agent_version, 'none') AS version, \
+                            COALESCE(agent_protocol, 0) AS protocol, COUNT(*) AS n \
+                     FROM hosts WHERE removed_at IS NULL GROUP BY 1, 2 ORDER BY 1, 2",
+                )
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok((
+                        row.text("version")?,
+                        u32::try_from(row.int("protocol")?).map_err(|e| corrupt("a protocol", e))?,
+                        count(row, "n")?,
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()?;
                 Ok(FleetCounts {
                     jobs,
                     oldest_pending,
@@ -145,6 +164,7 @@ macro_rules! metrics_store {
                     grants_unrevoked: label_counts(&grants)?,
                     rotations: label_counts(&rotations)?,
                     access_requests: label_counts(&requests)?,
+                    agents,
                 })
             }
 

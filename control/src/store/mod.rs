@@ -7,6 +7,7 @@ pub mod access;
 mod rows;
 pub mod copy;
 pub mod metrics;
+mod migrations;
 pub mod people;
 mod postgres;
 mod sqlite;
@@ -95,6 +96,16 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A newer release migrated the database: its schema is one this binary does not know.
+    #[error(
+        "the database's schema is at migration {database}, newer than this latch-control knows (migration {binary}): a newer release has run on it, and migrations only go forward; upgrade latch-control to that release, or restore the backup taken before the upgrade"
+    )]
+    SchemaNewer {
+        /// The newest migration applied to the database.
+        database: i64,
+        /// The newest migration this binary carries.
+        binary: i64,
+    },
     /// The audit key could not be made.
     #[error(transparent)]
     AuditKey(#[from] crate::audit::key::AuditKeyError),
@@ -121,6 +132,8 @@ pub struct HostRecord {
     pub last_seen: Option<DateTime<Utc>>,
     /// Whether it was enrolled to trust the SSH user CA (its token's `--ssh-ca`).
     pub ssh_ca: bool,
+    /// The agent its last poll came from (`None` before its first poll).
+    pub agent: Option<latch_common::api::AgentInfo>,
 }
 
 /// A job as stored.
@@ -439,6 +452,12 @@ pub trait Store:
     async fn host_by_credential(&self, hash: &str) -> Result<Option<HostRecord>, StoreError>;
     /// Records that the host polled at `now`.
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records which agent the host runs.
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError>;
     /// Raises the host's next job sequence above `applied`, the highest sequence its agent
     /// applied (after the database was restored from a backup older than what the agent saw,
     /// every new job would otherwise be refused as replayed or stale). Audited. Returns whether

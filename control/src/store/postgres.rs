@@ -579,7 +579,10 @@ async fn migrate(pool: &PgPool, schema_key: i32) -> Result<(), StoreError> {
         .bind(schema_key)
         .execute(&mut *conn)
         .await?;
-    let migrated = migrator.run(&mut *conn).await;
+    let migrated = match super::migrations::refuse_newer_schema(&migrator, &mut *conn).await {
+        Ok(()) => migrator.run(&mut *conn).await.map_err(StoreError::from),
+        Err(refused) => Err(refused),
+    };
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
         .bind(MIGRATION_LOCK)
         .bind(schema_key)
@@ -759,6 +762,20 @@ impl Store for PgStore {
     async fn touch_host(&self, host_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE hosts SET last_seen = $1 WHERE id = $2")
             .bind(millis(now))
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE hosts SET agent_version = $1, agent_protocol = $2 WHERE id = $3")
+            .bind(&agent.version)
+            .bind(i64::from(agent.protocol))
             .bind(host_id)
             .execute(&self.pool)
             .await?;

@@ -24,7 +24,8 @@ macro_rules! job_columns {
 /// The columns [`host_from_row`] reads.
 macro_rules! host_columns {
     () => {
-        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen, ssh_ca"
+        "id, hostname, os, kernel, arch, cpus, memory_bytes, machine_id, enrolled_at, last_seen, ssh_ca, \
+         agent_version, agent_protocol"
     };
 }
 
@@ -104,6 +105,16 @@ pub(super) fn host_from_row(row: &impl Columns) -> Result<HostRecord, StoreError
         enrolled_at: from_millis(row.int("enrolled_at")?),
         last_seen: row.opt_int("last_seen")?.map(from_millis),
         ssh_ca: row.int("ssh_ca")? != 0,
+        agent: match (
+            row.opt_text("agent_version")?,
+            row.opt_int("agent_protocol")?,
+        ) {
+            (Some(version), Some(protocol)) => Some(latch_common::api::AgentInfo {
+                version,
+                protocol: protocol.try_into().map_err(|e| corrupt("host", e))?,
+            }),
+            _ => None,
+        },
     })
 }
 

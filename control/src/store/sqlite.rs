@@ -529,7 +529,13 @@ impl SqliteStore {
                 location: location.clone(),
                 source,
             })?;
-        MIGRATOR.run(&pool).await?;
+        let mut migrating = pool.acquire().await.map_err(|source| StoreError::Open {
+            location: location.clone(),
+            source,
+        })?;
+        super::migrations::refuse_newer_schema(&MIGRATOR, &mut *migrating).await?;
+        MIGRATOR.run(&mut *migrating).await?;
+        drop(migrating);
         let conn = open_connection(path, false)
             .and_then(|conn| {
                 // Checkpoints run on their own thread instead of in the commit that fills the
@@ -796,6 +802,23 @@ impl Store for SqliteStore {
             tx.exec(
                 "UPDATE hosts SET last_seen = ? WHERE id = ?",
                 params![millis(now), host_id],
+            )?;
+            Ok(End::Commit(()))
+        })
+        .await
+    }
+
+    async fn record_agent(
+        &self,
+        host_id: &str,
+        agent: &latch_common::api::AgentInfo,
+    ) -> Result<(), StoreError> {
+        let (version, protocol) = (agent.version.clone(), i64::from(agent.protocol));
+        let host_id = host_id.to_owned();
+        self.write(move |tx| {
+            tx.exec(
+                "UPDATE hosts SET agent_version = ?, agent_protocol = ? WHERE id = ?",
+                params![version, protocol, host_id],
             )?;
             Ok(End::Commit(()))
         })

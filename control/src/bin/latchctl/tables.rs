@@ -37,6 +37,9 @@ pub(crate) fn print_hosts(hosts: &[HostView]) {
                 paint.state(if h.online { "yes" } else { "no" }),
                 h.last_seen
                     .map_or("never".to_owned(), |t| paint.time(t, now)),
+                h.agent
+                    .as_ref()
+                    .map_or("-".to_owned(), |agent| agent.version.clone()),
                 labels_text(&h.labels),
             ]
         })
@@ -52,6 +55,7 @@ pub(crate) fn print_hosts(hosts: &[HostView]) {
             "MEMORY",
             "ONLINE",
             "LAST SEEN",
+            "AGENT",
             "LABELS",
         ],
         rows,
