@@ -95,6 +95,50 @@ struct FileOption {
     words: Vec<OsString>,
 }
 
+/// The environment variable behind a value clap refused, when the value came from there (the
+/// option is not on the command line `argv` and has a variable that is set): clap's own message
+/// names only the option.
+pub fn refused_variable(
+    command: &Command,
+    error: &clap::Error,
+    argv: &[OsString],
+) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = shown.split_whitespace().next()?.strip_prefix("--")?;
+    let written = |word: &OsString| {
+        word.to_str().is_some_and(|word| {
+            word.strip_prefix("--")
+                .and_then(|rest| rest.strip_prefix(long))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        })
+    };
+    if argv.iter().any(written) {
+        return None;
+    }
+    let mut commands = vec![command];
+    while let Some(command) = commands.pop() {
+        commands.extend(command.get_subcommands());
+        let variable = command
+            .get_arguments()
+            .filter(|arg| arg.get_long() == Some(long))
+            .find_map(|arg| arg.get_env())
+            .filter(|name| std::env::var_os(name).is_some());
+        if let Some(name) = variable {
+            return Some(name.to_string_lossy().into_owned());
+        }
+    }
+    None
+}
+
 impl Overlay {
     /// The command-line words of every option the file sets, to go before the real ones.
     pub fn words(&self) -> Vec<OsString> {
@@ -295,7 +339,7 @@ fn scalar(value: &toml::Value) -> Option<String> {
 }
 
 /// A clap error as one line, without usage or tips.
-fn clap_message(error: &clap::Error) -> String {
+pub fn clap_message(error: &clap::Error) -> String {
     let rendered = error.render().to_string();
     let first = rendered.split("\n\n").next().unwrap_or_default();
     let text = first.strip_prefix("error: ").unwrap_or(first);

@@ -204,6 +204,12 @@ fn control_config_check_points_at_each_mistake() {
             "environment LATCH_MFA_WINDOW: `mfa_window` must be between 1m and 12h".to_owned(),
             "",
         ),
+        (
+            vec!["--config", control.to_str().unwrap()],
+            Some(("LATCH_MAX_ATTEMPTS", "500")),
+            "environment LATCH_MAX_ATTEMPTS: invalid value '500' for '--max-attempts <MAX_ATTEMPTS>': 500 is not in 1..=100".to_owned(),
+            "",
+        ),
     ] {
         let env: Vec<(&str, &str)> = env.into_iter().collect();
         let stderr = refused("latch-control", &args, &env);

@@ -286,6 +286,20 @@ fn check(argv: &[OsString], first: &ArgMatches) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Reports clap's complaint about the command line or the environment and gives the exit status
+/// (`config check`: 1 for any mistake; help and version: 0).
+fn refused(argv: &[OsString], error: &clap::Error, checking: bool) -> ExitCode {
+    if let Some(name) = settings::refused_variable(&Cli::command(), error, argv) {
+        eprintln!("environment {name}: {}", settings::clap_message(error));
+        return ExitCode::from(if checking { 1 } else { 2 });
+    }
+    if checking && error.use_stderr() {
+        let _ = error.print();
+        return ExitCode::FAILURE;
+    }
+    error.exit()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // One crypto provider for every rustls user in the process (the TLS listener, webhook
@@ -295,12 +309,7 @@ async fn main() -> ExitCode {
     let checking = argv.get(1).is_some_and(|word| word == "config");
     let first = match first_parse(&argv) {
         Ok(matches) => matches,
-        // `config check` exits 1 on any mistake; help and version still exit 0.
-        Err(error) if checking && error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::FAILURE;
-        }
-        Err(error) => error.exit(),
+        Err(error) => return refused(&argv, &error, checking),
     };
     if checking {
         return check(&argv, &first);
