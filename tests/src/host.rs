@@ -33,10 +33,30 @@ echo ready
 exec /bin/sh -c 'while :; do sleep 3600; done'
 "#;
 
-/// Run inside a test host by [`TestHost::private_packages`].
+/// Shell lines that stop a script (exit 1) unless `/usr` and `/var/lib` are the overlays
+/// [`TestHost::private_packages`] mounts: whatever follows writes there, and without them it
+/// would write to the machine's own (a test host shares them with the machine).
+const REQUIRE_PRIVATE_PACKAGES: &str = r#"
+for dir in /usr /var/lib; do
+  if [ "$(findmnt -no FSTYPE "$dir")" != overlay ] || [ "$(findmnt -no SOURCE "$dir")" != latch-test-overlay ]; then
+    echo "refused: $dir is not the test host's overlay (TestHost::private_packages first)" >&2
+    exit 1
+  fi
+done
+"#;
+
+/// Run inside a test host by [`TestHost::private_packages`]. Only in a test host: `/mnt`, where
+/// the overlays keep their changes, must be its tmpfs.
 const PRIVATE_PACKAGES: &str = r#"
 set -eu
+if [ "$(findmnt -no SOURCE /mnt)" != latch-test-host ]; then
+  echo "refused: /mnt is not a test host's tmpfs" >&2
+  exit 1
+fi
 for dir in /usr /var/lib; do
+  if [ "$(findmnt -no SOURCE "$dir")" = latch-test-overlay ]; then
+    continue
+  fi
   name=$(echo "$dir" | tr / _)
   mkdir -p "/mnt/overlay/$name/upper" "/mnt/overlay/$name/work"
   mount -t overlay latch-test-overlay \
@@ -44,19 +64,55 @@ for dir in /usr /var/lib; do
 done
 "#;
 
-/// Run inside a test host by [`TestHost::pretend_systemd`].
+/// Run inside a test host by [`TestHost::pretend_systemd`], after [`REQUIRE_PRIVATE_PACKAGES`]:
+/// a `systemctl` in the overlay that records its calls and runs the services it is asked to
+/// (below).
 const PRETEND_SYSTEMD: &str = r#"
 set -eu
 mkdir -p /run/systemd/system
 : > /run/systemctl.calls
-mv /usr/bin/systemctl /usr/bin/systemctl.real
+[ -e /usr/bin/systemctl.real ] || mv /usr/bin/systemctl /usr/bin/systemctl.real
 cat > /usr/bin/systemctl <<'EOF'
 #!/bin/sh
+# Records the call; hands what works without a running systemd to the real one on the test
+# host's files; runs a unit's ExecStart= (a simple service: one process, its PID in
+# /run/UNIT.pid, output to /var/log/NAME.log) for start, restart, try-restart, stop and
+# enable --now.
 echo "$*" >> /run/systemctl.calls
+for unit; do :; done
+case "$unit" in *.*) ;; *) unit=$unit.service ;; esac
+pidfile="/run/$unit.pid"
+active() {
+  pid=$(cat "$pidfile" 2>/dev/null) || return 1
+  state=$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+stop() {
+  active || return 0
+  kill -TERM "$pid"
+  for _ in $(seq 100); do active || return 0; sleep 0.1; done
+  kill -KILL "$pid"
+  while active; do sleep 0.1; done
+}
+start() {
+  active && return 0
+  command=$(sed -n 's/^ExecStart=//p' "/lib/systemd/system/$unit")
+  [ -n "$command" ] || { echo "systemctl stand-in: $unit has no ExecStart=" >&2; exit 5; }
+  sh -c "exec $command" </dev/null >>"/var/log/${unit%.service}.log" 2>&1 &
+  echo $! > "$pidfile"
+}
 case " $* " in
   *" --root="*) exec /usr/bin/systemctl.real "$@" ;;
-  *" is-enabled "*) for unit; do :; done; exec /usr/bin/systemctl.real --root=/ is-enabled "$unit" ;;
-  *" is-active "*) exit 3 ;;
+  *" is-enabled "*) exec /usr/bin/systemctl.real --root=/ is-enabled "$unit" ;;
+  *" is-active "*) active && exit 0; exit 3 ;;
+  *" enable "*)
+    /usr/bin/systemctl.real --root=/ enable "$unit" || exit
+    case " $* " in *" --now "*) start ;; esac ;;
+  *" disable "*) exec /usr/bin/systemctl.real --root=/ disable "$unit" ;;
+  *" try-restart "*) if active; then stop; start; fi ;;
+  *" restart "*) stop; start ;;
+  *" start "*) start ;;
+  *" stop "*) stop ;;
 esac
 exit 0
 EOF
@@ -210,19 +266,42 @@ impl TestHost {
             .ok("overlays for dpkg");
     }
 
-    /// After [`TestHost::private_packages`]: lets the maintainer scripts see a systemd as PID 1.
-    /// `/run/systemd/system` exists and `systemctl` (in the overlay) records each call for
-    /// [`TestHost::systemctl_calls`]; what works without a running systemd it hands to the real
-    /// one on the test host's files (`--root=/`: presets; `is-enabled`), `is-active` says
-    /// inactive, and anything else (start, stop, daemon-reload, …) does nothing.
+    /// After [`TestHost::private_packages`] (refused otherwise): lets the maintainer scripts see
+    /// a systemd as PID 1. `/run/systemd/system` exists and `systemctl` (in the overlay) records
+    /// each call for [`TestHost::systemctl_calls`]; what works without a running systemd it
+    /// hands to the real one on the test host's files (`--root=/`: presets; `is-enabled`,
+    /// `enable`, `disable`); it runs a unit's `ExecStart=` as one process for `start`, `restart`,
+    /// `try-restart` and `enable --now`, stops it for `stop` (SIGTERM, then SIGKILL after
+    /// 10 s), answers `is-active` from it, and does nothing else (daemon-reload, …). The agent
+    /// it starts logs to `/var/log/latch-agent.log`, where [`TestHost::agent_log`] reads.
     pub fn pretend_systemd(&self) {
-        self.exec(&["/bin/sh", "-c", PRETEND_SYSTEMD])
-            .ok("a systemctl that records");
+        self.exec(&[
+            "/bin/sh",
+            "-c",
+            &format!("{REQUIRE_PRIVATE_PACKAGES}{PRETEND_SYSTEMD}"),
+        ])
+        .ok("a systemctl that records");
     }
 
-    /// The `systemctl` calls recorded since [`TestHost::pretend_systemd`], one a line.
+    /// The `systemctl` calls recorded since the previous call (or [`TestHost::pretend_systemd`]),
+    /// one a line.
     pub fn systemctl_calls(&self) -> String {
-        self.read("/run/systemctl.calls")
+        self.exec(&[
+            "/bin/sh",
+            "-c",
+            "cat /run/systemctl.calls && : > /run/systemctl.calls",
+        ])
+        .ok("the recorded systemctl calls")
+    }
+
+    /// Runs `args` inside the test host only when its `/usr` and `/var/lib` are the overlays of
+    /// [`TestHost::private_packages`] (exit status 1 and nothing run otherwise): for what
+    /// writes there, such as dpkg.
+    pub fn exec_on_private_packages(&self, args: &[&str]) -> Ran {
+        let script = format!("{REQUIRE_PRIVATE_PACKAGES}exec \"$@\"");
+        let mut argv = vec!["/bin/sh", "-c", &script, "sh"];
+        argv.extend_from_slice(args);
+        self.exec(&argv)
     }
 
     /// Copies the machine's file `from` to `to` inside the test host (whose `/tmp` is its own).
@@ -497,12 +576,6 @@ impl TestHost {
         self.spawn_agent(&format!(
             "env {prefix} {AGENT} run --state-dir /var/lib/latch"
         ))
-    }
-
-    /// Starts the agent a package installed (`/usr/bin/latch-agent run`, with its default
-    /// configuration file and state directory), as its systemd unit would.
-    pub fn start_installed_agent(&self) -> Agent {
-        self.spawn_agent("/usr/bin/latch-agent run")
     }
 
     /// Runs `command` (shell syntax) as the agent, logging to `/var/log/latch-agent.log`.

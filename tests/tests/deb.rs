@@ -166,15 +166,36 @@ impl RealSystem {
 }
 
 /// `dpkg ARGS` inside `host` with a clean environment (plus `LATCH_AGENT_FORCE_REMOVE=yes`
-/// when `force`).
+/// when `force`); refused unless `/usr` and `/var/lib` are the test host's overlays.
 fn dpkg(host: &TestHost, args: &[&str], force: bool) -> Ran {
-    let mut argv = vec!["env", "-i", PATH];
-    if force {
-        argv.push("LATCH_AGENT_FORCE_REMOVE=yes");
-    }
-    argv.push("dpkg");
+    let mut argv = vec!["dpkg"];
     argv.extend_from_slice(args);
-    host.exec(&argv)
+    clean_env(host, &argv, force)
+}
+
+/// `argv` inside `host` as [`dpkg`] runs it: a clean environment (plus
+/// `LATCH_AGENT_FORCE_REMOVE=yes` when `force`), only on the test host's overlays.
+fn clean_env(host: &TestHost, argv: &[&str], force: bool) -> Ran {
+    let mut command = vec!["env", "-i", PATH];
+    if force {
+        command.push("LATCH_AGENT_FORCE_REMOVE=yes");
+    }
+    command.extend_from_slice(argv);
+    host.exec_on_private_packages(&command)
+}
+
+/// Whether one of the recorded systemctl `calls` asks `verb` (`start`, `restart`, …) of the
+/// agent's unit.
+fn called(calls: &str, verb: &str) -> bool {
+    calls.lines().any(|call| {
+        let words: Vec<&str> = call.split_whitespace().collect();
+        words.contains(&verb) && words.contains(&"latch-agent.service")
+    })
+}
+
+/// How many agents run in `host`.
+fn agents_running(host: &TestHost) -> usize {
+    host.processes_matching("latch-agent run").len()
 }
 
 /// dpkg's status of `package` in `host` (`install ok installed`, `deinstall ok config-files`,
@@ -234,12 +255,15 @@ fn recorded_accounts(host: &TestHost) -> serde_json::Map<String, serde_json::Val
 }
 
 /// The agent's package, with a systemd stand-in that records what the maintainer scripts ask of
-/// it: lintian-clean; installed, it is neither enabled nor started and says how
-/// to enroll; the installed agent enrolls and applies jobs; an upgrade keeps the enrollment, the
-/// active grant and the operator's configuration, and the grant that ended while it ran is
-/// revoked as soon as the new agent starts; removal is refused while accounts Latch created
-/// exist (forced, it keeps the state and the configuration, and purge is refused in turn);
-/// installed again, the agent still ends those accounts; purge then leaves nothing behind.
+/// it and runs the agent when asked to: lintian-clean; installed, it is neither enabled nor
+/// started and says how to enroll; the installed agent enrolls, is enabled and started as the
+/// README says, and applies jobs; an upgrade with the agent stopped keeps the enrollment, the
+/// active grant and the operator's configuration, starts the agent (accounts of Latch's exist),
+/// and the grant that ended while it was down is revoked at once; removal is refused while accounts Latch created
+/// exist and leaves the agent running (forced, it stops the agent, keeps the state and the
+/// configuration, and purge is refused in turn); installed again, the package starts the agent,
+/// which still ends those accounts; with none left an upgrade leaves a stopped agent stopped,
+/// and purge leaves nothing behind.
 #[test]
 fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     const TEST: &str = "the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly";
@@ -304,11 +328,16 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     );
     assert!(host.processes_matching("latch-agent run").is_empty());
 
-    // The installed agent enrolls and applies jobs: one grant that lasts, one that ends soon.
+    // The installed agent enrolls, the operator enables and starts it as the README says (from
+    // then on only the maintainer scripts start it), and it applies jobs: one grant that lasts,
+    // one that ends soon.
     let token = cp.enroll_token("10m", 1);
     host.enroll_installed(&cp, &token).ok("latch-agent enroll");
     assert_eq!(stat(&host, "/var/lib/latch/identity.json"), "600 root root");
-    let agent = host.start_installed_agent();
+    host.exec(&["systemctl", "enable", "--now", "latch-agent"])
+        .ok("systemctl enable --now latch-agent");
+    assert!(exists(&host, AGENT_WANTED));
+    assert_eq!(agents_running(&host), 1);
     let lasting = cp.create_job(&[
         "--host",
         "e2e-deb-agent",
@@ -338,9 +367,9 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
         .and_then(|t| t.parse().ok())
         .expect("pkgbob's end in the record");
 
-    // Upgrade. The operator's change to the configuration file stays. Under systemd the
-    // postinst's try-restart is all the downtime; here the agent is down from before the
-    // upgrade until after pkgbob's end.
+    // Upgrade, with the agent stopped past pkgbob's end. The operator's change to the
+    // configuration file stays. Accounts of Latch's exist: the postinst starts the (enabled)
+    // agent on the new binary, which revokes pkgbob at once.
     host.exec(&[
         "/bin/sh",
         "-c",
@@ -348,37 +377,34 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     ])
     .ok("edit agent.toml");
     let identity = host.read("/var/lib/latch/identity.json");
-    agent.stop();
-    let upgraded = dpkg(&host, &["-i", "/tmp/v2.deb"], false).ok("dpkg -i v2");
-    assert!(!upgraded.contains("not enrolled"), "{upgraded}");
-    assert_eq!(
-        host.exec(&["dpkg-query", "-W", "-f=${Version}", "latch-agent"])
-            .stdout,
-        "0.1.1-1"
-    );
-    let calls = host.systemctl_calls();
-    assert!(calls.contains("try-restart latch-agent.service"), "{calls}");
-    assert!(
-        !calls
-            .lines()
-            .any(|c| c.contains(" start ") || c.contains("preset"))
-            && !exists(&host, AGENT_WANTED),
-        "{calls}"
-    );
-    assert_eq!(host.read("/var/lib/latch/identity.json"), identity);
-    assert!(
-        host.read("/etc/latch/agent.toml")
-            .ends_with("log_level = \"debug\"\n")
-    );
-    assert_eq!(stat(&host, "/var/lib/latch"), "700 root root");
+    host.exec(&["systemctl", "stop", "latch-agent"])
+        .ok("systemctl stop latch-agent");
+    assert_eq!(agents_running(&host), 0);
+    host.systemctl_calls();
     let left = (ends_at - chrono::Utc::now()).to_std().unwrap_or_default();
     std::thread::sleep(left + Duration::from_secs(1));
     assert!(
         host.passwd_line("pkgbob").is_some(),
         "nothing revokes while the agent is down"
     );
+    let upgraded = dpkg(&host, &["-i", "/tmp/v2.deb"], false).ok("dpkg -i v2");
     let started = Instant::now();
-    let agent = host.start_installed_agent();
+    assert!(
+        !upgraded.contains("not enrolled")
+            && upgraded.contains("the agent, which ends them, is started"),
+        "{upgraded}"
+    );
+    assert_eq!(
+        host.exec(&["dpkg-query", "-W", "-f=${Version}", "latch-agent"])
+            .stdout,
+        "0.1.1-1"
+    );
+    let calls = host.systemctl_calls();
+    assert!(
+        called(&calls, "restart") && exists(&host, AGENT_WANTED),
+        "the postinst must (re)start the agent while accounts of Latch's exist: {calls}"
+    );
+    assert_eq!(agents_running(&host), 1, "{calls}");
     host.wait(
         "the grant that ended during the upgrade to be revoked",
         Duration::from_secs(10),
@@ -386,9 +412,15 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     );
     assert!(
         started.elapsed() < Duration::from_secs(3),
-        "revoked {:?} after the new agent started",
+        "revoked {:?} after the upgrade",
         started.elapsed()
     );
+    assert_eq!(host.read("/var/lib/latch/identity.json"), identity);
+    assert!(
+        host.read("/etc/latch/agent.toml")
+            .ends_with("log_level = \"debug\"\n")
+    );
+    assert_eq!(stat(&host, "/var/lib/latch"), "700 root root");
     assert!(host.passwd_line("pkgalice").is_some());
     assert!(host.group_members("sudo").contains(&"pkgalice".to_owned()));
     let revoked = wait_for(
@@ -405,7 +437,9 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
         "the new agent runs with the kept configuration (log_level = debug)"
     );
 
-    // Removal is refused while an account Latch created exists: nothing would end it.
+    // Removal is refused while an account Latch created exists: nothing would end it. dpkg
+    // then runs `postinst abort-remove`, which makes sure the agent runs.
+    host.systemctl_calls();
     let refused = dpkg(&host, &["-r", "latch-agent"], false);
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(
@@ -420,17 +454,23 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
         status(&host, "latch-agent")
     );
     assert!(exists(&host, "/usr/bin/latch-agent"));
-    assert!(!host.systemctl_calls().contains("stop"));
+    let calls = host.systemctl_calls();
+    assert!(
+        !called(&calls, "stop") && called(&calls, "start"),
+        "{calls}"
+    );
+    assert_eq!(agents_running(&host), 1, "{calls}");
 
-    // Forced: the programs go, the state and the configuration stay, and so does the account.
-    agent.stop();
+    // Forced: the agent is stopped, the programs go, the state and the configuration stay, and
+    // so does the account.
     let removed = dpkg(&host, &["-r", "latch-agent"], true);
     assert_eq!(removed.code, 0, "{removed:?}");
     assert!(
         removed.stderr.contains("WARNING") && removed.stderr.contains("pkgalice"),
         "{removed:?}"
     );
-    assert!(host.systemctl_calls().contains("stop latch-agent.service"));
+    assert!(called(&host.systemctl_calls(), "stop"));
+    assert_eq!(agents_running(&host), 0);
     assert_eq!(status(&host, "latch-agent"), "deinstall ok config-files");
     for gone in [
         "/usr/bin/latch-agent",
@@ -455,10 +495,20 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     assert_eq!(host.read("/var/lib/latch/identity.json"), identity);
     assert!(recorded_accounts(&host).contains_key("pkgalice"));
 
-    // Installed again, the agent carries on with its enrollment and ends the account.
+    // Installed again, the postinst starts the agent (nobody else does here), which carries
+    // on with its enrollment and ends the account.
     let reinstalled = dpkg(&host, &["-i", "/tmp/v2.deb"], false).ok("dpkg -i again");
-    assert!(!reinstalled.contains("not enrolled"), "{reinstalled}");
-    let agent = host.start_installed_agent();
+    assert!(
+        !reinstalled.contains("not enrolled")
+            && reinstalled.contains("the agent, which ends them, is started"),
+        "{reinstalled}"
+    );
+    let calls = host.systemctl_calls();
+    assert!(
+        (called(&calls, "start") || called(&calls, "restart")) && exists(&host, AGENT_WANTED),
+        "{calls}"
+    );
+    assert_eq!(agents_running(&host), 1, "{calls}");
     let delete = cp.create_job(&[
         "--host",
         "e2e-deb-agent",
@@ -471,8 +521,22 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     assert!(host.passwd_line("pkgalice").is_none());
     assert!(recorded_accounts(&host).is_empty());
 
-    // With no account of Latch's left, remove and purge need no force; nothing is left.
-    agent.stop();
+    // With no account of Latch's left, an agent the operator stopped stays stopped through an
+    // upgrade (try-restart), and remove and purge need no force; nothing is left.
+    host.exec(&["systemctl", "stop", "latch-agent.service"])
+        .ok("systemctl stop");
+    host.systemctl_calls();
+    let upgraded = dpkg(&host, &["-i", "/tmp/v2.deb"], false).ok("dpkg -i v2 again");
+    assert!(
+        !upgraded.contains("the agent, which ends them, is started"),
+        "{upgraded}"
+    );
+    let calls = host.systemctl_calls();
+    assert!(
+        called(&calls, "try-restart") && !called(&calls, "start") && !called(&calls, "restart"),
+        "{calls}"
+    );
+    assert_eq!(agents_running(&host), 0, "{calls}");
     dpkg(&host, &["-r", "latch-agent"], false).ok("dpkg -r");
     assert!(exists(&host, "/var/lib/latch/identity.json"));
     dpkg(&host, &["-P", "latch-agent"], false).ok("dpkg -P");
@@ -491,6 +555,228 @@ fn the_agent_package_installs_upgrades_with_live_grants_and_purges_cleanly() {
     let traces = unit_traces(&host, "latch-agent");
     assert!(traces.trim().is_empty(), "left after purge: {traces}");
     host.assert_account_files_clean();
+
+    drop(host);
+    real.assert_unchanged();
+    real_etc.assert_unchanged();
+}
+
+/// The agent's prerm and postinst run by hand in a test host (with the systemd stand-in, no
+/// package needed) on the cases a package install does not reach: the record in the state_dir
+/// agent.toml names counts (and only an uncommented state_dir line names one); the postinst
+/// starts an enabled agent there and warns about one that is not; a state_dir line or a record
+/// that cannot be read refuses removal with what to check; LATCH_AGENT_FORCE_REMOVE=yes removes
+/// whatever the scripts could not read; an account created while prerm stops the agent
+/// refuses the removal and starts the agent again, enabled or not. And the harness refuses to
+/// write to `/usr` before it is the test host's overlay.
+#[test]
+fn the_agent_scripts_follow_state_dir_and_force_always_removes() {
+    const TEST: &str = "the_agent_scripts_follow_state_dir_and_force_always_removes";
+    if !package_test_runs(TEST) {
+        return;
+    }
+    let real_etc = RealEtc::snapshot();
+    let host = TestHost::start("e2e-deb-scripts");
+    let real = RealSystem::snapshot();
+    // What writes to /usr or /var/lib refuses to run before they are the test host's overlays.
+    let refused = host.exec_on_private_packages(&["touch", "/usr/bin/latch-e2e-guard"]);
+    assert!(
+        refused.code == 1 && refused.stderr.contains("not the test host's overlay"),
+        "{refused:?}"
+    );
+    assert!(!Path::new("/usr/bin/latch-e2e-guard").exists());
+    host.private_packages();
+    host.pretend_systemd();
+    let packaging = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging"));
+    host.copy_in(&packaging.join("debian/agent/prerm"), "/tmp/prerm");
+    host.copy_in(&packaging.join("debian/agent/postinst"), "/tmp/postinst");
+    host.copy_in(
+        &packaging.join("systemd/latch-agent.service"),
+        "/tmp/latch-agent.service",
+    );
+    clean_env(
+        &host,
+        &["cp", "/tmp/latch-agent.service", "/usr/lib/systemd/system/"],
+        false,
+    )
+    .ok("the unit, in the overlay");
+    // As dpkg runs them (deb-systemd-helper insists).
+    let script = |name: &str, args: &[&str], force: bool| {
+        let package = "DPKG_MAINTSCRIPT_PACKAGE=latch-agent".to_owned();
+        let script_name = format!("DPKG_MAINTSCRIPT_NAME={name}");
+        let path = format!("/tmp/{name}");
+        let mut argv = vec![package.as_str(), script_name.as_str(), "sh", path.as_str()];
+        argv.extend_from_slice(args);
+        clean_env(&host, &argv, force)
+    };
+    let prerm = |force: bool| script("prerm", &["remove"], force);
+    let postinst = || script("postinst", &["configure"], false);
+    let record = |names: &[&str]| {
+        let accounts: Vec<String> = names
+            .iter()
+            .map(|name| {
+                format!("    \"{name}\": {{\n      \"uid\": 60001,\n      \"expires_at\": \"2030-01-01T00:00:00Z\"\n    }}")
+            })
+            .collect();
+        // As serde_json pretty-prints it: an empty map is `{}`.
+        let accounts = if accounts.is_empty() {
+            "{}".to_owned()
+        } else {
+            format!("{{\n{}\n  }}", accounts.join(",\n"))
+        };
+        format!("{{\n  \"uid_high_water\": 60001,\n  \"accounts\": {accounts}\n}}\n")
+    };
+    host.write("/var/lib/latch/accounts.json", &record(&[]));
+    host.write("/run/latch-custom/accounts.json", &record(&["custom1"]));
+    host.write("/run/latch-custom/identity.json", "{}");
+
+    // Commented out, state_dir names nothing: only /var/lib/latch counts, and it lists none.
+    host.write_agent_config("# state_dir = \"/run/latch-custom\"\n");
+    let ran = prerm(false);
+    assert!(ran.code == 0 && !ran.stderr.contains("custom1"), "{ran:?}");
+    let ran = postinst();
+    assert!(ran.stdout.contains("not enrolled yet"), "{ran:?}");
+    assert!(!called(&host.systemctl_calls(), "start"));
+
+    // Set (a basic string with a comment after it, or an indented literal string): its record
+    // counts, and removal is refused; the postinst starts the agent once its unit is enabled,
+    // and says what to do while it is not.
+    for line in [
+        "state_dir = \"/run/latch-custom\"  # kept apart\n",
+        "  state_dir='/run/latch-custom'\n",
+    ] {
+        host.write_agent_config(&format!("log_level = \"info\"\n{line}"));
+        let ran = prerm(false);
+        assert!(
+            ran.code == 1
+                && ran.stderr.contains("NOT removed")
+                && ran
+                    .stderr
+                    .contains("custom1  (access ends: 2030-01-01T00:00:00Z)"),
+            "{line}: {ran:?}"
+        );
+    }
+    let ran = postinst();
+    assert!(
+        ran.code == 0
+            && ran.stderr.contains("its unit is not enabled")
+            && ran.stderr.contains("systemctl enable --now latch-agent"),
+        "{ran:?}"
+    );
+    assert!(!called(&host.systemctl_calls(), "start"));
+    host.exec(&["systemctl", "enable", "latch-agent"])
+        .ok("systemctl enable");
+    let ran = postinst();
+    assert!(
+        ran.code == 0
+            && ran
+                .stdout
+                .contains("the agent, which ends them, is started"),
+        "{ran:?}"
+    );
+    assert!(called(&host.systemctl_calls(), "start"));
+    // Forced: removed, with the accounts named, and the directory said to stay.
+    let ran = prerm(true);
+    assert!(
+        ran.code == 0
+            && ran.stderr.contains("WARNING")
+            && ran.stderr.contains("custom1")
+            && ran
+                .stderr
+                .contains("/run/latch-custom (state_dir in /etc/latch/agent.toml) stays"),
+        "{ran:?}"
+    );
+    assert!(called(&host.systemctl_calls(), "stop"));
+
+    // A state_dir line it cannot read (an escape), a record that is not the agent's, or one it
+    // cannot read at all: refused with what to check; forced, removed all the same.
+    let cases = [
+        (
+            "state_dir = \"/run/latch-\\u0063ustom\"\n",
+            None,
+            "/etc/latch/agent.toml: its state_dir cannot be read",
+        ),
+        (
+            "",
+            Some("{\"accounts\": {\"truncated"),
+            "/var/lib/latch/accounts.json: cannot be read as the agent's record",
+        ),
+        (
+            "",
+            Some(""),
+            "/var/lib/latch/accounts.json: cannot be read as the agent's record",
+        ),
+    ];
+    for (config, default_record, said) in cases {
+        host.write_agent_config(config);
+        match default_record {
+            Some("") => {
+                host.exec(&["rm", "-f", "/var/lib/latch/accounts.json"])
+                    .ok("rm");
+                host.exec(&["mkdir", "/var/lib/latch/accounts.json"])
+                    .ok("a record awk cannot read");
+            }
+            Some(text) => host.write("/var/lib/latch/accounts.json", text),
+            None => {}
+        }
+        let ran = prerm(false);
+        assert!(
+            ran.code == 1
+                && ran
+                    .stderr
+                    .contains("cannot tell whether accounts created by Latch exist")
+                && ran.stderr.contains(said)
+                && ran.stderr.contains("LATCH_AGENT_FORCE_REMOVE=yes"),
+            "{config}: {ran:?}"
+        );
+        let ran = prerm(true);
+        assert!(
+            ran.code == 0 && ran.stderr.contains("WARNING") && ran.stderr.contains(said),
+            "{config} forced: {ran:?}"
+        );
+    }
+
+    // The agent applies one more job while prerm stops it (a stand-in agent writes an account
+    // into the record when told to stop): prerm refuses, and starts the agent again although
+    // its unit is not enabled (deb-systemd-invoke would not).
+    host.write_agent_config("");
+    host.exec(&["rm", "-rf", "/var/lib/latch/accounts.json"])
+        .ok("rm");
+    host.write("/var/lib/latch/accounts.json", &record(&[]));
+    host.write("/tmp/late.json", &record(&["late1"]));
+    host.write(
+        "/tmp/latch-agent",
+        "#!/bin/sh\ntrap 'cp /tmp/late.json /var/lib/latch/accounts.json; exit 0' TERM\n\
+         while :; do sleep 0.1; done\n",
+    );
+    clean_env(
+        &host,
+        &[
+            "install",
+            "-m",
+            "0755",
+            "/tmp/latch-agent",
+            "/usr/bin/latch-agent",
+        ],
+        false,
+    )
+    .ok("a stand-in agent, in the overlay");
+    host.exec(&["systemctl", "disable", "latch-agent"])
+        .ok("systemctl disable");
+    host.exec(&["systemctl", "start", "latch-agent"])
+        .ok("systemctl start");
+    assert_eq!(agents_running(&host), 1);
+    host.systemctl_calls();
+    let ran = prerm(false);
+    assert!(
+        ran.code == 1
+            && ran.stderr.contains("created an account while stopping")
+            && ran.stderr.contains("late1"),
+        "{ran:?}"
+    );
+    let calls = host.systemctl_calls();
+    assert!(called(&calls, "stop") && called(&calls, "start"), "{calls}");
+    assert_eq!(agents_running(&host), 1, "{calls}");
 
     drop(host);
     real.assert_unchanged();

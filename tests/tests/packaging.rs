@@ -48,21 +48,39 @@ fn the_agent_unit_notifies_and_always_restarts() {
         "RestrictAddressFamilies=",
         "SystemCallFilter=",
         "ReadWritePaths=",
+        // A watchdog SIGABRT must not write the host credential to a core file.
+        "LimitCORE=0",
+        // The start revokes what ended during a downtime before READY=1: more than 90 s.
+        "TimeoutStartSec=10min",
     ] {
         assert!(
             unit.lines().any(|l| l.starts_with(line)),
             "latch-agent.service lacks {line}"
         );
     }
-    // Everything the agent writes must stay writable under ProtectSystem=strict.
-    let writable = unit
+    // Everything the agent writes must stay writable under ProtectSystem=strict, and nothing a
+    // minimal host may lack (no sudo, no mail spool) may stop the agent from starting: systemd
+    // fails a start whose ReadWritePaths= names a missing path without "-" (226/NAMESPACE).
+    let writable: Vec<&str> = unit
         .lines()
         .find_map(|l| l.strip_prefix("ReadWritePaths="))
-        .expect("ReadWritePaths");
-    for path in ["/etc", "/home", "/var/lib/latch", "/run/sudo"] {
+        .expect("ReadWritePaths")
+        .split_whitespace()
+        .collect();
+    let always_there = ["/etc", "/var/lib/latch"]; // the latter is the StateDirectory=
+    for path in always_there {
+        assert!(writable.contains(&path), "{path} is not in ReadWritePaths");
+    }
+    for path in ["/home", "/var/mail", "/var/spool/mail", "/run/sudo"] {
         assert!(
-            writable.split_whitespace().any(|p| p == path),
-            "{path} is not in ReadWritePaths"
+            writable.contains(&format!("-{path}").as_str()),
+            "-{path} (may be absent) is not in ReadWritePaths: {writable:?}"
+        );
+    }
+    for path in &writable {
+        assert!(
+            path.starts_with('-') || always_there.contains(path),
+            "ReadWritePaths={path}: a path a host may lack needs the \"-\" prefix"
         );
     }
 }
@@ -228,5 +246,53 @@ fn the_readme_gives_the_test_command_ci_runs() {
         "## Security",
     ] {
         assert!(readme.contains(section), "README.md lacks {section}");
+    }
+}
+
+/// The agent's maintainer scripts read Latch's records through one block, the same in each
+/// (a script cannot share code with the others: postrm runs after the package's files are
+/// gone), and none names the default state directory outside it: a state_dir set in agent.toml
+/// is followed everywhere.
+#[test]
+fn the_agent_maintainer_scripts_share_one_reading_of_the_records() {
+    const START: &str = "# --- Latch's records";
+    const END: &str = "# --- end of Latch's records";
+    let scripts = [
+        (
+            "postinst",
+            include_str!("../../packaging/debian/agent/postinst"),
+        ),
+        ("prerm", include_str!("../../packaging/debian/agent/prerm")),
+        (
+            "postrm",
+            include_str!("../../packaging/debian/agent/postrm"),
+        ),
+    ];
+    let block = |name: &str, text: &'static str| -> (&'static str, String) {
+        let start = text
+            .find(START)
+            .unwrap_or_else(|| panic!("{name} lacks {START:?}"));
+        let end = text[start..]
+            .find(END)
+            .map(|at| start + at + END.len())
+            .unwrap_or_else(|| panic!("{name} lacks {END:?}"));
+        (
+            &text[start..end],
+            format!("{}{}", &text[..start], &text[end..]),
+        )
+    };
+    let (first, _) = block(scripts[0].0, scripts[0].1);
+    assert!(first.contains("state_dir") && first.contains("accounts.json"));
+    for (name, text) in scripts {
+        let (shared, rest) = block(name, text);
+        assert_eq!(shared, first, "{name}'s block differs from postinst's");
+        let code: Vec<&str> = rest
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect();
+        assert!(
+            !code.iter().any(|line| line.contains("/var/lib/latch")),
+            "{name} names the state directory outside the shared block"
+        );
     }
 }
