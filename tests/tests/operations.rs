@@ -436,3 +436,34 @@ fn the_control_plane_refuses_an_agent_protocol_it_cannot_serve() {
         .expect("health");
     assert!(admin.headers().get("latch-protocol").is_none());
 }
+
+/// `latch-control serve --log-format json` (or `log_format = "json"`): every log line on stderr
+/// is one JSON object with the event's fields at the top level.
+#[test]
+fn the_control_plane_logs_json_lines_for_log_shippers() {
+    if !e2e_enabled("the_control_plane_logs_json_lines_for_log_shippers") {
+        return;
+    }
+    let cp = ControlPlane::start(&["--log-format", "json"]);
+    let host = TestHost::start("e2e-ops5");
+    let host_id = host.enroll_ok(&cp);
+    let line = wait_for("the enrollment logged", Duration::from_secs(10), || {
+        cp.log()
+            .lines()
+            .filter(|line| line.starts_with('{'))
+            .map(|line| {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .find(|entry| entry["message"] == "host enrolled")
+    });
+    assert_eq!(line["host_id"], host_id.as_str(), "{line}");
+    assert_eq!(line["hostname"], "e2e-ops5");
+    assert_eq!(line["level"], "INFO");
+    // Nothing else the server wrote to stderr is a plain-text log line.
+    assert!(
+        !cp.log().contains(" INFO "),
+        "a text log line among the JSON: {}",
+        cp.log()
+    );
+}

@@ -402,12 +402,20 @@ async fn other(matches: &ArgMatches) -> anyhow::Result<()> {
 
 /// `latch-control serve`.
 async fn serve(resolved: serve::Resolved, file: Option<PathBuf>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(resolved.log_filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match resolved.log_format {
+        serve::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         // Colours only on a terminal: a log file or the journal gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        serve::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let data_dir = resolved.data_dir;
     let data = datadir::open(&data_dir, &resolved.options).await?;
     // Every connected agent holds a socket during its long-poll: lift the soft limit on

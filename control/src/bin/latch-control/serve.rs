@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// Log filter (error, warn, info, debug, or a tracing directive).
     #[arg(long, default_value = "info", env = "LATCH_LOG_LEVEL")]
     log_level: String,
+    /// Log format: text (for people and the journal) or json (one JSON object per line on
+    /// stderr, the event's fields at the top level, for log shippers).
+    #[arg(long, value_enum, default_value = "text", env = "LATCH_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(flatten)]
     sso: SsoArgs,
     #[command(flatten)]
@@ -267,8 +271,19 @@ pub struct Resolved {
     pub config: ControlConfig,
     /// The log filter.
     pub log_filter: tracing_subscriber::EnvFilter,
+    /// The log format.
+    pub log_format: LogFormat,
     /// Single sign-on, when configured.
     pub sso: Option<latch_control::sso::Sso>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// What is wrong with an option: its id and the complaint (which names its key).
@@ -430,6 +445,7 @@ impl ServeArgs {
             tls,
             config,
             log_filter,
+            log_format: self.log_format,
             sso,
         })
     }
