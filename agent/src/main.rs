@@ -21,6 +21,7 @@ mod expiry;
 mod facts;
 mod journal;
 mod logging;
+mod pinning;
 mod plan;
 mod poll;
 mod state;

@@ -9,6 +9,7 @@
 //! - [`authz`]: the named permissions and the five fixed roles;
 //! - [`labels`]: host labels and label selectors;
 //! - [`people`]: bodies of the people-and-permissions endpoints;
+//! - [`protocol`]: the agent-protocol version handshake and a host's recorded agent;
 //! - [`config_file`]: the binaries' TOML configuration files read with positions, and mistakes
 //!   that point at a line.
 //!
@@ -23,6 +24,7 @@ pub mod job;
 pub mod labels;
 pub mod names;
 pub mod people;
+pub mod protocol;
 pub mod signing;
 pub mod vault;
 pub mod webhooks;

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use latch_common::api::{AgentInfo, HostView};
+use latch_common::api::HostView;
 use latch_common::authz::Permission;
 use latch_common::labels::{Labels, Selector};
+use latch_common::protocol::AgentInfo;
 
 use crate::audit::AuditEvent;
 use crate::people::{Authority, Scope};

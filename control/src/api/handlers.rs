@@ -242,14 +242,14 @@ pub async fn poll_jobs(
 
 /// The agent a request came from: its User-Agent and protocol header (checked by
 /// [`super::protocol::handshake`] before any handler runs).
-fn agent_info(headers: &axum::http::HeaderMap) -> latch_common::api::AgentInfo {
-    let protocol = latch_common::api::parse_protocol(
+fn agent_info(headers: &axum::http::HeaderMap) -> latch_common::protocol::AgentInfo {
+    let protocol = latch_common::protocol::parse_protocol(
         headers
-            .get(latch_common::api::PROTOCOL_HEADER)
+            .get(latch_common::protocol::PROTOCOL_HEADER)
             .map(axum::http::HeaderValue::as_bytes),
     )
     .unwrap_or(1);
-    latch_common::api::AgentInfo::from_request(
+    latch_common::protocol::AgentInfo::from_request(
         headers
             .get(axum::http::header::USER_AGENT)
             .and_then(|value| value.to_str().ok()),

@@ -8,7 +8,9 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
-use latch_common::api::{MIN_AGENT_PROTOCOL, PROTOCOL_HEADER, PROTOCOL_VERSION, parse_protocol};
+use latch_common::protocol::{
+    MIN_AGENT_PROTOCOL, PROTOCOL_HEADER, PROTOCOL_VERSION, parse_protocol,
+};
 
 use super::error::ApiError;
 

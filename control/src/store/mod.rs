@@ -133,7 +133,7 @@ pub struct HostRecord {
     /// Whether it was enrolled to trust the SSH user CA (its token's `--ssh-ca`).
     pub ssh_ca: bool,
     /// The agent its last poll came from (`None` before its first poll).
-    pub agent: Option<latch_common::api::AgentInfo>,
+    pub agent: Option<latch_common::protocol::AgentInfo>,
 }
 
 /// A job as stored.
@@ -456,7 +456,7 @@ pub trait Store:
     async fn record_agent(
         &self,
         host_id: &str,
-        agent: &latch_common::api::AgentInfo,
+        agent: &latch_common::protocol::AgentInfo,
     ) -> Result<(), StoreError>;
     /// Raises the host's next job sequence above `applied`, the highest sequence its agent
     /// applied (after the database was restored from a backup older than what the agent saw,

@@ -771,7 +771,7 @@ impl Store for PgStore {
     async fn record_agent(
         &self,
         host_id: &str,
-        agent: &latch_common::api::AgentInfo,
+        agent: &latch_common::protocol::AgentInfo,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE hosts SET agent_version = $1, agent_protocol = $2 WHERE id = $3")
             .bind(&agent.version)

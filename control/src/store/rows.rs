@@ -109,7 +109,7 @@ pub(super) fn host_from_row(row: &impl Columns) -> Result<HostRecord, StoreError
             row.opt_text("agent_version")?,
             row.opt_int("agent_protocol")?,
         ) {
-            (Some(version), Some(protocol)) => Some(latch_common::api::AgentInfo {
+            (Some(version), Some(protocol)) => Some(latch_common::protocol::AgentInfo {
                 version,
                 protocol: protocol.try_into().map_err(|e| corrupt("host", e))?,
             }),

@@ -811,7 +811,7 @@ impl Store for SqliteStore {
     async fn record_agent(
         &self,
         host_id: &str,
-        agent: &latch_common::api::AgentInfo,
+        agent: &latch_common::protocol::AgentInfo,
     ) -> Result<(), StoreError> {
         let (version, protocol) = (agent.version.clone(), i64::from(agent.protocol));
         let host_id = host_id.to_owned();
