@@ -71,6 +71,22 @@ impl JobKind {
     pub fn parse(s: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// Every kind a job list may show, those only the control plane queues included.
+    pub const LISTED: [JobKind; 7] = [
+        JobKind::CreateAccount,
+        JobKind::DeleteAccount,
+        JobKind::AddGroup,
+        JobKind::RemoveGroup,
+        JobKind::SetPassword,
+        JobKind::AdoptAccount,
+        JobKind::RotateSigningKey,
+    ];
+
+    /// Parses the wire spelling of any kind (one of [`JobKind::LISTED`]), for filters.
+    pub fn parse_listed(s: &str) -> Option<JobKind> {
+        JobKind::LISTED.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 impl fmt::Display for JobKind {
@@ -369,6 +385,81 @@ pub enum JobErrorCode {
 }
 
 impl JobErrorCode {
+    /// What an operator does about a job that failed with this code (the job's own message
+    /// names the details).
+    pub fn what_to_do(self) -> &'static str {
+        match self {
+            JobErrorCode::InvalidJob => {
+                "Fix the job's parameters (see the message) and queue it again."
+            }
+            JobErrorCode::AccountExists => {
+                "The host has an account of that name that Latch does not manage: pick another name, or enroll that account into the vault instead."
+            }
+            JobErrorCode::GroupExists => {
+                "A group named like the account exists on the host: pick another account name or remove that group on the host."
+            }
+            JobErrorCode::AccountNotManaged => {
+                "Latch never changes accounts it did not create or adopt; act on the host by hand, or enroll the account into the vault first."
+            }
+            JobErrorCode::NoSuchAccount => "Check the account name; it does not exist on the host.",
+            JobErrorCode::NoSuchGroup => {
+                "Create the group on the host, or choose a group that exists there."
+            }
+            JobErrorCode::GroupNotAllowed => {
+                "The host's agent configuration does not allow granting this group; add it to allowed_groups in /etc/latch/agent.toml if it should be grantable."
+            }
+            JobErrorCode::ShellNotAllowed => "Choose a shell listed in the host's /etc/shells.",
+            JobErrorCode::UidRangeExhausted => {
+                "Widen uid_min/uid_max in the host's agent configuration."
+            }
+            JobErrorCode::HostBusy => {
+                "Another program held the account files; queue the job again."
+            }
+            JobErrorCode::ToolFailed => {
+                "A shadow-utils command failed on the host; read the message and the agent's journal (journalctl -u latch-agent), fix the host, and queue the job again."
+            }
+            JobErrorCode::VerifyFailed => {
+                "The host's account files do not show the change; check the host for tampering or a conflicting tool, then queue the job again."
+            }
+            JobErrorCode::AgentStateError => {
+                "The agent cannot use its state directory; check disk space and permissions of /var/lib/latch-agent on the host."
+            }
+            JobErrorCode::AgentUnresponsive => {
+                "The agent never reported; check that latch-agent runs on the host (latch-agent status) and can reach the control plane."
+            }
+            JobErrorCode::StaleJob => {
+                "A newer job for the same account was applied first; nothing to do unless the newer job was wrong."
+            }
+            JobErrorCode::AccountInUse => {
+                "The account's processes could not be ended; look at the host's processes for that user."
+            }
+            JobErrorCode::HostRemoved => {
+                "The host was removed from Latch; enroll it again if it should be managed."
+            }
+            JobErrorCode::UnsignedJob | JobErrorCode::BadSignature | JobErrorCode::WrongHost => {
+                "The host refused a job whose signature does not check: treat it as a possible attack on the control plane or its database, and read the audit trail."
+            }
+            JobErrorCode::JobExpired => {
+                "The job reached the host after its deadline; queue it again while the host is online."
+            }
+            JobErrorCode::ReplayedJob => {
+                "The host had already applied this job; a replay was refused. Read the audit trail if you did not expect it."
+            }
+            JobErrorCode::AccountFilesMalformed => {
+                "Repair /etc/passwd, /etc/group or /etc/shadow on the host (pwck, grpck), then queue the job again."
+            }
+            JobErrorCode::SystemAccount => {
+                "Root and system accounts are refused unless the host's agent configuration allows adopting system accounts."
+            }
+            JobErrorCode::EphemeralAccount => {
+                "The account is a temporary one that Latch created; it ends with its grant and cannot be enrolled."
+            }
+            JobErrorCode::NoSudoGroup => {
+                "The host has none of the groups it allows granting (sudo or wheel); install sudo or set allowed_groups on the host."
+            }
+        }
+    }
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -174,7 +174,7 @@ impl Control {
             let filter = JobFilter {
                 host_id: Some(host_id.clone()),
                 status: Some(JobStatus::Confirmed),
-                host_ids: None,
+                ..JobFilter::default()
             };
             let confirmed = self
                 .store

@@ -50,6 +50,7 @@
 //! - [`webhooks`]: signed webhook delivery of events (durable, retried with backoff);
 //! - [`sso`]: single sign-on through OpenID Connect (the control plane is the client);
 //! - [`api`]: the HTTP API (thin handlers over [`Control`]);
+//! - [`console`]: the web console (server-rendered pages over [`Control`], same sessions);
 //! - [`server`]: the listening loop and the periodic sweep;
 //! - [`settings`]: the server's configuration file under its command line (one definition of
 //!   each option: its clap argument);
@@ -62,6 +63,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod client;
+pub mod console;
 pub mod datadir;
 pub mod directory;
 pub mod enroll;
@@ -131,6 +133,10 @@ pub struct ControlConfig {
     pub access_provision_timeout: Duration,
     /// How webhook deliveries are attempted.
     pub webhooks: webhooks::WebhookConfig,
+    /// The web console's address as browsers reach it (`https://latch.example.com`), which
+    /// the identity provider redirects back to after a console sign-in. `None`: the address
+    /// the server listens on, when that is a loopback address ([`console`]).
+    pub public_url: Option<url::Url>,
 }
 
 impl Default for ControlConfig {
@@ -153,6 +159,7 @@ impl Default for ControlConfig {
             access_pending_ttl: access::requests::DEFAULT_PENDING_TTL,
             access_provision_timeout: access::provision::DEFAULT_PROVISION_TIMEOUT,
             webhooks: webhooks::WebhookConfig::default(),
+            public_url: None,
         }
     }
 }

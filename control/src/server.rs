@@ -160,7 +160,12 @@ pub async fn run(
             }
         })
     };
-    let app = crate::api::router(control);
+    // The console's own address when no public_url is set (it must be loopback then).
+    let served = crate::console::ServedAt {
+        scheme: if tls.is_some() { "https" } else { "http" },
+        addr: listener.local_addr().map_err(ServerError::Serve)?,
+    };
+    let app = crate::api::router(control).layer(axum::Extension(served));
     let result = match tls {
         None => axum::serve(
             listener,

@@ -377,8 +377,23 @@ impl Control {
     /// Begins a sign-in with the authorization-code flow: the URL to open and its `state`.
     /// `redirect_uri` must be a loopback `http` URI (where `latchctl login` listens).
     pub async fn sso_start(&self, redirect_uri: &str) -> Result<SsoStart, ControlError> {
-        let sso = self.sso()?;
+        self.sso()?;
         check_loopback_redirect(redirect_uri)?;
+        self.begin_code_flow(redirect_uri).await
+    }
+
+    /// Begins a web-console sign-in: the code flow of [`Control::sso_start`], redirecting to
+    /// the console's own callback, which the console builds from its configured public URL
+    /// (never from the request; see [`crate::console`]).
+    pub(crate) async fn sso_start_console(
+        &self,
+        callback: &url::Url,
+    ) -> Result<SsoStart, ControlError> {
+        self.begin_code_flow(callback.as_str()).await
+    }
+
+    async fn begin_code_flow(&self, redirect_uri: &str) -> Result<SsoStart, ControlError> {
+        let sso = self.sso()?;
         let client = sso.client(Some(redirect_uri)).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(

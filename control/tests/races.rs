@@ -632,8 +632,7 @@ async fn removing_a_host_while_jobs_are_queued_leaves_nothing_pending(db: TestDb
             .list_jobs(
                 &JobFilter {
                     host_id: Some(host.id.clone()),
-                    status: None,
-                    host_ids: None,
+                    ..JobFilter::default()
                 },
                 Page {
                     offset: 0,

@@ -534,6 +534,43 @@ impl Control {
         })
     }
 
+    /// What `by` may do with access request `id` in its current state — the buttons a user
+    /// interface offers. Each action checks again when it is taken.
+    pub async fn access_actions(
+        &self,
+        by: &Authority,
+        id: &str,
+    ) -> Result<Vec<Action>, ControlError> {
+        let request = self.visible_request(by, id).await?;
+        let requester = request.requester_id == by.principal.id;
+        let approver = self.is_approver(by, &request).await?;
+        let mut actions = Vec::new();
+        match request.state.as_str() {
+            "pending_approval" => {
+                let decided = request
+                    .decisions
+                    .iter()
+                    .any(|d| d.principal_id == by.principal.id);
+                if !requester && approver && !decided {
+                    actions.extend([Action::Approve, Action::Deny]);
+                }
+                if requester {
+                    actions.push(Action::Cancel);
+                }
+            }
+            "approved" | "provisioning" | "active" => {
+                if requester && request.state == "active" && request.confirm_by.is_some() {
+                    actions.push(Action::Confirm);
+                }
+                if requester || approver || by.scope(Permission::AccessApprove).is_some() {
+                    actions.push(Action::Revoke);
+                }
+            }
+            _ => {}
+        }
+        Ok(actions)
+    }
+
     /// Whether `by` is in the approver group of `request`'s policy.
     async fn is_approver(
         &self,

@@ -15,7 +15,7 @@ use latch_common::api::{
     RotateCredentialRequest, ServiceTokenRequest, SigningKeyPromoted, SigningKeyRotation,
     TokenResponse,
 };
-use latch_common::job::JobStatus;
+use latch_common::job::{JobKind, JobStatus};
 use latch_common::labels::Selector;
 use serde::Deserialize;
 
@@ -513,6 +513,9 @@ pub struct JobListParams {
     status: Option<String>,
     /// Only jobs of hosts whose labels match this selector.
     selector: Option<String>,
+    /// Only jobs of this kind (`create-account`, `delete-account`, `add-group`, `remove-group`,
+    /// `set-password`, `adopt-account`, `rotate-signing-key`).
+    kind: Option<String>,
     /// Page size (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     count: Option<u64>,
@@ -554,6 +557,15 @@ pub async fn list_jobs(
                 .ok_or_else(|| ApiError::invalid("status must be pending, confirmed or failed"))?,
         );
         filters.push(("status", status.clone()));
+    }
+    if let Some(kind) = &params.kind {
+        filter.kind = Some(JobKind::parse_listed(kind).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "kind must be one of {}",
+                JobKind::LISTED.map(JobKind::as_str).join(", ")
+            ))
+        })?);
+        filters.push(("kind", kind.clone()));
     }
     let selector = selector_param(params.selector.as_deref(), &mut filters)?;
     let mut jobs = control

@@ -281,8 +281,15 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/access/requests/{id}/confirm",
             post(access::confirm_request),
         )
-        .fallback(|| async {
-            ApiError::not_found("no such endpoint; see the API table in README.md")
+        // The web console's pages, under the same limiter and metrics.
+        .merge(crate::console::routes())
+        .fallback(|request: axum::extract::Request| async move {
+            if crate::console::wants_html(&request) {
+                return crate::console::not_found_page();
+            }
+            axum::response::IntoResponse::into_response(ApiError::not_found(
+                "no such endpoint; see the API table in README.md",
+            ))
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -384,6 +384,8 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     /// Only jobs of these hosts (by id); `None` for every host.
     pub host_ids: Option<Vec<String>>,
+    /// Only jobs of this kind.
+    pub kind: Option<latch_common::job::JobKind>,
 }
 
 /// Which hosts to list.

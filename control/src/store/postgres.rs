@@ -22,7 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
-use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use latch_common::job::{JobError, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_common::labels::Labels;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool, Postgres, Row, Transaction};
@@ -1395,6 +1395,7 @@ impl Store for PgStore {
             " FROM jobs WHERE ($1::text IS NULL OR host_id = $1) \
              AND ($2::text IS NULL OR status = $2) \
              AND ($5::text[] IS NULL OR host_id = ANY($5)) \
+             AND ($6::text IS NULL OR kind = $6) \
              ORDER BY created_at DESC, host_id, seq DESC \
              LIMIT $3 OFFSET $4"
         );
@@ -1405,6 +1406,7 @@ impl Store for PgStore {
             .bind(count)
             .bind(offset)
             .bind(filter.host_ids.as_deref())
+            .bind(filter.kind.map(JobKind::as_str))
             .fetch_all(&self.pool)
             .await?
             .iter()

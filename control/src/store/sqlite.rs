@@ -14,7 +14,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use latch_common::api::{GrantState, GrantWindow, JobEvent, RevokedBy};
-use latch_common::job::{JobError, JobOutcome, JobSpec, JobStatus};
+use latch_common::job::{JobError, JobKind, JobOutcome, JobSpec, JobStatus};
 use latch_common::labels::Labels;
 use rusqlite::{TransactionBehavior, params};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -1396,6 +1396,7 @@ impl Store for SqliteStore {
             " FROM jobs WHERE (?1 IS NULL OR host_id = ?1) \
              AND (?2 IS NULL OR status = ?2) \
              AND (?5 IS NULL OR host_id IN (SELECT value FROM json_each(?5))) \
+             AND (?6 IS NULL OR kind = ?6) \
              ORDER BY created_at DESC, host_id, seq DESC \
              LIMIT ?3 OFFSET ?4"
         );
@@ -1405,6 +1406,7 @@ impl Store for SqliteStore {
             .bind(i64::try_from(page.count).unwrap_or(i64::MAX))
             .bind(i64::try_from(page.offset).unwrap_or(i64::MAX))
             .bind(ids_json(filter.host_ids.as_deref())?)
+            .bind(filter.kind.map(JobKind::as_str))
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -161,10 +161,46 @@ pub struct ServeArgs {
     /// stderr, the event's fields at the top level, for log shippers).
     #[arg(long, value_enum, default_value = "text", env = "LATCH_LOG_FORMAT")]
     log_format: LogFormat,
+    /// The web console's address as browsers reach it (https://latch.example.com:8443). The
+    /// identity provider sends people back to PUBLIC_URL/login/callback after a console
+    /// sign-in: register that redirect URI there. Default: the listening address, when that is
+    /// loopback; otherwise the console offers local sign-in only.
+    #[arg(long, env = "LATCH_PUBLIC_URL", value_parser = parse_public_url)]
+    public_url: Option<url::Url>,
     #[command(flatten)]
     sso: SsoArgs,
     #[command(flatten)]
     vault: VaultArgs,
+}
+
+/// A console address: `https://host[:port]` (or `http://` on a loopback address), nothing
+/// after the host but an optional `/`.
+fn parse_public_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| {
+        format!("{text:?} is not a URL ({e}); write e.g. https://latch.example.com:8443")
+    })?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+        return Err(format!(
+            "{text:?} must be an https:// URL (http:// only on a loopback address): browsers send the session cookie only over HTTPS"
+        ));
+    }
+    if url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(format!(
+            "{text:?} must be only scheme, host and port (the console is served at /), e.g. https://latch.example.com:8443"
+        ));
+    }
+    Ok(url)
 }
 
 /// Single sign-on through an OpenID Connect provider (README: "Connect an identity provider").
@@ -429,6 +465,7 @@ impl ServeArgs {
                 window: mfa_window,
             },
             vault,
+            public_url: self.public_url,
             ..ControlConfig::default()
         };
         Ok(Resolved {
