@@ -1,0 +1,692 @@
+//! The web console over a real socket, as a browser without JavaScript would use it: sign-in,
+//! the session cookie's flags, the security headers, CSRF refusals, what each role sees and may
+//! open, the live job stream, filters and escaping. (The browser tests in tests/tests/console.rs
+//! drive the same pages in Chromium.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[macro_use]
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use latch_control::{Control, ControlConfig, datadir, server};
+use serde_json::{Value, json};
+use support::TestDb;
+
+struct Console {
+    url: String,
+    admin: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _db: TestDb,
+}
+
+/// One browser: its own cookies (kept by hand: the test server is plain HTTP on loopback, where
+/// a cookie store would not send `Secure` cookies back).
+struct Browser<'a> {
+    console: &'a Console,
+    cookies: BTreeMap<String, String>,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the hidden `_csrf` field of the page's first form.
+    fn csrf(&self) -> String {
+        let marker = "name=\"_csrf\" value=\"";
+        let start = self.body.find(marker).expect("a form with a CSRF field") + marker.len();
+        let end = self.body[start..].find('"').unwrap();
+        self.body[start..start + end].to_owned()
+    }
+}
+
+impl Console {
+    async fn start(db: TestDb) -> Console {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let data = datadir::open(dir.path(), &db.options()).await.unwrap();
+        let key = std::fs::read_to_string(&data.admin_token_path)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let control = Arc::new(
+            Control::new(data.store, ControlConfig::default(), data.signer)
+                .with_master_key(data.master_key),
+        );
+        let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(server::run(control, listener, None, std::future::pending()));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let issued: Value = http
+            .post(format!("{url}/v1/service_token"))
+            .json(&json!({"api_key": key}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Console {
+            url,
+            admin: issued["token"].as_str().unwrap().to_owned(),
+            http,
+            _dir: dir,
+            _db: db,
+        }
+    }
+
+    /// An API call as the bootstrap admin.
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.api_as(&self.admin, method, path, body).await
+    }
+
+    async fn api_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A user with a local password and `role` (none for `None`).
+    async fn user(&self, name: &str, role: Option<&str>) {
+        let (status, body) = self
+            .api(
+                "POST",
+                "/v1/users",
+                Some(json!({"name": name, "password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        if let Some(role) = role {
+            let (status, body) = self
+                .api(
+                    "POST",
+                    "/v1/role-bindings",
+                    Some(json!({"role": role, "user": name})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+
+    /// Enrolls a host by the API; its credential.
+    async fn enroll(&self, hostname: &str) -> String {
+        let (_, token) = self.api("POST", "/v1/enroll-tokens", Some(json!({}))).await;
+        let facts = json!({"hostname": hostname, "os": "Debian 12", "kernel": "6.1", "arch": "x86_64",
+                           "cpus": 2, "memory_bytes": 1073741824u64, "machine_id": "0123456789abcdef0123456789abcdef"});
+        let response = self
+            .http
+            .post(format!("{}/v1/enroll", self.url))
+            .json(&json!({"token": token["token"], "facts": facts}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let enrolled: Value = response.json().await.unwrap();
+        enrolled["credential"].as_str().unwrap().to_owned()
+    }
+
+    fn browser(&self) -> Browser<'_> {
+        Browser {
+            console: self,
+            cookies: BTreeMap::new(),
+        }
+    }
+}
+
+const PASSWORD: &str = "correct-horse-battery-staple";
+
+impl Browser<'_> {
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep_cookies(&mut self, headers: &reqwest::header::HeaderMap) {
+        for value in headers.get_all("set-cookie") {
+            let text = value.to_str().unwrap();
+            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Answer {
+        let response = request
+            .header("cookie", self.cookie_header())
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.keep_cookies(&headers);
+        let body = response.text().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Answer {
+        let request = self.console.http.get(format!("{}{path}", self.console.url));
+        self.send(request).await
+    }
+
+    /// Posts a form as the page would: with this browser's origin.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let origin = self.console.url.clone();
+        self.post_from(path, form, &origin).await
+    }
+
+    async fn post_from(&mut self, path: &str, form: &[(&str, &str)], origin: &str) -> Answer {
+        let request = self
+            .console
+            .http
+            .post(format!("{}{path}", self.console.url))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(form).unwrap());
+        self.send(request).await
+    }
+
+    async fn sign_in(&mut self, name: &str, password: &str) -> Answer {
+        let page = self.get("/login").await;
+        assert_eq!(page.status, 200);
+        let csrf = page.csrf();
+        self.post(
+            "/login",
+            &[
+                ("_csrf", &csrf),
+                ("name", name),
+                ("password", password),
+                ("next", "/jobs"),
+            ],
+        )
+        .await
+    }
+
+    /// The CSRF token of the signed-in session (from any page's forms).
+    async fn csrf(&mut self) -> String {
+        self.get("/vault").await.csrf()
+    }
+}
+
+async fn sign_in_sets_a_strict_session_cookie_and_pages_carry_security_headers(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let mut browser = console.browser();
+
+    // Not signed in: pages send the browser to the sign-in page, keeping where it was going.
+    let answer = browser.get("/hosts").await;
+    assert_eq!(answer.status, 303);
+    assert_eq!(answer.location(), "/login?next=%2Fhosts");
+
+    let login = browser.get("/login").await;
+    let csp = login.headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(login.headers["x-frame-options"], "DENY");
+    assert_eq!(login.headers["x-content-type-options"], "nosniff");
+    assert_eq!(login.headers["cache-control"], "no-store");
+    assert!(
+        !login.body.contains("<script>"),
+        "no inline script: {}",
+        login.body
+    );
+
+    // A wrong password: the form again, with the reason, and no session.
+    let wrong = browser.sign_in("alice", "not-the-password").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(
+        wrong.body.contains("user name or password is wrong"),
+        "{}",
+        wrong.body
+    );
+    assert!(!browser.cookies.contains_key("__Host-latch_session"));
+
+    let signed_in = browser.sign_in("alice", PASSWORD).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(signed_in.location(), "/jobs");
+    let set_cookie: Vec<&str> = signed_in
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session = set_cookie
+        .iter()
+        .find(|c| c.starts_with("__Host-latch_session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(session.contains(flag), "{session}");
+    }
+    assert!(!session.contains("Domain"), "{session}");
+
+    for (path, heading) in [
+        ("/jobs", "Jobs"),
+        ("/hosts", "Hosts"),
+        ("/access", "Access"),
+        ("/vault", "Vault"),
+        ("/audit", "Audit"),
+    ] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(page.body.contains(&format!("<h1>{heading}</h1>")), "{path}");
+        assert!(
+            page.headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'")
+        );
+        assert_eq!(page.headers["cache-control"], "no-store");
+    }
+    // The assets come from the binary, with their types.
+    let css = browser.get("/assets/console.css").await;
+    assert_eq!(css.status, 200);
+    assert!(
+        css.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let js = browser.get("/assets/console.js").await;
+    assert!(
+        js.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+
+    // Signing out ends the session everywhere: the cookie's token no longer works.
+    let token = browser.cookies["__Host-latch_session"].clone();
+    let csrf = browser.csrf().await;
+    let out = browser.post("/logout", &[("_csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert!(!browser.cookies.contains_key("__Host-latch_session"));
+    let (status, _) = console.api_as(&token, "GET", "/v1/whoami", None).await;
+    assert_eq!(status, 401);
+    let mut stale = console.browser();
+    stale.cookies.insert("__Host-latch_session".into(), token);
+    let answer = stale.get("/jobs").await;
+    assert_eq!(answer.status, 303);
+    assert!(
+        answer.location().starts_with("/login?"),
+        "{}",
+        answer.location()
+    );
+}
+both_stores!(sign_in_sets_a_strict_session_cookie_and_pages_carry_security_headers);
+
+async fn forms_without_the_csrf_token_or_from_another_site_change_nothing(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    let csrf = browser.csrf().await;
+    let tokens_before = console.api("GET", "/v1/audit?count=1000", None).await.1["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "enroll_token.create")
+        .count();
+    let form = |token: &'static str| {
+        vec![
+            ("ttl_minutes", "60"),
+            ("uses", "1"),
+            ("labels", ""),
+            ("_csrf", token),
+        ]
+    };
+
+    // No token, a wrong token, another session's token: 403 csrf_refused.
+    let other = {
+        let mut other = console.browser();
+        console.user("bob", Some("pam_admin")).await;
+        other.sign_in("bob", PASSWORD).await;
+        other.csrf().await
+    };
+    for token in [String::new(), "0".repeat(64), other] {
+        let token: &'static str = Box::leak(token.into_boxed_str());
+        let answer = browser.post("/enroll-tokens", &form(token)).await;
+        assert_eq!(answer.status, 403, "{}", answer.body);
+        assert!(answer.body.contains("csrf_refused"), "{}", answer.body);
+    }
+    // The right token, but sent by another site.
+    let token: &'static str = Box::leak(csrf.clone().into_boxed_str());
+    let answer = browser
+        .post_from("/enroll-tokens", &form(token), "https://evil.example")
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    // Signing out needs the token too.
+    let answer = browser.post("/logout", &[]).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(browser.get("/jobs").await.status, 200, "still signed in");
+
+    let tokens_after = console.api("GET", "/v1/audit?count=1000", None).await.1["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "enroll_token.create")
+        .count();
+    assert_eq!(
+        tokens_before, tokens_after,
+        "a refused form created a token"
+    );
+
+    // With the token, from this console: the token and the command are shown once.
+    let answer = browser.post("/enroll-tokens", &form(token)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains("latch_enroll_"), "{}", answer.body);
+    assert!(
+        answer.body.contains("latch-agent enroll"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.headers["cache-control"], "no-store");
+
+    // The sign-in form has its own token (before there is a session).
+    let mut fresh = console.browser();
+    fresh.get("/login").await;
+    let answer = fresh
+        .post(
+            "/login",
+            &[
+                ("_csrf", "forged"),
+                ("name", "alice"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(!fresh.cookies.contains_key("__Host-latch_session"));
+}
+both_stores!(forms_without_the_csrf_token_or_from_another_site_change_nothing);
+
+async fn each_role_sees_only_its_pages_and_actions(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("admin1", Some("pam_admin")).await;
+    console.user("eve", Some("end_user")).await;
+    console.enroll("db1").await;
+
+    let mut admin = console.browser();
+    admin.sign_in("admin1", PASSWORD).await;
+    let hosts = admin.get("/hosts").await;
+    assert!(
+        hosts.body.contains("Create enrollment token"),
+        "admin sees enrollment"
+    );
+    assert!(hosts.body.contains("db1"));
+    let jobs = admin.get("/jobs").await;
+    for section in ["href=\"/hosts\"", "href=\"/audit\"", "href=\"/jobs\""] {
+        assert!(jobs.body.contains(section), "admin nav lacks {section}");
+    }
+
+    let mut eve = console.browser();
+    let signed_in = eve.sign_in("eve", PASSWORD).await;
+    assert_eq!(signed_in.status, 303);
+    let access = eve.get("/access").await;
+    assert_eq!(access.status, 200, "{}", access.body);
+    assert!(access.body.contains("Request access"));
+    for admin_only in [
+        "href=\"/hosts\"",
+        "href=\"/audit\"",
+        "href=\"/jobs\"",
+        "Waiting for your approval",
+        "Create enrollment token",
+    ] {
+        assert!(
+            !access.body.contains(admin_only),
+            "end_user sees {admin_only}"
+        );
+    }
+    // The admin pages' URLs: 403, and their data is not on the page.
+    for path in ["/jobs", "/hosts", "/audit", "/jobs/events", "/hosts/db1"] {
+        let page = eve.get(path).await;
+        assert_eq!(page.status, 403, "{path}: {}", page.body);
+        assert!(!page.body.contains("Debian 12"), "{path} leaks host facts");
+    }
+    let csrf = eve.csrf().await;
+    let answer = eve
+        .post(
+            "/enroll-tokens",
+            &[("_csrf", &csrf), ("ttl_minutes", "60"), ("uses", "1")],
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(!answer.body.contains("latch_enroll_"));
+    let answer = eve
+        .post(
+            "/hosts/db1/enroll-account",
+            &[("_csrf", &csrf), ("user", "deploy"), ("vault", "x")],
+        )
+        .await;
+    assert!(
+        answer.status == 403 || answer.status == 404,
+        "{}",
+        answer.body
+    );
+}
+both_stores!(each_role_sees_only_its_pages_and_actions);
+
+async fn jobs_filter_and_follow_changes_live(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let credential = console.enroll("db1").await;
+    let (status, first) = console
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "dave"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+
+    let page = browser.get("/jobs?kind=create-account&state=pending").await;
+    assert!(
+        page.body
+            .contains(&format!("job-{}", first["id"].as_str().unwrap()))
+    );
+    let none = browser.get("/jobs?kind=set-password").await;
+    assert!(none.body.contains("No jobs match."), "{}", none.body);
+    assert_eq!(browser.get("/jobs?kind=format-disk").await.status, 400);
+    assert_eq!(browser.get("/jobs?state=done").await.status, 400);
+    // The API has the same kind filter.
+    let (status, listed) = console
+        .api("GET", "/v1/jobs?kind=create-account", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["list"].as_array().unwrap().len(), 1);
+    let (status, _) = console.api("GET", "/v1/jobs?kind=bogus", None).await;
+    assert_eq!(status, 400);
+
+    // The live stream: a failed report shows up as a changed row with the code and what to do.
+    let response = browser
+        .console
+        .http
+        .get(format!("{}/jobs/events", console.url))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let polled = console
+        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
+        .await
+        .1;
+    let delivered = &polled["list"][0];
+    let report = json!({"lease": delivered["lease"], "outcome": {"status": "failed",
+        "error": {"code": "tool_failed", "message": "useradd exited with 1: <script>alert(1)</script>"}}});
+    let (status, body) = console
+        .api_as(
+            &credential,
+            "POST",
+            &format!("/v1/agent/jobs/{}/report", first["id"].as_str().unwrap()),
+            Some(report),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let mut stream = response;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: jobs") && seen.contains("\n\n") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "no jobs event: {seen}");
+    let data = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    let rows: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(rows[0]["status"], "failed");
+    let html = rows[0]["html"].as_str().unwrap();
+    assert!(html.contains("tool_failed"), "{html}");
+    assert!(html.contains("What to do"), "{html}");
+    assert!(
+        html.contains("&lt;script&gt;"),
+        "the message is escaped: {html}"
+    );
+    assert!(!html.contains("<script>"), "{html}");
+}
+both_stores!(jobs_filter_and_follow_changes_live);
+
+async fn the_jobs_stream_ends_when_the_session_does(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    let mut stream = console
+        .http
+        .get(format!("{}/jobs/events", console.url))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    let csrf = browser.csrf().await;
+    browser.post("/logout", &[("_csrf", &csrf)]).await;
+    let mut seen = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: ended") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(ended, "the stream went on after sign-out: {seen}");
+}
+both_stores!(the_jobs_stream_ends_when_the_session_does);
+
+async fn hostile_input_is_escaped_and_redirects_stay_on_the_console(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let mut browser = console.browser();
+    // After sign-in, `next` only ever leads to a path of this console.
+    for (next, expected) in [
+        ("//evil.example/x", "/jobs"),
+        ("https://evil.example", "/jobs"),
+        ("/hosts", "/hosts"),
+    ] {
+        let page = browser.get("/login").await;
+        let csrf = page.csrf();
+        let answer = browser
+            .post(
+                "/login",
+                &[
+                    ("_csrf", &csrf),
+                    ("name", "alice"),
+                    ("password", PASSWORD),
+                    ("next", next),
+                ],
+            )
+            .await;
+        assert_eq!(answer.location(), expected, "next={next}");
+    }
+    // Reflected values are escaped.
+    let page = browser.get("/audit?actor=%3Cscript%3E").await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    let page = browser.get("/audit?action=%22%3E%3Cimg%20src%3Dx%3E").await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("<img src=x>"), "{}", page.body);
+    assert!(
+        page.body.contains("&quot;&gt;&lt;img src=x&gt;"),
+        "{}",
+        page.body
+    );
+    // A page that does not exist, asked for by a browser: an HTML page, not JSON.
+    let missing = browser.get("/nowhere").await;
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("<h1>Not found</h1>"));
+    // The API's own answers stay JSON.
+    let (status, body) = console.api("GET", "/v1/nowhere", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "resource_does_not_exist");
+}
+both_stores!(hostile_input_is_escaped_and_redirects_stay_on_the_console);
