@@ -6,12 +6,16 @@
 
 #[macro_use]
 mod support;
+#[path = "support/oidc.rs"]
+mod oidc;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use latch_control::sso::{Sso, SsoConfig};
 use latch_control::{Control, ControlConfig, datadir, server};
+use oidc::Provider;
 use serde_json::{Value, json};
 use support::TestDb;
 
@@ -55,6 +59,19 @@ impl Answer {
 
 impl Console {
     async fn start(db: TestDb) -> Console {
+        let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
+            .await
+            .unwrap();
+        Self::start_on(db, listener, None).await
+    }
+
+    /// A console whose sign-in also goes through `provider` (started for this console's
+    /// callback on `listener`'s port).
+    async fn start_on(
+        db: TestDb,
+        listener: tokio::net::TcpListener,
+        provider: Option<&Provider>,
+    ) -> Console {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let data = datadir::open(dir.path(), &db.options()).await.unwrap();
@@ -62,13 +79,13 @@ impl Console {
             .unwrap()
             .trim()
             .to_owned();
-        let control = Arc::new(
-            Control::new(data.store, ControlConfig::default(), data.signer)
-                .with_master_key(data.master_key),
-        );
-        let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
-            .await
-            .unwrap();
+        let mut control = Control::new(data.store, ControlConfig::default(), data.signer)
+            .with_master_key(data.master_key);
+        if let Some(provider) = provider {
+            let config = SsoConfig::new(&provider.issuer, "latch", &provider.secret);
+            control = control.with_sso(Sso::new(config).unwrap());
+        }
+        let control = Arc::new(control);
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(server::run(control, listener, None, std::future::pending()));
         let http = reqwest::Client::builder()
@@ -690,3 +707,98 @@ async fn hostile_input_is_escaped_and_redirects_stay_on_the_console(db: TestDb) 
     assert_eq!(body["code"], "resource_does_not_exist");
 }
 both_stores!(hostile_input_is_escaped_and_redirects_stay_on_the_console);
+
+async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_began_it(db: TestDb) {
+    let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let callback = format!("{url}/login/callback");
+    let Some(provider) = Provider::start_for_console(&callback).await else {
+        return;
+    };
+    let console = Console::start_on(db, listener, Some(&provider)).await;
+    provider.next(&[("account", "alice")]).await;
+    let mut browser = console.browser();
+    let login = browser.get("/login").await;
+    assert!(
+        login.body.contains("Sign in with your identity provider"),
+        "{}",
+        login.body
+    );
+
+    let begun = browser.get("/login/sso?next=%2Faccess").await;
+    assert_eq!(begun.status, 303, "{}", begun.body);
+    let authorize = begun.location().to_owned();
+    assert!(authorize.starts_with(&provider.issuer), "{authorize}");
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    let bound = begun
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("__Host-latch_sso="))
+        .expect("the sign-in is bound to this browser");
+    assert!(
+        bound.contains("SameSite=Lax") && bound.contains("HttpOnly"),
+        "{bound}"
+    );
+
+    let redirect = provider.redirect(&authorize, &callback).await;
+    let back = &redirect.as_str()[url.len()..];
+
+    // Another browser (an attacker who sends a victim the link, or replays it) cannot finish
+    // it: the state is not bound to it. Nothing is used up by the refusal.
+    let mut other = console.browser();
+    let refused = other.get(back).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("csrf_refused"));
+    assert!(!other.cookies.contains_key("__Host-latch_session"));
+
+    let finished = browser.get(back).await;
+    assert_eq!(finished.status, 200, "{}", finished.body);
+    assert!(finished.body.contains("url=/access"), "{}", finished.body);
+    assert!(browser.cookies.contains_key("__Host-latch_session"));
+    assert!(
+        !browser.cookies.contains_key("__Host-latch_sso"),
+        "the binding is cleared"
+    );
+    let access = browser.get("/access").await;
+    assert_eq!(access.status, 200, "{}", access.body);
+    assert!(
+        access.body.contains("Signed in as <strong>alice</strong>"),
+        "{}",
+        access.body
+    );
+
+    // The same answer again: refused (each sign-in finishes once).
+    browser
+        .cookies
+        .insert("__Host-latch_sso".into(), refused_state(back));
+    let again = browser.get(back).await;
+    assert_eq!(again.status, 401, "{}", again.body);
+
+    // The provider's own refusal is shown, not trusted.
+    let denied = browser
+        .get("/login/callback?error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E")
+        .await;
+    assert_eq!(denied.status, 401);
+    assert!(
+        denied.body.contains("&lt;b&gt;no&lt;/b&gt;"),
+        "{}",
+        denied.body
+    );
+}
+both_stores!(sign_in_through_the_identity_provider_is_bound_to_the_browser_that_began_it);
+
+/// The `state` of a callback path, as the binding cookie holds it.
+fn refused_state(path: &str) -> String {
+    let url = reqwest::Url::parse(&format!("http://x{path}")).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}

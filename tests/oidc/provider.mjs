@@ -2,7 +2,8 @@
 // loopback, started by a test on a free port and ended with it (it also exits when its standard
 // input closes, so a killed test leaves nothing running).
 //
-// Environment: OIDC_CLIENT_SECRET (the Latch client's secret; never on the command line).
+// Environment: OIDC_CLIENT_SECRET (the Latch client's secret; never on the command line);
+// CONSOLE_REDIRECT_URI (optional: the web console's callback, registered as a redirect URI).
 // Prints one line `listening http://127.0.0.1:PORT` once it serves.
 //
 // Accounts (static): alice (groups dbas, oncall; signs in with a password only), bob (no groups),
@@ -25,6 +26,7 @@ import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const secret = process.env.OIDC_CLIENT_SECRET;
+const consoleRedirect = process.env.CONSOLE_REDIRECT_URI || '';
 if (!secret) {
   console.error('OIDC_CLIENT_SECRET is not set: the test passes the client secret in the environment');
   process.exit(2);
@@ -56,8 +58,12 @@ server.listen(0, '127.0.0.1', () => {
     clients: ['latch', 'intruder'].map((id) => ({
       client_id: id,
       client_secret: secret,
-      application_type: 'native',
-      redirect_uris: ['http://127.0.0.1/callback'],
+      // latchctl login's loopback listener (a native client: any port); or, when the test
+      // names it (CONSOLE_REDIRECT_URI, https://127.0.0.1:PORT/login/callback), the web
+      // console's own callback, which only a web client may use.
+      ...(consoleRedirect
+        ? { application_type: 'web', redirect_uris: [consoleRedirect] }
+        : { application_type: 'native', redirect_uris: ['http://127.0.0.1/callback'] }),
       grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',

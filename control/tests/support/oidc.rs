@@ -59,6 +59,16 @@ pub struct Provider {
 impl Provider {
     /// Starts a provider, or skips (`None`) when node/npm are missing and not required.
     pub async fn start() -> Option<Provider> {
+        Self::start_with(None).await
+    }
+
+    /// Starts a provider whose Latch client is a web client redirecting to the web console's
+    /// `callback` (`http://127.0.0.1:PORT/login/callback`) instead of `latchctl login`.
+    pub async fn start_for_console(callback: &str) -> Option<Provider> {
+        Self::start_with(Some(callback)).await
+    }
+
+    async fn start_with(console_callback: Option<&str>) -> Option<Provider> {
         if std::process::Command::new("node")
             .arg("--version")
             .output()
@@ -75,6 +85,7 @@ impl Provider {
             .arg("provider.mjs")
             .current_dir(dir())
             .env("OIDC_CLIENT_SECRET", &secret)
+            .env("CONSOLE_REDIRECT_URI", console_callback.unwrap_or(""))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
