@@ -265,6 +265,7 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
     let store = data.store.clone();
     let config = ControlConfig {
         access_pending_ttl: chrono::Duration::seconds(1),
+        public_url: Some("https://latch.example.com:8443".parse().unwrap()),
         ..ControlConfig::default()
     };
     let control =
@@ -566,6 +567,15 @@ async fn requests_are_decided_by_other_approvers_exclusively_and_expire_undecide
         })
         .unwrap();
     assert_eq!(first_event.body["detail"]["approvals_needed"], 2);
+    // The notification links to the request in the web console, where approvers decide.
+    assert_eq!(
+        first_event.body["detail"]["console_url"],
+        format!(
+            "https://latch.example.com:8443/access/requests/{}",
+            first.id
+        )
+        .as_str()
+    );
 }
 
 both_stores!(approved_requests_are_provisioned_on_every_host_and_removed_at_the_end);

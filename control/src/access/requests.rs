@@ -129,6 +129,10 @@ impl Control {
             "approver_group_id": request.approver_group_id,
             "approvals_needed": request.approvals_needed,
             "approvals": request.decisions.iter().filter(|d| d.decision == "approve").count(),
+            // Where an approver opens it in the web console (with public_url configured).
+            "console_url": self.config.public_url.as_ref()
+                .and_then(|url| url.join(&format!("access/requests/{}", request.id)).ok())
+                .map(|url| url.to_string()),
         });
         if let Err(error) = self.notify(event, detail).await {
             tracing::error!(request_id = %request.id, event, %error, "cannot queue the access notification");
