@@ -44,43 +44,28 @@ async fn render(
     } else {
         Vec::new()
     };
-    let waiting: Vec<AccessRequestView> = if viewer.can(Permission::AccessApprove) {
-        let mut waiting = Vec::new();
-        for request in control
-            .list_access(
-                &viewer.by,
-                false,
-                Some("pending_approval".to_owned()),
-                ROWS,
-                0,
-            )
+    // What the viewer may decide: the pending requests they see (as requester, approver-group
+    // member or access.view holder) whose actions include approving.
+    let mut waiting = Vec::new();
+    for request in control
+        .list_access(&viewer.by, false, Some("pending_approval".to_owned()), ROWS, 0)
+        .await?
+    {
+        if control
+            .access_actions(&viewer.by, &request.id)
             .await?
+            .contains(&Action::Approve)
         {
-            if control
-                .access_actions(&viewer.by, &request.id)
-                .await?
-                .contains(&Action::Approve)
-            {
-                waiting.push(request);
-            }
+            waiting.push(request);
         }
-        waiting
-    } else {
-        Vec::new()
-    };
-    let active = if viewer.can(Permission::AccessView) || viewer.can(Permission::AccessApprove) {
-        control
-            .list_access(&viewer.by, false, Some("active".to_owned()), ROWS, 0)
-            .await?
-    } else {
-        mine.iter()
-            .filter(|r| r.state == "active")
-            .cloned()
-            .collect()
-    };
+    }
+    let approver = !waiting.is_empty() || viewer.can(Permission::AccessApprove);
+    let active = control
+        .list_access(&viewer.by, false, Some("active".to_owned()), ROWS, 0)
+        .await?;
     let body = html! {
         @if let Some(message) = message { (message) }
-        @if viewer.can(Permission::AccessApprove) {
+        @if approver {
             section aria-labelledby="waiting-heading" {
                 h2 #waiting-heading { "Waiting for your approval" }
                 (requests_table("waiting", &waiting, now, "Nothing waits for your approval."))

@@ -55,14 +55,10 @@ impl Section {
         match self {
             Section::Jobs => viewer.can(Permission::JobsView),
             Section::Hosts => viewer.can(Permission::HostsView),
-            Section::Access => {
-                viewer.can(Permission::AccessRequest)
-                    || viewer.can(Permission::AccessApprove)
-                    || viewer.can(Permission::AccessView)
-            }
-            // Per-vault grants can let anyone see a vault: the page lists what the library lets
-            // the viewer see.
-            Section::Vault => true,
+            // Approvers are members of a policy's approver group, whatever their roles; per-vault
+            // grants can let anyone see a vault. Both pages list what the library lets the
+            // viewer see.
+            Section::Access | Section::Vault => true,
             Section::Audit => viewer.can(Permission::AuditView),
         }
     }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use latch_common::authz::Permission;
 use latch_common::vault::{
-    BreakGlassRequest, CheckinRequest, CheckoutRequest, IdentityView, VaultView,
+    AccessLevel, BreakGlassRequest, CheckinRequest, CheckoutRequest, IdentityView, VaultView,
 };
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -75,7 +75,7 @@ pub async fn page(
                         td { a href=(format!("/vault?vault={}", vault.id)) { (vault.name) } }
                         td { (vault.description) }
                         td { (vault.identities) }
-                        td { @match vault.my_access { Some(level) => { (level.as_str()) }, None => { "manage" } } }
+                        td { @match vault.my_access { Some(level) => { (level.as_str()) }, None => { "metadata only (no grant)" } } }
                     }
                 }
                 @if vaults.is_empty() { tr { td colspan="4" { "No vault is shared with you." } } }
@@ -142,8 +142,9 @@ pub async fn identity(
     let reveal_code = mfa.required.contains(&SensitiveAction::Reveal);
     let break_glass_code = mfa.required.contains(&SensitiveAction::BreakGlass);
     let level = vault.my_access;
-    let may_reveal = level.is_none_or(|l| l >= latch_common::vault::AccessLevel::ViewCredentials);
-    let may_checkout = level.is_none_or(|l| l >= latch_common::vault::AccessLevel::Checkout);
+    // The grant levels (view_vault < view_credentials < checkout); without a grant, metadata only.
+    let may_reveal = level.is_some_and(|l| l >= AccessLevel::ViewCredentials);
+    let may_checkout = level.is_some_and(|l| l >= AccessLevel::Checkout);
     let manager = viewer.can(Permission::PamVaultsManage);
     let body = html! {
         dl.facts {
