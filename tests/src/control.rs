@@ -43,6 +43,13 @@ impl ControlPlane {
         )
     }
 
+    /// Starts a control plane listening on `listen` (`127.0.0.1:PORT`), for a test that must
+    /// know its address before it starts (an identity provider's redirect URI).
+    pub fn start_at(listen: &str, extra: &[&str]) -> ControlPlane {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(data_dir, Arc::new(TestDatabase::from_env()), listen, extra)
+    }
+
     /// Starts a control plane on `database` whatever `LATCH_TEST_STORE` says (for tests about
     /// one store, or about moving between them).
     pub fn start_on(database: TestDatabase, extra: &[&str]) -> ControlPlane {

@@ -6,16 +6,21 @@
 //! test starts and every test asserts they are byte-identical when it ends.
 //!
 //! These tests need root. Without it they skip, unless `LATCH_E2E=required`, which turns a skip
-//! into a failure (CI sets it).
+//! into a failure (CI sets it). The browser tests of the web console need Node.js, npm and
+//! Chromium instead, and skip (or fail) the same way without them.
 //!
 //! Layout: this file (skip rule, [`RealEtc`], [`binary`], [`wait_for`], running commands) ·
 //! [`control`] ([`ControlPlane`]: a real `latch-control serve` and `latchctl`) · [`database`]
 //! ([`TestDatabase`]: SQLite or, with `LATCH_TEST_STORE=postgres`, a PostgreSQL schema) · [`host`]
-//! ([`TestHost`], linked hosts, [`Agent`]) · [`ssh`] ([`Ssh`] sessions, key pairs).
+//! ([`TestHost`], linked hosts, [`Agent`]) · [`ssh`] ([`Ssh`] sessions, key pairs) · [`browser`]
+//! (scenarios in Chromium, `tests/console`) · [`npm`] (the Node.js packages under `tests/`) · [`oidc`] (the test OpenID Connect provider).
 
+pub mod browser;
 mod control;
 mod database;
 mod host;
+mod npm;
+pub mod oidc;
 mod ssh;
 
 pub use control::ControlPlane;
@@ -34,9 +39,8 @@ const GUARDED_FILES: &[&str] = &["/etc/passwd", "/etc/group", "/etc/shadow", "/e
 /// Returns `true` when end-to-end tests can run here; otherwise skips (or fails, when
 /// `LATCH_E2E=required`).
 pub fn e2e_enabled(test: &str) -> bool {
-    let required = std::env::var("LATCH_E2E").is_ok_and(|v| v == "required");
     let why_not = if !nix_is_root() {
-        Some("not running as root")
+        Some("not running as root (run the tests as root)")
     } else if !Path::new("/usr/bin/unshare").exists() || !Path::new("/usr/bin/nsenter").exists() {
         Some("unshare/nsenter (util-linux) are missing")
     } else {
@@ -44,16 +48,20 @@ pub fn e2e_enabled(test: &str) -> bool {
     };
     match why_not {
         None => true,
-        Some(reason) if required => {
-            panic!("{test}: end-to-end test cannot run: {reason} (LATCH_E2E=required)")
-        }
-        Some(reason) => {
-            eprintln!(
-                "SKIPPED {test}: {reason}; run as root, with LATCH_E2E=required to make this a failure"
-            );
-            false
-        }
+        Some(reason) => skip_or_fail(test, reason),
     }
+}
+
+/// Skips `test` because of `reason` (a `SKIPPED` line on standard error; returns `false`), or
+/// panics when `LATCH_E2E=required` makes a skip a failure.
+pub(crate) fn skip_or_fail(test: &str, reason: &str) -> bool {
+    let required = std::env::var("LATCH_E2E").is_ok_and(|v| v == "required");
+    assert!(
+        !required,
+        "{test}: end-to-end test cannot run: {reason} (LATCH_E2E=required)"
+    );
+    eprintln!("SKIPPED {test}: {reason}; LATCH_E2E=required makes this a failure");
+    false
 }
 
 fn nix_is_root() -> bool {

@@ -48,7 +48,13 @@ async fn render(
     // member or access.view holder) whose actions include approving.
     let mut waiting = Vec::new();
     for request in control
-        .list_access(&viewer.by, false, Some("pending_approval".to_owned()), ROWS, 0)
+        .list_access(
+            &viewer.by,
+            false,
+            Some("pending_approval".to_owned()),
+            ROWS,
+            0,
+        )
         .await?
     {
         if control

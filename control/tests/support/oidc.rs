@@ -5,44 +5,20 @@
 //! with `LATCH_E2E=required` (CI).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-/// The provider's directory (package.json, package-lock.json, provider.mjs).
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
-}
+#[path = "../../../tests/src/npm.rs"]
+mod npm;
 
 fn skip_or_fail(why: &str) -> Option<Provider> {
     let required = std::env::var("LATCH_E2E").is_ok_and(|v| v == "required");
     assert!(!required, "{why} (LATCH_E2E=required)");
     eprintln!("SKIPPED {why}; LATCH_E2E=required makes this a failure");
     None
-}
-
-/// Runs `npm ci` once (under a file lock, since test processes run in parallel).
-fn install() -> Result<(), String> {
-    let dir = dir();
-    let lock = std::fs::File::create(std::env::temp_dir().join("latch-oidc-npm.lock"))
-        .map_err(|e| format!("cannot create the npm lock file: {e}"))?;
-    lock.lock().map_err(|e| format!("cannot lock: {e}"))?;
-    if dir.join("node_modules/oidc-provider/package.json").exists() {
-        return Ok(());
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir)
-        .status()
-        .map_err(|e| format!("cannot run npm ({e}); install node and npm"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`npm ci` in {} failed: {status}", dir.display()))
-    }
 }
 
 /// A running provider.
@@ -69,21 +45,18 @@ impl Provider {
     }
 
     async fn start_with(console_callback: Option<&str>) -> Option<Provider> {
-        if std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_err()
+        let dir = match tokio::task::spawn_blocking(|| npm::install("oidc"))
+            .await
+            .unwrap()
         {
-            return skip_or_fail("node is not installed: the SSO tests need it for oidc-provider");
-        }
-        if let Err(why) = tokio::task::spawn_blocking(install).await.unwrap() {
-            return skip_or_fail(&why);
-        }
+            Ok(dir) => dir,
+            Err(why) => return skip_or_fail(&format!("the SSO tests need oidc-provider: {why}")),
+        };
         // `:`, `%`, `+`, `/`: HTTP Basic must carry them form-encoded (RFC 6749 §2.3.1).
         let secret = format!("s3cr:t%+/-{:016x}", fastrand::u64(..));
         let mut child = Command::new("node")
             .arg("provider.mjs")
-            .current_dir(dir())
+            .current_dir(dir)
             .env("OIDC_CLIENT_SECRET", &secret)
             .env("CONSOLE_REDIRECT_URI", console_callback.unwrap_or(""))
             .stdin(Stdio::piped())
