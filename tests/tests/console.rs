@@ -272,9 +272,9 @@ fn enroll_totp(cp: &ControlPlane, user: &str) -> (String, i64) {
         .send()
         .and_then(|r| r.json())
         .expect("TOTP enrollment");
-    let secret = enrolled["secret_base32"]
+    let secret = enrolled["secret"]
         .as_str()
-        .expect("secret")
+        .unwrap_or_else(|| panic!("no TOTP secret: {enrolled}"))
         .to_owned();
     let now = chrono::Utc::now();
     let code = latch_control::mfa::code_at(&secret, now).expect("code");

@@ -159,7 +159,7 @@ pub async fn create_enroll_token(
     let body = html! {
         (notice("success", "Enrollment token created. It is shown only now: copy it."))
         p { "Run this as root on the host to enroll it:" }
-        pre.copyable #enroll-command { code { (command) } }
+        pre.copyable #enroll-command tabindex="0" aria-label="The enroll command" { code { (command) } }
         button type="button" data-copy="enroll-command" { "Copy command" }
         p.muted { "Then: " code { "systemctl enable --now latch-agent" } "." }
         p { a href="/hosts" { "Back to hosts" } }

@@ -71,6 +71,8 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · Latch" }
+            // No favicon request (a 404 in every browser's console otherwise).
+            link rel="icon" href="data:,";
             link rel="stylesheet" href=(concat!("/assets/console.css?v=", env!("CARGO_PKG_VERSION")));
             script src=(concat!("/assets/console.js?v=", env!("CARGO_PKG_VERSION"))) defer {}
         }

@@ -93,6 +93,9 @@ export default async function (t) {
         .waitFor({ timeout: 60000 });
     }
     await t.screenshot(page, 'host-enrolled');
+    // Every job of this run, for the README: confirmed, failed, the enrollment's.
+    await page.goto(`${t.url}/jobs`);
+    await t.screenshot(page, 'jobs-all');
   });
 
   await t.step('reveal shows the password for 30 seconds, in no storage', async () => {
