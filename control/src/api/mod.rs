@@ -22,7 +22,7 @@
 //! | POST | `/v1/enroll-tokens` (`{"ttl_seconds", "uses", "labels"}`) | admin | create an enrollment token |
 //! | GET | `/v1/hosts?selector=`, `/v1/hosts/{id-or-name}` | admin | hosts (a label selector filters) |
 //! | DELETE | `/v1/hosts/{id-or-name}` | admin | remove a host, cancel its jobs |
-//! | POST/GET | `/v1/jobs`, GET `/v1/jobs?host=&status=&selector=`, `/v1/jobs/{id}` | admin | jobs |
+//! | POST/GET | `/v1/jobs`, GET `/v1/jobs?host=&status=&kind=&selector=`, `/v1/jobs/{id}` | admin | jobs |
 //! | GET | `/v1/grants?host=&user=&state=&since=&selector=` | admin | grants: who has which access, how each ended |
 //! | GET | `/v1/audit?since=&actor=&host=`, `/v1/audit/verify` | admin | audit trail, chain check |
 //! | POST | `/v1/audit/verify` (`{"checkpoints": […]}`), `/v1/audit/checkpoints` | admin | check exported checkpoints; sign one |
