@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use latch_e2e::browser::{browser_enabled, control_plane_env, run_scenario, scenario};
+use latch_e2e::browser::{
+    browser_enabled, control_plane_env, run_scenario, scenario, try_run_scenario,
+};
 use latch_e2e::oidc::OidcProvider;
 use latch_e2e::{Agent, ControlPlane, RealEtc, TestHost, e2e_enabled, wait_for};
 use serde_json::{Value, json};
@@ -79,7 +81,7 @@ fn an_admin_signs_in_through_the_provider_follows_jobs_and_enrolls_an_account() 
     env.push(("OIDC_ISSUER", provider.issuer.clone()));
     env.push(("LATCH_HOST", host.name.clone()));
     env.push(("LATCH_VAULT", "legacy".to_owned()));
-    let run = run_scenario(&scenario("console_admin"), &env, |kind, data| match kind {
+    let outcome = try_run_scenario(&scenario("console_admin"), &env, |kind, data| match kind {
         "queue-job-while-agent-stopped" => {
             if let Some(running) = agent.take() {
                 running.stop();
@@ -118,6 +120,13 @@ fn an_admin_signs_in_through_the_provider_follows_jobs_and_enrolls_an_account() 
             Ok(Value::Bool(host.pam_accepts(user, password)))
         }
         other => refuse(other),
+    });
+    let run = outcome.unwrap_or_else(|failure| {
+        panic!(
+            "{failure}\n--- agent log ---\n{}\n--- server log (tail) ---\n{}",
+            host.agent_log(),
+            tail(&cp.log(), 80)
+        )
     });
     for step in [
         "carol signs in through the identity provider",
@@ -238,6 +247,12 @@ fn an_approver_steps_up_to_approve_while_the_requester_cannot() {
         run.steps()
     );
     real.assert_unchanged();
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Polls `condition` every 200 ms for up to `limit`.
