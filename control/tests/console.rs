@@ -802,3 +802,122 @@ fn refused_state(path: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap()
 }
+
+/// Reads an event stream until `until` appears in it (or `seconds` pass); what was read.
+async fn read_stream(stream: &mut reqwest::Response, until: &str, seconds: u64) -> String {
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(seconds), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(until) {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+async fn open_stream(console: &Console, browser: &Browser<'_>) -> reqwest::Response {
+    console
+        .http
+        .get(format!("{}/jobs/events", console.url))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn the_jobs_stream_ends_when_the_viewer_loses_the_permission(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", None).await;
+    let (status, binding) = console
+        .api(
+            "POST",
+            "/v1/role-bindings",
+            Some(json!({"role": "pam_admin", "user": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{binding}");
+    console.enroll("db1").await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    let mut stream = open_stream(&console, &browser).await;
+    assert_eq!(stream.status().as_u16(), 200);
+
+    // The role is taken away while the page is open; a job is queued afterwards.
+    let (status, body) = console
+        .api(
+            "DELETE",
+            &format!("/v1/role-bindings/{}", binding["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let (status, job) = console
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "secretive"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+
+    let seen = read_stream(&mut stream, "event: ended", 10).await;
+    assert!(
+        !seen.contains("event: jobs") && !seen.contains("secretive"),
+        "the stream showed a job to a viewer who may no longer see jobs: {seen}"
+    );
+    assert!(
+        seen.contains("event: ended") && seen.contains("data: forbidden"),
+        "the stream went on after the role was taken away: {seen}"
+    );
+}
+both_stores!(the_jobs_stream_ends_when_the_viewer_loses_the_permission);
+
+async fn one_user_cannot_hold_open_unbounded_job_streams(db: TestDb) {
+    // Eight per user (console::jobs::STREAMS_PER_USER).
+    const PER_USER: usize = 8;
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    console.user("bob", Some("pam_admin")).await;
+    let mut alice = console.browser();
+    alice.sign_in("alice", PASSWORD).await;
+    let mut open = Vec::new();
+    for _ in 0..PER_USER {
+        let stream = open_stream(&console, &alice).await;
+        assert_eq!(stream.status().as_u16(), 200);
+        open.push(stream);
+    }
+    let refused = open_stream(&console, &alice).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(
+        refused.text().await.unwrap().contains("too_many_requests"),
+        "the refusal names its code"
+    );
+    // Others are not affected.
+    let mut bob = console.browser();
+    bob.sign_in("bob", PASSWORD).await;
+    let stream = open_stream(&console, &bob).await;
+    assert_eq!(stream.status().as_u16(), 200);
+
+    // Ended streams free their places: after signing out and in again, alice may follow jobs.
+    let csrf = alice.csrf().await;
+    alice.post("/logout", &[("_csrf", &csrf)]).await;
+    for stream in &mut open {
+        let seen = read_stream(stream, "event: ended", 10).await;
+        assert!(seen.contains("event: ended"), "{seen}");
+    }
+    drop(open);
+    alice.sign_in("alice", PASSWORD).await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = open_stream(&console, &alice).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the ended streams still count");
+}
+both_stores!(one_user_cannot_hold_open_unbounded_job_streams);

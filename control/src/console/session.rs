@@ -61,9 +61,18 @@ impl Viewer {
         self.by.require_everywhere(permission).is_ok()
     }
 
-    /// Whether the session still holds (not signed out, expired, or the user disabled).
-    pub async fn still_signed_in(&self, control: &Control) -> bool {
-        control.authenticate(&self.token).await.is_ok()
+    /// Looks at the session again, for long streams: `false` when it no longer holds (signed
+    /// out, expired, the user disabled); otherwise the viewer's roles become those that apply
+    /// now, so a role taken away while a stream is open stops applying to it.
+    pub async fn refresh(&mut self, control: &Control) -> bool {
+        match control.authenticate(&self.token).await {
+            Ok(by) => {
+                let address = self.by.address.take();
+                self.by = by.from_address(address);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The hidden CSRF field of a form.
