@@ -921,3 +921,29 @@ async fn one_user_cannot_hold_open_unbounded_job_streams(db: TestDb) {
     assert_eq!(status, 200, "the ended streams still count");
 }
 both_stores!(one_user_cannot_hold_open_unbounded_job_streams);
+
+async fn refused_session_cookies_count_in_the_rate_limiter(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    // A guessed (or stale) session cookie: a redirect to the sign-in page, counted like a
+    // refused bearer token, so its owner is throttled after 30 a minute (the default budget).
+    let mut guesser = console.browser();
+    guesser
+        .cookies
+        .insert("__Host-latch_session".into(), "latch_guess".into());
+    let mut statuses = Vec::new();
+    for _ in 0..35 {
+        statuses.push(guesser.get("/jobs").await.status);
+    }
+    assert_eq!(statuses[0], 303);
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "refused session cookies are not throttled: {statuses:?}"
+    );
+    // A real session from the same address is not affected.
+    let mut alice = console.browser();
+    alice.sign_in("alice", PASSWORD).await;
+    assert_eq!(alice.get("/jobs").await.status, 200);
+}
+both_stores!(refused_session_cookies_count_in_the_rate_limiter);

@@ -174,13 +174,32 @@ impl FromRequestParts<Arc<Control>> for Viewer {
                 .into_response()
             });
         };
+        // The session token is a credential like a bearer token: its refusals count against it
+        // and the client's address in the rate limiter, also when the answer is a redirect.
+        let attempt = parts.extensions.get::<AuthAttempt>().cloned();
+        if let Some(attempt) = &attempt
+            && attempt.present(&token).is_err()
+        {
+            return Err(Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many refused attempts with this session; sign in again in a minute",
+            )
+            .into_response());
+        }
         let by = match control.authenticate(&token).await {
             Ok(by) => by,
             Err(error) => {
+                let failure = Failure::from(error);
+                if let Some(attempt) = &attempt
+                    && failure.0.status == StatusCode::UNAUTHORIZED
+                {
+                    attempt.refused();
+                }
                 return Err(if parts.method == Method::GET {
                     redirect_to_login(parts, Some("ended"))
                 } else {
-                    Failure::from(error).into_response()
+                    failure.into_response()
                 });
             }
         };
