@@ -781,9 +781,12 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
     let again = browser.get(back).await;
     assert_eq!(again.status, 401, "{}", again.body);
 
-    // The provider's own refusal is shown, not trusted.
+    // The provider's own refusal of the sign-in this browser began is shown, not trusted.
+    let state = refused_state(back);
     let denied = browser
-        .get("/login/callback?error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E")
+        .get(&format!(
+            "/login/callback?state={state}&error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E"
+        ))
         .await;
     assert_eq!(denied.status, 401);
     assert!(
@@ -791,6 +794,17 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
         "{}",
         denied.body
     );
+    // A link anyone can write (no state this browser began) does not put its text on the
+    // console's page.
+    for query in [
+        "error=access_denied&error_description=Call%20the%20helpdesk%20at%20555-0100",
+        "state=forged&error=access_denied&error_description=Call%20the%20helpdesk%20at%20555-0100",
+    ] {
+        let spoofed = other.get(&format!("/login/callback?{query}")).await;
+        assert_eq!(spoofed.status, 401);
+        assert!(spoofed.body.contains("sso_refused"), "{}", spoofed.body);
+        assert!(!spoofed.body.contains("helpdesk"), "{}", spoofed.body);
+    }
 }
 both_stores!(sign_in_through_the_identity_provider_is_bound_to_the_browser_that_began_it);
 
@@ -947,3 +961,23 @@ async fn refused_session_cookies_count_in_the_rate_limiter(db: TestDb) {
     assert_eq!(alice.get("/jobs").await.status, 200);
 }
 both_stores!(refused_session_cookies_count_in_the_rate_limiter);
+
+async fn the_host_page_shows_no_text_from_its_link(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    console.enroll("db1").await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    // A link to the host's page naming no identity the viewer may see: no notice at all, so
+    // a crafted link cannot make the console say something.
+    for enrolled in ["Call_the-helpdesk.555-0100", "%3Cb%3Ehello%3C%2Fb%3E"] {
+        let page = browser
+            .get(&format!("/hosts/db1?enrolled={enrolled}"))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!page.body.contains("Enrollment queued"), "{}", page.body);
+        assert!(!page.body.contains("helpdesk"), "{}", page.body);
+        assert!(!page.body.contains("hello"), "{}", page.body);
+    }
+}
+both_stores!(the_host_page_shows_no_text_from_its_link);

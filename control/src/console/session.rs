@@ -474,19 +474,31 @@ pub async fn login_callback(
     extensions: axum::http::Extensions,
     Query(callback): Query<Callback>,
 ) -> Result<Response, Failure> {
+    let bound = cookie(&headers, SSO_COOKIE).unwrap_or_default();
+    let (bound_state, next_hex) = bound.split_once('.').unwrap_or((bound, ""));
+    let began_here = |state: &str| csrf_matches(state, bound_state);
     if let Some(error) = &callback.error {
-        let detail = callback
-            .error_description
-            .as_deref()
-            .unwrap_or("no description");
+        // The provider's words only for the sign-in this browser began: anyone can write a
+        // link to this page, and its text would read as the console's own.
+        let message = match &callback.state {
+            Some(state) if began_here(state) => format!(
+                "the identity provider refused the sign-in ({}: {}); try again or ask its admin",
+                truncate(error, 64),
+                truncate(
+                    callback
+                        .error_description
+                        .as_deref()
+                        .unwrap_or("no description"),
+                    200
+                )
+            ),
+            _ => "the identity provider refused the sign-in; start it again from the sign-in page"
+                .to_owned(),
+        };
         return Err(Failure::new(
             StatusCode::UNAUTHORIZED,
             "sso_refused",
-            format!(
-                "the identity provider refused the sign-in ({}: {}); try again or ask its admin",
-                truncate(error, 64),
-                truncate(detail, 200)
-            ),
+            message,
         ));
     }
     let (Some(state), Some(code)) = (&callback.state, &callback.code) else {
@@ -494,9 +506,7 @@ pub async fn login_callback(
             "the identity provider's answer has no state or code; start the sign-in again",
         ));
     };
-    let bound = cookie(&headers, SSO_COOKIE).unwrap_or_default();
-    let (bound_state, next_hex) = bound.split_once('.').unwrap_or((bound, ""));
-    if !csrf_matches(state, bound_state) {
+    if !began_here(state) {
         return Err(Failure::new(
             StatusCode::FORBIDDEN,
             "csrf_refused",
