@@ -35,11 +35,15 @@ use crate::store::{JobFilter, Page};
 const ROWS: u64 = 100;
 /// How often the event stream looks for changes.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
-/// Live job streams one user may hold open at once (a few tabs). Each stream looks at the store
-/// every second, so without a bound one signed-in user could load the database at will.
-pub const STREAMS_PER_USER: usize = 8;
+/// Live job streams one user may hold open at once (several tabs, and pages just left whose
+/// streams the server has not yet found closed). Each stream looks at the store every second,
+/// so without a bound one signed-in user could load the database at will.
+pub const STREAMS_PER_USER: usize = 16;
 /// Live job streams this server holds open at once, all users together.
 pub const STREAMS_IN_ALL: usize = 256;
+/// How often a quiet stream sends a comment: a browser that left the page is noticed (and its
+/// stream's place freed) when a write to it fails, within two of these.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// The open streams per principal id.
 static OPEN_STREAMS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Mutex::default);
@@ -314,7 +318,7 @@ pub async fn events(
             .collect();
     let stream = changes(control, viewer, filter, seen, slot);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
 }
 
