@@ -781,9 +781,12 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
     let again = browser.get(back).await;
     assert_eq!(again.status, 401, "{}", again.body);
 
-    // The provider's own refusal is shown, not trusted.
+    // The provider's own refusal of the sign-in this browser began is shown, not trusted.
+    let state = refused_state(back);
     let denied = browser
-        .get("/login/callback?error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E")
+        .get(&format!(
+            "/login/callback?state={state}&error=access_denied&error_description=%3Cb%3Eno%3C%2Fb%3E"
+        ))
         .await;
     assert_eq!(denied.status, 401);
     assert!(
@@ -791,6 +794,17 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
         "{}",
         denied.body
     );
+    // A link anyone can write (no state this browser began) does not put its text on the
+    // console's page.
+    for query in [
+        "error=access_denied&error_description=Call%20the%20helpdesk%20at%20555-0100",
+        "state=forged&error=access_denied&error_description=Call%20the%20helpdesk%20at%20555-0100",
+    ] {
+        let spoofed = other.get(&format!("/login/callback?{query}")).await;
+        assert_eq!(spoofed.status, 401);
+        assert!(spoofed.body.contains("sso_refused"), "{}", spoofed.body);
+        assert!(!spoofed.body.contains("helpdesk"), "{}", spoofed.body);
+    }
 }
 both_stores!(sign_in_through_the_identity_provider_is_bound_to_the_browser_that_began_it);
 
@@ -802,3 +816,196 @@ fn refused_state(path: &str) -> String {
         .map(|(_, v)| v.into_owned())
         .unwrap()
 }
+
+/// Reads an event stream until `until` appears in it (or `seconds` pass); what was read.
+async fn read_stream(stream: &mut reqwest::Response, until: &str, seconds: u64) -> String {
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(seconds), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains(until) {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+async fn open_stream(console: &Console, browser: &Browser<'_>) -> reqwest::Response {
+    console
+        .http
+        .get(format!("{}/jobs/events", console.url))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The status of a new stream, retried for up to `seconds` until it is 200.
+async fn stream_status_within(console: &Console, browser: &Browser<'_>, seconds: u64) -> u16 {
+    let mut status = 0;
+    for _ in 0..seconds * 10 {
+        status = open_stream(console, browser).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
+async fn the_jobs_stream_ends_when_the_viewer_loses_the_permission(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", None).await;
+    let (status, binding) = console
+        .api(
+            "POST",
+            "/v1/role-bindings",
+            Some(json!({"role": "pam_admin", "user": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{binding}");
+    console.enroll("db1").await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    let mut stream = open_stream(&console, &browser).await;
+    assert_eq!(stream.status().as_u16(), 200);
+
+    // The role is taken away while the page is open; a job is queued afterwards.
+    let (status, body) = console
+        .api(
+            "DELETE",
+            &format!("/v1/role-bindings/{}", binding["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let (status, job) = console
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "secretive"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{job}");
+
+    let seen = read_stream(&mut stream, "event: ended", 10).await;
+    assert!(
+        !seen.contains("event: jobs") && !seen.contains("secretive"),
+        "the stream showed a job to a viewer who may no longer see jobs: {seen}"
+    );
+    assert!(
+        seen.contains("event: ended") && seen.contains("data: forbidden"),
+        "the stream went on after the role was taken away: {seen}"
+    );
+}
+both_stores!(the_jobs_stream_ends_when_the_viewer_loses_the_permission);
+
+async fn one_user_cannot_hold_open_unbounded_job_streams(db: TestDb) {
+    // Sixteen per user (console::jobs::STREAMS_PER_USER).
+    const PER_USER: usize = 16;
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    console.user("bob", Some("pam_admin")).await;
+    let mut alice = console.browser();
+    alice.sign_in("alice", PASSWORD).await;
+    let mut open = Vec::new();
+    for _ in 0..PER_USER {
+        let stream = open_stream(&console, &alice).await;
+        assert_eq!(stream.status().as_u16(), 200);
+        open.push(stream);
+    }
+    let refused = open_stream(&console, &alice).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(
+        refused.text().await.unwrap().contains("too_many_requests"),
+        "the refusal names its code"
+    );
+    // Others are not affected.
+    let mut bob = console.browser();
+    bob.sign_in("bob", PASSWORD).await;
+    let stream = open_stream(&console, &bob).await;
+    assert_eq!(stream.status().as_u16(), 200);
+
+    // Ended streams free their places: after signing out and in again, alice may follow jobs.
+    let csrf = alice.csrf().await;
+    alice.post("/logout", &[("_csrf", &csrf)]).await;
+    for stream in &mut open {
+        let seen = read_stream(stream, "event: ended", 10).await;
+        assert!(seen.contains("event: ended"), "{seen}");
+    }
+    drop(open);
+    alice.sign_in("alice", PASSWORD).await;
+    assert_eq!(
+        stream_status_within(&console, &alice, 5).await,
+        200,
+        "the ended streams still count"
+    );
+
+    // Streams of pages the browser left free their places too, within a few seconds.
+    let mut left = Vec::new();
+    while left.len() < PER_USER {
+        let stream = open_stream(&console, &alice).await;
+        if stream.status().as_u16() == 200 {
+            left.push(stream);
+        } else {
+            assert_eq!(stream.status().as_u16(), 429);
+            break;
+        }
+    }
+    assert_eq!(open_stream(&console, &alice).await.status().as_u16(), 429);
+    drop(left);
+    assert_eq!(
+        stream_status_within(&console, &alice, 10).await,
+        200,
+        "streams the browser left still count"
+    );
+}
+both_stores!(one_user_cannot_hold_open_unbounded_job_streams);
+
+async fn refused_session_cookies_count_in_the_rate_limiter(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    // A guessed (or stale) session cookie: a redirect to the sign-in page, counted like a
+    // refused bearer token, so its owner is throttled after 30 a minute (the default budget).
+    let mut guesser = console.browser();
+    guesser
+        .cookies
+        .insert("__Host-latch_session".into(), "latch_guess".into());
+    let mut statuses = Vec::new();
+    for _ in 0..35 {
+        statuses.push(guesser.get("/jobs").await.status);
+    }
+    assert_eq!(statuses[0], 303);
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "refused session cookies are not throttled: {statuses:?}"
+    );
+    // A real session from the same address is not affected.
+    let mut alice = console.browser();
+    alice.sign_in("alice", PASSWORD).await;
+    assert_eq!(alice.get("/jobs").await.status, 200);
+}
+both_stores!(refused_session_cookies_count_in_the_rate_limiter);
+
+async fn the_host_page_shows_no_text_from_its_link(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    console.enroll("db1").await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    // A link to the host's page naming no identity the viewer may see: no notice at all, so
+    // a crafted link cannot make the console say something.
+    for enrolled in ["Call_the-helpdesk.555-0100", "%3Cb%3Ehello%3C%2Fb%3E"] {
+        let page = browser
+            .get(&format!("/hosts/db1?enrolled={enrolled}"))
+            .await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(!page.body.contains("Enrollment queued"), "{}", page.body);
+        assert!(!page.body.contains("helpdesk"), "{}", page.body);
+        assert!(!page.body.contains("hello"), "{}", page.body);
+    }
+}
+both_stores!(the_host_page_shows_no_text_from_its_link);

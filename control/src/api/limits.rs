@@ -215,6 +215,7 @@ struct Attempt {
     limiter: Arc<Limiter>,
     credential: Mutex<Option<String>>,
     accepted: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AuthAttempt {
@@ -261,6 +262,22 @@ impl AuthAttempt {
                 .accepted
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Records that the presented credential was refused, for answers that are not `401` (the
+    /// console sends a browser with an unknown session cookie to its sign-in page).
+    pub fn refused(&self) {
+        if let Some(attempt) = &self.0 {
+            attempt
+                .refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn was_refused(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|attempt| attempt.refused.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn was_accepted(&self) -> bool {
@@ -457,6 +474,7 @@ pub async fn limit(
         limiter: limiter.clone(),
         credential: Mutex::new(credential),
         accepted: std::sync::atomic::AtomicBool::new(false),
+        refused: std::sync::atomic::AtomicBool::new(false),
     })));
     request.extensions_mut().insert(attempt.clone());
     request.extensions_mut().insert(ClientAddress(client));
@@ -472,7 +490,7 @@ pub async fn limit(
         });
     if let Some(id) = attempt.credential() {
         let mut state = limiter.state();
-        if response.status() == StatusCode::UNAUTHORIZED {
+        if response.status() == StatusCode::UNAUTHORIZED || attempt.was_refused() {
             state.known_good.remove(&id);
             state.credential_failures.entry(id).or_default().hit(now);
             state.address_failures.entry(address).or_default().hit(now);

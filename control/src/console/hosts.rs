@@ -203,9 +203,17 @@ pub async fn show(
         }
     }
     let jobs_url = format!("/jobs?host={}", host.facts.hostname);
+    // The identity just enrolled, as the viewer may see it: the link's text is never shown
+    // (anyone can write a link to this page).
+    let enrolled = match &query.enrolled {
+        Some(id) if check_path_id("identity", id).is_ok() => {
+            control.show_identity(&viewer.by, id).await.ok()
+        }
+        _ => None,
+    };
     let body = html! {
-        @if let Some(identity) = &query.enrolled {
-            (notice("success", &format!("Enrollment queued (identity {identity}). The jobs below turn confirmed once the host has applied them.")))
+        @if let Some(identity) = &enrolled {
+            (notice("success", &format!("Enrollment queued (identity {}). The jobs below turn confirmed once the host has applied them.", identity.name)))
         }
         dl.facts {
             dt { "Status" } dd { (online_badge(&host)) }

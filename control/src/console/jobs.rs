@@ -3,15 +3,18 @@
 //! filter), without a reload. A failed job shows its code, its message and what to do.
 //!
 //! The event stream looks at the filtered list once a second and sends the rows that changed,
-//! rendered here (the page's script only swaps them in). It checks the session on every look:
-//! signing out or an expired session ends the stream.
+//! rendered here (the page's script only swaps them in). It checks the session on every look
+//! and lists the jobs with the roles that apply then: signing out, an expired session or losing
+//! the permission to see jobs ends the stream. A user holds at most [`STREAMS_PER_USER`]
+//! streams open at once, the server at most [`STREAMS_IN_ALL`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
@@ -32,6 +35,47 @@ use crate::store::{JobFilter, Page};
 const ROWS: u64 = 100;
 /// How often the event stream looks for changes.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Live job streams one user may hold open at once (several tabs, and pages just left whose
+/// streams the server has not yet found closed). Each stream looks at the store every second,
+/// so without a bound one signed-in user could load the database at will.
+pub const STREAMS_PER_USER: usize = 16;
+/// Live job streams this server holds open at once, all users together.
+pub const STREAMS_IN_ALL: usize = 256;
+/// How often a quiet stream sends a comment: a browser that left the page is noticed (and its
+/// stream's place freed) when a write to it fails, within two of these.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// The open streams per principal id.
+static OPEN_STREAMS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Mutex::default);
+
+/// One open stream of a principal, freed when dropped (the stream ended, or the browser went
+/// away and the server dropped it).
+struct StreamSlot(String);
+
+impl StreamSlot {
+    /// A slot for `principal`, unless it or the server already holds the most streams allowed.
+    fn take(principal: &str) -> Option<StreamSlot> {
+        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = open.get(principal).copied().unwrap_or(0);
+        if mine >= STREAMS_PER_USER || open.values().sum::<usize>() >= STREAMS_IN_ALL {
+            return None;
+        }
+        *open.entry(principal.to_owned()).or_default() += 1;
+        Some(StreamSlot(principal.to_owned()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = OPEN_STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.0) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.0);
+            }
+        }
+    }
+}
 
 /// The filter: `host` (id or name), `state`, `kind`; empty means any.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -249,12 +293,22 @@ fn short(id: &str) -> &str {
 }
 
 /// `GET /jobs/events?host=&state=&kind=`: `job` events carrying `{"id", "status", "html"}`
-/// for each row that appeared or changed; `ended` when the session ended.
+/// for each row that appeared or changed; `ended` (`session` or `forbidden`) when the session
+/// ended or the viewer may no longer see jobs.
 pub async fn events(
     State(control): State<Arc<Control>>,
     viewer: Viewer,
     Query(query): Query<JobsQuery>,
 ) -> Result<Response, Failure> {
+    let slot = StreamSlot::take(&viewer.by.principal.id).ok_or_else(|| {
+        Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "too many live job views are open (at most {STREAMS_PER_USER} per user); close some console tabs and reload"
+            ),
+        )
+    })?;
     let filter = query.filter(&control, &viewer).await?;
     let seen: HashMap<String, (JobStatus, Option<DateTime<Utc>>)> =
         jobs(&control, &viewer, &filter)
@@ -262,9 +316,9 @@ pub async fn events(
             .into_iter()
             .map(|job| (job.id, (job.status, job.finished_at)))
             .collect();
-    let stream = changes(control, viewer, filter, seen);
+    let stream = changes(control, viewer, filter, seen, slot);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
 }
 
@@ -274,6 +328,8 @@ struct Watch {
     filter: JobFilter,
     seen: HashMap<String, (JobStatus, Option<DateTime<Utc>>)>,
     ended: bool,
+    /// Held for as long as the stream is open.
+    _slot: StreamSlot,
 }
 
 fn changes(
@@ -281,6 +337,7 @@ fn changes(
     viewer: Viewer,
     filter: JobFilter,
     seen: HashMap<String, (JobStatus, Option<DateTime<Utc>>)>,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let watch = Watch {
         control,
@@ -288,6 +345,7 @@ fn changes(
         filter,
         seen,
         ended: false,
+        _slot: slot,
     };
     stream::unfold(watch, |mut watch| async move {
         if watch.ended {
@@ -295,12 +353,18 @@ fn changes(
         }
         loop {
             tokio::time::sleep(LOOK_EVERY).await;
-            if !watch.viewer.still_signed_in(&watch.control).await {
+            // The session and the roles as they are now, not as they were when the page opened.
+            if !watch.viewer.refresh(&watch.control).await {
                 watch.ended = true;
                 return Some((Ok(Event::default().event("ended").data("session")), watch));
             }
-            let Ok(list) = jobs(&watch.control, &watch.viewer, &watch.filter).await else {
-                continue;
+            let list = match jobs(&watch.control, &watch.viewer, &watch.filter).await {
+                Ok(list) => list,
+                Err(Failure(error)) if error.status == StatusCode::FORBIDDEN => {
+                    watch.ended = true;
+                    return Some((Ok(Event::default().event("ended").data("forbidden")), watch));
+                }
+                Err(_) => continue,
             };
             let now = Utc::now();
             let mut changed = Vec::new();

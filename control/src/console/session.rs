@@ -61,9 +61,18 @@ impl Viewer {
         self.by.require_everywhere(permission).is_ok()
     }
 
-    /// Whether the session still holds (not signed out, expired, or the user disabled).
-    pub async fn still_signed_in(&self, control: &Control) -> bool {
-        control.authenticate(&self.token).await.is_ok()
+    /// Looks at the session again, for long streams: `false` when it no longer holds (signed
+    /// out, expired, the user disabled); otherwise the viewer's roles become those that apply
+    /// now, so a role taken away while a stream is open stops applying to it.
+    pub async fn refresh(&mut self, control: &Control) -> bool {
+        match control.authenticate(&self.token).await {
+            Ok(by) => {
+                let address = self.by.address.take();
+                self.by = by.from_address(address);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The hidden CSRF field of a form.
@@ -165,13 +174,32 @@ impl FromRequestParts<Arc<Control>> for Viewer {
                 .into_response()
             });
         };
+        // The session token is a credential like a bearer token: its refusals count against it
+        // and the client's address in the rate limiter, also when the answer is a redirect.
+        let attempt = parts.extensions.get::<AuthAttempt>().cloned();
+        if let Some(attempt) = &attempt
+            && attempt.present(&token).is_err()
+        {
+            return Err(Failure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many refused attempts with this session; sign in again in a minute",
+            )
+            .into_response());
+        }
         let by = match control.authenticate(&token).await {
             Ok(by) => by,
             Err(error) => {
+                let failure = Failure::from(error);
+                if let Some(attempt) = &attempt
+                    && failure.0.status == StatusCode::UNAUTHORIZED
+                {
+                    attempt.refused();
+                }
                 return Err(if parts.method == Method::GET {
                     redirect_to_login(parts, Some("ended"))
                 } else {
-                    Failure::from(error).into_response()
+                    failure.into_response()
                 });
             }
         };
@@ -446,19 +474,31 @@ pub async fn login_callback(
     extensions: axum::http::Extensions,
     Query(callback): Query<Callback>,
 ) -> Result<Response, Failure> {
+    let bound = cookie(&headers, SSO_COOKIE).unwrap_or_default();
+    let (bound_state, next_hex) = bound.split_once('.').unwrap_or((bound, ""));
+    let began_here = |state: &str| csrf_matches(state, bound_state);
     if let Some(error) = &callback.error {
-        let detail = callback
-            .error_description
-            .as_deref()
-            .unwrap_or("no description");
+        // The provider's words only for the sign-in this browser began: anyone can write a
+        // link to this page, and its text would read as the console's own.
+        let message = match &callback.state {
+            Some(state) if began_here(state) => format!(
+                "the identity provider refused the sign-in ({}: {}); try again or ask its admin",
+                truncate(error, 64),
+                truncate(
+                    callback
+                        .error_description
+                        .as_deref()
+                        .unwrap_or("no description"),
+                    200
+                )
+            ),
+            _ => "the identity provider refused the sign-in; start it again from the sign-in page"
+                .to_owned(),
+        };
         return Err(Failure::new(
             StatusCode::UNAUTHORIZED,
             "sso_refused",
-            format!(
-                "the identity provider refused the sign-in ({}: {}); try again or ask its admin",
-                truncate(error, 64),
-                truncate(detail, 200)
-            ),
+            message,
         ));
     }
     let (Some(state), Some(code)) = (&callback.state, &callback.code) else {
@@ -466,9 +506,7 @@ pub async fn login_callback(
             "the identity provider's answer has no state or code; start the sign-in again",
         ));
     };
-    let bound = cookie(&headers, SSO_COOKIE).unwrap_or_default();
-    let (bound_state, next_hex) = bound.split_once('.').unwrap_or((bound, ""));
-    if !csrf_matches(state, bound_state) {
+    if !began_here(state) {
         return Err(Failure::new(
             StatusCode::FORBIDDEN,
             "csrf_refused",

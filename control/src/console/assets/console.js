@@ -24,9 +24,13 @@ function followJobs(table) {
       }
     }
   });
-  source.addEventListener('ended', () => {
+  source.addEventListener('ended', (event) => {
     source.close();
-    if (status) status.textContent = 'Your session ended: reload the page to sign in again.';
+    if (status) {
+      status.textContent = event.data === 'session'
+        ? 'Your session ended: reload the page to sign in again.'
+        : 'Live updates stopped: you may no longer see these jobs.';
+    }
   });
   source.onerror = () => {
     if (status) status.textContent = 'Live updates paused; retrying…';
