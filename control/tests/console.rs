@@ -1009,3 +1009,102 @@ async fn the_host_page_shows_no_text_from_its_link(db: TestDb) {
     }
 }
 both_stores!(the_host_page_shows_no_text_from_its_link);
+
+/// A job that changes after the page was rendered but before its event stream starts is sent at
+/// the stream's first look (the page's `since`), not lost.
+async fn a_change_between_the_page_and_its_stream_is_not_lost(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("alice", Some("pam_admin")).await;
+    let credential = console.enroll("db1").await;
+    let mut browser = console.browser();
+    browser.sign_in("alice", PASSWORD).await;
+    // A job that finished long before the page: seen, never sent again.
+    let (_, old) = console
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "olga"})),
+        )
+        .await;
+    let polled = console
+        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
+        .await
+        .1;
+    let report = json!({"lease": polled["list"][0]["lease"], "outcome": {"status": "confirmed"}});
+    let path = format!("/v1/agent/jobs/{}/report", old["id"].as_str().unwrap());
+    assert_eq!(
+        console
+            .api_as(&credential, "POST", &path, Some(report))
+            .await
+            .0,
+        204
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let (_, job) = console
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(json!({"host": "db1", "kind": "create-account", "user": "dave"})),
+        )
+        .await;
+    let page = browser.get("/jobs").await;
+    let marker = "data-events=\"";
+    let start = page.body.find(marker).expect("a live table") + marker.len();
+    let events = page.body[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(events.contains("since="), "{events}");
+    // The host confirms the job before the page's stream opens.
+    let polled = console
+        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
+        .await
+        .1;
+    let report = json!({"lease": polled["list"][0]["lease"], "outcome": {"status": "confirmed"}});
+    let path = format!("/v1/agent/jobs/{}/report", job["id"].as_str().unwrap());
+    assert_eq!(
+        console
+            .api_as(&credential, "POST", &path, Some(report))
+            .await
+            .0,
+        204
+    );
+
+    let mut stream = console
+        .http
+        .get(format!("{}{events}", console.url))
+        .header("cookie", browser.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("event: jobs") && seen.contains("\n\n") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(found, "the change was lost: {seen}");
+    let data = seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let rows: Value = serde_json::from_str(data).unwrap();
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [job["id"].as_str().unwrap()],
+        "only the row that changed since the page: {rows}"
+    );
+    assert_eq!(rows[0]["status"], "confirmed");
+}
+both_stores!(a_change_between_the_page_and_its_stream_is_not_lost);

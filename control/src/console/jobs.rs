@@ -86,6 +86,11 @@ pub struct JobsQuery {
     state: String,
     #[serde(default)]
     kind: String,
+    /// The event stream only: when the page was rendered (Unix milliseconds). Rows created or
+    /// finished since then are sent at the first look, so a change between the page and the
+    /// stream's start is not lost.
+    #[serde(default)]
+    since: Option<i64>,
 }
 
 impl JobsQuery {
@@ -170,7 +175,7 @@ pub async fn live_table(
 fn table(list: &[JobView], query: &JobsQuery, now: DateTime<Utc>) -> Markup {
     html! {
         p.muted.live-status role="status" { "Rows update live." }
-        table.list.jobs data-events=(format!("/jobs/events?{}", query.query_string())) {
+        table.list.jobs data-events=(format!("/jobs/events?{}&since={}", query.query_string(), now.timestamp_millis())) {
             caption.visually-hidden { "Jobs, newest first" }
             thead {
                 tr {
@@ -310,10 +315,20 @@ pub async fn events(
         )
     })?;
     let filter = query.filter(&control, &viewer).await?;
+    // What the page showed: rows older than the page (with a margin; sending a row twice is
+    // harmless) count as seen, newer ones go out at the first look.
+    let rendered = query
+        .since
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(|at| at - chrono::Duration::seconds(2));
     let seen: HashMap<String, (JobStatus, Option<DateTime<Utc>>)> =
         jobs(&control, &viewer, &filter)
             .await?
             .into_iter()
+            .filter(|job| {
+                rendered
+                    .is_none_or(|at| job.created_at < at && job.finished_at.is_none_or(|f| f < at))
+            })
             .map(|job| (job.id, (job.status, job.finished_at)))
             .collect();
     let stream = changes(control, viewer, filter, seen, slot);
