@@ -101,9 +101,16 @@ export default async function (t) {
   await t.step('reveal shows the password for 30 seconds, in no storage', async () => {
     await page.goto(`${t.url}/vault`);
     await t.axe(page, 'vault');
-    await page.goto(`${t.url}/vault/identities/${identity}`);
+    // The first password counts once the control plane settled the rotation (its sweep runs
+    // each second after the host confirmed): until then there is nothing to reveal.
+    const reveal = page.getByRole('button', { name: 'Reveal' });
+    for (let i = 0; i < 30; i += 1) {
+      await page.goto(`${t.url}/vault/identities/${identity}`);
+      if ((await reveal.count()) > 0) break;
+      await page.waitForTimeout(1000);
+    }
     await t.axe(page, 'identity');
-    await page.getByRole('button', { name: 'Reveal' }).click();
+    await reveal.click();
     const secret = page.locator('#reveal-output code.secret');
     await secret.waitFor({ timeout: 10000 });
     const value = await secret.innerText();
