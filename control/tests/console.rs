@@ -449,6 +449,12 @@ async fn forms_without_the_csrf_token_or_from_another_site_change_nothing(db: Te
         "{}",
         answer.body
     );
+    // Against the address this console is served at.
+    assert!(
+        answer.body.contains(&format!("--server {} ", console.url)),
+        "{}",
+        answer.body
+    );
     assert_eq!(answer.headers["cache-control"], "no-store");
 
     // The sign-in form has its own token (before there is a session).

@@ -122,6 +122,7 @@ pub struct TokenForm {
 /// `POST /enroll-tokens`: shows the token once, with the enroll command to copy.
 pub async fn create_enroll_token(
     State(control): State<Arc<Control>>,
+    served: Option<axum::Extension<super::ServedAt>>,
     viewer: Viewer,
     Posted(form): Posted<TokenForm>,
 ) -> Result<Response, Failure> {
@@ -143,10 +144,8 @@ pub async fn create_enroll_token(
         ..Default::default()
     };
     let token = control.create_enroll_token(&viewer.by, &request).await?;
-    let server = control
-        .config()
-        .public_url
-        .as_ref()
+    // The address this console is reached at (agents enroll against the same server).
+    let server = super::origin(&control, served.as_ref().map(|e| &e.0))
         .map(|u| u.as_str().trim_end_matches('/').to_owned())
         .unwrap_or_else(|| "https://LATCH-CONTROL:8443".to_owned());
     let mut command = format!(

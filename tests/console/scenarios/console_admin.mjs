@@ -125,6 +125,25 @@ export default async function (t) {
     t.expect(!html.includes(value), 'the password is still in the page');
   });
 
+  await t.step('check out with a reason and a duration, then check in', async () => {
+    await page.goto(`${t.url}/vault/identities/${identity}`);
+    await page.getByLabel('Reason', { exact: true }).fill('INC-4712: rotate the TLS keys');
+    await page.getByLabel('For', { exact: true }).selectOption('15');
+    await page.getByRole('button', { name: 'Check out' }).click();
+    const secret = page.locator('#checkout-output code.secret');
+    await secret.waitFor({ timeout: 10000 });
+    const note = await page.locator('#checkout-output').innerText();
+    t.expect(note.includes('Checked out until'), note);
+    await page.goto(`${t.url}/vault/identities/${identity}`);
+    const row = page.locator('#checkouts tbody tr', { hasText: 'INC-4712' });
+    t.expect((await row.innerText()).includes('checked_out'), await row.innerText());
+    await t.screenshot(page, 'identity-checked-out');
+    await row.getByRole('button', { name: 'Check in' }).click();
+    await page.waitForURL(`${t.url}/vault/identities/${identity}`);
+    const after = await page.locator('#checkouts tbody tr', { hasText: 'INC-4712' }).innerText();
+    t.expect(after.includes('checked in'), `after check-in: ${after}`);
+  });
+
   await t.step('the audit trail verifies and filters', async () => {
     await page.goto(`${t.url}/audit`);
     t.expect((await page.locator('main').innerText()).includes('The audit chain verifies'), 'verified');
