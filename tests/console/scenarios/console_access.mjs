@@ -28,7 +28,11 @@ export default async function (t) {
     for (const path of ['/jobs', '/hosts', '/audit', `/hosts/${host}`]) {
       const response = await eve.goto(`${t.url}${path}`);
       t.expect(response.status() === 403, `${path}: ${response.status()}`);
+      const text = await eve.locator('main').innerText();
+      t.expect(!text.includes(host) || path.includes(host), `${path} shows the host: ${text}`);
     }
+    await t.axe(eve, 'forbidden');
+    await t.screenshot(eve, 'forbidden');
     await eve.goto(`${t.url}/access`);
     await t.axe(eve, 'access-end-user');
     await t.screenshot(eve, 'access-end-user');
