@@ -62,7 +62,7 @@ impl Console {
         let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
             .await
             .unwrap();
-        Self::start_on(db, listener, None).await
+        Self::start_on(db, listener, None, ControlConfig::default()).await
     }
 
     /// A console whose sign-in also goes through `provider` (started for this console's
@@ -71,6 +71,7 @@ impl Console {
         db: TestDb,
         listener: tokio::net::TcpListener,
         provider: Option<&Provider>,
+        config: ControlConfig,
     ) -> Console {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -79,8 +80,8 @@ impl Console {
             .unwrap()
             .trim()
             .to_owned();
-        let mut control = Control::new(data.store, ControlConfig::default(), data.signer)
-            .with_master_key(data.master_key);
+        let mut control =
+            Control::new(data.store, config, data.signer).with_master_key(data.master_key);
         if let Some(provider) = provider {
             let config = SsoConfig::new(&provider.issuer, "latch", &provider.secret);
             control = control.with_sso(Sso::new(config).unwrap());
@@ -723,7 +724,7 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
     let Some(provider) = Provider::start_for_console(&callback).await else {
         return;
     };
-    let console = Console::start_on(db, listener, Some(&provider)).await;
+    let console = Console::start_on(db, listener, Some(&provider), ControlConfig::default()).await;
     provider.next(&[("account", "alice")]).await;
     let mut browser = console.browser();
     let login = browser.get("/login").await;
@@ -1114,3 +1115,58 @@ async fn a_change_between_the_page_and_its_stream_is_not_lost(db: TestDb) {
     assert_eq!(rows[0]["status"], "confirmed");
 }
 both_stores!(a_change_between_the_page_and_its_stream_is_not_lost);
+
+/// Behind a reverse proxy that rewrites `Host`, forms are checked against `public_url`: a form
+/// from the public origin is taken, one whose `Origin` merely matches `Host` is refused.
+async fn behind_a_proxy_forms_are_checked_against_the_public_url(db: TestDb) {
+    let listener = server::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let config = ControlConfig {
+        public_url: Some("https://latch.example.com".parse().unwrap()),
+        ..ControlConfig::default()
+    };
+    let console = Console::start_on(db, listener, None, config).await;
+    console.user("alice", Some("pam_admin")).await;
+    let public = "https://latch.example.com";
+    let mut browser = console.browser();
+    let page = browser.get("/login").await;
+    let csrf = page.csrf();
+    let refused = browser
+        .post(
+            "/login",
+            &[("_csrf", &csrf), ("name", "alice"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "an Origin that is only the Host: {}",
+        refused.body
+    );
+    let signed_in = browser
+        .post_from(
+            "/login",
+            &[("_csrf", &csrf), ("name", "alice"), ("password", PASSWORD)],
+            public,
+        )
+        .await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let csrf = browser.csrf().await;
+    let form = [
+        ("_csrf", csrf.as_str()),
+        ("ttl_minutes", "60"),
+        ("uses", "1"),
+    ];
+    let answer = browser.post_from("/enroll-tokens", &form, public).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // The enroll command names the public address.
+    assert!(
+        answer.body.contains("--server https://latch.example.com "),
+        "{}",
+        answer.body
+    );
+    let answer = browser.post("/enroll-tokens", &form).await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.body.contains("csrf_refused"));
+}
+both_stores!(behind_a_proxy_forms_are_checked_against_the_public_url);

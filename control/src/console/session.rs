@@ -213,7 +213,10 @@ impl FromRequestParts<Arc<Control>> for Viewer {
         }
         crate::api::limits::credential_accepted(&parts.extensions);
         let csrf = csrf_token(control, &token);
-        parts.extensions.insert(ExpectedCsrf(csrf.clone()));
+        parts.extensions.insert(ExpectedCsrf {
+            token: csrf.clone(),
+            origin: public_origin(control),
+        });
         let address = client_address(&parts.extensions);
         Ok(Viewer {
             by: by.from_address(address),
@@ -223,13 +226,27 @@ impl FromRequestParts<Arc<Control>> for Viewer {
     }
 }
 
-/// The CSRF token the request's session expects (set by the [`Viewer`] extractor).
+/// What a form of the request's session must carry and where it must come from (set by the
+/// [`Viewer`] extractor).
 #[derive(Clone)]
-struct ExpectedCsrf(String);
+struct ExpectedCsrf {
+    token: String,
+    origin: Option<String>,
+}
 
-/// Refuses a state-changing request that another site sent: its `Origin` is not this host, or
-/// the browser marks it cross-site.
-fn check_same_site(headers: &HeaderMap) -> Result<(), Failure> {
+/// The console's configured origin (`https://host[:port]`), when `public_url` is set: behind a
+/// reverse proxy that rewrites `Host`, forms are checked against it instead.
+fn public_origin(control: &Control) -> Option<String> {
+    control
+        .config()
+        .public_url
+        .as_ref()
+        .map(|url| url.origin().ascii_serialization())
+}
+
+/// Refuses a state-changing request that another site sent: the browser marks it cross-site,
+/// or its `Origin` is not the console's — `public` when configured, else the request's `Host`.
+fn check_same_site(headers: &HeaderMap, public: Option<&str>) -> Result<(), Failure> {
     let refuse = || {
         Failure::new(
             StatusCode::FORBIDDEN,
@@ -243,6 +260,16 @@ fn check_same_site(headers: &HeaderMap) -> Result<(), Failure> {
         return Err(refuse());
     }
     if let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        if let Some(public) = public {
+            let given = url::Url::parse(origin)
+                .ok()
+                .map(|url| url.origin().ascii_serialization());
+            return if given.as_deref() == Some(public) {
+                Ok(())
+            } else {
+                Err(refuse())
+            };
+        }
         let host = headers.get(HOST).and_then(|v| v.to_str().ok());
         let origin_host = url::Url::parse(origin).ok().and_then(|url| {
             url.host_str().map(|h| match url.port() {
@@ -275,12 +302,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Posted<T> {
     type Rejection = Failure;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        check_same_site(request.headers())?;
-        let expected = request
+        let (expected, origin) = request
             .extensions()
             .get::<ExpectedCsrf>()
-            .map(|e| e.0.clone())
+            .map(|e| (e.token.clone(), e.origin.clone()))
             .unwrap_or_default();
+        check_same_site(request.headers(), origin.as_deref())?;
         let body = axum::body::Bytes::from_request(request, state)
             .await
             .map_err(|_| Failure::invalid("the form could not be read; send it again"))?;
@@ -381,7 +408,7 @@ pub async fn login_local(
     attempt: AuthAttempt,
     request: Request,
 ) -> Result<Response, Failure> {
-    check_same_site(request.headers())?;
+    check_same_site(request.headers(), public_origin(&control).as_deref())?;
     let expected = cookie(request.headers(), LOGIN_COOKIE)
         .unwrap_or_default()
         .to_owned();
@@ -640,12 +667,23 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("127.0.0.1:8443"));
         headers.insert(ORIGIN, HeaderValue::from_static("https://127.0.0.1:8443"));
-        assert!(check_same_site(&headers).is_ok());
+        assert!(check_same_site(&headers, None).is_ok());
         headers.insert(ORIGIN, HeaderValue::from_static("https://evil.example"));
-        assert!(check_same_site(&headers).is_err());
+        assert!(check_same_site(&headers, None).is_err());
+        // Behind a proxy that rewrites Host: the configured public origin decides.
+        let public = Some("https://latch.example.com");
+        headers.insert(
+            ORIGIN,
+            HeaderValue::from_static("https://latch.example.com"),
+        );
+        assert!(check_same_site(&headers, public).is_ok());
+        headers.insert(ORIGIN, HeaderValue::from_static("https://127.0.0.1:8443"));
+        assert!(check_same_site(&headers, public).is_err());
+        headers.insert(ORIGIN, HeaderValue::from_static("null"));
+        assert!(check_same_site(&headers, public).is_err());
         headers.insert(ORIGIN, HeaderValue::from_static("https://127.0.0.1:8443"));
         headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
-        assert!(check_same_site(&headers).is_err());
+        assert!(check_same_site(&headers, None).is_err());
         assert!(!csrf_matches("", ""));
         assert!(csrf_matches("abc", "abc"));
         assert!(!csrf_matches("abd", "abc"));
