@@ -185,7 +185,27 @@ impl Authority {
     }
 }
 
+/// Where a person's second factor stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TotpStatus {
+    /// A factor is confirmed (its first code was shown).
+    pub confirmed: bool,
+    /// A new factor (the first, or a replacement) waits for its first code.
+    pub pending: bool,
+}
+
 impl Control {
+    /// The caller's second factor, for a user interface (no secret).
+    pub async fn totp_status(&self, by: &Authority) -> Result<TotpStatus, ControlError> {
+        let factor = self.store.totp(&by.principal.id).await?;
+        Ok(TotpStatus {
+            confirmed: factor.as_ref().is_some_and(|f| f.confirmed_at.is_some()),
+            pending: factor
+                .as_ref()
+                .is_some_and(|f| f.confirmed_at.is_none() || f.pending.is_some()),
+        })
+    }
+
     /// Starts a TOTP enrollment for the caller (a user). Replacing a confirmed factor needs a
     /// second factor shown in this session first, so a stolen session cannot swap the factor;
     /// a first factor is enrolled only in a fresh sign-in, so an old stolen session cannot add one.

@@ -776,7 +776,7 @@ async fn sign_in_through_the_identity_provider_is_bound_to_the_browser_that_bega
     let access = browser.get("/access").await;
     assert_eq!(access.status, 200, "{}", access.body);
     assert!(
-        access.body.contains("Signed in as <strong>alice</strong>"),
+        access.body.contains("<strong>alice</strong>"),
         "{}",
         access.body
     );
@@ -1170,3 +1170,71 @@ async fn behind_a_proxy_forms_are_checked_against_the_public_url(db: TestDb) {
     assert!(answer.body.contains("csrf_refused"));
 }
 both_stores!(behind_a_proxy_forms_are_checked_against_the_public_url);
+
+/// A person sets up an authenticator app in the console: the QR code and secret once, the first
+/// code confirms it, and replacing it needs a code from the current one.
+async fn a_person_sets_up_an_authenticator_app_in_the_console(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("mark", Some("end_user")).await;
+    let mut browser = console.browser();
+    browser.sign_in("mark", PASSWORD).await;
+    let account = browser.get("/account").await;
+    assert_eq!(account.status, 200, "{}", account.body);
+    assert!(
+        account.body.contains("Set up an authenticator app"),
+        "{}",
+        account.body
+    );
+    let csrf = account.csrf();
+
+    let enrolled = browser.post("/account/totp", &[("_csrf", &csrf)]).await;
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    assert_eq!(enrolled.headers["cache-control"], "no-store");
+    assert!(
+        enrolled.body.contains("<svg"),
+        "a QR code: {}",
+        enrolled.body
+    );
+    let marker = "id=\"totp-secret\">";
+    let start = enrolled.body.find(marker).expect("the secret") + marker.len();
+    let secret = enrolled.body[start..].split('<').next().unwrap().to_owned();
+    assert!(secret.len() >= 16, "{secret}");
+
+    let code = latch_control::mfa::code_at(&secret, chrono::Utc::now()).unwrap();
+    let confirmed = browser
+        .post(
+            "/mfa",
+            &[("_csrf", &csrf), ("code", &code), ("next", "/account")],
+        )
+        .await;
+    assert_eq!(confirmed.status, 303, "{}", confirmed.body);
+    let account = browser.get("/account").await;
+    assert!(
+        account.body.contains("Replace the authenticator app"),
+        "{}",
+        account.body
+    );
+    assert!(!account.body.contains(&secret), "the secret is shown again");
+
+    // In another session (a stolen cookie, say), replacing the factor without a code from the
+    // current one is refused, and a wrong code is not a second factor.
+    let mut other = console.browser();
+    other.sign_in("mark", PASSWORD).await;
+    let csrf = other.csrf().await;
+    let refused = other.post("/account/totp", &[("_csrf", &csrf)]).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(
+        refused.body.contains("code from the current one"),
+        "{}",
+        refused.body
+    );
+    let wrong = other
+        .post("/account/totp", &[("_csrf", &csrf), ("totp", "000000")])
+        .await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(
+        !wrong.body.contains("<svg"),
+        "a wrong code gave a new factor"
+    );
+}
+both_stores!(a_person_sets_up_an_authenticator_app_in_the_console);

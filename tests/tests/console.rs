@@ -208,20 +208,21 @@ fn an_approver_steps_up_to_approve_while_the_requester_cannot() {
         "managers",
     ])
     .ok("policies create");
-    // mark's authenticator: enrolled through the API in a session of his own.
-    let (totp_secret, enrolled_step) = enroll_totp(&cp, "mark");
-
+    // mark sets up his authenticator app in the console; each code counts once, so every code
+    // given is of a later time step than the one before.
+    let mut last_step = 0;
     let mut env = control_plane_env(&cp);
     env.push(("LATCH_HOST", host.name.clone()));
     env.push(("LATCH_PASSWORD", PASSWORD.to_owned()));
     let run = run_scenario(&scenario("console_access"), &env, |kind, data| match kind {
         "totp" => {
-            // Each code counts once: wait for a time step after the one that confirmed the
-            // enrollment.
-            while chrono::Utc::now().timestamp() / 30 <= enrolled_step {
+            let secret = data["secret"].as_str().ok_or("secret")?;
+            while chrono::Utc::now().timestamp() / 30 <= last_step {
                 std::thread::sleep(Duration::from_millis(500));
             }
-            latch_control::mfa::code_at(&totp_secret, chrono::Utc::now())
+            let now = chrono::Utc::now();
+            last_step = now.timestamp() / 30;
+            latch_control::mfa::code_at(secret, now)
                 .map(Value::String)
                 .ok_or_else(|| "no code".to_owned())
         }
@@ -265,40 +266,4 @@ fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
     false
-}
-
-/// Signs `user` in locally through the API, enrolls a TOTP factor, confirms it with a code;
-/// the factor's base32 secret and the time step (30 s) whose code confirmed it.
-fn enroll_totp(cp: &ControlPlane, user: &str) -> (String, i64) {
-    let http = cp.http();
-    let signed_in: Value = http
-        .post(format!("{}/v1/login/local", cp.url))
-        .json(&json!({"name": user, "password": PASSWORD}))
-        .send()
-        .and_then(|r| r.json())
-        .expect("local sign-in");
-    let token = signed_in["token"]
-        .as_str()
-        .expect("session token")
-        .to_owned();
-    let enrolled: Value = http
-        .post(format!("{}/v1/mfa/totp", cp.url))
-        .bearer_auth(&token)
-        .send()
-        .and_then(|r| r.json())
-        .expect("TOTP enrollment");
-    let secret = enrolled["secret"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no TOTP secret: {enrolled}"))
-        .to_owned();
-    let now = chrono::Utc::now();
-    let code = latch_control::mfa::code_at(&secret, now).expect("code");
-    let verified = http
-        .post(format!("{}/v1/mfa/totp/verify", cp.url))
-        .bearer_auth(&token)
-        .json(&json!({ "code": code }))
-        .send()
-        .expect("TOTP verify");
-    assert!(verified.status().is_success(), "{verified:?}");
-    (secret, now.timestamp() / 30)
 }

@@ -19,6 +19,8 @@ pub enum Section {
     Access,
     Vault,
     Audit,
+    /// The viewer's own account (linked from their name, not in the section list).
+    Account,
 }
 
 impl Section {
@@ -37,6 +39,7 @@ impl Section {
             Section::Access => "Access",
             Section::Vault => "Vault",
             Section::Audit => "Audit",
+            Section::Account => "Your account",
         }
     }
 
@@ -47,6 +50,7 @@ impl Section {
             Section::Access => "/access",
             Section::Vault => "/vault",
             Section::Audit => "/audit",
+            Section::Account => "/account",
         }
     }
 
@@ -58,7 +62,7 @@ impl Section {
             // Approvers are members of a policy's approver group, whatever their roles; per-vault
             // grants can let anyone see a vault. Both pages list what the library lets the
             // viewer see.
-            Section::Access | Section::Vault => true,
+            Section::Access | Section::Vault | Section::Account => true,
             Section::Audit => viewer.can(Permission::AuditView),
         }
     }
@@ -105,7 +109,12 @@ pub fn page(viewer: &Viewer, current: Section, title: &str, body: Markup) -> Res
                         }
                     }
                     div.who {
-                        span { "Signed in as " strong { (viewer.by.principal.name) } }
+                        span {
+                            "Signed in as "
+                            a href="/account" aria-current=[(current == Section::Account).then_some("page")] {
+                                strong { (viewer.by.principal.name) }
+                            }
+                        }
                         form method="post" action="/logout" {
                             (viewer.csrf_field())
                             button.link type="submit" { "Sign out" }

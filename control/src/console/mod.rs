@@ -8,13 +8,15 @@
 //! - [`layout`]: the page frame, navigation by permission, error pages, time formatting;
 //! - [`jobs`] (live over Server-Sent Events), [`hosts`] (one-click account enrollment,
 //!   enrollment tokens), [`access`] (requests, approvals with MFA step-up, grants), [`vault`]
-//!   (reveal, checkout/checkin, break-glass), [`audit`] (the trail and its verification).
+//!   (reveal, checkout/checkin, break-glass), [`audit`] (the trail and its verification),
+//!   [`account`] (who you are; setting up an authenticator app).
 //!
 //! Every answer carries a strict Content-Security-Policy (scripts and styles only from
 //! `/assets/`, no inline script, no framing) and `Cache-Control: no-store`, except the
 //! embedded assets themselves.
 
 mod access;
+mod account;
 mod audit;
 mod hosts;
 mod jobs;
@@ -68,6 +70,8 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/login/callback", get(session::login_callback))
         .route("/logout", post(session::logout))
         .route("/mfa", post(session::verify_mfa))
+        .route("/account", get(account::page))
+        .route("/account/totp", post(account::enroll))
         .route("/jobs", get(jobs::page))
         .route("/jobs/events", get(jobs::events))
         .route("/hosts", get(hosts::page))

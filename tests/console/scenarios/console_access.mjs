@@ -1,7 +1,8 @@
 // Just-in-time access in the web console (tests/tests/console.rs): eve (end_user) sees no admin
 // page and gets 403 from their URLs, requests sudo on the host with a generated key (offered
-// once as a download), and cannot approve her own request; mark (approver) is refused without
-// a second factor, approves after a TOTP step-up, and the request becomes active on the host;
+// once as a download), and cannot approve her own request; mark (approver) sets up an
+// authenticator app in the console, is refused without a second factor, approves after a TOTP
+// step-up, and the request becomes active on the host;
 // eve revokes it early. axe-core runs on every page.
 //
 // Environment: LATCH_URL, LATCH_HOST (the test host's name), LATCH_PASSWORD (eve's and mark's).
@@ -77,7 +78,27 @@ export default async function (t) {
   });
 
   const mark = await t.newPage({ viewport: { width: 1280, height: 800 } });
+  let secret;
+  await t.step('the approver sets up an authenticator app in the console', async () => {
+    await signIn(mark, 'mark');
+    await mark.goto(`${t.url}/account`);
+    await t.axe(mark, 'account');
+    await mark.getByRole('button', { name: 'Set up' }).click();
+    secret = await mark.locator('#totp-secret').innerText();
+    t.expect(/^[A-Z2-7]{16,}$/.test(secret), `a base32 secret: ${secret}`);
+    t.expect((await mark.locator('figure.qr svg').count()) === 1, 'a QR code');
+    await t.axe(mark, 'account-totp');
+    await t.screenshot(mark, 'account-totp');
+    await mark.getByLabel("The app's first code").fill(await t.ask('totp', { secret }));
+    await mark.getByRole('button', { name: 'Confirm' }).click();
+    await mark.waitForURL(`${t.url}/account`);
+    const text = await mark.locator('dl.facts').innerText();
+    t.expect(text.includes('confirmed'), `after the first code: ${text}`);
+  });
+
   await t.step('the approver is asked for a second factor, then approves', async () => {
+    // A new session: the code that confirmed the app stepped up the first one.
+    await mark.context().clearCookies();
     await signIn(mark, 'mark');
     await mark.goto(`${t.url}/access`);
     const waiting = mark.locator(`#waiting-${request}`);
@@ -88,7 +109,7 @@ export default async function (t) {
     await mark.getByRole('button', { name: 'Approve' }).click();
     const refused = await mark.locator('.notice.error').innerText();
     t.expect(refused.includes('second factor'), `without a code: ${refused}`);
-    const code = await t.ask('totp', { user: 'mark' });
+    const code = await t.ask('totp', { secret });
     await mark.getByLabel(/Authenticator code/).first().fill(code);
     await mark.getByRole('button', { name: 'Approve' }).click();
     await mark.waitForURL(`${t.url}/access/requests/${request}`);
