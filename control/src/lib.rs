@@ -223,6 +223,45 @@ impl Control {
         self
     }
 
+    /// The filter of an audit listing (the API's and the console's): `actor` must be 1 to 128
+    /// of letters, digits, `:`, `_`, `-`, `.` or `@`; `host` is a host id or name (one that no
+    /// host has matches only entries naming it).
+    pub async fn audit_filter(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        actor: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<store::AuditFilter, ControlError> {
+        if let Some(actor) = actor {
+            let ok = !actor.is_empty()
+                && actor.len() <= 128
+                && actor
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.' | '@'));
+            if !ok {
+                return Err(latch_common::names::ValidationError::new(
+                    "actor",
+                    "must be 1 to 128 characters of letters, digits, ':', '_', '-', '.' or '@' (e.g. user:alice)",
+                )
+                .into());
+            }
+        }
+        let host_id = match host {
+            Some(host) => Some(
+                self.find_host(host)
+                    .await
+                    .map(|h| h.id)
+                    .unwrap_or_else(|_| host.to_owned()),
+            ),
+            None => None,
+        };
+        Ok(store::AuditFilter {
+            since,
+            actor: actor.map(str::to_owned),
+            host_id,
+        })
+    }
+
     /// Audit entries, oldest first.
     pub async fn list_audit(
         &self,

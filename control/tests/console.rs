@@ -608,24 +608,9 @@ async fn jobs_filter_and_follow_changes_live(db: TestDb) {
         .await;
     assert_eq!(status, 204, "{body}");
     let mut stream = response;
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(chunk) = stream.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains("event: jobs") && seen.contains("\n\n") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(found, "no jobs event: {seen}");
-    let data = seen
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .expect("data line");
-    let rows: Value = serde_json::from_str(data).unwrap();
+    let (data, seen) = next_event(&mut stream, "jobs", 10).await;
+    let data = data.unwrap_or_else(|| panic!("no jobs event: {seen}"));
+    let rows: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(rows[0]["status"], "failed");
     let html = rows[0]["html"].as_str().unwrap();
     assert!(html.contains("tool_failed"), "{html}");
@@ -652,19 +637,11 @@ async fn the_jobs_stream_ends_when_the_session_does(db: TestDb) {
         .unwrap();
     let csrf = browser.csrf().await;
     browser.post("/logout", &[("_csrf", &csrf)]).await;
-    let mut seen = String::new();
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(chunk) = stream.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains("event: ended") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(ended, "the stream went on after sign-out: {seen}");
+    let seen = read_stream(&mut stream, "event: ended", 10).await;
+    assert!(
+        seen.contains("event: ended"),
+        "the stream went on after sign-out: {seen}"
+    );
 }
 both_stores!(the_jobs_stream_ends_when_the_session_does);
 
@@ -826,11 +803,41 @@ fn refused_state(path: &str) -> String {
 
 /// Reads an event stream until `until` appears in it (or `seconds` pass); what was read.
 async fn read_stream(stream: &mut reqwest::Response, until: &str, seconds: u64) -> String {
+    read_until(stream, seconds, |seen| seen.contains(until)).await
+}
+
+/// Reads an event stream until an event named `name` is complete (or `seconds` pass): its
+/// data, and what was read.
+async fn next_event(
+    stream: &mut reqwest::Response,
+    name: &str,
+    seconds: u64,
+) -> (Option<String>, String) {
+    let marker = format!("event: {name}\n");
+    let complete = |seen: &str| {
+        seen.find(&marker)
+            .is_some_and(|at| seen[at..].contains("\n\n"))
+    };
+    let seen = read_until(stream, seconds, complete).await;
+    let data = seen.find(&marker).and_then(|at| {
+        seen[at..]
+            .lines()
+            .find_map(|line| line.strip_prefix("data: "))
+            .map(str::to_owned)
+    });
+    (data, seen)
+}
+
+async fn read_until(
+    stream: &mut reqwest::Response,
+    seconds: u64,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let mut seen = String::new();
     let _ = tokio::time::timeout(Duration::from_secs(seconds), async {
         while let Ok(Some(chunk)) = stream.chunk().await {
             seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains(until) {
+            if done(&seen) {
                 return;
             }
         }
@@ -1086,21 +1093,9 @@ async fn a_change_between_the_page_and_its_stream_is_not_lost(db: TestDb) {
         .send()
         .await
         .unwrap();
-    let mut seen = String::new();
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(chunk) = stream.chunk().await.unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&chunk));
-            if seen.contains("event: jobs") && seen.contains("\n\n") {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    assert!(found, "the change was lost: {seen}");
-    let data = seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
-    let rows: Value = serde_json::from_str(data).unwrap();
+    let (data, seen) = next_event(&mut stream, "jobs", 10).await;
+    let data = data.unwrap_or_else(|| panic!("the change was lost: {seen}"));
+    let rows: Value = serde_json::from_str(&data).unwrap();
     let ids: Vec<&str> = rows
         .as_array()
         .unwrap()

@@ -262,6 +262,13 @@ impl ControlPlane {
         token["token"].as_str().expect("token").to_owned()
     }
 
+    /// Waits until this control plane sees `host` online (its agent polled).
+    pub fn wait_online(&self, host: &str) {
+        crate::wait_for(&format!("{host} online"), Duration::from_secs(30), || {
+            (self.json(&["hosts", "show", host])["online"] == true).then_some(())
+        });
+    }
+
     /// Queues a job through `latchctl jobs create` and returns its id.
     pub fn create_job(&self, args: &[&str]) -> String {
         let mut all = vec!["jobs", "create"];

@@ -11,7 +11,7 @@ use latch_e2e::browser::{
     browser_enabled, control_plane_env, run_scenario, scenario, try_run_scenario,
 };
 use latch_e2e::oidc::OidcProvider;
-use latch_e2e::{Agent, ControlPlane, RealEtc, TestHost, e2e_enabled, wait_for};
+use latch_e2e::{Agent, ControlPlane, RealEtc, TestHost, e2e_enabled};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -22,12 +22,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
-}
-
-fn wait_online(cp: &ControlPlane, host: &str) {
-    wait_for(&format!("{host} online"), Duration::from_secs(30), || {
-        (cp.json(&["hosts", "show", host])["online"] == true).then_some(())
-    });
 }
 
 fn refuse(kind: &str) -> Result<Value, String> {
@@ -75,7 +69,7 @@ fn an_admin_signs_in_through_the_provider_follows_jobs_and_enrolls_an_account() 
     host.exec(&["useradd", "-m", "-s", "/bin/bash", "deploy"])
         .ok("useradd deploy");
     let mut agent: Option<Agent> = Some(host.start_agent());
-    wait_online(&cp, &host.name);
+    cp.wait_online(&host.name);
 
     let mut env = control_plane_env(&cp);
     env.push(("OIDC_ISSUER", provider.issuer.clone()));
@@ -173,7 +167,7 @@ fn an_approver_steps_up_to_approve_while_the_requester_cannot() {
     let host = TestHost::start("e2e-console2");
     host.enroll_ok(&cp);
     let _agent = host.start_agent();
-    wait_online(&cp, &host.name);
+    cp.wait_online(&host.name);
     cp.latchctl(&["hosts", "label", &host.name, "env=test"])
         .ok("hosts label");
     cp.latchctl(&["groups", "create", "engineers"])

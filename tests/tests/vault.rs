@@ -52,16 +52,9 @@ fn host_status<'a>(rotation: &'a Value, hostname: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{hostname} is not in {rotation:#}"))
 }
 
-/// Waits until the control plane sees `host` online (its agent polled).
-fn wait_online(cp: &ControlPlane, host: &str) {
-    wait_for(&format!("{host} online"), Duration::from_secs(30), || {
-        (cp.json(&["hosts", "show", host])["online"] == true).then_some(())
-    });
-}
-
 /// Enrolls `user` of `host` into `vault` and waits for its first password: the identity id.
 fn enroll_account(cp: &ControlPlane, host: &str, user: &str, vault: &str) -> String {
-    wait_online(cp, host);
+    cp.wait_online(host);
     let enrolled = cp.json(&[
         "hosts",
         "enroll-account",
@@ -99,7 +92,7 @@ fn one_click_enrollment_sets_a_password_pam_accepts_and_stores_no_secret_in_plai
 
     // An account that does not exist is not enrolled: the adoption fails, and so does the
     // rotation that would set its password.
-    wait_online(&cp, "e2e-vault1");
+    cp.wait_online("e2e-vault1");
     let missing = cp.latchctl(&[
         "--output",
         "json",

@@ -29,7 +29,7 @@ use crate::sso::{
     DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
     LoginStartRequest, LoginStartResponse, SsoDeviceStart, WhoAmI,
 };
-use crate::store::{AuditFilter, GrantFilter, JobFilter, Page};
+use crate::store::{GrantFilter, JobFilter, Page};
 use axum::extract::ConnectInfo;
 use latch_common::authz::Permission;
 use std::net::SocketAddr;
@@ -729,38 +729,24 @@ pub async fn list_audit(
         offset: params.offset,
     }
     .page()?;
-    let mut filter = AuditFilter {
-        since: params.since,
-        ..AuditFilter::default()
-    };
+    if let Some(host) = &params.host {
+        check_path_id("host", host)?;
+    }
+    let filter = control
+        .audit_filter(
+            params.since,
+            params.actor.as_deref(),
+            params.host.as_deref(),
+        )
+        .await?;
     let mut filters = Vec::new();
     if let Some(since) = params.since {
         filters.push(("since", since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
     }
-    if let Some(actor) = &params.actor {
-        if actor.is_empty()
-            || actor.len() > 128
-            || !actor
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.' | '@'))
-        {
-            return Err(ApiError::invalid(
-                "actor must be 1 to 128 characters of letters, digits, ':', '_', '-', '.' or '@'",
-            ));
+    for (name, value) in [("actor", &params.actor), ("host", &params.host)] {
+        if let Some(value) = value {
+            filters.push((name, value.clone()));
         }
-        filter.actor = Some(actor.clone());
-        filters.push(("actor", actor.clone()));
-    }
-    if let Some(host) = &params.host {
-        check_path_id("host", host)?;
-        filter.host_id = Some(
-            control
-                .find_host(host)
-                .await
-                .map(|h| h.id)
-                .unwrap_or_else(|_| host.clone()),
-        );
-        filters.push(("host", host.clone()));
     }
     let mut entries = control
         .list_audit(

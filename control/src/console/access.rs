@@ -16,6 +16,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout::{self, Failure, Section, badge, duration_words, notice, when, when_opt};
+use super::non_empty;
 use super::session::{Posted, Viewer, see_other, step_up, totp_field};
 use crate::Control;
 use crate::access::requests::{Action, NewRequest};
@@ -183,11 +184,6 @@ pub struct RequestForm {
     reason: String,
     #[serde(default)]
     ssh_public_key: String,
-}
-
-fn non_empty(text: &str) -> Option<String> {
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// `POST /access`: makes the request; a generated private key is offered once.

@@ -40,15 +40,7 @@ pub async fn page(
         section.card aria-labelledby="code-heading" {
             h2 #code-heading { "Show a code now" }
             p.muted { "Approvals and reveals ask for a recent second factor; a code shown here counts for this session." }
-            form.inline method="post" action="/mfa" {
-                (viewer.csrf_field())
-                input type="hidden" name="next" value="/account";
-                div {
-                    label for="now-code" { "Authenticator code" }
-                    input #now-code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required;
-                }
-                div.actions { button type="submit" { "Verify" } }
-            }
+            (code_form(&viewer, "now-code", "Authenticator code", "Verify"))
         }
         section.card aria-labelledby="enroll-heading" {
             h2 #enroll-heading { @if factor.confirmed { "Replace the authenticator app" } @else { "Set up an authenticator app" } }
@@ -92,15 +84,7 @@ pub async fn enroll(
             (qr)
             figcaption { "Or type the secret: " code #totp-secret { (enrollment.secret_base32) } }
         }
-        form.inline method="post" action="/mfa" {
-            (viewer.csrf_field())
-            input type="hidden" name="next" value="/account";
-            div {
-                label for="first-code" { "The app's first code" }
-                input #first-code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required;
-            }
-            div.actions { button type="submit" { "Confirm" } }
-        }
+        (code_form(&viewer, "first-code", "The app's first code", "Confirm"))
     };
     Ok(layout::page(
         &viewer,
@@ -108,6 +92,21 @@ pub async fn enroll(
         "Set up an authenticator app",
         body,
     ))
+}
+
+/// A form that shows a code for this session (`POST /mfa`) and comes back here.
+fn code_form(viewer: &Viewer, id: &str, label: &str, button: &str) -> Markup {
+    html! {
+        form.inline method="post" action="/mfa" {
+            (viewer.csrf_field())
+            input type="hidden" name="next" value="/account";
+            div {
+                label for=(id) { (label) }
+                input id=(id) name="code" type="text" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{6}" maxlength="6" required;
+            }
+            div.actions { button type="submit" { (button) } }
+        }
+    }
 }
 
 /// The otpauth URI as an inline SVG QR code (dark modules as one path; no script, no style).

@@ -11,10 +11,11 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout::{self, Failure, Section, badge, when};
+use super::non_empty;
 use super::session::Viewer;
 use crate::Control;
 use crate::api::extract::check_path_id;
-use crate::store::{AuditFilter, Page};
+use crate::store::Page;
 
 /// Entries shown (newest first).
 const ROWS: u64 = 200;
@@ -40,37 +41,24 @@ pub async fn page(
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, Failure> {
     viewer.by.require_everywhere(Permission::AuditView)?;
-    let mut filter = AuditFilter::default();
-    if !query.actor.is_empty() {
-        let ok = query.actor.len() <= 128
-            && query
-                .actor
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '.' | '@'));
-        if !ok {
-            return Err(Failure::invalid(
-                "actor must be 1 to 128 characters of letters, digits, ':', '_', '-', '.' or '@' (e.g. user:alice)",
-            ));
-        }
-        filter.actor = Some(query.actor.clone());
-    }
     if !query.host.is_empty() {
         check_path_id("host", &query.host)?;
-        filter.host_id = Some(
-            control
-                .find_host(&query.host)
-                .await
-                .map(|h| h.id)
-                .unwrap_or_else(|_| query.host.clone()),
-        );
     }
-    if !query.since.is_empty() {
+    let since = if query.since.is_empty() {
+        None
+    } else {
         let day = chrono::NaiveDate::parse_from_str(&query.since, "%Y-%m-%d")
             .map_err(|_| Failure::invalid("since must be a date: YYYY-MM-DD"))?;
-        filter.since = day
-            .and_hms_opt(0, 0, 0)
-            .map(|t| DateTime::<Utc>::from_naive_utc_and_offset(t, Utc));
-    }
+        day.and_hms_opt(0, 0, 0)
+            .map(|t| DateTime::<Utc>::from_naive_utc_and_offset(t, Utc))
+    };
+    let filter = control
+        .audit_filter(
+            since,
+            non_empty(&query.actor).as_deref(),
+            non_empty(&query.host).as_deref(),
+        )
+        .await?;
     if query.action.len() > 64 {
         return Err(Failure::invalid("action is at most 64 characters"));
     }

@@ -160,6 +160,12 @@ async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
+/// A form field as an option: trimmed, `None` when empty.
+fn non_empty(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 /// The console's origin (`https://host:port`, no path): the configured `public_url`, else the
 /// listening address when it is loopback. `None` when neither is known (a server listening on
 /// every address without `public_url`): the console then offers local sign-in only.

@@ -109,6 +109,15 @@ fn set_cookie(name: &str, value: &str, same_site: &str, max_age: i64) -> HeaderV
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Sets the session cookie on `response`, living as long as the session.
+fn set_session(response: &mut Response, token: &str, expires_at: chrono::DateTime<Utc>) {
+    let max_age = (expires_at - Utc::now()).num_seconds().max(0);
+    response.headers_mut().append(
+        SET_COOKIE,
+        set_cookie(SESSION_COOKIE, token, "Strict", max_age),
+    );
+}
+
 fn client_address(parts_extensions: &axum::http::Extensions) -> Option<String> {
     parts_extensions
         .get::<ClientAddress>()
@@ -430,14 +439,11 @@ pub async fn login_local(
     {
         Ok(issued) => {
             attempt.accepted();
-            let max_age = (issued.expires_at - Utc::now()).num_seconds().max(0);
             let mut response = see_other(&safe_next(form.next.as_deref()));
-            let headers = response.headers_mut();
-            headers.append(
-                SET_COOKIE,
-                set_cookie(SESSION_COOKIE, &issued.token, "Strict", max_age),
-            );
-            headers.append(SET_COOKIE, set_cookie(LOGIN_COOKIE, "", "Strict", 0));
+            set_session(&mut response, &issued.token, issued.expires_at);
+            response
+                .headers_mut()
+                .append(SET_COOKIE, set_cookie(LOGIN_COOKIE, "", "Strict", 0));
             Ok(response)
         }
         Err(error) => {
@@ -549,7 +555,6 @@ pub async fn login_callback(
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok());
     let next = safe_next(next.as_deref());
-    let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
     // A page, not a redirect: the provider's redirect was a cross-site navigation, and a
     // SameSite=Strict cookie is only sent on the next same-site one.
     let markup = html! {
@@ -564,12 +569,10 @@ pub async fn login_callback(
         }
     };
     let mut response = Html(markup.into_string()).into_response();
-    let headers = response.headers_mut();
-    headers.append(
-        SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &session.token, "Strict", max_age),
-    );
-    headers.append(SET_COOKIE, set_cookie(SSO_COOKIE, "", "Lax", 0));
+    set_session(&mut response, &session.token, session.expires_at);
+    response
+        .headers_mut()
+        .append(SET_COOKIE, set_cookie(SSO_COOKIE, "", "Lax", 0));
     Ok(response)
 }
 
