@@ -24,17 +24,15 @@ use super::extract::{ApiJson, ApiQuery, Caller, Host, check_path_id};
 use super::limits::AuthAttempt;
 use super::pagination::{PageParams, link_header};
 use crate::Control;
-use crate::audit::{AuditEntry, Checkpoint, Verification};
 use crate::sso::{
     DevicePollRequest, DevicePollResponse, LoginFinishRequest, LoginFinishResponse,
     LoginStartRequest, LoginStartResponse, SsoDeviceStart, WhoAmI,
 };
 use crate::store::{GrantFilter, JobFilter, Page};
 use axum::extract::ConnectInfo;
-use latch_common::authz::Permission;
 use std::net::SocketAddr;
 
-type Ctl = State<Arc<Control>>;
+pub(super) type Ctl = State<Arc<Control>>;
 
 /// Liveness: answers while the control plane serves.
 #[utoipa::path(
@@ -690,133 +688,6 @@ pub async fn list_grants(
     ))
 }
 
-/// The query of `GET /v1/audit`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AuditParams {
-    /// Only entries since (RFC 3339).
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only entries by this actor.
-    actor: Option<String>,
-    /// Only entries about this host (id or hostname).
-    host: Option<String>,
-    /// Page size (1–1000, default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    count: Option<u64>,
-    /// Items to skip.
-    offset: Option<u64>,
-}
-
-/// Lists the audit trail.
-#[utoipa::path(
-    get,
-    path = "/v1/audit",
-    tag = "audit",
-    params(AuditParams),
-    responses(
-        (status = 200, description = "A page of audit entries", body = ListResponse<AuditEntry>),
-    ),
-)]
-pub async fn list_audit(
-    State(control): Ctl,
-    Caller(by): Caller,
-    ApiQuery(params): ApiQuery<AuditParams>,
-) -> Result<Response, ApiError> {
-    by.require_everywhere(Permission::AuditView)?;
-    let page = PageParams {
-        count: params.count,
-        offset: params.offset,
-    }
-    .page()?;
-    if let Some(host) = &params.host {
-        check_path_id("host", host)?;
-    }
-    let filter = control
-        .audit_filter(
-            params.since,
-            params.actor.as_deref(),
-            params.host.as_deref(),
-        )
-        .await?;
-    let mut filters = Vec::new();
-    if let Some(since) = params.since {
-        filters.push(("since", since.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
-    }
-    for (name, value) in [("actor", &params.actor), ("host", &params.host)] {
-        if let Some(value) = value {
-            filters.push((name, value.clone()));
-        }
-    }
-    let mut entries = control
-        .list_audit(
-            &filter,
-            Page {
-                count: page.count + 1,
-                ..page
-            },
-        )
-        .await?;
-    let has_next = entries.len() as u64 > page.count;
-    entries.truncate(usize::try_from(page.count).unwrap_or(usize::MAX));
-    Ok(with_link(
-        Json(ListResponse { list: entries }),
-        link_header("/v1/audit", &filters, page, has_next),
-    ))
-}
-
-/// Checks the audit chain (ids, links, hashes, MACs) and the recorded head.
-#[utoipa::path(
-    get,
-    path = "/v1/audit/verify",
-    tag = "audit",
-    responses((status = 200, description = "What the check found", body = Verification)),
-)]
-pub async fn verify_audit(State(control): Ctl, Caller(by): Caller) -> Result<Response, ApiError> {
-    by.require_everywhere(Permission::AuditView)?;
-    Ok(Json(control.verify_audit().await?).into_response())
-}
-
-/// `POST /v1/audit/verify`: checkpoints exported earlier.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    /// The checkpoints to check against the chain.
-    checkpoints: Vec<Checkpoint>,
-}
-
-/// Checks the audit chain, also against checkpoints exported earlier.
-#[utoipa::path(
-    post,
-    path = "/v1/audit/verify",
-    tag = "audit",
-    request_body = VerifyRequest,
-    responses((status = 200, description = "What the check found", body = Verification)),
-)]
-pub async fn verify_audit_with(
-    State(control): Ctl,
-    Caller(by): Caller,
-    ApiJson(request): ApiJson<VerifyRequest>,
-) -> Result<Response, ApiError> {
-    by.require_everywhere(Permission::AuditView)?;
-    Ok(Json(control.verify_audit_with(&request.checkpoints).await?).into_response())
-}
-
-/// Signs a checkpoint of the audit chain's head.
-#[utoipa::path(
-    post,
-    path = "/v1/audit/checkpoints",
-    tag = "audit",
-    responses((status = 201, description = "The signed checkpoint", body = Checkpoint)),
-)]
-pub async fn audit_checkpoint(
-    State(control): Ctl,
-    Caller(by): Caller,
-) -> Result<Response, ApiError> {
-    by.require_everywhere(Permission::AuditView)?;
-    Ok((StatusCode::CREATED, Json(control.audit_checkpoint().await?)).into_response())
-}
-
 /// Starts (or continues) a rotation of the job-signing key.
 #[utoipa::path(
     post,
@@ -865,7 +736,10 @@ pub async fn promote_signing_key(
     .into_response())
 }
 
-fn with_link(body: impl IntoResponse, link: Option<axum::http::HeaderValue>) -> Response {
+pub(super) fn with_link(
+    body: impl IntoResponse,
+    link: Option<axum::http::HeaderValue>,
+) -> Response {
     let mut headers = HeaderMap::new();
     if let Some(link) = link {
         headers.insert(LINK, link);

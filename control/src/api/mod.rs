@@ -60,6 +60,7 @@
 //! | GET | `/v1/webhooks/{id}/deliveries` | settings.manage | a webhook's deliveries, newest first |
 
 mod access;
+mod audit;
 pub mod error;
 pub mod extract;
 mod handlers;
@@ -123,12 +124,12 @@ pub fn router(control: Arc<Control>) -> Router {
             "/v1/signing-key/promote",
             post(handlers::promote_signing_key),
         )
-        .route("/v1/audit", get(handlers::list_audit))
+        .route("/v1/audit", get(audit::list_audit))
         .route(
             "/v1/audit/verify",
-            get(handlers::verify_audit).post(handlers::verify_audit_with),
+            get(audit::verify_audit).post(audit::verify_audit_with),
         )
-        .route("/v1/audit/checkpoints", post(handlers::audit_checkpoint))
+        .route("/v1/audit/checkpoints", post(audit::audit_checkpoint))
         .route("/v1/login/local", post(people::login_local))
         .route(
             "/v1/users",

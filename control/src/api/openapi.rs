@@ -27,7 +27,7 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr};
 
-use super::{access, handlers, metrics, people, vault, webhooks};
+use super::{access, audit, handlers, metrics, people, vault, webhooks};
 
 /// The document's paths and the schemas they name.
 #[derive(utoipa::OpenApi)]
@@ -65,10 +65,10 @@ use super::{access, handlers, metrics, people, vault, webhooks};
         handlers::list_grants,
         handlers::rotate_signing_key,
         handlers::promote_signing_key,
-        handlers::list_audit,
-        handlers::verify_audit,
-        handlers::verify_audit_with,
-        handlers::audit_checkpoint,
+        audit::list_audit,
+        audit::verify_audit,
+        audit::verify_audit_with,
+        audit::audit_checkpoint,
         people::login_local,
         people::list_users,
         people::create_user,
