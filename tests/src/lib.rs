@@ -19,7 +19,7 @@ pub mod browser;
 mod control;
 mod database;
 mod host;
-mod npm;
+pub mod npm;
 pub mod oidc;
 mod ssh;
 

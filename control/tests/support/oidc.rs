@@ -1,15 +1,9 @@
 //! A real OpenID Connect provider for the single sign-on tests: panva's `oidc-provider`
 //! (tests/oidc/provider.mjs) started on a free loopback port per test and killed with it
-//! (`kill_on_drop`; it also exits when its standard input closes). Its dependencies are installed
+//! (it also exits when its standard input closes). Its dependencies are installed
 //! with `npm ci` on first use. Without node or npm the test is skipped with a message, or fails
 //! with `LATCH_E2E=required` (CI).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
 
 #[path = "../../../tests/src/npm.rs"]
 mod npm;
@@ -23,7 +17,8 @@ fn skip_or_fail(why: &str) -> Option<Provider> {
 
 /// A running provider.
 pub struct Provider {
-    child: Child,
+    /// The running `node provider.mjs`, killed when dropped.
+    _script: npm::NodeScript,
     /// The issuer URL, `http://127.0.0.1:PORT`.
     pub issuer: String,
     /// The Latch client's secret.
@@ -54,34 +49,32 @@ impl Provider {
         };
         // `:`, `%`, `+`, `/`: HTTP Basic must carry them form-encoded (RFC 6749 §2.3.1).
         let secret = format!("s3cr:t%+/-{:016x}", fastrand::u64(..));
-        let mut child = Command::new("node")
-            .arg("provider.mjs")
-            .current_dir(dir)
-            .env("OIDC_CLIENT_SECRET", &secret)
-            .env("CONSOLE_REDIRECT_URI", console_callback.unwrap_or(""))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node provider.mjs");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(90), lines.next_line())
-            .await
-            .expect("the provider did not start within 90 s")
-            .unwrap()
-            .expect("the provider exited before listening");
-        let issuer = line
+        let script = tokio::task::spawn_blocking({
+            let secret = secret.clone();
+            let console_callback = console_callback.unwrap_or("").to_owned();
+            move || {
+                npm::start_script(
+                    &dir,
+                    "provider.mjs",
+                    &[
+                        ("OIDC_CLIENT_SECRET", &secret),
+                        ("CONSOLE_REDIRECT_URI", &console_callback),
+                    ],
+                )
+            }
+        })
+        .await
+        .unwrap()
+        .expect("start the OpenID Connect provider");
+        let issuer = script
+            .first_line
             .strip_prefix("listening ")
             .expect("first line names the issuer")
             .to_owned();
-        // Keep reading its output: a closed pipe would end the provider at its next notice.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let _ = rustls::crypto::ring::default_provider().install_default();
         let browser = reqwest::Client::new();
         Some(Provider {
-            child,
+            _script: script,
             issuer,
             secret,
             browser,
@@ -197,11 +190,5 @@ impl Provider {
             response = browser.get(url.clone()).send().await.unwrap();
         }
         panic!("more than 20 redirects at the device page");
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
