@@ -104,8 +104,9 @@ impl Control {
             .unwrap_or_default())
     }
 
-    /// The host `key` names, if the caller has `permission` on it; a host outside a delegated
-    /// admin's labels is reported as not found, so its existence does not leak.
+    /// The host `key` names, if the caller has `permission` on it. A host outside a delegated
+    /// admin's labels is reported as not found and is not counted when a name is ambiguous, so
+    /// its existence does not leak.
     pub(crate) async fn host_for(
         &self,
         by: &Authority,
@@ -113,15 +114,20 @@ impl Control {
         key: &str,
     ) -> Result<(HostRecord, Labels), ControlError> {
         let scope = by.require(permission)?;
-        let host = self.find_host(key).await?;
-        let labels = self.labels_of(&host.id).await?;
-        if scope.covers(&labels) {
-            Ok((host, labels))
-        } else {
-            Err(ControlError::NotFound {
+        let mut within = Vec::new();
+        for host in self.store.find_hosts(key).await? {
+            let labels = self.labels_of(&host.id).await?;
+            if scope.covers(&labels) {
+                within.push((host, labels));
+            }
+        }
+        match within.len() {
+            0 => Err(ControlError::NotFound {
                 what: "host",
                 key: key.to_owned(),
-            })
+            }),
+            1 => Ok(within.remove(0)),
+            n => Err(ControlError::AmbiguousHost(key.to_owned(), n)),
         }
     }
 

@@ -784,6 +784,19 @@ async fn a_delegated_admin_stays_within_its_labels(db: TestDb) {
         control.remove_host(&dba, "web-01").await,
         Err(ControlError::NotFound { .. })
     ));
+    // A second host named web-01, within its labels: for it the name is that one host, not an
+    // ambiguity whose count would reveal the host it may not see.
+    let twin = enrolled(&control, "web-01").await;
+    control
+        .set_host_labels(&admin, &twin, labels(&[("team", "db")]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        control.show_host(&admin, "web-01").await,
+        Err(ControlError::AmbiguousHost(_, 2))
+    ));
+    assert_eq!(control.show_host(&dba, "web-01").await.unwrap().id, twin);
+    control.remove_host(&admin, &twin).await.unwrap();
     control
         .set_host_labels(&admin, "db-01", labels(&[("team", "db"), ("env", "prod")]))
         .await

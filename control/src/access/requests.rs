@@ -519,14 +519,17 @@ fn single_host(
 
 impl Control {
     /// Request `id`, if `by` may see it: its requester, a member of its approver group, or a
-    /// holder of `access.view`. Anyone else is told it does not exist.
+    /// holder of `access.view` on every host (no role grants it within a delegation, and one
+    /// that did would not see every request). Anyone else is told it does not exist.
     pub(crate) async fn visible_request(
         &self,
         by: &Authority,
         id: &str,
     ) -> Result<RequestRecord, ControlError> {
         let request = self.request_named(id).await?;
-        if request.requester_id == by.principal.id || by.scope(Permission::AccessView).is_some() {
+        if request.requester_id == by.principal.id
+            || by.require_everywhere(Permission::AccessView).is_ok()
+        {
             return Ok(request);
         }
         if self.is_approver(by, &request).await? {

@@ -24,7 +24,7 @@ impl Control {
     }
 
     /// A page of requests, newest first: `mine` only the caller's; otherwise everyone's for a
-    /// holder of `access.view`, and for anyone else theirs plus those they may approve.
+    /// holder of `access.view` on every host, and for anyone else theirs plus those they may approve.
     pub async fn list_access(
         &self,
         by: &Authority,
@@ -33,7 +33,7 @@ impl Control {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<AccessRequestView>, ControlError> {
-        let visible_to = if by.scope(Permission::AccessView).is_some() {
+        let visible_to = if by.require_everywhere(Permission::AccessView).is_ok() {
             None
         } else {
             let groups = self
