@@ -1233,3 +1233,120 @@ async fn a_person_sets_up_an_authenticator_app_in_the_console(db: TestDb) {
     );
 }
 both_stores!(a_person_sets_up_an_authenticator_app_in_the_console);
+
+/// The ids of the sessions listed on an Account page, in order.
+fn listed_sessions(page: &Answer) -> Vec<String> {
+    page.body
+        .split("<tr id=\"session-")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+async fn a_person_lists_their_sessions_and_ends_others(db: TestDb) {
+    let console = Console::start(db).await;
+    console.user("mark", Some("end_user")).await;
+    console.user("eve", Some("end_user")).await;
+    let mut laptop = console.browser();
+    laptop.sign_in("mark", PASSWORD).await;
+    let mut phone = console.browser();
+    phone.sign_in("mark", PASSWORD).await;
+
+    let account = laptop.get("/account").await;
+    assert_eq!(account.status, 200, "{}", account.body);
+    let listed = listed_sessions(&account);
+    assert_eq!(listed.len(), 2, "{}", account.body);
+    // Newest first: the phone's, with an End button; the laptop's is this session.
+    let (phone_id, laptop_id) = (listed[0].clone(), listed[1].clone());
+    assert!(
+        account
+            .body
+            .contains(&format!("/account/sessions/{phone_id}/end"))
+    );
+    assert!(
+        !account
+            .body
+            .contains(&format!("/account/sessions/{laptop_id}/end"))
+    );
+    assert!(account.body.contains("this session"), "{}", account.body);
+
+    // Someone else's session is not theirs to end; a form without the token changes nothing.
+    let mut eve = console.browser();
+    eve.sign_in("eve", PASSWORD).await;
+    let eve_csrf = eve.csrf().await;
+    let refused = eve
+        .post(
+            &format!("/account/sessions/{phone_id}/end"),
+            &[("_csrf", &eve_csrf)],
+        )
+        .await;
+    assert_eq!(refused.status, 404, "{}", refused.body);
+    assert!(!listed_sessions(&eve.get("/account").await).contains(&phone_id));
+    let forged = laptop
+        .post(&format!("/account/sessions/{phone_id}/end"), &[])
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(
+        phone.get("/account").await.status,
+        200,
+        "the phone is still signed in"
+    );
+
+    let csrf = account.csrf();
+    let ended = laptop
+        .post(
+            &format!("/account/sessions/{phone_id}/end"),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(ended.status, 303, "{}", ended.body);
+    assert_eq!(ended.location(), "/account?ended=1");
+    let gone = phone.get("/account").await;
+    assert_eq!(gone.status, 303, "{}", gone.body);
+    assert!(gone.location().starts_with("/login"), "{}", gone.location());
+    assert_eq!(
+        listed_sessions(&laptop.get("/account").await),
+        std::slice::from_ref(&laptop_id)
+    );
+
+    // End all others: two more sign-ins (one of them latchctl's bearer token) end; this stays.
+    phone.sign_in("mark", PASSWORD).await;
+    let (status, token) = console
+        .api_as(
+            "",
+            "POST",
+            "/v1/login/local",
+            Some(json!({"name": "mark", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let token = token["token"].as_str().expect("a bearer token").to_owned();
+    assert_eq!(
+        console.api_as(&token, "GET", "/v1/whoami", None).await.0,
+        200
+    );
+    let page = laptop.get("/account").await;
+    assert_eq!(listed_sessions(&page).len(), 3, "{}", page.body);
+    assert!(
+        page.body.contains("End all other sessions (2)"),
+        "{}",
+        page.body
+    );
+    let ended = laptop
+        .post("/account/sessions/end-others", &[("_csrf", &page.csrf())])
+        .await;
+    assert_eq!(ended.status, 303, "{}", ended.body);
+    assert_eq!(ended.location(), "/account?ended=2");
+    let (status, _) = console.api_as(&token, "GET", "/v1/whoami", None).await;
+    assert_eq!(status, 401, "latchctl's token was ended too");
+    assert!(phone.get("/account").await.location().starts_with("/login"));
+    let after = laptop.get("/account?ended=2").await;
+    assert_eq!(after.status, 200);
+    assert!(
+        after.body.contains("2 sessions were ended"),
+        "{}",
+        after.body
+    );
+    assert_eq!(listed_sessions(&after), [laptop_id]);
+}
+both_stores!(a_person_lists_their_sessions_and_ends_others);

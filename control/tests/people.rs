@@ -1461,3 +1461,125 @@ async fn review_people_changes_need_a_recent_factor_and_guessing_is_bounded(db: 
     ));
 }
 both_stores!(review_people_changes_need_a_recent_factor_and_guessing_is_bounded);
+
+async fn a_person_lists_only_their_live_sessions_and_ends_only_their_own(db: TestDb) {
+    let store = db.store().await;
+    let control = control_over(&store);
+    let admin = bootstrap_admin(&control, &store).await;
+    let alice = signed_in_user(&control, &store, "alice").await;
+    let bob = signed_in_user(&control, &store, "bob").await;
+    let now = Utc::now();
+    let session = |id: &str, created: chrono::DateTime<Utc>, expires| SessionRecord {
+        id: id.into(),
+        principal_id: "usr_alice".into(),
+        kind: SessionKind::Sso,
+        api_key_id: None,
+        created_at: created,
+        expires_at: expires,
+        revoked_at: None,
+        mfa_at: None,
+        address: Some("192.0.2.7".into()),
+    };
+    let second_token = "latch_tok_second-of-alice";
+    for (record, token) in [
+        (
+            session(
+                "ses_alice_2",
+                now + Duration::seconds(1),
+                now + Duration::hours(1),
+            ),
+            second_token,
+        ),
+        (
+            session(
+                "ses_alice_old",
+                now - Duration::hours(2),
+                now - Duration::hours(1),
+            ),
+            "latch_tok_expired-of-alice",
+        ),
+        (
+            session("ses_alice_out", now, now + Duration::hours(1)),
+            "latch_tok_ended-of-alice",
+        ),
+    ] {
+        let hash = store.audit_key().credential_hash(token);
+        store
+            .insert_session(&record, &hash, event("session.start"), now)
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .revoke_session("ses_alice_out", event("session.logout"), now)
+            .await
+            .unwrap()
+    );
+    let ids = |sessions: Vec<SessionRecord>| -> Vec<String> {
+        sessions.into_iter().map(|s| s.id).collect()
+    };
+    // Live ones only, newest first; each person sees their own.
+    assert_eq!(
+        ids(control.own_sessions(&alice).await.unwrap()),
+        ["ses_alice_2", "ses_alice"]
+    );
+    assert_eq!(ids(control.own_sessions(&bob).await.unwrap()), ["ses_bob"]);
+
+    // Another person's session, or one already over, is not found, and nothing changes.
+    for (by, id) in [
+        (&bob, "ses_alice_2"),
+        (&alice, "ses_alice_old"),
+        (&alice, "ses_alice_out"),
+        (&alice, "ses_nonexistent"),
+    ] {
+        assert!(
+            matches!(
+                control.end_own_session(by, id).await,
+                Err(ControlError::NotFound { .. })
+            ),
+            "{id}"
+        );
+    }
+    assert!(control.authenticate(second_token).await.is_ok());
+    assert!(
+        !audit_actions(&*store)
+            .await
+            .contains(&"session.end".to_owned())
+    );
+
+    control
+        .end_own_session(&alice, "ses_alice_2")
+        .await
+        .unwrap();
+    assert!(control.authenticate(second_token).await.is_err());
+    assert!(
+        audit_actions(&*store)
+            .await
+            .contains(&"session.end".to_owned())
+    );
+    assert_eq!(control.end_other_sessions(&alice).await.unwrap(), 0);
+    assert!(
+        control
+            .authenticate("latch_tok_session-of-alice")
+            .await
+            .is_ok()
+    );
+
+    // A service token's session ends with its API key, and is no longer listed.
+    let ci = control
+        .create_service_user(&admin, "ci-pipeline", &[Role::EndUser])
+        .await
+        .unwrap();
+    let token = control
+        .issue_service_token(&ci.api_key, Duration::hours(1), None)
+        .await
+        .unwrap();
+    let caller = control.authenticate(&token.token).await.unwrap();
+    assert_eq!(control.own_sessions(&caller).await.unwrap().len(), 1);
+    control
+        .revoke_api_key(&admin, "ci-pipeline", &ci.key_id)
+        .await
+        .unwrap();
+    assert!(control.own_sessions(&caller).await.unwrap().is_empty());
+}
+both_stores!(a_person_lists_only_their_live_sessions_and_ends_only_their_own);

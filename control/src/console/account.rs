@@ -1,30 +1,45 @@
-//! The Account page: who the viewer is (roles, groups, the session and its second factor), and
-//! setting up an authenticator app (TOTP) — the QR code and the secret shown once, confirmed by
+//! The Account page: who the viewer is (roles, groups, the session and its second factor), their
+//! live sessions (ending one, or all the others), and setting up an authenticator app (TOTP) — the QR code and the secret shown once, confirmed by
 //! its first code — so that approvals and reveals can ask for codes without `latchctl`.
 //! The library decides who may enroll and when (a first factor only soon after signing in; a
 //! replacement only after a code from the current one).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use chrono::Utc;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
-use super::layout::{self, Failure, Section, badge, when, when_opt};
-use super::session::{Posted, Viewer, step_up, totp_field};
+use super::layout::{self, Failure, Section, badge, notice, when, when_opt};
+use super::session::{Posted, Viewer, see_other, step_up, totp_field};
 use crate::Control;
+use crate::store::people::SessionRecord;
+
+/// `GET /account?ended=N`: `ended` says how many sessions the last action ended.
+#[derive(Deserialize)]
+pub struct AccountQuery {
+    ended: Option<u64>,
+}
 
 /// `GET /account`.
 pub async fn page(
     State(control): State<Arc<Control>>,
     viewer: Viewer,
+    Query(query): Query<AccountQuery>,
 ) -> Result<Response, Failure> {
     let me = control.whoami(&viewer.by).await?;
     let factor = control.totp_status(&viewer.by).await?;
+    let sessions = control.own_sessions(&viewer.by).await?;
     let now = Utc::now();
     let body = html! {
+        @match query.ended {
+            Some(0) => { (notice("success", "No other session was live.")) }
+            Some(1) => { (notice("success", "The session was ended: its cookie or token no longer works.")) }
+            Some(n) => { (notice("success", &format!("{n} sessions were ended: their cookies and tokens no longer work."))) }
+            None => {}
+        }
         dl.facts {
             dt { "Name" } dd { (me.name) }
             dt { "Roles" } dd { @if me.roles.is_empty() { "none" } @else { (me.roles.join(", ")) } }
@@ -37,6 +52,7 @@ pub async fn page(
                 @if factor.pending { " — a new one waits for its first code" }
             }
         }
+        (sessions_table(&viewer, &sessions, now))
         section.card aria-labelledby="code-heading" {
             h2 #code-heading { "Show a code now" }
             p.muted { "Approvals and reveals ask for a recent second factor; a code shown here counts for this session." }
@@ -57,6 +73,82 @@ pub async fn page(
         "Your account",
         body,
     ))
+}
+
+/// The viewer's live sessions, each with a button that ends it (but the one in use: signing out
+/// ends that), and one that ends all the others.
+fn sessions_table(
+    viewer: &Viewer,
+    sessions: &[SessionRecord],
+    now: chrono::DateTime<Utc>,
+) -> Markup {
+    let current = &viewer.by.session.id;
+    let others = sessions.iter().filter(|s| s.id != *current).count();
+    html! {
+        section.card aria-labelledby="sessions-heading" {
+            h2 #sessions-heading { "Your sessions" }
+            p.muted { "Each sign-in, in the browser or with latchctl, is a session. End any you do not recognise." }
+            table.list #sessions {
+                caption.visually-hidden { "Your live sessions" }
+                thead { tr {
+                    th scope="col" { "Started" }
+                    th scope="col" { "Signed in with" }
+                    th scope="col" { "From" }
+                    th scope="col" { "Second factor" }
+                    th scope="col" { "Ends" }
+                    th scope="col" { span.visually-hidden { "Action" } }
+                } }
+                tbody {
+                    @for session in sessions {
+                        tr id=(format!("session-{}", session.id)) {
+                            td { (when(session.created_at, now)) }
+                            td { (session.kind.as_str()) }
+                            td { @match &session.address { Some(address) => { (address) }, None => { span.muted { "unknown" } } } }
+                            td { (when_opt(session.mfa_at, now)) }
+                            td { (when(session.expires_at, now)) }
+                            td {
+                                @if session.id == *current {
+                                    (badge("this session"))
+                                } @else {
+                                    form.inline method="post" action=(format!("/account/sessions/{}/end", session.id)) {
+                                        (viewer.csrf_field())
+                                        button.secondary type="submit" aria-label=(format!("End the {} session started {}", session.kind.as_str(), session.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))) { "End" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if others > 0 {
+                form.inline method="post" action="/account/sessions/end-others" {
+                    (viewer.csrf_field())
+                    div.actions { button type="submit" { "End all other sessions (" (others) ")" } }
+                }
+            }
+        }
+    }
+}
+
+/// `POST /account/sessions/{id}/end`: ends one of the viewer's own sessions.
+pub async fn end_session(
+    State(control): State<Arc<Control>>,
+    viewer: Viewer,
+    Path(id): Path<String>,
+    Posted(_): Posted<serde::de::IgnoredAny>,
+) -> Result<Response, Failure> {
+    control.end_own_session(&viewer.by, &id).await?;
+    Ok(see_other("/account?ended=1"))
+}
+
+/// `POST /account/sessions/end-others`: ends every session of the viewer but this one.
+pub async fn end_other_sessions(
+    State(control): State<Arc<Control>>,
+    viewer: Viewer,
+    Posted(_): Posted<serde::de::IgnoredAny>,
+) -> Result<Response, Failure> {
+    let ended = control.end_other_sessions(&viewer.by).await?;
+    Ok(see_other(&format!("/account?ended={ended}")))
 }
 
 /// The enrollment form: a code from the current factor when replacing it.

@@ -72,6 +72,11 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/mfa", post(session::verify_mfa))
         .route("/account", get(account::page))
         .route("/account/totp", post(account::enroll))
+        .route(
+            "/account/sessions/end-others",
+            post(account::end_other_sessions),
+        )
+        .route("/account/sessions/{id}/end", post(account::end_session))
         .route("/jobs", get(jobs::page))
         .route("/jobs/events", get(jobs::events))
         .route("/hosts", get(hosts::page))

@@ -24,8 +24,10 @@ use crate::store::people::{
 };
 
 mod bootstrap;
+mod sessions;
 
 pub use bootstrap::{Bootstrap, BootstrapError, bootstrap};
+pub use sessions::MAX_LISTED_SESSIONS;
 
 /// Prefix of a service user's API key.
 pub const API_KEY_PREFIX: &str = "latch_key_";

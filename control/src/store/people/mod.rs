@@ -164,6 +164,14 @@ pub trait PeopleStore: Send + Sync {
         &self,
         hash: &str,
     ) -> Result<Option<(SessionRecord, PrincipalRecord)>, StoreError>;
+    /// A principal's live sessions (not ended, not expired, their API key not revoked),
+    /// newest first, at most `limit`.
+    async fn live_sessions(
+        &self,
+        principal_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
     /// Ends a session early; false if it was not live.
     async fn revoke_session(
         &self,
@@ -830,6 +838,28 @@ macro_rules! people_store {
                     session_from_row(&row)?,
                     principal_from_row(&Prefixed(&row))?,
                 )))
+            }
+
+            async fn live_sessions(
+                &self,
+                principal_id: &str,
+                now: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<SessionRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT s.id, s.principal_id, s.kind, s.api_key_id, s.created_at, \
+                     s.expires_at, s.revoked_at, s.mfa_at, s.address \
+                     FROM sessions s LEFT JOIN api_keys k ON k.id = s.api_key_id \
+                     WHERE s.principal_id = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 \
+                     AND k.revoked_at IS NULL \
+                     ORDER BY s.created_at DESC, s.id LIMIT $3",
+                )
+                .bind(principal_id)
+                .bind(millis(now))
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?;
+                rows.iter().map(session_from_row).collect()
             }
 
             async fn revoke_session(
