@@ -205,6 +205,32 @@ pub struct ApiKeyView {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// One of the caller's own live sessions (`GET /v1/sessions`); never its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// Its id (`ses_…`): `DELETE /v1/sessions/{id}` ends it.
+    pub id: String,
+    /// How it began: `sso`, `local` or `service`.
+    pub kind: String,
+    /// When it began.
+    pub created_at: DateTime<Utc>,
+    /// When it ends by itself.
+    pub expires_at: DateTime<Utc>,
+    /// When a second factor was last shown in it.
+    pub mfa_at: Option<DateTime<Utc>>,
+    /// The address it began from, when known.
+    pub address: Option<String>,
+    /// Whether it is the session making this request.
+    pub current: bool,
+}
+
+/// `POST /v1/sessions/end-others` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndedSessions {
+    /// How many sessions ended.
+    pub ended: u64,
+}
+
 /// `POST /v1/mfa/totp`: a new factor to add to an authenticator app.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TotpEnrollResponse {

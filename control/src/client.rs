@@ -9,8 +9,9 @@ use latch_common::api::{
 use latch_common::labels::Labels;
 use latch_common::people::{
     ApiKeyView, BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
-    CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
-    RoleBindingView, RoleView, TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
+    CreatedServiceUser, EndedSessions, GroupView, LocalLoginRequest, NewApiKeyResponse,
+    PrincipalView, RoleBindingView, RoleView, SessionView, TotpEnrollResponse, TotpVerifyRequest,
+    TotpVerifyResponse,
 };
 use latch_common::vault::{
     BreakGlassRequest, CheckinRequest, CheckoutGranted, CheckoutRequest, CheckoutView,
@@ -432,6 +433,23 @@ impl AdminClient {
     /// `GET /v1/whoami`.
     pub async fn whoami(&self) -> Result<crate::sso::WhoAmI, ClientError> {
         self.call(Method::GET, "/v1/whoami", &[], None::<&()>).await
+    }
+
+    /// `GET /v1/sessions`: the caller's own live sessions, newest first.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionView>, ClientError> {
+        self.all_pages("/v1/sessions", Vec::new()).await
+    }
+
+    /// `DELETE /v1/sessions/{id}`: ends one of the caller's own sessions.
+    pub async fn end_session(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/sessions/{}", segment(id));
+        self.call(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// `POST /v1/sessions/end-others`: ends every session of the caller but this one.
+    pub async fn end_other_sessions(&self) -> Result<EndedSessions, ClientError> {
+        self.call(Method::POST, "/v1/sessions/end-others", &[], None::<&()>)
+            .await
     }
 
     /// `POST /v1/signing-key/rotate`: `{"next_key", "jobs"}`.

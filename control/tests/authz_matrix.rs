@@ -1061,6 +1061,25 @@ impl Matrix {
     }
 
     /// The call `route` makes for `caller`, with fresh objects where the call changes them.
+    /// The id of the session `caller`'s token is, as `GET /v1/sessions` shows it; a made-up
+    /// id for callers that cannot list theirs (refused before the id matters).
+    async fn current_session(&self, caller: &Caller) -> String {
+        let (status, listed) = self
+            .call("GET", "/v1/sessions", caller.token.as_deref(), None)
+            .await;
+        if status != 200 {
+            return "ses_matrix_unknown".to_owned();
+        }
+        listed["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["current"] == true)
+            .and_then(|s| s["id"].as_str())
+            .expect("the caller's own session is listed")
+            .to_owned()
+    }
+
     async fn prepare(&mut self, route: &Route, caller: &mut Caller) -> Option<Prepared> {
         let prepared = match route.key().as_str() {
             "GET /v1/health" => p("/v1/health", None),
@@ -1095,6 +1114,12 @@ impl Matrix {
             ),
             "POST /v1/logout" => p("/v1/logout", None),
             "GET /v1/whoami" => p("/v1/whoami", None),
+            "GET /v1/sessions" => p("/v1/sessions", None),
+            "DELETE /v1/sessions/{id}" => {
+                let id = self.current_session(caller).await;
+                p(format!("/v1/sessions/{id}"), None)
+            }
+            "POST /v1/sessions/end-others" => p("/v1/sessions/end-others", None),
             "GET /v1/roles" => p("/v1/roles", None),
             "GET /v1/agent/jobs" => p("/v1/agent/jobs?wait=0", None),
             "POST /v1/agent/jobs/{id}/report" => {

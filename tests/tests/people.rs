@@ -583,6 +583,52 @@ fn a_local_user_signs_in_enrolls_totp_and_steps_up() {
         Some(b"a brand new passphrase\n"),
     )
     .ok("login --local with the new password");
+
+    // Her sessions: a second sign-in elsewhere is listed, and she ends it from here.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let as_alice_elsewhere =
+        |args: &[&str], stdin: Option<&[u8]>| cp.latchctl_as(None, elsewhere.path(), args, stdin);
+    let sign_in_elsewhere = || {
+        as_alice_elsewhere(
+            &["login", "--local", "alice", "--password-stdin"],
+            Some(b"a brand new passphrase\n"),
+        )
+        .ok("login --local elsewhere")
+    };
+    sign_in_elsewhere();
+    let listed = json(
+        as_alice(&["--output", "json", "sessions", "list"], None),
+        "sessions list",
+    );
+    let listed = listed.as_array().expect("a list of sessions");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.iter().filter(|s| s["current"] == true).count(), 1);
+    let other = listed
+        .iter()
+        .find(|s| s["current"] == false)
+        .and_then(|s| s["id"].as_str())
+        .expect("the other session")
+        .to_owned();
+    let table = as_alice(&["sessions", "list"], None).ok("sessions list (table)");
+    assert!(table.contains("FROM") && table.contains(&other), "{table}");
+    let missing = as_alice(&["sessions", "end"], None);
+    assert_eq!(
+        missing.code, 2,
+        "an id or --others is required: {missing:?}"
+    );
+    let ended = as_alice(&["sessions", "end", &other], None).ok("sessions end");
+    assert!(ended.contains(&other), "{ended}");
+    let (code_name, _) = json_error(
+        as_alice_elsewhere(&["--output", "json", "whoami"], None),
+        "whoami in the ended session",
+    );
+    assert_eq!(code_name, "server_authorization_revoked");
+    sign_in_elsewhere();
+    let ended = as_alice(&["sessions", "end", "--others"], None).ok("sessions end --others");
+    assert!(ended.contains("ended 1 other session"), "{ended}");
+    assert_eq!(as_alice_elsewhere(&["whoami"], None).code, 1);
+    as_alice(&["whoami"], None).ok("whoami in the session that ended the others");
+
     let out = as_alice(&["logout"], None).ok("logout");
     assert!(out.contains("signed out"), "{out}");
     assert!(!session_file.exists());

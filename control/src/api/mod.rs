@@ -15,6 +15,8 @@
 //! | POST | `/v1/login/device/poll` (`{"id"}`) | anyone | pending, or the session token |
 //! | POST | `/v1/logout` | user or service token | end the session |
 //! | GET | `/v1/whoami` | user or service token | name, kind, roles, groups, session |
+//! | GET | `/v1/sessions`, DELETE `/v1/sessions/{id}` | user or service token | the caller's own live sessions; end one |
+//! | POST | `/v1/sessions/end-others` | user or service token | end every session of the caller but this one |
 //! | GET | `/v1/agent/jobs?wait=SECS` | host | long-poll for the next job |
 //! | POST | `/v1/agent/jobs/{id}/report` | host | report an outcome |
 //! | POST | `/v1/agent/revocations` | host | report a grant revoked at its expiry |
@@ -102,6 +104,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/login/device/poll", post(handlers::login_device_poll))
         .route("/v1/logout", post(handlers::logout))
         .route("/v1/whoami", get(handlers::whoami))
+        .route("/v1/sessions", get(people::list_sessions))
+        .route("/v1/sessions/end-others", post(people::end_other_sessions))
+        .route("/v1/sessions/{id}", delete(people::end_session))
         .route("/v1/agent/jobs", get(handlers::poll_jobs))
         .route("/v1/agent/jobs/{id}/report", post(handlers::report_job))
         .route("/v1/agent/revocations", post(handlers::report_revocation))

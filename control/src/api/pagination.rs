@@ -11,9 +11,11 @@ pub const DEFAULT_COUNT: u64 = 100;
 /// Largest page size.
 pub const MAX_COUNT: u64 = 1000;
 
-/// The paging parameters of a list request.
+/// The paging parameters of a list request. Any other query parameter is refused, so a filter
+/// the route does not have (`?host=…`) is not silently ignored.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Page size (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use latch_common::api::{HostView, ListResponse, TokenResponse};
 use latch_common::people::{
     ApiKeyView, BindRoleRequest, CreateGroupRequest, CreateServiceUserRequest, CreateUserRequest,
-    CreatedServiceUser, GroupView, LocalLoginRequest, NewApiKeyResponse, PrincipalView,
-    RoleBindingView, RoleView, SetLabelsRequest, SetPasswordRequest, TotpEnrollResponse,
-    TotpVerifyRequest, TotpVerifyResponse,
+    CreatedServiceUser, EndedSessions, GroupView, LocalLoginRequest, NewApiKeyResponse,
+    PrincipalView, RoleBindingView, RoleView, SessionView, SetLabelsRequest, SetPasswordRequest,
+    TotpEnrollResponse, TotpVerifyRequest, TotpVerifyResponse,
 };
 
 use super::error::ApiError;
@@ -546,6 +546,55 @@ pub async fn revoke_api_key(
     check_path_id("key id", &key_id)?;
     control.revoke_api_key(&by, &service_user, &key_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Lists the caller's own live sessions, newest first (never their tokens).
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    params(PageParams),
+    responses((status = 200, description = "A page of the caller's live sessions", body = ListResponse<SessionView>)),
+)]
+pub async fn list_sessions(
+    State(control): Ctl,
+    Caller(by): Caller,
+    ApiQuery(page): ApiQuery<PageParams>,
+) -> Result<Response, ApiError> {
+    paged("/v1/sessions", control.session_views(&by).await?, &page)
+}
+
+/// Ends one of the caller's own sessions; another's, or one already over, is not found.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id (`ses_…`)", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses((status = 204, description = "The session ended: its token no longer works")),
+)]
+pub async fn end_session(
+    State(control): Ctl,
+    Caller(by): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_path_id("session id", &id)?;
+    control.end_own_session(&by, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Ends every session of the caller but the one making this request.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/end-others",
+    tag = "sessions",
+    responses((status = 200, description = "How many sessions ended", body = EndedSessions)),
+)]
+pub async fn end_other_sessions(
+    State(control): Ctl,
+    Caller(by): Caller,
+) -> Result<Response, ApiError> {
+    let ended = control.end_other_sessions(&by).await?;
+    Ok(Json(EndedSessions { ended }).into_response())
 }
 
 /// Enrolls a TOTP factor for the signed-in user.

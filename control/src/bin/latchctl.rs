@@ -126,6 +126,10 @@ enum Command {
     Logout,
     /// Who the session token (or --token) belongs to: name, roles, groups, session.
     Whoami,
+    /// Your own live sessions (every sign-in: browser, `latchctl login`, service tokens): list
+    /// them, end one you do not recognise, or end all but this one.
+    #[command(subcommand)]
+    Sessions(session::SessionsCommand),
     #[command(flatten)]
     People(people::PeopleCommand),
     #[command(flatten)]
@@ -715,7 +719,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return vault::enroll_account(&client, args, json).await;
         }
         // Handled by session_command above.
-        Command::Login { .. } | Command::Logout | Command::Whoami => {}
+        Command::Login { .. } | Command::Logout | Command::Whoami | Command::Sessions(_) => {}
         Command::SigningKey(SigningKeyCommand::Promote { force }) => {
             let promoted = client.promote_signing_key(*force).await?;
             if json {

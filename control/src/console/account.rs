@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::layout::{self, Failure, Section, badge, notice, when, when_opt};
 use super::session::{Posted, Viewer, see_other, step_up, totp_field};
 use crate::Control;
-use crate::store::people::SessionRecord;
+use latch_common::people::SessionView;
 
 /// `GET /account?ended=N`: `ended` says how many sessions the last action ended.
 #[derive(Deserialize)]
@@ -31,7 +31,7 @@ pub async fn page(
 ) -> Result<Response, Failure> {
     let me = control.whoami(&viewer.by).await?;
     let factor = control.totp_status(&viewer.by).await?;
-    let sessions = control.own_sessions(&viewer.by).await?;
+    let sessions = control.session_views(&viewer.by).await?;
     let now = Utc::now();
     let body = html! {
         @match query.ended {
@@ -77,13 +77,8 @@ pub async fn page(
 
 /// The viewer's live sessions, each with a button that ends it (but the one in use: signing out
 /// ends that), and one that ends all the others.
-fn sessions_table(
-    viewer: &Viewer,
-    sessions: &[SessionRecord],
-    now: chrono::DateTime<Utc>,
-) -> Markup {
-    let current = &viewer.by.session.id;
-    let others = sessions.iter().filter(|s| s.id != *current).count();
+fn sessions_table(viewer: &Viewer, sessions: &[SessionView], now: chrono::DateTime<Utc>) -> Markup {
+    let others = sessions.iter().filter(|s| !s.current).count();
     html! {
         section.card aria-labelledby="sessions-heading" {
             h2 #sessions-heading { "Your sessions" }
@@ -102,17 +97,17 @@ fn sessions_table(
                     @for session in sessions {
                         tr id=(format!("session-{}", session.id)) {
                             td { (when(session.created_at, now)) }
-                            td { (session.kind.as_str()) }
+                            td { (session.kind) }
                             td { @match &session.address { Some(address) => { (address) }, None => { span.muted { "unknown" } } } }
                             td { (when_opt(session.mfa_at, now)) }
                             td { (when(session.expires_at, now)) }
                             td {
-                                @if session.id == *current {
+                                @if session.current {
                                     (badge("this session"))
                                 } @else {
                                     form.inline method="post" action=(format!("/account/sessions/{}/end", session.id)) {
                                         (viewer.csrf_field())
-                                        button.secondary type="submit" aria-label=(format!("End the {} session started {}", session.kind.as_str(), session.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))) { "End" }
+                                        button.secondary type="submit" aria-label=(format!("End the {} session started {}", session.kind, session.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))) { "End" }
                                     }
                                 }
                             }

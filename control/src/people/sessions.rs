@@ -3,6 +3,7 @@
 //! they no longer trust. Each session is its owner's only: another's is "not found".
 
 use chrono::Utc;
+use latch_common::people::SessionView;
 
 use super::Authority;
 use crate::store::people::SessionRecord;
@@ -18,6 +19,24 @@ impl Control {
             .store
             .live_sessions(&by.principal.id, Utc::now(), MAX_LISTED_SESSIONS)
             .await?)
+    }
+
+    /// The caller's live sessions as shown ([`SessionView`], the one in use marked `current`).
+    pub async fn session_views(&self, by: &Authority) -> Result<Vec<SessionView>, ControlError> {
+        Ok(self
+            .own_sessions(by)
+            .await?
+            .into_iter()
+            .map(|s| SessionView {
+                current: s.id == by.session.id,
+                id: s.id,
+                kind: s.kind.as_str().to_owned(),
+                created_at: s.created_at,
+                expires_at: s.expires_at,
+                mfa_at: s.mfa_at,
+                address: s.address,
+            })
+            .collect())
     }
 
     /// Ends the caller's live session `id` at once (audited as `session.end`); its token stops

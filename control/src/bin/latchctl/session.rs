@@ -1,5 +1,5 @@
-//! Signing in and out (`login`, `logout`, `whoami`) and which credential the other commands
-//! send: --token, the signed-in session for this server, or ./latch-data/admin.token.
+//! Signing in and out (`login`, `logout`, `whoami`, `sessions`) and which credential the other
+//! commands send: --token, the signed-in session for this server, or ./latch-data/admin.token.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use latch_control::client::AdminClient;
 use super::tables::{print_json, print_table};
 use super::{Cli, Command, people};
 
-/// `login`, `logout` and `whoami`, which use the session file rather than the admin token;
+/// `login`, `logout`, `whoami` and `sessions`, which use the session file rather than the admin token;
 /// `None` for every other command.
 pub(crate) async fn session_command(
     cli: &Cli,
@@ -148,8 +148,81 @@ pub(crate) async fn session_command(
             }
             Ok(Some(ExitCode::SUCCESS))
         }
+        Command::Sessions(command) => {
+            let client = AdminClient::new(&cli.server, &session_token()?, ca_pem)?;
+            sessions(&client, command, json).await?;
+            Ok(Some(ExitCode::SUCCESS))
+        }
         _ => Ok(None),
     }
+}
+
+/// `latchctl sessions …`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SessionsCommand {
+    /// Your live sessions, newest first: how and where each began, when it ends; `*` marks
+    /// the one this command uses.
+    List,
+    /// End one of your sessions (its token or browser cookie stops working at once), or with
+    /// --others every one but the session this command uses.
+    End {
+        /// The session's id (`ses_…`, from `latchctl sessions list`).
+        #[arg(required_unless_present = "others", conflicts_with = "others")]
+        id: Option<String>,
+        /// End every session but this one.
+        #[arg(long)]
+        others: bool,
+    },
+}
+
+async fn sessions(
+    client: &AdminClient,
+    command: &SessionsCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        SessionsCommand::List => {
+            let sessions = client.list_sessions().await?;
+            if json {
+                return print_json(&sessions);
+            }
+            let rows = sessions
+                .into_iter()
+                .map(|s| {
+                    vec![
+                        if s.current { "*".into() } else { String::new() },
+                        s.id,
+                        s.kind,
+                        s.address.unwrap_or_else(|| "-".into()),
+                        s.created_at.to_rfc3339(),
+                        s.expires_at.to_rfc3339(),
+                        s.mfa_at.map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["", "ID", "KIND", "FROM", "STARTED", "EXPIRES", "MFA"],
+                rows,
+            );
+        }
+        SessionsCommand::End { id: Some(id), .. } => {
+            client.end_session(id).await?;
+            if json {
+                print_json(&serde_json::json!({"ended": 1}))?;
+            } else {
+                println!("ended session {id}");
+            }
+        }
+        SessionsCommand::End { id: None, .. } => {
+            let ended = client.end_other_sessions().await?;
+            if json {
+                print_json(&ended)?;
+            } else {
+                println!("ended {} other session(s)", ended.ended);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The token of `login`'s session commands: --token, else the stored session for this server.
