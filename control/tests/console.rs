@@ -1321,6 +1321,31 @@ async fn a_person_lists_their_sessions_and_ends_others(db: TestDb) {
         .await;
     assert_eq!(status, 201, "{token}");
     let token = token["token"].as_str().expect("a bearer token").to_owned();
+    // Through the API too, eve cannot end mark's session: not found, and it still works.
+    let (status, eve_token) = console
+        .api_as(
+            "",
+            "POST",
+            "/v1/login/local",
+            Some(json!({"name": "eve", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(status, 201, "{eve_token}");
+    let eve_token = eve_token["token"].as_str().unwrap().to_owned();
+    let (status, listed) = console.api_as(&token, "GET", "/v1/sessions", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let marks = listed["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .and_then(|s| s["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (status, refused) = console
+        .api_as(&eve_token, "DELETE", &format!("/v1/sessions/{marks}"), None)
+        .await;
+    assert_eq!(status, 404, "{refused}");
     assert_eq!(
         console.api_as(&token, "GET", "/v1/whoami", None).await.0,
         200
@@ -1328,9 +1353,15 @@ async fn a_person_lists_their_sessions_and_ends_others(db: TestDb) {
     let page = laptop.get("/account").await;
     assert_eq!(listed_sessions(&page).len(), 3, "{}", page.body);
     assert!(
-        page.body.contains("End all other sessions (2)"),
+        page.body.contains("End all other sessions"),
         "{}",
         page.body
+    );
+    let forged = laptop.post("/account/sessions/end-others", &[]).await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert_eq!(
+        console.api_as(&token, "GET", "/v1/whoami", None).await.0,
+        200
     );
     let ended = laptop
         .post("/account/sessions/end-others", &[("_csrf", &page.csrf())])
@@ -1340,6 +1371,9 @@ async fn a_person_lists_their_sessions_and_ends_others(db: TestDb) {
     let (status, _) = console.api_as(&token, "GET", "/v1/whoami", None).await;
     assert_eq!(status, 401, "latchctl's token was ended too");
     assert!(phone.get("/account").await.location().starts_with("/login"));
+    let junk = laptop.get("/account?ended=%3Cb%3E").await;
+    assert_eq!(junk.status, 200, "anything but a number is ignored");
+    assert!(!junk.body.contains("were ended"), "{}", junk.body);
     let after = laptop.get("/account?ended=2").await;
     assert_eq!(after.status, 200);
     assert!(

@@ -1552,12 +1552,20 @@ async fn a_person_lists_only_their_live_sessions_and_ends_only_their_own(db: Tes
         .await
         .unwrap();
     assert!(control.authenticate(second_token).await.is_err());
-    assert!(
-        audit_actions(&*store)
-            .await
-            .contains(&"session.end".to_owned())
-    );
+    let ends = |entries: Vec<latch_control::audit::AuditEntry>| -> Vec<serde_json::Value> {
+        entries
+            .into_iter()
+            .filter(|e| e.action == "session.end")
+            .map(|e| serde_json::from_str(&e.detail).unwrap())
+            .collect()
+    };
+    let recorded = ends(store.audit_chain().await.unwrap());
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["ended"], serde_json::json!(["ses_alice_2"]));
+    assert_eq!(recorded[0]["by_session"], "ses_alice");
+    // Nothing else live: nothing ended, nothing audited.
     assert_eq!(control.end_other_sessions(&alice).await.unwrap(), 0);
+    assert_eq!(ends(store.audit_chain().await.unwrap()).len(), 1);
     assert!(
         control
             .authenticate("latch_tok_session-of-alice")
@@ -1565,7 +1573,8 @@ async fn a_person_lists_only_their_live_sessions_and_ends_only_their_own(db: Tes
             .is_ok()
     );
 
-    // A service token's session ends with its API key, and is no longer listed.
+    // A service token sees and ends only itself: its siblings are other pipelines'. Its
+    // session ends with its API key.
     let ci = control
         .create_service_user(&admin, "ci-pipeline", &[Role::EndUser])
         .await
@@ -1575,11 +1584,39 @@ async fn a_person_lists_only_their_live_sessions_and_ends_only_their_own(db: Tes
         .await
         .unwrap();
     let caller = control.authenticate(&token.token).await.unwrap();
-    assert_eq!(control.own_sessions(&caller).await.unwrap().len(), 1);
+    let sibling = control
+        .issue_service_token(&ci.api_key, Duration::hours(1), None)
+        .await
+        .unwrap();
+    let sibling_id = control
+        .authenticate(&sibling.token)
+        .await
+        .unwrap()
+        .session
+        .id;
+    assert_eq!(
+        ids(control.own_sessions(&caller).await.unwrap()),
+        std::slice::from_ref(&caller.session.id)
+    );
+    assert!(matches!(
+        control.end_own_session(&caller, &sibling_id).await,
+        Err(ControlError::NotFound { .. })
+    ));
+    assert!(matches!(
+        control.end_other_sessions(&caller).await,
+        Err(ControlError::Forbidden(_))
+    ));
+    assert!(control.authenticate(&sibling.token).await.is_ok());
     control
         .revoke_api_key(&admin, "ci-pipeline", &ci.key_id)
         .await
         .unwrap();
-    assert!(control.own_sessions(&caller).await.unwrap().is_empty());
+    assert!(
+        store
+            .live_sessions(&caller.principal.id, Utc::now(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 both_stores!(a_person_lists_only_their_live_sessions_and_ends_only_their_own);

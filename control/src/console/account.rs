@@ -17,10 +17,11 @@ use super::session::{Posted, Viewer, see_other, step_up, totp_field};
 use crate::Control;
 use latch_common::people::SessionView;
 
-/// `GET /account?ended=N`: `ended` says how many sessions the last action ended.
+/// `GET /account?ended=N`: `ended` says how many sessions the last action ended (anything
+/// but a number is ignored).
 #[derive(Deserialize)]
 pub struct AccountQuery {
-    ended: Option<u64>,
+    ended: Option<String>,
 }
 
 /// `GET /account`.
@@ -34,7 +35,7 @@ pub async fn page(
     let sessions = control.session_views(&viewer.by).await?;
     let now = Utc::now();
     let body = html! {
-        @match query.ended {
+        @match query.ended.and_then(|n| n.parse::<u64>().ok()) {
             Some(0) => { (notice("success", "No other session was live.")) }
             Some(1) => { (notice("success", "The session was ended: its cookie or token no longer works.")) }
             Some(n) => { (notice("success", &format!("{n} sessions were ended: their cookies and tokens no longer work."))) }
@@ -78,7 +79,7 @@ pub async fn page(
 /// The viewer's live sessions, each with a button that ends it (but the one in use: signing out
 /// ends that), and one that ends all the others.
 fn sessions_table(viewer: &Viewer, sessions: &[SessionView], now: chrono::DateTime<Utc>) -> Markup {
-    let others = sessions.iter().filter(|s| !s.current).count();
+    let others = sessions.iter().any(|s| !s.current);
     html! {
         section.card aria-labelledby="sessions-heading" {
             h2 #sessions-heading { "Your sessions" }
@@ -115,10 +116,10 @@ fn sessions_table(viewer: &Viewer, sessions: &[SessionView], now: chrono::DateTi
                     }
                 }
             }
-            @if others > 0 {
+            @if others {
                 form.inline method="post" action="/account/sessions/end-others" {
                     (viewer.csrf_field())
-                    div.actions { button type="submit" { "End all other sessions (" (others) ")" } }
+                    div.actions { button type="submit" { "End all other sessions" } }
                 }
             }
         }

@@ -172,6 +172,16 @@ pub trait PeopleStore: Send + Sync {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Ends `principal_id`'s sessions as `which` says, in one statement (so two devices ending
+    /// each other's sessions at once cannot both succeed), and returns the ids ended. `event`
+    /// is audited once, its detail gaining `"ended": [ids]`, when any ended.
+    async fn end_sessions(
+        &self,
+        principal_id: &str,
+        which: EndSessions<'_>,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
     /// Ends a session early; false if it was not live.
     async fn revoke_session(
         &self,
@@ -860,6 +870,59 @@ macro_rules! people_store {
                 .fetch_all(self.pool())
                 .await?;
                 rows.iter().map(session_from_row).collect()
+            }
+
+            async fn end_sessions(
+                &self,
+                principal_id: &str,
+                which: EndSessions<'_>,
+                mut event: AuditEvent,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<String>, StoreError> {
+                let (sql, id) = match which {
+                    EndSessions::One(id) => (
+                        "UPDATE sessions SET revoked_at = $1 \
+                         WHERE principal_id = $2 AND id = $3 \
+                         AND revoked_at IS NULL AND expires_at > $1 RETURNING id",
+                        id,
+                    ),
+                    EndSessions::AllBut(id) => (
+                        "UPDATE sessions SET revoked_at = $1 \
+                         WHERE principal_id = $2 AND id <> $3 \
+                         AND revoked_at IS NULL AND expires_at > $1 \
+                         AND EXISTS (SELECT 1 FROM sessions c WHERE c.id = $3 \
+                         AND c.principal_id = $2 AND c.revoked_at IS NULL AND c.expires_at > $1) \
+                         RETURNING id",
+                        id,
+                    ),
+                };
+                let mut tx = $tx::begin(self).await?;
+                let rows = sqlx::query(sql)
+                    .bind(millis(now))
+                    .bind(principal_id)
+                    .bind(id)
+                    .fetch_all(tx.conn())
+                    .await?;
+                let mut ended = rows
+                    .iter()
+                    .map(|row| row.text("id"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if ended.is_empty() {
+                    return Ok(ended);
+                }
+                ended.sort();
+                match &mut event.detail {
+                    serde_json::Value::Object(detail) => {
+                        detail.insert("ended".into(), serde_json::json!(ended));
+                    }
+                    other => {
+                        let before = other.take();
+                        *other = serde_json::json!({"detail": before, "ended": ended});
+                    }
+                }
+                tx.audit(event, now);
+                tx.commit().await?;
+                Ok(ended)
             }
 
             async fn revoke_session(

@@ -112,6 +112,15 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// Which of a principal's sessions [`super::PeopleStore::end_sessions`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSessions<'a> {
+    /// This one, if it is the principal's and live.
+    One(&'a str),
+    /// Every live one but this one, and only while this one is live itself.
+    AllBut(&'a str),
+}
+
 /// How a bearer session was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionKind {
