@@ -858,3 +858,86 @@ async fn racing_writers_keep_one_audit_chain(db: TestDb) {
     assert_one_chain(&stores[0]).await;
 }
 both_stores!(racing_writers_keep_one_audit_chain, multi_thread);
+
+/// 24 sessions of one person each end "all the others" at once (24 devices pressing the button
+/// together): the first to act ends the rest, whose own requests then end nothing — one
+/// session stays live, not none.
+async fn racing_end_others_leaves_exactly_one_session(db: TestDb) {
+    use latch_control::audit::AuditEvent;
+    use latch_control::store::people::{
+        EndSessions, PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
+    };
+    let stores = db.replicas(REPLICAS).await;
+    let now = Utc::now();
+    stores[0]
+        .insert_principal(
+            &PrincipalRecord {
+                id: "usr_mark".into(),
+                kind: PrincipalKind::User,
+                name: "mark".into(),
+                display_name: "Mark".into(),
+                email: None,
+                idp: None,
+                password_hash: None,
+                disabled_at: None,
+                created_at: now,
+                last_seen_at: None,
+            },
+            AuditEvent::new("test", "user.create"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..RACERS {
+        let session = SessionRecord {
+            id: format!("ses_mark_{i}"),
+            principal_id: "usr_mark".into(),
+            kind: SessionKind::Local,
+            api_key_id: None,
+            created_at: now,
+            expires_at: now + Duration::hours(1),
+            revoked_at: None,
+            mfa_at: None,
+            address: None,
+        };
+        stores[0]
+            .insert_session(
+                &session,
+                &token_hash(),
+                AuditEvent::new("user:mark", "session.start"),
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let results = race(RACERS, |i| {
+        let store = stores[i % REPLICAS].clone();
+        async move {
+            let keep = format!("ses_mark_{i}");
+            store
+                .end_sessions(
+                    "usr_mark",
+                    EndSessions::AllBut(&keep),
+                    AuditEvent::new("user:mark", "session.end"),
+                    Utc::now(),
+                )
+                .await
+                .unwrap()
+                .len()
+        }
+    })
+    .await;
+    let live = stores[0]
+        .live_sessions("usr_mark", Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1, "ended: {results:?}");
+    assert_eq!(
+        results.iter().filter(|&&n| n > 0).collect::<Vec<_>>(),
+        [&(RACERS - 1)],
+        "one request ended all the others: {results:?}"
+    );
+    assert_one_chain(&stores[0]).await;
+}
+both_stores!(racing_end_others_leaves_exactly_one_session, multi_thread);

@@ -172,8 +172,9 @@ pub trait PeopleStore: Send + Sync {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, StoreError>;
-    /// Ends `principal_id`'s sessions as `which` says, in one statement (so two devices ending
-    /// each other's sessions at once cannot both succeed), and returns the ids ended. `event`
+    /// Ends `principal_id`'s sessions as `which` says, one end of a principal's sessions at a
+    /// time (so two devices ending each other's at once leave one live), and returns the ids
+    /// ended. `event`
     /// is audited once, its detail gaining `"ended": [ids]`, when any ended.
     async fn end_sessions(
         &self,
@@ -897,6 +898,13 @@ macro_rules! people_store {
                     ),
                 };
                 let mut tx = $tx::begin(self).await?;
+                // Ends of one principal's sessions take turns (on PostgreSQL the principal's row
+                // lock; SQLite has one writer): the next one's statement then sees what the one
+                // before ended, so two devices ending each other's sessions leave one live.
+                sqlx::query("UPDATE principals SET last_seen_at = last_seen_at WHERE id = $1")
+                    .bind(principal_id)
+                    .execute(tx.conn())
+                    .await?;
                 let rows = sqlx::query(sql)
                     .bind(millis(now))
                     .bind(principal_id)
