@@ -178,6 +178,21 @@ impl Console {
         enrolled["credential"].as_str().unwrap().to_owned()
     }
 
+    /// Acts as the host's agent: takes its next job, which must be `job` (its JSON from
+    /// `POST /v1/jobs`), and reports `outcome` for it.
+    async fn report_next_job(&self, credential: &str, job: &Value, outcome: Value) {
+        let (_, polled) = self
+            .api_as(credential, "GET", "/v1/agent/jobs?wait=0", None)
+            .await;
+        let delivered = &polled["list"][0];
+        let id = job["id"].as_str().unwrap();
+        assert_eq!(delivered["id"], id, "{polled}");
+        let path = format!("/v1/agent/jobs/{id}/report");
+        let report = json!({"lease": delivered["lease"], "outcome": outcome});
+        let (status, body) = self.api_as(credential, "POST", &path, Some(report)).await;
+        assert_eq!(status, 204, "{body}");
+    }
+
     fn browser(&self) -> Browser<'_> {
         Browser {
             console: self,
@@ -591,22 +606,14 @@ async fn jobs_filter_and_follow_changes_live(db: TestDb) {
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let polled = console
-        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
-        .await
-        .1;
-    let delivered = &polled["list"][0];
-    let report = json!({"lease": delivered["lease"], "outcome": {"status": "failed",
-        "error": {"code": "tool_failed", "message": "useradd exited with 1: <script>alert(1)</script>"}}});
-    let (status, body) = console
-        .api_as(
+    console
+        .report_next_job(
             &credential,
-            "POST",
-            &format!("/v1/agent/jobs/{}/report", first["id"].as_str().unwrap()),
-            Some(report),
+            &first,
+            json!({"status": "failed", "error": {"code": "tool_failed",
+                "message": "useradd exited with 1: <script>alert(1)</script>"}}),
         )
         .await;
-    assert_eq!(status, 204, "{body}");
     let mut stream = response;
     let (data, seen) = next_event(&mut stream, "jobs", 10).await;
     let data = data.unwrap_or_else(|| panic!("no jobs event: {seen}"));
@@ -1040,19 +1047,9 @@ async fn a_change_between_the_page_and_its_stream_is_not_lost(db: TestDb) {
             Some(json!({"host": "db1", "kind": "create-account", "user": "olga"})),
         )
         .await;
-    let polled = console
-        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
-        .await
-        .1;
-    let report = json!({"lease": polled["list"][0]["lease"], "outcome": {"status": "confirmed"}});
-    let path = format!("/v1/agent/jobs/{}/report", old["id"].as_str().unwrap());
-    assert_eq!(
-        console
-            .api_as(&credential, "POST", &path, Some(report))
-            .await
-            .0,
-        204
-    );
+    console
+        .report_next_job(&credential, &old, json!({"status": "confirmed"}))
+        .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let (_, job) = console
@@ -1072,19 +1069,9 @@ async fn a_change_between_the_page_and_its_stream_is_not_lost(db: TestDb) {
         .replace("&amp;", "&");
     assert!(events.contains("since="), "{events}");
     // The host confirms the job before the page's stream opens.
-    let polled = console
-        .api_as(&credential, "GET", "/v1/agent/jobs?wait=0", None)
-        .await
-        .1;
-    let report = json!({"lease": polled["list"][0]["lease"], "outcome": {"status": "confirmed"}});
-    let path = format!("/v1/agent/jobs/{}/report", job["id"].as_str().unwrap());
-    assert_eq!(
-        console
-            .api_as(&credential, "POST", &path, Some(report))
-            .await
-            .0,
-        204
-    );
+    console
+        .report_next_job(&credential, &job, json!({"status": "confirmed"}))
+        .await;
 
     let mut stream = console
         .http

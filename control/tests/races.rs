@@ -864,31 +864,11 @@ both_stores!(racing_writers_keep_one_audit_chain, multi_thread);
 /// session stays live, not none.
 async fn racing_end_others_leaves_exactly_one_session(db: TestDb) {
     use latch_control::audit::AuditEvent;
-    use latch_control::store::people::{
-        EndSessions, PrincipalKind, PrincipalRecord, SessionKind, SessionRecord,
-    };
+    use latch_control::store::people::{EndSessions, SessionKind, SessionRecord};
     let stores = db.replicas(REPLICAS).await;
     let now = Utc::now();
-    stores[0]
-        .insert_principal(
-            &PrincipalRecord {
-                id: "usr_mark".into(),
-                kind: PrincipalKind::User,
-                name: "mark".into(),
-                display_name: "Mark".into(),
-                email: None,
-                idp: None,
-                password_hash: None,
-                disabled_at: None,
-                created_at: now,
-                last_seen_at: None,
-            },
-            AuditEvent::new("test", "user.create"),
-            now,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    // Inserts the principal `usr_mark`.
+    support::person(&*stores[0], "mark", &[]).await;
     for i in 0..RACERS {
         let session = SessionRecord {
             id: format!("ses_mark_{i}"),
